@@ -1,0 +1,175 @@
+"""The inference worker's HTTP routes (Flask application factory).
+
+Routes only parse and validate, call the model cache or the engine, and format
+the answer; errors use the shared JSON envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+
+from inference_worker.config import WorkerSettings
+from inference_worker.engine import Engine, ModelLoadError, NotLoaded, PromptTooLong
+from inference_worker.model_cache import IncompleteUpload, ModelCache
+from model_swap.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadInvalid,
+    register_error_handlers,
+)
+from model_swap.names import InvalidModelName, validate_model_name
+from model_swap.requests_json import positive_int, read_json_object
+
+logger = logging.getLogger(__name__)
+
+
+def _model_name_header() -> str:
+    name = request.headers.get("X-Model-Name")
+    if name is None:
+        raise BadRequest("the X-Model-Name header is required")
+    try:
+        return validate_model_name(name)
+    except InvalidModelName as err:
+        raise BadRequest(f"X-Model-Name: {err}") from None
+
+
+def _model_name_arg(name: str) -> str:
+    try:
+        return validate_model_name(name)
+    except InvalidModelName as err:
+        raise BadRequest(str(err)) from None
+
+
+def _expected_size() -> int | None:
+    raw = request.headers.get("X-Model-Size")
+    if raw is None:
+        return request.content_length
+    try:
+        size = int(raw)
+    except ValueError:
+        raise BadRequest("X-Model-Size must be an integer") from None
+    if size < 0:
+        raise BadRequest("X-Model-Size must not be negative")
+    return size
+
+
+def create_app(settings: WorkerSettings | None = None) -> Flask:
+    """Build a worker app with its own cache and engine (no global state)."""
+    settings = settings or WorkerSettings.from_env()
+    cache = ModelCache(settings.model_cache_dir)
+    engine = Engine(n_gpu_layers=settings.n_gpu_layers, n_ctx=settings.n_ctx)
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.extensions["model_cache"] = cache
+    app.extensions["engine"] = engine
+    register_error_handlers(app)
+
+    def receive(name: str):
+        try:
+            received = cache.receive(name, request.stream, _expected_size())
+        except IncompleteUpload as err:
+            raise BadRequest(f"upload of {name} incomplete: {err}") from None
+        rate = received.nbytes / received.seconds / 1e6 if received.seconds > 0 else 0.0
+        logger.info(
+            "received %s: %d bytes in %.3fs (%.1f MB/s)",
+            name,
+            received.nbytes,
+            received.seconds,
+            rate,
+        )
+        return received
+
+    def load(name: str):
+        try:
+            return engine.load(name, cache.path(name))
+        except ModelLoadError as err:
+            raise PayloadInvalid(str(err)) from None
+
+    @app.post("/load_model_from_store")
+    def load_model_from_store():
+        name = _model_name_header()
+        received = receive(name)
+        loaded = load(name)
+        return jsonify(
+            model=name,
+            bytes=received.nbytes,
+            receive_seconds=round(received.seconds, 6),
+            load_seconds=round(loaded.seconds, 6),
+        )
+
+    @app.post("/cache_model")
+    def cache_model():
+        name = _model_name_header()
+        received = receive(name)
+        return jsonify(
+            model=name, bytes=received.nbytes, receive_seconds=round(received.seconds, 6)
+        )
+
+    @app.post("/load_model_from_local_store")
+    def load_model_from_local_store():
+        name = _model_name_header()
+        if not cache.contains(name):
+            raise NotFound(f"{name} is not in the worker's cache")
+        loaded = load(name)
+        return jsonify(model=name, load_seconds=round(loaded.seconds, 6))
+
+    @app.delete("/models/<path:name>")
+    def evict(name: str):
+        name = _model_name_arg(name)
+        unloaded = engine.unload(name)
+        deleted = cache.delete(name)
+        if not (deleted or unloaded):
+            raise NotFound(f"{name} is not on this worker")
+        logger.info("evicted %s (file deleted=%s, unloaded=%s)", name, deleted, unloaded)
+        return jsonify(model=name, deleted=deleted, unloaded=unloaded)
+
+    @app.post("/infer")
+    def infer():
+        body = read_json_object(request)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise BadRequest("prompt must be a string")
+        max_tokens = positive_int(body, "max_tokens", default=512)
+        model = body.get("model")
+        if model is not None:
+            model = _model_name_arg(model)
+        try:
+            generation = engine.begin(model, prompt, max_tokens)
+        except NotLoaded as err:
+            raise Conflict(str(err)) from None
+        except PromptTooLong as err:
+            raise BadRequest(str(err)) from None
+
+        def stream():
+            try:
+                yield from generation.tokens()
+            finally:
+                generation.close()
+
+        response = Response(stream(), mimetype="text/plain")
+        response.headers["X-Model"] = generation.model
+        response.headers["X-Accel-Buffering"] = "no"
+        response.call_on_close(generation.close)
+        return response
+
+    @app.get("/status")
+    def status():
+        return jsonify(
+            loaded=engine.loaded,
+            cached=[{"name": f.name, "size": f.size} for f in cache.files()],
+            model_cache_dir=str(cache.directory),
+            received={"uploads": cache.uploads, "bytes": cache.bytes_received},
+            loads=engine.loads,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_ctx=settings.n_ctx,
+        )
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(ok=True)
+
+    return app

@@ -1,0 +1,50 @@
+"""The worker's settings: every default in one place, overridable by environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_swap.settings import EnvReader
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+DEFAULTS = {
+    "WORKER_HOST": "0.0.0.0",
+    "WORKER_PORT": 8080,
+    # The default lives inside the package directory (inference_worker/model_cache),
+    # wherever the worker is started from.
+    "MODEL_CACHE_DIR": str(PACKAGE_DIR / "model_cache"),
+    "N_GPU_LAYERS": -1,
+    "N_CTX": 2048,
+    "LOG_LEVEL": "INFO",
+}
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Validated settings of one inference worker."""
+
+    worker_host: str = DEFAULTS["WORKER_HOST"]
+    worker_port: int = DEFAULTS["WORKER_PORT"]
+    model_cache_dir: Path = Path(DEFAULTS["MODEL_CACHE_DIR"])
+    n_gpu_layers: int = DEFAULTS["N_GPU_LAYERS"]
+    n_ctx: int = DEFAULTS["N_CTX"]
+    log_level: str = DEFAULTS["LOG_LEVEL"]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Build settings from ``environ`` (default ``os.environ``); raises SettingsError."""
+        env = EnvReader(os.environ if environ is None else environ)
+        return cls(
+            worker_host=env.text("WORKER_HOST", DEFAULTS["WORKER_HOST"]),
+            worker_port=env.port("WORKER_PORT", DEFAULTS["WORKER_PORT"]),
+            model_cache_dir=env.path("MODEL_CACHE_DIR", DEFAULTS["MODEL_CACHE_DIR"]),
+            n_gpu_layers=env.integer("N_GPU_LAYERS", DEFAULTS["N_GPU_LAYERS"], minimum=-1),
+            n_ctx=env.integer("N_CTX", DEFAULTS["N_CTX"], minimum=16),
+            log_level=env.choice(
+                "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+        )

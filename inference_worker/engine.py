@@ -1,0 +1,172 @@
+"""The one llama.cpp model the worker has loaded, and generation on it.
+
+All access to the llama.cpp context is serialized through one first-come,
+first-served lock: a load waits for running generations, and generations run
+one at a time in arrival order. ``llama_cpp`` is the only thing this module
+talks to; it does no HTTP and knows nothing about the cache directory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference_worker.fair_lock import FairLock
+from model_swap.logs import CONSOLE
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """llama.cpp could not load the file; the message says why."""
+
+
+class NotLoaded(Exception):
+    """The requested model is not the loaded one."""
+
+
+class PromptTooLong(Exception):
+    """The prompt does not fit the context window."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    name: str
+    seconds: float
+
+
+class Generation:
+    """One turn on the llama.cpp context, holding the engine's lock until ``close``.
+
+    Created by ``Engine.begin``; ``tokens`` streams the completion as text
+    pieces. ``close`` is idempotent and must be called (the streaming response
+    calls it when the client finishes or disconnects).
+    """
+
+    def __init__(self, engine: Engine, llm, model: str, prompt_tokens: list[int], max_tokens: int):
+        self._engine = engine
+        self._llm = llm
+        self.model = model
+        self._prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self._closed = False
+
+    def tokens(self) -> Iterator[str]:
+        """Yield each generated token's text as soon as it is sampled (blocking)."""
+        import llama_cpp
+
+        llm = self._llm
+        vocab = llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        started = time.perf_counter()
+        count = 0
+        try:
+            for token in llm.generate(self._prompt_tokens, reset=True):
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                count += 1
+                if count == 1:
+                    CONSOLE.info("[infer] TTFT: %.3fs", time.perf_counter() - started)
+                text = decoder.decode(llm.detokenize([token]))
+                if text:
+                    yield text
+                if count >= self.max_tokens:
+                    break
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            total = time.perf_counter() - started
+            CONSOLE.info(
+                "[infer] tokens=%d total=%.3fs tps=%.1f",
+                count,
+                total,
+                count / total if total > 0 else 0.0,
+            )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine._lock.release()
+
+
+class Engine:
+    """The loaded llama.cpp model (at most one). Thread-safe."""
+
+    def __init__(self, *, n_gpu_layers: int = -1, n_ctx: int = 2048):
+        self.n_gpu_layers = n_gpu_layers
+        self.n_ctx = n_ctx
+        self._lock = FairLock()
+        self._llm = None
+        self._name: str | None = None
+        self.loads = 0  # successful loads since start
+
+    @property
+    def loaded(self) -> str | None:
+        return self._name
+
+    def load(self, name: str, path: Path) -> LoadResult:
+        """Close the current model, then load ``path`` as ``name`` (waits its turn).
+
+        On failure no model is loaded and ModelLoadError carries llama.cpp's reason.
+        """
+        from llama_cpp import Llama
+
+        with self._lock:
+            self._close_current()
+            started = time.perf_counter()
+            try:
+                llm = Llama(
+                    model_path=str(path),
+                    n_gpu_layers=self.n_gpu_layers,
+                    n_ctx=self.n_ctx,
+                    verbose=False,
+                )
+            except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
+                raise ModelLoadError(f"llama.cpp could not load {name}: {err}") from err
+            self._llm, self._name = llm, name
+            self.loads += 1
+            seconds = time.perf_counter() - started
+        logger.info("loaded %s in %.3fs (n_gpu_layers=%d)", name, seconds, self.n_gpu_layers)
+        return LoadResult(name, seconds)
+
+    def unload(self, name: str | None = None) -> bool:
+        """Unload the current model (only if it is ``name``, when given); True if one was."""
+        with self._lock:
+            if self._name is None or (name is not None and name != self._name):
+                return False
+            self._close_current()
+            return True
+
+    def _close_current(self) -> None:
+        if self._llm is not None:
+            previous = self._name
+            self._llm.close()
+            self._llm, self._name = None, None
+            logger.info("unloaded %s", previous)
+
+    def begin(self, model: str | None, prompt: str, max_tokens: int) -> Generation:
+        """Wait for the context, check ``model`` is loaded and the prompt fits; return a turn.
+
+        Raises NotLoaded or PromptTooLong (the lock is released again).
+        """
+        self._lock.acquire()
+        try:
+            if self._llm is None:
+                raise NotLoaded("no model is loaded")
+            if model is not None and model != self._name:
+                raise NotLoaded(f"{model} is not loaded (loaded: {self._name})")
+            prompt_tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+            room = self.n_ctx - len(prompt_tokens)
+            if room < 1:
+                raise PromptTooLong(
+                    f"prompt is {len(prompt_tokens)} tokens; the context holds {self.n_ctx}"
+                )
+            return Generation(self, self._llm, self._name, prompt_tokens, min(max_tokens, room))
+        except BaseException:
+            self._lock.release()
+            raise

@@ -1,0 +1,124 @@
+"""The worker's disk cache: model files in MODEL_CACHE_DIR.
+
+Every name is validated with the shared model-name rule before it touches the
+filesystem, so no path escapes the directory. Incoming files are streamed to a
+hidden temporary file in the same directory and renamed into place only when
+complete, so a failed or interrupted upload never leaves a partial file under
+a model's name; leftover temporary files are removed at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from model_swap.names import InvalidModelName, validate_model_name
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024 * 1024
+TEMP_SUFFIX = ".part"
+
+
+class IncompleteUpload(Exception):
+    """The body ended before the announced size, or ran past it."""
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Received:
+    name: str
+    nbytes: int
+    seconds: float
+
+
+class ModelCache:
+    """Model files on the worker's disk. Thread-safe: every operation is one atomic FS step."""
+
+    def __init__(self, directory: Path):
+        self._counter_lock = threading.Lock()
+        self.uploads = 0  # completed uploads since start
+        self.bytes_received = 0  # body bytes read since start, complete or not
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob(f".*{TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+            logger.info("removed leftover temporary file %s", leftover.name)
+
+    def path(self, name: str) -> Path:
+        """The path a valid model name is stored at (raises InvalidModelName)."""
+        return self.directory / validate_model_name(name)
+
+    def contains(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def files(self) -> list[CachedFile]:
+        """The cached models, by name."""
+        found = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                try:
+                    validate_model_name(entry.name)
+                except InvalidModelName:
+                    continue
+                if entry.is_file():
+                    found.append(CachedFile(entry.name, entry.stat().st_size))
+        return sorted(found, key=lambda f: f.name)
+
+    def receive(self, name: str, body: BinaryIO, expected_size: int | None = None) -> Received:
+        """Stream ``body`` into the cache under ``name``; the file appears only when complete.
+
+        Blocks until the body ends. Raises IncompleteUpload (nothing kept) if
+        ``expected_size`` is given and the body's length differs.
+        """
+        target = self.path(name)
+        tmp = self.directory / f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        started = time.perf_counter()
+        written = 0
+        try:
+            with open(tmp, "wb") as out:
+                while True:
+                    block = body.read(CHUNK_BYTES)
+                    if not block:
+                        break
+                    out.write(block)
+                    written += len(block)
+                    self._count(len(block))
+                    if expected_size is not None and written > expected_size:
+                        raise IncompleteUpload(
+                            f"body is longer than the announced {expected_size} bytes"
+                        )
+            if expected_size is not None and written != expected_size:
+                raise IncompleteUpload(
+                    f"body ended after {written} of the announced {expected_size} bytes"
+                )
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        with self._counter_lock:
+            self.uploads += 1
+        return Received(name, written, time.perf_counter() - started)
+
+    def _count(self, nbytes: int) -> None:
+        with self._counter_lock:
+            self.bytes_received += nbytes
+
+    def delete(self, name: str) -> bool:
+        """Remove a cached model; False if it was not there."""
+        try:
+            self.path(name).unlink()
+        except FileNotFoundError:
+            return False
+        return True

@@ -1,0 +1,73 @@
+"""The model store server's HTTP routes (Flask application factory).
+
+Routes parse and validate, call ``SwapService``, and format the answer.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, jsonify, request
+
+from model_store_server.config import StoreSettings
+from model_store_server.swap_service import SwapService
+from model_swap.errors import ApiError, BadRequest, register_error_handlers
+from model_swap.names import InvalidModelName, validate_model_name
+from model_swap.requests_json import positive_int, read_json_object
+
+DEFAULT_MAX_TOKENS = 512
+
+
+def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
+    """Build a store app with its own policy and worker view (no global state)."""
+    settings = settings or StoreSettings.from_env()
+    service = SwapService(settings, **({"clock": clock} if clock else {}))
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.extensions["swap_service"] = service
+    register_error_handlers(app)
+
+    @app.post("/user_request")
+    def user_request():
+        body = read_json_object(request)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise BadRequest("prompt must be a string")
+        try:
+            model = validate_model_name(body.get("model"))
+        except InvalidModelName as err:
+            raise BadRequest(f"model: {err}") from None
+        max_tokens = positive_int(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
+
+        try:
+            served = service.serve(model, prompt, max_tokens)
+        except ApiError as err:
+            decision = getattr(err, "decision", None)
+            if decision is not None:
+                err.headers.update(_decision_headers(decision))
+            raise
+
+        response = Response(served.stream, mimetype="text/plain")
+        response.headers.update(_decision_headers(served.decision))
+        if served.model:
+            response.headers["X-Model"] = served.model
+        response.headers["X-Accel-Buffering"] = "no"
+        response.call_on_close(served.close)
+        return response
+
+    @app.post("/reset")
+    def reset():
+        return jsonify(evicted=service.reset(), status=service.status())
+
+    @app.get("/status")
+    def status():
+        return jsonify(service.status())
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(ok=True)
+
+    return app
+
+
+def _decision_headers(decision) -> dict[str, str]:
+    return {"X-Cache-Action": str(decision.action), "X-Evicted": ",".join(decision.evicted)}

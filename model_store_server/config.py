@@ -1,0 +1,86 @@
+"""The store's settings: every default in one place, overridable by environment variables.
+
+Each setting is read from the environment variable of exactly its name. A bad
+value raises ``SettingsError`` naming the variable and what is valid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_store_server.cache_policy import POLICIES
+from model_swap.settings import EnvReader
+
+# RDMA (TRANSPORT=rdma) is not implemented yet; only HTTP is accepted.
+TRANSPORTS = ("http",)
+
+DEFAULTS = {
+    "MODELS_DIR": "./models",
+    "WORKER_URL": "http://localhost:8080",
+    "MAX_CACHE_SIZE": 2,
+    "TTL_SECONDS": 5.0,
+    "CACHE_POLICY": "lru",
+    "TRANSPORT": "http",
+    "ALLOW_FALLBACK": False,
+    "WORKER_RDMA_HOST": "localhost",
+    "WORKER_RDMA_PORT": 8081,
+    "STORE_HOST": "0.0.0.0",
+    "STORE_PORT": 8000,
+    # Seconds to wait for the worker to accept a connection before answering 503.
+    "WORKER_CONNECT_TIMEOUT": 5.0,
+    # Seconds a worker call (push, load, next token) may stay silent before it fails.
+    "WORKER_READ_TIMEOUT": 600.0,
+    # Seconds a request waits for another model's generations or a swap to finish (then 503).
+    "SWAP_WAIT_TIMEOUT": 120.0,
+    "LOG_LEVEL": "INFO",
+}
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Validated settings of one model store server."""
+
+    models_dir: Path = Path(DEFAULTS["MODELS_DIR"])
+    worker_url: str = DEFAULTS["WORKER_URL"]
+    max_cache_size: int = DEFAULTS["MAX_CACHE_SIZE"]
+    ttl_seconds: float = DEFAULTS["TTL_SECONDS"]
+    cache_policy: str = DEFAULTS["CACHE_POLICY"]
+    transport: str = DEFAULTS["TRANSPORT"]
+    allow_fallback: bool = DEFAULTS["ALLOW_FALLBACK"]
+    worker_rdma_host: str = DEFAULTS["WORKER_RDMA_HOST"]
+    worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
+    store_host: str = DEFAULTS["STORE_HOST"]
+    store_port: int = DEFAULTS["STORE_PORT"]
+    worker_connect_timeout: float = DEFAULTS["WORKER_CONNECT_TIMEOUT"]
+    worker_read_timeout: float = DEFAULTS["WORKER_READ_TIMEOUT"]
+    swap_wait_timeout: float = DEFAULTS["SWAP_WAIT_TIMEOUT"]
+    log_level: str = DEFAULTS["LOG_LEVEL"]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
+        """Build settings from ``environ`` (default ``os.environ``); raises SettingsError."""
+        env = EnvReader(os.environ if environ is None else environ)
+        return cls(
+            models_dir=env.path("MODELS_DIR", DEFAULTS["MODELS_DIR"]),
+            worker_url=env.url("WORKER_URL", DEFAULTS["WORKER_URL"]),
+            max_cache_size=env.integer("MAX_CACHE_SIZE", DEFAULTS["MAX_CACHE_SIZE"], minimum=1),
+            ttl_seconds=env.number("TTL_SECONDS", DEFAULTS["TTL_SECONDS"]),
+            cache_policy=env.choice("CACHE_POLICY", DEFAULTS["CACHE_POLICY"], POLICIES),
+            transport=env.choice("TRANSPORT", DEFAULTS["TRANSPORT"], TRANSPORTS),
+            allow_fallback=env.flag("ALLOW_FALLBACK", DEFAULTS["ALLOW_FALLBACK"]),
+            worker_rdma_host=env.text("WORKER_RDMA_HOST", DEFAULTS["WORKER_RDMA_HOST"]),
+            worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
+            store_host=env.text("STORE_HOST", DEFAULTS["STORE_HOST"]),
+            store_port=env.port("STORE_PORT", DEFAULTS["STORE_PORT"]),
+            worker_connect_timeout=env.number(
+                "WORKER_CONNECT_TIMEOUT", DEFAULTS["WORKER_CONNECT_TIMEOUT"]
+            ),
+            worker_read_timeout=env.number("WORKER_READ_TIMEOUT", DEFAULTS["WORKER_READ_TIMEOUT"]),
+            swap_wait_timeout=env.number("SWAP_WAIT_TIMEOUT", DEFAULTS["SWAP_WAIT_TIMEOUT"]),
+            log_level=env.choice(
+                "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+        )

@@ -1,0 +1,214 @@
+"""What the store believes its worker holds, and who may change it right now.
+
+``WorkerState`` owns the cache policy (which models are in the worker's disk
+cache), the loaded model, how many generations are running on it, and whether
+a swap is in progress. It is the only place these change, always under one
+condition variable, and it performs no I/O: callers carry decisions out on the
+worker and report back.
+
+Rules it enforces (thread-safe, all waits bounded by a deadline):
+- one swap at a time; other requests wait for it, then decide on the new state
+  (so two requests for one missing model cause one transfer);
+- the loaded model is never replaced or evicted while a generation runs on it:
+  a swap first stops new entrants, then waits for running ones to finish.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from model_store_server.cache_policy import CachePolicy
+from model_store_server.decision import Action, Decision, decide
+
+
+class Busy(Exception):
+    """The wait for a swap or for running generations exceeded the deadline."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """The outcome of ``WorkerState.begin``.
+
+    If ``owns_swap`` the caller must carry ``decision`` out on the worker and
+    then call ``finish_swap`` or ``abort_swap``. Otherwise (and after
+    ``finish_swap`` of an admitted request) the caller holds a generation lease
+    on the loaded model and must call ``release`` once.
+    """
+
+    decision: Decision
+    owns_swap: bool
+    decision_ms: float
+
+
+@dataclass(frozen=True)
+class CachedEntry:
+    name: str
+    idle_seconds: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    cached: tuple[CachedEntry, ...]
+    loaded: str | None
+    generating: int
+    swapping: bool
+    synced: bool
+
+
+def reconcile(
+    policy: CachePolicy, worker_cached: list[str], worker_loaded: str | None
+) -> tuple[list[str], str | None]:
+    """Make ``policy`` agree with what the worker reports; pure apart from the policy.
+
+    Members the worker no longer holds are dropped. Files the worker holds but
+    the policy does not know are admitted (the loaded one last, so it is the
+    most recently used); whatever the policy evicts or refuses while admitting
+    them is returned for deletion on the worker. Returns (to_delete, loaded).
+    """
+    on_worker = set(worker_cached)
+    for member in policy.members():
+        if member not in on_worker:
+            policy.discard(member)
+    unknown = [name for name in worker_cached if name not in policy and name != worker_loaded]
+    if worker_loaded is not None and worker_loaded in on_worker and worker_loaded not in policy:
+        unknown.append(worker_loaded)
+    to_delete: list[str] = []
+    for name in unknown:
+        if policy.can_admit(name):
+            to_delete += policy.admit(name)
+        else:
+            to_delete.append(name)
+    loaded = worker_loaded if worker_loaded in policy else None
+    return to_delete, loaded
+
+
+class WorkerState:
+    """The store's view of its worker; see the module docstring. Thread-safe."""
+
+    def __init__(self, policy: CachePolicy):
+        self.policy = policy
+        self._cond = threading.Condition()
+        self._loaded: str | None = None
+        self._active = 0
+        self._swapping = False
+        self._synced = False
+
+    # -- waiting -----------------------------------------------------------------
+
+    def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
+        while not ready():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Busy(f"timed out waiting for {what}")
+            self._cond.wait(remaining)
+
+    # -- requests ----------------------------------------------------------------
+
+    def begin(self, model: str, timeout: float) -> Ticket:
+        """Decide how to serve ``model``, waiting (at most ``timeout`` s) for its turn."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
+            started = time.perf_counter()
+            decision = decide(self.policy, model, self._loaded)
+            decision_ms = (time.perf_counter() - started) * 1000
+            if not decision.changes_worker:
+                if decision.action is not Action.REJECTED:
+                    self._active += 1
+                return Ticket(decision, owns_swap=False, decision_ms=decision_ms)
+            # New requests now wait for this swap; running generations finish first
+            # if the loaded model is about to be replaced or evicted.
+            self._swapping = True
+            if decision.replaces(self._loaded):
+                try:
+                    self._wait(
+                        lambda: self._active == 0,
+                        deadline,
+                        f"running generations on {self._loaded} to finish",
+                    )
+                except Busy:
+                    # The policy already moved on; the next request re-reads the worker.
+                    self._synced = False
+                    self._swapping = False
+                    self._cond.notify_all()
+                    raise
+            return Ticket(decision, owns_swap=True, decision_ms=decision_ms)
+
+    def finish_swap(self, ticket: Ticket) -> None:
+        """The worker carried ``ticket``'s decision out; admitted requests get a lease."""
+        decision = ticket.decision
+        with self._cond:
+            if self._loaded in decision.evicted:
+                self._loaded = None
+            if decision.action in (Action.LOAD_FROM_STORE, Action.LOAD_FROM_LOCAL_STORE):
+                self._loaded = decision.model
+            if decision.action is not Action.REJECTED:
+                self._active += 1
+            self._swapping = False
+            self._cond.notify_all()
+
+    def end_swap(self, *, synced: bool) -> None:
+        """Give the swap slot back without a lease: after a failed swap or a sync.
+
+        ``synced`` says whether the state now matches the worker's own report;
+        if not, the next request re-reads the worker before deciding.
+        """
+        with self._cond:
+            self._synced = synced
+            self._swapping = False
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        """A generation on the loaded model ended (normally, by error or disconnect)."""
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    # -- synchronising with the worker's truth ------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        with self._cond:
+            return self._synced
+
+    def acquire_exclusive(self, timeout: float) -> None:
+        """Take the swap slot with nothing generating (for syncs and resets).
+
+        Release it with ``end_swap``. Raises Busy after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
+            self._swapping = True
+            try:
+                self._wait(lambda: self._active == 0, deadline, "running generations to finish")
+            except Busy:
+                self._swapping = False
+                self._cond.notify_all()
+                raise
+
+    def apply_worker_report(self, cached: list[str], loaded: str | None) -> list[str]:
+        """Adopt the worker's report (caller holds the swap slot); returns names to delete."""
+        with self._cond:
+            to_delete, self._loaded = reconcile(self.policy, cached, loaded)
+            if self._loaded in to_delete:
+                self._loaded = None
+            return to_delete
+
+    def mark_unsynced(self) -> None:
+        """Something the worker said contradicts this view; re-read it before the next decision."""
+        with self._cond:
+            self._synced = False
+
+    # -- reading -----------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        with self._cond:
+            cached = tuple(
+                CachedEntry(name, round(self.policy.idle_seconds(name), 3))
+                for name in self.policy.members()
+            )
+            return Snapshot(cached, self._loaded, self._active, self._swapping, self._synced)

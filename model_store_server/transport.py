@@ -1,0 +1,73 @@
+"""How model bytes reach the worker: one interface, one class per transport.
+
+``Transport.push`` sends a model file to the worker under a name, either to
+cache it or to cache and load it, and blocks until the worker confirms. Only
+HTTP exists so far: the file is streamed as a chunked request body, read in
+1 MiB blocks so the store never holds a whole model in memory.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_store_server.worker_client import WorkerClient
+
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PushResult:
+    model: str
+    nbytes: int
+    seconds: float
+    transport: str
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+
+class Transport(abc.ABC):
+    """Sends model files to the worker. Implementations are thread-safe."""
+
+    name: str
+
+    @abc.abstractmethod
+    def push(self, model: str, path: Path, *, load: bool) -> PushResult:
+        """Send ``path`` to the worker as ``model``; with ``load`` the worker also loads it.
+
+        Blocks until the worker has the whole file (and has loaded it, with
+        ``load``). Raises WorkerUnavailable or WorkerError on failure, in which
+        case the worker keeps no partial file.
+        """
+
+
+def _read_blocks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as source:
+        while block := source.read(CHUNK_BYTES):
+            yield block
+
+
+class HttpTransport(Transport):
+    """Chunked HTTP POST of the file to the worker's upload endpoints."""
+
+    name = "http"
+
+    def __init__(self, client: WorkerClient):
+        self._client = client
+
+    def push(self, model: str, path: Path, *, load: bool) -> PushResult:
+        size = path.stat().st_size
+        endpoint = "/load_model_from_store" if load else "/cache_model"
+        started = time.perf_counter()
+        self._client.request(
+            "POST",
+            endpoint,
+            data=_read_blocks(path),
+            headers={"X-Model-Name": model, "X-Model-Size": str(size)},
+        ).close()
+        return PushResult(model, size, time.perf_counter() - started, self.name)

@@ -1,0 +1,141 @@
+"""How the store talks to its inference worker over HTTP (control calls and inference).
+
+Every call maps transport failures onto the store's errors: an unreachable
+worker is ``WorkerUnavailable`` (503), a worker that answers with an error is
+``WorkerError`` (502) carrying the worker's status and message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+
+from model_swap.errors import Unavailable, WorkerFailed
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerUnavailable(Unavailable):
+    """The worker could not be reached (connection refused or timed out)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retry_after=1, type="worker_unavailable")
+
+
+class WorkerError(WorkerFailed):
+    """The worker answered with an error status."""
+
+    def __init__(self, message: str, *, worker_status: int | None = None):
+        super().__init__(message)
+        self.worker_status = worker_status
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What the worker says it holds (its ``GET /status``)."""
+
+    cached: list[str]
+    loaded: str | None
+    sizes: dict[str, int]
+
+
+class InferenceStream:
+    """A streaming inference response from the worker; iterate for text, then ``close``."""
+
+    def __init__(self, response: requests.Response):
+        self._response = response
+        self.model = response.headers.get("X-Model")
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._response.iter_content(chunk_size=None):
+                if chunk:
+                    yield chunk
+        except requests.RequestException as err:
+            raise WorkerError(f"worker stream broke off: {err}") from err
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class WorkerClient:
+    """HTTP calls to one worker. Thread-safe (one pooled session)."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def request(
+        self, method: str, path: str, *, stream: bool = False, **kwargs
+    ) -> requests.Response:
+        """Send one request; raise WorkerUnavailable/WorkerError unless it answers 2xx."""
+        url = f"{self.base_url}{path}"
+        try:
+            response = self.session.request(
+                method, url, timeout=self.timeout, stream=stream, **kwargs
+            )
+        except (requests.ConnectionError, requests.ConnectTimeout) as err:
+            if isinstance(err, requests.ConnectTimeout) or _never_connected(err):
+                raise WorkerUnavailable(f"worker at {self.base_url} is unreachable: {err}") from err
+            raise WorkerError(f"worker connection failed during {method} {path}: {err}") from err
+        except requests.RequestException as err:
+            raise WorkerError(f"worker call {method} {path} failed: {err}") from err
+        if response.status_code >= 400:
+            message = _error_message(response)
+            response.close()
+            raise WorkerError(
+                f"worker answered {response.status_code} to {method} {path}: {message}",
+                worker_status=response.status_code,
+            )
+        return response
+
+    def status(self) -> WorkerReport:
+        data = self.request("GET", "/status").json()
+        cached = [entry["name"] for entry in data.get("cached", [])]
+        sizes = {entry["name"]: entry["size"] for entry in data.get("cached", [])}
+        return WorkerReport(cached=cached, loaded=data.get("loaded"), sizes=sizes)
+
+    def evict(self, model: str) -> None:
+        try:
+            self.request("DELETE", f"/models/{model}")
+        except WorkerError as err:
+            if err.worker_status != 404:  # already gone is what we wanted
+                raise
+
+    def load_local(self, model: str) -> dict:
+        return self.request(
+            "POST", "/load_model_from_local_store", headers={"X-Model-Name": model}
+        ).json()
+
+    def infer(self, model: str, prompt: str, max_tokens: int) -> InferenceStream:
+        response = self.request(
+            "POST",
+            "/infer",
+            json={"model": model, "prompt": prompt, "max_tokens": max_tokens},
+            stream=True,
+        )
+        return InferenceStream(response)
+
+
+def _never_connected(err: requests.RequestException) -> bool:
+    """True when the request failed before a connection was made (worker down)."""
+    reason = err.args[0] if err.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200] or response.reason

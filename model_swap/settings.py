@@ -1,0 +1,115 @@
+"""Reading settings from environment variables, with one clear error per bad value.
+
+Each service's ``config.py`` lists its settings and defaults in one place and
+uses ``EnvReader`` to apply overrides. A bad value raises ``SettingsError``
+whose message names the variable and what would be valid, so start-up can
+stop with exactly one line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot start with."""
+
+
+class EnvReader:
+    """Typed access to overrides in an environment mapping (``os.environ`` by default)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        self._env = os.environ if environ is None else environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None:
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if not value:
+            raise SettingsError(f"{name}: must not be empty")
+        return value
+
+    def path(self, name: str, default: str | Path) -> Path:
+        return Path(self.text(name, str(default))).expanduser()
+
+    def integer(self, name: str, default: int, *, minimum: int | None = None) -> int:
+        value = self._raw(name)
+        if value is None:
+            result = default
+        else:
+            try:
+                result = int(value)
+            except ValueError:
+                raise SettingsError(
+                    f"{name}: {value!r} is not an integer"
+                    + (f" (valid: an integer >= {minimum})" if minimum is not None else "")
+                ) from None
+        if minimum is not None and result < minimum:
+            raise SettingsError(f"{name}: {result} is too small (valid: an integer >= {minimum})")
+        return result
+
+    def number(self, name: str, default: float, *, positive: bool = True) -> float:
+        value = self._raw(name)
+        if value is None:
+            result = default
+        else:
+            try:
+                result = float(value)
+            except ValueError:
+                raise SettingsError(f"{name}: {value!r} is not a number") from None
+        if result != result or result in (float("inf"), float("-inf")):
+            raise SettingsError(f"{name}: {value!r} is not a finite number")
+        if positive and result <= 0:
+            raise SettingsError(f"{name}: {result:g} is not valid (valid: a number > 0)")
+        return result
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in TRUE_WORDS:
+            return True
+        if lowered in FALSE_WORDS:
+            return False
+        raise SettingsError(f"{name}: {value!r} is not valid (valid: 0 or 1)")
+
+    def choice(self, name: str, default: str, choices: Iterable[str]) -> str:
+        options = list(choices)
+        value = self.text(name, default)
+        if value not in options:
+            raise SettingsError(f"{name}: {value!r} is not valid (valid: {', '.join(options)})")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        result = self.integer(name, default, minimum=0)
+        if result > 65535:
+            raise SettingsError(f"{name}: {result} is not a port (valid: 0-65535)")
+        return result
+
+    def url(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise SettingsError(f"{name}: {value!r} has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(
+                f"{name}: {value!r} is not valid (valid: an http:// or https:// URL with a host)"
+            )
+        if parts.query or parts.fragment:
+            raise SettingsError(f"{name}: {value!r} must not have a query or fragment")
+        return value.rstrip("/")

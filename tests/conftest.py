@@ -1,0 +1,134 @@
+"""Shared fixtures: tiny real GGUF models, and real worker and store servers on free ports."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from inference_worker.app import create_app as create_worker_app
+from inference_worker.config import WorkerSettings
+from model_store_server.app import create_app as create_store_app
+from model_store_server.config import StoreSettings
+from model_swap.serving import ServerThread
+from model_swap.tiny_models import write_tiny_models
+
+A, B, C = "tiny-a.gguf", "tiny-b.gguf", "tiny-c.gguf"
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """Three tiny models (tiny-a/b/c.gguf), written once per test session."""
+    directory = tmp_path_factory.mktemp("tiny-models")
+    write_tiny_models(directory, count=3)
+    return directory
+
+
+@pytest.fixture
+def models_dir(tiny_models_dir, tmp_path) -> Path:
+    """A per-test copy of the tiny models, so a test may add or break files."""
+    target = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, target)
+    return target
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ServerThread]]:
+    started: list[ServerThread] = []
+    yield started
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def start_worker(servers, tmp_path) -> Callable[..., ServerThread]:
+    """Start a real worker on 127.0.0.1:0; returns its ServerThread (``.url``, ``.app``)."""
+
+    def start(**overrides) -> ServerThread:
+        settings = WorkerSettings(
+            worker_host="127.0.0.1",
+            worker_port=0,
+            model_cache_dir=overrides.pop("model_cache_dir", tmp_path / "worker-cache"),
+            **overrides,
+        )
+        app = create_worker_app(settings)
+        server = ServerThread(app).start()
+        server.app = app
+        servers.append(server)
+        return server
+
+    return start
+
+
+@pytest.fixture
+def start_store(servers, models_dir) -> Callable[..., ServerThread]:
+    """Start a real store on 127.0.0.1:0 in front of ``worker``; returns its ServerThread."""
+
+    def start(worker: ServerThread | None = None, *, clock=None, **overrides) -> ServerThread:
+        settings = StoreSettings(
+            models_dir=overrides.pop("models_dir", models_dir),
+            worker_url=overrides.pop("worker_url", worker.url if worker else ""),
+            store_host="127.0.0.1",
+            store_port=0,
+            **overrides,
+        )
+        app = create_store_app(settings, clock=clock)
+        server = ServerThread(app).start()
+        server.app = app
+        servers.append(server)
+        return server
+
+    return start
+
+
+@pytest.fixture
+def worker(start_worker) -> ServerThread:
+    return start_worker()
+
+
+def ask(store: ServerThread, model: str, prompt: str = "hello", max_tokens: int = 4, **kw):
+    """POST /user_request and read the whole body."""
+    return requests.post(
+        f"{store.url}/user_request",
+        json={"prompt": prompt, "model": model, "max_tokens": max_tokens},
+        timeout=60,
+        **kw,
+    )
+
+
+def worker_status(worker: ServerThread) -> dict:
+    return requests.get(f"{worker.url}/status", timeout=10).json()
+
+
+def store_status(store: ServerThread) -> dict:
+    return requests.get(f"{store.url}/status", timeout=10).json()
+
+
+def files_on_disk(worker: ServerThread) -> list[str]:
+    directory = Path(worker_status(worker)["model_cache_dir"])
+    return sorted(p.name for p in directory.iterdir())
+
+
+def assert_agree(store: ServerThread, worker: ServerThread) -> None:
+    """The store's view, the worker's report and the worker's disk all agree."""
+    s, w = store_status(store), worker_status(worker)
+    store_cached = sorted(entry["name"] for entry in s["cached"])
+    worker_cached = sorted(entry["name"] for entry in w["cached"])
+    assert store_cached == worker_cached == files_on_disk(worker)
+    assert s["loaded"] == w["loaded"]

@@ -1,0 +1,41 @@
+"""The shared model-name rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_swap.names import InvalidModelName, validate_model_name
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-a.gguf", "gemma-3-270m-q4_k_m.gguf", "Ünïcode-model.gguf", "a b.gguf"]
+)
+def test_plain_gguf_names_pass(name):
+    assert validate_model_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        None,
+        42,
+        "",
+        ".gguf",
+        "model.bin",
+        "model.gguf.txt",
+        "../model.gguf",
+        "..",
+        "dir/model.gguf",
+        "/etc/model.gguf",
+        "dir\\model.gguf",
+        "nul\x00.gguf",
+        "new\nline.gguf",
+        ".hidden.gguf",
+        "x" * 251 + ".gguf",
+        "e\u0301.gguf",  # not NFC
+        "rtl\u202e.gguf",  # bidi override
+    ],
+)
+def test_bad_names_are_refused(name):
+    with pytest.raises(InvalidModelName):
+        validate_model_name(name)

@@ -1,0 +1,116 @@
+"""WorkerState's concurrency rules, exercised with real threads and no servers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from model_store_server.cache_policy import create_policy
+from model_store_server.decision import Action
+from model_store_server.state import Busy, WorkerState
+
+
+def state(name="lru", capacity=2):
+    return WorkerState(create_policy(name, capacity=capacity, ttl=5.0))
+
+
+def serve(s: WorkerState, model: str):
+    ticket = s.begin(model, timeout=5)
+    if ticket.owns_swap:
+        s.finish_swap(ticket)
+    return ticket
+
+
+def test_second_request_waits_for_swap_and_sees_already_loaded():
+    s = state()
+    first = s.begin("A", timeout=5)
+    assert first.owns_swap and first.decision.action is Action.LOAD_FROM_STORE
+    result = {}
+
+    def second():
+        result["ticket"] = s.begin("A", timeout=5)
+
+    t = threading.Thread(target=second)
+    t.start()
+    time.sleep(0.05)
+    assert t.is_alive(), "second request must wait for the swap in progress"
+    s.finish_swap(first)
+    t.join(5)
+    assert result["ticket"].decision.action is Action.ALREADY_LOADED
+    assert not result["ticket"].owns_swap
+
+
+def test_swap_waits_for_running_generation():
+    s = state()
+    serve(s, "A")  # holds a lease on A
+    order = []
+
+    def other():
+        ticket = s.begin("B", timeout=5)
+        order.append("swap-decided")
+        s.finish_swap(ticket)
+
+    t = threading.Thread(target=other)
+    t.start()
+    time.sleep(0.05)
+    assert t.is_alive()
+    order.append("generation-done")
+    s.release()
+    t.join(5)
+    assert order == ["generation-done", "swap-decided"]
+    assert s.snapshot().loaded == "B"
+
+
+def test_swap_wait_is_bounded_and_marks_state_stale():
+    s = state()
+    serve(s, "A")
+    with pytest.raises(Busy):
+        s.begin("B", timeout=0.1)
+    assert not s.synced
+    # the loaded model is still usable while the swap gave up
+    ticket = s.begin("A", timeout=1)
+    assert not ticket.owns_swap
+
+
+def test_new_hits_wait_behind_a_pending_swap():
+    """A swap waiting for A's generations blocks new A requests (no starvation)."""
+    s = state()
+    serve(s, "A")
+    swapped = threading.Event()
+
+    def swapper():
+        ticket = s.begin("B", timeout=5)
+        s.finish_swap(ticket)
+        swapped.set()
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    time.sleep(0.05)
+    late = {}
+
+    def late_hit():
+        late["ticket"] = s.begin("A", timeout=5)
+
+    t2 = threading.Thread(target=late_hit)
+    t2.start()
+    time.sleep(0.05)
+    assert "ticket" not in late
+    s.release()
+    t.join(5)
+    assert swapped.is_set()
+    s.release()  # the swapper's lease on B
+    t2.join(5)
+    assert late["ticket"].decision.action is Action.LOAD_FROM_LOCAL_STORE
+
+
+def test_rejection_does_not_wait_for_generations():
+    s = state("no-evict")
+    serve(s, "A")
+    s.release()
+    serve(s, "B")  # lease on B stays held
+    started = time.monotonic()
+    ticket = s.begin("C", timeout=5)
+    assert ticket.decision.action is Action.REJECTED
+    assert time.monotonic() - started < 1
