@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import llama_cpp
+from llama_cpp import Llama
+
 from inference_worker.fair_lock import FairLock
 from model_swap.logs import CONSOLE
 
@@ -57,8 +60,6 @@ class Generation:
 
     def tokens(self) -> Iterator[str]:
         """Yield each generated token's text as soon as it is sampled (blocking)."""
-        import llama_cpp
-
         llm = self._llm
         vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -114,8 +115,6 @@ class Engine:
 
         On failure no model is loaded and ModelLoadError carries llama.cpp's reason.
         """
-        from llama_cpp import Llama
-
         with self._lock:
             self._close_current()
             started = time.perf_counter()
@@ -135,7 +134,13 @@ class Engine:
         return LoadResult(name, seconds)
 
     def unload(self, name: str | None = None) -> bool:
-        """Unload the current model (only if it is ``name``, when given); True if one was."""
+        """Unload the current model (only if it is ``name``, when given); True if one was.
+
+        Returns at once, without queueing behind generations, when ``name`` is
+        not the loaded model (deleting an idle cached file must not wait).
+        """
+        if name is not None and name != self._name:
+            return False
         with self._lock:
             if self._name is None or (name is not None and name != self._name):
                 return False

@@ -83,13 +83,18 @@ class ModelCache:
         ``expected_size`` is given and the body's length differs.
         """
         target = self.path(name)
-        tmp = self.directory / f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        # The temporary name does not embed the model name: a 255-byte model
+        # name plus a suffix would exceed the filesystem's name limit.
+        tmp = self.directory / f".upload-{uuid.uuid4().hex}{TEMP_SUFFIX}"
         started = time.perf_counter()
         written = 0
         try:
             with open(tmp, "wb") as out:
                 while True:
-                    block = body.read(CHUNK_BYTES)
+                    try:
+                        block = body.read(CHUNK_BYTES)
+                    except OSError as err:  # broken chunked framing, client gone
+                        raise IncompleteUpload(f"body broke off: {err}") from err
                     if not block:
                         break
                     out.write(block)

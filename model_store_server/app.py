@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify, request
 
 from model_store_server.config import StoreSettings
 from model_store_server.swap_service import SwapService
-from model_swap.errors import ApiError, BadRequest, register_error_handlers
+from model_swap.errors import BadRequest, register_error_handlers
 from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.requests_json import positive_int, read_json_object
 
@@ -38,16 +38,9 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
             raise BadRequest(f"model: {err}") from None
         max_tokens = positive_int(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
 
-        try:
-            served = service.serve(model, prompt, max_tokens)
-        except ApiError as err:
-            decision = getattr(err, "decision", None)
-            if decision is not None:
-                err.headers.update(_decision_headers(decision))
-            raise
-
+        served = service.serve(model, prompt, max_tokens)
         response = Response(served.stream, mimetype="text/plain")
-        response.headers.update(_decision_headers(served.decision))
+        response.headers.update(served.decision.headers())
         if served.model:
             response.headers["X-Model"] = served.model
         response.headers["X-Accel-Buffering"] = "no"
@@ -67,7 +60,3 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
         return jsonify(ok=True)
 
     return app
-
-
-def _decision_headers(decision) -> dict[str, str]:
-    return {"X-Cache-Action": str(decision.action), "X-Evicted": ",".join(decision.evicted)}

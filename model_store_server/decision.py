@@ -34,6 +34,10 @@ class Decision:
             Action.LOAD_FROM_STORE,
         )
 
+    def headers(self) -> dict[str, str]:
+        """The response headers that tell a client what happened."""
+        return {"X-Cache-Action": str(self.action), "X-Evicted": ",".join(self.evicted)}
+
     def replaces(self, loaded: str | None) -> bool:
         """Whether carrying this out unloads or evicts ``loaded``."""
         if loaded is None:
@@ -42,6 +46,18 @@ class Decision:
             Action.LOAD_FROM_LOCAL_STORE,
             Action.LOAD_FROM_STORE,
         )
+
+
+def would_replace_loaded(policy: CachePolicy, model: str, loaded: str | None) -> bool:
+    """Whether serving ``model`` now would unload or evict ``loaded``. Read-only."""
+    if loaded is None:
+        return False
+    return model != loaded or policy.is_expired(loaded)
+
+
+def would_reject(policy: CachePolicy, model: str) -> bool:
+    """Whether the policy would refuse ``model`` now. Read-only."""
+    return model not in policy and not policy.can_admit(model)
 
 
 def decide(policy: CachePolicy, model: str, loaded: str | None) -> Decision:

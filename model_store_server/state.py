@@ -21,7 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from model_store_server.cache_policy import CachePolicy
-from model_store_server.decision import Action, Decision, decide
+from model_store_server.decision import (
+    Action,
+    Decision,
+    decide,
+    would_reject,
+    would_replace_loaded,
+)
 
 
 class Busy(Exception):
@@ -108,34 +114,44 @@ class WorkerState:
     # -- requests ----------------------------------------------------------------
 
     def begin(self, model: str, timeout: float) -> Ticket:
-        """Decide how to serve ``model``, waiting (at most ``timeout`` s) for its turn."""
+        """Decide how to serve ``model``, waiting (at most ``timeout`` s) for its turn.
+
+        Raises Busy, having changed nothing, if the wait exceeds ``timeout``.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
+            policy = self.policy
+            if self._active and self._loaded in policy:
+                # A model that is generating is in use, not idle: a TTL never expires it.
+                policy.touch(self._loaded)
+                if would_replace_loaded(policy, model, self._loaded) and not would_reject(
+                    policy, model
+                ):
+                    # Stop new generations on the loaded model and let running ones
+                    # finish before deciding; on timeout nothing has changed.
+                    self._swapping = True
+                    try:
+                        self._wait(
+                            lambda: self._active == 0,
+                            deadline,
+                            f"running generations on {self._loaded} to finish",
+                        )
+                    except Busy:
+                        self._swapping = False
+                        self._cond.notify_all()
+                        raise
             started = time.perf_counter()
-            decision = decide(self.policy, model, self._loaded)
+            decision = decide(policy, model, self._loaded)
             decision_ms = (time.perf_counter() - started) * 1000
-            if not decision.changes_worker:
-                if decision.action is not Action.REJECTED:
-                    self._active += 1
-                return Ticket(decision, owns_swap=False, decision_ms=decision_ms)
-            # New requests now wait for this swap; running generations finish first
-            # if the loaded model is about to be replaced or evicted.
-            self._swapping = True
-            if decision.replaces(self._loaded):
-                try:
-                    self._wait(
-                        lambda: self._active == 0,
-                        deadline,
-                        f"running generations on {self._loaded} to finish",
-                    )
-                except Busy:
-                    # The policy already moved on; the next request re-reads the worker.
-                    self._synced = False
-                    self._swapping = False
-                    self._cond.notify_all()
-                    raise
-            return Ticket(decision, owns_swap=True, decision_ms=decision_ms)
+            if decision.changes_worker:
+                self._swapping = True
+                return Ticket(decision, owns_swap=True, decision_ms=decision_ms)
+            self._swapping = False
+            if decision.action is not Action.REJECTED:
+                self._active += 1
+            self._cond.notify_all()
+            return Ticket(decision, owns_swap=False, decision_ms=decision_ms)
 
     def finish_swap(self, ticket: Ticket) -> None:
         """The worker carried ``ticket``'s decision out; admitted requests get a lease."""
@@ -162,9 +178,14 @@ class WorkerState:
             self._cond.notify_all()
 
     def release(self) -> None:
-        """A generation on the loaded model ended (normally, by error or disconnect)."""
+        """A generation on the loaded model ended (normally, by error or disconnect).
+
+        The model's idle time starts now, not when the generation started.
+        """
         with self._cond:
             self._active -= 1
+            if self._loaded in self.policy:
+                self.policy.touch(self._loaded)
             self._cond.notify_all()
 
     # -- synchronising with the worker's truth ------------------------------------

@@ -25,9 +25,8 @@ from model_store_server.worker_client import (
     InferenceStream,
     WorkerClient,
     WorkerError,
-    WorkerUnavailable,
 )
-from model_swap.errors import ApiError, NotFound, Unavailable
+from model_swap.errors import ApiError, BadRequest, NotFound, Unavailable
 from model_swap.logs import CONSOLE
 from model_swap.names import InvalidModelName, validate_model_name
 
@@ -47,6 +46,11 @@ class Served:
     push: PushResult | None
     stream: Iterator[bytes]
     close: callable
+
+
+def _is_drift(err: ApiError) -> bool:
+    """The worker lacks a model the store believed it held (it restarted or lost files)."""
+    return isinstance(err, WorkerError) and err.worker_status in (404, 409)
 
 
 class _Lease:
@@ -113,41 +117,37 @@ class SwapService:
     def serve(self, model: str, prompt: str, max_tokens: int) -> Served:
         """Make ``model`` the worker's loaded model and start generating.
 
-        Blocks for the swap. Raises NotFound, Unavailable (policy rejection,
-        busy, worker unreachable) or WorkerError.
+        Blocks for the swap. Raises NotFound, BadRequest (the worker refused the
+        prompt), Unavailable (policy rejection, busy, worker unreachable) or
+        WorkerError. Errors raised after the decision carry its headers.
         """
         path = self.model_path(model)
         for attempt in range(1, ATTEMPTS + 1):
-            self.ensure_synced()
-            ticket = self._begin(model)
-            push, worker_ms = self._carry_out(ticket, path)
-            self._log_request(ticket, worker_ms)
-            decision = ticket.decision
-            if decision.action is Action.REJECTED:
-                rejection = Unavailable(
-                    f"{self.settings.cache_policy}: cache is full "
-                    f"({len(self.state.policy)}/{self.state.policy.capacity}); "
-                    f"{model} was not admitted",
-                    type="rejected",
-                )
-                rejection.decision = decision
-                raise rejection
-            lease = _Lease(self.state)
+            ticket: Ticket | None = None
+            worker_ms = 0.0
             try:
-                stream = self.client.infer(model, prompt, max_tokens)
-            except WorkerError as err:
-                lease.release()
-                self.state.mark_unsynced()
-                if err.worker_status == 409 and attempt < ATTEMPTS:
-                    logger.warning("worker does not hold %s as expected; re-reading it", model)
+                self.ensure_synced()
+                ticket = self._begin(model)
+                push, worker_ms = self._carry_out(ticket, path)
+                if ticket.decision.action is Action.REJECTED:
+                    raise Unavailable(
+                        f"{self.settings.cache_policy}: cache is full "
+                        f"({len(self.state.policy)}/{self.state.policy.capacity}); "
+                        f"{model} was not admitted",
+                        type="rejected",
+                    )
+                stream, lease = self._start_inference(model, prompt, max_tokens)
+            except ApiError as err:
+                if _is_drift(err) and attempt < ATTEMPTS:
+                    logger.warning("the worker no longer holds %s as expected; retrying", model)
                     continue
+                self._log_request(model, ticket, worker_ms)
+                if ticket is not None:
+                    err.headers.update(ticket.decision.headers())
                 raise
-            except WorkerUnavailable:
-                lease.release()
-                self.state.mark_unsynced()
-                raise
+            self._log_request(model, ticket, worker_ms)
             return Served(
-                decision=decision,
+                decision=ticket.decision,
                 model=stream.model,
                 push=push,
                 stream=self._relay(stream, lease),
@@ -162,7 +162,10 @@ class SwapService:
             raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
 
     def _carry_out(self, ticket: Ticket, path: Path) -> tuple[PushResult | None, float]:
-        """Perform the decision's evictions and load; returns (push, worker_ms)."""
+        """Perform the decision's evictions and load; returns (push, worker_ms).
+
+        On any failure the swap slot is given back after re-reading the worker.
+        """
         if not ticket.owns_swap:
             return None, 0.0
         decision = ticket.decision
@@ -185,12 +188,30 @@ class SwapService:
             elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
                 self.client.load_local(decision.model)
                 logger.info("loaded %s from the worker's cache", decision.model)
-        except ApiError as err:
-            logger.warning("%s for %s failed: %s", decision.action, decision.model, err.message)
+        except BaseException as err:
+            logger.warning("%s for %s failed: %s", decision.action, decision.model, err)
             self.state.end_swap(synced=self._resync() is None)
+            if isinstance(err, OSError) and not isinstance(err, ApiError):
+                raise NotFound(f"model {decision.model} could not be read: {err}") from err
             raise
         self.state.finish_swap(ticket)
         return push, (time.perf_counter() - started) * 1000
+
+    def _start_inference(
+        self, model: str, prompt: str, max_tokens: int
+    ) -> tuple[InferenceStream, _Lease]:
+        """Open the worker's token stream under a generation lease (released on failure)."""
+        lease = _Lease(self.state)
+        try:
+            return self.client.infer(model, prompt, max_tokens), lease
+        except BaseException as err:
+            lease.release()
+            status = getattr(err, "worker_status", None)
+            if status is not None and 400 <= status < 500 and status != 409:
+                # The worker refused this request's input; its state is as we believe.
+                raise BadRequest(err.worker_message) from None
+            self.state.mark_unsynced()
+            raise
 
     def _relay(self, stream: InferenceStream, lease: _Lease) -> Iterator[bytes]:
         try:
@@ -234,7 +255,9 @@ class SwapService:
             for name in self.state.apply_worker_report(report.cached, report.loaded):
                 self.client.evict(name)
                 logger.info("evicted %s from the worker to restore the policy's bounds", name)
-        except ApiError as err:
+        except Exception as err:
+            if not isinstance(err, ApiError):
+                err = WorkerError(f"could not re-read the worker's state: {err}")
             logger.warning("could not re-read the worker's state: %s", err.message)
             return err
         logger.info("synced with the worker: cached=%s loaded=%s", report.cached, report.loaded)
@@ -259,20 +282,20 @@ class SwapService:
 
     # -- observing ------------------------------------------------------------------------
 
-    def _log_request(self, ticket: Ticket, worker_ms: float) -> None:
-        decision = ticket.decision
+    def _log_request(self, model: str, ticket: Ticket | None, worker_ms: float) -> None:
+        """The one ``[/user_request]`` line per request (action ``none`` if never decided)."""
         snapshot = self.state.snapshot()
         CONSOLE.info(
             "[/user_request] ts=%s policy=%s model=%s action=%s decision_ms=%.3f "
             "worker_ms=%.1f cached=[%s] evicted=[%s]",
             datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             self.settings.cache_policy,
-            decision.model,
-            decision.action,
-            ticket.decision_ms,
+            model,
+            ticket.decision.action if ticket else "none",
+            ticket.decision_ms if ticket else 0.0,
             worker_ms,
             ",".join(entry.name for entry in snapshot.cached),
-            ",".join(decision.evicted),
+            ",".join(ticket.decision.evicted) if ticket else "",
         )
 
     def status(self) -> dict:

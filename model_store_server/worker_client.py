@@ -30,9 +30,10 @@ class WorkerUnavailable(Unavailable):
 class WorkerError(WorkerFailed):
     """The worker answered with an error status."""
 
-    def __init__(self, message: str, *, worker_status: int | None = None):
+    def __init__(self, message: str, *, worker_status: int | None = None, worker_message: str = ""):
         super().__init__(message)
         self.worker_status = worker_status
+        self.worker_message = worker_message or message
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,22 @@ class WorkerClient:
             raise WorkerError(
                 f"worker answered {response.status_code} to {method} {path}: {message}",
                 worker_status=response.status_code,
+                worker_message=message,
             )
         return response
 
     def status(self) -> WorkerReport:
-        data = self.request("GET", "/status").json()
-        cached = [entry["name"] for entry in data.get("cached", [])]
-        sizes = {entry["name"]: entry["size"] for entry in data.get("cached", [])}
-        return WorkerReport(cached=cached, loaded=data.get("loaded"), sizes=sizes)
+        response = self.request("GET", "/status")
+        try:
+            data = response.json()
+            entries = data["cached"]
+            return WorkerReport(
+                cached=[entry["name"] for entry in entries],
+                loaded=data["loaded"],
+                sizes={entry["name"]: int(entry["size"]) for entry in entries},
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise WorkerError(f"worker sent an unreadable status: {err!r}") from None
 
     def evict(self, model: str) -> None:
         try:

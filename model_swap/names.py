@@ -1,13 +1,14 @@
 """The one rule for what a model name may be, shared by the store and the worker.
 
-A model name is a plain file name ending in ``.gguf``: it never contains a
-path separator, a parent reference or a control character, so joining it to
-a directory can never point outside that directory.
+A model name is a plain file name ending in ``.gguf``, made of printable ASCII
+characters: it never contains a path separator, a parent reference or a
+control character, so joining it to a directory can never point outside that
+directory, and it travels unchanged in an HTTP header (``X-Model-Name``) and a
+URL path. Non-ASCII names are refused rather than normalised, so look-alike
+Unicode names cannot alias each other.
 """
 
 from __future__ import annotations
-
-import unicodedata
 
 MAX_NAME_BYTES = 255
 SUFFIX = ".gguf"
@@ -23,12 +24,12 @@ def validate_model_name(name: object) -> str:
         raise InvalidModelName("model must be a string")
     if not name:
         raise InvalidModelName("model must not be empty")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise InvalidModelName(f"model name must be at most {MAX_NAME_BYTES} bytes")
-    if unicodedata.normalize("NFC", name) != name:
-        raise InvalidModelName("model name must be in Unicode NFC form")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
-        raise InvalidModelName("model name must not contain control or format characters")
+    if len(name) > MAX_NAME_BYTES:
+        raise InvalidModelName(f"model name must be at most {MAX_NAME_BYTES} characters")
+    if not all(" " <= ch <= "~" for ch in name):
+        raise InvalidModelName("model name must consist of printable ASCII characters")
+    if name != name.strip():
+        raise InvalidModelName("model name must not start or end with whitespace")
     if "/" in name or "\\" in name:
         raise InvalidModelName("model name must be a plain file name (no path separators)")
     if name in (".", "..") or name.startswith("."):

@@ -94,6 +94,9 @@ def test_swap_waiting_too_long_answers_503_with_retry_after(worker, start_store)
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "1"
     assert r.json()["error"]["type"] == "busy"
+    # the loaded model is still served (it queues behind the running generation)
+    hit = ask(store, A)
+    assert hit.status_code == 200 and hit.headers["X-Cache-Action"] == "already_loaded"
     list(chunks)
     ok = ask(store, B)  # once A is done, B is served and the views agree again
     assert ok.status_code == 200 and ok.headers["X-Model"] == B

@@ -8,7 +8,8 @@ from model_swap.names import InvalidModelName, validate_model_name
 
 
 @pytest.mark.parametrize(
-    "name", ["tiny-a.gguf", "gemma-3-270m-q4_k_m.gguf", "Ünïcode-model.gguf", "a b.gguf"]
+    "name",
+    ["tiny-a.gguf", "gemma-3-270m-q4_k_m.gguf", "Mistral-7B.Q4_K_M (v2).gguf", "x" * 250 + ".gguf"],
 )
 def test_plain_gguf_names_pass(name):
     assert validate_model_name(name) == name
@@ -32,8 +33,12 @@ def test_plain_gguf_names_pass(name):
         "new\nline.gguf",
         ".hidden.gguf",
         "x" * 251 + ".gguf",
-        "e\u0301.gguf",  # not NFC
+        "e\u0301.gguf",  # combining accent
         "rtl\u202e.gguf",  # bidi override
+        "\u6a21\u578b.gguf",  # non-ASCII (cannot travel in an HTTP header)
+        "\uff0e\uff0e\uff0fx.gguf",  # fullwidth ../
+        " padded.gguf",
+        "x" * 251 + ".gguf",
     ],
 )
 def test_bad_names_are_refused(name):

@@ -63,15 +63,32 @@ def test_swap_waits_for_running_generation():
     assert s.snapshot().loaded == "B"
 
 
-def test_swap_wait_is_bounded_and_marks_state_stale():
+def test_swap_wait_is_bounded_and_changes_nothing():
     s = state()
     serve(s, "A")
     with pytest.raises(Busy):
         s.begin("B", timeout=0.1)
-    assert not s.synced
-    # the loaded model is still usable while the swap gave up
+    assert s.policy.members() == ["A"]
+    assert s.snapshot().loaded == "A" and not s.snapshot().swapping
+    # the loaded model is still served at once while the swap gave up
     ticket = s.begin("A", timeout=1)
-    assert not ticket.owns_swap
+    assert not ticket.owns_swap and ticket.decision.action is Action.ALREADY_LOADED
+
+
+def test_ttl_never_expires_a_model_that_is_generating():
+    from tests.conftest import FakeClock
+
+    clock = FakeClock()
+    s = WorkerState(create_policy("ttl", capacity=2, ttl=5.0, clock=clock))
+    serve(s, "A")  # generating on A
+    clock.advance(60)
+    ticket = s.begin("A", timeout=1)
+    assert ticket.decision.action is Action.ALREADY_LOADED
+    assert ticket.decision.evicted == ()
+    s.release()
+    s.release()
+    clock.advance(4)  # idle time counts from the end of the last generation
+    assert s.begin("A", timeout=1).decision.action is Action.ALREADY_LOADED
 
 
 def test_new_hits_wait_behind_a_pending_swap():

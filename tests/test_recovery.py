@@ -1,0 +1,156 @@
+"""The store keeps serving and re-agrees with the worker after failures and surprises."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
+
+import requests
+
+from inference_worker.app import create_app as create_worker_app
+from inference_worker.config import WorkerSettings
+from model_swap.serving import ServerThread
+from tests.conftest import A, B, ask, assert_agree, store_status, worker_status
+
+
+def restart_worker(servers, old: ServerThread, cache_dir) -> ServerThread:
+    """Stop ``old`` and start a fresh worker process-equivalent on the same port."""
+    old.stop()
+    settings = WorkerSettings(
+        worker_host="127.0.0.1", worker_port=old.port, model_cache_dir=cache_dir
+    )
+    app = create_worker_app(settings)
+    new = ServerThread(app, port=old.port).start()
+    new.app = app
+    servers.append(new)
+    return new
+
+
+def test_worker_restart_with_empty_cache_is_recovered_transparently(
+    servers, start_worker, start_store, tmp_path
+):
+    worker = start_worker(model_cache_dir=tmp_path / "c1")
+    store = start_store(worker)
+    ask(store, B)
+    ask(store, A)  # store believes: A loaded, B cached
+    worker = restart_worker(servers, worker, tmp_path / "c2")  # worker lost everything
+    r = ask(store, A)  # worker answers 409; store re-reads it and pushes again
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Cache-Action"] == "load_from_store"
+    assert r.headers["X-Model"] == A
+    r = ask(store, B)  # store would load B locally; worker says 404; store recovers
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Cache-Action"] == "load_from_store"
+    assert_agree(store, worker)
+
+
+def test_worker_restart_keeping_its_files_loads_locally(
+    servers, start_worker, start_store, tmp_path
+):
+    worker = start_worker(model_cache_dir=tmp_path / "c")
+    store = start_store(worker)
+    ask(store, A)
+    worker = restart_worker(servers, worker, tmp_path / "c")
+    r = ask(store, A)
+    assert r.status_code == 200
+    assert r.headers["X-Cache-Action"] == "load_from_local_store"
+    assert worker_status(worker)["received"]["uploads"] == 0
+    assert_agree(store, worker)
+
+
+def test_model_file_vanishing_during_a_wait_frees_the_swap_slot(worker, start_store, models_dir):
+    store = start_store(worker)
+    ask(store, A)
+    long = requests.post(
+        f"{store.url}/user_request",
+        json={"prompt": "x", "model": A, "max_tokens": 1500},
+        stream=True,
+        timeout=60,
+    )
+    chunks = long.iter_content(chunk_size=None)
+    next(chunks)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", ask(store, B)))
+    t.start()
+    time.sleep(0.1)  # B is decided and waits for A's generation
+    (models_dir / B).unlink()
+    list(chunks)
+    t.join(30)
+    assert result["r"].status_code == 404
+    assert result["r"].headers["X-Cache-Action"] == "load_from_store"
+    status = store_status(store)
+    assert not status["swapping"]
+    r = ask(store, A)  # the store is not stuck
+    assert r.status_code == 200
+    assert_agree(store, worker)
+
+
+def test_prompt_the_worker_refuses_is_400_and_keeps_state(start_worker, start_store):
+    worker = start_worker(n_ctx=32)
+    store = start_store(worker)
+    ask(store, A)
+    r = ask(store, A, prompt="hello world " * 100)
+    assert r.status_code == 400
+    assert "the context holds 32" in r.json()["error"]["message"]
+    assert r.headers["X-Cache-Action"] == "already_loaded"
+    assert store_status(store)["synced"] is True
+
+
+def test_longest_valid_name_works_end_to_end(worker, start_store, models_dir):
+    name = "n" * 250 + ".gguf"
+    shutil.copy(models_dir / A, models_dir / name)
+    store = start_store(worker)
+    r = ask(store, name)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Model"] == name
+    assert_agree(store, worker)
+
+
+def test_every_decided_request_logs_one_line(worker, start_store, caplog):
+    store = start_store(worker, cache_policy="no-evict", max_cache_size=1)
+    with caplog.at_level(logging.INFO, logger="model_swap.console"):
+        ask(store, A)
+        ask(store, B)  # rejected
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[/user_request]")]
+    assert len(lines) == 2
+    assert "model=tiny-a.gguf action=load_from_store" in lines[0]
+    assert "model=tiny-b.gguf action=rejected" in lines[1]
+    assert lines[1].endswith("cached=[tiny-a.gguf] evicted=[]")
+
+
+def test_deleting_an_idle_file_does_not_wait_for_generation(worker, models_dir, caplog):
+    for name, endpoint in ((B, "/cache_model"), (A, "/load_model_from_store")):
+        requests.post(
+            f"{worker.url}{endpoint}",
+            data=(models_dir / name).read_bytes(),
+            headers={"X-Model-Name": name},
+            timeout=30,
+        ).raise_for_status()
+    long = requests.post(
+        f"{worker.url}/infer", json={"prompt": "x", "max_tokens": 1500}, stream=True, timeout=60
+    )
+    chunks = long.iter_content(chunk_size=None)
+    with caplog.at_level(logging.INFO, logger="model_swap.console"):
+        next(chunks)
+        r = requests.delete(f"{worker.url}/models/{B}", timeout=30)
+        finished = [m for m in caplog.messages if m.startswith("[infer] tokens=")]
+        list(chunks)
+    assert r.json() == {"model": B, "deleted": True, "unloaded": False}
+    assert finished == [], "the delete waited for the generation to finish"
+
+
+def test_truncated_chunked_upload_is_400_and_leaves_nothing(worker):
+    parts = urlsplit(worker.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /cache_model HTTP/1.1\r\nHost: x\r\nX-Model-Name: {A}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n1000\r\nGGUF".encode()
+        )
+        sock.shutdown(socket.SHUT_WR)
+        reply = sock.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 400"), reply
+    assert worker_status(worker)["cached"] == []
