@@ -1,7 +1,8 @@
 """``model-swap``: the project's helper command.
 
 - ``model-swap up``: run a worker and a store together in the foreground, with
-  the default Gemma model in MODELS_DIR; Ctrl-C stops both.
+  the default Gemma model and three tiny test models in MODELS_DIR; Ctrl-C
+  stops both.
 - ``model-swap tiny-models DIR``: write tiny random-weight llama models.
 """
 
@@ -40,6 +41,15 @@ def ensure_default_model(models_dir: Path) -> Path:
     assemble(tmp, overwrite=True)
     os.replace(tmp, target)
     return target
+
+
+def ensure_tiny_models(models_dir: Path) -> None:
+    """Put tiny-a/b/c.gguf (the smoke scripts' default models) into ``models_dir`` if missing."""
+    from model_swap.tiny_models import tiny_model_names, write_tiny_model
+
+    for name in tiny_model_names(3):
+        if not (models_dir / name).is_file():
+            write_tiny_model(models_dir / name)
 
 
 def curl_example(store_port: int) -> str:
@@ -92,6 +102,7 @@ def cmd_up(_args: argparse.Namespace) -> int:
         print(f"model-swap up: invalid setting {err}", file=sys.stderr)
         return 2
     ensure_default_model(store_settings.models_dir)
+    ensure_tiny_models(store_settings.models_dir)
 
     processes: list[subprocess.Popen] = []
     try:

@@ -4,8 +4,10 @@ Each model is a 2-layer, 64-dim llama with a byte-fallback SentencePiece
 vocabulary (``<unk> <s> </s>``, the 256 ``<0xNN>`` byte tokens and a few
 words), about 0.5 MB by default. ``size_mb`` widens the feed-forward layers so
 the file reaches roughly that size, for transfer tests. Output is gibberish,
-but it is real llama.cpp generation: the end-of-sequence row of the output
-matrix is zero, so generation runs to ``max_tokens`` instead of stopping early.
+but it is real llama.cpp generation. Rows of the output matrix are zero for
+every token except printable ASCII bytes and the words, so those zero logits
+never win: text is printable, and generation runs to ``max_tokens`` instead
+of stopping early at ``</s>``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def _vocab() -> tuple[list[bytes], list[float], list[int]]:
         types.append(TokenType.NORMAL)
     scores = [0.0] * len(tokens)
     return tokens, scores, [int(t) for t in types]
+
+
+def _printable_mask(tokens: list[bytes]) -> np.ndarray:
+    """True for tokens worth sampling: printable ASCII byte tokens and the words."""
+    keep = np.zeros(len(tokens), dtype=bool)
+    for index, token in enumerate(tokens):
+        if token.startswith(b"<0x") and len(token) == 6:
+            keep[index] = 0x20 <= int(token[3:5], 16) <= 0x7E
+        elif not token.startswith(b"<"):
+            keep[index] = True
+    return keep
 
 
 def _n_ff_for(size_mb: float | None, n_vocab: int) -> int:
@@ -105,7 +118,7 @@ def write_tiny_model(path: str | os.PathLike, *, size_mb: float | None = None) -
         writer.add_tensor("token_embd.weight", _weights(rng, (n_vocab, N_EMBD), 1.0))
         writer.add_tensor("output_norm.weight", ones.copy())
         output = _weights(rng, (n_vocab, N_EMBD), 1.0)
-        output[2, :] = 0.0  # </s> gets logit 0, far below the top tokens
+        output[~_printable_mask(tokens), :] = 0.0
         writer.add_tensor("output.weight", output)
         attn_scale = N_EMBD**-0.5
         for layer in range(N_LAYERS):

@@ -133,7 +133,12 @@ def test_model_swap_up_serves_gemma_and_stops_cleanly(tmp_path):
         assert r.status_code == 200, r.text
         assert r.headers["X-Model"] == "gemma-3-270m-q4_k_m.gguf"
         assert r.text.strip()
-        assert (tmp_path / "models" / "gemma-3-270m-q4_k_m.gguf").is_file()
+        assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+            "gemma-3-270m-q4_k_m.gguf",
+            "tiny-a.gguf",
+            "tiny-b.gguf",
+            "tiny-c.gguf",
+        ]
     finally:
         assert stop(process, signal.SIGINT) == 0
     for port in (store_port, worker_port):
