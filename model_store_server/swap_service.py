@@ -19,6 +19,7 @@ from pathlib import Path
 from model_store_server.cache_policy import create_policy
 from model_store_server.config import StoreSettings
 from model_store_server.decision import Action, Decision
+from model_store_server.digests import DigestCache
 from model_store_server.state import Busy, Ticket, WorkerState
 from model_store_server.transport import HttpTransport, PushResult, Transport
 from model_store_server.worker_client import (
@@ -88,6 +89,7 @@ class SwapService:
             read_timeout=settings.worker_read_timeout,
         )
         self.transport: Transport = HttpTransport(self.client)
+        self.digests = DigestCache()
 
     # -- models in the store ---------------------------------------------------------
 
@@ -176,7 +178,9 @@ class SwapService:
                 self.client.evict(victim)
                 logger.info("evicted %s from the worker", victim)
             if decision.action is Action.LOAD_FROM_STORE:
-                push = self.transport.push(decision.model, path, load=True)
+                push = self.transport.push(
+                    decision.model, path, sha256=self.digests.sha256(path), load=True
+                )
                 logger.info(
                     "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",
                     push.model,

@@ -37,12 +37,14 @@ class Transport(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def push(self, model: str, path: Path, *, load: bool) -> PushResult:
+    def push(self, model: str, path: Path, *, sha256: str, load: bool) -> PushResult:
         """Send ``path`` to the worker as ``model``; with ``load`` the worker also loads it.
 
-        Blocks until the worker has the whole file (and has loaded it, with
-        ``load``). Raises WorkerUnavailable or WorkerError on failure, in which
-        case the worker keeps no partial file.
+        ``sha256`` is the file's digest; the worker keeps the file only if what
+        it received has exactly this digest and size. Blocks until the worker
+        has the whole file (and has loaded it, with ``load``). Raises
+        WorkerUnavailable or WorkerError on failure, in which case the worker
+        keeps no partial file.
         """
 
 
@@ -60,7 +62,7 @@ class HttpTransport(Transport):
     def __init__(self, client: WorkerClient):
         self._client = client
 
-    def push(self, model: str, path: Path, *, load: bool) -> PushResult:
+    def push(self, model: str, path: Path, *, sha256: str, load: bool) -> PushResult:
         size = path.stat().st_size
         endpoint = "/load_model_from_store" if load else "/cache_model"
         started = time.perf_counter()
@@ -68,6 +70,6 @@ class HttpTransport(Transport):
             "POST",
             endpoint,
             data=_read_blocks(path),
-            headers={"X-Model-Name": model, "X-Model-Size": str(size)},
+            headers={"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Sha256": sha256},
         ).close()
         return PushResult(model, size, time.perf_counter() - started, self.name)
