@@ -12,16 +12,18 @@ from flask import Flask, Response, jsonify, request
 
 from inference_worker.config import WorkerSettings
 from inference_worker.engine import Engine, ModelLoadError, NotLoaded, PromptTooLong
-from inference_worker.model_cache import ModelCache, UploadRejected, read_blocks
+from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected, read_blocks
+from model_swap.auth import require_bearer
 from model_swap.errors import (
     BadRequest,
     Conflict,
+    InsufficientStorage,
     NotFound,
     PayloadInvalid,
     register_error_handlers,
 )
 from model_swap.names import InvalidModelName, validate_model_name
-from model_swap.requests_json import positive_int, read_json_object
+from model_swap.requests_json import positive_int, prompt_text, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     app.extensions["model_cache"] = cache
     app.extensions["engine"] = engine
     register_error_handlers(app)
+    require_bearer(app, [settings.worker_token], realm="inference-worker")
 
     def receive(name: str):
         try:
@@ -84,6 +87,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             )
         except UploadRejected as err:
             raise BadRequest(f"upload of {name} refused: {err}") from None
+        except NoSpace as err:
+            raise InsufficientStorage(str(err)) from None
         rate = received.nbytes / received.seconds / 1e6 if received.seconds > 0 else 0.0
         logger.info(
             "received %s: %d bytes in %.3fs (%.1f MB/s)",
@@ -140,11 +145,14 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.post("/infer")
     def infer():
+        request.max_content_length = settings.max_request_bytes
         body = read_json_object(request)
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
+        prompt = prompt_text(body, max_chars=settings.max_request_bytes)
         max_tokens = positive_int(body, "max_tokens", default=512)
+        if max_tokens > settings.n_ctx:
+            raise BadRequest(
+                f"max_tokens {max_tokens} exceeds the context size N_CTX={settings.n_ctx}"
+            )
         model = body.get("model")
         if model is not None:
             model = _model_name_arg(model)

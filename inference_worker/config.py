@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_swap.settings import EnvReader
@@ -19,6 +19,10 @@ DEFAULTS = {
     "MODEL_CACHE_DIR": str(PACKAGE_DIR / "model_cache"),
     "N_GPU_LAYERS": -1,
     "N_CTX": 2048,
+    # Largest /infer body accepted (bytes); uploads are bounded by the disk instead.
+    "MAX_REQUEST_BYTES": 1024 * 1024,
+    # Shared secret every request (but GET /healthz) must present as a bearer token.
+    "WORKER_TOKEN": "",
     "LOG_LEVEL": "INFO",
 }
 
@@ -32,6 +36,8 @@ class WorkerSettings:
     model_cache_dir: Path = Path(DEFAULTS["MODEL_CACHE_DIR"])
     n_gpu_layers: int = DEFAULTS["N_GPU_LAYERS"]
     n_ctx: int = DEFAULTS["N_CTX"]
+    max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
+    worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
 
     @classmethod
@@ -44,6 +50,10 @@ class WorkerSettings:
             model_cache_dir=env.path("MODEL_CACHE_DIR", DEFAULTS["MODEL_CACHE_DIR"]),
             n_gpu_layers=env.integer("N_GPU_LAYERS", DEFAULTS["N_GPU_LAYERS"], minimum=-1),
             n_ctx=env.integer("N_CTX", DEFAULTS["N_CTX"], minimum=16),
+            max_request_bytes=env.integer(
+                "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
+            ),
+            worker_token=env.secret("WORKER_TOKEN"),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),

@@ -18,6 +18,7 @@ from pathlib import Path
 import llama_cpp
 from llama_cpp import Llama
 
+from inference_worker import llama_log
 from inference_worker.fair_lock import FairLock
 from model_swap.logs import CONSOLE
 
@@ -99,6 +100,7 @@ class Engine:
     """The loaded llama.cpp model (at most one). Thread-safe."""
 
     def __init__(self, *, n_gpu_layers: int = -1, n_ctx: int = 2048):
+        llama_log.install()
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
         self._lock = FairLock()
@@ -118,15 +120,17 @@ class Engine:
         with self._lock:
             self._close_current()
             started = time.perf_counter()
-            try:
-                llm = Llama(
-                    model_path=str(path),
-                    n_gpu_layers=self.n_gpu_layers,
-                    n_ctx=self.n_ctx,
-                    verbose=False,
-                )
-            except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
-                raise ModelLoadError(f"llama.cpp could not load {name}: {err}") from err
+            with llama_log.collect_errors() as reasons:
+                try:
+                    llm = Llama(
+                        model_path=str(path),
+                        n_gpu_layers=self.n_gpu_layers,
+                        n_ctx=self.n_ctx,
+                        verbose=False,
+                    )
+                except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
+                    why = "; ".join(reasons) or str(err)
+                    raise ModelLoadError(f"llama.cpp could not load {name}: {why}") from err
             self._llm, self._name = llm, name
             self.loads += 1
             seconds = time.perf_counter() - started

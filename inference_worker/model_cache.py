@@ -9,9 +9,11 @@ a model's name; leftover temporary files are removed at start-up.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -46,6 +48,13 @@ class DigestMismatch(UploadRejected):
 
 class NotGGUF(UploadRejected):
     """The body does not start with the GGUF magic bytes."""
+
+
+class NoSpace(Exception):
+    """The cache's disk cannot hold the upload (checked up front, or it filled up midway)."""
+
+
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def read_blocks(body: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -85,6 +94,18 @@ class ModelCache:
         for leftover in self.directory.glob(f".*{TEMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
             logger.info("removed leftover temporary file %s", leftover.name)
+        for cached in self.files():
+            if not self._looks_like_gguf(self.directory / cached.name):
+                (self.directory / cached.name).unlink(missing_ok=True)
+                logger.warning("removed %s from the cache: not a GGUF file", cached.name)
+
+    @staticmethod
+    def _looks_like_gguf(path: Path) -> bool:
+        with open(path, "rb") as f:
+            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.directory).free
 
     def path(self, name: str) -> Path:
         """The path a valid model name is stored at (raises InvalidModelName)."""
@@ -118,11 +139,16 @@ class ModelCache:
         Blocks until the iterable ends. The first bytes must be the GGUF magic
         (checked before anything is kept). Raises UploadRejected, keeping
         nothing, when the data is not GGUF or its length or sha256 differs
-        from what was announced. Thread-safe.
+        from what was announced, and NoSpace when the announced size exceeds
+        the free disk (before writing) or the disk fills up. Thread-safe.
         """
         target = self.path(name)
         if expected_sha256 is not None:
             expected_sha256 = expected_sha256.lower()
+        if expected_size is not None and expected_size > self.free_bytes():
+            raise NoSpace(
+                f"{name} is {expected_size} bytes; the cache's disk has {self.free_bytes()} free"
+            )
         # The temporary name does not embed the model name: a 255-byte model
         # name plus a suffix would exceed the filesystem's name limit.
         tmp = self.directory / f".upload-{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -160,6 +186,11 @@ class ModelCache:
                     f"the sender announced {expected_sha256}"
                 )
             os.replace(tmp, target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            if err.errno in _NO_SPACE_ERRNOS:
+                raise NoSpace(f"the cache's disk filled up while receiving {name}: {err}") from err
+            raise
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -9,9 +9,10 @@ from flask import Flask, Response, jsonify, request
 
 from model_store_server.config import StoreSettings
 from model_store_server.swap_service import SwapService
+from model_swap.auth import require_bearer
 from model_swap.errors import BadRequest, register_error_handlers
 from model_swap.names import InvalidModelName, validate_model_name
-from model_swap.requests_json import positive_int, read_json_object
+from model_swap.requests_json import positive_int, prompt_text, read_json_object
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -23,15 +24,16 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["swap_service"] = service
+    service.sync_in_background()
     register_error_handlers(app)
+    require_bearer(app, settings.api_keys, realm="model-store")
 
     @app.post("/user_request")
     def user_request():
         body = read_json_object(request)
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
+        prompt = prompt_text(body, max_chars=settings.max_prompt_chars)
         try:
             model = validate_model_name(body.get("model"))
         except InvalidModelName as err:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_store_server.cache_policy import POLICIES
@@ -35,6 +35,13 @@ DEFAULTS = {
     "WORKER_READ_TIMEOUT": 600.0,
     # Seconds a request waits for another model's generations or a swap to finish (then 503).
     "SWAP_WAIT_TIMEOUT": 120.0,
+    # Largest /user_request body accepted (bytes) and longest prompt (characters).
+    "MAX_REQUEST_BYTES": 1024 * 1024,
+    "MAX_PROMPT_CHARS": 32768,
+    # Shared secret sent to the worker (must match the worker's WORKER_TOKEN).
+    "WORKER_TOKEN": "",
+    # Comma-separated keys clients must present as bearer tokens (empty: no check).
+    "API_KEYS": (),
     "LOG_LEVEL": "INFO",
 }
 
@@ -57,6 +64,10 @@ class StoreSettings:
     worker_connect_timeout: float = DEFAULTS["WORKER_CONNECT_TIMEOUT"]
     worker_read_timeout: float = DEFAULTS["WORKER_READ_TIMEOUT"]
     swap_wait_timeout: float = DEFAULTS["SWAP_WAIT_TIMEOUT"]
+    max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
+    max_prompt_chars: int = DEFAULTS["MAX_PROMPT_CHARS"]
+    worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
+    api_keys: tuple[str, ...] = field(default=DEFAULTS["API_KEYS"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
 
     @classmethod
@@ -80,6 +91,14 @@ class StoreSettings:
             ),
             worker_read_timeout=env.number("WORKER_READ_TIMEOUT", DEFAULTS["WORKER_READ_TIMEOUT"]),
             swap_wait_timeout=env.number("SWAP_WAIT_TIMEOUT", DEFAULTS["SWAP_WAIT_TIMEOUT"]),
+            max_request_bytes=env.integer(
+                "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
+            ),
+            max_prompt_chars=env.integer(
+                "MAX_PROMPT_CHARS", DEFAULTS["MAX_PROMPT_CHARS"], minimum=1
+            ),
+            worker_token=env.secret("WORKER_TOKEN"),
+            api_keys=env.secret_list("API_KEYS"),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),

@@ -166,14 +166,21 @@ class WorkerState:
             self._swapping = False
             self._cond.notify_all()
 
-    def end_swap(self, *, synced: bool) -> None:
+    def end_swap(self, *, synced: bool, unconfirmed: str | None = None) -> None:
         """Give the swap slot back without a lease: after a failed swap or a sync.
 
         ``synced`` says whether the state now matches the worker's own report;
-        if not, the next request re-reads the worker before deciding.
+        if not, the next request re-reads the worker before deciding, and
+        until then ``unconfirmed`` (a model whose push failed) is not counted
+        as cached and no model as loaded: the store claims nothing it has not
+        seen the worker confirm.
         """
         with self._cond:
             self._synced = synced
+            if not synced:
+                self._loaded = None
+                if unconfirmed is not None:
+                    self.policy.discard(unconfirmed)
             self._swapping = False
             self._cond.notify_all()
 

@@ -49,6 +49,14 @@ class Served:
     close: callable
 
 
+STREAM_ERROR_PREFIX = "\n[model-swap error] "
+
+
+def stream_error_marker(err: ApiError) -> bytes:
+    """The line that ends a token stream the worker could not finish (see README)."""
+    return f"{STREAM_ERROR_PREFIX}{err.type}: {err.message}\n".encode()
+
+
 def _is_drift(err: ApiError) -> bool:
     """The worker lacks a model the store believed it held (it restarted or lost files)."""
     return isinstance(err, WorkerError) and err.worker_status in (404, 409)
@@ -87,9 +95,11 @@ class SwapService:
             settings.worker_url,
             connect_timeout=settings.worker_connect_timeout,
             read_timeout=settings.worker_read_timeout,
+            token=settings.worker_token,
         )
         self.transport: Transport = HttpTransport(self.client)
         self.digests = DigestCache()
+        self.worker_n_ctx: int | None = None  # from the worker's last report
 
     # -- models in the store ---------------------------------------------------------
 
@@ -129,6 +139,11 @@ class SwapService:
             worker_ms = 0.0
             try:
                 self.ensure_synced()
+                if self.worker_n_ctx is not None and max_tokens > self.worker_n_ctx:
+                    raise BadRequest(
+                        f"max_tokens {max_tokens} exceeds the worker's context size "
+                        f"(N_CTX={self.worker_n_ctx})"
+                    )
                 ticket = self._begin(model)
                 push, worker_ms = self._carry_out(ticket, path)
                 if ticket.decision.action is Action.REJECTED:
@@ -194,7 +209,7 @@ class SwapService:
                 logger.info("loaded %s from the worker's cache", decision.model)
         except BaseException as err:
             logger.warning("%s for %s failed: %s", decision.action, decision.model, err)
-            self.state.end_swap(synced=self._resync() is None)
+            self.state.end_swap(synced=self._resync() is None, unconfirmed=decision.model)
             if isinstance(err, OSError) and not isinstance(err, ApiError):
                 raise NotFound(f"model {decision.model} could not be read: {err}") from err
             raise
@@ -218,17 +233,31 @@ class SwapService:
             raise
 
     def _relay(self, stream: InferenceStream, lease: _Lease) -> Iterator[bytes]:
+        """The worker's tokens; if the worker fails mid-stream, end with the error marker."""
         try:
             yield from stream
         except WorkerError as err:
             logger.warning("generation on %s broke off: %s", stream.model, err.message)
             self.state.mark_unsynced()
-            raise
+            yield stream_error_marker(err)
         finally:
             stream.close()
             lease.release()
 
     # -- agreeing with the worker -------------------------------------------------------
+
+    def sync_in_background(self) -> threading.Thread:
+        """Adopt the worker's state now, without delaying start-up (errors are logged)."""
+
+        def run() -> None:
+            try:
+                self.ensure_synced()
+            except ApiError as err:
+                logger.info("worker not reachable at start (%s); will sync on first use", err)
+
+        thread = threading.Thread(target=run, name="store-initial-sync", daemon=True)
+        thread.start()
+        return thread
 
     def ensure_synced(self) -> None:
         """Adopt the worker's own report if the store's view may be stale."""
@@ -256,6 +285,7 @@ class SwapService:
         """
         try:
             report = self.client.status()
+            self.worker_n_ctx = report.n_ctx
             for name in self.state.apply_worker_report(report.cached, report.loaded):
                 self.client.evict(name)
                 logger.info("evicted %s from the worker to restore the policy's bounds", name)

@@ -15,6 +15,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
+from model_swap.auth import bearer_header
 from model_swap.errors import Unavailable, WorkerFailed
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class WorkerReport:
     cached: list[str]
     loaded: str | None
     sizes: dict[str, int]
+    n_ctx: int | None = None
 
 
 class InferenceStream:
@@ -67,10 +69,18 @@ class InferenceStream:
 class WorkerClient:
     """HTTP calls to one worker. Thread-safe (one pooled session)."""
 
-    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        token: str | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
+        self.session.headers.update(bearer_header(token))
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -109,6 +119,7 @@ class WorkerClient:
                 cached=[entry["name"] for entry in entries],
                 loaded=data["loaded"],
                 sizes={entry["name"]: int(entry["size"]) for entry in entries},
+                n_ctx=data.get("n_ctx"),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise WorkerError(f"worker sent an unreadable status: {err!r}") from None

@@ -53,6 +53,13 @@ class PayloadInvalid(ApiError):
     type = "unprocessable"
 
 
+class InsufficientStorage(ApiError):
+    """The worker's disk cannot hold the upload."""
+
+    status = 507
+    type = "insufficient_storage"
+
+
 class WorkerFailed(ApiError):
     """The worker answered, but with a failure (load error, bad upload...)."""
 

@@ -25,3 +25,17 @@ def positive_int(body: dict, field: str, *, default: int) -> int:
     if value < 1:
         raise BadRequest(f"{field} must be a positive integer")
     return value
+
+
+def prompt_text(body: dict, *, max_chars: int) -> str:
+    """``body["prompt"]``: a non-empty string of at most ``max_chars`` characters."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string")
+    if not prompt.strip():
+        raise BadRequest("prompt must not be empty")
+    if len(prompt) > max_chars:
+        raise BadRequest(f"prompt is {len(prompt)} characters; the limit is {max_chars}")
+    if "\x00" in prompt:
+        raise BadRequest("prompt must not contain NUL characters")
+    return prompt

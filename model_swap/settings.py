@@ -41,6 +41,31 @@ class EnvReader:
             raise SettingsError(f"{name}: must not be empty")
         return value
 
+    def secret(self, name: str, *, min_length: int = 16) -> str:
+        """An optional secret (empty when unset); short ones are refused."""
+        value = self._raw(name)
+        if not value:
+            return ""
+        if len(value) < min_length or any(c.isspace() or c == "," for c in value):
+            raise SettingsError(
+                f"{name}: too weak (valid: at least {min_length} characters, no spaces or commas)"
+            )
+        return value
+
+    def secret_list(self, name: str, *, min_length: int = 16) -> tuple[str, ...]:
+        """Comma-separated secrets (empty tuple when unset); each must be strong enough."""
+        value = self._raw(name)
+        if not value:
+            return ()
+        keys = tuple(k.strip() for k in value.split(",") if k.strip())
+        for key in keys:
+            if len(key) < min_length or any(c.isspace() for c in key):
+                raise SettingsError(
+                    f"{name}: a key is too weak (valid: each at least {min_length} "
+                    "characters, no spaces)"
+                )
+        return keys
+
     def path(self, name: str, default: str | Path) -> Path:
         return Path(self.text(name, str(default))).expanduser()
 

@@ -132,3 +132,96 @@ def assert_agree(store: ServerThread, worker: ServerThread) -> None:
     worker_cached = sorted(entry["name"] for entry in w["cached"])
     assert store_cached == worker_cached == files_on_disk(worker)
     assert s["loaded"] == w["loaded"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    """A service started as a real process (``python -m <module>``), so a test can SIGKILL it."""
+
+    def __init__(
+        self, module: str, env: dict[str, str], port_var: str, log_path: Path, preexec=None
+    ):
+        self.preexec = preexec
+        self.module = module
+        self.env = env
+        self.port = int(env.get(port_var) or free_port())
+        self.env[port_var] = str(self.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process = None
+
+    def start(self, timeout: float = 60) -> ServiceProcess:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        log = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.module} exited; log: {self.log_path.read_text()}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.module} did not start")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up code runs."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except Exception:
+                self.process.kill()
+
+
+@pytest.fixture
+def processes():
+    started: list[ServiceProcess] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
+def worker_process(processes, tmp_path) -> Callable[..., ServiceProcess]:
+    """Start an inference worker process; call again with ``port=`` to restart it there."""
+
+    def start(
+        port: int | None = None, cache_dir: Path | None = None, preexec=None, **env
+    ) -> ServiceProcess:
+        settings = {
+            "WORKER_HOST": "127.0.0.1",
+            "WORKER_PORT": str(port or ""),
+            "MODEL_CACHE_DIR": str(cache_dir or tmp_path / "worker-cache"),
+            **{k: str(v) for k, v in env.items()},
+        }
+        process = ServiceProcess(
+            "inference_worker.cli", settings, "WORKER_PORT", tmp_path / "worker.log", preexec
+        )
+        processes.append(process)
+        return process.start()
+
+    return start

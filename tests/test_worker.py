@@ -160,11 +160,12 @@ def test_unloadable_file_reports_llama_cpp_failure(worker, tmp_path):
     assert worker_status(worker)["loaded"] is None
 
 
-def test_leftover_temp_files_are_removed_at_start(start_worker, tmp_path):
+def test_start_removes_leftover_temp_files_and_non_gguf_files(start_worker, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / f".{A}.abc.part").write_bytes(b"half")
-    (cache / A).write_bytes(b"kept")
+    (cache / ".upload-abc.part").write_bytes(b"GGUF half")
+    (cache / A).write_bytes(b"GGUF kept")
+    (cache / B).write_bytes(b"<html>not a model</html>")
     w = start_worker(model_cache_dir=cache)
     assert sorted(p.name for p in cache.iterdir()) == [A]
     assert [c["name"] for c in worker_status(w)["cached"]] == [A]

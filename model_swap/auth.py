@@ -1,0 +1,58 @@
+"""Bearer-token access control, the same way for both services.
+
+A service configured with tokens refuses every request except ``GET /healthz``
+unless it carries ``Authorization: Bearer <token>`` with one of them. Tokens
+are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from flask import Flask, request
+
+from model_swap.errors import Unauthorized
+
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def _presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _matches(presented: str, tokens: tuple[bytes, ...]) -> bool:
+    candidate = presented.encode()
+    # Compare against every token, so timing reveals neither which one matched nor how much.
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(candidate, token)
+    return matched
+
+
+def require_bearer(app: Flask, tokens: Iterable[str], *, realm: str) -> None:
+    """Refuse requests without a valid bearer token (no-op when ``tokens`` is empty)."""
+    accepted = tuple(t.encode() for t in tokens if t)
+    if not accepted:
+        return
+
+    @app.before_request
+    def _check_token():
+        if request.path in OPEN_PATHS:
+            return None
+        presented = _presented_token()
+        if presented is None or not _matches(presented, accepted):
+            raise Unauthorized(
+                "missing or invalid bearer token",
+                headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
+            )
+        return None
+
+
+def bearer_header(token: str | None) -> dict[str, str]:
+    """The header that presents ``token`` (empty when there is none)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
