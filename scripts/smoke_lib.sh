@@ -11,6 +11,11 @@ MODEL_C=${MODEL_C:-tiny-c.gguf}
 PROMPT=${PROMPT:-Once upon a time}
 MAX_TOKENS=${MAX_TOKENS:-16}
 PYTHON=${PYTHON:-python3}
+# Bearer tokens, when the store runs with API_KEYS / the worker with WORKER_TOKEN.
+STORE_AUTH=()
+[[ -n "${API_KEY:-}" ]] && STORE_AUTH=(-H "Authorization: Bearer $API_KEY")
+WORKER_AUTH=()
+[[ -n "${WORKER_TOKEN:-}" ]] && WORKER_AUTH=(-H "Authorization: Bearer $WORKER_TOKEN")
 
 STEP_COUNT=0
 FIRST_FAILURE=""
@@ -39,7 +44,7 @@ require_store() {
   local want_policy=$1 want_size=$2 start_cmd=$3 status policy size available model need
   need="CACHE_POLICY=$want_policy"
   [[ "$want_size" != "-" ]] && need+=" MAX_CACHE_SIZE=$want_size"
-  if ! status=$(curl -sf --max-time 10 "$STORE_URL/status"); then
+  if ! status=$(curl -sf --max-time 10 "${STORE_AUTH[@]}" "$STORE_URL/status"); then
     echo "No model store answers at $STORE_URL. Start one with:" >&2
     echo "  $start_cmd" >&2
     exit 2
@@ -66,7 +71,7 @@ require_store() {
 
 # reset_store: start from an empty worker cache (evicts through the store's normal path).
 reset_store() {
-  if ! curl -sf --max-time 120 -X POST "$STORE_URL/reset" >/dev/null; then
+  if ! curl -sf --max-time 120 "${STORE_AUTH[@]}" -X POST "$STORE_URL/reset" >/dev/null; then
     echo "POST $STORE_URL/reset failed" >&2
     exit 1
   fi
@@ -75,7 +80,7 @@ reset_store() {
 
 # worker_bytes_received: body bytes the worker has read since it started.
 worker_bytes_received() {
-  json_field "$(curl -sf --max-time 10 "$WORKER_URL/status")" received.bytes
+  json_field "$(curl -sf --max-time 10 "${WORKER_AUTH[@]}" "$WORKER_URL/status")" received.bytes
 }
 
 fail_step() {
@@ -90,7 +95,7 @@ step() {
   local n=$STEP_COUNT headers="$SMOKE_TMP/headers" metrics="$SMOKE_TMP/metrics"
   echo
   echo "=== $n. $label -> expect: $want_action${want_evicted:+ (evicting $want_evicted)} ==="
-  curl -sN --max-time 300 -D "$headers" \
+  curl -sN --max-time 300 -D "$headers" "${STORE_AUTH[@]}" \
     -w '%{stderr}%{http_code} %{time_connect} %{time_starttransfer} %{time_total} %{speed_download}' \
     -H 'Content-Type: application/json' \
     -d "{\"prompt\": \"$PROMPT\", \"model\": \"$model\", \"max_tokens\": $MAX_TOKENS}" \

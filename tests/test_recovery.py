@@ -154,3 +154,24 @@ def test_truncated_chunked_upload_is_400_and_leaves_nothing(worker):
         reply = sock.recv(65536).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 400"), reply
     assert worker_status(worker)["cached"] == []
+
+
+def test_store_start_reapplies_the_policy_bounds(worker, start_store, models_dir):
+    for name in (A, B, "tiny-c.gguf"):
+        requests.post(
+            f"{worker.url}/cache_model",
+            data=(models_dir / name).read_bytes(),
+            headers={"X-Model-Name": name},
+            timeout=30,
+        ).raise_for_status()
+    store = start_store(worker, cache_policy="lru", max_cache_size=2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not store_status(store)["synced"]:
+        time.sleep(0.02)  # the store syncs in the background at start
+    assert store_status(store)["synced"]
+    assert len(worker_status(worker)["cached"]) == 2
+    assert_agree(store, worker)
+    kept = [c["name"] for c in worker_status(worker)["cached"]]
+    r = ask(store, kept[0])
+    assert r.headers["X-Cache-Action"] == "load_from_local_store"
+    assert worker_status(worker)["received"]["uploads"] == 3  # nothing pushed again

@@ -144,3 +144,14 @@ def test_script_without_a_store_says_how_to_start_one():
     result = run_script("test_ttl_smoke.sh", "http://127.0.0.1:9")
     assert result.returncode == 2
     assert "CACHE_POLICY=ttl TTL_SECONDS=5 uv run model-swap up" in result.stderr
+
+
+def test_scripts_work_with_api_keys_and_worker_token(start_worker, start_store):
+    token, key = "worker-secret-0123456789", "client-key-0123456789abc"
+    worker = start_worker(worker_token=token)
+    store = start_store(worker, cache_policy="no-evict", worker_token=token, api_keys=(key,))
+    refused = run_script("test_no_evict_smoke.sh", store.url)
+    assert refused.returncode == 2  # without the key the status read is refused
+    result = run_script("test_no_evict_smoke.sh", store.url, API_KEY=key, WORKER_TOKEN=token)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "expected 0, got 0" in result.stdout
