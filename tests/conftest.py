@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -225,3 +226,33 @@ def worker_process(processes, tmp_path) -> Callable[..., ServiceProcess]:
         return process.start()
 
     return start
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.001) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def temp_files(cache: Path) -> list[Path]:
+    return list(cache.glob(".*.part")) if cache.exists() else []
+
+
+def step(store, worker, model, expect_action, expect_evicted=""):
+    r = ask(store, model)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Cache-Action"] == expect_action
+    assert r.headers["X-Evicted"] == expect_evicted
+    assert r.headers["X-Model"] == model
+    assert r.text
+    assert_agree(store, worker)
+    return r
+
+
+def cache_dir(worker):
+    from pathlib import Path
+
+    return Path(worker_status(worker)["model_cache_dir"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import threading
 import time
@@ -11,22 +10,17 @@ from pathlib import Path
 import requests
 
 from model_swap.tiny_models import write_tiny_model
-from tests.conftest import A, ServiceProcess, ask, assert_agree, store_status, worker_status
+from tests.conftest import (
+    A,
+    ask,
+    assert_agree,
+    store_status,
+    temp_files,
+    wait_for,
+    worker_status,
+)
 
 BIG = "tiny-big.gguf"
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.001) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
-
-
-def temp_files(cache: Path) -> list[Path]:
-    return list(cache.glob(".*.part")) if cache.exists() else []
 
 
 def test_worker_down_is_503_quickly(start_store):
@@ -95,35 +89,6 @@ def test_worker_killed_mid_generation_ends_stream_with_marker(
     assert r.status_code == 200
     assert r.headers["X-Cache-Action"] == "load_from_local_store"
     assert_agree(store, worker)
-
-
-def test_store_killed_mid_push_leaves_nothing_on_the_worker(
-    worker, processes, models_dir, tmp_path
-):
-    write_tiny_model(models_dir / BIG, size_mb=200)
-    cache = Path(worker_status(worker)["model_cache_dir"])
-    store = ServiceProcess(
-        "model_store_server.cli",
-        {"STORE_HOST": "127.0.0.1", "WORKER_URL": worker.url, "MODELS_DIR": str(models_dir)},
-        "STORE_PORT",
-        tmp_path / "store.log",
-    )
-    processes.append(store)
-    store.start()
-    thread = threading.Thread(target=lambda: _ignore_errors(lambda: ask(store, BIG)))
-    thread.start()
-    assert wait_for(lambda: temp_files(cache)), "the push never started"
-    store.kill()
-    thread.join(30)
-    assert wait_for(lambda: not temp_files(cache), timeout=10)
-    assert not (cache / BIG).exists()
-    assert worker_status(worker)["cached"] == []
-    assert requests.get(f"{worker.url}/healthz", timeout=5).ok
-
-
-def _ignore_errors(call):
-    with contextlib.suppress(requests.RequestException):
-        call()
 
 
 def test_upload_larger_than_free_disk_is_507_before_writing(worker, models_dir):

@@ -108,31 +108,6 @@ def test_worker_refuses_bad_names_on_every_endpoint(worker, models_dir, name, tm
     assert written == []
 
 
-def test_worker_refuses_a_body_that_is_not_gguf(worker):
-    r = requests.post(
-        f"{worker.url}/cache_model",
-        data=b"#!/bin/sh\nrm -rf /\n" * 100,
-        headers={"X-Model-Name": A},
-        timeout=10,
-    )
-    assert r.status_code == 400
-    assert "not a GGUF file" in r.json()["error"]["message"]
-    cache = Path(worker_status(worker)["model_cache_dir"])
-    assert list(cache.iterdir()) == []
-
-
-def test_worker_refuses_a_wrong_digest(worker, models_dir):
-    r = requests.post(
-        f"{worker.url}/cache_model",
-        data=(models_dir / A).read_bytes(),
-        headers={"X-Model-Name": A, "X-Model-Sha256": "0" * 64},
-        timeout=10,
-    )
-    assert r.status_code == 400
-    assert "sha256" in r.json()["error"]["message"]
-    assert worker_status(worker)["cached"] == []
-
-
 # -- fuzzing: never a 5xx, never a file outside the cache directory ----------------------------
 
 

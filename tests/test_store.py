@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import requests
 
-from tests.conftest import A, B, C, FakeClock, ask, assert_agree, store_status, worker_status
-
-
-def step(store, worker, model, expect_action, expect_evicted=""):
-    r = ask(store, model)
-    assert r.status_code == 200, r.text
-    assert r.headers["X-Cache-Action"] == expect_action
-    assert r.headers["X-Evicted"] == expect_evicted
-    assert r.headers["X-Model"] == model
-    assert r.text
-    assert_agree(store, worker)
-    return r
+from tests.conftest import (
+    A,
+    B,
+    C,
+    FakeClock,
+    ask,
+    assert_agree,
+    step,
+    store_status,
+    worker_status,
+)
 
 
 def test_seed_lru_sequence(worker, start_store):
@@ -189,15 +188,3 @@ def test_worker_down_is_503_with_cause(start_store, models_dir):
     assert r.status_code == 503
     assert r.json()["error"]["type"] == "worker_unavailable"
     assert "unreachable" in r.json()["error"]["message"]
-
-
-def test_unloadable_model_is_502_and_state_corrected(worker, start_store, models_dir):
-    (models_dir / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 64)
-    store = start_store(worker)
-    ask(store, A)
-    r = ask(store, "broken.gguf")
-    assert r.status_code == 502
-    assert "llama.cpp could not load broken.gguf" in r.json()["error"]["message"]
-    assert_agree(store, worker)
-    assert store_status(store)["loaded"] is None
-    step(store, worker, A, "load_from_local_store")

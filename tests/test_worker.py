@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-from urllib.parse import urlsplit
-
 import requests
 
-from tests.conftest import A, B, worker_status
+from tests.conftest import A, B, cache_dir, worker_status
 
 
 def push(worker, models_dir, name, endpoint="/load_model_from_store", *, as_name=None):
@@ -22,12 +19,6 @@ def push(worker, models_dir, name, endpoint="/load_model_from_store", *, as_name
         headers={"X-Model-Name": as_name or name},
         timeout=60,
     )
-
-
-def cache_dir(worker):
-    from pathlib import Path
-
-    return Path(worker_status(worker)["model_cache_dir"])
 
 
 def test_status_starts_empty(worker):
@@ -118,57 +109,6 @@ def test_missing_model_name_header(worker):
     r = requests.post(f"{worker.url}/cache_model", data=b"GGUF", timeout=10)
     assert r.status_code == 400
     assert "X-Model-Name" in r.json()["error"]["message"]
-
-
-def test_truncated_upload_leaves_nothing(worker, models_dir):
-    """A client that announces more bytes than it sends, then hangs up."""
-    data = (models_dir / A).read_bytes()
-    parts = urlsplit(worker.url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        head = (
-            f"POST /load_model_from_store HTTP/1.1\r\nHost: x\r\nX-Model-Name: {A}\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n"
-        ).encode()
-        sock.sendall(head + data[: len(data) // 2])
-        sock.shutdown(socket.SHUT_WR)
-        sock.recv(65536)
-    status = worker_status(worker)
-    assert status["cached"] == [] and status["loaded"] is None
-    assert list(cache_dir(worker).iterdir()) == []
-
-
-def test_size_mismatch_is_refused(worker, models_dir):
-    r = requests.post(
-        f"{worker.url}/cache_model",
-        data=(models_dir / A).read_bytes(),
-        headers={"X-Model-Name": A, "X-Model-Size": "10"},
-        timeout=10,
-    )
-    assert r.status_code == 400
-    assert list(cache_dir(worker).iterdir()) == []
-
-
-def test_unloadable_file_reports_llama_cpp_failure(worker, tmp_path):
-    r = requests.post(
-        f"{worker.url}/load_model_from_store",
-        data=b"GGUF" + b"\0" * 100,
-        headers={"X-Model-Name": "broken.gguf"},
-        timeout=30,
-    )
-    assert r.status_code == 422
-    assert "llama.cpp could not load broken.gguf" in r.json()["error"]["message"]
-    assert worker_status(worker)["loaded"] is None
-
-
-def test_start_removes_leftover_temp_files_and_non_gguf_files(start_worker, tmp_path):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / ".upload-abc.part").write_bytes(b"GGUF half")
-    (cache / A).write_bytes(b"GGUF kept")
-    (cache / B).write_bytes(b"<html>not a model</html>")
-    w = start_worker(model_cache_dir=cache)
-    assert sorted(p.name for p in cache.iterdir()) == [A]
-    assert [c["name"] for c in worker_status(w)["cached"]] == [A]
 
 
 def test_unknown_route_uses_error_envelope(worker):
