@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from inference_worker.pipeline import Stage
 from model_swap.names import InvalidModelName, validate_model_name
 
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
+# Blocks that may wait for the writer or the hasher (bounds memory: depth x block size).
+PIPELINE_DEPTH = 4
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +60,24 @@ class NoSpace(Exception):
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def read_blocks(body: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Blocks of a readable stream; a broken stream raises IncompleteUpload."""
+def read_blocks(body: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+    """Blocks of a readable stream, each in a fresh buffer; a broken stream raises
+    IncompleteUpload.
+
+    Reads with ``readinto`` into a fixed-size view: Werkzeug's chunked-body reader
+    assigns short reads into the caller's buffer, which would silently resize a
+    plain bytearray (and corrupt memory in ``RawIOBase.read``) when a sender
+    disconnects mid-chunk; a memoryview refuses that with an error instead.
+    """
     while True:
+        buffer = memoryview(bytearray(size))
         try:
-            block = body.read(size)
-        except OSError as err:  # broken chunked framing, client gone
+            count = body.readinto(buffer)
+        except (OSError, ValueError) as err:  # broken framing, client gone, short chunk
             raise IncompleteUpload(f"body broke off: {err}") from err
-        if not block:
+        if not count:
             return
-        yield block
+        yield buffer[:count]
 
 
 @dataclass(frozen=True)
@@ -156,24 +167,37 @@ class ModelCache:
         written = 0
         digest = hashlib.sha256() if expected_sha256 else None
         head = b""
+        stages: list[Stage] = []
         try:
             with open(tmp, "wb") as out:
-                for block in blocks:
-                    if not block:
-                        continue
-                    if len(head) < len(GGUF_MAGIC):
-                        head += bytes(block[: len(GGUF_MAGIC) - len(head)])
-                        if not GGUF_MAGIC.startswith(head):
-                            raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
-                    out.write(block)
+                try:
+                    stages.append(Stage(out.write, depth=PIPELINE_DEPTH, name="upload-write"))
                     if digest is not None:
-                        digest.update(block)
-                    written += len(block)
-                    self._count(len(block))
-                    if expected_size is not None and written > expected_size:
-                        raise IncompleteUpload(
-                            f"body is longer than the announced {expected_size} bytes"
+                        stages.append(
+                            Stage(digest.update, depth=PIPELINE_DEPTH, name="upload-hash")
                         )
+                    for block in blocks:
+                        if not block:
+                            continue
+                        if len(head) < len(GGUF_MAGIC):
+                            head += bytes(block[: len(GGUF_MAGIC) - len(head)])
+                            if not GGUF_MAGIC.startswith(head):
+                                raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
+                        for stage in stages:
+                            stage.submit(block)
+                        written += len(block)
+                        self._count(len(block))
+                        if expected_size is not None and written > expected_size:
+                            raise IncompleteUpload(
+                                f"body is longer than the announced {expected_size} bytes"
+                            )
+                    while stages:
+                        stages.pop().finish()
+                except BaseException:
+                    # Stop the writer and hasher before the file is closed under them.
+                    for stage in stages:
+                        stage.abort()
+                    raise
             if expected_size is not None and written != expected_size:
                 raise IncompleteUpload(
                     f"body ended after {written} of the announced {expected_size} bytes"

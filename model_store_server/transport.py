@@ -2,21 +2,19 @@
 
 ``Transport.push`` sends a model file to the worker under a name, either to
 cache it or to cache and load it, and blocks until the worker confirms. Only
-HTTP exists so far: the file is streamed as a chunked request body, read in
-1 MiB blocks so the store never holds a whole model in memory.
+HTTP exists so far: the file is streamed as a chunked request body whose
+chunks go from the page cache to the socket by sendfile(2), so the store
+never holds a model in memory.
 """
 
 from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from model_store_server.worker_client import WorkerClient
-
-CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,8 @@ class Transport(abc.ABC):
         """
 
 
-def _read_blocks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as source:
-        while block := source.read(CHUNK_BYTES):
-            yield block
-
-
 class HttpTransport(Transport):
-    """Chunked HTTP POST of the file to the worker's upload endpoints."""
+    """Chunked HTTP POST of the file to the worker's upload endpoints, sent with sendfile(2)."""
 
     name = "http"
 
@@ -66,10 +58,9 @@ class HttpTransport(Transport):
         size = path.stat().st_size
         endpoint = "/load_model_from_store" if load else "/cache_model"
         started = time.perf_counter()
-        self._client.request(
-            "POST",
+        self._client.upload_file(
             endpoint,
-            data=_read_blocks(path),
-            headers={"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Sha256": sha256},
-        ).close()
+            path,
+            {"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Sha256": sha256},
+        )
         return PushResult(model, size, time.perf_counter() - started, self.name)

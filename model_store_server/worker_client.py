@@ -7,9 +7,13 @@ worker is ``WorkerUnavailable`` (503), a worker that answers with an error is
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -110,6 +114,69 @@ class WorkerClient:
             )
         return response
 
+    def upload_file(self, path: str, source: Path, headers: dict[str, str]) -> dict:
+        """POST ``source`` as a chunked body, each chunk sent with sendfile(2); returns the JSON.
+
+        Zero-copy on the sending side: the file's pages go from the page cache
+        to the socket without passing through Python. Errors map like ``request``.
+        """
+        parts = urlsplit(self.base_url)
+        connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = connection_class(parts.hostname, parts.port, timeout=self.timeout[0])
+        try:
+            try:
+                conn.connect()
+            except OSError as err:
+                raise WorkerUnavailable(f"worker at {self.base_url} is unreachable: {err}") from err
+            conn.sock.settimeout(self.timeout[1])
+            conn.putrequest("POST", path, skip_accept_encoding=True)
+            for key, value in {
+                **self.session.headers,
+                **headers,
+                "Content-Type": "application/octet-stream",
+                "Transfer-Encoding": "chunked",
+            }.items():
+                if key.lower() not in ("accept-encoding", "connection", "user-agent"):
+                    conn.putheader(key, value)
+            conn.endheaders()
+            try:
+                _send_chunked_file(conn.sock, source)
+            except OSError as err:
+                # The worker may have answered early (401, 507...) and closed: report that.
+                try:
+                    response = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    raise WorkerError(
+                        f"worker connection failed during POST {path}: {err}"
+                    ) from err
+                return self._upload_result(response, path)
+            return self._upload_result(conn.getresponse(), path)
+        except (OSError, http.client.HTTPException) as err:
+            raise WorkerError(f"worker call POST {path} failed: {err}") from err
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _upload_result(response: http.client.HTTPResponse, path: str) -> dict:
+        body = response.read()
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = {}
+        if response.status >= 400:
+            try:
+                message = data["error"]["message"]
+            except (KeyError, TypeError):
+                message = body[:200].decode(errors="replace") or response.reason
+            raise WorkerError(
+                f"worker answered {response.status} to POST {path}: {message}",
+                worker_status=response.status,
+                worker_message=message,
+            )
+        return data
+
     def status(self) -> WorkerReport:
         response = self.request("GET", "/status")
         try:
@@ -144,6 +211,25 @@ class WorkerClient:
             stream=True,
         )
         return InferenceStream(response)
+
+
+UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+def _send_chunked_file(sock, source: Path) -> None:
+    """Write ``source`` to ``sock`` in HTTP chunked framing, the data by sendfile(2)."""
+    size = source.stat().st_size
+    with open(source, "rb") as f:
+        offset = 0
+        while offset < size:
+            count = min(UPLOAD_CHUNK_BYTES, size - offset)
+            sock.sendall(b"%X\r\n" % count)
+            sent = sock.sendfile(f, offset, count)
+            if sent != count:
+                raise OSError(f"{source} shrank while being sent ({offset + sent} of {size})")
+            sock.sendall(b"\r\n")
+            offset += count
+        sock.sendall(b"0\r\n\r\n")
 
 
 def _never_connected(err: requests.RequestException) -> bool:
