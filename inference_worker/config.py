@@ -20,6 +20,9 @@ DEFAULTS = {
     "N_GPU_LAYERS": -1,
     "N_CTX": 2048,
     "LOG_LEVEL": "INFO",
+    # Start the RDMA listener (inference_worker/rdma_listener.py) on WORKER_HOST:WORKER_RDMA_PORT.
+    "WORKER_RDMA": False,
+    "WORKER_RDMA_PORT": 8081,
 }
 
 
@@ -33,6 +36,8 @@ class WorkerSettings:
     n_gpu_layers: int = DEFAULTS["N_GPU_LAYERS"]
     n_ctx: int = DEFAULTS["N_CTX"]
     log_level: str = DEFAULTS["LOG_LEVEL"]
+    worker_rdma: bool = DEFAULTS["WORKER_RDMA"]
+    worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -47,4 +52,6 @@ class WorkerSettings:
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
+            worker_rdma=env.flag("WORKER_RDMA", DEFAULTS["WORKER_RDMA"]),
+            worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
         )
