@@ -13,6 +13,7 @@ from flask import Flask, Response, jsonify, request
 from inference_worker.config import WorkerSettings
 from inference_worker.engine import Engine, ModelLoadError, NotLoaded, PromptTooLong
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected, read_blocks
+from inference_worker.rdma_listener import RdmaListener
 from model_swap.auth import require_bearer
 from model_swap.errors import (
     BadRequest,
@@ -77,6 +78,11 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     app.extensions["model_cache"] = cache
     app.extensions["engine"] = engine
+    if settings.worker_rdma:
+        listener = RdmaListener(
+            cache, settings.worker_host, settings.worker_rdma_port, token=settings.worker_token
+        )
+        app.extensions["rdma_listener"] = listener.start()
     register_error_handlers(app)
     require_bearer(app, [settings.worker_token], realm="inference-worker")
 

@@ -24,6 +24,9 @@ DEFAULTS = {
     # Shared secret every request (but GET /healthz) must present as a bearer token.
     "WORKER_TOKEN": "",
     "LOG_LEVEL": "INFO",
+    # Start the RDMA listener (inference_worker/rdma_listener.py) on WORKER_HOST:WORKER_RDMA_PORT.
+    "WORKER_RDMA": False,
+    "WORKER_RDMA_PORT": 8081,
 }
 
 
@@ -39,6 +42,8 @@ class WorkerSettings:
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
+    worker_rdma: bool = DEFAULTS["WORKER_RDMA"]
+    worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -57,4 +62,6 @@ class WorkerSettings:
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
+            worker_rdma=env.flag("WORKER_RDMA", DEFAULTS["WORKER_RDMA"]),
+            worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
         )

@@ -91,6 +91,7 @@ class Received:
     name: str
     nbytes: int
     seconds: float
+    sha256: str | None = None  # of the kept file, when the sender announced one
 
 
 class ModelCache:
@@ -220,7 +221,9 @@ class ModelCache:
             raise
         with self._counter_lock:
             self.uploads += 1
-        return Received(name, written, time.perf_counter() - started)
+        return Received(
+            name, written, time.perf_counter() - started, digest.hexdigest() if digest else None
+        )
 
     def _count(self, nbytes: int) -> None:
         with self._counter_lock:

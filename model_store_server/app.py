@@ -45,6 +45,8 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
         response.headers.update(served.decision.headers())
         if served.model:
             response.headers["X-Model"] = served.model
+        if served.push:
+            response.headers["X-Transport"] = served.push.transport
         response.headers["X-Accel-Buffering"] = "no"
         response.call_on_close(served.close)
         return response

@@ -14,8 +14,8 @@ from pathlib import Path
 from model_store_server.cache_policy import POLICIES
 from model_swap.settings import EnvReader
 
-# RDMA (TRANSPORT=rdma) is not implemented yet; only HTTP is accepted.
-TRANSPORTS = ("http",)
+# How model bytes reach the worker (model_store_server/transport_factory.py).
+TRANSPORTS = ("http", "rdma")
 
 DEFAULTS = {
     "MODELS_DIR": "./models",

@@ -21,7 +21,8 @@ from model_store_server.config import StoreSettings
 from model_store_server.decision import Action, Decision
 from model_store_server.digests import DigestCache
 from model_store_server.state import Busy, Ticket, WorkerState
-from model_store_server.transport import HttpTransport, PushResult, Transport
+from model_store_server.transport import PushResult, Transport
+from model_store_server.transport_factory import build_transport
 from model_store_server.worker_client import (
     InferenceStream,
     WorkerClient,
@@ -97,7 +98,7 @@ class SwapService:
             read_timeout=settings.worker_read_timeout,
             token=settings.worker_token,
         )
-        self.transport: Transport = HttpTransport(self.client)
+        self.transport: Transport = build_transport(settings, self.client)
         self.digests = DigestCache()
         self.worker_n_ctx: int | None = None  # from the worker's last report
 

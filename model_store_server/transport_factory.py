@@ -1,0 +1,57 @@
+"""Building the configured transport (TRANSPORT, ALLOW_FALLBACK) and falling back to HTTP.
+
+``TRANSPORT=http`` pushes over chunked HTTP. ``TRANSPORT=rdma`` pushes over
+RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA failure (pyverbs missing, no
+device, listener unreachable, error mid-transfer) retries the same push over
+HTTP and logs why, so the ``PushResult`` then says ``http``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from model_store_server.config import StoreSettings
+from model_store_server.transport import HttpTransport, PushResult, Transport
+from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
+from model_store_server.worker_client import WorkerClient
+
+logger = logging.getLogger(__name__)
+
+
+class FallbackTransport(Transport):
+    """Tries ``primary``; on an RDMA failure pushes the same file with ``fallback``.
+
+    Only ``RdmaPushFailed`` falls back: the worker kept nothing, so the retry
+    starts clean. Other errors (for example the worker cannot load the file)
+    would fail over HTTP too and are raised as they are. Thread-safe when both
+    transports are.
+    """
+
+    def __init__(self, primary: Transport, fallback: Transport):
+        self.primary = primary
+        self.fallback = fallback
+        self.name = primary.name
+
+    def push(self, model: str, path: Path, *, sha256: str, load: bool) -> PushResult:
+        try:
+            return self.primary.push(model, path, sha256=sha256, load=load)
+        except RdmaPushFailed as err:
+            logger.warning("falling back to %s for %s: %s", self.fallback.name, model, err.message)
+        return self.fallback.push(model, path, sha256=sha256, load=load)
+
+
+def build_transport(settings: StoreSettings, client: WorkerClient) -> Transport:
+    """The transport ``settings`` ask for, pushing to the worker behind ``client``."""
+    http = HttpTransport(client)
+    if settings.transport == "http":
+        return http
+    rdma = RdmaTransport(
+        client,
+        settings.worker_rdma_host,
+        settings.worker_rdma_port,
+        connect_timeout=settings.worker_connect_timeout,
+        read_timeout=settings.worker_read_timeout,
+        token=settings.worker_token,
+    )
+    return FallbackTransport(rdma, http) if settings.allow_fallback else rdma

@@ -1,0 +1,226 @@
+"""The worker's RDMA listener, for real over loopback TCP: the handshake and the final ack.
+
+The acknowledgement tests feed ``answer_push`` the model file's own blocks (what
+the receive ring would deliver) and check that the store side of a real TCP
+connection gets an ack carrying the size and sha256 ModelCache verified, or a
+nack naming why nothing was kept. No verbs are faked: pushes over the ring run
+in the rdma-marked tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from inference_worker.model_cache import ModelCache, read_blocks
+from inference_worker.rdma_listener import answer_push
+from model_swap.rdma_protocol import (
+    Ack,
+    ControlChannel,
+    Endpoint,
+    Nack,
+    Offer,
+    Refuse,
+    TransferFailed,
+    check_ack,
+    encode,
+)
+from tests.conftest import A
+from tests.rdma_support import RDMA_PROBLEM, start_rdma_worker, without_rdma
+
+# What a store sends in its offer (the listener refuses before using it on this machine).
+LINK_LOCAL_GID = "fe80:0000:0000:0000:0000:0000:0000:0001"
+STORE_ENDPOINT = Endpoint(lid=0, gid=LINK_LOCAL_GID, qpn=17, psn=5, mtu=3)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def rdma_worker(start_worker, request):
+    return start_rdma_worker(start_worker, request)
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def connect(worker) -> ControlChannel:
+    return ControlChannel.connect("127.0.0.1", worker.rdma_port, connect_timeout=5, timeout=10)
+
+
+# -- the handshake, against a real worker's listener ------------------------------------
+
+
+def test_the_listener_starts_only_when_enabled(worker, rdma_worker):
+    assert "rdma_listener" not in worker.app.extensions
+    with connect(rdma_worker):
+        pass  # accepts TCP connections
+
+
+@without_rdma
+def test_an_offer_is_refused_naming_why_rdma_is_unusable(rdma_worker, models_dir, caplog):
+    path = models_dir / A
+    with connect(rdma_worker) as channel:
+        channel.send(Offer(A, path.stat().st_size, sha256_of(path), 1 << 20, STORE_ENDPOINT))
+        reply = channel.receive()
+    assert reply == Refuse(RDMA_PROBLEM)
+    assert f"refused the RDMA push of {A}" in caplog.text
+    assert Path(rdma_worker.app.extensions["model_cache"].directory).exists()
+    assert not any(Path(rdma_worker.app.extensions["model_cache"].directory).iterdir())
+
+
+@pytest.mark.parametrize(
+    ("frame", "complaint"),
+    [
+        (frame(b"hello"), "not a JSON message"),
+        (frame(b'{"type":"ack","protocol":1}'), "size must be an integer"),
+        (encode(Nack("x")), "expected an offer, got nack"),
+        (frame(b'{"type":"offer","protocol":0}'), "protocol version 0"),
+    ],
+)
+def test_a_bad_opening_message_is_refused_with_the_reason(rdma_worker, frame, complaint):
+    with connect(rdma_worker) as channel:
+        channel.sock.sendall(frame)
+        reply = channel.receive()
+    assert isinstance(reply, Refuse)
+    assert complaint in reply.reason
+
+
+def test_an_offer_for_an_unsafe_name_is_refused(rdma_worker):
+    with connect(rdma_worker) as channel:
+        body = encode(Offer(A, 10, "ab" * 32, 1 << 20, STORE_ENDPOINT))
+        channel.sock.sendall(body.replace(A.encode(), b"../x.gguf".ljust(len(A), b"f")))
+        reply = channel.receive()
+    assert isinstance(reply, Refuse)
+    assert "model name must be a plain file name" in reply.reason
+
+
+def test_a_connection_closed_before_the_offer_is_harmless(rdma_worker, caplog):
+    with connect(rdma_worker):
+        pass
+    with connect(rdma_worker) as channel:  # the listener still serves
+        channel.sock.sendall(b"\x00\x00")
+    with connect(rdma_worker) as channel:
+        channel.sock.sendall(frame(b"{"))
+        assert isinstance(channel.receive(), Refuse)
+
+
+# -- the final acknowledgement, against a real ModelCache -------------------------------
+
+
+@pytest.fixture
+def store_and_worker_ends():
+    """The store's and the worker's ControlChannel over one real loopback TCP connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]))
+    thread.start()
+    store = ControlChannel.connect(
+        "127.0.0.1", listener.getsockname()[1], connect_timeout=5, timeout=10
+    )
+    thread.join(5)
+    worker = ControlChannel(accepted[0], timeout=10)
+    yield store, worker
+    store.close()
+    worker.close()
+    listener.close()
+
+
+def push_blocks(store_and_worker_ends, cache, path, *, size=None, sha256=None, blocks=None):
+    """Run the worker's answer_push on the file's blocks; return (received, the store's reply)."""
+    store, worker = store_and_worker_ends
+    offer = Offer(
+        A,
+        size if size is not None else path.stat().st_size,
+        sha256 or sha256_of(path),
+        1 << 16,
+        STORE_ENDPOINT,
+    )
+    with open(path, "rb") as source:
+        received = answer_push(worker, cache, offer, blocks or read_blocks(source, 1 << 16))
+    return received, store.receive()
+
+
+def test_the_ack_carries_the_size_and_sha256_of_the_file_on_disk(
+    store_and_worker_ends, tmp_path, models_dir
+):
+    cache = ModelCache(tmp_path / "cache")
+    path = models_dir / A
+    received, reply = push_blocks(store_and_worker_ends, cache, path)
+    assert reply == Ack(path.stat().st_size, sha256_of(path))
+    assert check_ack(reply, path.stat().st_size, sha256_of(path))
+    assert sha256_of(cache.path(A)) == sha256_of(path) == received.sha256
+    assert sorted(p.name for p in cache.directory.iterdir()) == [A]
+
+
+@pytest.mark.parametrize(
+    ("damage", "complaint"),
+    [
+        ("sha256", "sha256 of the received tiny-a.gguf is"),
+        ("short", "body ended after"),
+        ("long", "body is longer than the announced"),
+        ("not-gguf", "is not a GGUF file"),
+    ],
+)
+def test_a_nack_names_the_cause_and_nothing_is_kept(
+    store_and_worker_ends, tmp_path, models_dir, damage, complaint
+):
+    cache = ModelCache(tmp_path / "cache")
+    path = models_dir / A
+    size = path.stat().st_size
+    kwargs = {
+        "sha256": {"sha256": "00" * 32},
+        "short": {"size": size + 1},
+        "long": {"size": size - 1},
+        "not-gguf": {"blocks": iter([b"NOPE" + b"\0" * (size - 4)])},
+    }[damage]
+    received, reply = push_blocks(store_and_worker_ends, cache, path, **kwargs)
+    assert received is None
+    assert isinstance(reply, Nack)
+    assert complaint in reply.reason
+    with pytest.raises(TransferFailed, match="the worker kept nothing"):
+        check_ack(reply, size, sha256_of(path))
+    assert list(cache.directory.iterdir()) == []  # no file, no temporary file
+
+
+def test_a_transfer_that_breaks_off_is_nacked_and_leaves_nothing(
+    store_and_worker_ends, tmp_path, models_dir
+):
+    cache = ModelCache(tmp_path / "cache")
+    path = models_dir / A
+
+    def blocks_then_abort():
+        with open(path, "rb") as source:
+            yield source.read(1 << 16)
+        raise TransferFailed("the store aborted: disk read error")
+
+    received, reply = push_blocks(store_and_worker_ends, cache, path, blocks=blocks_then_abort())
+    assert received is None
+    assert reply == Nack("the store aborted: disk read error")
+    assert list(cache.directory.iterdir()) == []
+
+
+def test_with_a_worker_token_an_offer_without_it_is_refused(start_worker, request, models_dir):
+    token = "worker-secret-0123456789"
+    worker = start_rdma_worker(start_worker, request, worker_token=token)
+    path = models_dir / A
+    offer = Offer(A, path.stat().st_size, sha256_of(path), 1 << 20, STORE_ENDPOINT)
+    for presented in ("", "wrong-secret-0123456789"):
+        with connect(worker) as channel:
+            channel.send(Offer(**{**offer.__dict__, "token": presented}))
+            reply = channel.receive()
+        assert reply == Refuse("unauthorized: missing or invalid token")
+    with connect(worker) as channel:  # with the token the offer gets past the check
+        channel.send(Offer(**{**offer.__dict__, "token": token}))
+        reply = channel.receive()
+    assert isinstance(reply, Refuse) and "unauthorized" not in reply.reason
+    assert token not in repr(offer) and "token" not in repr(
+        Offer(**{**offer.__dict__, "token": token})
+    )
