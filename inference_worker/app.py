@@ -189,6 +189,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             model_cache_dir=str(cache.directory),
             received={"uploads": cache.uploads, "bytes": cache.bytes_received},
             loads=engine.loads,
+            last_generation=engine.last_generation,
             n_gpu_layers=settings.n_gpu_layers,
             n_ctx=settings.n_ctx,
         )

@@ -83,6 +83,12 @@ class Generation:
                 yield tail
         finally:
             total = time.perf_counter() - started
+            self._engine.last_generation = {
+                "model": self.model,
+                "tokens": count,
+                "seconds": round(total, 6),
+                "tps": round(count / total, 2) if total > 0 else 0.0,
+            }
             CONSOLE.info(
                 "[infer] tokens=%d total=%.3fs tps=%.1f",
                 count,
@@ -107,6 +113,7 @@ class Engine:
         self._llm = None
         self._name: str | None = None
         self.loads = 0  # successful loads since start
+        self.last_generation: dict | None = None  # tokens and timing of the latest one
 
     @property
     def loaded(self) -> str | None:

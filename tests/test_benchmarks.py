@@ -1,4 +1,4 @@
-"""The benchmark scripts keep running end to end (tiny sizes; no timing is asserted)."""
+"""The benchmark suite keeps running end to end (tiny sizes; no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_swap_latency_runs_on_tiny_sizes():
+def test_suite_runs_on_tiny_sizes(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "swap_latency.py"),
-            "--repeats",
-            "1",
-            "--no-gemma",
-            "--tiny-mb",
-            "1",
-            "--push-mb",
-            "1",
+            str(ROOT / "benchmarks" / "suite.py"),
+            "--quick",
+            "--out-dir",
+            str(tmp_path),
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "| tiny-1mb.gguf |" in result.stdout
-    assert "| HTTP transport (store -> worker) |" in result.stdout
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = (tmp_path / "RESULTS.md").read_text()
+    for section in (
+        "1. Push throughput",
+        "2. Swap latency",
+        "3. Against a peer",
+        "4. Streaming",
+        "5. Memory",
+        "6a. Concurrency",
+        "6b. Push time",
+        "6c. Scale",
+    ):
+        assert f"## {section}" in results
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,194 @@
+"""Shared pieces of the benchmarks: real service processes, timing helpers and baselines.
+
+Everything here measures real processes on 127.0.0.1: the project's worker and
+store (started as ``python -m ...`` exactly as in production), bare
+llama-cpp-python in the benchmark's own process, and raw loopback sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_process(
+    args: list[str], env: dict, log: Path, health_url: str, timeout: float = 120
+) -> subprocess.Popen:
+    """Start ``args`` with ``env`` added, logging to ``log``; wait until ``health_url`` answers."""
+    process = subprocess.Popen(
+        args,
+        env={**os.environ, **env},
+        stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args} exited; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            if requests.get(health_url, timeout=1).ok:
+                return process
+        except requests.RequestException:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{args} did not start; see {log}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Services:
+    """A worker and a store as separate processes on free loopback ports."""
+
+    def __init__(self, workdir: Path, models_dir: Path, **store_env: str):
+        self.worker_port, self.store_port = free_port(), free_port()
+        self.worker_url = f"http://127.0.0.1:{self.worker_port}"
+        self.store_url = f"http://127.0.0.1:{self.store_port}"
+        env = {
+            "WORKER_HOST": "127.0.0.1",
+            "WORKER_PORT": str(self.worker_port),
+            "MODEL_CACHE_DIR": str(workdir / "cache"),
+            "STORE_HOST": "127.0.0.1",
+            "STORE_PORT": str(self.store_port),
+            "WORKER_URL": self.worker_url,
+            "MODELS_DIR": str(models_dir),
+            "LOG_LEVEL": "WARNING",
+            **store_env,
+        }
+        python = sys.executable
+        self.worker = start_process(
+            [python, "-m", "inference_worker.cli"],
+            env,
+            workdir / "worker.log",
+            f"{self.worker_url}/healthz",
+        )
+        self.store = start_process(
+            [python, "-m", "model_store_server.cli"],
+            env,
+            workdir / "store.log",
+            f"{self.store_url}/healthz",
+        )
+
+    def ask(self, model: str, expect: str | None = None, max_tokens: int = 1) -> tuple:
+        """TTFB and total seconds of one /user_request; checks the cache action if given."""
+        first, total, response = stream_timing(
+            f"{self.store_url}/user_request",
+            {"prompt": "Once upon a time", "model": model, "max_tokens": max_tokens},
+        )
+        action = response.headers["X-Cache-Action"]
+        if expect is not None and action != expect:
+            raise RuntimeError(f"{model}: expected {expect}, the store did {action}")
+        return first, total
+
+    def reset(self) -> None:
+        requests.post(f"{self.store_url}/reset", timeout=120).raise_for_status()
+
+    def worker_status(self) -> dict:
+        return requests.get(f"{self.worker_url}/status", timeout=30).json()
+
+    def stop(self) -> None:
+        stop_process(self.store)
+        stop_process(self.worker)
+
+
+def stream_timing(url: str, body: dict) -> tuple[float, float, requests.Response]:
+    """POST ``body`` and read the streamed answer: (seconds to first byte, total, response)."""
+    started = time.perf_counter()
+    response = requests.post(url, json=body, stream=True, timeout=600)
+    response.raise_for_status()
+    chunks = response.iter_content(chunk_size=None)
+    next(chunks)
+    first = time.perf_counter() - started
+    for _ in chunks:
+        pass
+    return first, time.perf_counter() - started, response
+
+
+def bare_load_first_token(path: Path) -> float:
+    """Seconds for bare llama-cpp-python to load ``path`` and sample one token."""
+    from llama_cpp import Llama
+
+    started = time.perf_counter()
+    llm = Llama(model_path=str(path), n_gpu_layers=-1, n_ctx=2048, verbose=False)
+    tokens = llm.tokenize(b"Once upon a time", add_bos=True)
+    next(iter(llm.generate(tokens)))
+    elapsed = time.perf_counter() - started
+    llm.close()
+    return elapsed
+
+
+def raw_sendfile_seconds(path: Path, sink_dir: Path) -> float:
+    """Loopback TCP baseline: ``socket.sendfile`` into a socket, ``recv_into`` to a file."""
+    size = path.stat().st_size
+    server = socket.create_server(("127.0.0.1", 0))
+    sink = sink_dir / "raw-sendfile.bin"
+
+    def receive():
+        conn, _ = server.accept()
+        view = memoryview(bytearray(4 * 1024 * 1024))
+        with conn, open(sink, "wb") as out:
+            remaining = size
+            while remaining:
+                n = conn.recv_into(view)
+                if not n:
+                    break
+                out.write(view[:n])
+                remaining -= n
+
+    thread = threading.Thread(target=receive)
+    thread.start()
+    started = time.perf_counter()
+    with socket.create_connection(server.getsockname()) as client, open(path, "rb") as f:
+        client.sendfile(f)
+    thread.join()
+    elapsed = time.perf_counter() - started
+    server.close()
+    sink.unlink()
+    return elapsed
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Make VmHWM start again from the current RSS (Linux: clear_refs 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")

@@ -1,0 +1,717 @@
+"""The performance suite: every figure against a baseline measured in the same run.
+
+    uv run python benchmarks/suite.py              # full run, about 5 minutes here
+    uv run python benchmarks/suite.py --quick      # tiny sizes, one repeat (what the tests run)
+
+Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
+``benchmarks/results.png`` (override with ``--out-dir``). Sections:
+
+1. push throughput store -> worker over HTTP vs a raw loopback ``sendfile``;
+2. swap latency (cold / warm / hit TTFB, max_tokens=1) for Gemma 3 270M and a
+   tiny model vs bare llama-cpp-python load + first token, and the hit vs the
+   worker's own /infer;
+3. against a peer: llama-cpp-python's server in multi-model mode, same models;
+4. streaming tokens/s through the store vs bare llama-cpp-python (Gemma);
+5. peak RSS growth of the worker and of the sender during the largest push;
+6. concurrency (1/4/16 clients on hits), push time vs size, ``decision_ms``
+   with 10,000 models in MODELS_DIR and a 1,000-entry cache, store start-up
+   with 10,000 (sparse, 1 GiB each) model files.
+
+Everything runs on 127.0.0.1 and is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    ROOT,
+    Services,
+    bare_load_first_token,
+    free_port,
+    median,
+    percentile,
+    raw_sendfile_seconds,
+    reset_peak_rss,
+    rss_bytes,
+    start_process,
+    stop_process,
+    stream_timing,
+)
+
+from model_store_server.digests import DigestCache  # noqa: E402
+from model_store_server.transport import HttpTransport  # noqa: E402
+from model_store_server.worker_client import WorkerClient  # noqa: E402
+from model_swap.cli import ensure_default_model  # noqa: E402
+from model_swap.tiny_models import write_tiny_model  # noqa: E402
+
+GEMMA = "gemma-3-270m-q4_k_m.gguf"
+OTHER = "tiny-other.gguf"
+MB = 1024 * 1024
+
+
+class Report:
+    """Collects result tables and renders RESULTS.md."""
+
+    def __init__(self) -> None:
+        self.sections: list[tuple[str, list[str], list[list[str]], str]] = []
+        self.data: dict = {}
+
+    def table(self, title: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
+        self.sections.append((title, header, rows, note))
+        print(f"\n## {title}")
+        for row in rows:
+            print("  " + " | ".join(row))
+
+    def markdown(self, args) -> str:
+        lines = [
+            "# Performance results",
+            "",
+            f"Produced by `uv run python benchmarks/suite.py{' --quick' if args.quick else ''}` "
+            f"on {datetime.now(UTC).strftime('%Y-%m-%d')}: {os.cpu_count()} CPU cores, "
+            f"{platform.machine()}, no GPU, Python {platform.python_version()}. "
+            f"Every figure is the median of {args.repeats} runs unless stated, next to a "
+            "baseline measured in the same run. `ms` are milliseconds, `MB` are 10^6 bytes.",
+            "",
+        ]
+        for title, header, rows, note in self.sections:
+            lines += [f"## {title}", ""]
+            if note:
+                lines += [note, ""]
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "|".join("---" for _ in header) + "|")
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines.append("")
+        lines += ["![benchmark chart](results.png)", ""]
+        return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+# -- 1. push throughput -------------------------------------------------------------------
+
+
+def push_seconds(transport: HttpTransport, client: WorkerClient, path: Path, sha: str) -> float:
+    """One push of ``path`` into the worker's cache, under a name the store does not track."""
+    name = f"bench-push-{path.name}"
+    result = transport.push(name, path, sha256=sha, load=False)
+    client.evict(name)
+    return result.seconds
+
+
+def bench_push(report, args, tmp: Path, services: Services) -> None:
+    client = WorkerClient(services.worker_url, connect_timeout=5, read_timeout=600)
+    transport = HttpTransport(client)
+    digests = DigestCache()
+    rows, scale = [], []
+    for size_mb in args.push_sizes:
+        path = write_tiny_model(tmp / f"push-{size_mb}.gguf", size_mb=size_mb)
+        sha = digests.sha256(path)
+        raws, pushes = [], []
+        for _ in range(args.repeats):
+            raws.append(raw_sendfile_seconds(path, tmp))
+            pushes.append(push_seconds(transport, client, path, sha))
+        nbytes = path.stat().st_size
+        raw_s, push_s = median(raws), median(pushes)
+        ratio = raw_s / push_s
+        scale.append((nbytes, push_s))
+        rows.append(
+            [
+                f"{nbytes / 1e6:.0f} MB",
+                f"{raw_s * 1000:.0f} ms ({nbytes / raw_s / 1e6:.0f} MB/s)",
+                f"{push_s * 1000:.0f} ms ({nbytes / push_s / 1e6:.0f} MB/s)",
+                f"{ratio:.2f}x",
+                f">= 0.80x: {verdict(ratio >= 0.8)}",
+            ]
+        )
+        report.data.setdefault("push", []).append(
+            {
+                "mb": nbytes / 1e6,
+                "raw_mbps": nbytes / raw_s / 1e6,
+                "http_mbps": nbytes / push_s / 1e6,
+            }
+        )
+        if size_mb != max(args.push_sizes):
+            path.unlink()
+    report.table(
+        "1. Push throughput (store -> worker, HTTP, into the worker's cache)",
+        [
+            "file",
+            "raw loopback sendfile (baseline)",
+            "HTTP push incl. sha256 check",
+            "ratio",
+            "target",
+        ],
+        rows,
+        "The HTTP push is the store's own transport (chunked body sent with sendfile(2)); the "
+        "worker streams it to a temporary file, checks GGUF magic, size and sha256, renames. "
+        "The baseline sends the same file over a loopback socket with sendfile(2) into a file, "
+        "with no HTTP, no hashing.",
+    )
+    report.data["push_scale"] = scale
+
+
+# -- 2. swap latency ----------------------------------------------------------------------
+
+
+def bench_swaps(report, args, models: Path, services: Services, subjects: list[str]) -> None:
+    rows = []
+    for model in subjects:
+        bare, cold, warm, hit, direct = [], [], [], [], []
+        for _ in range(args.repeats):
+            bare.append(bare_load_first_token(models / model))
+            services.reset()
+            cold.append(services.ask(model, "load_from_store")[0])
+            hit.append(services.ask(model, "already_loaded")[0])
+            direct.append(
+                stream_timing(
+                    f"{services.worker_url}/infer",
+                    {"prompt": "Once upon a time", "max_tokens": 1, "model": model},
+                )[0]
+            )
+            services.ask(OTHER)
+            warm.append(services.ask(model, "load_from_local_store")[0])
+        b, c, w, h, d = (median(v) * 1000 for v in (bare, cold, warm, hit, direct))
+        # The cold target: push time + warm time (+5%). Push time of this file, measured now.
+        client = WorkerClient(services.worker_url, connect_timeout=5, read_timeout=600)
+        path = models / model
+        sha = DigestCache().sha256(path)
+        pushes = [
+            push_seconds(HttpTransport(client), client, path, sha) for _ in range(args.repeats)
+        ]
+        p = median(pushes) * 1000
+        report.data.setdefault("swaps", []).append(
+            {"model": model, "bare": b, "cold": c, "warm": w, "hit": h, "direct": d, "push": p}
+        )
+        size = path.stat().st_size / 1e6
+        rows += [
+            [
+                model,
+                f"{size:.0f} MB",
+                "warm (load_from_local_store)",
+                f"{w:.1f} ms",
+                f"bare load + 1st token {b:.1f} ms",
+                f"{w / b:.2f}x",
+                f"<= 1.10x: {verdict(w <= 1.1 * b)}",
+            ],
+            [
+                model,
+                f"{size:.0f} MB",
+                "hit (already_loaded)",
+                f"{h:.1f} ms",
+                f"worker /infer alone {d:.1f} ms",
+                f"+{h - d:.1f} ms",
+                f"<= +2 ms: {verdict(h <= d + 2)}",
+            ],
+            [
+                model,
+                f"{size:.0f} MB",
+                "cold (load_from_store)",
+                f"{c:.1f} ms",
+                f"push {p:.1f} + warm {w:.1f} ms",
+                f"{c / (p + w):.2f}x",
+                f"<= 1.05x: {verdict(c <= 1.05 * (p + w))}",
+            ],
+        ]
+    report.table(
+        "2. Swap latency: time to first byte through the store, max_tokens=1",
+        ["model", "size", "case", "store", "baseline", "ratio", "target"],
+        rows,
+        "Bare = llama-cpp-python in the benchmark process: `Llama(path)` + tokenize + first "
+        "sampled token. Before each cold request the store is reset (`POST /reset`); warm = the "
+        "model is in the worker's disk cache but another one is loaded.",
+    )
+
+
+# -- 3. against a peer --------------------------------------------------------------------
+
+
+def bench_peer(report, args, tmp: Path, models: Path, services: Services, subjects) -> None:
+    port = free_port()
+    config = {
+        "host": "127.0.0.1",
+        "port": port,
+        "models": [
+            {
+                "model": str(models / m),
+                "model_alias": m,
+                "n_ctx": 2048,
+                "n_gpu_layers": -1,
+                "verbose": False,
+            }
+            for m in [*subjects, OTHER]
+        ],
+    }
+    (tmp / "peer.json").write_text(json.dumps(config))
+    peer = start_process(
+        [sys.executable, "-m", "llama_cpp.server", "--config_file", str(tmp / "peer.json")],
+        {},
+        tmp / "peer.log",
+        f"http://127.0.0.1:{port}/v1/models",
+    )
+    url = f"http://127.0.0.1:{port}/v1/completions"
+
+    def peer_ttfb(model: str) -> float:
+        body = {"model": model, "prompt": "Once upon a time", "max_tokens": 1, "stream": True}
+        return stream_timing(url, body)[0]
+
+    rows = []
+    try:
+        for model in subjects:
+            peer_hit, peer_swap, our_hit, our_swap = [], [], [], []
+            for _ in range(args.repeats):
+                peer_ttfb(OTHER)
+                peer_swap.append(peer_ttfb(model))
+                peer_hit.append(peer_ttfb(model))
+                services.ask(OTHER)
+                our_swap.append(services.ask(model, "load_from_local_store")[0])
+                our_hit.append(services.ask(model, "already_loaded")[0])
+            for case, ours, theirs in (("hit", our_hit, peer_hit), ("swap", our_swap, peer_swap)):
+                o, t = median(ours) * 1000, median(theirs) * 1000
+                rows.append(
+                    [
+                        model,
+                        case,
+                        f"{o:.1f} ms",
+                        f"{t:.1f} ms",
+                        f"{o / t:.2f}x",
+                        f"<= 1.00x: {verdict(o <= t)}",
+                    ]
+                )
+                report.data.setdefault("peer", []).append(
+                    {"model": model, "case": case, "ours": o, "peer": t}
+                )
+    finally:
+        stop_process(peer)
+    report.table(
+        "3. Against a peer: llama-cpp-python's server, multi-model config, same models",
+        ["model", "case", "model-swap TTFB", "llama-cpp-python server TTFB", "ratio", "target"],
+        rows,
+        "Peer: `python -m llama_cpp.server --config_file` with the same files, streamed "
+        "`/v1/completions`, max_tokens=1. Its swap loads from local disk, so it is compared "
+        "with model-swap's warm swap (load_from_local_store); hit = the model already loaded.",
+    )
+
+
+# -- 4. streaming -------------------------------------------------------------------------
+
+
+def bare_tokens_per_second(path: Path, tokens: int) -> float:
+    import llama_cpp
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_gpu_layers=-1, n_ctx=2048, verbose=False)
+    prompt = llm.tokenize(b"Once upon a time", add_bos=True)
+    count, first = 0, None
+    for token in llm.generate(prompt):
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+            break
+        llm.detokenize([token])
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+        if count >= tokens:
+            break
+    elapsed = time.perf_counter() - first
+    llm.close()
+    return (count - 1) / elapsed
+
+
+def bench_streaming(report, args, models: Path, services: Services, model: str) -> None:
+    ours, bare = [], []
+    for _ in range(args.repeats):
+        bare.append(bare_tokens_per_second(models / model, args.stream_tokens))
+        services.ask(model)
+        first, total = services.ask(model, "already_loaded", max_tokens=args.stream_tokens)
+        count = services.worker_status()["last_generation"]["tokens"]
+        ours.append((count - 1) / (total - first))
+    o, b = median(ours), median(bare)
+    report.data["streaming"] = {"ours": o, "bare": b}
+    report.table(
+        f"4. Streaming: tokens per second after the first token, "
+        f"{args.stream_tokens} tokens, {model}",
+        ["through the store", "bare llama-cpp-python", "ratio", "target"],
+        [
+            [
+                f"{o:.1f} tok/s",
+                f"{b:.1f} tok/s",
+                f"{o / b:.2f}x",
+                f">= 0.97x: {verdict(o >= 0.97 * b)}",
+            ]
+        ],
+        "Through the store: tokens counted by the worker (`last_generation`), time measured by the "
+        "client from the first byte to the end of the stream. Bare: the same sampling loop in "
+        "the benchmark process.",
+    )
+
+
+# -- 5. memory ----------------------------------------------------------------------------
+
+
+def bench_memory(report, args, tmp: Path, services: Services) -> None:
+    path = tmp / f"push-{max(args.push_sizes)}.gguf"
+    client = WorkerClient(services.worker_url, connect_timeout=5, read_timeout=600)
+    transport = HttpTransport(client)
+    sha = DigestCache().sha256(path)
+    worker_pid, me = services.worker.pid, os.getpid()
+    worker_growth, sender_growth = [], []
+    for _ in range(args.repeats):
+        reset_peak_rss(worker_pid)
+        reset_peak_rss(me)
+        w0, s0 = rss_bytes(worker_pid), rss_bytes(me)
+        transport.push("bench-memory.gguf", path, sha256=sha, load=False)
+        worker_growth.append(rss_bytes(worker_pid, "VmHWM") - w0)
+        sender_growth.append(rss_bytes(me, "VmHWM") - s0)
+        client.evict("bench-memory.gguf")
+    w, s = median(worker_growth) / MB, median(sender_growth) / MB
+    report.data["memory"] = {"worker": w, "sender": s}
+    report.table(
+        f"5. Memory: peak RSS growth during a {path.stat().st_size / 1e6:.0f} MB push",
+        ["process", "peak RSS growth", "target"],
+        [
+            ["worker (receiving)", f"{w:.1f} MiB", f"<= 64 MiB: {verdict(w <= 64)}"],
+            ["store's sender (HttpTransport)", f"{s:.1f} MiB", f"<= 64 MiB: {verdict(s <= 64)}"],
+        ],
+        "Peak RSS (VmHWM, reset with /proc/PID/clear_refs before each push) minus RSS before. "
+        "The sender is the store's HttpTransport running in the benchmark process.",
+    )
+
+
+# -- 6. concurrency and scale --------------------------------------------------------------
+
+
+def bench_concurrency(report, args, services: Services) -> None:
+    model = OTHER
+    services.ask(model)
+    rows = []
+    for clients in (1, 4, 16):
+        total = args.hits_per_level
+        latencies: list[float] = []
+
+        def one(_):
+            return services.ask(model, "already_loaded")[1]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            latencies = list(pool.map(one, range(total)))
+        elapsed = time.perf_counter() - started
+        rows.append(
+            [
+                str(clients),
+                f"{total / elapsed:.0f}",
+                f"{percentile(latencies, 50) * 1000:.1f} ms",
+                f"{percentile(latencies, 95) * 1000:.1f} ms",
+            ]
+        )
+        report.data.setdefault("concurrency", []).append(
+            {
+                "clients": clients,
+                "rps": total / elapsed,
+                "p50": percentile(latencies, 50) * 1000,
+                "p95": percentile(latencies, 95) * 1000,
+            }
+        )
+    report.table(
+        f"6a. Concurrency: {args.hits_per_level} hits (already_loaded, max_tokens=1, "
+        f"{OTHER}) per level",
+        ["clients", "requests/s", "p50 latency", "p95 latency"],
+        rows,
+        "Every request streams a generated token from the worker's single llama.cpp context, so "
+        "throughput is bounded by that context (requests queue first come, first served).",
+    )
+
+
+def bench_scale(report, args) -> None:
+    rows = []
+    scale = report.data["push_scale"]
+    if len(scale) >= 2:
+        xs = [n / 1e6 for n, _ in scale]
+        ys = [s for _, s in scale]
+        slope, intercept = statistics.linear_regression(xs, ys)
+        r = statistics.correlation(xs, ys)
+        for x, y in zip(xs, ys, strict=True):
+            rows.append(
+                [f"{x:.0f} MB", f"{y * 1000:.0f} ms", f"{(slope * x + intercept) * 1000:.0f} ms"]
+            )
+        rows.append(
+            ["linear fit", f"{slope * 1e6 / 1e6 * 1000:.2f} ms per MB", f"r^2 = {r * r:.4f}"]
+        )
+        report.table(
+            "6b. Push time against model size (from section 1)",
+            ["file", "push time", "linear fit"],
+            rows,
+        )
+
+
+def bench_decisions(report, args, tmp: Path) -> None:
+    """decision_ms with N models in MODELS_DIR and a K-entry cache, in the real store code."""
+    from model_store_server.config import StoreSettings
+    from model_store_server.swap_service import SwapService
+
+    models = tmp / "many-models"
+    models.mkdir()
+    for i in range(args.many_models):
+        # Sparse 1 GiB files: reading them at start-up would take minutes, so a fast start
+        # shows that nothing reads them.
+        with open(models / f"m{i:05d}.gguf", "wb") as f:
+            f.truncate(1 << 30)
+    settings = StoreSettings(
+        models_dir=models, worker_url="http://127.0.0.1:9", max_cache_size=args.cache_entries
+    )
+    service = SwapService(settings)
+    state = service.state
+    names = sorted(p.name for p in models.iterdir())
+    for name in names[: args.cache_entries]:  # fill the policy's 1,000 entries
+        ticket = state.begin(name, timeout=5)
+        state.finish_swap(ticket)
+        state.release()
+    timings = {"hit": [], "miss (evicts the LRU)": []}
+    for i in range(2000):
+        if i % 2 == 0:  # a model admitted earlier (a hit unless LRU evicted it since)
+            name = names[(i * 7919) % args.cache_entries]
+        else:  # a model never admitted yet
+            name = names[args.cache_entries + i % (len(names) - args.cache_entries)]
+        service.model_path(name)
+        ticket = state.begin(name, timeout=5)
+        kind = (
+            "hit" if ticket.decision.action.value != "load_from_store" else "miss (evicts the LRU)"
+        )
+        timings[kind].append(ticket.decision_ms)
+        if ticket.owns_swap:
+            state.finish_swap(ticket)
+        state.release()
+
+    port = free_port()
+    env = {
+        "STORE_HOST": "127.0.0.1",
+        "STORE_PORT": str(port),
+        "MODELS_DIR": str(models),
+        "WORKER_URL": "http://127.0.0.1:9",
+        "LOG_LEVEL": "WARNING",
+    }
+    empty = tmp / "no-models"
+    empty.mkdir()
+    starts = {}
+    for label, directory in (("empty MODELS_DIR", empty), (f"{args.many_models} files", models)):
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            process = start_process(
+                [sys.executable, "-m", "model_store_server.cli"],
+                {**env, "MODELS_DIR": str(directory)},
+                tmp / "startup.log",
+                f"http://127.0.0.1:{port}/healthz",
+            )
+            times.append(time.perf_counter() - started)
+            status_started = time.perf_counter()
+            listed = len(
+                requests.get(f"http://127.0.0.1:{port}/status", timeout=60).json()["available"]
+            )
+            status_ms = (time.perf_counter() - status_started) * 1000
+            stop_process(process)
+        starts[label] = (median(times), listed, status_ms)
+    rows = []
+    for kind, values in timings.items():
+        p50 = percentile(values, 50)
+        rows.append(
+            [
+                f"decision_ms, {kind}",
+                f"p50 {p50:.3f} ms, p95 {percentile(values, 95):.3f} ms",
+                f"p50 <= 1 ms: {verdict(p50 <= 1)}",
+            ]
+        )
+    base = starts["empty MODELS_DIR"][0]
+    for label, (seconds, listed, status_ms) in starts.items():
+        rows.append(
+            [
+                f"store start-up to /healthz, {label}",
+                f"{seconds * 1000:.0f} ms "
+                f"({seconds / base:.2f}x empty); GET /status lists {listed} in {status_ms:.0f} ms",
+                "does not read model files" if listed else "baseline",
+            ]
+        )
+    report.data["decisions"] = {k: percentile(v, 50) for k, v in timings.items()}
+    report.table(
+        f"6c. Scale: {args.many_models} models in MODELS_DIR, a {args.cache_entries}-entry cache",
+        ["measure", "result", "target"],
+        rows,
+        f"decision_ms is the store's own measurement (WorkerState.begin around the policy "
+        f"decision), taken over 2,000 requests alternating hits and misses on an lru policy "
+        f"holding {args.cache_entries} models; each request also resolves its file in "
+        f"MODELS_DIR. The {args.many_models} files are sparse 1 GiB files, so a start-up that "
+        "read them would take minutes.",
+    )
+
+
+# -- chart --------------------------------------------------------------------------------
+
+
+def chart(report: Report, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    ax = axes[0][0]
+    push = report.data.get("push", [])
+    labels = [f"{p['mb']:.0f} MB" for p in push]
+    xs = range(len(push))
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [p["raw_mbps"] for p in push],
+        0.4,
+        label="raw sendfile (baseline)",
+        color="gray",
+    )
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [p["http_mbps"] for p in push],
+        0.4,
+        label="HTTP push + sha256",
+        color="tab:orange",
+    )
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("MB/s")
+    ax.set_title("1. push throughput")
+    ax.legend(fontsize=8)
+
+    ax = axes[0][1]
+    swaps = report.data.get("swaps", [])
+    cases = ["bare", "warm", "cold", "hit", "direct"]
+    names = {
+        "bare": "bare load+1st token",
+        "warm": "warm",
+        "cold": "cold",
+        "hit": "hit",
+        "direct": "worker /infer",
+    }
+    width = 0.8 / max(len(swaps), 1)
+    for i, s in enumerate(swaps):
+        ax.bar(
+            [c + i * width for c in range(len(cases))],
+            [s[c] for c in cases],
+            width,
+            label=s["model"],
+        )
+    ax.set_xticks(
+        [c + width * (len(swaps) - 1) / 2 for c in range(len(cases))],
+        [names[c] for c in cases],
+        fontsize=8,
+    )
+    ax.set_yscale("log")
+    ax.set_ylabel("ms to first byte (log)")
+    ax.set_title("2. swap latency")
+    ax.legend(fontsize=8)
+
+    ax = axes[1][0]
+    peer = report.data.get("peer", [])
+    labels = [f"{p['model'][:18]}\n{p['case']}" for p in peer]
+    xs = range(len(peer))
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [p["peer"] for p in peer],
+        0.4,
+        label="llama-cpp-python server",
+        color="gray",
+    )
+    ax.bar(
+        [x + 0.2 for x in xs], [p["ours"] for p in peer], 0.4, label="model-swap", color="tab:blue"
+    )
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms to first byte (log)")
+    ax.set_title("3. against a peer")
+    ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    conc = report.data.get("concurrency", [])
+    ax.plot([c["clients"] for c in conc], [c["p50"] for c in conc], "o-", label="p50")
+    ax.plot([c["clients"] for c in conc], [c["p95"] for c in conc], "o-", label="p95")
+    ax.set_xlabel("concurrent clients (hits)")
+    ax.set_ylabel("latency, ms")
+    ax.set_title("6. latency under concurrency")
+    ax.legend(fontsize=8)
+    fig.suptitle("model-swap benchmark suite (medians; see RESULTS.md for baselines and ratios)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.push_sizes, args.tiny_mb, args.gemma = 1, [1, 2], 1, False
+        args.stream_tokens, args.hits_per_level, args.many_models, args.cache_entries = (
+            16,
+            16,
+            200,
+            50,
+        )
+    else:
+        args.repeats, args.push_sizes, args.tiny_mb, args.gemma = (
+            5,
+            [64, 128, 256, 512, 1024],
+            100,
+            True,
+        )
+        args.stream_tokens, args.hits_per_level, args.many_models, args.cache_entries = (
+            256,
+            200,
+            10000,
+            1000,
+        )
+
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="model-swap-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        models = tmp / "models"
+        models.mkdir()
+        tiny = f"tiny-{args.tiny_mb}mb.gguf"
+        write_tiny_model(models / tiny, size_mb=args.tiny_mb)
+        write_tiny_model(models / OTHER)
+        subjects = [tiny]
+        if args.gemma:
+            ensure_default_model(models)
+            subjects.insert(0, GEMMA)
+        services = Services(tmp, models, CACHE_POLICY="lru", MAX_CACHE_SIZE="3")
+        try:
+            services.ask(OTHER, "load_from_store")  # warm both processes up
+            bench_push(report, args, tmp, services)
+            bench_swaps(report, args, models, services, subjects)
+            bench_peer(report, args, tmp, models, services, subjects)
+            bench_streaming(report, args, models, services, subjects[0])
+            bench_memory(report, args, tmp, services)
+            bench_concurrency(report, args, services)
+        finally:
+            services.stop()
+        bench_scale(report, args)
+        bench_decisions(report, args, tmp)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "RESULTS.md").write_text(report.markdown(args))
+    chart(report, args.out_dir / "results.png")
+    print(f"\nwrote {args.out_dir / 'RESULTS.md'} and {args.out_dir / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
