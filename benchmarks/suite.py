@@ -274,6 +274,7 @@ def bench_peer(report, args, tmp: Path, models: Path, services: Services, subjec
     rows = []
     try:
         for model in subjects:
+            services.ask(model)  # in the worker's cache, so the swaps below are local loads
             peer_hit, peer_swap, our_hit, our_swap = [], [], [], []
             for _ in range(args.repeats):
                 peer_ttfb(OTHER)

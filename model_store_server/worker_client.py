@@ -54,20 +54,21 @@ class WorkerReport:
 class InferenceStream:
     """A streaming inference response from the worker; iterate for text, then ``close``."""
 
-    def __init__(self, response: requests.Response):
+    def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse):
+        self._connection = connection
         self._response = response
-        self.model = response.headers.get("X-Model")
+        self.model = response.getheader("X-Model")
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            for chunk in self._response.iter_content(chunk_size=None):
-                if chunk:
-                    yield chunk
-        except requests.RequestException as err:
-            raise WorkerError(f"worker stream broke off: {err}") from err
+            # read1 returns what has arrived (one token's chunk) instead of waiting for more.
+            while chunk := self._response.read1(STREAM_READ_BYTES):
+                yield chunk
+        except (OSError, http.client.HTTPException) as err:
+            raise WorkerError(f"worker stream broke off: {err!r}") from err
 
     def close(self) -> None:
-        self._response.close()
+        self._connection.close()
 
 
 class WorkerClient:
@@ -84,7 +85,8 @@ class WorkerClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
-        self.session.headers.update(bearer_header(token))
+        self._auth = bearer_header(token)
+        self.session.headers.update(self._auth)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -114,32 +116,75 @@ class WorkerClient:
             )
         return response
 
-    def upload_file(self, path: str, source: Path, headers: dict[str, str]) -> dict:
-        """POST ``source`` as a chunked body, each chunk sent with sendfile(2); returns the JSON.
+    # -- direct calls (http.client: less per-call overhead on the hot paths) ------------
 
-        Zero-copy on the sending side: the file's pages go from the page cache
-        to the socket without passing through Python. Errors map like ``request``.
-        """
+    def _connect(self) -> http.client.HTTPConnection:
         parts = urlsplit(self.base_url)
         connection_class = (
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
         conn = connection_class(parts.hostname, parts.port, timeout=self.timeout[0])
         try:
-            try:
-                conn.connect()
-            except OSError as err:
-                raise WorkerUnavailable(f"worker at {self.base_url} is unreachable: {err}") from err
-            conn.sock.settimeout(self.timeout[1])
+            conn.connect()
+        except OSError as err:
+            conn.close()
+            raise WorkerUnavailable(f"worker at {self.base_url} is unreachable: {err}") from err
+        conn.sock.settimeout(self.timeout[1])
+        return conn
+
+    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
+        return {**self._auth, **extra}
+
+    def _checked(
+        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, what: str
+    ) -> http.client.HTTPResponse:
+        """``response`` if it is 2xx; otherwise close and raise WorkerError with its message."""
+        if response.status < 400:
+            return response
+        body = response.read()
+        conn.close()
+        try:
+            message = json.loads(body)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = body[:200].decode(errors="replace") or response.reason
+        raise WorkerError(
+            f"worker answered {response.status} to {what}: {message}",
+            worker_status=response.status,
+            worker_message=message,
+        )
+
+    def _call(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """One request on a fresh connection; the caller reads the response and closes."""
+        conn = self._connect()
+        what = f"{method} {path}"
+        try:
+            conn.request(method, path, body=body, headers=self._headers(headers))
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise WorkerError(f"worker call {what} failed: {err!r}") from err
+        return conn, self._checked(conn, response, what)
+
+    def upload_file(self, path: str, source: Path, headers: dict[str, str]) -> dict:
+        """POST ``source`` as a chunked body, each chunk sent with sendfile(2); returns the JSON.
+
+        Zero-copy on the sending side: the file's pages go from the page cache
+        to the socket without passing through Python. Errors map like ``request``.
+        """
+        conn = self._connect()
+        what = f"POST {path}"
+        try:
             conn.putrequest("POST", path, skip_accept_encoding=True)
-            for key, value in {
-                **self.session.headers,
-                **headers,
-                "Content-Type": "application/octet-stream",
-                "Transfer-Encoding": "chunked",
-            }.items():
-                if key.lower() not in ("accept-encoding", "connection", "user-agent"):
-                    conn.putheader(key, value)
+            for key, value in self._headers(
+                {
+                    **headers,
+                    "Content-Type": "application/octet-stream",
+                    "Transfer-Encoding": "chunked",
+                }
+            ).items():
+                conn.putheader(key, value)
             conn.endheaders()
             try:
                 _send_chunked_file(conn.sock, source)
@@ -148,34 +193,14 @@ class WorkerClient:
                 try:
                     response = conn.getresponse()
                 except (OSError, http.client.HTTPException):
-                    raise WorkerError(
-                        f"worker connection failed during POST {path}: {err}"
-                    ) from err
-                return self._upload_result(response, path)
-            return self._upload_result(conn.getresponse(), path)
-        except (OSError, http.client.HTTPException) as err:
-            raise WorkerError(f"worker call POST {path} failed: {err}") from err
+                    raise WorkerError(f"worker connection failed during {what}: {err}") from err
+            else:
+                response = conn.getresponse()
+            return json.loads(self._checked(conn, response, what).read() or b"{}")
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            raise WorkerError(f"worker call {what} failed: {err!r}") from err
         finally:
             conn.close()
-
-    @staticmethod
-    def _upload_result(response: http.client.HTTPResponse, path: str) -> dict:
-        body = response.read()
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = {}
-        if response.status >= 400:
-            try:
-                message = data["error"]["message"]
-            except (KeyError, TypeError):
-                message = body[:200].decode(errors="replace") or response.reason
-            raise WorkerError(
-                f"worker answered {response.status} to POST {path}: {message}",
-                worker_status=response.status,
-                worker_message=message,
-            )
-        return data
 
     def status(self) -> WorkerReport:
         response = self.request("GET", "/status")
@@ -199,21 +224,24 @@ class WorkerClient:
                 raise
 
     def load_local(self, model: str) -> dict:
-        return self.request(
-            "POST", "/load_model_from_local_store", headers={"X-Model-Name": model}
-        ).json()
+        conn, response = self._call(
+            "POST", "/load_model_from_local_store", None, {"X-Model-Name": model}
+        )
+        try:
+            return json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            raise WorkerError(f"worker load of {model} failed: {err!r}") from err
+        finally:
+            conn.close()
 
     def infer(self, model: str, prompt: str, max_tokens: int) -> InferenceStream:
-        response = self.request(
-            "POST",
-            "/infer",
-            json={"model": model, "prompt": prompt, "max_tokens": max_tokens},
-            stream=True,
-        )
-        return InferenceStream(response)
+        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens}).encode()
+        conn, response = self._call("POST", "/infer", body, {"Content-Type": "application/json"})
+        return InferenceStream(conn, response)
 
 
 UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
+STREAM_READ_BYTES = 64 * 1024
 
 
 def _send_chunked_file(sock, source: Path) -> None:

@@ -113,6 +113,20 @@ def ask(store: ServerThread, model: str, prompt: str = "hello", max_tokens: int 
     )
 
 
+def start_generation(store: ServerThread, model: str, max_tokens: int = 1500):
+    """Start a long streamed /user_request and return (response, remaining chunks) once
+    the first token has arrived, i.e. while ``model`` is generating."""
+    response = requests.post(
+        f"{store.url}/user_request",
+        json={"prompt": "hello", "model": model, "max_tokens": max_tokens},
+        stream=True,
+        timeout=60,
+    )
+    chunks = response.iter_content(chunk_size=None)
+    first = next(chunks)
+    return response, first, chunks
+
+
 def worker_status(worker: ServerThread) -> dict:
     return requests.get(f"{worker.url}/status", timeout=10).json()
 

@@ -6,10 +6,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
-
 from inference_worker.fair_lock import FairLock
-from tests.conftest import A, B, ask, assert_agree, worker_status
+from tests.conftest import A, B, ask, assert_agree, start_generation, worker_status
 
 
 def test_parallel_requests_for_one_missing_model_cause_one_transfer(worker, start_store):
@@ -51,15 +49,8 @@ def test_interleaved_models_with_one_slot_are_each_answered_by_their_model(worke
 def test_other_model_waits_for_a_running_generation(worker, start_store):
     store = start_store(worker)
     ask(store, A)  # A is loaded
-    long = requests.post(
-        f"{store.url}/user_request",
-        json={"prompt": "hello", "model": A, "max_tokens": 1500},
-        stream=True,
-        timeout=60,
-    )
+    long, _, chunks = start_generation(store, A, max_tokens=1500)  # A is generating now
     assert long.status_code == 200
-    chunks = long.iter_content(chunk_size=None)
-    next(chunks)  # A is generating now
     result = {}
 
     def other():
@@ -82,14 +73,7 @@ def test_other_model_waits_for_a_running_generation(worker, start_store):
 def test_swap_waiting_too_long_answers_503_with_retry_after(worker, start_store):
     store = start_store(worker, swap_wait_timeout=0.2)
     ask(store, A)
-    long = requests.post(
-        f"{store.url}/user_request",
-        json={"prompt": "hello", "model": A, "max_tokens": 2000},
-        stream=True,
-        timeout=60,
-    )
-    chunks = long.iter_content(chunk_size=None)
-    next(chunks)
+    long, _, chunks = start_generation(store, A, max_tokens=2000)
     r = ask(store, B)
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "1"

@@ -14,6 +14,7 @@ from tests.conftest import (
     A,
     ask,
     assert_agree,
+    start_generation,
     store_status,
     temp_files,
     wait_for,
@@ -69,14 +70,7 @@ def test_worker_killed_mid_generation_ends_stream_with_marker(
     worker = worker_process(cache_dir=cache)
     store = start_store(worker_url=worker.url, worker_connect_timeout=2)
     assert ask(store, A).status_code == 200
-    r = requests.post(
-        f"{store.url}/user_request",
-        json={"prompt": "hello", "model": A, "max_tokens": 2000},
-        stream=True,
-        timeout=60,
-    )
-    chunks = r.iter_content(chunk_size=None)
-    first = next(chunks)
+    r, first, chunks = start_generation(store, A, max_tokens=2000)
     worker.kill()
     body = (first + b"".join(chunks)).decode(errors="replace")
     assert r.status_code == 200

@@ -12,7 +12,7 @@ import requests
 from inference_worker.app import create_app as create_worker_app
 from inference_worker.config import WorkerSettings
 from model_swap.serving import ServerThread
-from tests.conftest import A, B, ask, assert_agree, store_status, worker_status
+from tests.conftest import A, B, ask, assert_agree, start_generation, store_status, worker_status
 
 
 def restart_worker(servers, old: ServerThread, cache_dir) -> ServerThread:
@@ -63,14 +63,7 @@ def test_worker_restart_keeping_its_files_loads_locally(
 def test_model_file_vanishing_during_a_wait_frees_the_swap_slot(worker, start_store, models_dir):
     store = start_store(worker)
     ask(store, A)
-    long = requests.post(
-        f"{store.url}/user_request",
-        json={"prompt": "x", "model": A, "max_tokens": 1500},
-        stream=True,
-        timeout=60,
-    )
-    chunks = long.iter_content(chunk_size=None)
-    next(chunks)
+    long, _, chunks = start_generation(store, A, max_tokens=1500)
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("r", ask(store, B)))
     t.start()
