@@ -153,6 +153,9 @@ class ModelCache:
         nothing, when the data is not GGUF or its length or sha256 differs
         from what was announced, and NoSpace when the announced size exceeds
         the free disk (before writing) or the disk fills up. Thread-safe.
+
+        Blocks are hashed and written on background threads while the next one
+        is read, so the producer must not reuse a block's memory after yielding it.
         """
         target = self.path(name)
         if expected_sha256 is not None:

@@ -71,8 +71,9 @@ def answer_push(
 def ring_blocks(endpoint, channel: ControlChannel, size: int) -> Iterator[memoryview]:
     """The pushed file's chunks, in order, as they land in ``endpoint``'s receive ring.
 
-    A chunk's buffer is reposted and credited back to the store only when the
-    consumer asks for the next one, i.e. after it has written the chunk.
+    A chunk's buffer is reposted and credited back to the store as soon as the
+    consumer asks for the next one: a consumer that keeps chunks longer must
+    copy them.
     Raises TransferFailed if the store aborts, disconnects or stalls.
     """
     received = 0
@@ -136,7 +137,10 @@ def serve_push(
             channel.send_quietly(Refuse(str(err)))
             return None
         channel.send(Accept(endpoint.local(), RING_SLOTS))
-        received = answer_push(channel, cache, offer, ring_blocks(endpoint, channel, offer.size))
+        # Each chunk is copied out of the ring: the ring buffer is reposted as soon as
+        # the next chunk is asked for, while the cache may still be hashing or writing it.
+        chunks = (bytes(chunk) for chunk in ring_blocks(endpoint, channel, offer.size))
+        received = answer_push(channel, cache, offer, chunks)
         # Tearing the queue pair down at once could drop the transport ACKs of the last
         # chunks, failing the store's sends although the file is in place.
         channel.pending(wait=LINGER_SECONDS)
