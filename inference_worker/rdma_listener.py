@@ -20,7 +20,6 @@ from __future__ import annotations
 import hmac
 import logging
 import socketserver
-import threading
 import time
 from collections.abc import Iterator
 
@@ -40,6 +39,7 @@ from model_swap.rdma_protocol import (
     TransferFailed,
 )
 from model_swap.rdma_verbs import RcEndpoint, find_port
+from model_swap.serving import BackgroundServer
 
 logger = logging.getLogger(__name__)
 
@@ -176,23 +176,17 @@ class _Server(socketserver.ThreadingTCPServer):
         super().__init__(address, _Handler)
 
 
-class RdmaListener:
+class RdmaListener(BackgroundServer):
     """The TCP control endpoint for RDMA pushes into one ModelCache; one thread per push.
 
-    ``start`` binds (port 0 picks a free one, see ``port``) and returns at once;
-    ``stop`` closes the socket and waits for the accept loop. Thread-safe.
+    Binds at construction (port 0 picks a free one, see ``port``); ``start``
+    returns at once; ``stop`` closes the socket and waits for the accept loop.
+    Thread-safe.
     """
 
     def __init__(self, cache: ModelCache, host: str, port: int, *, token: str = ""):
-        self._server = _Server((host, port), cache, token)
+        super().__init__(_Server((host, port), cache, token), "rdma-listener")
         self.host = host
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"rdma-listener-{self.port}",
-            daemon=True,
-        )
 
     def start(self) -> RdmaListener:
         try:
@@ -207,11 +201,4 @@ class RdmaListener:
             )
         else:
             logger.info("RDMA listener on %s:%d using %s", self.host, self.port, port.describe())
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
+        return super().start()

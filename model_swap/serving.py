@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socketserver
 import threading
 
 from werkzeug.serving import make_server
@@ -16,23 +17,21 @@ from werkzeug.serving import make_server
 logger = logging.getLogger(__name__)
 
 
-class ServerThread:
-    """A WSGI server on ``host:port`` served from a daemon thread; use as a context manager."""
+class BackgroundServer:
+    """Any ``socketserver`` server, served from a daemon thread; use as a context manager."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        self._server = make_server(host, port, app, threaded=True)
-        self.host = host
-        self.port = self._server.server_port
-        self.url = f"http://{host}:{self.port}"
+    def __init__(self, server: socketserver.BaseServer, name: str):
+        self._server = server
+        self.port = server.server_address[1]
         # A short poll interval makes stop() quick (tests start and stop many servers).
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
+            target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
-            name=f"wsgi-{self.port}",
+            name=f"{name}-{self.port}",
             daemon=True,
         )
 
-    def start(self) -> ServerThread:
+    def start(self):
         self._thread.start()
         return self
 
@@ -43,11 +42,20 @@ class ServerThread:
             self._thread.join(timeout=10)
         self._server.server_close()
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerThread(BackgroundServer):
+    """A WSGI app on ``host:port`` (port 0 picks a free one) in a background thread."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        super().__init__(make_server(host, port, app, threaded=True), "wsgi")
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
 
 
 def serve_foreground(app, host: str, port: int, name: str) -> None:
