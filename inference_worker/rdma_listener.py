@@ -23,7 +23,7 @@ import socketserver
 import time
 from collections.abc import Iterator
 
-from inference_worker.model_cache import ModelCache, Received, UploadRejected
+from inference_worker.model_cache import ModelCache, NoSpace, Received, UploadRejected
 from model_swap.rdma_protocol import (
     Abort,
     Accept,
@@ -60,7 +60,7 @@ def answer_push(
     """
     try:
         received = cache.receive(offer.model, blocks, offer.size, offer.sha256)
-    except (UploadRejected, RdmaError, OSError) as err:
+    except (UploadRejected, NoSpace, RdmaError, OSError) as err:
         logger.warning("RDMA push of %s failed, nothing kept: %s", offer.model, err)
         channel.send_quietly(Nack(str(err)))
         return None

@@ -227,7 +227,7 @@ class SwapService:
         except BaseException as err:
             lease.release()
             status = getattr(err, "worker_status", None)
-            if status is not None and 400 <= status < 500 and status != 409:
+            if status in (400, 413):
                 # The worker refused this request's input; its state is as we believe.
                 raise BadRequest(err.worker_message) from None
             self.state.mark_unsynced()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ class InferenceStream:
             raise WorkerError(f"worker stream broke off: {err!r}") from err
 
     def close(self) -> None:
+        # The response owns the socket once the headers are read (Connection: close).
+        self._response.close()
         self._connection.close()
 
 
@@ -161,46 +164,51 @@ class WorkerClient:
         what = f"{method} {path}"
         try:
             conn.request(method, path, body=body, headers=self._headers(headers))
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as err:
+            return conn, self._checked(conn, conn.getresponse(), what)
+        except (OSError, http.client.HTTPException, UnicodeError) as err:
             conn.close()
             raise WorkerError(f"worker call {what} failed: {err!r}") from err
-        return conn, self._checked(conn, response, what)
 
     def upload_file(self, path: str, source: Path, headers: dict[str, str]) -> dict:
         """POST ``source`` as a chunked body, each chunk sent with sendfile(2); returns the JSON.
 
         Zero-copy on the sending side: the file's pages go from the page cache
-        to the socket without passing through Python. Errors map like ``request``.
+        to the socket without passing through Python. A problem with the local
+        file raises OSError (before any byte is sent, or SourceChanged midway);
+        worker problems map to WorkerUnavailable/WorkerError like ``request``.
         """
-        conn = self._connect()
-        what = f"POST {path}"
-        try:
-            conn.putrequest("POST", path, skip_accept_encoding=True)
-            for key, value in self._headers(
-                {
-                    **headers,
-                    "Content-Type": "application/octet-stream",
-                    "Transfer-Encoding": "chunked",
-                }
-            ).items():
-                conn.putheader(key, value)
-            conn.endheaders()
+        with open(source, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            conn = self._connect()
+            what = f"POST {path}"
             try:
-                _send_chunked_file(conn.sock, source)
-            except OSError as err:
-                # The worker may have answered early (401, 507...) and closed: report that.
                 try:
+                    conn.putrequest("POST", path, skip_accept_encoding=True)
+                    for key, value in self._headers(
+                        {
+                            **headers,
+                            "Content-Type": "application/octet-stream",
+                            "Transfer-Encoding": "chunked",
+                        }
+                    ).items():
+                        conn.putheader(key, value)
+                    conn.endheaders()
+                    _send_chunked_file(conn.sock, file, size)
+                except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as err:
+                    # The worker may have answered early (401, 507...) and closed: report that.
+                    try:
+                        response = conn.getresponse()
+                    except (OSError, http.client.HTTPException):
+                        raise WorkerError(f"worker connection failed during {what}: {err}") from err
+                else:
                     response = conn.getresponse()
-                except (OSError, http.client.HTTPException):
-                    raise WorkerError(f"worker connection failed during {what}: {err}") from err
-            else:
-                response = conn.getresponse()
-            return json.loads(self._checked(conn, response, what).read() or b"{}")
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            raise WorkerError(f"worker call {what} failed: {err!r}") from err
-        finally:
-            conn.close()
+                return json.loads(self._checked(conn, response, what).read() or b"{}")
+            except SourceChanged:
+                raise
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                raise WorkerError(f"worker call {what} failed: {err!r}") from err
+            finally:
+                conn.close()
 
     def status(self) -> WorkerReport:
         response = self.request("GET", "/status")
@@ -244,20 +252,22 @@ UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
 STREAM_READ_BYTES = 64 * 1024
 
 
-def _send_chunked_file(sock, source: Path) -> None:
-    """Write ``source`` to ``sock`` in HTTP chunked framing, the data by sendfile(2)."""
-    size = source.stat().st_size
-    with open(source, "rb") as f:
-        offset = 0
-        while offset < size:
-            count = min(UPLOAD_CHUNK_BYTES, size - offset)
-            sock.sendall(b"%X\r\n" % count)
-            sent = sock.sendfile(f, offset, count)
-            if sent != count:
-                raise OSError(f"{source} shrank while being sent ({offset + sent} of {size})")
-            sock.sendall(b"\r\n")
-            offset += count
-        sock.sendall(b"0\r\n\r\n")
+class SourceChanged(OSError):
+    """The file being pushed changed size while it was sent."""
+
+
+def _send_chunked_file(sock, file, size: int) -> None:
+    """Write ``size`` bytes of ``file`` to ``sock`` in HTTP chunked framing, by sendfile(2)."""
+    offset = 0
+    while offset < size:
+        count = min(UPLOAD_CHUNK_BYTES, size - offset)
+        sock.sendall(b"%X\r\n" % count)
+        sent = sock.sendfile(file, offset, count)
+        if sent != count:
+            raise SourceChanged(f"{file.name} shrank while being sent ({offset + sent} of {size})")
+        sock.sendall(b"\r\n")
+        offset += count
+    sock.sendall(b"0\r\n\r\n")
 
 
 def _never_connected(err: requests.RequestException) -> bool:

@@ -38,4 +38,8 @@ def prompt_text(body: dict, *, max_chars: int) -> str:
         raise BadRequest(f"prompt is {len(prompt)} characters; the limit is {max_chars}")
     if "\x00" in prompt:
         raise BadRequest("prompt must not contain NUL characters")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("prompt must be valid Unicode text (no lone surrogates)") from None
     return prompt

@@ -17,6 +17,11 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
 
+def _token_chars(value: str) -> bool:
+    """Printable ASCII without spaces: what can travel in an Authorization header."""
+    return all("!" <= c <= "~" for c in value)
+
+
 class SettingsError(ValueError):
     """A setting has a value the service cannot start with."""
 
@@ -46,9 +51,10 @@ class EnvReader:
         value = self._raw(name)
         if not value:
             return ""
-        if len(value) < min_length or any(c.isspace() or c == "," for c in value):
+        if len(value) < min_length or not _token_chars(value) or "," in value:
             raise SettingsError(
-                f"{name}: too weak (valid: at least {min_length} characters, no spaces or commas)"
+                f"{name}: too weak or unusable (valid: at least {min_length} printable "
+                "ASCII characters, no spaces or commas)"
             )
         return value
 
@@ -59,10 +65,10 @@ class EnvReader:
             return ()
         keys = tuple(k.strip() for k in value.split(",") if k.strip())
         for key in keys:
-            if len(key) < min_length or any(c.isspace() for c in key):
+            if len(key) < min_length or not _token_chars(key):
                 raise SettingsError(
-                    f"{name}: a key is too weak (valid: each at least {min_length} "
-                    "characters, no spaces)"
+                    f"{name}: a key is too weak or unusable (valid: each at least "
+                    f"{min_length} printable ASCII characters, no spaces)"
                 )
         return keys
 
@@ -135,6 +141,9 @@ class EnvReader:
             raise SettingsError(
                 f"{name}: {value!r} is not valid (valid: an http:// or https:// URL with a host)"
             )
-        if parts.query or parts.fragment:
-            raise SettingsError(f"{name}: {value!r} must not have a query or fragment")
+        if parts.query or parts.fragment or parts.path not in ("", "/"):
+            raise SettingsError(
+                f"{name}: {value!r} must not have a path, query or fragment "
+                "(valid: scheme, host and port only)"
+            )
         return value.rstrip("/")

@@ -107,6 +107,7 @@ def assert_agree_with_key(store, worker):
     [
         ({"WORKER_TOKEN": "short"}, "WORKER_TOKEN: too weak"),
         ({"API_KEYS": "good-key-0123456789,bad"}, "API_KEYS: a key is too weak"),
+        ({"WORKER_TOKEN": "\u20ac" * 16}, "WORKER_TOKEN: too weak or unusable"),
     ],
 )
 def test_weak_secrets_stop_startup(env, message):

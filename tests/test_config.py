@@ -74,6 +74,7 @@ def test_every_store_setting_is_overridable():
         ({"TTL_SECONDS": "nan"}, "TTL_SECONDS: 'nan' is not a finite number"),
         ({"WORKER_URL": "localhost:8080"}, "WORKER_URL: 'localhost:8080' is not valid"),
         ({"WORKER_URL": "http://:80"}, "WORKER_URL"),
+        ({"WORKER_URL": "http://proxy/worker"}, "must not have a path"),
         (
             {"WORKER_URL": "http://host:99999"},
             "WORKER_URL: 'http://host:99999' has an invalid port",

@@ -55,6 +55,7 @@ def test_store_refuses_bad_model_names(worker, start_store, name):
         ({"prompt": "   ", "model": A}, "prompt must not be empty"),
         ({"prompt": "x" * 40000, "model": A}, "the limit is 32768"),
         ({"prompt": "a\x00b", "model": A}, "NUL"),
+        ({"prompt": "a\ud800b", "model": A}, "lone surrogates"),
         ({"prompt": "hi", "model": A, "max_tokens": 0}, "positive integer"),
         ({"prompt": "hi", "model": A, "max_tokens": 1.0}, "positive integer"),
         ({"prompt": "hi", "model": A, "max_tokens": None}, "positive integer"),
@@ -116,7 +117,12 @@ def _tree(root: Path) -> set[str]:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    # Lone surrogates are valid in JSON text but not in UTF-8: generate them too.
+    | st.text(st.characters(exclude_categories=()), max_size=20),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
     ),

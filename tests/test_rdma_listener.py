@@ -167,6 +167,7 @@ def test_the_ack_carries_the_size_and_sha256_of_the_file_on_disk(
         ("short", "body ended after"),
         ("long", "body is longer than the announced"),
         ("not-gguf", "is not a GGUF file"),
+        ("no-space", "the cache's disk has"),
     ],
 )
 def test_a_nack_names_the_cause_and_nothing_is_kept(
@@ -180,6 +181,7 @@ def test_a_nack_names_the_cause_and_nothing_is_kept(
         "short": {"size": size + 1},
         "long": {"size": size - 1},
         "not-gguf": {"blocks": iter([b"NOPE" + b"\0" * (size - 4)])},
+        "no-space": {"size": 1 << 60},
     }[damage]
     received, reply = push_blocks(store_and_worker_ends, cache, path, **kwargs)
     assert received is None

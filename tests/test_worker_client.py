@@ -1,0 +1,39 @@
+"""The store's client for the worker: local file errors stay local, streams really close."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from model_store_server.worker_client import WorkerClient
+from tests.conftest import A, worker_status
+
+
+def client_for(worker) -> WorkerClient:
+    return WorkerClient(worker.url, connect_timeout=5, read_timeout=30)
+
+
+def test_a_missing_source_file_fails_at_once_without_blaming_the_worker(worker, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError):
+        client_for(worker).upload_file("/cache_model", tmp_path / "gone.gguf", {"X-Model-Name": A})
+    assert time.monotonic() - started < 5
+    assert worker_status(worker)["received"]["bytes"] == 0
+
+
+def test_closing_an_inference_stream_stops_the_generation(worker, models_dir):
+    requests.post(
+        f"{worker.url}/load_model_from_store",
+        data=(models_dir / A).read_bytes(),
+        headers={"X-Model-Name": A},
+        timeout=30,
+    ).raise_for_status()
+    stream = client_for(worker).infer(A, "hello", 2000)
+    next(iter(stream))
+    stream.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and worker_status(worker)["last_generation"] is None:
+        time.sleep(0.01)
+    assert worker_status(worker)["last_generation"]["tokens"] < 2000
