@@ -14,11 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib.parse import quote, urlsplit
 
 from model_swap.auth import bearer_header
 from model_swap.errors import Unavailable, WorkerFailed
@@ -75,7 +71,8 @@ class InferenceStream:
 
 
 class WorkerClient:
-    """HTTP calls to one worker. Thread-safe (one pooled session)."""
+    """HTTP calls to one worker, each on its own connection (http.client: little per-call
+    overhead). Thread-safe."""
 
     def __init__(
         self,
@@ -87,39 +84,7 @@ class WorkerClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
         self._auth = bearer_header(token)
-        self.session.headers.update(self._auth)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-
-    def request(
-        self, method: str, path: str, *, stream: bool = False, **kwargs
-    ) -> requests.Response:
-        """Send one request; raise WorkerUnavailable/WorkerError unless it answers 2xx."""
-        url = f"{self.base_url}{path}"
-        try:
-            response = self.session.request(
-                method, url, timeout=self.timeout, stream=stream, **kwargs
-            )
-        except (requests.ConnectionError, requests.ConnectTimeout) as err:
-            if isinstance(err, requests.ConnectTimeout) or _never_connected(err):
-                raise WorkerUnavailable(f"worker at {self.base_url} is unreachable: {err}") from err
-            raise WorkerError(f"worker connection failed during {method} {path}: {err}") from err
-        except requests.RequestException as err:
-            raise WorkerError(f"worker call {method} {path} failed: {err}") from err
-        if response.status_code >= 400:
-            message = _error_message(response)
-            response.close()
-            raise WorkerError(
-                f"worker answered {response.status_code} to {method} {path}: {message}",
-                worker_status=response.status_code,
-                worker_message=message,
-            )
-        return response
-
-    # -- direct calls (http.client: less per-call overhead on the hot paths) ------------
 
     def _connect(self) -> http.client.HTTPConnection:
         parts = urlsplit(self.base_url)
@@ -210,10 +175,21 @@ class WorkerClient:
             finally:
                 conn.close()
 
-    def status(self) -> WorkerReport:
-        response = self.request("GET", "/status")
+    def _json(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> dict:
+        """One call whose answer is JSON; raises WorkerUnavailable/WorkerError."""
+        conn, response = self._call(method, path, body, headers or {})
         try:
-            data = response.json()
+            return json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            raise WorkerError(f"worker answer to {method} {path} unreadable: {err!r}") from err
+        finally:
+            conn.close()
+
+    def status(self) -> WorkerReport:
+        data = self._json("GET", "/status")
+        try:
             entries = data["cached"]
             return WorkerReport(
                 cached=[entry["name"] for entry in entries],
@@ -221,26 +197,18 @@ class WorkerClient:
                 sizes={entry["name"]: int(entry["size"]) for entry in entries},
                 n_ctx=data.get("n_ctx"),
             )
-        except (ValueError, KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise WorkerError(f"worker sent an unreadable status: {err!r}") from None
 
     def evict(self, model: str) -> None:
         try:
-            self.request("DELETE", f"/models/{model}")
+            self._json("DELETE", f"/models/{quote(model)}")
         except WorkerError as err:
             if err.worker_status != 404:  # already gone is what we wanted
                 raise
 
     def load_local(self, model: str) -> dict:
-        conn, response = self._call(
-            "POST", "/load_model_from_local_store", None, {"X-Model-Name": model}
-        )
-        try:
-            return json.loads(response.read())
-        except (OSError, http.client.HTTPException, ValueError) as err:
-            raise WorkerError(f"worker load of {model} failed: {err!r}") from err
-        finally:
-            conn.close()
+        return self._json("POST", "/load_model_from_local_store", None, {"X-Model-Name": model})
 
     def infer(self, model: str, prompt: str, max_tokens: int) -> InferenceStream:
         body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens}).encode()
@@ -268,18 +236,3 @@ def _send_chunked_file(sock, file, size: int) -> None:
         sock.sendall(b"\r\n")
         offset += count
     sock.sendall(b"0\r\n\r\n")
-
-
-def _never_connected(err: requests.RequestException) -> bool:
-    """True when the request failed before a connection was made (worker down)."""
-    reason = err.args[0] if err.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
-
-
-def _error_message(response: requests.Response) -> str:
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200] or response.reason
