@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
-from model_swap.rdma_protocol import RdmaUnavailable
+from model_swap.rdma_protocol import ControlChannel, RdmaUnavailable
 from model_swap.rdma_verbs import find_port
 from model_swap.serving import ServerThread
 
@@ -52,3 +55,24 @@ def start_rdma_worker(start_worker, request, **overrides) -> ServerThread:
     request.addfinalizer(listener.stop)
     worker.rdma_port = listener.port
     return worker
+
+
+@contextmanager
+def joined_channels(timeout: float = 10) -> Iterator[tuple[ControlChannel, ControlChannel]]:
+    """Two ControlChannels (connecting side, accepting side) over one real loopback TCP
+    connection; closed afterwards."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]))
+    thread.start()
+    client = ControlChannel.connect(
+        "127.0.0.1", listener.getsockname()[1], connect_timeout=5, timeout=timeout
+    )
+    thread.join(5)
+    server = ControlChannel(accepted[0], timeout=timeout)
+    try:
+        yield client, server
+    finally:
+        client.close()
+        server.close()
+        listener.close()

@@ -10,9 +10,7 @@ in the rdma-marked tests.
 from __future__ import annotations
 
 import hashlib
-import socket
 import struct
-import threading
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from model_swap.rdma_protocol import (
     encode,
 )
 from tests.conftest import A
-from tests.rdma_support import RDMA_PROBLEM, start_rdma_worker, without_rdma
+from tests.rdma_support import RDMA_PROBLEM, joined_channels, start_rdma_worker, without_rdma
 
 # What a store sends in its offer (the listener refuses before using it on this machine).
 LINK_LOCAL_GID = "fe80:0000:0000:0000:0000:0000:0000:0001"
@@ -118,19 +116,8 @@ def test_a_connection_closed_before_the_offer_is_harmless(rdma_worker, caplog):
 @pytest.fixture
 def store_and_worker_ends():
     """The store's and the worker's ControlChannel over one real loopback TCP connection."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = []
-    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]))
-    thread.start()
-    store = ControlChannel.connect(
-        "127.0.0.1", listener.getsockname()[1], connect_timeout=5, timeout=10
-    )
-    thread.join(5)
-    worker = ControlChannel(accepted[0], timeout=10)
-    yield store, worker
-    store.close()
-    worker.close()
-    listener.close()
+    with joined_channels(10) as pair:
+        yield pair
 
 
 def push_blocks(store_and_worker_ends, cache, path, *, size=None, sha256=None, blocks=None):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import threading
 
 import pytest
 
@@ -26,6 +25,7 @@ from model_swap.rdma_protocol import (
     decode,
     encode,
 )
+from tests.rdma_support import joined_channels
 
 SHA = "ab" * 32
 ENDPOINT = Endpoint(lid=7, gid="fe80:0000:0000:0000:0202:c9ff:fe00:0001", qpn=0x1234, psn=99, mtu=3)
@@ -100,19 +100,8 @@ def test_check_ack_accepts_only_what_was_sent():
 @pytest.fixture
 def channel_pair():
     """Two ControlChannels joined by a real TCP connection on 127.0.0.1."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = []
-    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]))
-    thread.start()
-    client = ControlChannel.connect(
-        "127.0.0.1", listener.getsockname()[1], connect_timeout=5, timeout=5
-    )
-    thread.join(5)
-    server = ControlChannel(accepted[0], timeout=5)
-    yield client, server
-    client.close()
-    server.close()
-    listener.close()
+    with joined_channels(5) as pair:
+        yield pair
 
 
 def test_messages_cross_a_real_connection(channel_pair):
