@@ -6,12 +6,14 @@ the answer; errors use the shared JSON envelope.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from flask import Flask, Response, jsonify, request
 
+from inference_worker.chat import ChatTemplateError
 from inference_worker.config import WorkerSettings
-from inference_worker.engine import Engine, ModelLoadError, NotLoaded, PromptTooLong
+from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded, PromptTooLong
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected, read_blocks
 from inference_worker.rdma_listener import RdmaListener
 from model_swap.auth import require_bearer
@@ -23,10 +25,13 @@ from model_swap.errors import (
     PayloadInvalid,
     register_error_handlers,
 )
+from model_swap.generation import parse_messages, parse_sampling
 from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.requests_json import positive_int, prompt_text, read_json_object
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 512
 
 
 def _model_name_header() -> str:
@@ -66,6 +71,46 @@ def _expected_sha256() -> str | None:
     if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
         raise BadRequest("X-Model-Sha256 must be 64 hexadecimal characters")
     return raw.lower()
+
+
+STREAM_FORMATS = ("text", "events")
+
+
+def _stream_format(body: dict) -> str:
+    value = body.get("stream_format", "text")
+    if value not in STREAM_FORMATS:
+        raise BadRequest(f"stream_format must be one of {', '.join(STREAM_FORMATS)}")
+    return value
+
+
+def _parse_job(body: dict, settings: WorkerSettings) -> Job:
+    """The /infer body: ``prompt`` or chat ``messages``, ``max_tokens``, sampling fields.
+
+    ``max_tokens`` defaults to 512; ``null`` means until the turn ends or the context is full.
+    The ``events`` stream format (the OpenAI API's) leaves out markup tokens.
+    """
+    if "messages" in body:
+        if "prompt" in body:
+            raise BadRequest("give either prompt or messages, not both")
+        prompt = None
+        messages = parse_messages(body["messages"], max_chars=settings.max_request_bytes)
+    else:
+        prompt = prompt_text(body, max_chars=settings.max_request_bytes)
+        messages = None
+    max_tokens = None
+    if body.get("max_tokens", 0) is not None:
+        max_tokens = positive_int(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
+        if max_tokens > settings.n_ctx:
+            raise BadRequest(
+                f"max_tokens {max_tokens} exceeds the context size N_CTX={settings.n_ctx}"
+            )
+    events = _stream_format(body) == "events"
+    return Job(prompt, messages, max_tokens, parse_sampling(body), hide_markup=events)
+
+
+def _event(data: dict) -> bytes:
+    """One line of the ``events`` stream format (newline-delimited JSON)."""
+    return json.dumps(data, ensure_ascii=False).encode() + b"\n"
 
 
 def create_app(settings: WorkerSettings | None = None) -> Flask:
@@ -153,29 +198,39 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     def infer():
         request.max_content_length = settings.max_request_bytes
         body = read_json_object(request)
-        prompt = prompt_text(body, max_chars=settings.max_request_bytes)
-        max_tokens = positive_int(body, "max_tokens", default=512)
-        if max_tokens > settings.n_ctx:
-            raise BadRequest(
-                f"max_tokens {max_tokens} exceeds the context size N_CTX={settings.n_ctx}"
-            )
+        job = _parse_job(body, settings)
+        events = _stream_format(body) == "events"
         model = body.get("model")
         if model is not None:
             model = _model_name_arg(model)
         try:
-            generation = engine.begin(model, prompt, max_tokens)
+            generation = engine.begin(model, job)
         except NotLoaded as err:
             raise Conflict(str(err)) from None
-        except PromptTooLong as err:
+        except (PromptTooLong, ChatTemplateError) as err:
             raise BadRequest(str(err)) from None
 
         def stream():
             try:
-                yield from generation.tokens()
+                if not events:
+                    yield from generation.tokens()
+                    return
+                for piece in generation.tokens():
+                    yield _event({"text": piece})
+                yield _event(
+                    {
+                        "finish_reason": generation.finish_reason,
+                        "usage": {
+                            "prompt_tokens": generation.prompt_token_count,
+                            "completion_tokens": generation.completion_tokens,
+                        },
+                    }
+                )
             finally:
                 generation.close()
 
-        response = Response(stream(), mimetype="text/plain")
+        mimetype = "application/x-ndjson" if events else "text/plain"
+        response = Response(stream(), mimetype=mimetype)
         response.headers["X-Model"] = generation.model
         response.headers["X-Accel-Buffering"] = "no"
         response.call_on_close(generation.close)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,8 +47,21 @@ class Served:
     model: str | None
     push: PushResult | None
     stream: Iterator[bytes]
-    close: callable
+    close: Callable[[], None]
 
+    def headers(self) -> dict[str, str]:
+        """What happened, for the client: action, evictions, model, and transport if pushed."""
+        headers = self.decision.headers()
+        if self.model:
+            headers["X-Model"] = self.model
+        if self.push:
+            headers["X-Transport"] = self.push.transport
+        headers["X-Accel-Buffering"] = "no"
+        return headers
+
+
+# The seed's route: its log lines carry no ``path=`` field.
+SEED_ROUTE = "/user_request"
 
 STREAM_ERROR_PREFIX = "\n[model-swap error] "
 
@@ -125,22 +138,71 @@ class SwapService:
                 names.append(entry.name)
         return sorted(names)
 
+    def describe_models(self, names: list[str] | None = None) -> list[dict]:
+        """``name``, ``size_bytes``, ``created`` (mtime) and ``state`` of models in MODELS_DIR.
+
+        ``state`` is ``loaded`` (the worker's loaded model), ``cached`` (on the
+        worker's disk) or ``available`` (only in MODELS_DIR). ``names`` limits
+        the answer to those models (unknown or invalid names are left out).
+        """
+        snapshot = self.state.snapshot()
+        cached = {entry.name for entry in snapshot.cached}
+        described = []
+        for name in self.available() if names is None else names:
+            try:
+                validate_model_name(name)
+                info = (self.models_dir / name).stat()
+            except (InvalidModelName, OSError):
+                continue
+            if name == snapshot.loaded:
+                state = "loaded"
+            elif name in cached:
+                state = "cached"
+            else:
+                state = "available"
+            described.append(
+                {
+                    "name": name,
+                    "size_bytes": info.st_size,
+                    "created": int(info.st_mtime),
+                    "state": state,
+                }
+            )
+        return described
+
     # -- serving -----------------------------------------------------------------------
 
-    def serve(self, model: str, prompt: str, max_tokens: int) -> Served:
-        """Make ``model`` the worker's loaded model and start generating.
+    def serve(
+        self,
+        model: str,
+        job: dict,
+        *,
+        route: str = SEED_ROUTE,
+        stream_error: Callable[[ApiError], bytes] = stream_error_marker,
+    ) -> Served:
+        """Make ``model`` the worker's loaded model and start generating ``job``.
 
-        Blocks for the swap. Raises NotFound, BadRequest (the worker refused the
-        prompt), Unavailable (policy rejection, busy, worker unreachable) or
-        WorkerError. Errors raised after the decision carry its headers.
+        ``job`` is the worker's /infer body without ``model`` (prompt or
+        messages, ``max_tokens``, sampling, stream format); the worker's bytes
+        are relayed as they are. If the worker fails mid-stream, the stream ends
+        with ``stream_error(err)``. ``route`` is the path the request came in on,
+        for the log line. Blocks for the swap. Raises NotFound, BadRequest (the
+        worker refused the prompt), Unavailable (policy rejection, busy, worker
+        unreachable) or WorkerError. Errors raised after the decision carry its
+        headers.
         """
         path = self.model_path(model)
+        max_tokens = job.get("max_tokens")
         for attempt in range(1, ATTEMPTS + 1):
             ticket: Ticket | None = None
             worker_ms = 0.0
             try:
                 self.ensure_synced()
-                if self.worker_n_ctx is not None and max_tokens > self.worker_n_ctx:
+                if (
+                    self.worker_n_ctx is not None
+                    and max_tokens is not None
+                    and max_tokens > self.worker_n_ctx
+                ):
                     raise BadRequest(
                         f"max_tokens {max_tokens} exceeds the worker's context size "
                         f"(N_CTX={self.worker_n_ctx})"
@@ -154,21 +216,21 @@ class SwapService:
                         f"{model} was not admitted",
                         type="rejected",
                     )
-                stream, lease = self._start_inference(model, prompt, max_tokens)
+                stream, lease = self._start_inference(model, job)
             except ApiError as err:
                 if _is_drift(err) and attempt < ATTEMPTS:
                     logger.warning("the worker no longer holds %s as expected; retrying", model)
                     continue
-                self._log_request(model, ticket, worker_ms)
+                self._log_request(model, ticket, worker_ms, route)
                 if ticket is not None:
                     err.headers.update(ticket.decision.headers())
                 raise
-            self._log_request(model, ticket, worker_ms)
+            self._log_request(model, ticket, worker_ms, route)
             return Served(
                 decision=ticket.decision,
                 model=stream.model,
                 push=push,
-                stream=self._relay(stream, lease),
+                stream=self._relay(stream, lease, stream_error),
                 close=lambda s=stream, lease=lease: (s.close(), lease.release()),
             )
         raise AssertionError("unreachable")
@@ -217,13 +279,11 @@ class SwapService:
         self.state.finish_swap(ticket)
         return push, (time.perf_counter() - started) * 1000
 
-    def _start_inference(
-        self, model: str, prompt: str, max_tokens: int
-    ) -> tuple[InferenceStream, _Lease]:
+    def _start_inference(self, model: str, job: dict) -> tuple[InferenceStream, _Lease]:
         """Open the worker's token stream under a generation lease (released on failure)."""
         lease = _Lease(self.state)
         try:
-            return self.client.infer(model, prompt, max_tokens), lease
+            return self.client.infer(model, job), lease
         except BaseException as err:
             lease.release()
             status = getattr(err, "worker_status", None)
@@ -233,14 +293,16 @@ class SwapService:
             self.state.mark_unsynced()
             raise
 
-    def _relay(self, stream: InferenceStream, lease: _Lease) -> Iterator[bytes]:
-        """The worker's tokens; if the worker fails mid-stream, end with the error marker."""
+    def _relay(
+        self, stream: InferenceStream, lease: _Lease, stream_error: Callable[[ApiError], bytes]
+    ) -> Iterator[bytes]:
+        """The worker's tokens; if the worker fails mid-stream, end with ``stream_error``."""
         try:
             yield from stream
         except WorkerError as err:
             logger.warning("generation on %s broke off: %s", stream.model, err.message)
             self.state.mark_unsynced()
-            yield stream_error_marker(err)
+            yield stream_error(err)
         finally:
             stream.close()
             lease.release()
@@ -317,12 +379,17 @@ class SwapService:
 
     # -- observing ------------------------------------------------------------------------
 
-    def _log_request(self, model: str, ticket: Ticket | None, worker_ms: float) -> None:
-        """The one ``[/user_request]`` line per request (action ``none`` if never decided)."""
+    def _log_request(
+        self, model: str, ticket: Ticket | None, worker_ms: float, route: str = SEED_ROUTE
+    ) -> None:
+        """The one ``[/user_request]`` line per request (action ``none`` if never decided).
+
+        Requests that came in on another route (the OpenAI API) end with ``path=<route>``.
+        """
         snapshot = self.state.snapshot()
         CONSOLE.info(
             "[/user_request] ts=%s policy=%s model=%s action=%s decision_ms=%.3f "
-            "worker_ms=%.1f cached=[%s] evicted=[%s]",
+            "worker_ms=%.1f cached=[%s] evicted=[%s]%s",
             datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             self.settings.cache_policy,
             model,
@@ -331,6 +398,7 @@ class SwapService:
             worker_ms,
             ",".join(entry.name for entry in snapshot.cached),
             ",".join(ticket.decision.evicted) if ticket else "",
+            "" if route == SEED_ROUTE else f" path={route}",
         )
 
     def status(self) -> dict:

@@ -210,8 +210,9 @@ class WorkerClient:
     def load_local(self, model: str) -> dict:
         return self._json("POST", "/load_model_from_local_store", None, {"X-Model-Name": model})
 
-    def infer(self, model: str, prompt: str, max_tokens: int) -> InferenceStream:
-        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens}).encode()
+    def infer(self, model: str, job: dict) -> InferenceStream:
+        """Start a generation on ``model``; ``job`` is the rest of the /infer body."""
+        body = json.dumps({"model": model, **job}).encode()
         conn, response = self._call("POST", "/infer", body, {"Content-Type": "application/json"})
         return InferenceStream(conn, response)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -22,10 +22,17 @@ class ApiError(Exception):
     status = 500
     type = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.param = param  # the request field at fault, when there is one
 
 
 class BadRequest(ApiError):
@@ -84,26 +91,63 @@ def error_body(status_type: str, message: str) -> dict:
     return {"error": {"message": message, "type": status_type}}
 
 
+# Paths answered in OpenAI's error shape (the store's OpenAI-compatible API).
+OPENAI_PREFIX = "/v1/"
+
+# OpenAI's error ``type`` by status; our own type goes into ``code``.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+}
+_OPENAI_CODES = {"not_found": "model_not_found", "unauthorized": "invalid_api_key"}
+
+
+def openai_error_body(
+    status: int, status_type: str, message: str, param: str | None = None
+) -> dict:
+    """OpenAI's envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {
+        "error": {
+            "message": message,
+            "type": _OPENAI_TYPES.get(status, "server_error"),
+            "param": param,
+            "code": _OPENAI_CODES.get(status_type, status_type),
+        }
+    }
+
+
+def _render(status: int, status_type: str, message: str, param: str | None = None):
+    if request.path.startswith(OPENAI_PREFIX):
+        response = jsonify(openai_error_body(status, status_type, message, param))
+        if status == 503:
+            # OpenAI clients back off on Retry-After; every 503 here is worth a retry later.
+            response.headers["Retry-After"] = "1"
+    else:
+        response = jsonify(error_body(status_type, message))
+    response.status_code = status
+    return response
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers that render every error as the JSON envelope."""
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
-        response = jsonify(error_body(err.type, err.message))
-        response.status_code = err.status
+        response = _render(err.status, err.type, err.message, err.param)
         response.headers.update(err.headers)
         return response
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
         name = (err.name or "error").lower().replace(" ", "_")
-        response = jsonify(error_body(name, err.description or err.name))
-        response.status_code = err.code or 500
-        return response
+        return _render(err.code or 500, name, err.description or err.name)
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
         logger.exception("unhandled error")
-        response = jsonify(error_body("internal_error", f"{type(err).__name__}: {err}"))
-        response.status_code = 500
-        return response
+        return _render(500, "internal_error", f"{type(err).__name__}: {err}")

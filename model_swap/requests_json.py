@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Request
 
 from model_swap.errors import BadRequest
+from model_swap.generation import check_text
 
 
 def read_json_object(request: Request) -> dict:
@@ -20,10 +21,8 @@ def read_json_object(request: Request) -> dict:
 def positive_int(body: dict, field: str, *, default: int) -> int:
     """``body[field]`` as a positive integer (booleans and floats refused), or ``default``."""
     value = body.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{field} must be a positive integer")
-    if value < 1:
-        raise BadRequest(f"{field} must be a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"{field} must be a positive integer", param=field)
     return value
 
 
@@ -31,15 +30,11 @@ def prompt_text(body: dict, *, max_chars: int) -> str:
     """``body["prompt"]``: a non-empty string of at most ``max_chars`` characters."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
-        raise BadRequest("prompt must be a string")
+        raise BadRequest("prompt must be a string", param="prompt")
     if not prompt.strip():
-        raise BadRequest("prompt must not be empty")
+        raise BadRequest("prompt must not be empty", param="prompt")
     if len(prompt) > max_chars:
-        raise BadRequest(f"prompt is {len(prompt)} characters; the limit is {max_chars}")
-    if "\x00" in prompt:
-        raise BadRequest("prompt must not contain NUL characters")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("prompt must be valid Unicode text (no lone surrogates)") from None
-    return prompt
+        raise BadRequest(
+            f"prompt is {len(prompt)} characters; the limit is {max_chars}", param="prompt"
+        )
+    return check_text(prompt, "prompt")

@@ -6,7 +6,7 @@ import hashlib
 
 from gguf import GGUFReader
 
-from inference_worker.engine import Engine
+from inference_worker.engine import Engine, Job
 from model_swap.tiny_models import tiny_model_names, write_tiny_model, write_tiny_models
 
 
@@ -35,7 +35,7 @@ def test_llama_cpp_generates_real_tokens(tmp_path):
     path = write_tiny_model(tmp_path / "tiny-z.gguf", size_mb=5)
     engine = Engine(n_ctx=256)
     engine.load("tiny-z.gguf", path)
-    generation = engine.begin("tiny-z.gguf", "hello world", 12)
+    generation = engine.begin("tiny-z.gguf", Job(prompt="hello world", max_tokens=12))
     try:
         pieces = list(generation.tokens())
     finally:

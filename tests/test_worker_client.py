@@ -30,7 +30,7 @@ def test_closing_an_inference_stream_stops_the_generation(worker, models_dir):
         headers={"X-Model-Name": A},
         timeout=30,
     ).raise_for_status()
-    stream = client_for(worker).infer(A, "hello", 2000)
+    stream = client_for(worker).infer(A, {"prompt": "hello", "max_tokens": 2000})
     next(iter(stream))
     stream.close()
     deadline = time.monotonic() + 30

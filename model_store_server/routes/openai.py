@@ -1,0 +1,81 @@
+"""The OpenAI-compatible API: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
+
+Every generation goes through the same ``SwapService.serve`` as ``/user_request``
+(same policy, swap, headers and log line); ``openai_api`` translates the
+shapes. Errors under ``/v1/`` use OpenAI's envelope (``model_swap.errors``).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from model_store_server import openai_api
+from model_store_server.openai_api import Answer, OpenAIRequest
+from model_store_server.routes.seed import swap_service
+from model_swap.errors import ApiError, NotFound
+from model_swap.requests_json import read_json_object
+
+openai = Blueprint("openai", __name__, url_prefix="/v1")
+
+OWNER = "model-swap"
+
+
+def _model_object(info: dict) -> dict:
+    return {
+        "id": info["name"],
+        "object": "model",
+        "created": info["created"],
+        "owned_by": OWNER,
+        "state": info["state"],
+        "size_bytes": info["size_bytes"],
+    }
+
+
+@openai.get("/models")
+def list_models():
+    models = [_model_object(info) for info in swap_service().describe_models()]
+    return jsonify(object="list", data=models)
+
+
+@openai.get("/models/<path:model>")
+def get_model(model: str):
+    found = swap_service().describe_models([model])
+    if not found:
+        raise NotFound(f"The model `{model}` does not exist", param="model")
+    return jsonify(_model_object(found[0]))
+
+
+def _generate(parsed: OpenAIRequest) -> Response:
+    service = swap_service()
+    served = service.serve(
+        parsed.model, parsed.job, route=request.path, stream_error=openai_api.error_event
+    )
+    answer = Answer(parsed, served.model or parsed.model)
+    if parsed.stream:
+        events = openai_api.sse_stream(answer, served.stream)
+        response = Response(events, mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.call_on_close(served.close)
+    else:
+        try:
+            body = openai_api.full_response(answer, served.stream)
+        except ApiError as err:
+            err.headers.update(served.headers())
+            raise
+        finally:
+            served.close()
+        response = jsonify(body)
+    response.headers.update(served.headers())
+    return response
+
+
+@openai.post("/chat/completions")
+def chat_completions():
+    limit = swap_service().settings.max_prompt_chars
+    return _generate(openai_api.parse_chat(read_json_object(request), max_prompt_chars=limit))
+
+
+@openai.post("/completions")
+def completions():
+    limit = swap_service().settings.max_prompt_chars
+    return _generate(openai_api.parse_completion(read_json_object(request), max_prompt_chars=limit))

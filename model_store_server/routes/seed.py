@@ -1,0 +1,55 @@
+"""The seed's API: ``/user_request`` (raw prompt in, raw text out), ``/status``, ``/reset``.
+
+Routes parse and validate, call ``SwapService``, and format the answer.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from model_store_server.swap_service import SwapService
+from model_swap.errors import BadRequest
+from model_swap.names import InvalidModelName, validate_model_name
+from model_swap.requests_json import positive_int, prompt_text, read_json_object
+
+DEFAULT_MAX_TOKENS = 512
+
+seed = Blueprint("seed", __name__)
+
+
+def swap_service() -> SwapService:
+    return current_app.extensions["swap_service"]
+
+
+@seed.post("/user_request")
+def user_request():
+    service = swap_service()
+    body = read_json_object(request)
+    prompt = prompt_text(body, max_chars=service.settings.max_prompt_chars)
+    try:
+        model = validate_model_name(body.get("model"))
+    except InvalidModelName as err:
+        raise BadRequest(f"model: {err}") from None
+    max_tokens = positive_int(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
+
+    served = service.serve(model, {"prompt": prompt, "max_tokens": max_tokens})
+    response = Response(served.stream, mimetype="text/plain")
+    response.headers.update(served.headers())
+    response.call_on_close(served.close)
+    return response
+
+
+@seed.post("/reset")
+def reset():
+    service = swap_service()
+    return jsonify(evicted=service.reset(), status=service.status())
+
+
+@seed.get("/status")
+def status():
+    return jsonify(swap_service().status())
+
+
+@seed.get("/healthz")
+def healthz():
+    return jsonify(ok=True)

@@ -1,0 +1,169 @@
+"""What a generation asks for, beyond the model: sampling settings and chat messages.
+
+The store's OpenAI routes build these from a client's request and send them to
+the worker's ``POST /infer``; the worker parses the same JSON again with the
+same functions, so both sides agree on every range and default. Every check
+raises ``BadRequest`` naming the offending field (``param``), which the OpenAI
+error envelope reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from model_swap.errors import BadRequest
+
+# At most this many stop sequences (OpenAI's limit).
+MAX_STOP_SEQUENCES = 4
+CHAT_ROLES = ("system", "user", "assistant")
+# OpenAI's newer name for the system role; rendered as ``system``.
+ROLE_ALIASES = {"developer": "system"}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one generation; ``None`` means the engine's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    def to_json(self) -> dict:
+        """The fields that differ from the defaults, as the worker's /infer body takes them."""
+        body: dict = {}
+        for name in ("temperature", "top_p", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.stop:
+            body["stop"] = list(self.stop)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value:
+                body[name] = value
+        return body
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message with its content flattened to text."""
+
+    role: str
+    content: str
+
+    def to_json(self) -> dict:
+        return {"role": self.role, "content": self.content}
+
+
+def _number(body: dict, field: str, low: float, high: float) -> float | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"{field} must be a number", param=field)
+    if not low <= value <= high:
+        raise BadRequest(f"{field} must be between {low:g} and {high:g}", param=field)
+    return float(value)
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    sequences = [value] if isinstance(value, str) else value
+    if not isinstance(sequences, list) or not all(isinstance(s, str) for s in sequences):
+        raise BadRequest("stop must be a string or a list of strings", param="stop")
+    if len(sequences) > MAX_STOP_SEQUENCES:
+        raise BadRequest(
+            f"stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(sequences)}",
+            param="stop",
+        )
+    for sequence in sequences:
+        check_text(sequence, "stop")
+    return tuple(s for s in sequences if s)
+
+
+def parse_sampling(body: dict) -> Sampling:
+    """The sampling fields of a request body (OpenAI's names and ranges)."""
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest("seed must be an integer", param="seed")
+    if seed is not None and not 0 <= seed < 2**32 - 1:
+        raise BadRequest("seed must be between 0 and 4294967294", param="seed")
+    return Sampling(
+        temperature=_number(body, "temperature", 0.0, 2.0),
+        top_p=_number(body, "top_p", 0.0, 1.0),
+        seed=seed,
+        stop=_stop(body),
+        presence_penalty=_number(body, "presence_penalty", -2.0, 2.0) or 0.0,
+        frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0) or 0.0,
+    )
+
+
+def check_text(text: str, param: str) -> str:
+    """``text`` if it can be tokenized: no NUL, no lone surrogates."""
+    if "\x00" in text:
+        raise BadRequest(f"{param} must not contain NUL characters", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            f"{param} must be valid Unicode text (no lone surrogates)", param=param
+        ) from None
+    return text
+
+
+def _content(value: object, param: str) -> str:
+    """A message's content: a string, or a list of text parts joined in order."""
+    if isinstance(value, str):
+        return check_text(value, param)
+    if not isinstance(value, list):
+        raise BadRequest(f"{param} must be a string or a list of text parts", param=param)
+    pieces = []
+    for index, part in enumerate(value):
+        where = f"{param}[{index}]"
+        if not isinstance(part, dict):
+            raise BadRequest(f"{where} must be an object", param=where)
+        if part.get("type") != "text":
+            raise BadRequest(
+                f"{where}.type {part.get('type')!r} is not supported: only text parts are",
+                param=f"{where}.type",
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise BadRequest(f"{where}.text must be a string", param=f"{where}.text")
+        pieces.append(check_text(text, f"{where}.text"))
+    return "".join(pieces)
+
+
+def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
+    """``messages``: a non-empty list of system/user/assistant messages with text content."""
+    if not isinstance(value, list) or not value:
+        raise BadRequest("messages must be a non-empty list", param="messages")
+    messages = []
+    total = 0
+    for index, item in enumerate(value):
+        where = f"messages[{index}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object", param=where)
+        role = item.get("role")
+        role = ROLE_ALIASES.get(role, role)
+        if role not in CHAT_ROLES:
+            raise BadRequest(
+                f"{where}.role must be one of {', '.join(CHAT_ROLES)} (got {role!r})",
+                param=f"{where}.role",
+            )
+        if role == "assistant" and item.get("tool_calls"):
+            raise BadRequest("tool calls are not supported", param=f"{where}.tool_calls")
+        content = _content(item.get("content"), f"{where}.content")
+        total += len(content)
+        messages.append(Message(role, content))
+    if total > max_chars:
+        raise BadRequest(
+            f"messages hold {total} characters; the limit is {max_chars}", param="messages"
+        )
+    return tuple(messages)
