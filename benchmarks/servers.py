@@ -13,9 +13,12 @@ Each candidate serves a real worker and a real store, each in its own process
   how many separate reads the client saw per token (about 1 when every token
   is sent on its own, far below 1 when the server buffers).
 
-Werkzeug's development server (what the seed used) is the baseline; every
-figure is also printed as a ratio to it, measured in the same run. The
-candidates are not all project dependencies; run with them added::
+Candidates: ``gunicorn`` is the production path itself (the services'
+commands: one gthread worker process, model_swap/serving.py); ``cheroot`` and
+``waitress`` are pure-Python threaded servers in one process. Werkzeug's
+development server (what the seed used) is the baseline; every figure is also
+printed as a ratio to it, measured in the same run. All use THREADS threads.
+cheroot and waitress are not project dependencies; run with them added::
 
     uv run --with waitress --with cheroot python benchmarks/servers.py
 
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from model_swap.tiny_models import write_tiny_model  # noqa: E402
 from benchmarks.harness import free_port, start_process, stop_process  # noqa: E402
+from model_swap.tiny_models import write_tiny_model  # noqa: E402
 
 THREADS = 16
 BASELINE = "werkzeug"
-CANDIDATES = ("werkzeug", "production", "gunicorn", "cheroot", "waitress")
+CANDIDATES = ("werkzeug", "gunicorn", "cheroot", "waitress")
 
 
 def _app(service: str):
@@ -63,7 +65,8 @@ def _app(service: str):
 
 def serve(candidate: str, service: str) -> None:
     """Serve one service with one candidate until SIGTERM (runs in a child process)."""
-    if candidate == "production":
+    if candidate == "gunicorn":
+        # The production path itself (model_swap/serving.py), as the commands run it.
         if service == "worker":
             from inference_worker.cli import main
         else:
@@ -91,25 +94,6 @@ def serve(candidate: str, service: str) -> None:
         server = Server((host, port), app, numthreads=THREADS)
         signal.signal(signal.SIGTERM, lambda *_: server.stop())
         server.safe_start()
-    elif candidate == "gunicorn":
-        from gunicorn.app.base import BaseApplication
-
-        class Application(BaseApplication):
-            def load_config(self):
-                for key, value in {
-                    "bind": f"{host}:{port}",
-                    "workers": 1,
-                    "worker_class": "gthread",
-                    "threads": THREADS,
-                    "timeout": 0,
-                    "loglevel": "warning",
-                }.items():
-                    self.cfg.set(key, value)
-
-            def load(self):
-                return app
-
-        Application().run()
     else:
         raise SystemExit(f"unknown candidate {candidate}")
 
@@ -142,6 +126,7 @@ class Pair:
             "MODELS_DIR": str(models),
             "MODEL_CACHE_DIR": str(workdir / f"cache-{candidate}"),
             "LOG_LEVEL": "WARNING",
+            "SERVER_THREADS": str(THREADS),
         }
         self.processes = [
             start_process(

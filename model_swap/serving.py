@@ -145,13 +145,22 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
+# Kernel send buffer of a client connection. What the services send is small (tokens,
+# JSON), so this costs no speed; it bounds how much a client that stops reading can
+# leave queued before writes block and STREAM_WRITE_TIMEOUT starts counting (Linux
+# would otherwise let the buffer grow to megabytes: hundreds of thousands of tokens).
+SEND_BUFFER_BYTES = 16 * 1024
+
+
 def production_app(app, write_timeout: float):
-    """Wrap ``app`` for gunicorn: client sockets time out, request bodies offer ``readinto``."""
+    """Wrap ``app`` for gunicorn: client sockets time out and have a bounded send
+    buffer; request bodies offer ``readinto``."""
 
     def wrapped(environ, start_response):
         client = environ.get("gunicorn.socket")
         if client is not None:
             client.settimeout(write_timeout)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         return with_readinto_input(app)(environ, start_response)
 
     return wrapped
