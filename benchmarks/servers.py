@@ -6,8 +6,9 @@ Each candidate serves a real worker and a real store, each in its own process
 - hit TTFB: ``/user_request`` for the already-loaded model with max_tokens=1,
   time to the first body byte, median of ``--requests``;
 - push: a ``--push-mb`` MiB model POSTed to the worker's ``/cache_model`` the
-  way the store pushes (chunked body sent with sendfile(2)), median MB/s of
-  ``--pushes``;
+  way the store pushes (chunked body sent with sendfile(2), sha256 verified),
+  and the same as a sized body (Content-Length, no chunked framing), median
+  MB/s of ``--pushes`` each;
 - streaming: ``/user_request`` with max_tokens=``--stream-tokens``; tokens
   (the worker's own count) over the time from the first to the last byte, and
   how many separate reads the client saw per token (about 1 when every token
@@ -28,6 +29,7 @@ A candidate that is not installed is reported as skipped.
 from __future__ import annotations
 
 import argparse
+import http.client
 import signal
 import statistics
 import sys
@@ -172,24 +174,47 @@ def hit_ttfb_ms(pair: Pair, model: str, count: int) -> float:
     return statistics.median(samples)
 
 
-def push_mb_per_s(pair: Pair, path: Path, count: int) -> float:
+def _sized_upload(url: str, path: Path, headers: dict[str, str]) -> None:
+    """POST ``path`` with a Content-Length (no chunked framing), sent with sendfile(2)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)
+    try:
+        conn.putrequest("POST", "/cache_model")
+        for key, value in {**headers, "Content-Length": str(path.stat().st_size)}.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        with open(path, "rb") as file:
+            conn.sock.sendfile(file)
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+    finally:
+        conn.close()
+
+
+def push_mb_per_s(pair: Pair, path: Path, count: int) -> tuple[float, float]:
+    """Median MB/s of (the store's chunked push, a sized push), both sha256-verified."""
     from model_store_server.digests import DigestCache
     from model_store_server.worker_client import WorkerClient
 
     client = WorkerClient(pair.worker_url, connect_timeout=5, read_timeout=600)
-    digest = DigestCache().sha256(path)
     size = path.stat().st_size
-    samples = []
+    headers = {
+        "X-Model-Name": path.name,
+        "X-Model-Size": str(size),
+        "X-Model-Sha256": DigestCache().sha256(path),
+    }
+    chunked, sized = [], []
     for _ in range(count):
         started = time.perf_counter()
-        client.upload_file(
-            "/cache_model",
-            path,
-            {"X-Model-Name": path.name, "X-Model-Size": str(size), "X-Model-Sha256": digest},
-        )
-        samples.append(size / (time.perf_counter() - started) / 1e6)
+        client.upload_file("/cache_model", path, headers)
+        chunked.append(size / (time.perf_counter() - started) / 1e6)
         client.evict(path.name)
-    return statistics.median(samples)
+        started = time.perf_counter()
+        _sized_upload(pair.worker_url, path, headers)
+        sized.append(size / (time.perf_counter() - started) / 1e6)
+        client.evict(path.name)
+    return statistics.median(chunked), statistics.median(sized)
 
 
 def stream_rates(pair: Pair, model: str, max_tokens: int, count: int) -> tuple[float, float]:
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     candidates = args.candidates.split(",")
     if BASELINE not in candidates:
         candidates.insert(0, BASELINE)
-    results: dict[str, tuple[float, float, float, float]] = {}
+    results: dict[str, tuple[float, float, float, float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-servers-") as tmp:
         workdir = Path(tmp)
         models = workdir / "models"
@@ -242,27 +267,28 @@ def main(argv: list[str] | None = None) -> int:
             pair = Pair(candidate, workdir, models)
             try:
                 ttfb = hit_ttfb_ms(pair, "tiny-a.gguf", args.requests)
-                push = push_mb_per_s(pair, big, args.pushes)
+                push, sized = push_mb_per_s(pair, big, args.pushes)
                 tps, reads = stream_rates(pair, "tiny-a.gguf", args.stream_tokens, args.streams)
             finally:
                 pair.stop()
-            results[candidate] = (ttfb, push, tps, reads)
+            results[candidate] = (ttfb, push, sized, tps, reads)
             print(
-                f"{candidate}: hit TTFB {ttfb:.2f} ms, push {push:.0f} MB/s, "
+                f"{candidate}: hit TTFB {ttfb:.2f} ms, push {push:.0f} MB/s "
+                f"(sized body {sized:.0f} MB/s), "
                 f"stream {tps:.0f} tok/s ({reads:.2f} reads/token)",
                 flush=True,
             )
     base = results[BASELINE]
     print(
-        f"\n| server | hit TTFB ms (x {BASELINE}) | push MB/s (x) | stream tok/s (x) "
-        "| reads/token |"
+        f"\n| server | hit TTFB ms (x {BASELINE}) | push MB/s, chunked (x) "
+        "| push MB/s, sized body (x) | stream tok/s (x) | reads/token |"
     )
-    print("|---|---|---|---|---|")
-    for name, (ttfb, push, tps, reads) in results.items():
-        print(
-            f"| {name} | {ttfb:.2f} ({ttfb / base[0]:.2f}x) | {push:.0f} ({push / base[1]:.2f}x) "
-            f"| {tps:.0f} ({tps / base[2]:.2f}x) | {reads:.2f} |"
+    print("|---|---|---|---|---|---|")
+    for name, row in results.items():
+        ttfb, push, sized, tps = (
+            f"{value:.2f} ({value / base[i]:.2f}x)" for i, value in enumerate(row[:4])
         )
+        print(f"| {name} | {ttfb} | {push} | {sized} | {tps} | {row[4]:.2f} |")
     return 0
 
 

@@ -161,9 +161,62 @@ def production_app(app, write_timeout: float):
         if client is not None:
             client.settimeout(write_timeout)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            sized = _SizedBodyInput.wrap(environ["wsgi.input"], client)
+            if sized is not None:
+                environ["wsgi.input"] = sized
         return with_readinto_input(app)(environ, start_response)
 
     return wrapped
+
+
+class _SizedBodyInput(io.RawIOBase):
+    """A gunicorn request body of known length, received straight into the reader's buffer.
+
+    gunicorn's own reader copies every byte several times through BytesIO
+    buffers (it measured at 0.4x of Werkzeug's server for a sized 256 MiB
+    upload); this one hands out what gunicorn has already read past the
+    headers, then ``recv_into`` the caller's buffer, and keeps gunicorn's
+    count of the bytes left in step, so the connection's next request is
+    parsed where it starts.
+    """
+
+    def __init__(self, reader, held: bytes, sock: socket.socket):
+        super().__init__()
+        self._reader = reader
+        self._held = memoryview(held)
+        self._sock = sock
+
+    @classmethod
+    def wrap(cls, body, sock: socket.socket) -> _SizedBodyInput | None:
+        """The fast reader for ``body`` if it is an untouched gunicorn body of known length."""
+        from gunicorn.http.body import Body, LengthReader
+
+        if not isinstance(body, Body) or type(body.reader) is not LengthReader:
+            return None
+        if body.buf.tell() or not hasattr(body.reader.unreader, "take_buffered"):
+            return None
+        reader = body.reader
+        held = reader.unreader.take_buffered()
+        if len(held) > reader.length:  # the start of a pipelined request: give it back
+            reader.unreader.unread(held[reader.length :])
+            held = held[: reader.length]
+        return cls(reader, held, sock)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self._reader.length)
+        if want <= 0:
+            return 0
+        if self._held:
+            count = min(want, len(self._held))
+            buffer[:count] = self._held[:count]
+            self._held = self._held[count:]
+        else:
+            count = self._sock.recv_into(buffer, want)
+        self._reader.length -= count
+        return count
 
 
 def serve_production(name: str, build_app: Callable[[], object], options: ServeOptions) -> None:

@@ -230,3 +230,36 @@ def test_client_that_stops_reading_the_store_frees_the_model(worker_process, sto
         r = ask(store, B)  # the worker swaps to another model: nothing holds A any more
         assert r.status_code == 200, r.text
         assert r.headers["X-Model"] == B
+
+
+def test_sized_and_chunked_uploads_reach_the_disk_intact(worker_process, models_dir, tmp_path):
+    """Both body framings through the production server, then a second request on the
+    same keep-alive connection (the server's count of body bytes stayed right)."""
+    cache = tmp_path / "cache"
+    worker = worker_process(cache_dir=cache)
+    big = write_tiny_model(models_dir / "tiny-big.gguf", size_mb=20)
+    data = big.read_bytes()
+    headers = {
+        "X-Model-Name": big.name,
+        "X-Model-Size": str(len(data)),
+        "X-Model-Sha256": DigestCache().sha256(big),
+    }
+    client = WorkerClient(worker.url, connect_timeout=5, read_timeout=60)
+    assert client.upload_file("/cache_model", big, headers)["bytes"] == len(data)
+    assert (cache / big.name).read_bytes() == data
+    client.evict(big.name)
+
+    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=60)
+    try:
+        conn.request("POST", "/cache_model", body=data, headers=headers)  # Content-Length
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        assert json.loads(response.read())["bytes"] == len(data)
+        conn.request("GET", "/status")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert [f["name"] for f in json.loads(response.read())["cached"]] == [big.name]
+    finally:
+        conn.close()
+    assert (cache / big.name).read_bytes() == data
+    assert temp_files(cache) == []
