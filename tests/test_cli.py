@@ -235,3 +235,16 @@ def test_services_die_with_a_killed_model_swap_up(up_env):
     assert wait_for(lambda: not any(alive(pid) for pid in services), timeout=60)
     assert not listening(int(up_env["STORE_PORT"]))
     assert not listening(int(up_env["WORKER_PORT"]))
+
+
+def test_model_swap_up_needs_fixed_ports(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "model_swap.cli", "up"],
+        env={**os.environ, "WORKER_PORT": "0", "MODELS_DIR": str(tmp_path / "models")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "WORKER_PORT and STORE_PORT must be fixed ports" in result.stderr
+    assert not (tmp_path / "models").exists()  # refused before anything was written
