@@ -1,7 +1,9 @@
 """Compare WSGI servers for the two services: hit TTFB, push throughput, streaming tokens/s.
 
 Each candidate serves a real worker and a real store, each in its own process
-(the way they run in production), in front of tiny random-weight models:
+(the way they run in production), in front of tiny random-weight models.
+Every figure is the median over ``--rounds`` rounds in which the candidates
+take turns (each round's figure being itself a median):
 
 - hit TTFB: ``/user_request`` for the already-loaded model with max_tokens=1,
   time to the first body byte, median of ``--requests``;
@@ -18,7 +20,7 @@ Candidates: ``gunicorn`` is the production path itself (the services'
 commands: one gthread worker process, model_swap/serving.py); ``cheroot`` and
 ``waitress`` are pure-Python threaded servers in one process. Werkzeug's
 development server (what the seed used) is the baseline; every figure is also
-printed as a ratio to it, measured in the same run. All use THREADS threads.
+printed as a ratio to it, measured in the same run. All use 16 threads.
 cheroot and waitress are not project dependencies; run with them added::
 
     uv run --with waitress --with cheroot python benchmarks/servers.py
@@ -248,45 +250,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-mb", type=float, default=256)
     parser.add_argument("--streams", type=int, default=5, help="streams per candidate")
     parser.add_argument("--stream-tokens", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
     args = parser.parse_args(argv)
 
-    candidates = args.candidates.split(",")
-    if BASELINE not in candidates:
-        candidates.insert(0, BASELINE)
-    results: dict[str, tuple[float, float, float, float, float]] = {}
+    candidates = [c for c in args.candidates.split(",") if c != BASELINE]
+    candidates.insert(0, BASELINE)
+    rounds: dict[str, list[tuple[float, float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-servers-") as tmp:
         workdir = Path(tmp)
         models = workdir / "models"
         models.mkdir()
         write_tiny_model(models / "tiny-a.gguf")
         big = write_tiny_model(models / "tiny-push.gguf", size_mb=args.push_mb)
-        for candidate in candidates:
-            if not _installed(candidate):
-                print(f"{candidate}: skipped (not installed)", flush=True)
-                continue
-            pair = Pair(candidate, workdir, models)
-            try:
-                ttfb = hit_ttfb_ms(pair, "tiny-a.gguf", args.requests)
-                push, sized = push_mb_per_s(pair, big, args.pushes)
-                tps, reads = stream_rates(pair, "tiny-a.gguf", args.stream_tokens, args.streams)
-            finally:
-                pair.stop()
-            results[candidate] = (ttfb, push, sized, tps, reads)
-            print(
-                f"{candidate}: hit TTFB {ttfb:.2f} ms, push {push:.0f} MB/s "
-                f"(sized body {sized:.0f} MB/s), "
-                f"stream {tps:.0f} tok/s ({reads:.2f} reads/token)",
-                flush=True,
-            )
+        # Candidates take turns, round after round: the machine's load drifts (it is
+        # shared), and interleaving spreads that drift over all of them.
+        for round_number in range(1, args.rounds + 1):
+            for candidate in candidates:
+                if not _installed(candidate):
+                    print(f"{candidate}: skipped (not installed)", flush=True)
+                    continue
+                pair = Pair(candidate, workdir, models)
+                try:
+                    ttfb = hit_ttfb_ms(pair, "tiny-a.gguf", args.requests)
+                    push, sized = push_mb_per_s(pair, big, args.pushes)
+                    tps, reads = stream_rates(pair, "tiny-a.gguf", args.stream_tokens, args.streams)
+                finally:
+                    pair.stop()
+                rounds.setdefault(candidate, []).append((ttfb, push, sized, tps, reads))
+                print(
+                    f"round {round_number} {candidate}: hit TTFB {ttfb:.2f} ms, "
+                    f"push {push:.0f} MB/s (sized body {sized:.0f} MB/s), "
+                    f"stream {tps:.0f} tok/s ({reads:.2f} reads/token)",
+                    flush=True,
+                )
+    results = {
+        name: tuple(statistics.median(column) for column in zip(*rows, strict=True))
+        for name, rows in rounds.items()
+    }
     base = results[BASELINE]
+    print(f"\nmedians of {args.rounds} rounds")
     print(
-        f"\n| server | hit TTFB ms (x {BASELINE}) | push MB/s, chunked (x) "
+        f"| server | hit TTFB ms (x {BASELINE}) | push MB/s, chunked (x) "
         "| push MB/s, sized body (x) | stream tok/s (x) | reads/token |"
     )
     print("|---|---|---|---|---|---|")
     for name, row in results.items():
         ttfb, push, sized, tps = (
-            f"{value:.2f} ({value / base[i]:.2f}x)" for i, value in enumerate(row[:4])
+            f"{value:.{2 if i == 0 else 0}f} ({value / base[i]:.2f}x)"
+            for i, value in enumerate(row[:4])
         )
         print(f"| {name} | {ttfb} | {push} | {sized} | {tps} | {row[4]:.2f} |")
     return 0
