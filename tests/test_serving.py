@@ -263,3 +263,65 @@ def test_sized_and_chunked_uploads_reach_the_disk_intact(worker_process, models_
         conn.close()
     assert (cache / big.name).read_bytes() == data
     assert temp_files(cache) == []
+
+
+def chunked(data: bytes, sizes: list[int]) -> bytes:
+    """``data`` in chunked framing, with chunks of ``sizes`` (cycled), an extension and a
+    trailer, as any HTTP/1.1 client may send it."""
+    out, offset, turn = [], 0, 0
+    while offset < len(data):
+        size = sizes[turn % len(sizes)]
+        piece = data[offset : offset + size]
+        out.append(b"%x;ext=1\r\n" % len(piece) + piece + b"\r\n")
+        offset += len(piece)
+        turn += 1
+    return b"".join(out) + b"0\r\nX-Trailer: yes\r\n\r\n"
+
+
+def post_raw_body(conn: http.client.HTTPConnection, body: bytes, headers: dict) -> tuple:
+    conn.putrequest("POST", "/cache_model")
+    for key, value in {**headers, "Transfer-Encoding": "chunked"}.items():
+        conn.putheader(key, value)
+    conn.endheaders()
+    conn.send(body)
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_chunked_framing_of_any_shape_reaches_the_disk_intact(worker_process, models_dir, tmp_path):
+    cache = tmp_path / "cache"
+    worker = worker_process(cache_dir=cache)
+    data = (models_dir / A).read_bytes()
+    headers = {"X-Model-Name": "odd.gguf", "X-Model-Sha256": DigestCache().sha256(models_dir / A)}
+    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=60)
+    try:
+        status, answer = post_raw_body(conn, chunked(data, [1, 7, 65536, 3, 300000]), headers)
+        assert status == 200, answer
+        assert answer["bytes"] == len(data)
+        conn.request("GET", "/status")  # the same connection goes on after the body
+        response = conn.getresponse()
+        assert response.status == 200
+        assert [f["name"] for f in json.loads(response.read())["cached"]] == ["odd.gguf"]
+    finally:
+        conn.close()
+    assert (cache / "odd.gguf").read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [b"zz\r\nGGUF\r\n0\r\n\r\n", b"4\r\nGGUFxx0\r\n\r\n", b"4\r\nGGUF\r\n" + b"1" * 9000],
+    ids=["bad-size", "no-crlf-after-data", "endless-size-line"],
+)
+def test_broken_chunked_framing_is_refused_and_leaves_nothing(worker_process, tmp_path, broken):
+    cache = tmp_path / "cache"
+    worker = worker_process(cache_dir=cache)
+    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=60)
+    try:
+        status, answer = post_raw_body(conn, broken, {"X-Model-Name": "broken.gguf"})
+    finally:
+        conn.close()
+    assert status == 400, answer
+    assert answer["error"]["type"] == "invalid_request"
+    assert temp_files(cache) == []
+    assert not (cache / "broken.gguf").exists()
+    assert requests.get(f"{worker.url}/healthz", timeout=10).ok
