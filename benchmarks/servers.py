@@ -76,7 +76,7 @@ def serve(candidate: str, service: str) -> None:
         else:
             from model_store_server.cli import main
         sys.exit(main())
-    from model_swap.serving import with_readinto_input
+    from model_swap.wsgi_input import with_readinto_input
 
     app, host, port = _app(service)
     if candidate != "werkzeug":
