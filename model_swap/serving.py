@@ -4,8 +4,9 @@ Production (``serve_production``) is gunicorn with exactly one worker process
 that serves requests from a thread pool (the ``gthread`` worker): the store's
 and the worker's state live in that process's memory, so there is never a
 second one. gunicorn streams each token as its own chunk, passes chunked and
-sized request bodies to the app as a stream (the upload path reads them
-straight to disk) and binds port 0 to a free port, which is logged as
+sized request bodies to the app as a stream (read straight from the socket
+into the upload's buffers by model_swap/wsgi_input.py, so nothing holds a
+whole body) and binds port 0 to a free port, which is logged as
 ``<name> listening on http://host:port``. ``benchmarks/servers.py`` measured
 it against the alternatives (README, "Running in production").
 

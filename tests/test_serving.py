@@ -8,7 +8,10 @@ import http.client
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -325,3 +328,21 @@ def test_broken_chunked_framing_is_refused_and_leaves_nothing(worker_process, tm
     assert temp_files(cache) == []
     assert not (cache / "broken.gguf").exists()
     assert requests.get(f"{worker.url}/healthz", timeout=10).ok
+
+
+def test_server_comparison_benchmark_runs(tmp_path):
+    """benchmarks/servers.py keeps working (tiny sizes; no timing is asserted)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent.parent / "benchmarks" / "servers.py"),
+            *("--candidates", "werkzeug,gunicorn", "--requests", "2", "--pushes", "1"),
+            *("--push-mb", "2", "--streams", "1", "--stream-tokens", "20", "--rounds", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| werkzeug", "| gunicorn"]
