@@ -27,6 +27,12 @@ DEFAULTS = {
     # Start the RDMA listener (inference_worker/rdma_listener.py) on WORKER_HOST:WORKER_RDMA_PORT.
     "WORKER_RDMA": False,
     "WORKER_RDMA_PORT": 8081,
+    # Serving (model_swap/serving.py): threads of the one server process that serve requests,
+    # seconds running requests may take to finish after SIGTERM/SIGINT/SIGHUP, and seconds
+    # one read or write on a client connection may block (a client that stops reading).
+    "SERVER_THREADS": 64,
+    "SHUTDOWN_GRACE_SECONDS": 30.0,
+    "STREAM_WRITE_TIMEOUT": 60.0,
 }
 
 
@@ -42,6 +48,9 @@ class WorkerSettings:
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
+    server_threads: int = DEFAULTS["SERVER_THREADS"]
+    shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
+    stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
     worker_rdma: bool = DEFAULTS["WORKER_RDMA"]
     worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
 
@@ -64,4 +73,11 @@ class WorkerSettings:
             ),
             worker_rdma=env.flag("WORKER_RDMA", DEFAULTS["WORKER_RDMA"]),
             worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
+            server_threads=env.integer("SERVER_THREADS", DEFAULTS["SERVER_THREADS"], minimum=1),
+            shutdown_grace_seconds=env.number(
+                "SHUTDOWN_GRACE_SECONDS", DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
+            ),
+            stream_write_timeout=env.number(
+                "STREAM_WRITE_TIMEOUT", DEFAULTS["STREAM_WRITE_TIMEOUT"]
+            ),
         )

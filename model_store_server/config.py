@@ -43,6 +43,12 @@ DEFAULTS = {
     # Comma-separated keys clients must present as bearer tokens (empty: no check).
     "API_KEYS": (),
     "LOG_LEVEL": "INFO",
+    # Serving (model_swap/serving.py): threads of the one server process that serve requests,
+    # seconds running requests may take to finish after SIGTERM/SIGINT/SIGHUP, and seconds
+    # one read or write on a client connection may block (a client that stops reading).
+    "SERVER_THREADS": 64,
+    "SHUTDOWN_GRACE_SECONDS": 30.0,
+    "STREAM_WRITE_TIMEOUT": 60.0,
 }
 
 
@@ -69,6 +75,9 @@ class StoreSettings:
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     api_keys: tuple[str, ...] = field(default=DEFAULTS["API_KEYS"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
+    server_threads: int = DEFAULTS["SERVER_THREADS"]
+    shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
+    stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
@@ -101,5 +110,12 @@ class StoreSettings:
             api_keys=env.secret_list("API_KEYS"),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+            server_threads=env.integer("SERVER_THREADS", DEFAULTS["SERVER_THREADS"], minimum=1),
+            shutdown_grace_seconds=env.number(
+                "SHUTDOWN_GRACE_SECONDS", DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
+            ),
+            stream_write_timeout=env.number(
+                "STREAM_WRITE_TIMEOUT", DEFAULTS["STREAM_WRITE_TIMEOUT"]
             ),
         )

@@ -1,8 +1,10 @@
 """``model-swap``: the project's helper command.
 
 - ``model-swap up``: run a worker and a store together in the foreground, with
-  the default Gemma model and three tiny test models in MODELS_DIR; Ctrl-C
-  stops both.
+  the default Gemma model and three tiny test models in MODELS_DIR. SIGTERM,
+  SIGINT (Ctrl-C) and SIGHUP are passed on to both, which finish running
+  requests (up to SHUTDOWN_GRACE_SECONDS) and exit; the services die with
+  ``up`` even if it is killed.
 - ``model-swap tiny-models DIR``: write tiny random-weight llama models.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import requests
 
 from model_swap.logs import configure_logging
+from model_swap.serving import die_with_parent
 from model_swap.settings import SettingsError
 
 logger = logging.getLogger("model_swap.cli")
@@ -61,9 +64,21 @@ def curl_example(store_port: int) -> str:
     )
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, name: str) -> None:
+class _Stopping(Exception):
+    """A stop signal arrived while ``model-swap up`` was starting the services."""
+
+
+# Signals ``model-swap up`` passes on to both services (each drains, then exits 0).
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Beyond the services' own shutdown grace, how long ``up`` waits before it kills them.
+STOP_MARGIN = 10.0
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, name: str, stopping: list[int]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
+        if stopping:
+            raise _Stopping()
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with code {process.returncode} during start-up")
         try:
@@ -75,18 +90,44 @@ def _wait_healthy(url: str, process: subprocess.Popen, name: str) -> None:
     raise RuntimeError(f"{name} did not answer on {url} within {START_TIMEOUT:.0f}s")
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    # A second Ctrl-C must not interrupt the orderly stop of the children.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _start_child(module: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``python -m module`` in its own session, dying with this process.
+
+    Its own session: a Ctrl-C in the terminal reaches only ``up``, which passes
+    it on once (a second SIGINT would make a service stop at once). The
+    parent-death signal: if ``up`` is killed (even with SIGKILL), Linux sends
+    the service SIGTERM, so it drains and exits instead of living on.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+
+def _stop(
+    processes: list[subprocess.Popen],
+    grace: float,
+    sig: int = signal.SIGTERM,
+    signaled: set[int] = frozenset(),
+) -> bool:
+    """Signal the services still running (but those in ``signaled``) and wait for them,
+    killing any still there after the grace; True if every one exited with code 0."""
     for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if process.poll() is None and process.pid not in signaled:
+            process.send_signal(sig)
+    deadline = time.monotonic() + grace + STOP_MARGIN
+    clean = True
     for process in processes:
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
+            logger.warning("pid %d did not stop within the grace period; killing it", process.pid)
             process.kill()
             process.wait()
+        clean = clean and process.returncode == 0
+    return clean
 
 
 def cmd_up(_args: argparse.Namespace) -> int:
@@ -101,17 +142,38 @@ def cmd_up(_args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"model-swap up: invalid setting {err}", file=sys.stderr)
         return 2
+    if 0 in (worker_settings.worker_port, store_settings.store_port):
+        print(
+            "model-swap up: WORKER_PORT and STORE_PORT must be fixed ports "
+            "(the store is told the worker's address before it starts)",
+            file=sys.stderr,
+        )
+        return 2
+    grace = max(worker_settings.shutdown_grace_seconds, store_settings.shutdown_grace_seconds)
     ensure_default_model(store_settings.models_dir)
     ensure_tiny_models(store_settings.models_dir)
 
     processes: list[subprocess.Popen] = []
+    stopping: list[int] = []
+    signaled: set[int] = set()
+
+    def forward(signum, _frame):
+        if not stopping:
+            logger.info("received signal %d, stopping both services", signum)
+        stopping.append(signum)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+                signaled.add(process.pid)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
-        worker = subprocess.Popen([sys.executable, "-m", "inference_worker.cli"], env=env)
+        worker = _start_child("inference_worker.cli", env)
         processes.append(worker)
-        _wait_healthy(f"http://127.0.0.1:{worker_settings.worker_port}", worker, "worker")
-        store = subprocess.Popen([sys.executable, "-m", "model_store_server.cli"], env=env)
+        _wait_healthy(f"http://127.0.0.1:{worker_settings.worker_port}", worker, "worker", stopping)
+        store = _start_child("model_store_server.cli", env)
         processes.append(store)
-        _wait_healthy(f"http://127.0.0.1:{store_settings.store_port}", store, "store")
+        _wait_healthy(f"http://127.0.0.1:{store_settings.store_port}", store, "store", stopping)
         models = store_settings.models_dir.resolve()
         print(
             f"\nmodel-swap is up: store on :{store_settings.store_port}, "
@@ -120,19 +182,27 @@ def cmd_up(_args: argparse.Namespace) -> int:
             "Press Ctrl-C to stop both.\n",
             flush=True,
         )
-        while all(p.poll() is None for p in processes):
+        while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.2)
+        if stopping:
+            raise _Stopping()
         failed = next(p for p in processes if p.poll() is not None)
         print(f"model-swap up: a service exited with code {failed.returncode}", file=sys.stderr)
+        _stop(processes, grace)
         return 1
-    except KeyboardInterrupt:
-        print("\nmodel-swap up: stopping", file=sys.stderr)
-        return 0
+    except _Stopping:
+        print("model-swap up: stopping", file=sys.stderr, flush=True)
+        # The signal was forwarded already; a service started meanwhile gets it now
+        # (only once: a second SIGINT would make a service stop at once).
+        return 0 if _stop(processes, grace, stopping[0], signaled) else 1
     except RuntimeError as err:
         print(f"model-swap up: {err}", file=sys.stderr)
+        _stop(processes, grace)
         return 1
     finally:
-        _stop(processes)
+        _stop(processes, grace)  # no-op when they have stopped; never leaves one running
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> int:

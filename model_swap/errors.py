@@ -3,12 +3,15 @@
 Every failure a client can see is an ``ApiError`` subclass; one Flask error
 handler turns it into ``{"error": {"message": ..., "type": ...}}`` with the
 class's status code. Werkzeug's own HTTP errors (404 for unknown routes, 405,
-413 ...) are wrapped into the same envelope so clients parse one shape.
+413 ...) are wrapped into the same envelope so clients parse one shape. Any
+other exception is a 500 whose message carries only a request id (also in
+the ``X-Request-Id`` header); the exception itself is logged under that id.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -149,5 +152,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        logger.exception("unhandled error")
-        return _render(500, "internal_error", f"{type(err).__name__}: {err}")
+        # The exception's text stays in the log: it may reveal paths, hosts or data.
+        request_id = uuid.uuid4().hex
+        logger.exception("unhandled error (request id %s)", request_id)
+        message = f"internal error; the server log has the details under request id {request_id}"
+        response = _render(500, "internal_error", message)
+        response.headers["X-Request-Id"] = request_id
+        return response

@@ -1,8 +1,9 @@
 """The shared start-up sequence of a service's command line.
 
 Read settings from the environment (one line and exit 2 on a bad value),
-configure logging, build the app and serve it in the foreground until
-SIGINT/SIGTERM.
+configure logging, then serve the app in the foreground with the production
+server (model_swap/serving.py) until SIGTERM, SIGINT or SIGHUP; exit 0 after
+a clean stop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from model_swap.logs import configure_logging
-from model_swap.serving import serve_foreground
+from model_swap.serving import ServeOptions, serve_production
 from model_swap.settings import SettingsError
 
 
@@ -22,13 +23,23 @@ def run_service(
     create_app: Callable[[Any], Any],
     address: Callable[[Any], tuple[str, int]],
 ) -> int:
+    """Run one service; ``create_app`` is called in the serving process, after the fork."""
     try:
         settings = load_settings()
     except SettingsError as err:
         print(f"{name}: invalid setting {err}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    app = create_app(settings)
     host, port = address(settings)
-    serve_foreground(app, host, port, name)
+    options = ServeOptions(
+        host=host,
+        port=port,
+        threads=settings.server_threads,
+        shutdown_grace=settings.shutdown_grace_seconds,
+        write_timeout=settings.stream_write_timeout,
+    )
+    try:
+        serve_production(name, lambda: create_app(settings), options)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
     return 0

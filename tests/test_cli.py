@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -144,3 +146,105 @@ def test_model_swap_up_serves_gemma_and_stops_cleanly(tmp_path):
     for port in (store_port, worker_port):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc), so a test can check none outlives it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def up_env(tmp_path, tiny_models_dir) -> dict[str, str]:
+    """Settings for ``model-swap up`` on free ports, with tiny models only (a tiny model
+    stands in for the default Gemma file, so nothing is assembled)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for source in tiny_models_dir.iterdir():
+        (models / source.name).write_bytes(source.read_bytes())
+    (models / "gemma-3-270m-q4_k_m.gguf").write_bytes(
+        (tiny_models_dir / "tiny-a.gguf").read_bytes()
+    )
+    return {
+        "MODELS_DIR": str(models),
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "STORE_PORT": str(free_port()),
+        "WORKER_PORT": str(free_port()),
+        "STORE_HOST": "127.0.0.1",
+        "WORKER_HOST": "127.0.0.1",
+        "SHUTDOWN_GRACE_SECONDS": "5",
+    }
+
+
+def start_up(env) -> tuple[subprocess.Popen, set[int]]:
+    """``model-swap up``, once both services answer; returns it and its service processes."""
+    process = spawn([sys.executable, "-m", "model_swap.cli", "up"], env)
+    read_until(process, r"model-swap is up", timeout=120)
+    r = requests.post(
+        f"http://127.0.0.1:{env['STORE_PORT']}/user_request",
+        json={"prompt": "hello", "model": "tiny-a.gguf", "max_tokens": 4},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    services = descendants(process.pid)
+    assert len(services) == 4  # each service: gunicorn's master and its worker process
+    return process, services
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_stop_signal_to_model_swap_up_leaves_no_process_and_no_port(up_env, sig):
+    process, services = start_up(up_env)
+    try:
+        process.send_signal(sig)
+        assert process.wait(timeout=60) == 0
+    finally:
+        stop(process, signal.SIGKILL)
+    assert [pid for pid in services if alive(pid)] == []
+    assert not listening(int(up_env["STORE_PORT"]))
+    assert not listening(int(up_env["WORKER_PORT"]))
+
+
+def test_services_die_with_a_killed_model_swap_up(up_env):
+    process, services = start_up(up_env)
+    process.kill()
+    process.wait(timeout=10)
+    assert wait_for(lambda: not any(alive(pid) for pid in services), timeout=60)
+    assert not listening(int(up_env["STORE_PORT"]))
+    assert not listening(int(up_env["WORKER_PORT"]))
+
+
+def test_model_swap_up_needs_fixed_ports(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "model_swap.cli", "up"],
+        env={**os.environ, "WORKER_PORT": "0", "MODELS_DIR": str(tmp_path / "models")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "WORKER_PORT and STORE_PORT must be fixed ports" in result.stderr
+    assert not (tmp_path / "models").exists()  # refused before anything was written

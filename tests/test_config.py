@@ -124,3 +124,30 @@ def test_bad_setting_stops_startup_with_one_line(module, env):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert next(iter(env)) in lines[0]
+
+
+@pytest.mark.parametrize("settings_class", [StoreSettings, WorkerSettings])
+def test_serving_settings(settings_class):
+    defaults = settings_class.from_env({})
+    assert (defaults.server_threads, defaults.shutdown_grace_seconds) == (64, 30.0)
+    assert defaults.stream_write_timeout == 60.0
+    s = settings_class.from_env(
+        {"SERVER_THREADS": "8", "SHUTDOWN_GRACE_SECONDS": "2.5", "STREAM_WRITE_TIMEOUT": "10"}
+    )
+    assert (s.server_threads, s.shutdown_grace_seconds, s.stream_write_timeout) == (8, 2.5, 10)
+
+
+@pytest.mark.parametrize("settings_class", [StoreSettings, WorkerSettings])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SERVER_THREADS", "0"),
+        ("SHUTDOWN_GRACE_SECONDS", "0"),
+        ("SHUTDOWN_GRACE_SECONDS", "soon"),
+        ("SHUTDOWN_GRACE_SECONDS", "inf"),
+        ("STREAM_WRITE_TIMEOUT", "-1"),
+    ],
+)
+def test_bad_serving_setting_is_named(settings_class, name, value):
+    with pytest.raises(SettingsError, match=name):
+        settings_class.from_env({name: value})
