@@ -15,7 +15,9 @@ Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
 5. peak RSS growth of the worker and of the sender during the largest push;
 6. concurrency (1/4/16 clients on hits), push time vs size, ``decision_ms``
    with 10,000 models in MODELS_DIR and a 1,000-entry cache, store start-up
-   with 10,000 (sparse, 1 GiB each) model files.
+   with 10,000 (sparse, 1 GiB each) model files;
+7. the OpenAI API's hit latency against ``/user_request`` and against
+   llama-cpp-python's own ``/v1/chat/completions`` (``benchmarks/openai_path.py``).
 
 Everything runs on 127.0.0.1 and is bounded in count and time.
 """
@@ -52,6 +54,7 @@ from harness import (  # noqa: E402
     stop_process,
     stream_timing,
 )
+from openai_path import bench_openai  # noqa: E402
 
 from model_store_server.digests import DigestCache  # noqa: E402
 from model_store_server.transport import HttpTransport  # noqa: E402
@@ -729,6 +732,7 @@ def main() -> int:
             bench_swaps(report, args, models, services, subjects)
             bench_peer(report, args, tmp, models, services, subjects)
             bench_streaming(report, args, models, services, subjects[0])
+            bench_openai(report, args, tmp, models, services, subjects[0])
             bench_memory(report, args, tmp, services)
             bench_concurrency(report, args, services)
         finally:

@@ -127,6 +127,16 @@ def start_generation(store: ServerThread, model: str, max_tokens: int = 1500):
     return response, first, chunks
 
 
+def upload_to_worker(worker, models_dir: Path, name: str, endpoint="/load_model_from_store"):
+    """Send ``models_dir/name`` straight to the worker (no store), loading it by default."""
+    requests.post(
+        f"{worker.url}{endpoint}",
+        data=(models_dir / name).read_bytes(),
+        headers={"X-Model-Name": name},
+        timeout=30,
+    ).raise_for_status()
+
+
 def worker_status(worker: ServerThread) -> dict:
     return requests.get(f"{worker.url}/status", timeout=10).json()
 

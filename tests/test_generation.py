@@ -14,7 +14,7 @@ from inference_worker.chat import _chatml, _gemma
 from inference_worker.stops import StopScanner
 from model_swap.errors import BadRequest
 from model_swap.generation import Sampling, parse_messages, parse_sampling
-from tests.conftest import A
+from tests.conftest import A, upload_to_worker
 
 
 def scan(sequences, pieces) -> tuple[str, bool]:
@@ -115,17 +115,8 @@ def test_fallback_chat_formats():
     )
 
 
-def load_on_worker(worker, models_dir, name=A):
-    requests.post(
-        f"{worker.url}/load_model_from_store",
-        data=(models_dir / name).read_bytes(),
-        headers={"X-Model-Name": name},
-        timeout=30,
-    ).raise_for_status()
-
-
 def test_worker_events_stream(worker, models_dir):
-    load_on_worker(worker, models_dir)
+    upload_to_worker(worker, models_dir, A)
     r = requests.post(
         f"{worker.url}/infer",
         json={
@@ -146,7 +137,7 @@ def test_worker_events_stream(worker, models_dir):
 
 def test_worker_max_tokens_null_runs_to_the_context(start_worker, models_dir):
     worker = start_worker(n_ctx=64)
-    load_on_worker(worker, models_dir)
+    upload_to_worker(worker, models_dir, A)
     r = requests.post(
         f"{worker.url}/infer",
         json={"prompt": "hi", "max_tokens": None, "stream_format": "events"},
@@ -160,7 +151,7 @@ def test_worker_max_tokens_null_runs_to_the_context(start_worker, models_dir):
 
 
 def test_worker_refuses_prompt_and_messages_together(worker, models_dir):
-    load_on_worker(worker, models_dir)
+    upload_to_worker(worker, models_dir, A)
     r = requests.post(
         f"{worker.url}/infer",
         json={"prompt": "x", "messages": [{"role": "user", "content": "y"}]},

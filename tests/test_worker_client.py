@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-import requests
 
 from model_store_server.worker_client import WorkerClient
-from tests.conftest import A, worker_status
+from tests.conftest import A, upload_to_worker, worker_status
 
 
 def client_for(worker) -> WorkerClient:
@@ -24,12 +23,7 @@ def test_a_missing_source_file_fails_at_once_without_blaming_the_worker(worker, 
 
 
 def test_closing_an_inference_stream_stops_the_generation(worker, models_dir):
-    requests.post(
-        f"{worker.url}/load_model_from_store",
-        data=(models_dir / A).read_bytes(),
-        headers={"X-Model-Name": A},
-        timeout=30,
-    ).raise_for_status()
+    upload_to_worker(worker, models_dir, A)
     stream = client_for(worker).infer(A, {"prompt": "hello", "max_tokens": 2000})
     next(iter(stream))
     stream.close()
