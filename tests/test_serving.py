@@ -4,6 +4,7 @@ treats clients that disconnect or stop reading."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import signal
@@ -27,6 +28,7 @@ from tests.conftest import (
     start_generation,
     store_status,
     temp_files,
+    upload_to_worker,
     wait_for,
     worker_status,
 )
@@ -168,29 +170,30 @@ def test_a_push_running_at_sigterm_completes(worker_process, models_dir, tmp_pat
     assert temp_files(cache) == []
 
 
+@contextlib.contextmanager
+def stalled_client(port: int, path: str, body: dict):
+    """POST ``body`` from a raw socket with a 4 KiB receive buffer that never reads."""
+    data = json.dumps(body).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        yield sock
+
+
 def test_client_that_stops_reading_loses_the_model_after_the_write_timeout(
     worker_process, models_dir
 ):
     """A client that never reads (small receive buffer) holds the worker's only model
     until STREAM_WRITE_TIMEOUT ends its generation; then the model serves others."""
     worker = worker_process(N_CTX=4 * LONG_CTX, STREAM_WRITE_TIMEOUT=1)
-    upload = requests.post(
-        f"{worker.url}/load_model_from_store",
-        data=(models_dir / A).read_bytes(),
-        headers={"X-Model-Name": A},
-        timeout=60,
-    )
-    assert upload.status_code == 200, upload.text
+    upload_to_worker(worker, models_dir, A)
     max_tokens = 4 * LONG_TOKENS  # more bytes than the socket buffers on both ends hold
-    body = json.dumps({"prompt": "hello", "max_tokens": max_tokens}).encode()
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", worker.port))
-        sock.sendall(
-            b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+    with stalled_client(worker.port, "/infer", {"prompt": "hello", "max_tokens": max_tokens}):
         # The generation ends (early) while this client is still connected, not reading.
         assert wait_for(
             lambda: (worker_status(worker)["last_generation"] or {}).get("tokens", 0) > 0,
@@ -218,15 +221,8 @@ def test_client_that_stops_reading_the_store_frees_the_model(worker_process, sto
     worker = worker_process(N_CTX=4 * LONG_CTX)
     store = store_process(worker.url, STREAM_WRITE_TIMEOUT=1)
     assert ask(store, A).status_code == 200
-    body = json.dumps({"prompt": "hello", "model": A, "max_tokens": 4 * LONG_TOKENS}).encode()
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", store.port))
-        sock.sendall(
-            b"POST /user_request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+    body = {"prompt": "hello", "model": A, "max_tokens": 4 * LONG_TOKENS}
+    with stalled_client(store.port, "/user_request", body):
         assert wait_for(lambda: store_status(store)["generating"] == 1, timeout=60)
         # Still connected and not reading: the write timeout ends the generation.
         assert wait_for(lambda: store_status(store)["generating"] == 0, timeout=120)
