@@ -2,6 +2,8 @@
 
     uv run python benchmarks/suite.py              # full run, about 5 minutes here
     uv run python benchmarks/suite.py --quick      # tiny sizes, one repeat (what the tests run)
+    uv run python benchmarks/suite.py --only push --push-sizes 512 1024
+                                                   # section 1 alone, rewritten in RESULTS.md
 
 Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
 ``benchmarks/results.png`` (override with ``--out-dir``). Sections:
@@ -686,11 +688,44 @@ def chart(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
+def push_only(args) -> int:
+    """Section 1 alone: measured, printed, and spliced into ``--out-dir``'s RESULTS.md."""
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="model-swap-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        models = tmp / "models"
+        models.mkdir()
+        write_tiny_model(models / OTHER)
+        services = Services(tmp, models, CACHE_POLICY="lru", MAX_CACHE_SIZE="3")
+        try:
+            services.ask(OTHER, "load_from_store")  # warm both processes up
+            bench_push(report, args, tmp, services)
+        finally:
+            services.stop()
+    results = args.out_dir / "RESULTS.md"
+    section = report.markdown(args).split("\n## ", 1)[1].split("\n## ", 1)[0]
+    if results.exists():
+        text = results.read_text()
+        start = text.index("\n## 1. ") + 1
+        end = text.index("\n## ", start) + 1
+        results.write_text(text[:start] + "## " + section.rstrip() + "\n\n" + text[end:])
+        print(f"\nreplaced section 1 of {results}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument(
+        "--only",
+        choices=["push"],
+        help="run one section and replace only that section of an existing RESULTS.md",
+    )
+    parser.add_argument("--push-sizes", type=int, nargs="+", metavar="MB", help="push file sizes")
+    parser.add_argument("--repeats", type=int, help="runs per figure (the median is reported)")
     args = parser.parse_args()
+    overrides = {"push_sizes": args.push_sizes, "repeats": args.repeats}
     if args.quick:
         args.repeats, args.push_sizes, args.tiny_mb, args.gemma = 1, [1, 2], 1, False
         args.stream_tokens, args.hits_per_level, args.many_models, args.cache_entries = (
@@ -712,6 +747,11 @@ def main() -> int:
             10000,
             1000,
         )
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(args, key, value)
+    if args.only == "push":
+        return push_only(args)
 
     report = Report()
     with tempfile.TemporaryDirectory(prefix="model-swap-bench-") as tmp_name:
