@@ -22,11 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from model_swap.probes import free_port, wait_until_healthy  # noqa: E402
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["free_port"]
 
 
 def start_process(
@@ -39,17 +37,13 @@ def start_process(
         stdout=open(log, "w"),  # noqa: SIM115 - lives as long as the process
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{args} exited; see {log}:\n{log.read_text()[-2000:]}")
-        try:
-            if requests.get(health_url, timeout=1).ok:
-                return process
-        except requests.RequestException:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{args} did not start; see {log}")
+    try:
+        url = health_url.removesuffix("/healthz")
+        wait_until_healthy(url, process=process, timeout=timeout, describe=str(args))
+    except RuntimeError as err:
+        process.kill()
+        raise RuntimeError(f"{err}; see {log}:\n{log.read_text()[-2000:]}") from None
+    return process
 
 
 def stop_process(process: subprocess.Popen) -> None:

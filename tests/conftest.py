@@ -14,6 +14,7 @@ from inference_worker.app import create_app as create_worker_app
 from inference_worker.config import WorkerSettings
 from model_store_server.app import create_app as create_store_app
 from model_store_server.config import StoreSettings
+from model_swap.probes import free_port, wait_until_healthy
 from model_swap.serving import ServerThread
 from model_swap.tiny_models import write_tiny_models
 
@@ -159,14 +160,6 @@ def assert_agree(store: ServerThread, worker: ServerThread) -> None:
     assert s["loaded"] == w["loaded"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServiceProcess:
     """A service started as a real process (``python -m <module>``), so a test can SIGKILL it."""
 
@@ -186,7 +179,6 @@ class ServiceProcess:
         import os
         import subprocess
         import sys
-        import time
 
         log = open(self.log_path, "a")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
@@ -196,16 +188,13 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             preexec_fn=self.preexec,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.module} exited; log: {self.log_path.read_text()}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.module} did not start")
+        try:
+            wait_until_healthy(
+                self.url, process=self.process, timeout=timeout, describe=self.module
+            )
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}; log: {self.log_path.read_text()}") from None
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no clean-up code runs."""

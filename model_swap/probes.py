@@ -1,0 +1,41 @@
+"""Starting local services in tests and benchmarks: a free loopback port, waiting for /healthz.
+
+The one copy of each, shared by ``tests/`` and ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import requests
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(
+    url: str,
+    *,
+    process: subprocess.Popen | None = None,
+    timeout: float = 60,
+    describe: str = "the service",
+) -> None:
+    """Block until ``GET {url}/healthz`` answers 2xx; RuntimeError if ``process`` exits first
+    or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{describe} exited with code {process.returncode} while starting")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{describe} did not answer on {url}/healthz within {timeout:g}s")
