@@ -18,9 +18,7 @@ Run: ``uv run python benchmarks/rdma_fallback.py`` (a few seconds).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,25 +34,21 @@ from model_store_server.transport import HttpTransport, Transport  # noqa: E402
 from model_store_server.transport_factory import FallbackTransport  # noqa: E402
 from model_store_server.transport_rdma import RdmaTransport  # noqa: E402
 from model_store_server.worker_client import WorkerClient  # noqa: E402
+from model_swap.digest import file_digest  # noqa: E402
+from model_swap.probes import free_port  # noqa: E402
 from model_swap.rdma_protocol import RdmaUnavailable  # noqa: E402
 from model_swap.rdma_verbs import find_port  # noqa: E402
 from model_swap.serving import ServerThread  # noqa: E402
 from model_swap.tiny_models import write_tiny_model  # noqa: E402
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def medians_ms(rows: list[tuple[str, Transport]], path: Path, sha256: str, repeats: int):
+def medians_ms(rows: list[tuple[str, Transport]], path: Path, digest: str, repeats: int):
     """Median push time per row; rows take turns, so drift affects them alike."""
     times: dict[str, list[float]] = {label: [] for label, _ in rows}
     for round_ in range(repeats + 1):  # round 0 warms up
         for label, transport in rows:
             started = time.perf_counter()
-            result = transport.push(path.name, path, sha256=sha256, load=False)
+            result = transport.push(path.name, path, digest=digest, load=False)
             if round_:
                 times[label].append(time.perf_counter() - started)
             assert result.nbytes == path.stat().st_size
@@ -71,7 +65,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_tiny_model(Path(tmp) / "bench.gguf", size_mb=args.size_mb)
-        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_digest(path)
         size = path.stat().st_size
         settings = WorkerSettings(
             worker_host="127.0.0.1",
@@ -89,7 +83,7 @@ def main() -> int:
             def rdma(port: int) -> RdmaTransport:
                 return RdmaTransport(client, "127.0.0.1", port, connect_timeout=5, read_timeout=60)
 
-            unreachable = FallbackTransport(rdma(closed_port()), http)
+            unreachable = FallbackTransport(rdma(free_port()), http)
             rows = [("http", http), ("rdma, fallback (listener unreachable)", unreachable)]
             try:
                 where = find_port().describe()
@@ -100,7 +94,7 @@ def main() -> int:
                 rows.append(("rdma, fallback (RDMA unusable)", unusable))
             else:
                 rows.append(("rdma", rdma(listener.port)))
-            results = medians_ms(rows, path, sha256, args.repeats)
+            results = medians_ms(rows, path, digest, args.repeats)
         listener.stop()
 
     print(f"push of a {size / 1e6:.2f} MB model into the worker's cache, median of {args.repeats}")

@@ -14,9 +14,10 @@ from flask import Flask, Response, jsonify, request
 from inference_worker.chat import ChatTemplateError
 from inference_worker.config import WorkerSettings
 from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded, PromptTooLong
-from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected, read_blocks
+from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
 from inference_worker.rdma_listener import RdmaListener
 from model_swap.auth import require_bearer
+from model_swap.digest import InvalidDigest, parse_digest
 from model_swap.errors import (
     BadRequest,
     Conflict,
@@ -27,6 +28,7 @@ from model_swap.errors import (
 )
 from model_swap.generation import parse_messages, parse_sampling
 from model_swap.names import InvalidModelName, validate_model_name
+from model_swap.rdma_verbs import PortChoice, VerbsEndpoints
 from model_swap.requests_json import positive_int, prompt_text, read_json_object
 
 logger = logging.getLogger(__name__)
@@ -64,13 +66,18 @@ def _expected_size() -> int | None:
     return size
 
 
-def _expected_sha256() -> str | None:
-    raw = request.headers.get("X-Model-Sha256")
-    if raw is None:
+def _expected_digest() -> str | None:
+    """``algorithm:hex`` from X-Model-Digest, or ``sha256:hex`` from X-Model-Sha256."""
+    digest, sha256 = request.headers.get("X-Model-Digest"), request.headers.get("X-Model-Sha256")
+    if digest is not None and sha256 is not None:
+        raise BadRequest("send X-Model-Digest or X-Model-Sha256, not both")
+    if digest is None and sha256 is None:
         return None
-    if len(raw) != 64 or any(c not in "0123456789abcdefABCDEF" for c in raw):
-        raise BadRequest("X-Model-Sha256 must be 64 hexadecimal characters")
-    return raw.lower()
+    header = "X-Model-Digest" if digest is not None else "X-Model-Sha256"
+    try:
+        return parse_digest(digest if digest is not None else f"sha256:{sha256}")
+    except InvalidDigest as err:
+        raise BadRequest(f"{header}: {err}") from None
 
 
 STREAM_FORMATS = ("text", "events")
@@ -125,7 +132,12 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     app.extensions["engine"] = engine
     if settings.worker_rdma:
         listener = RdmaListener(
-            cache, settings.worker_host, settings.worker_rdma_port, token=settings.worker_token
+            cache,
+            settings.worker_host,
+            settings.worker_rdma_port,
+            token=settings.worker_token,
+            endpoints=VerbsEndpoints(PortChoice.from_settings(settings)),
+            max_offers=settings.worker_rdma_max_offers,
         )
         app.extensions["rdma_listener"] = listener.start()
     register_error_handlers(app)
@@ -133,9 +145,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     def receive(name: str):
         try:
-            received = cache.receive(
-                name, read_blocks(request.stream), _expected_size(), _expected_sha256()
-            )
+            received = cache.receive(name, request.stream, _expected_size(), _expected_digest())
         except UploadRejected as err:
             raise BadRequest(f"upload of {name} refused: {err}") from None
         except NoSpace as err:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_swap.settings import EnvReader
+from model_swap.settings import EnvReader, rdma_port_choice
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -33,6 +33,13 @@ DEFAULTS = {
     "SERVER_THREADS": 64,
     "SHUTDOWN_GRACE_SECONDS": 30.0,
     "STREAM_WRITE_TIMEOUT": 60.0,
+    # Pushes received over RDMA at once; a further offer is refused (the store falls back).
+    "WORKER_RDMA_MAX_OFFERS": 2,
+    # Which RDMA device, port (from 1) and GID index to use; ""/0/-1 = the first active port
+    # and its best GID. Shared with the store (model_swap/rdma_verbs.py PortChoice).
+    "RDMA_DEVICE": "",
+    "RDMA_DEVICE_PORT": 0,
+    "RDMA_GID_INDEX": -1,
 }
 
 
@@ -53,6 +60,10 @@ class WorkerSettings:
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
     worker_rdma: bool = DEFAULTS["WORKER_RDMA"]
     worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
+    worker_rdma_max_offers: int = DEFAULTS["WORKER_RDMA_MAX_OFFERS"]
+    rdma_device: str = DEFAULTS["RDMA_DEVICE"]
+    rdma_device_port: int = DEFAULTS["RDMA_DEVICE_PORT"]
+    rdma_gid_index: int = DEFAULTS["RDMA_GID_INDEX"]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -80,4 +91,8 @@ class WorkerSettings:
             stream_write_timeout=env.number(
                 "STREAM_WRITE_TIMEOUT", DEFAULTS["STREAM_WRITE_TIMEOUT"]
             ),
+            worker_rdma_max_offers=env.integer(
+                "WORKER_RDMA_MAX_OFFERS", DEFAULTS["WORKER_RDMA_MAX_OFFERS"], minimum=1
+            ),
+            **rdma_port_choice(env, DEFAULTS),
         )

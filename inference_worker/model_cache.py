@@ -10,24 +10,23 @@ a model's name; leftover temporary files are removed at start-up.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
-from inference_worker.pipeline import Stage
+from inference_worker.pipeline import BufferPipeline
+from model_swap.digest import hasher
 from model_swap.names import InvalidModelName, validate_model_name
 
-CHUNK_BYTES = 4 * 1024 * 1024
-# Blocks that may wait for the writer or the hasher (bounds memory: depth x block size).
-PIPELINE_DEPTH = 4
+# An upload is read into BUFFERS reused buffers of BLOCK_BYTES each (bounds memory).
+BLOCK_BYTES = 4 * 1024 * 1024
+BUFFERS = 6
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class IncompleteUpload(UploadRejected):
 
 
 class DigestMismatch(UploadRejected):
-    """The received bytes do not have the sha256 the sender announced."""
+    """The received bytes do not have the digest the sender announced."""
 
 
 class NotGGUF(UploadRejected):
@@ -60,24 +59,8 @@ class NoSpace(Exception):
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def read_blocks(body: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
-    """Blocks of a readable stream, each in a fresh buffer; a broken stream raises
-    IncompleteUpload.
-
-    Reads with ``readinto`` into a fixed-size view: Werkzeug's chunked-body reader
-    assigns short reads into the caller's buffer, which would silently resize a
-    plain bytearray (and corrupt memory in ``RawIOBase.read``) when a sender
-    disconnects mid-chunk; a memoryview refuses that with an error instead.
-    """
-    while True:
-        buffer = memoryview(bytearray(size))
-        try:
-            count = body.readinto(buffer)
-        except (OSError, ValueError) as err:  # broken framing, client gone, short chunk
-            raise IncompleteUpload(f"body broke off: {err}") from err
-        if not count:
-            return
-        yield buffer[:count]
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +74,7 @@ class Received:
     name: str
     nbytes: int
     seconds: float
-    sha256: str | None = None  # of the kept file, when the sender announced one
+    digest: str | None = None  # "algorithm:hex" of the kept file, when the sender announced one
 
 
 class ModelCache:
@@ -142,76 +125,75 @@ class ModelCache:
     def receive(
         self,
         name: str,
-        blocks: Iterable[bytes | memoryview],
+        source: Readable,
         expected_size: int | None = None,
-        expected_sha256: str | None = None,
+        expected_digest: str | None = None,
     ) -> Received:
-        """Write ``blocks`` into the cache under ``name``; the file appears only when verified.
+        """Read ``source`` to its end into the cache as ``name``; the file appears only verified.
 
-        Blocks until the iterable ends. The first bytes must be the GGUF magic
-        (checked before anything is kept). Raises UploadRejected, keeping
-        nothing, when the data is not GGUF or its length or sha256 differs
-        from what was announced, and NoSpace when the announced size exceeds
-        the free disk (before writing) or the disk fills up. Thread-safe.
+        ``source`` is any binary stream with ``readinto`` (a request body, a
+        file, the RDMA ring); a broken stream (OSError or ValueError) is an
+        IncompleteUpload. ``expected_digest`` is ``algorithm:hex`` as
+        ``model_swap.digest.parse_digest`` returns it. Blocks until the stream
+        ends. The first bytes must be the GGUF magic (checked before anything
+        is kept). Raises UploadRejected, keeping nothing, when the data is not
+        GGUF or its length or digest differs from what was announced, and
+        NoSpace when the announced size exceeds the free disk (before
+        writing) or the disk fills up. Thread-safe.
 
-        Blocks are hashed and written on background threads while the next one
-        is read, so the producer must not reuse a block's memory after yielding it.
+        The calling thread reads into a few reused buffers while another thread
+        hashes and writes them (see ``inference_worker.pipeline``).
         """
         target = self.path(name)
-        if expected_sha256 is not None:
-            expected_sha256 = expected_sha256.lower()
         if expected_size is not None and expected_size > self.free_bytes():
             raise NoSpace(
                 f"{name} is {expected_size} bytes; the cache's disk has {self.free_bytes()} free"
             )
+        algorithm = expected_digest.partition(":")[0] if expected_digest else None
         # The temporary name does not embed the model name: a 255-byte model
         # name plus a suffix would exceed the filesystem's name limit.
         tmp = self.directory / f".upload-{uuid.uuid4().hex}{TEMP_SUFFIX}"
         started = time.perf_counter()
         written = 0
-        digest = hashlib.sha256() if expected_sha256 else None
+        digest = hasher(algorithm) if algorithm else None
         head = b""
-        stages: list[Stage] = []
         try:
-            with open(tmp, "wb") as out:
-                try:
-                    stages.append(Stage(out.write, depth=PIPELINE_DEPTH, name="upload-write"))
-                    if digest is not None:
-                        stages.append(
-                            Stage(digest.update, depth=PIPELINE_DEPTH, name="upload-hash")
+            with (
+                open(tmp, "wb") as out,
+                BufferPipeline(
+                    out.write, digest.update if digest else None, BUFFERS, BLOCK_BYTES
+                ) as pipeline,
+            ):
+                while True:
+                    buffer = pipeline.take()
+                    try:
+                        count = source.readinto(buffer)
+                    except (OSError, ValueError) as err:  # broken framing, client gone
+                        raise IncompleteUpload(f"body broke off: {err}") from err
+                    if not count:
+                        break
+                    if len(head) < len(GGUF_MAGIC):
+                        head += bytes(buffer[: min(count, len(GGUF_MAGIC) - len(head))])
+                        if not GGUF_MAGIC.startswith(head):
+                            raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
+                    written += count
+                    self._count(count)
+                    if expected_size is not None and written > expected_size:
+                        raise IncompleteUpload(
+                            f"body is longer than the announced {expected_size} bytes"
                         )
-                    for block in blocks:
-                        if not block:
-                            continue
-                        if len(head) < len(GGUF_MAGIC):
-                            head += bytes(block[: len(GGUF_MAGIC) - len(head)])
-                            if not GGUF_MAGIC.startswith(head):
-                                raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
-                        for stage in stages:
-                            stage.submit(block)
-                        written += len(block)
-                        self._count(len(block))
-                        if expected_size is not None and written > expected_size:
-                            raise IncompleteUpload(
-                                f"body is longer than the announced {expected_size} bytes"
-                            )
-                    while stages:
-                        stages.pop().finish()
-                except BaseException:
-                    # Stop the writer and hasher before the file is closed under them.
-                    for stage in stages:
-                        stage.abort()
-                    raise
+                    pipeline.submit(buffer, count)
             if expected_size is not None and written != expected_size:
                 raise IncompleteUpload(
                     f"body ended after {written} of the announced {expected_size} bytes"
                 )
             if head != GGUF_MAGIC:
                 raise NotGGUF(f"{name} is not a GGUF file ({written} bytes)")
-            if digest is not None and digest.hexdigest() != expected_sha256:
+            received_digest = f"{algorithm}:{digest.hexdigest()}" if digest else None
+            if received_digest != expected_digest:
                 raise DigestMismatch(
-                    f"sha256 of the received {name} is {digest.hexdigest()}, "
-                    f"the sender announced {expected_sha256}"
+                    f"the received {name} has digest {received_digest}, "
+                    f"the sender announced {expected_digest}"
                 )
             os.replace(tmp, target)
         except OSError as err:
@@ -224,9 +206,7 @@ class ModelCache:
             raise
         with self._counter_lock:
             self.uploads += 1
-        return Received(
-            name, written, time.perf_counter() - started, digest.hexdigest() if digest else None
-        )
+        return Received(name, written, time.perf_counter() - started, received_digest)
 
     def _count(self, nbytes: int) -> None:
         with self._counter_lock:

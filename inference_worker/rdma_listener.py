@@ -2,17 +2,21 @@
 
 Started with the worker when WORKER_RDMA=1, on WORKER_HOST:WORKER_RDMA_PORT.
 It is the TCP end of the control channel (``model_swap.rdma_protocol``): for
-each offer it sets up a queue pair with a small ring of posted receive
-buffers, accepts, writes every chunk that lands through
-``ModelCache.receive`` exactly as an HTTP upload (temporary file, GGUF magic,
-size and sha256 checked, then renamed), hands the buffer back as a credit, and
-acknowledges with the file's size and sha256 only once it is in place. Any
-failure answers ``nack`` (or ``refuse`` before the transfer) and keeps nothing.
+each offer it sets up a queue pair (an ``RdmaEndpoint`` from its endpoint
+factory: real verbs on RDMA_DEVICE / RDMA_DEVICE_PORT / RDMA_GID_INDEX, or
+the in-memory fake in tests) with a small ring of posted receive buffers,
+accepts, reads every chunk that lands through ``ModelCache.receive`` exactly
+as an HTTP upload (temporary file, GGUF magic, size and digest checked, then
+renamed), hands the buffer back as a credit, and acknowledges with the file's
+size and digest only once it is in place. Any failure, an unexpected
+exception from pyverbs included, answers ``nack`` (or ``refuse`` before the
+transfer) and keeps nothing. At most WORKER_RDMA_MAX_OFFERS pushes run at
+once; a further offer is refused, so the store falls back or fails at once.
 
 Where RDMA cannot work (pyverbs missing, no device) the listener still runs
 and refuses each offer with that reason, so the store can say why (and fall
 back to HTTP if ALLOW_FALLBACK=1). pyverbs is imported only when a push
-arrives.
+arrives (and once at start, to log which port pushes will use).
 """
 
 from __future__ import annotations
@@ -20,16 +24,20 @@ from __future__ import annotations
 import hmac
 import logging
 import socketserver
+import threading
 import time
 from collections.abc import Iterator
 
 from inference_worker.model_cache import ModelCache, NoSpace, Received, UploadRejected
 from model_swap.rdma_protocol import (
+    DEFAULT_CHUNK_BYTES,
+    RING_SLOTS,
     Abort,
     Accept,
     Ack,
     ControlChannel,
     Credit,
+    EndpointFactory,
     Nack,
     Offer,
     ProtocolError,
@@ -37,13 +45,13 @@ from model_swap.rdma_protocol import (
     RdmaUnavailable,
     Refuse,
     TransferFailed,
+    check_gid_types,
 )
-from model_swap.rdma_verbs import RcEndpoint, find_port
+from model_swap.rdma_verbs import VerbsEndpoints
 from model_swap.serving import BackgroundServer
 
 logger = logging.getLogger(__name__)
 
-RING_SLOTS = 4
 # Seconds the store may stay silent before sending its offer, and then between chunks.
 OFFER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
@@ -52,19 +60,23 @@ LINGER_SECONDS = 5.0
 
 
 def answer_push(
-    channel: ControlChannel, cache: ModelCache, offer: Offer, blocks
+    channel: ControlChannel, cache: ModelCache, offer: Offer, source
 ) -> Received | None:
-    """Write ``blocks`` into ``cache`` as ``offer.model``, then ack (size, sha256) or nack.
+    """Read ``source`` into ``cache`` as ``offer.model``, then ack (size, digest) or nack.
 
     Returns what was received, or None when the push failed and nothing was kept.
     """
     try:
-        received = cache.receive(offer.model, blocks, offer.size, offer.sha256)
+        received = cache.receive(offer.model, source, offer.size, offer.digest)
     except (UploadRejected, NoSpace, RdmaError, OSError) as err:
         logger.warning("RDMA push of %s failed, nothing kept: %s", offer.model, err)
         channel.send_quietly(Nack(str(err)))
         return None
-    channel.send(Ack(received.nbytes, received.sha256))
+    except Exception as err:  # noqa: BLE001 - an unexpected failure is still a nack
+        logger.warning("RDMA push of %s failed, nothing kept", offer.model, exc_info=True)
+        channel.send_quietly(Nack(f"unexpected {err!r}"))
+        return None
+    channel.send(Ack(received.nbytes, received.digest))
     return received
 
 
@@ -100,12 +112,42 @@ def ring_blocks(endpoint, channel: ControlChannel, size: int) -> Iterator[memory
             raise TransferFailed(f"no data for {IDLE_TIMEOUT:g}s after {received} of {size} bytes")
 
 
+class RingReader:
+    """The ring's chunks as a readable stream (``readinto``) for ``ModelCache.receive``.
+
+    Each ``readinto`` copies (part of) the current chunk out of the ring, so
+    the ring buffer can be reposted while the cache hashes and writes the copy.
+    """
+
+    def __init__(self, chunks: Iterator[memoryview]):
+        self._chunks = chunks
+        self._current = memoryview(b"")
+
+    def readinto(self, buffer: memoryview) -> int:
+        while not self._current:
+            try:
+                self._current = next(self._chunks)
+            except StopIteration:
+                return 0
+        count = min(len(buffer), len(self._current))
+        buffer[:count] = self._current[:count]
+        self._current = self._current[count:]
+        return count
+
+
 def serve_push(
-    channel: ControlChannel, cache: ModelCache, peer: str, token: str = ""
+    channel: ControlChannel,
+    cache: ModelCache,
+    peer: str,
+    token: str = "",
+    endpoints: EndpointFactory | None = None,
+    offers: threading.BoundedSemaphore | None = None,
 ) -> Received | None:
     """Handle one control connection from offer to ack; returns what was received, if anything.
 
-    With ``token`` set, an offer must carry the same token (compared in constant time).
+    With ``token`` set, an offer must carry the same token (compared in
+    constant time). ``offers`` bounds the pushes served at once: an offer that
+    finds it exhausted is refused.
     """
     try:
         offer = channel.receive(OFFER_TIMEOUT)
@@ -120,27 +162,45 @@ def serve_push(
     except TransferFailed as err:
         logger.info("RDMA control connection from %s ended without an offer: %s", peer, err)
         return None
-
+    if offers is not None and not offers.acquire(blocking=False):
+        reason = "the worker is receiving as many RDMA pushes as it allows (WORKER_RDMA_MAX_OFFERS)"
+        logger.warning("refused the RDMA push of %s from %s: %s", offer.model, peer, reason)
+        channel.send_quietly(Refuse(reason))
+        return None
     try:
-        endpoint = RcEndpoint(RING_SLOTS, offer.chunk_bytes)
-    except RdmaError as err:
-        logger.warning("refused the RDMA push of %s from %s: %s", offer.model, peer, err)
-        channel.send_quietly(Refuse(str(err)))
+        return _receive(channel, cache, peer, offer, endpoints or VerbsEndpoints())
+    finally:
+        if offers is not None:
+            offers.release()
+
+
+def _refuse(channel: ControlChannel, offer: Offer, peer: str, err: BaseException) -> None:
+    reason = str(err) if isinstance(err, RdmaError) else f"unexpected {err!r}"
+    logger.warning("refused the RDMA push of %s from %s: %s", offer.model, peer, reason)
+    channel.send_quietly(Refuse(reason))
+
+
+def _receive(
+    channel: ControlChannel, cache: ModelCache, peer: str, offer: Offer, endpoints
+) -> Received | None:
+    try:
+        endpoint = endpoints(RING_SLOTS, offer.chunk_bytes)
+    except Exception as err:  # noqa: BLE001 - RdmaUnavailable, or a surprise from pyverbs
+        _refuse(channel, offer, peer, err)
         return None
     with endpoint:
         try:
+            local = endpoint.local()
+            check_gid_types(local, offer.endpoint)
             endpoint.connect(offer.endpoint)
             for slot in range(RING_SLOTS):
                 endpoint.post_recv(slot)
-        except RdmaError as err:
-            logger.warning("refused the RDMA push of %s from %s: %s", offer.model, peer, err)
-            channel.send_quietly(Refuse(str(err)))
+        except Exception as err:  # noqa: BLE001 - as above
+            _refuse(channel, offer, peer, err)
             return None
-        channel.send(Accept(endpoint.local(), RING_SLOTS))
-        # Each chunk is copied out of the ring: the ring buffer is reposted as soon as
-        # the next chunk is asked for, while the cache may still be hashing or writing it.
-        chunks = (bytes(chunk) for chunk in ring_blocks(endpoint, channel, offer.size))
-        received = answer_push(channel, cache, offer, chunks)
+        channel.send(Accept(local, RING_SLOTS))
+        source = RingReader(ring_blocks(endpoint, channel, offer.size))
+        received = answer_push(channel, cache, offer, source)
         # Tearing the queue pair down at once could drop the transport ACKs of the last
         # chunks, failing the store's sends although the file is in place.
         channel.pending(wait=LINGER_SECONDS)
@@ -159,46 +219,83 @@ def serve_push(
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        server = self.server
         with ControlChannel(self.request, timeout=IDLE_TIMEOUT) as channel:
             try:
-                serve_push(channel, self.server.cache, peer, self.server.token)
+                serve_push(
+                    channel, server.cache, peer, server.token, server.endpoints, server.offers
+                )
             except RdmaError as err:
                 logger.warning("RDMA push from %s failed: %s", peer, err)
+            except Exception:  # noqa: BLE001 - one push's surprise must not kill the listener
+                logger.exception("RDMA push from %s failed unexpectedly", peer)
 
 
 class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], cache: ModelCache, token: str):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        cache: ModelCache,
+        token: str,
+        endpoints: EndpointFactory,
+        max_offers: int,
+    ):
         self.cache = cache
         self.token = token
+        self.endpoints = endpoints
+        self.offers = threading.BoundedSemaphore(max_offers)
         super().__init__(address, _Handler)
 
 
 class RdmaListener(BackgroundServer):
-    """The TCP control endpoint for RDMA pushes into one ModelCache; one thread per push.
+    """The TCP control endpoint for RDMA pushes into one ModelCache; one thread per push,
+    at most ``max_offers`` at once.
 
     Binds at construction (port 0 picks a free one, see ``port``); ``start``
     returns at once; ``stop`` closes the socket and waits for the accept loop.
-    Thread-safe.
+    ``endpoints`` builds each push's queue pair (default: real verbs on the
+    first active port). Thread-safe.
     """
 
-    def __init__(self, cache: ModelCache, host: str, port: int, *, token: str = ""):
-        super().__init__(_Server((host, port), cache, token), "rdma-listener")
+    def __init__(
+        self,
+        cache: ModelCache,
+        host: str,
+        port: int,
+        *,
+        token: str = "",
+        endpoints: EndpointFactory | None = None,
+        max_offers: int = 2,
+    ):
+        self.endpoints = endpoints or VerbsEndpoints()
+        self.max_offers = max_offers
+        super().__init__(
+            _Server((host, port), cache, token, self.endpoints, max_offers), "rdma-listener"
+        )
         self.host = host
 
     def start(self) -> RdmaListener:
+        """Start serving; raises RdmaUnavailable if RDMA is usable here but RLIMIT_MEMLOCK
+        cannot pin ``max_offers`` rings of the default chunk size."""
         try:
-            port = find_port()
-        except RdmaUnavailable as err:
+            usable, where = self.endpoints.check_start(
+                self.max_offers * RING_SLOTS * DEFAULT_CHUNK_BYTES,
+                f"the RDMA listener (WORKER_RDMA_MAX_OFFERS={self.max_offers})",
+            )
+        except RdmaUnavailable:
+            self.stop()
+            raise
+        if usable:
+            logger.info("RDMA listener on %s:%d using %s", self.host, self.port, where)
+        else:
             logger.warning(
                 "RDMA listener on %s:%d, but RDMA is not usable here (%s): every push "
                 "will be refused with this reason",
                 self.host,
                 self.port,
-                err,
+                where,
             )
-        else:
-            logger.info("RDMA listener on %s:%d using %s", self.host, self.port, port.describe())
         return super().start()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_store_server.cache_policy import POLICIES
-from model_swap.settings import EnvReader
+from model_swap.settings import EnvReader, rdma_port_choice
 
 # How model bytes reach the worker (model_store_server/transport_factory.py).
 TRANSPORTS = ("http", "rdma")
@@ -27,6 +27,11 @@ DEFAULTS = {
     "ALLOW_FALLBACK": False,
     "WORKER_RDMA_HOST": "localhost",
     "WORKER_RDMA_PORT": 8081,
+    # Which RDMA device, port (from 1) and GID index to use; ""/0/-1 = the first active port
+    # and its best GID. Shared with the worker (model_swap/rdma_verbs.py PortChoice).
+    "RDMA_DEVICE": "",
+    "RDMA_DEVICE_PORT": 0,
+    "RDMA_GID_INDEX": -1,
     "STORE_HOST": "0.0.0.0",
     "STORE_PORT": 8000,
     # Seconds to wait for the worker to accept a connection before answering 503.
@@ -65,6 +70,9 @@ class StoreSettings:
     allow_fallback: bool = DEFAULTS["ALLOW_FALLBACK"]
     worker_rdma_host: str = DEFAULTS["WORKER_RDMA_HOST"]
     worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
+    rdma_device: str = DEFAULTS["RDMA_DEVICE"]
+    rdma_device_port: int = DEFAULTS["RDMA_DEVICE_PORT"]
+    rdma_gid_index: int = DEFAULTS["RDMA_GID_INDEX"]
     store_host: str = DEFAULTS["STORE_HOST"]
     store_port: int = DEFAULTS["STORE_PORT"]
     worker_connect_timeout: float = DEFAULTS["WORKER_CONNECT_TIMEOUT"]
@@ -93,6 +101,7 @@ class StoreSettings:
             allow_fallback=env.flag("ALLOW_FALLBACK", DEFAULTS["ALLOW_FALLBACK"]),
             worker_rdma_host=env.text("WORKER_RDMA_HOST", DEFAULTS["WORKER_RDMA_HOST"]),
             worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
+            **rdma_port_choice(env, DEFAULTS),
             store_host=env.text("STORE_HOST", DEFAULTS["STORE_HOST"]),
             store_port=env.port("STORE_PORT", DEFAULTS["STORE_PORT"]),
             worker_connect_timeout=env.number(

@@ -257,7 +257,7 @@ class SwapService:
                 logger.info("evicted %s from the worker", victim)
             if decision.action is Action.LOAD_FROM_STORE:
                 push = self.transport.push(
-                    decision.model, path, sha256=self.digests.sha256(path), load=True
+                    decision.model, path, digest=self.digests.digest(path), load=True
                 )
                 logger.info(
                     "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",

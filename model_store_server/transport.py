@@ -1,10 +1,12 @@
 """How model bytes reach the worker: one interface, one class per transport.
 
 ``Transport.push`` sends a model file to the worker under a name, either to
-cache it or to cache and load it, and blocks until the worker confirms. Only
-HTTP exists so far: the file is streamed as a chunked request body whose
-chunks go from the page cache to the socket by sendfile(2), so the store
-never holds a model in memory.
+cache it or to cache and load it, and blocks until the worker confirms size
+and digest. ``HttpTransport`` (here) streams the file as one sized request
+body that goes from the page cache to the socket by sendfile(2), so the store
+never holds a model in memory; ``RdmaTransport`` (``transport_rdma.py``)
+sends it over RDMA verbs, and ``transport_factory.py`` builds the configured
+one, with HTTP as the fallback.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ class Transport(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def push(self, model: str, path: Path, *, sha256: str, load: bool) -> PushResult:
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
         """Send ``path`` to the worker as ``model``; with ``load`` the worker also loads it.
 
-        ``sha256`` is the file's digest; the worker keeps the file only if what
-        it received has exactly this digest and size. Blocks until the worker
+        ``digest`` is the file's ``algorithm:hex`` (``DigestCache.digest``);
+        the worker keeps the file only if what it received has exactly this
+        digest and size. Blocks until the worker
         has the whole file (and has loaded it, with ``load``). Raises
         WorkerUnavailable or WorkerError on failure, in which case the worker
         keeps no partial file.
@@ -47,20 +50,20 @@ class Transport(abc.ABC):
 
 
 class HttpTransport(Transport):
-    """Chunked HTTP POST of the file to the worker's upload endpoints, sent with sendfile(2)."""
+    """HTTP POST of the file (sized body, sendfile(2)) to the worker's upload endpoints."""
 
     name = "http"
 
     def __init__(self, client: WorkerClient):
         self._client = client
 
-    def push(self, model: str, path: Path, *, sha256: str, load: bool) -> PushResult:
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
         size = path.stat().st_size
         endpoint = "/load_model_from_store" if load else "/cache_model"
         started = time.perf_counter()
         self._client.upload_file(
             endpoint,
             path,
-            {"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Sha256": sha256},
+            {"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Digest": digest},
         )
         return PushResult(model, size, time.perf_counter() - started, self.name)

@@ -1,6 +1,6 @@
 """Building the configured transport (TRANSPORT, ALLOW_FALLBACK) and falling back to HTTP.
 
-``TRANSPORT=http`` pushes over chunked HTTP. ``TRANSPORT=rdma`` pushes over
+``TRANSPORT=http`` pushes over HTTP. ``TRANSPORT=rdma`` pushes over
 RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA failure (pyverbs missing, no
 device, listener unreachable, error mid-transfer) retries the same push over
 HTTP and logs why, so the ``PushResult`` then says ``http``.
@@ -15,6 +15,9 @@ from model_store_server.config import StoreSettings
 from model_store_server.transport import HttpTransport, PushResult, Transport
 from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
+from model_swap.rdma_protocol import RdmaUnavailable
+from model_swap.rdma_verbs import PortChoice, VerbsEndpoints
+from model_swap.settings import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +36,21 @@ class FallbackTransport(Transport):
         self.fallback = fallback
         self.name = primary.name
 
-    def push(self, model: str, path: Path, *, sha256: str, load: bool) -> PushResult:
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
         try:
-            return self.primary.push(model, path, sha256=sha256, load=load)
+            return self.primary.push(model, path, digest=digest, load=load)
         except RdmaPushFailed as err:
             logger.warning("falling back to %s for %s: %s", self.fallback.name, model, err.message)
-        return self.fallback.push(model, path, sha256=sha256, load=load)
+        return self.fallback.push(model, path, digest=digest, load=load)
 
 
 def build_transport(settings: StoreSettings, client: WorkerClient) -> Transport:
-    """The transport ``settings`` ask for, pushing to the worker behind ``client``."""
+    """The transport ``settings`` ask for, pushing to the worker behind ``client``.
+
+    With TRANSPORT=rdma and an RDMA device here, RLIMIT_MEMLOCK must allow the
+    ring of one push: if not, SettingsError says how to raise it (a warning
+    instead with ALLOW_FALLBACK=1, as every push would then go over HTTP).
+    """
     http = HttpTransport(client)
     if settings.transport == "http":
         return http
@@ -53,5 +61,19 @@ def build_transport(settings: StoreSettings, client: WorkerClient) -> Transport:
         connect_timeout=settings.worker_connect_timeout,
         read_timeout=settings.worker_read_timeout,
         token=settings.worker_token,
+        endpoints=VerbsEndpoints(PortChoice.from_settings(settings)),
     )
+    try:
+        usable, where = rdma.endpoints.check_start(
+            rdma.slots * rdma.chunk_bytes, "the store's RDMA transport (one push's ring)"
+        )
+    except RdmaUnavailable as err:
+        if not settings.allow_fallback:
+            raise SettingsError(f"TRANSPORT=rdma: {err}") from err
+        logger.warning("TRANSPORT=rdma, but every push will fall back to HTTP: %s", err)
+    else:
+        if usable:
+            logger.info("TRANSPORT=rdma using %s", where)
+        else:
+            logger.warning("TRANSPORT=rdma, but RDMA is not usable here: %s", where)
     return FallbackTransport(rdma, http) if settings.allow_fallback else rdma

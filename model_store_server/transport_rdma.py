@@ -1,16 +1,23 @@
 """Pushing model files to the worker over RDMA verbs (TRANSPORT=rdma).
 
 ``RdmaTransport`` connects the control channel to the worker's RDMA listener
-(WORKER_RDMA_HOST:WORKER_RDMA_PORT), sets up its own queue pair, offers the
-file (see ``model_swap.rdma_protocol``), then SENDs it chunk by chunk from a
-small registered ring: a chunk goes out only when the worker has granted a
-credit (a posted receive buffer) and the ring has a slot whose previous send
-has completed. The push succeeds only when the worker's acknowledgement names
-the size and sha256 that were sent. To load, it then calls the worker's HTTP
-``POST /load_model_from_local_store``; control calls stay HTTP.
+(WORKER_RDMA_HOST:WORKER_RDMA_PORT), sets up its own queue pair (an
+``RdmaEndpoint`` from its endpoint factory: real verbs by default, the
+in-memory fake in tests), offers the file (see ``model_swap.rdma_protocol``),
+then SENDs it chunk by chunk from a small registered ring: a chunk goes out
+only when the worker has granted a credit (a posted receive buffer) and the
+ring has a slot whose previous send has completed. The push succeeds when the
+worker's acknowledgement names the size and digest that were sent; such an
+ack is final, whatever the queue pair reports after it (a lost transport ACK
+can fail the last send's completion although the data arrived). To load, it
+then calls the worker's HTTP ``POST /load_model_from_local_store``; control
+calls stay HTTP.
 
-Any RDMA failure raises ``RdmaPushFailed`` (502) naming the cause; the worker
-keeps no partial file, because it writes through ``ModelCache.receive``.
+This backend owns its failures: any exception from the RDMA session, an
+unexpected ``TypeError`` from pyverbs included, leaves ``push`` as
+``RdmaPushFailed`` (502 ``rdma_failed``, or a fallback to HTTP with
+ALLOW_FALLBACK=1) naming the cause; the worker keeps no partial file,
+because it writes through ``ModelCache.receive``.
 """
 
 from __future__ import annotations
@@ -23,27 +30,33 @@ from pathlib import Path
 from model_store_server.transport import PushResult, Transport
 from model_store_server.worker_client import WorkerClient, WorkerError
 from model_swap.rdma_protocol import (
+    DEFAULT_CHUNK_BYTES,
+    RING_SLOTS,
     Abort,
     Accept,
     Ack,
     ControlChannel,
     Credit,
+    EndpointFactory,
     Nack,
     Offer,
     ProtocolError,
+    RdmaEndpoint,
     RdmaError,
     RdmaUnavailable,
     TransferFailed,
     check_ack,
+    check_gid_types,
 )
-from model_swap.rdma_verbs import RcEndpoint
+from model_swap.rdma_verbs import VerbsEndpoints
 
-# Bytes per registered ring buffer (one RDMA SEND each).
-CHUNK_BYTES = 1024 * 1024
+# Bytes per registered ring buffer (one RDMA SEND each), and buffers in the ring.
+CHUNK_BYTES = DEFAULT_CHUNK_BYTES
+# Seconds to wait for the worker's ack after a send completed with an error: the data may
+# have arrived (only the transport ACK was lost), in which case the worker acks.
+ACK_GRACE_SECONDS = 5.0
 
 logger = logging.getLogger(__name__)
-
-RING_SLOTS = 4
 
 
 class RdmaPushFailed(WorkerError):
@@ -71,6 +84,7 @@ class RdmaTransport(Transport):
         chunk_bytes: int = CHUNK_BYTES,
         slots: int = RING_SLOTS,
         token: str = "",
+        endpoints: EndpointFactory | None = None,
     ):
         self._token = token
         self._client = client
@@ -80,21 +94,27 @@ class RdmaTransport(Transport):
         self._read_timeout = read_timeout
         self.chunk_bytes = chunk_bytes
         self.slots = slots
+        self.endpoints = endpoints or VerbsEndpoints()
 
-    def push(self, model: str, path: Path, *, sha256: str, load: bool) -> PushResult:
-        size = path.stat().st_size
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
         started = time.perf_counter()
-        try:
-            self._send(model, path, size, sha256)
-        except RdmaError as err:
-            raise RdmaPushFailed(
-                f"RDMA push of {model} to {self.host}:{self.port} failed: {err}"
-            ) from err
+        # A file that cannot be opened is the store's problem, not RDMA's: OSError as is.
+        with open(path, "rb") as source:
+            size = path.stat().st_size
+            try:
+                self._send(model, source, size, digest)
+            except Exception as err:  # noqa: BLE001 - every failure of this backend is its own
+                cause = str(err) if isinstance(err, RdmaError) else f"unexpected {err!r}"
+                if not isinstance(err, RdmaError):
+                    logger.warning("RDMA push of %s failed unexpectedly", model, exc_info=True)
+                raise RdmaPushFailed(
+                    f"RDMA push of {model} to {self.host}:{self.port} failed: {cause}"
+                ) from err
         if load:
             self._client.load_local(model)
         return PushResult(model, size, time.perf_counter() - started, self.name)
 
-    def _send(self, model: str, path: Path, size: int, sha256: str) -> None:
+    def _send(self, model: str, source, size: int, digest: str) -> None:
         with (
             ControlChannel.connect(
                 self.host,
@@ -104,38 +124,43 @@ class RdmaTransport(Transport):
             ) as channel,
             self._endpoint() as endpoint,
         ):
-            channel.send(
-                Offer(model, size, sha256, self.chunk_bytes, endpoint.local(), token=self._token)
-            )
+            local = endpoint.local()
+            channel.send(Offer(model, size, digest, self.chunk_bytes, local, token=self._token))
             reply = channel.receive()
             if not isinstance(reply, Accept):
                 reason = getattr(reply, "reason", f"unexpected {reply.type}")
                 raise RdmaUnavailable(f"the worker refused the push: {reason}")
             try:
+                check_gid_types(local, reply.endpoint)
                 endpoint.connect(reply.endpoint)
-                with open(path, "rb") as source:
-                    final = self._stream(endpoint, channel, source, size, reply.credits)
-                check_ack(final or self._final_reply(channel), size, sha256)
+                final = self._stream(endpoint, channel, source, size, digest, reply.credits)
+                check_ack(final or self._final_reply(channel), size, digest)
             except BaseException as err:
                 channel.send_quietly(Abort(str(err) or type(err).__name__))
                 raise
         logger.debug("RDMA push of %s acknowledged", model)
 
-    def _endpoint(self) -> RcEndpoint:
+    def _endpoint(self) -> RdmaEndpoint:
         try:
-            return RcEndpoint(self.slots, self.chunk_bytes)
+            return self.endpoints(self.slots, self.chunk_bytes)
         except RdmaUnavailable as err:
             raise RdmaUnavailable(f"RDMA is not usable on the store: {err}") from err
 
     def _stream(
-        self, endpoint: RcEndpoint, channel: ControlChannel, source, size: int, credits: int
+        self,
+        endpoint: RdmaEndpoint,
+        channel: ControlChannel,
+        source,
+        size: int,
+        digest: str,
+        credits: int,
     ) -> Ack | None:
         """SEND ``size`` bytes of ``source``: pipelined, at most ``credits`` chunks ahead.
 
-        Returns once every send has completed, with the worker's ack if it
-        already arrived (it may overtake the last send completions).
+        Returns the worker's matching ack as soon as it arrives (it may
+        overtake the last send completions, which are then not waited for),
+        or None once every send has completed without one.
         """
-        final = None
         free = deque(range(self.slots))
         in_flight = 0
         sent = 0
@@ -155,18 +180,24 @@ class RdmaTransport(Transport):
                 credits -= 1
                 in_flight += 1
                 progressed = True
-            for slot, _ in endpoint.poll(wait=0.0 if progressed else 0.001):
+            try:
+                completions = endpoint.poll(wait=0.0 if progressed else 0.001)
+            except TransferFailed as err:
+                if sent < size:
+                    raise
+                return self._ack_despite(channel, size, digest, err)
+            for slot, _ in completions:
                 free.append(slot)
                 in_flight -= 1
                 progressed = True
-            while final is None and channel.pending():
+            while channel.pending():
                 message = channel.receive()
                 if isinstance(message, Credit):
                     credits += message.count
                 elif isinstance(message, Nack):
                     raise TransferFailed(f"the worker kept nothing: {message.reason}")
                 elif isinstance(message, Ack) and sent == size:
-                    final = message
+                    return check_ack(message, size, digest)
                 else:
                     raise ProtocolError(f"unexpected {message.type} during the transfer")
                 progressed = True
@@ -177,7 +208,28 @@ class RdmaTransport(Transport):
                 raise TransferFailed(
                     f"no progress for {self._read_timeout:g}s after {sent} of {size} bytes"
                 )
-        return final
+        return None
+
+    def _ack_despite(
+        self, channel: ControlChannel, size: int, digest: str, error: TransferFailed
+    ) -> Ack:
+        """Every byte was posted but a send completed with ``error``: the worker's ack decides."""
+        deadline = time.monotonic() + min(ACK_GRACE_SECONDS, self._read_timeout)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = channel.receive(timeout=left)
+            except TransferFailed:
+                break
+            if isinstance(message, Credit):
+                continue
+            if isinstance(message, Ack):
+                ack = check_ack(message, size, digest)
+                logger.info("the worker acknowledged the whole file despite: %s", error)
+                return ack
+            if isinstance(message, Nack):
+                raise TransferFailed(f"{error}; the worker kept nothing: {message.reason}")
+            break
+        raise error
 
     @staticmethod
     def _final_reply(channel: ControlChannel):

@@ -135,12 +135,14 @@ class WorkerClient:
             raise WorkerError(f"worker call {what} failed: {err!r}") from err
 
     def upload_file(self, path: str, source: Path, headers: dict[str, str]) -> dict:
-        """POST ``source`` as a chunked body, each chunk sent with sendfile(2); returns the JSON.
+        """POST ``source`` as one sized body, sent with sendfile(2); returns the worker's JSON.
 
         Zero-copy on the sending side: the file's pages go from the page cache
-        to the socket without passing through Python. A problem with the local
-        file raises OSError (before any byte is sent, or SourceChanged midway);
-        worker problems map to WorkerUnavailable/WorkerError like ``request``.
+        to the socket without passing through Python, and the worker reads a
+        plain ``Content-Length`` body (no chunk framing to undo). A problem
+        with the local file raises OSError (before any byte is sent, or
+        SourceChanged midway); worker problems map to
+        WorkerUnavailable/WorkerError like ``request``.
         """
         with open(source, "rb") as file:
             size = os.fstat(file.fileno()).st_size
@@ -153,12 +155,16 @@ class WorkerClient:
                         {
                             **headers,
                             "Content-Type": "application/octet-stream",
-                            "Transfer-Encoding": "chunked",
+                            "Content-Length": str(size),
                         }
                     ).items():
                         conn.putheader(key, value)
                     conn.endheaders()
-                    _send_chunked_file(conn.sock, file, size)
+                    sent = conn.sock.sendfile(file, 0, size) if size else 0
+                    if sent != size:
+                        raise SourceChanged(
+                            f"{file.name} shrank while being sent ({sent} of {size})"
+                        )
                 except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as err:
                     # The worker may have answered early (401, 507...) and closed: report that.
                     try:
@@ -217,23 +223,8 @@ class WorkerClient:
         return InferenceStream(conn, response)
 
 
-UPLOAD_CHUNK_BYTES = 16 * 1024 * 1024
 STREAM_READ_BYTES = 64 * 1024
 
 
 class SourceChanged(OSError):
     """The file being pushed changed size while it was sent."""
-
-
-def _send_chunked_file(sock, file, size: int) -> None:
-    """Write ``size`` bytes of ``file`` to ``sock`` in HTTP chunked framing, by sendfile(2)."""
-    offset = 0
-    while offset < size:
-        count = min(UPLOAD_CHUNK_BYTES, size - offset)
-        sock.sendall(b"%X\r\n" % count)
-        sent = sock.sendfile(file, offset, count)
-        if sent != count:
-            raise SourceChanged(f"{file.name} shrank while being sent ({offset + sent} of {size})")
-        sock.sendall(b"\r\n")
-        offset += count
-    sock.sendall(b"0\r\n\r\n")

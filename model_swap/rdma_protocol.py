@@ -5,20 +5,26 @@ first meet over a plain TCP connection to the worker's RDMA listener
 (WORKER_RDMA_HOST:WORKER_RDMA_PORT), which carries everything that is not bulk
 data. One push, one connection:
 
-1. store -> worker ``offer``: model name, size, sha256, chunk size, and the
-   store's queue pair address (``Endpoint``: LID, GID, QPN, PSN, MTU);
+1. store -> worker ``offer``: model name, size, digest (``blake3:<hex>``, see
+   ``model_swap.digest``), chunk size, and the store's queue pair address
+   (``Endpoint``: LID, GID, GID type, QPN, PSN, MTU);
 2. worker -> store ``accept`` with the worker's ``Endpoint`` and its number of
    receive credits (posted receive buffers of one chunk each), or ``refuse``
-   with the reason (bad offer, no RDMA on the worker);
+   with the reason (bad offer, a GID type that differs from the worker's, no
+   RDMA on the worker, too many offers at once);
 3. the store SENDs the file in chunks over the queue pair, at most one chunk
    per credit; the worker answers each chunk it has written to disk with a
    ``credit`` once it has reposted that buffer. The store may ``abort``;
-4. worker -> store ``ack`` with the size and sha256 of the file it renamed
-   into its cache, or ``nack`` with the reason it kept nothing.
+4. worker -> store ``ack`` with the size and digest of the file it renamed
+   into its cache, or ``nack`` with the reason it kept nothing. An ack that
+   matches what was sent is final: the file is in place, whatever the queue
+   pair reports afterwards.
 
 Each message is a JSON object preceded by its length as 4 big-endian bytes.
 This module holds no verbs code and imports no pyverbs, so both services and
-the tests use it on any machine.
+the tests use it on any machine. ``RdmaEndpoint`` is the interface of one side's
+queue pair: ``model_swap.rdma_verbs.RcEndpoint`` implements it over real verbs,
+``model_swap.rdma_fake.FakeFabric`` in memory for the tests.
 """
 
 from __future__ import annotations
@@ -30,18 +36,24 @@ import select
 import socket
 import struct
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
+from model_swap.digest import InvalidDigest, parse_digest
 from model_swap.names import InvalidModelName, validate_model_name
 
-PROTOCOL = 1
+PROTOCOL = 2
 MAX_FRAME_BYTES = 64 * 1024
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_CREDITS = 64
+# The store's default chunk (bytes per SEND, one ring buffer) and both sides' ring length.
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+RING_SLOTS = 4
 
 _HEADER = struct.Struct(">I")
 _GID = re.compile(r"^[0-9a-f]{4}(:[0-9a-f]{4}){7}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# How a GID is used on the wire: InfiniBand, RoCE v1 (Ethernet, not routable), RoCE v2 (UDP/IP).
+GID_TYPES = ("ib", "roce-v1", "roce-v2")
 
 
 class RdmaError(Exception):
@@ -85,11 +97,11 @@ def _optional_text(data: dict, key: str) -> str:
     return value
 
 
-def _sha256(data: dict, key: str = "sha256") -> str:
-    value = _text(data, key).lower()
-    if not _SHA256.match(value):
-        raise ProtocolError(f"{key} must be 64 hexadecimal characters")
-    return value
+def _digest(data: dict, key: str = "digest") -> str:
+    try:
+        return parse_digest(data.get(key))
+    except InvalidDigest as err:
+        raise ProtocolError(f"{key}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class Endpoint:
     qpn: int
     psn: int
     mtu: int  # an ibv_mtu value: 1 (256 bytes) .. 5 (4096 bytes)
+    gid_type: str = "ib"  # one of GID_TYPES: both ends must use the same
 
     @classmethod
     def from_wire(cls, data: object) -> Endpoint:
@@ -109,7 +122,11 @@ class Endpoint:
         gid = _text(data, "gid").lower()
         if not _GID.match(gid):
             raise ProtocolError(f"gid must look like fe80:0000:...:0001, got {gid!r}")
+        gid_type = data.get("gid_type")
+        if gid_type not in GID_TYPES:
+            raise ProtocolError(f"gid_type must be one of {', '.join(GID_TYPES)}, got {gid_type!r}")
         return cls(
+            gid_type=gid_type,
             lid=_int(data, "lid", 0, 0xFFFF),
             gid=gid,
             qpn=_int(data, "qpn", 1, 0xFFFFFF),
@@ -120,11 +137,11 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Offer:
-    """store -> worker: push ``model`` (``size`` bytes, ``sha256``) in ``chunk_bytes`` chunks."""
+    """store -> worker: push ``model`` (``size`` bytes, ``digest``) in ``chunk_bytes`` chunks."""
 
     model: str
     size: int
-    sha256: str
+    digest: str  # "algorithm:hex", see model_swap.digest
     chunk_bytes: int
     endpoint: Endpoint
     # The worker's WORKER_TOKEN, when it has one (never shown in reprs or logs).
@@ -140,7 +157,7 @@ class Offer:
         return cls(
             model=model,
             size=_int(data, "size", 0, 2**63 - 1),
-            sha256=_sha256(data),
+            digest=_digest(data),
             chunk_bytes=_int(data, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES),
             endpoint=Endpoint.from_wire(data.get("endpoint")),
             token=_optional_text(data, "token"),
@@ -177,15 +194,15 @@ class Credit:
 
 @dataclass(frozen=True)
 class Ack:
-    """worker -> store: the whole file is in the cache with this size and sha256."""
+    """worker -> store: the whole file is in the cache with this size and digest."""
 
     size: int
-    sha256: str
+    digest: str
     type = "ack"
 
     @classmethod
     def from_wire(cls, data: dict) -> Ack:
-        return cls(size=_int(data, "size", 0, 2**63 - 1), sha256=_sha256(data))
+        return cls(size=_int(data, "size", 0, 2**63 - 1), digest=_digest(data))
 
 
 @dataclass(frozen=True)
@@ -250,18 +267,79 @@ def decode(payload: bytes) -> Message:
 # -- decisions -----------------------------------------------------------------------
 
 
-def check_ack(reply: Message, size: int, sha256: str) -> Ack:
+def check_ack(reply: Message, size: int, digest: str) -> Ack:
     """The worker's final word on a push: an Ack matching what was sent, or TransferFailed."""
     if isinstance(reply, Nack):
         raise TransferFailed(f"the worker kept nothing: {reply.reason}")
     if not isinstance(reply, Ack):
         raise ProtocolError(f"expected ack or nack, got {reply.type}")
-    if reply.size != size or reply.sha256 != sha256.lower():
+    if reply.size != size or reply.digest != digest.lower():
         raise TransferFailed(
-            f"the worker acknowledged {reply.size} bytes with sha256 {reply.sha256}, "
-            f"but {size} bytes with sha256 {sha256.lower()} were sent"
+            f"the worker acknowledged {reply.size} bytes with digest {reply.digest}, "
+            f"but {size} bytes with digest {digest.lower()} were sent"
         )
     return reply
+
+
+def check_gid_types(local: Endpoint, remote: Endpoint) -> None:
+    """RdmaUnavailable unless both ends address each other the same way (IB, RoCE v1 or v2)."""
+    if local.gid_type != remote.gid_type:
+        raise RdmaUnavailable(
+            f"GID types differ: this side uses {local.gid_type}, the peer {remote.gid_type} "
+            "(choose matching GIDs with RDMA_GID_INDEX on both sides)"
+        )
+
+
+# -- one side's queue pair -----------------------------------------------------------
+
+
+class RdmaEndpoint(Protocol):
+    """One side of a push: a reliable-connected queue pair with a ring of ``slots``
+    registered buffers of ``chunk_bytes`` each. Not thread-safe: one session drives it.
+
+    Every method raises only RdmaError subclasses: RdmaUnavailable when RDMA
+    cannot be used at all, TransferFailed for anything that goes wrong later.
+    """
+
+    slots: int
+    chunk_bytes: int
+
+    def local(self) -> Endpoint:
+        """This queue pair's address, for the peer."""
+
+    def connect(self, remote: Endpoint) -> None:
+        """Connect to the peer's queue pair (ready to send and receive)."""
+
+    def view(self, slot: int) -> memoryview:
+        """The registered buffer of ``slot`` (``chunk_bytes`` long), to fill or read."""
+
+    def post_recv(self, slot: int) -> None:
+        """Offer ``slot``'s buffer for the peer's next SEND."""
+
+    def post_send(self, slot: int, length: int) -> None:
+        """SEND the first ``length`` bytes of ``slot``'s buffer to the peer's next receive."""
+
+    def poll(self, wait: float = 0.0) -> list[tuple[int, int]]:
+        """Completed work requests as (slot, byte_len), polling up to ``wait`` seconds;
+        TransferFailed for a completion with an error status."""
+
+    def close(self) -> None:
+        """Release everything; safe to call twice."""
+
+    def __enter__(self) -> RdmaEndpoint: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class EndpointFactory(Protocol):
+    """Builds the endpoint of one push: ``RcEndpoint`` (real verbs) or a fake's."""
+
+    def __call__(self, slots: int, chunk_bytes: int) -> RdmaEndpoint:
+        """A new endpoint; RdmaUnavailable (or TransferFailed) when none can be set up."""
+
+    def check_start(self, needed: int, what: str) -> tuple[bool, str]:
+        """At a service's start: (usable, what is used or why not); RdmaUnavailable if
+        ``needed`` bytes of buffers could not be registered (RLIMIT_MEMLOCK)."""
 
 
 # -- the connection ------------------------------------------------------------------

@@ -2,13 +2,19 @@
 
 This is the only module that touches pyverbs, and it imports it lazily, inside
 functions: the project installs, runs and passes its tests where pyverbs is
-missing, and RDMA then reports ``RdmaUnavailable`` naming the cause.
+missing, and RDMA then reports ``RdmaUnavailable`` naming the cause. It owns
+its failures: whatever pyverbs raises (a ``PyverbsError``, or a ``TypeError``
+or ``AttributeError`` from a pyverbs release with another API) leaves this
+module as ``RdmaUnavailable`` or ``TransferFailed``.
 
-``RcEndpoint`` owns, for one push: a device context on the first active port,
-a protection domain, one completion queue, a small ring of equal registered
-buffers (one memory region, reused chunk after chunk) and a reliable-connected
-queue pair. The store posts SENDs from the ring; the worker posts RECVs into
-its ring. Neither side is thread-safe: one session drives one endpoint.
+``RcEndpoint`` (an ``model_swap.rdma_protocol.RdmaEndpoint``) owns, for one
+push: a device context on the chosen port (``PortChoice``: RDMA_DEVICE,
+RDMA_DEVICE_PORT, RDMA_GID_INDEX; by default the first active port and its
+best GID), a protection domain, one completion queue, a small ring of equal
+registered buffers (one memory region, reused chunk after chunk) and a
+reliable-connected queue pair. The store posts SENDs from the ring; the worker
+posts RECVs into its ring. Neither side is thread-safe: one session drives one
+endpoint.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import random
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from model_swap.rdma_protocol import Endpoint, RdmaUnavailable, TransferFailed
+from model_swap.rdma_protocol import Endpoint, RdmaError, RdmaUnavailable, TransferFailed
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,8 @@ def _pyverbs():
         raise RdmaUnavailable(
             f"pyverbs could not be loaded ({err}); it must match the system's rdma-core"
         ) from err
+    except Exception as err:  # a pyverbs that fails while importing
+        raise RdmaUnavailable(f"pyverbs could not be loaded: {err!r}") from err
     return _Verbs(
         device,
         enums,
@@ -95,8 +104,32 @@ class _Verbs:
 
 
 @dataclass(frozen=True)
+class PortChoice:
+    """Which device, port and GID to use; the defaults pick the first active port and its
+    best GID (RoCE v2 with an IPv4 address first). On GPU servers the first active port is
+    often not the NIC the peer is reachable through: name it."""
+
+    device: str = ""  # RDMA_DEVICE, e.g. mlx5_1; "" = any
+    port: int = 0  # RDMA_DEVICE_PORT, from 1; 0 = the first active one
+    gid_index: int = -1  # RDMA_GID_INDEX; -1 = choose
+
+    @classmethod
+    def from_settings(cls, settings) -> PortChoice:
+        """From a service's settings (``rdma_device``, ``rdma_device_port``, ``rdma_gid_index``)."""
+        return cls(settings.rdma_device, settings.rdma_device_port, settings.rdma_gid_index)
+
+    def describe(self) -> str:
+        parts = [
+            f"device {self.device}" if self.device else "any device",
+            f"port {self.port}" if self.port else "the first active port",
+            f"gid index {self.gid_index}" if self.gid_index >= 0 else "the best GID",
+        ]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class Port:
-    """An active RDMA port and the GID index this host is addressed by."""
+    """An active RDMA port and the GID (index and type) this host is addressed by."""
 
     device: str
     port: int
@@ -105,26 +138,43 @@ class Port:
     lid: int
     mtu: int
     link_layer: str
+    gid_type: str = "ib"  # one of rdma_protocol.GID_TYPES
 
     def describe(self) -> str:
-        where = f"{self.link_layer}, gid[{self.gid_index}] {self.gid}"
+        where = f"{self.link_layer}, gid[{self.gid_index}] {self.gid} {self.gid_type}"
         return f"{self.device} port {self.port} ({where})"
 
 
-def _gid_rank(v: _Verbs, ctx, port: int, index: int, gid: str, ethernet: bool) -> int:
-    """Lower is better: on RoCE prefer RoCE v2 GIDs carrying an IPv4 address (routable)."""
+def _gid_type(v: _Verbs, ctx, port: int, index: int, ethernet: bool) -> str:
     if not ethernet:
-        return 0
+        return "ib"
     try:
         v2 = ctx.query_gid_type(port, index) == v.e.IBV_GID_TYPE_SYSFS_ROCE_V2
     except v.Error:
         v2 = False
+    return "roce-v2" if v2 else "roce-v1"
+
+
+def _gid_rank(gid_type: str, gid: str) -> int:
+    """Lower is better: on RoCE prefer RoCE v2 GIDs carrying an IPv4 address (routable)."""
+    if gid_type == "ib":
+        return 0
     ipv4 = gid.startswith(IPV4_MAPPED_PREFIX)
-    return (0 if v2 else 2) + (0 if ipv4 else 1)
+    return (0 if gid_type == "roce-v2" else 2) + (0 if ipv4 else 1)
 
 
-def _choose_gid(v: _Verbs, ctx, port: int, attr) -> tuple[int, str]:
+def _choose_gid(v: _Verbs, ctx, port: int, attr, wanted: int) -> tuple[int, str, str]:
+    """(index, gid, gid type): index ``wanted`` if >= 0, else the best non-zero GID."""
     ethernet = attr.link_layer == v.e.IBV_LINK_LAYER_ETHERNET
+    if wanted >= 0:
+        if wanted >= attr.gid_tbl_len:
+            raise RdmaUnavailable(
+                f"port {port} has {attr.gid_tbl_len} GIDs; RDMA_GID_INDEX={wanted} is not one"
+            )
+        gid = str(ctx.query_gid(port, wanted))
+        if gid == ZERO_GID and ethernet:
+            raise RdmaUnavailable(f"port {port} has no GID at RDMA_GID_INDEX={wanted}")
+        return wanted, gid, _gid_type(v, ctx, port, wanted, ethernet)
     candidates = []
     for index in range(attr.gid_tbl_len):
         try:
@@ -132,21 +182,31 @@ def _choose_gid(v: _Verbs, ctx, port: int, attr) -> tuple[int, str]:
         except v.Error:
             continue
         if gid != ZERO_GID:
-            candidates.append((_gid_rank(v, ctx, port, index, gid, ethernet), index, gid))
+            gid_type = _gid_type(v, ctx, port, index, ethernet)
+            candidates.append((_gid_rank(gid_type, gid), index, gid, gid_type))
     if not candidates:
         if ethernet:
             raise RdmaUnavailable(f"port {port} has no usable GID (RoCE needs an IP address)")
-        return 0, ZERO_GID  # InfiniBand without a GID table: LID routing only
-    _, index, gid = min(candidates)
-    return index, gid
+        return 0, ZERO_GID, "ib"  # InfiniBand without a GID table: LID routing only
+    _, index, gid, gid_type = min(candidates)
+    return index, gid, gid_type
 
 
-def find_port() -> Port:
-    """The first active port of the first RDMA device that has one.
+def find_port(choice: PortChoice = PortChoice()) -> Port:  # noqa: B008 - frozen
+    """The port ``choice`` names, or the first active port of the first device that has one.
 
-    Raises RdmaUnavailable when pyverbs is missing, there is no device, or no
-    port is active; the message says which.
+    Raises RdmaUnavailable when pyverbs is missing, there is no such device or
+    port, it is not active, or the GID is unusable; the message says which.
     """
+    try:
+        return _find_port(choice)
+    except RdmaError:
+        raise
+    except Exception as err:  # an unexpected pyverbs: still RDMA's failure
+        raise RdmaUnavailable(f"looking for an RDMA port failed: {err!r}") from err
+
+
+def _find_port(choice: PortChoice) -> Port:
     v = _pyverbs()
     try:
         devices = v.device.get_device_list()
@@ -154,18 +214,26 @@ def find_port() -> Port:
         raise RdmaUnavailable(f"no RDMA device: {err}") from err
     if not devices:
         raise RdmaUnavailable("no RDMA device: the device list is empty")
+    names = [dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name) for dev in devices]
+    if choice.device and choice.device not in names:
+        raise RdmaUnavailable(
+            f"RDMA_DEVICE={choice.device} is not an RDMA device here (found {', '.join(names)})"
+        )
     seen = []
-    for dev in devices:
-        name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    for name in [choice.device] if choice.device else names:
         try:
             with v.device.Context(name=name) as ctx:
-                for port in range(1, ctx.query_device().phys_port_cnt + 1):
+                count = ctx.query_device().phys_port_cnt
+                if choice.port > count:
+                    seen.append(f"{name} has {count} ports, not {choice.port}")
+                    continue
+                for port in [choice.port] if choice.port else range(1, count + 1):
                     attr = ctx.query_port(port)
                     if attr.state != v.e.IBV_PORT_ACTIVE:
                         seen.append(f"{name} port {port} not active")
                         continue
                     try:
-                        index, gid = _choose_gid(v, ctx, port, attr)
+                        index, gid, gid_type = _choose_gid(v, ctx, port, attr, choice.gid_index)
                     except RdmaUnavailable as err:
                         seen.append(f"{name}: {err}")
                         continue
@@ -178,10 +246,26 @@ def find_port() -> Port:
                         lid=attr.lid,
                         mtu=attr.active_mtu,
                         link_layer="ethernet" if ethernet else "infiniband",
+                        gid_type=gid_type,
                     )
         except v.Error as err:
             seen.append(f"{name}: {err}")
-    raise RdmaUnavailable(f"no active RDMA port ({'; '.join(seen)})")
+    raise RdmaUnavailable(f"no usable RDMA port for {choice.describe()} ({'; '.join(seen)})")
+
+
+def check_memlock(needed: int, what: str) -> None:
+    """RdmaUnavailable, saying how to fix it, unless RLIMIT_MEMLOCK allows ``needed`` bytes.
+
+    Registering a memory region pins it; past the limit ``ibv_reg_mr`` fails
+    with an opaque ENOMEM on the first push, so both services check at start.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise RdmaUnavailable(
+            f"RLIMIT_MEMLOCK is {soft // 1024} KiB, but {what} must pin "
+            f"{needed // 1024} KiB of registered buffers: raise it (ulimit -l unlimited; "
+            "LimitMEMLOCK=infinity in a systemd unit; --ulimit memlock=-1 for docker run)"
+        )
 
 
 def _wc_status(v: _Verbs, status: int) -> str:
@@ -189,18 +273,45 @@ def _wc_status(v: _Verbs, status: int) -> str:
     return names.get(status, f"status {status}")
 
 
+class VerbsEndpoints:
+    """An ``EndpointFactory`` of real ``RcEndpoint``s on the port ``choice`` names."""
+
+    def __init__(self, choice: PortChoice = PortChoice()):  # noqa: B008 - frozen
+        self.choice = choice
+
+    def __call__(self, slots: int, chunk_bytes: int) -> RcEndpoint:
+        return RcEndpoint(slots, chunk_bytes, self.choice)
+
+    def check_start(self, needed: int, what: str) -> tuple[bool, str]:
+        """At a service's start: (True, the port pushes will use) or (False, why RDMA is not
+        usable here). Raises RdmaUnavailable if it is usable but RLIMIT_MEMLOCK is below
+        ``needed`` bytes (``what`` names who needs them)."""
+        try:
+            port = find_port(self.choice)
+        except RdmaUnavailable as err:
+            return False, str(err)
+        check_memlock(needed, what)
+        return True, port.describe()
+
+
 class RcEndpoint:
-    """One RC queue pair on the first active port, with ``slots`` buffers of ``chunk_bytes``.
+    """One RC queue pair on the chosen port, with ``slots`` buffers of ``chunk_bytes``.
 
     Construction raises RdmaUnavailable (nothing usable here) or TransferFailed
-    (a verbs call failed); later calls raise TransferFailed. ``close`` releases
-    everything and is safe to call twice. Not thread-safe.
+    (a verbs call failed); later calls raise TransferFailed, whatever pyverbs
+    raised. ``close`` releases everything and is safe to call twice. Not
+    thread-safe.
     """
 
-    def __init__(self, slots: int, chunk_bytes: int):
+    def __init__(
+        self,
+        slots: int,
+        chunk_bytes: int,
+        choice: PortChoice = PortChoice(),  # noqa: B008 - frozen
+    ):
         self.slots = slots
         self.chunk_bytes = chunk_bytes
-        self.port = find_port()
+        self.port = find_port(choice)
         self._v = v = _pyverbs()
         self._closed = False
         self._ctx = self._pd = self._cq = self._mr = self._qp = None
@@ -229,17 +340,24 @@ class RcEndpoint:
     def _verbs(self, what: str) -> Iterator[None]:
         try:
             yield
+        except RdmaError:
+            raise
         except self._v.Error as err:
             raise TransferFailed(f"could not {what} on {self.port.describe()}: {err}") from err
+        except Exception as err:  # e.g. TypeError from a pyverbs with another API
+            raise TransferFailed(f"could not {what} on {self.port.describe()}: {err!r}") from err
 
     def local(self) -> Endpoint:
         """This queue pair's address, for the peer."""
+        with self._verbs("read the queue pair number"):
+            qpn = self._qp.qp_num
         return Endpoint(
             lid=self.port.lid,
             gid=self.port.gid,
-            qpn=self._qp.qp_num,
+            qpn=qpn,
             psn=self.psn,
             mtu=self.port.mtu,
+            gid_type=self.port.gid_type,
         )
 
     def connect(self, remote: Endpoint) -> None:
@@ -302,13 +420,14 @@ class RcEndpoint:
                 count, completions = self._cq.poll(self.slots)
             if count:
                 done = []
-                for wc in completions[:count]:
-                    if wc.status != self._v.e.IBV_WC_SUCCESS:
-                        raise TransferFailed(
-                            f"work request on slot {wc.wr_id} completed with "
-                            f"{_wc_status(self._v, wc.status)} (vendor error {wc.vendor_err})"
-                        )
-                    done.append((wc.wr_id, wc.byte_len))
+                with self._verbs("read the completions"):
+                    for wc in completions[:count]:
+                        if wc.status != self._v.e.IBV_WC_SUCCESS:
+                            raise TransferFailed(
+                                f"work request on slot {wc.wr_id} completed with "
+                                f"{_wc_status(self._v, wc.status)} (vendor error {wc.vendor_err})"
+                            )
+                        done.append((wc.wr_id, wc.byte_len))
                 return done
             if time.monotonic() >= deadline:
                 return []
@@ -321,12 +440,12 @@ class RcEndpoint:
         for view in self._views:
             view.release()
         self._views = []
-        for resource in (self._qp, self._mr, self._cq, self._pd, self._ctx):
-            if resource is not None:
+        for handle in (self._qp, self._mr, self._cq, self._pd, self._ctx):
+            if handle is not None:
                 try:
-                    resource.close()
+                    handle.close()
                 except Exception as err:  # noqa: BLE001 - teardown continues
-                    logger.debug("closing %s failed: %s", type(resource).__name__, err)
+                    logger.debug("closing %s failed: %s", type(handle).__name__, err)
 
     def __enter__(self) -> RcEndpoint:
         return self

@@ -46,6 +46,11 @@ class EnvReader:
             raise SettingsError(f"{name}: must not be empty")
         return value
 
+    def optional_text(self, name: str, default: str) -> str:
+        """Like ``text``, but an empty value is allowed (and means "not set")."""
+        value = self._raw(name)
+        return default if value is None else value
+
     def secret(self, name: str, *, min_length: int = 16) -> str:
         """An optional secret (empty when unset); short ones are refused."""
         value = self._raw(name)
@@ -147,3 +152,14 @@ class EnvReader:
                 "(valid: scheme, host and port only)"
             )
         return value.rstrip("/")
+
+
+def rdma_port_choice(env: EnvReader, defaults: Mapping[str, object]) -> dict:
+    """RDMA_DEVICE, RDMA_DEVICE_PORT and RDMA_GID_INDEX (both services), as settings fields."""
+    return {
+        "rdma_device": env.optional_text("RDMA_DEVICE", defaults["RDMA_DEVICE"]),
+        "rdma_device_port": env.integer(
+            "RDMA_DEVICE_PORT", defaults["RDMA_DEVICE_PORT"], minimum=0
+        ),
+        "rdma_gid_index": env.integer("RDMA_GID_INDEX", defaults["RDMA_GID_INDEX"], minimum=-1),
+    }

@@ -41,13 +41,6 @@ without_rdma = pytest.mark.skipif(
 )
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_rdma_worker(start_worker, request, **overrides) -> ServerThread:
     """A real worker with its RDMA listener on a free port (``.rdma_port``), stopped after it."""
     worker = start_worker(worker_rdma=True, worker_rdma_port=0, **overrides)

@@ -1,22 +1,22 @@
 """The worker's RDMA listener, for real over loopback TCP: the handshake and the final ack.
 
-The acknowledgement tests feed ``answer_push`` the model file's own blocks (what
-the receive ring would deliver) and check that the store side of a real TCP
-connection gets an ack carrying the size and sha256 ModelCache verified, or a
-nack naming why nothing was kept. No verbs are faked: pushes over the ring run
-in the rdma-marked tests.
+The acknowledgement tests feed ``answer_push`` the model file itself (what the
+receive ring would deliver) and check that the store side of a real TCP
+connection gets an ack carrying the size and digest ModelCache verified, or a
+nack naming why nothing was kept. Pushes over a ring run in
+``test_rdma_fake.py`` (in-memory fake verbs) and in the rdma-marked tests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from pathlib import Path
 
 import pytest
 
-from inference_worker.model_cache import ModelCache, read_blocks
-from inference_worker.rdma_listener import answer_push
+from inference_worker.model_cache import ModelCache
+from inference_worker.rdma_listener import RingReader, answer_push
+from model_swap.digest import file_digest
 from model_swap.rdma_protocol import (
     Ack,
     ControlChannel,
@@ -33,11 +33,7 @@ from tests.rdma_support import RDMA_PROBLEM, joined_channels, start_rdma_worker,
 
 # What a store sends in its offer (the listener refuses before using it on this machine).
 LINK_LOCAL_GID = "fe80:0000:0000:0000:0000:0000:0000:0001"
-STORE_ENDPOINT = Endpoint(lid=0, gid=LINK_LOCAL_GID, qpn=17, psn=5, mtu=3)
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+STORE_ENDPOINT = Endpoint(lid=0, gid=LINK_LOCAL_GID, qpn=17, psn=5, mtu=3, gid_type="roce-v2")
 
 
 @pytest.fixture
@@ -66,7 +62,7 @@ def test_the_listener_starts_only_when_enabled(worker, rdma_worker):
 def test_an_offer_is_refused_naming_why_rdma_is_unusable(rdma_worker, models_dir, caplog):
     path = models_dir / A
     with connect(rdma_worker) as channel:
-        channel.send(Offer(A, path.stat().st_size, sha256_of(path), 1 << 20, STORE_ENDPOINT))
+        channel.send(Offer(A, path.stat().st_size, file_digest(path), 1 << 20, STORE_ENDPOINT))
         reply = channel.receive()
     assert reply == Refuse(RDMA_PROBLEM)
     assert f"refused the RDMA push of {A}" in caplog.text
@@ -78,7 +74,7 @@ def test_an_offer_is_refused_naming_why_rdma_is_unusable(rdma_worker, models_dir
     ("frame", "complaint"),
     [
         (frame(b"hello"), "not a JSON message"),
-        (frame(b'{"type":"ack","protocol":1}'), "size must be an integer"),
+        (frame(b'{"type":"ack","protocol":2}'), "size must be an integer"),
         (encode(Nack("x")), "expected an offer, got nack"),
         (frame(b'{"type":"offer","protocol":0}'), "protocol version 0"),
     ],
@@ -93,7 +89,7 @@ def test_a_bad_opening_message_is_refused_with_the_reason(rdma_worker, frame, co
 
 def test_an_offer_for_an_unsafe_name_is_refused(rdma_worker):
     with connect(rdma_worker) as channel:
-        body = encode(Offer(A, 10, "ab" * 32, 1 << 20, STORE_ENDPOINT))
+        body = encode(Offer(A, 10, "blake3:" + "ab" * 32, 1 << 20, STORE_ENDPOINT))
         channel.sock.sendall(body.replace(A.encode(), b"../x.gguf".ljust(len(A), b"f")))
         reply = channel.receive()
     assert isinstance(reply, Refuse)
@@ -120,37 +116,39 @@ def store_and_worker_ends():
         yield pair
 
 
-def push_blocks(store_and_worker_ends, cache, path, *, size=None, sha256=None, blocks=None):
-    """Run the worker's answer_push on the file's blocks; return (received, the store's reply)."""
+def push_blocks(store_and_worker_ends, cache, path, *, size=None, digest=None, blocks=None):
+    """Run the worker's answer_push on the file (or ``blocks``, as the ring would deliver
+    them); return (received, the store's reply)."""
     store, worker = store_and_worker_ends
     offer = Offer(
         A,
         size if size is not None else path.stat().st_size,
-        sha256 or sha256_of(path),
+        digest or file_digest(path),
         1 << 16,
         STORE_ENDPOINT,
     )
     with open(path, "rb") as source:
-        received = answer_push(worker, cache, offer, blocks or read_blocks(source, 1 << 16))
+        stream = RingReader(iter(blocks)) if blocks is not None else source
+        received = answer_push(worker, cache, offer, stream)
     return received, store.receive()
 
 
-def test_the_ack_carries_the_size_and_sha256_of_the_file_on_disk(
+def test_the_ack_carries_the_size_and_digest_of_the_file_on_disk(
     store_and_worker_ends, tmp_path, models_dir
 ):
     cache = ModelCache(tmp_path / "cache")
     path = models_dir / A
     received, reply = push_blocks(store_and_worker_ends, cache, path)
-    assert reply == Ack(path.stat().st_size, sha256_of(path))
-    assert check_ack(reply, path.stat().st_size, sha256_of(path))
-    assert sha256_of(cache.path(A)) == sha256_of(path) == received.sha256
+    assert reply == Ack(path.stat().st_size, file_digest(path))
+    assert check_ack(reply, path.stat().st_size, file_digest(path))
+    assert file_digest(cache.path(A)) == file_digest(path) == received.digest
     assert sorted(p.name for p in cache.directory.iterdir()) == [A]
 
 
 @pytest.mark.parametrize(
     ("damage", "complaint"),
     [
-        ("sha256", "sha256 of the received tiny-a.gguf is"),
+        ("digest", "the received tiny-a.gguf has digest blake3:"),
         ("short", "body ended after"),
         ("long", "body is longer than the announced"),
         ("not-gguf", "is not a GGUF file"),
@@ -164,10 +162,10 @@ def test_a_nack_names_the_cause_and_nothing_is_kept(
     path = models_dir / A
     size = path.stat().st_size
     kwargs = {
-        "sha256": {"sha256": "00" * 32},
+        "digest": {"digest": "blake3:" + "00" * 32},
         "short": {"size": size + 1},
         "long": {"size": size - 1},
-        "not-gguf": {"blocks": iter([b"NOPE" + b"\0" * (size - 4)])},
+        "not-gguf": {"blocks": [memoryview(b"NOPE" + b"\0" * (size - 4))]},
         "no-space": {"size": 1 << 60},
     }[damage]
     received, reply = push_blocks(store_and_worker_ends, cache, path, **kwargs)
@@ -175,7 +173,7 @@ def test_a_nack_names_the_cause_and_nothing_is_kept(
     assert isinstance(reply, Nack)
     assert complaint in reply.reason
     with pytest.raises(TransferFailed, match="the worker kept nothing"):
-        check_ack(reply, size, sha256_of(path))
+        check_ack(reply, size, file_digest(path))
     assert list(cache.directory.iterdir()) == []  # no file, no temporary file
 
 
@@ -187,7 +185,7 @@ def test_a_transfer_that_breaks_off_is_nacked_and_leaves_nothing(
 
     def blocks_then_abort():
         with open(path, "rb") as source:
-            yield source.read(1 << 16)
+            yield memoryview(source.read(1 << 16))
         raise TransferFailed("the store aborted: disk read error")
 
     received, reply = push_blocks(store_and_worker_ends, cache, path, blocks=blocks_then_abort())
@@ -200,7 +198,7 @@ def test_with_a_worker_token_an_offer_without_it_is_refused(start_worker, reques
     token = "worker-secret-0123456789"
     worker = start_rdma_worker(start_worker, request, worker_token=token)
     path = models_dir / A
-    offer = Offer(A, path.stat().st_size, sha256_of(path), 1 << 20, STORE_ENDPOINT)
+    offer = Offer(A, path.stat().st_size, file_digest(path), 1 << 20, STORE_ENDPOINT)
     for presented in ("", "wrong-secret-0123456789"):
         with connect(worker) as channel:
             channel.send(Offer(**{**offer.__dict__, "token": presented}))

@@ -27,8 +27,15 @@ from model_swap.rdma_protocol import (
 )
 from tests.rdma_support import joined_channels
 
-SHA = "ab" * 32
-ENDPOINT = Endpoint(lid=7, gid="fe80:0000:0000:0000:0202:c9ff:fe00:0001", qpn=0x1234, psn=99, mtu=3)
+SHA = "blake3:" + "ab" * 32
+ENDPOINT = Endpoint(
+    lid=7,
+    gid="fe80:0000:0000:0000:0202:c9ff:fe00:0001",
+    qpn=0x1234,
+    psn=99,
+    mtu=3,
+    gid_type="roce-v2",
+)
 
 
 def payload(message) -> bytes:
@@ -57,13 +64,15 @@ def test_every_message_survives_the_wire(message):
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
-        ({"protocol": 2}, "protocol version 2 is not supported"),
+        ({"protocol": 1}, "protocol version 1 is not supported"),
         ({"type": "gimme"}, "unknown message type"),
         ({"model": "../etc/passwd.gguf"}, "model: model name must be a plain file name"),
         ({"model": "notes.txt"}, "must end in .gguf"),
         ({"size": -1}, "size must be an integer"),
         ({"size": "12"}, "size must be an integer"),
-        ({"sha256": "xyz"}, "sha256 must be 64 hexadecimal characters"),
+        ({"digest": "blake3:xyz"}, "digest: a blake3 digest must be 64 hexadecimal"),
+        ({"digest": "md5:" + "ab" * 32}, "digest: unknown digest algorithm 'md5'"),
+        ({"endpoint": {**ENDPOINT.__dict__, "gid_type": "roce-v3"}}, "gid_type must be one of"),
         ({"chunk_bytes": 16}, "chunk_bytes must be an integer"),
         ({"endpoint": {**ENDPOINT.__dict__, "gid": "fe80::1"}}, "gid must look like"),
         ({"endpoint": {**ENDPOINT.__dict__, "qpn": 1 << 24}}, "qpn must be an integer"),
@@ -91,8 +100,8 @@ def test_check_ack_accepts_only_what_was_sent():
         check_ack(Nack("disk full"), 10, SHA)
     with pytest.raises(TransferFailed, match="acknowledged 9 bytes"):
         check_ack(Ack(9, SHA), 10, SHA)
-    with pytest.raises(TransferFailed, match=f"but 10 bytes with sha256 {'cd' * 32}"):
-        check_ack(Ack(10, SHA), 10, "cd" * 32)
+    with pytest.raises(TransferFailed, match=f"but 10 bytes with digest blake3:{'cd' * 32}"):
+        check_ack(Ack(10, SHA), 10, "blake3:" + "cd" * 32)
     with pytest.raises(ProtocolError, match="expected ack or nack, got credit"):
         check_ack(Credit(1), 10, SHA)
 

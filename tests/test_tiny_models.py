@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from gguf import GGUFReader
 
 from inference_worker.engine import Engine, Job
+from model_swap.digest import file_sha256
 from model_swap.tiny_models import tiny_model_names, write_tiny_model, write_tiny_models
 
 
@@ -17,7 +16,7 @@ def test_names():
 
 def test_written_models_are_distinct_and_named(tmp_path):
     paths = write_tiny_models(tmp_path, count=2)
-    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    digests = {file_sha256(p) for p in paths}
     assert len(digests) == 2
     for path in paths:
         field = GGUFReader(path).fields["general.name"]

@@ -8,7 +8,6 @@ wherever pyverbs finds a device (hardware or soft-RoCE) and skip elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -22,10 +21,11 @@ from model_store_server.transport import HttpTransport
 from model_store_server.transport_factory import FallbackTransport, build_transport
 from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
+from model_swap.digest import file_digest, file_sha256
+from model_swap.probes import free_port
 from tests.conftest import A, B, ask, assert_agree, files_on_disk, store_status, worker_status
 from tests.rdma_support import (
     RDMA_PROBLEM,
-    closed_port,
     needs_rdma,
     start_rdma_worker,
     without_rdma,
@@ -45,10 +45,6 @@ def rdma_store(start_store, worker, *, allow_fallback: bool, port: int):
         worker_rdma_host="127.0.0.1",
         worker_rdma_port=port,
     )
-
-
-def sha256_of(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- settings and wiring -------------------------------------------------------------------
@@ -104,7 +100,7 @@ def assert_fell_back(store, worker, caplog, cause: str) -> None:
 
 
 def test_fallback_when_the_listener_is_unreachable(worker, start_store, caplog):
-    port = closed_port()
+    port = free_port()
     store = rdma_store(start_store, worker, allow_fallback=True, port=port)
     assert_fell_back(store, worker, caplog, f"RDMA listener at 127.0.0.1:{port} is unreachable")
 
@@ -116,7 +112,7 @@ def test_fallback_when_rdma_is_unusable_here(rdma_worker, start_store, caplog):
 
 
 def test_fallback_serves_the_next_models_too(worker, start_store):
-    store = rdma_store(start_store, worker, allow_fallback=True, port=closed_port())
+    store = rdma_store(start_store, worker, allow_fallback=True, port=free_port())
     for model in (A, B, A):
         r = ask(store, model)
         assert r.status_code == 200
@@ -143,7 +139,7 @@ def assert_failed_cleanly(store, worker, cause: str) -> None:
 
 
 def test_no_fallback_when_the_listener_is_unreachable(worker, start_store):
-    port = closed_port()
+    port = free_port()
     store = rdma_store(start_store, worker, allow_fallback=False, port=port)
     assert_failed_cleanly(store, worker, f"RDMA listener at 127.0.0.1:{port} is unreachable")
 
@@ -172,7 +168,7 @@ def test_rdma_push_end_to_end(rdma_worker, start_store, models_dir, caplog):
     assert "over rdma, loaded" in caplog.text
     assert f"received {A}: 473600 bytes in" in caplog.text  # the worker's line ends "over rdma"
     cache_dir = rdma_worker.app.extensions["model_cache"].directory
-    assert sha256_of(cache_dir / A) == sha256_of(models_dir / A)
+    assert file_sha256(cache_dir / A) == file_sha256(models_dir / A)
     assert worker_status(rdma_worker)["received"]["uploads"] == 1
     assert_agree(store, rdma_worker)
 
@@ -191,10 +187,10 @@ def test_rdma_ring_wraps_many_times(rdma_worker, models_dir):
         slots=4,
     )
     path = models_dir / B
-    result = transport.push(B, path, sha256=sha256_of(path), load=False)
+    result = transport.push(B, path, digest=file_digest(path), load=False)
     assert (result.transport, result.nbytes) == ("rdma", path.stat().st_size)
     cache_dir = rdma_worker.app.extensions["model_cache"].directory
-    assert sha256_of(cache_dir / B) == sha256_of(path)
+    assert file_sha256(cache_dir / B) == file_sha256(path)
     assert worker_status(rdma_worker)["loaded"] is None
 
 
@@ -204,8 +200,8 @@ def test_rdma_push_with_a_wrong_digest_is_nacked_and_leaves_nothing(rdma_worker,
     transport = RdmaTransport(
         client, "127.0.0.1", rdma_worker.rdma_port, connect_timeout=5, read_timeout=60
     )
-    with pytest.raises(RdmaPushFailed, match="the worker kept nothing: sha256 of the received"):
-        transport.push(A, models_dir / A, sha256="00" * 32, load=True)
+    with pytest.raises(RdmaPushFailed, match="the worker kept nothing: the received"):
+        transport.push(A, models_dir / A, digest="blake3:" + "00" * 32, load=True)
     assert files_on_disk(rdma_worker) == []
 
 
