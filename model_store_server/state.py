@@ -39,7 +39,7 @@ class Ticket:
     """The outcome of ``WorkerState.begin``.
 
     If ``owns_swap`` the caller must carry ``decision`` out on the worker and
-    then call ``finish_swap`` or ``abort_swap``. Otherwise (and after
+    then call ``finish_swap`` or ``end_swap``. Otherwise (and after
     ``finish_swap`` of an admitted request) the caller holds a generation lease
     on the loaded model and must call ``release`` once.
     """

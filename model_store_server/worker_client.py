@@ -44,7 +44,6 @@ class WorkerReport:
 
     cached: list[str]
     loaded: str | None
-    sizes: dict[str, int]
     n_ctx: int | None = None
 
 
@@ -200,7 +199,6 @@ class WorkerClient:
             return WorkerReport(
                 cached=[entry["name"] for entry in entries],
                 loaded=data["loaded"],
-                sizes={entry["name"]: int(entry["size"]) for entry in entries},
                 n_ctx=data.get("n_ctx"),
             )
         except (KeyError, TypeError, ValueError) as err:
