@@ -213,3 +213,18 @@ def test_the_fallback_benchmark_runs():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| http |" in result.stdout
     assert "| rdma, fallback (listener unreachable) |" in result.stdout
+
+
+def test_the_throughput_benchmark_runs_or_says_why_it_skipped():
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "rdma_throughput.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--sizes", "1", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    if RDMA_PROBLEM is not None:
+        assert result.stdout.strip() == f"RDMA throughput benchmark skipped: {RDMA_PROBLEM}"
+    else:
+        assert "| RDMA vs raw |" in result.stdout.splitlines()[1]
