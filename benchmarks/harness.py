@@ -38,8 +38,9 @@ def start_process(
         stderr=subprocess.STDOUT,
     )
     try:
-        url = health_url.removesuffix("/healthz")
-        wait_until_healthy(url, process=process, timeout=timeout, describe=str(args))
+        wait_until_healthy(
+            health_url, process=process, timeout=timeout, describe=str(args), path=""
+        )
     except RuntimeError as err:
         process.kill()
         raise RuntimeError(f"{err}; see {log}:\n{log.read_text()[-2000:]}") from None

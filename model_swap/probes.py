@@ -25,17 +25,18 @@ def wait_until_healthy(
     process: subprocess.Popen | None = None,
     timeout: float = 60,
     describe: str = "the service",
+    path: str = "/healthz",
 ) -> None:
-    """Block until ``GET {url}/healthz`` answers 2xx; RuntimeError if ``process`` exits first
+    """Block until ``GET {url}{path}`` answers 2xx; RuntimeError if ``process`` exits first
     or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{describe} exited with code {process.returncode} while starting")
         try:
-            if requests.get(f"{url}/healthz", timeout=1).ok:
+            if requests.get(f"{url}{path}", timeout=1).ok:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"{describe} did not answer on {url}/healthz within {timeout:g}s")
+    raise RuntimeError(f"{describe} did not answer on {url}{path} within {timeout:g}s")
