@@ -193,7 +193,7 @@ def bench_push(report, args, tmp: Path, services: Services) -> None:
         ],
         rows,
         "The HTTP push is the store's own transport (one sized body sent with sendfile(2)); the "
-        "worker reads it into reused buffers, hashes and writes them on two threads to a "
+        "worker reads it into reused buffers that a second thread hashes and writes to a "
         "temporary file, checks GGUF magic, size and digest, renames. The store announces "
         "`X-Model-Digest: blake3:<hex>` by default; the sha256 column announces "
         "`sha256:<hex>` instead (same code otherwise). The baseline sends the same file over a "
@@ -718,12 +718,22 @@ def push_only(args) -> int:
         finally:
             services.stop()
     results = args.out_dir / "RESULTS.md"
-    section = report.markdown(args).split("\n## ", 1)[1].split("\n## ", 1)[0]
+    title, header, rows, note = report.sections[0]
+    note += (
+        f" Median of {args.repeats} runs, from `uv run python benchmarks/suite.py --only push "
+        f"--push-sizes {' '.join(map(str, args.push_sizes))} --repeats {args.repeats}` on "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d')}."
+    )
+    section = "\n".join(
+        [f"## {title}", "", note, "", "| " + " | ".join(header) + " |"]
+        + ["|" + "|".join("---" for _ in header) + "|"]
+        + ["| " + " | ".join(row) + " |" for row in rows]
+    )
     if results.exists():
         text = results.read_text()
         start = text.index("\n## 1. ") + 1
         end = text.index("\n## ", start) + 1
-        results.write_text(text[:start] + "## " + section.rstrip() + "\n\n" + text[end:])
+        results.write_text(text[:start] + section + "\n\n" + text[end:])
         print(f"\nreplaced section 1 of {results}")
     return 0
 
