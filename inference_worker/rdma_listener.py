@@ -49,6 +49,7 @@ from model_swap.rdma_protocol import (
 )
 from model_swap.rdma_verbs import VerbsEndpoints
 from model_swap.serving import BackgroundServer
+from model_swap.settings import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -278,16 +279,16 @@ class RdmaListener(BackgroundServer):
         self.host = host
 
     def start(self) -> RdmaListener:
-        """Start serving; raises RdmaUnavailable if RDMA is usable here but RLIMIT_MEMLOCK
+        """Start serving; raises SettingsError if RDMA is usable here but RLIMIT_MEMLOCK
         cannot pin ``max_offers`` rings of the default chunk size."""
         try:
             usable, where = self.endpoints.check_start(
                 self.max_offers * RING_SLOTS * DEFAULT_CHUNK_BYTES,
                 f"the RDMA listener (WORKER_RDMA_MAX_OFFERS={self.max_offers})",
             )
-        except RdmaUnavailable:
+        except RdmaUnavailable as err:
             self.stop()
-            raise
+            raise SettingsError(f"WORKER_RDMA=1: {err}") from err
         if usable:
             logger.info("RDMA listener on %s:%d using %s", self.host, self.port, where)
         else:

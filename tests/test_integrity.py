@@ -8,8 +8,10 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 
+from model_swap.digest import file_digest, file_sha256
 from model_swap.tiny_models import write_tiny_model
 from tests.conftest import (
     A,
@@ -18,6 +20,7 @@ from tests.conftest import (
     ask,
     assert_agree,
     cache_dir,
+    files_on_disk,
     step,
     store_status,
     temp_files,
@@ -157,3 +160,43 @@ def test_start_removes_leftover_temp_files_and_non_gguf_files(start_worker, tmp_
     w = start_worker(model_cache_dir=cache)
     assert sorted(p.name for p in cache.iterdir()) == [A]
     assert [c["name"] for c in worker_status(w)["cached"]] == [A]
+
+
+@pytest.mark.parametrize(
+    ("headers", "complaint"),
+    [
+        ({"X-Model-Digest": "blake3:" + "0" * 64}, "has digest blake3:"),
+        ({"X-Model-Digest": "sha256:" + "0" * 64}, "has digest sha256:"),
+        ({"X-Model-Digest": "md5:" + "0" * 64}, "unknown digest algorithm 'md5'"),
+        ({"X-Model-Digest": "blake3:abc"}, "must be 64 hexadecimal characters"),
+        (
+            {"X-Model-Digest": "blake3:" + "0" * 64, "X-Model-Sha256": "0" * 64},
+            "not both",
+        ),
+    ],
+)
+def test_worker_refuses_a_wrong_or_malformed_x_model_digest(worker, models_dir, headers, complaint):
+    r = requests.post(
+        f"{worker.url}/cache_model",
+        data=(models_dir / A).read_bytes(),
+        headers={"X-Model-Name": A, **headers},
+        timeout=10,
+    )
+    assert r.status_code == 400
+    assert complaint in r.json()["error"]["message"]
+    assert worker_status(worker)["cached"] == []
+    assert files_on_disk(worker) == []
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_worker_keeps_a_sized_upload_whose_digest_matches(worker, models_dir, algorithm):
+    path = models_dir / A
+    r = requests.post(
+        f"{worker.url}/cache_model",
+        data=path.read_bytes(),
+        headers={"X-Model-Name": A, "X-Model-Digest": file_digest(path, algorithm)},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["bytes"] == path.stat().st_size
+    assert file_sha256(Path(worker_status(worker)["model_cache_dir"]) / A) == file_sha256(path)
