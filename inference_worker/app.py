@@ -250,7 +250,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     def status():
         return jsonify(
             loaded=engine.loaded,
-            cached=[{"name": f.name, "size": f.size} for f in cache.files()],
+            cached=[{"name": f.name, "size": f.size, "digest": f.digest} for f in cache.files()],
             model_cache_dir=str(cache.directory),
             received={"uploads": cache.uploads, "bytes": cache.bytes_received},
             loads=engine.loads,

@@ -67,6 +67,14 @@ class Readable(Protocol):
 class CachedFile:
     name: str
     size: int
+    digest: str | None = None  # "algorithm:hex" verified when it arrived; None if unknown
+
+
+# Where a file's verified digest is kept: an extended attribute of the file itself, so it
+# is renamed into place with the file and replaced with it (a new version never keeps an
+# old version's digest), and survives a worker restart. It also records the file's size
+# and mtime, so bytes rewritten in place later do not pass for the verified ones.
+DIGEST_XATTR = "user.model_swap.digest"
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,12 @@ class Received:
     nbytes: int
     seconds: float
     digest: str | None = None  # "algorithm:hex" of the kept file, when the sender announced one
+
+
+def _stamp(path: Path) -> str:
+    """Size and modification time: they change when the file's bytes are rewritten."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 class ModelCache:
@@ -86,6 +100,8 @@ class ModelCache:
         self.bytes_received = 0  # body bytes read since start, complete or not
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Digests recorded this run, for filesystems without user extended attributes.
+        self._digests: dict[str, str] = {}
         for leftover in self.directory.glob(f".*{TEMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
             logger.info("removed leftover temporary file %s", leftover.name)
@@ -119,8 +135,32 @@ class ModelCache:
                 except InvalidModelName:
                     continue
                 if entry.is_file():
-                    found.append(CachedFile(entry.name, entry.stat().st_size))
+                    size = entry.stat().st_size
+                    found.append(CachedFile(entry.name, size, self.digest(entry.name)))
         return sorted(found, key=lambda f: f.name)
+
+    def digest(self, name: str) -> str | None:
+        """The digest ``name`` was verified against when it arrived (None if never announced)."""
+        path = self.path(name)
+        try:
+            digest, _, stamp = os.getxattr(path, DIGEST_XATTR).decode("ascii").partition(" ")
+            # Written in place after it was verified (same inode, new bytes): not what was verified.
+            return digest if stamp == _stamp(path) else None
+        except OSError as err:
+            if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return self._digests.get(name)
+            return None  # no digest attached: not a file this worker verified
+
+    def _record_digest(self, tmp: Path, name: str, digest: str | None) -> None:
+        """Attach ``digest`` to the verified temporary file before it is renamed into place."""
+        self._digests.pop(name, None)
+        if digest is None:
+            return
+        try:
+            os.setxattr(tmp, DIGEST_XATTR, f"{digest} {_stamp(tmp)}".encode("ascii"))
+        except OSError as err:
+            logger.warning("could not record %s's digest on disk (%s); kept in memory", name, err)
+        self._digests[name] = digest
 
     def receive(
         self,
@@ -195,6 +235,7 @@ class ModelCache:
                     f"the received {name} has digest {received_digest}, "
                     f"the sender announced {expected_digest}"
                 )
+            self._record_digest(tmp, name, received_digest)
             os.replace(tmp, target)
         except OSError as err:
             tmp.unlink(missing_ok=True)
@@ -214,6 +255,7 @@ class ModelCache:
 
     def delete(self, name: str) -> bool:
         """Remove a cached model; False if it was not there."""
+        self._digests.pop(name, None)
         try:
             self.path(name).unlink()
         except FileNotFoundError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -200,3 +201,19 @@ def test_worker_keeps_a_sized_upload_whose_digest_matches(worker, models_dir, al
     assert r.status_code == 200, r.text
     assert r.json()["bytes"] == path.stat().st_size
     assert file_sha256(Path(worker_status(worker)["model_cache_dir"]) / A) == file_sha256(path)
+
+
+def test_worker_reports_the_digest_each_file_was_verified_against(worker, start_store, models_dir):
+    """The digest travels with the file (an extended attribute): reported after a restart
+    too, and gone when the file is replaced by something it never verified."""
+    from inference_worker.model_cache import ModelCache
+    from model_swap.digest import file_digest
+
+    store = start_store(worker)
+    assert ask(store, A).status_code == 200
+    cached = {entry["name"]: entry for entry in worker_status(worker)["cached"]}
+    assert cached[A]["digest"] == file_digest(models_dir / A)
+    directory = cache_dir(worker)
+    assert ModelCache(directory).digest(A) == cached[A]["digest"]  # a restarted worker's view
+    shutil.copy(models_dir / B, directory / A)  # replaced behind the worker's back
+    assert ModelCache(directory).digest(A) is None
