@@ -99,7 +99,7 @@ def _gemma(messages: list[dict]) -> ChatPrompt:
             continue
         role = "model" if message["role"] == "assistant" else "user"
         content = message["content"]
-        if system and role == "user" and not turns:
+        if system and not turns:  # Gemma's own template: in front of the first turn
             content = f"{system}\n\n{content}"
         turns.append(f"<start_of_turn>{role}\n{content}{GEMMA_END}\n")
     if not turns:  # only system messages: they are the user's turn

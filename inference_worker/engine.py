@@ -47,11 +47,14 @@ class LoadResult:
     seconds: float
 
 
-_MARKUP = re.compile(r"<[^<>\s]+>")
+# Multimodal and control markers written like words joined by underscores, such as
+# Gemma's ``<start_of_image>``; HTML tags (``<table>``, ``</s>``), which vocabularies
+# also mark user-defined, never contain an underscore and stay text.
+_MARKUP = re.compile(r"<[a-z0-9]+(?:_[a-z0-9]+)+>")
 
 
 def _is_markup(llm, token: int) -> bool:
-    """Whether ``token`` is a user-defined special token written like ``<name>``."""
+    """Whether ``token`` is a user-defined marker token such as ``<start_of_image>``."""
     attr = llama_cpp.llama_vocab_get_attr(llm._model.vocab, token)
     if not attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED:
         return False
@@ -130,6 +133,11 @@ class Generation:
         seed = self._sampling.seed
         # Every generation sets the seed: a request without one must not inherit the last one's.
         llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)
+        if seed is not None:
+            # A prompt evaluated in part from the KV cache can round differently from one
+            # evaluated whole, which changes the text; a seeded request asks for the same
+            # text every time, so its prompt is always evaluated whole.
+            llm.reset()
         started = time.perf_counter()
         count = 0
         finish = "length"
@@ -141,9 +149,8 @@ class Generation:
                 count += 1
                 if count == 1:
                     CONSOLE.info("[infer] TTFT: %.3fs", time.perf_counter() - started)
-                if self._hide_markup and _is_markup(llm, token):
-                    continue
-                text = scanner.push(decoder.decode(llm.detokenize([token])))
+                hidden = self._hide_markup and _is_markup(llm, token)
+                text = "" if hidden else scanner.push(decoder.decode(llm.detokenize([token])))
                 if text:
                     yield text
                 if scanner.stopped:

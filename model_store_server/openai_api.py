@@ -62,7 +62,7 @@ class OpenAIRequest:
 
 def _model(body: dict) -> str:
     model = body.get("model")
-    if model is None:
+    if model is None or model == "":
         raise BadRequest("model is required", param="model")
     if not isinstance(model, str):
         raise BadRequest("model must be a string", param="model")
@@ -176,8 +176,12 @@ class Outcome:
 
 
 def error_event(err: ApiError) -> bytes:
-    """The event that ends a worker stream that broke off (the swap service's ``stream_error``)."""
-    return json.dumps({"error": {"type": err.type, "message": err.message}}).encode() + b"\n"
+    """The event that ends a worker stream that broke off (the swap service's ``stream_error``).
+
+    It starts on a line of its own: the worker may have died in the middle of one.
+    """
+    body = json.dumps({"error": {"type": err.type, "message": err.message}}).encode()
+    return b"\n" + body + b"\n"
 
 
 def texts(chunks: Iterable[bytes], outcome: Outcome) -> Iterator[str]:
@@ -193,7 +197,10 @@ def texts(chunks: Iterable[bytes], outcome: Outcome) -> Iterator[str]:
         for line in lines:
             if not line:
                 continue
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # the rest of a line the worker never finished; an error event follows
             if "text" in event:
                 yield event["text"]
             elif "error" in event:

@@ -205,7 +205,8 @@ class SwapService:
                 ):
                     raise BadRequest(
                         f"max_tokens {max_tokens} exceeds the worker's context size "
-                        f"(N_CTX={self.worker_n_ctx})"
+                        f"(N_CTX={self.worker_n_ctx})",
+                        param="max_tokens",
                     )
                 ticket = self._begin(model)
                 push, worker_ms = self._carry_out(ticket, path)

@@ -127,8 +127,12 @@ def openai_error_body(
 def _render(status: int, status_type: str, message: str, param: str | None = None):
     if request.path.startswith(OPENAI_PREFIX):
         response = jsonify(openai_error_body(status, status_type, message, param))
-        if status == 503:
-            # OpenAI clients back off on Retry-After; every 503 here is worth a retry later.
+        if status == 503 and status_type == "rejected":
+            # The policy refuses until something leaves the cache: tell the OpenAI SDK not
+            # to retry (it would, twice, by default).
+            response.headers["x-should-retry"] = "false"
+        elif status == 503:
+            # OpenAI clients back off on Retry-After: busy or unreachable is worth a retry.
             response.headers["Retry-After"] = "1"
     else:
         response = jsonify(error_body(status_type, message))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from model_swap.errors import BadRequest
 
+# llama.cpp seeds are below this (its 0xFFFFFFFF means "pick a random seed").
+SEED_MODULUS = 2**32 - 1
 # At most this many stop sequences (OpenAI's limit).
 MAX_STOP_SEQUENCES = 4
 CHAT_ROLES = ("system", "user", "assistant")
@@ -92,8 +94,11 @@ def parse_sampling(body: dict) -> Sampling:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise BadRequest("seed must be an integer", param="seed")
-    if seed is not None and not 0 <= seed < 2**32 - 1:
-        raise BadRequest("seed must be between 0 and 4294967294", param="seed")
+    if seed is not None and not -(2**63) <= seed < 2**63:
+        raise BadRequest("seed must fit in 64 bits", param="seed")
+    if seed is not None:
+        # llama.cpp takes 32 bits, and 2**32 - 1 means "random": fold OpenAI's int64 into range.
+        seed %= SEED_MODULUS
     return Sampling(
         temperature=_number(body, "temperature", 0.0, 2.0),
         top_p=_number(body, "top_p", 0.0, 1.0),
@@ -151,7 +156,8 @@ def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
         if not isinstance(item, dict):
             raise BadRequest(f"{where} must be an object", param=where)
         role = item.get("role")
-        role = ROLE_ALIASES.get(role, role)
+        if isinstance(role, str):
+            role = ROLE_ALIASES.get(role, role)
         if role not in CHAT_ROLES:
             raise BadRequest(
                 f"{where}.role must be one of {', '.join(CHAT_ROLES)} (got {role!r})",

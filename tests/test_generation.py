@@ -56,6 +56,7 @@ def test_sampling_round_trip_and_defaults():
     sampling = parse_sampling(body)
     assert parse_sampling(sampling.to_json()) == sampling
     assert sampling.stop == ("x",)
+    assert parse_sampling({"seed": -1}).seed == 2**32 - 2  # int64 folded into llama.cpp's range
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_sampling_round_trip_and_defaults():
         ({"temperature": True}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
         ({"top_p": 1.5}, "top_p"),
-        ({"seed": -1}, "seed"),
+        ({"seed": 2**63}, "seed"),
         ({"stop": [1]}, "stop"),
         ({"stop": "a\x00"}, "stop"),
         ({"frequency_penalty": 2.5}, "frequency_penalty"),
@@ -92,6 +93,26 @@ def test_messages_are_flattened_to_text():
     with pytest.raises(BadRequest) as err:
         parse_messages([{"role": "user", "content": "x" * 11}], max_chars=10)
     assert err.value.param == "messages"
+
+
+def test_only_underscored_marker_tokens_count_as_markup():
+    from inference_worker.engine import _MARKUP
+
+    assert _MARKUP.fullmatch("<start_of_image>")
+    assert _MARKUP.fullmatch("<end_of_image>")
+    for text in ("<table>", "</s>", "<td>", "<b>", "<h1>", "<a>", "<br/>"):
+        assert not _MARKUP.fullmatch(text)
+
+
+def test_gemma_format_puts_the_system_message_in_the_first_turn_whoever_speaks():
+    rendered = _gemma(
+        [
+            {"role": "system", "content": "S"},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": "U"},
+        ]
+    )
+    assert rendered.text.startswith("<start_of_turn>model\nS\n\nHi<end_of_turn>\n")
 
 
 def test_fallback_chat_formats():

@@ -47,9 +47,13 @@ def get_model(model: str):
 
 def _generate(parsed: OpenAIRequest) -> Response:
     service = swap_service()
-    served = service.serve(
-        parsed.model, parsed.job, route=request.path, stream_error=openai_api.error_event
-    )
+    try:
+        served = service.serve(
+            parsed.model, parsed.job, route=request.path, stream_error=openai_api.error_event
+        )
+    except NotFound as err:
+        err.message, err.param = f"The model `{parsed.model}` does not exist", "model"
+        raise
     answer = Answer(parsed, served.model or parsed.model)
     if parsed.stream:
         events = openai_api.sse_stream(answer, served.stream)
