@@ -12,6 +12,8 @@ everywhere, each round measures (streamed, ``max_tokens`` 1, the same user text)
   is the OpenAI layer: parsing, the worker's events, SSE framing);
 - ``/v1/chat/completions`` on the store: time to the first token's event (the
   role event that precedes it is not counted);
+- the worker's own ``/infer`` with that chat request, as the store sends it
+  (time to its first byte, the first token's event): what the second hop costs;
 - ``/v1/chat/completions`` on llama-cpp-python's own server (``python -m
   llama_cpp.server``) with the same file: time to the first token's event (with
   this file its chat format often ends the turn at the first token, so that
@@ -109,6 +111,10 @@ def measure(services: Services, tmp: Path, models: Path, model: str, rounds: int
         "v1_chat": lambda: first_content_seconds(
             f"{store}/v1/chat/completions", {**chat, "stream": True}
         ),
+        # The worker alone, as the store calls it for that chat request: the second hop's cost.
+        "worker_chat": lambda: stream_timing(
+            f"{services.worker_url}/infer", {**chat, "stream_format": "events"}
+        )[0],
     }
     peer, peer_url = start_peer(tmp, models / model, model)
     try:
@@ -174,7 +180,9 @@ NOTE = (
     "Streamed hits (the model already loaded everywhere), max_tokens=1, time to the first "
     "generated text. Prompt tokens of the chat request: model-swap {ours}, llama-cpp-python's "
     "server {peer} (each renders the chat with its own fallback format when the file has no "
-    "template). `/v1/completions` sends the same raw prompt as `/user_request`."
+    "template). `/v1/completions` sends the same raw prompt as `/user_request`. The worker's "
+    "own /infer answered the store's chat request in {worker:.2f} ms: the store's hop costs "
+    "the difference."
 )
 
 
@@ -185,7 +193,11 @@ def bench_openai(report, args, tmp: Path, models: Path, services: Services, mode
         "7. OpenAI API hit latency",
         ["model", "comparison", "model-swap", "baseline", "difference", "target"],
         rows(model, result),
-        NOTE.format(ours=result["ours_chat_prompt_tokens"], peer=result["peer_chat_prompt_tokens"]),
+        NOTE.format(
+            ours=result["ours_chat_prompt_tokens"],
+            peer=result["peer_chat_prompt_tokens"],
+            worker=result["worker_chat"],
+        ),
     )
     report.data["openai"] = result
 
@@ -217,7 +229,11 @@ def main() -> int:
     for line in rows(model, result):
         print("| " + " | ".join(line) + " |")
     print(
-        NOTE.format(ours=result["ours_chat_prompt_tokens"], peer=result["peer_chat_prompt_tokens"])
+        NOTE.format(
+            ours=result["ours_chat_prompt_tokens"],
+            peer=result["peer_chat_prompt_tokens"],
+            worker=result["worker_chat"],
+        )
     )
     print(json.dumps(result))
     return 0
