@@ -8,6 +8,7 @@ a clean stop.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 from model_swap.logs import configure_logging
 from model_swap.serving import ServeOptions, serve_production
 from model_swap.settings import SettingsError
+
+# gunicorn's exit code for a worker that could not boot: the master then stops too.
+WORKER_BOOT_ERROR = 3
 
 
 def run_service(
@@ -38,8 +42,18 @@ def run_service(
         shutdown_grace=settings.shutdown_grace_seconds,
         write_timeout=settings.stream_write_timeout,
     )
+
+    def build():
+        # Some settings can only be checked by building the app (RDMA's locked-memory
+        # limit, in the serving process): the same one line, not a traceback.
+        try:
+            return create_app(settings)
+        except SettingsError as err:
+            print(f"{name}: invalid setting {err}", file=sys.stderr, flush=True)
+            os._exit(WORKER_BOOT_ERROR)
+
     try:
-        serve_production(name, lambda: create_app(settings), options)
+        serve_production(name, build, options)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 1
     return 0
