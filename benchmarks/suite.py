@@ -528,7 +528,7 @@ def bench_decisions(report, args, tmp: Path) -> None:
     names = sorted(p.name for p in models.iterdir())
     for name in names[: args.cache_entries]:  # fill the policy's 1,000 entries
         ticket = state.begin(name, timeout=5)
-        state.finish_swap(ticket)
+        state.swap(ticket).commit()
         state.release()
     timings = {"hit": [], "miss (evicts the LRU)": []}
     for i in range(2000):
@@ -543,7 +543,7 @@ def bench_decisions(report, args, tmp: Path) -> None:
         )
         timings[kind].append(ticket.decision_ms)
         if ticket.owns_swap:
-            state.finish_swap(ticket)
+            state.swap(ticket).commit()
         state.release()
 
     port = free_port()

@@ -38,10 +38,11 @@ class Busy(Exception):
 class Ticket:
     """The outcome of ``WorkerState.begin``.
 
-    If ``owns_swap`` the caller must carry ``decision`` out on the worker and
-    then call ``finish_swap`` or ``end_swap``. Otherwise (and after
-    ``finish_swap`` of an admitted request) the caller holds a generation lease
-    on the loaded model and must call ``release`` once.
+    If ``owns_swap`` the caller holds the swap slot: it carries ``decision``
+    out on the worker inside ``with state.swap(ticket) as slot:``, which
+    commits or ends the slot exactly once. Otherwise (and after the commit of
+    an admitted request) the caller holds a generation lease on the loaded
+    model and must call ``release`` once.
     """
 
     decision: Decision
@@ -89,6 +90,63 @@ def reconcile(
             to_delete.append(name)
     loaded = worker_loaded if worker_loaded in policy else None
     return to_delete, loaded
+
+
+class SwapSlot:
+    """The one swap slot, held by one caller and given back exactly once.
+
+    Granted by ``WorkerState.swap`` (to carry a ticket's decision out) or
+    ``WorkerState.exclusive`` (to sync or reset). ``commit`` records the
+    ticket's decision as done (an admitted request gets a generation lease);
+    ``end`` gives the slot back without a lease, after a failure or a sync.
+    Used as a context manager, a slot still open when its block is left is
+    ended: after an exception, as unsynced (whatever failed, the next request
+    re-reads the worker); normally, by committing the ticket, or for an
+    exclusive slot by keeping the current sync flag. Calls after the first are
+    ignored. Thread-safe.
+    """
+
+    def __init__(self, state: WorkerState, ticket: Ticket | None):
+        self._state = state
+        self.ticket = ticket
+        self._lock = threading.Lock()
+        self._open = True
+
+    def _close(self) -> bool:
+        with self._lock:
+            was_open, self._open = self._open, False
+            return was_open
+
+    def commit(self) -> None:
+        """The worker carried the ticket's decision out."""
+        if self.ticket is None:
+            raise ValueError("an exclusive slot has no decision to commit")
+        if self._close():
+            self._state._commit(self.ticket)
+
+    def end(self, *, synced: bool) -> None:
+        """Give the slot back without a lease.
+
+        ``synced`` says whether the state now matches the worker's own report;
+        if not, the next request re-reads the worker before deciding, and
+        until then the ticket's model (whose load may have failed) is not
+        counted as cached and no model as loaded: the store claims nothing it
+        has not seen the worker confirm.
+        """
+        if self._close():
+            unconfirmed = self.ticket.decision.model if self.ticket else None
+            self._state._end(synced=synced, unconfirmed=unconfirmed)
+
+    def __enter__(self) -> SwapSlot:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.end(synced=False)
+        elif self.ticket is not None:
+            self.commit()
+        else:
+            self.end(synced=self._state.synced)
 
 
 class WorkerState:
@@ -153,8 +211,13 @@ class WorkerState:
             self._cond.notify_all()
             return Ticket(decision, owns_swap=False, decision_ms=decision_ms)
 
-    def finish_swap(self, ticket: Ticket) -> None:
-        """The worker carried ``ticket``'s decision out; admitted requests get a lease."""
+    def swap(self, ticket: Ticket) -> SwapSlot:
+        """The slot ``begin`` granted with ``ticket``, for ``with state.swap(ticket) as slot:``."""
+        if not ticket.owns_swap:
+            raise ValueError("this ticket holds no swap slot")
+        return SwapSlot(self, ticket)
+
+    def _commit(self, ticket: Ticket) -> None:
         decision = ticket.decision
         with self._cond:
             if self._loaded in decision.evicted:
@@ -166,15 +229,7 @@ class WorkerState:
             self._swapping = False
             self._cond.notify_all()
 
-    def end_swap(self, *, synced: bool, unconfirmed: str | None = None) -> None:
-        """Give the swap slot back without a lease: after a failed swap or a sync.
-
-        ``synced`` says whether the state now matches the worker's own report;
-        if not, the next request re-reads the worker before deciding, and
-        until then ``unconfirmed`` (a model whose push failed) is not counted
-        as cached and no model as loaded: the store claims nothing it has not
-        seen the worker confirm.
-        """
+    def _end(self, *, synced: bool, unconfirmed: str | None) -> None:
         with self._cond:
             self._synced = synced
             if not synced:
@@ -202,10 +257,12 @@ class WorkerState:
         with self._cond:
             return self._synced
 
-    def acquire_exclusive(self, timeout: float) -> None:
+    def exclusive(self, timeout: float) -> SwapSlot:
         """Take the swap slot with nothing generating (for syncs and resets).
 
-        Release it with ``end_swap``. Raises Busy after ``timeout`` seconds.
+        Blocks; raises Busy, having changed nothing, after ``timeout`` seconds.
+        Use the slot as a context manager and end it with ``end(synced=...)``;
+        see ``SwapSlot``.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -217,6 +274,7 @@ class WorkerState:
                 self._swapping = False
                 self._cond.notify_all()
                 raise
+        return SwapSlot(self, None)
 
     def apply_worker_report(self, cached: list[str], loaded: str | None) -> list[str]:
         """Adopt the worker's report (caller holds the swap slot); returns names to delete."""

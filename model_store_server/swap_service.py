@@ -20,7 +20,7 @@ from model_store_server.cache_policy import create_policy
 from model_store_server.config import StoreSettings
 from model_store_server.decision import Action, Decision
 from model_store_server.digests import DigestCache
-from model_store_server.state import Busy, Ticket, WorkerState
+from model_store_server.state import Busy, SwapSlot, Ticket, WorkerState
 from model_store_server.transport import PushResult, Transport
 from model_store_server.transport_factory import build_transport
 from model_store_server.worker_client import (
@@ -191,50 +191,53 @@ class SwapService:
         unreachable) or WorkerError. Errors raised after the decision carry its
         headers.
         """
-        path = self.model_path(model)
-        max_tokens = job.get("max_tokens")
-        for attempt in range(1, ATTEMPTS + 1):
-            ticket: Ticket | None = None
-            worker_ms = 0.0
-            try:
-                self.ensure_synced()
-                if (
-                    self.worker_n_ctx is not None
-                    and max_tokens is not None
-                    and max_tokens > self.worker_n_ctx
-                ):
-                    raise BadRequest(
-                        f"max_tokens {max_tokens} exceeds the worker's context size "
-                        f"(N_CTX={self.worker_n_ctx})",
-                        param="max_tokens",
-                    )
-                ticket = self._begin(model)
-                push, worker_ms = self._carry_out(ticket, path)
-                if ticket.decision.action is Action.REJECTED:
-                    raise Unavailable(
-                        f"{self.settings.cache_policy}: cache is full "
-                        f"({len(self.state.policy)}/{self.state.policy.capacity}); "
-                        f"{model} was not admitted",
-                        type="rejected",
-                    )
-                stream, lease = self._start_inference(model, job)
-            except ApiError as err:
-                if _is_drift(err) and attempt < ATTEMPTS:
-                    logger.warning("the worker no longer holds %s as expected; retrying", model)
-                    continue
-                self._log_request(model, ticket, worker_ms, route)
-                if ticket is not None:
-                    err.headers.update(ticket.decision.headers())
-                raise
+        ticket: Ticket | None = None
+        worker_ms = 0.0
+        try:
+            path = self.model_path(model)
+            max_tokens = job.get("max_tokens")
+            for attempt in range(1, ATTEMPTS + 1):
+                ticket, worker_ms = None, 0.0
+                try:
+                    self.ensure_synced()
+                    if (
+                        self.worker_n_ctx is not None
+                        and max_tokens is not None
+                        and max_tokens > self.worker_n_ctx
+                    ):
+                        raise BadRequest(
+                            f"max_tokens {max_tokens} exceeds the worker's context size "
+                            f"(N_CTX={self.worker_n_ctx})",
+                            param="max_tokens",
+                        )
+                    ticket = self._begin(model)
+                    push, worker_ms = self._carry_out(ticket, path)
+                    if ticket.decision.action is Action.REJECTED:
+                        raise Unavailable(
+                            f"{self.settings.cache_policy}: cache is full "
+                            f"({len(self.state.policy)}/{self.state.policy.capacity}); "
+                            f"{model} was not admitted",
+                            type="rejected",
+                        )
+                    stream, lease = self._start_inference(model, job)
+                except ApiError as err:
+                    if _is_drift(err) and attempt < ATTEMPTS:
+                        logger.warning("the worker no longer holds %s as expected; retrying", model)
+                        continue
+                    if ticket is not None:
+                        err.headers.update(ticket.decision.headers())
+                    raise
+                return Served(
+                    decision=ticket.decision,
+                    model=stream.model,
+                    push=push,
+                    stream=self._relay(stream, lease, stream_error),
+                    close=lambda s=stream, lease=lease: (s.close(), lease.release()),
+                )
+            raise AssertionError("unreachable")
+        finally:
+            # Exactly one line per request, whatever happened (the last attempt's decision).
             self._log_request(model, ticket, worker_ms, route)
-            return Served(
-                decision=ticket.decision,
-                model=stream.model,
-                push=push,
-                stream=self._relay(stream, lease, stream_error),
-                close=lambda s=stream, lease=lease: (s.close(), lease.release()),
-            )
-        raise AssertionError("unreachable")
 
     def _begin(self, model: str) -> Ticket:
         try:
@@ -245,39 +248,48 @@ class SwapService:
     def _carry_out(self, ticket: Ticket, path: Path) -> tuple[PushResult | None, float]:
         """Perform the decision's evictions and load; returns (push, worker_ms).
 
-        On any failure the swap slot is given back after re-reading the worker.
+        The pushed file's digest is computed before anything is evicted for it,
+        so a file that cannot be read evicts nothing. On any failure (of any
+        type) the swap slot is given back after re-reading the worker, so the
+        store's view is the worker's own report.
         """
         if not ticket.owns_swap:
             return None, 0.0
         decision = ticket.decision
         push = None
         started = time.perf_counter()
-        try:
-            for victim in decision.evicted:
-                self.client.evict(victim)
-                logger.info("evicted %s from the worker", victim)
-            if decision.action is Action.LOAD_FROM_STORE:
-                push = self.transport.push(
-                    decision.model, path, digest=self.digests.digest(path), load=True
-                )
-                logger.info(
-                    "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",
-                    push.model,
-                    push.nbytes,
-                    push.seconds,
-                    push.mb_per_s,
-                    push.transport,
-                )
-            elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
-                self.client.load_local(decision.model)
-                logger.info("loaded %s from the worker's cache", decision.model)
-        except BaseException as err:
-            logger.warning("%s for %s failed: %s", decision.action, decision.model, err)
-            self.state.end_swap(synced=self._resync() is None, unconfirmed=decision.model)
-            if isinstance(err, OSError) and not isinstance(err, ApiError):
-                raise NotFound(f"model {decision.model} could not be read: {err}") from err
-            raise
-        self.state.finish_swap(ticket)
+        with self.state.swap(ticket) as slot:
+            try:
+                digest = ""
+                if decision.action is Action.LOAD_FROM_STORE:
+                    digest = self.digests.digest(path)  # OSError here: nothing evicted yet
+                for victim in decision.evicted:
+                    self.client.evict(victim)
+                    logger.info("evicted %s from the worker", victim)
+                if decision.action is Action.LOAD_FROM_STORE:
+                    push = self.transport.push(decision.model, path, digest=digest, load=True)
+                    logger.info(
+                        "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",
+                        push.model,
+                        push.nbytes,
+                        push.seconds,
+                        push.mb_per_s,
+                        push.transport,
+                    )
+                elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
+                    self.client.load_local(decision.model)
+                    logger.info("loaded %s from the worker's cache", decision.model)
+            except BaseException as err:
+                if isinstance(err, ApiError):
+                    logger.warning("%s for %s failed: %s", decision.action, decision.model, err)
+                else:
+                    logger.exception("%s for %s failed", decision.action, decision.model)
+                slot.end(synced=self._resync() is None)
+                if isinstance(err, OSError) and not isinstance(err, ApiError):
+                    raise NotFound(
+                        f"model {decision.model} could not be read from the store"
+                    ) from err
+                raise
         return push, (time.perf_counter() - started) * 1000
 
     def _start_inference(self, model: str, job: dict) -> tuple[InferenceStream, _Lease]:
@@ -300,8 +312,12 @@ class SwapService:
         """The worker's tokens; if the worker fails mid-stream, end with ``stream_error``."""
         try:
             yield from stream
-        except WorkerError as err:
-            logger.warning("generation on %s broke off: %s", stream.model, err.message)
+        except Exception as err:
+            if isinstance(err, WorkerError):
+                logger.warning("generation on %s broke off: %s", stream.model, err.message)
+            else:
+                logger.exception("generation on %s broke off", stream.model)
+                err = WorkerError(f"the generation on {stream.model} broke off")
             self.state.mark_unsynced()
             yield stream_error(err)
         finally:
@@ -327,18 +343,17 @@ class SwapService:
         """Adopt the worker's own report if the store's view may be stale."""
         if self.state.synced:
             return
-        self._exclusive()
-        if self.state.synced:  # another request synced while we waited
-            self.state.end_swap(synced=True)
-            return
-        error = self._resync()
-        self.state.end_swap(synced=error is None)
+        with self._exclusive() as slot:
+            if self.state.synced:  # another request synced while we waited
+                return
+            error = self._resync()
+            slot.end(synced=error is None)
         if error is not None:
             raise error
 
-    def _exclusive(self) -> None:
+    def _exclusive(self) -> SwapSlot:
         try:
-            self.state.acquire_exclusive(self.settings.swap_wait_timeout)
+            return self.state.exclusive(self.settings.swap_wait_timeout)
         except Busy as err:
             raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
 
@@ -354,26 +369,27 @@ class SwapService:
                 self.client.evict(name)
                 logger.info("evicted %s from the worker to restore the policy's bounds", name)
         except Exception as err:
-            if not isinstance(err, ApiError):
-                err = WorkerError(f"could not re-read the worker's state: {err}")
-            logger.warning("could not re-read the worker's state: %s", err.message)
-            return err
+            if isinstance(err, ApiError):
+                logger.warning("could not re-read the worker's state: %s", err.message)
+                return err
+            logger.exception("could not re-read the worker's state")
+            return WorkerError("could not re-read the worker's state")
         logger.info("synced with the worker: cached=%s loaded=%s", report.cached, report.loaded)
         return None
 
     def reset(self) -> list[str]:
         """Evict every model the worker holds, through the normal eviction path."""
         self.ensure_synced()
-        self._exclusive()
         evicted = []
-        try:
-            for name in self.state.policy.members():
-                self.client.evict(name)
-                evicted.append(name)
-                logger.info("evicted %s from the worker (reset)", name)
-        finally:
-            error = self._resync()
-            self.state.end_swap(synced=error is None)
+        with self._exclusive() as slot:
+            try:
+                for name in self.state.policy.members():
+                    self.client.evict(name)
+                    evicted.append(name)
+                    logger.info("evicted %s from the worker (reset)", name)
+            finally:
+                error = self._resync()
+                slot.end(synced=error is None)
         if error is not None:
             raise error
         return evicted

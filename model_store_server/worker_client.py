@@ -38,6 +38,12 @@ class WorkerError(WorkerFailed):
         self.worker_message = worker_message or message
 
 
+def _broke_off(what: str, err: BaseException) -> WorkerError:
+    """The client's fixed message for a call that failed in transit; the detail is logged."""
+    logger.warning("worker call %s failed: %r", what, err)
+    return WorkerError(f"the worker connection broke off during {what}")
+
+
 @dataclass(frozen=True)
 class WorkerReport:
     """What the worker says it holds (its ``GET /status``)."""
@@ -61,7 +67,7 @@ class InferenceStream:
             while chunk := self._response.read1(STREAM_READ_BYTES):
                 yield chunk
         except (OSError, http.client.HTTPException) as err:
-            raise WorkerError(f"worker stream broke off: {err!r}") from err
+            raise _broke_off("POST /infer (streaming)", err) from err
 
     def close(self) -> None:
         # The response owns the socket once the headers are read (Connection: close).
@@ -95,7 +101,8 @@ class WorkerClient:
             conn.connect()
         except OSError as err:
             conn.close()
-            raise WorkerUnavailable(f"worker at {self.base_url} is unreachable: {err}") from err
+            logger.warning("worker at %s is unreachable: %r", self.base_url, err)
+            raise WorkerUnavailable(f"worker at {self.base_url} is unreachable") from err
         conn.sock.settimeout(self.timeout[1])
         return conn
 
@@ -131,7 +138,7 @@ class WorkerClient:
             return conn, self._checked(conn, conn.getresponse(), what)
         except (OSError, http.client.HTTPException, UnicodeError) as err:
             conn.close()
-            raise WorkerError(f"worker call {what} failed: {err!r}") from err
+            raise _broke_off(what, err) from err
 
     def upload_file(self, path: str, source: Path, headers: dict[str, str]) -> dict:
         """POST ``source`` as one sized body, sent with sendfile(2); returns the worker's JSON.
@@ -169,14 +176,14 @@ class WorkerClient:
                     try:
                         response = conn.getresponse()
                     except (OSError, http.client.HTTPException):
-                        raise WorkerError(f"worker connection failed during {what}: {err}") from err
+                        raise _broke_off(what, err) from err
                 else:
                     response = conn.getresponse()
                 return json.loads(self._checked(conn, response, what).read() or b"{}")
             except SourceChanged:
                 raise
             except (OSError, http.client.HTTPException, ValueError) as err:
-                raise WorkerError(f"worker call {what} failed: {err!r}") from err
+                raise _broke_off(what, err) from err
             finally:
                 conn.close()
 
@@ -188,7 +195,7 @@ class WorkerClient:
         try:
             return json.loads(response.read())
         except (OSError, http.client.HTTPException, ValueError) as err:
-            raise WorkerError(f"worker answer to {method} {path} unreadable: {err!r}") from err
+            raise _broke_off(f"{method} {path}", err) from err
         finally:
             conn.close()
 
@@ -202,7 +209,8 @@ class WorkerClient:
                 n_ctx=data.get("n_ctx"),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise WorkerError(f"worker sent an unreadable status: {err!r}") from None
+            logger.warning("worker sent an unreadable status (%r): %.200r", err, data)
+            raise WorkerError("the worker's answer to GET /status is not a status report") from None
 
     def evict(self, model: str) -> None:
         try:

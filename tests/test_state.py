@@ -19,7 +19,7 @@ def state(name="lru", capacity=2):
 def serve(s: WorkerState, model: str):
     ticket = s.begin(model, timeout=5)
     if ticket.owns_swap:
-        s.finish_swap(ticket)
+        s.swap(ticket).commit()
     return ticket
 
 
@@ -36,7 +36,7 @@ def test_second_request_waits_for_swap_and_sees_already_loaded():
     t.start()
     time.sleep(0.05)
     assert t.is_alive(), "second request must wait for the swap in progress"
-    s.finish_swap(first)
+    s.swap(first).commit()
     t.join(5)
     assert result["ticket"].decision.action is Action.ALREADY_LOADED
     assert not result["ticket"].owns_swap
@@ -50,7 +50,7 @@ def test_swap_waits_for_running_generation():
     def other():
         ticket = s.begin("B", timeout=5)
         order.append("swap-decided")
-        s.finish_swap(ticket)
+        s.swap(ticket).commit()
 
     t = threading.Thread(target=other)
     t.start()
@@ -99,7 +99,7 @@ def test_new_hits_wait_behind_a_pending_swap():
 
     def swapper():
         ticket = s.begin("B", timeout=5)
-        s.finish_swap(ticket)
+        s.swap(ticket).commit()
         swapped.set()
 
     t = threading.Thread(target=swapper)
