@@ -193,11 +193,12 @@ class SwapService:
         """
         ticket: Ticket | None = None
         worker_ms = 0.0
+        evicted: list[str] = []  # evictions carried out on the worker, for the log line
         try:
             path = self.model_path(model)
             max_tokens = job.get("max_tokens")
             for attempt in range(1, ATTEMPTS + 1):
-                ticket, worker_ms = None, 0.0
+                ticket, worker_ms, evicted = None, 0.0, []
                 try:
                     self.ensure_synced()
                     if (
@@ -211,7 +212,7 @@ class SwapService:
                             param="max_tokens",
                         )
                     ticket = self._begin(model)
-                    push, worker_ms = self._carry_out(ticket, path)
+                    push, worker_ms = self._carry_out(ticket, path, evicted)
                     if ticket.decision.action is Action.REJECTED:
                         raise Unavailable(
                             f"{self.settings.cache_policy}: cache is full "
@@ -225,7 +226,10 @@ class SwapService:
                         logger.warning("the worker no longer holds %s as expected; retrying", model)
                         continue
                     if ticket is not None:
-                        err.headers.update(ticket.decision.headers())
+                        headers = ticket.decision.headers()
+                        # A failed swap tells only what it did: evictions carried out.
+                        headers["X-Evicted"] = ",".join(evicted)
+                        err.headers.update(headers)
                     raise
                 return Served(
                     decision=ticket.decision,
@@ -237,7 +241,7 @@ class SwapService:
             raise AssertionError("unreachable")
         finally:
             # Exactly one line per request, whatever happened (the last attempt's decision).
-            self._log_request(model, ticket, worker_ms, route)
+            self._log_request(model, ticket, worker_ms, evicted, route)
 
     def _begin(self, model: str) -> Ticket:
         try:
@@ -245,8 +249,12 @@ class SwapService:
         except Busy as err:
             raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
 
-    def _carry_out(self, ticket: Ticket, path: Path) -> tuple[PushResult | None, float]:
+    def _carry_out(
+        self, ticket: Ticket, path: Path, evicted: list[str]
+    ) -> tuple[PushResult | None, float]:
         """Perform the decision's evictions and load; returns (push, worker_ms).
+
+        Each eviction is appended to ``evicted`` once the worker has done it.
 
         The pushed file's digest is computed before anything is evicted for it,
         so a file that cannot be read evicts nothing. On any failure (of any
@@ -265,6 +273,7 @@ class SwapService:
                     digest = self.digests.digest(path)  # OSError here: nothing evicted yet
                 for victim in decision.evicted:
                     self.client.evict(victim)
+                    evicted.append(victim)
                     logger.info("evicted %s from the worker", victim)
                 if decision.action is Action.LOAD_FROM_STORE:
                     push = self.transport.push(decision.model, path, digest=digest, load=True)
@@ -397,9 +406,15 @@ class SwapService:
     # -- observing ------------------------------------------------------------------------
 
     def _log_request(
-        self, model: str, ticket: Ticket | None, worker_ms: float, route: str = SEED_ROUTE
+        self,
+        model: str,
+        ticket: Ticket | None,
+        worker_ms: float,
+        evicted: list[str],
+        route: str = SEED_ROUTE,
     ) -> None:
-        """The one ``[/user_request]`` line per request (action ``none`` if never decided).
+        """The one ``[/user_request]`` line per request (action ``none`` if never decided);
+        ``evicted`` lists the evictions carried out on the worker.
 
         Requests that came in on another route (the OpenAI API) end with ``path=<route>``.
         """
@@ -414,7 +429,7 @@ class SwapService:
             ticket.decision_ms if ticket else 0.0,
             worker_ms,
             ",".join(entry.name for entry in snapshot.cached),
-            ",".join(ticket.decision.evicted) if ticket else "",
+            ",".join(evicted),
             "" if route == SEED_ROUTE else f" path={route}",
         )
 

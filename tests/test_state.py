@@ -131,3 +131,62 @@ def test_rejection_does_not_wait_for_generations():
     ticket = s.begin("C", timeout=5)
     assert ticket.decision.action is Action.REJECTED
     assert time.monotonic() - started < 1
+
+
+class Boom(BaseException):
+    """Not even an Exception: the slot must still be given back."""
+
+
+@pytest.mark.parametrize("error", [TypeError, KeyError, OSError, MemoryError, Boom])
+def test_any_failure_inside_a_swap_ends_the_slot_unsynced(error):
+    s = state()
+    ticket = s.begin("A", timeout=5)
+    with pytest.raises(error), s.swap(ticket):
+        raise error("while carrying the decision out")
+    snapshot = s.snapshot()
+    assert not snapshot.swapping and not snapshot.synced
+    assert snapshot.cached == () and snapshot.loaded is None  # "A" was never confirmed
+    assert snapshot.generating == 0
+    assert s.begin("B", timeout=0.1).owns_swap  # the next request does not wait
+
+
+def test_a_swap_left_normally_commits_once():
+    s = state()
+    ticket = s.begin("A", timeout=5)
+    with s.swap(ticket) as slot:
+        pass
+    slot.commit()  # a second end is ignored
+    slot.end(synced=False)
+    snapshot = s.snapshot()
+    assert snapshot.loaded == "A" and snapshot.generating == 1 and not snapshot.swapping
+
+
+def test_a_ticket_without_the_slot_cannot_swap():
+    s = state()
+    serve(s, "A")
+    s.release()
+    ticket = s.begin("A", timeout=5)
+    assert not ticket.owns_swap
+    with pytest.raises(ValueError):
+        s.swap(ticket)
+
+
+def test_exclusive_slot_keeps_or_drops_the_sync_flag():
+    s = state()
+    with s.exclusive(timeout=1) as slot:
+        slot.end(synced=True)
+    assert s.synced and not s.snapshot().swapping
+    with pytest.raises(KeyError), s.exclusive(timeout=1):
+        raise KeyError("worker report")
+    assert not s.synced and not s.snapshot().swapping
+
+
+def test_exclusive_waits_for_generations_and_is_bounded():
+    s = state()
+    serve(s, "A")  # a generation holds a lease
+    with pytest.raises(Busy):
+        s.exclusive(timeout=0.05)
+    assert not s.snapshot().swapping
+    s.release()
+    with s.exclusive(timeout=1):
+        assert s.snapshot().swapping
