@@ -194,8 +194,11 @@ class WorkerClient:
         conn, response = self._call(method, path, body, headers or {})
         try:
             return json.loads(response.read())
-        except (OSError, http.client.HTTPException, ValueError) as err:
+        except (OSError, http.client.HTTPException) as err:
             raise _broke_off(f"{method} {path}", err) from err
+        except ValueError as err:
+            logger.warning("worker answer to %s %s is not JSON: %r", method, path, err)
+            raise WorkerError(f"the worker's answer to {method} {path} is not JSON") from err
         finally:
             conn.close()
 

@@ -146,3 +146,21 @@ def test_worker_failures_carry_fixed_messages(start_store, worker):
     assert r.status_code == 503
     assert r.json()["error"]["message"] == "worker at http://127.0.0.1:9 is unreachable"
     assert_no_exception_text(r.text)
+
+
+def test_openai_request_failing_unexpectedly_logs_one_line(worker, start_store, caplog):
+    store = start_store(worker)
+    use_transport(store, TypeErrorBeforePush)
+    with caplog.at_level(logging.INFO, logger="model_swap.console"):
+        r = requests.post(
+            f"{store.url}/v1/completions",
+            json={"model": A, "prompt": "x", "max_tokens": 2},
+            timeout=30,
+        )
+    assert r.status_code == 500
+    assert r.headers["X-Request-Id"] in r.json()["error"]["message"]
+    assert_no_exception_text(r.text)
+    lines = console_lines(caplog)
+    assert len(lines) == 1 and lines[0].endswith(" path=/v1/completions")
+    assert "action=load_from_store" in lines[0]
+    assert_agree(store, worker)
