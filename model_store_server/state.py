@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from model_store_server.cache_policy import CachePolicy
 from model_store_server.decision import (
@@ -48,6 +48,7 @@ class Ticket:
     decision: Decision
     owns_swap: bool
     decision_ms: float
+    version: str | None = None  # the digest of the model's file this ticket serves
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ class WorkerState:
         self._active = 0
         self._swapping = False
         self._synced = False
+        # The digest of each cached model's copy on the worker (None: unknown, never trusted).
+        self._versions: dict[str, str | None] = {}
 
     # -- waiting -----------------------------------------------------------------
 
@@ -171,9 +174,16 @@ class WorkerState:
 
     # -- requests ----------------------------------------------------------------
 
-    def begin(self, model: str, timeout: float) -> Ticket:
+    def _stale(self, model: str, version: str | None) -> bool:
+        """Whether the worker's copy of ``model`` is another version than ``version``."""
+        return version is not None and model in self.policy and self._versions.get(model) != version
+
+    def begin(self, model: str, timeout: float, version: str | None = None) -> Ticket:
         """Decide how to serve ``model``, waiting (at most ``timeout`` s) for its turn.
 
+        ``version`` is the digest of the store's file now: a worker copy of
+        another version is stale, and is evicted and replaced by a push
+        (``X-Evicted`` names the model itself). None skips the check.
         Raises Busy, having changed nothing, if the wait exceeds ``timeout``.
         """
         deadline = time.monotonic() + timeout
@@ -183,9 +193,10 @@ class WorkerState:
             if self._active and self._loaded in policy:
                 # A model that is generating is in use, not idle: a TTL never expires it.
                 policy.touch(self._loaded)
-                if would_replace_loaded(policy, model, self._loaded) and not would_reject(
-                    policy, model
-                ):
+                replaces = would_replace_loaded(policy, model, self._loaded) or (
+                    model == self._loaded and self._stale(model, version)
+                )
+                if replaces and not would_reject(policy, model):
                     # Stop new generations on the loaded model and let running ones
                     # finish before deciding; on timeout nothing has changed.
                     self._swapping = True
@@ -200,16 +211,21 @@ class WorkerState:
                         self._cond.notify_all()
                         raise
             started = time.perf_counter()
+            stale = self._stale(model, version)
+            if stale:
+                policy.discard(model)  # decided anew: it is admitted like a missing model
             decision = decide(policy, model, self._loaded)
+            if stale:
+                decision = replace(decision, evicted=(model, *decision.evicted))
             decision_ms = (time.perf_counter() - started) * 1000
             if decision.changes_worker:
                 self._swapping = True
-                return Ticket(decision, owns_swap=True, decision_ms=decision_ms)
+                return Ticket(decision, owns_swap=True, decision_ms=decision_ms, version=version)
             self._swapping = False
             if decision.action is not Action.REJECTED:
                 self._active += 1
             self._cond.notify_all()
-            return Ticket(decision, owns_swap=False, decision_ms=decision_ms)
+            return Ticket(decision, owns_swap=False, decision_ms=decision_ms, version=version)
 
     def swap(self, ticket: Ticket) -> SwapSlot:
         """The slot ``begin`` granted with ``ticket``, for ``with state.swap(ticket) as slot:``."""
@@ -220,6 +236,10 @@ class WorkerState:
     def _commit(self, ticket: Ticket) -> None:
         decision = ticket.decision
         with self._cond:
+            for name in decision.evicted:
+                self._versions.pop(name, None)
+            if decision.action is Action.LOAD_FROM_STORE:
+                self._versions[decision.model] = ticket.version
             if self._loaded in decision.evicted:
                 self._loaded = None
             if decision.action in (Action.LOAD_FROM_STORE, Action.LOAD_FROM_LOCAL_STORE):
@@ -236,6 +256,7 @@ class WorkerState:
                 self._loaded = None
                 if unconfirmed is not None:
                     self.policy.discard(unconfirmed)
+                    self._versions.pop(unconfirmed, None)
             self._swapping = False
             self._cond.notify_all()
 
@@ -276,9 +297,15 @@ class WorkerState:
                 raise
         return SwapSlot(self, None)
 
-    def apply_worker_report(self, cached: list[str], loaded: str | None) -> list[str]:
-        """Adopt the worker's report (caller holds the swap slot); returns names to delete."""
+    def apply_worker_report(
+        self, cached: list[str], loaded: str | None, digests: dict[str, str | None] | None = None
+    ) -> list[str]:
+        """Adopt the worker's report (caller holds the swap slot); returns names to delete.
+
+        ``digests`` are the versions of the worker's files (missing: unknown).
+        """
         with self._cond:
+            self._versions = {name: (digests or {}).get(name) for name in cached}
             to_delete, self._loaded = reconcile(self.policy, cached, loaded)
             if self._loaded in to_delete:
                 self._loaded = None

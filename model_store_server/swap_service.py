@@ -196,6 +196,7 @@ class SwapService:
         evicted: list[str] = []  # evictions carried out on the worker, for the log line
         try:
             path = self.model_path(model)
+            version = self._version(path)
             max_tokens = job.get("max_tokens")
             for attempt in range(1, ATTEMPTS + 1):
                 ticket, worker_ms, evicted = None, 0.0, []
@@ -211,7 +212,7 @@ class SwapService:
                             f"(N_CTX={self.worker_n_ctx})",
                             param="max_tokens",
                         )
-                    ticket = self._begin(model)
+                    ticket = self._begin(model, version)
                     push, worker_ms = self._carry_out(ticket, path, evicted)
                     if ticket.decision.action is Action.REJECTED:
                         raise Unavailable(
@@ -243,9 +244,21 @@ class SwapService:
             # Exactly one line per request, whatever happened (the last attempt's decision).
             self._log_request(model, ticket, worker_ms, evicted, route)
 
-    def _begin(self, model: str) -> Ticket:
+    def _version(self, path: Path) -> str:
+        """The digest of the store's file as it is now (hashed once per file version).
+
+        Known before anything is decided or evicted: a file that cannot be read
+        changes nothing.
+        """
         try:
-            return self.state.begin(model, self.settings.swap_wait_timeout)
+            return self.digests.digest(path)
+        except OSError as err:
+            logger.warning("could not read %s: %r", path, err)
+            raise NotFound(f"model {path.name} could not be read from the store") from err
+
+    def _begin(self, model: str, version: str | None = None) -> Ticket:
+        try:
+            return self.state.begin(model, self.settings.swap_wait_timeout, version)
         except Busy as err:
             raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
 
@@ -270,7 +283,8 @@ class SwapService:
             try:
                 digest = ""
                 if decision.action is Action.LOAD_FROM_STORE:
-                    digest = self.digests.digest(path)  # OSError here: nothing evicted yet
+                    # The version this ticket decided on; known before anything is evicted.
+                    digest = ticket.version or self.digests.digest(path)
                 for victim in decision.evicted:
                     self.client.evict(victim)
                     evicted.append(victim)
@@ -374,7 +388,8 @@ class SwapService:
         try:
             report = self.client.status()
             self.worker_n_ctx = report.n_ctx
-            for name in self.state.apply_worker_report(report.cached, report.loaded):
+            bounds = self.state.apply_worker_report(report.cached, report.loaded, report.digests)
+            for name in bounds:
                 self.client.evict(name)
                 logger.info("evicted %s from the worker to restore the policy's bounds", name)
         except Exception as err:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -51,6 +51,8 @@ class WorkerReport:
     cached: list[str]
     loaded: str | None
     n_ctx: int | None = None
+    # The digest each cached file was verified against (None: the worker does not know).
+    digests: dict[str, str | None] = field(default_factory=dict)
 
 
 class InferenceStream:
@@ -210,6 +212,7 @@ class WorkerClient:
                 cached=[entry["name"] for entry in entries],
                 loaded=data["loaded"],
                 n_ctx=data.get("n_ctx"),
+                digests={entry["name"]: entry.get("digest") for entry in entries},
             )
         except (KeyError, TypeError, ValueError) as err:
             logger.warning("worker sent an unreadable status (%r): %.200r", err, data)

@@ -11,6 +11,7 @@ import requests
 
 from inference_worker.app import create_app as create_worker_app
 from inference_worker.config import WorkerSettings
+from model_swap.digest import file_digest
 from model_swap.serving import ServerThread
 from tests.conftest import A, B, ask, assert_agree, start_generation, store_status, worker_status
 
@@ -136,10 +137,12 @@ def test_deleting_an_idle_file_does_not_wait_for_generation(worker, models_dir, 
 
 def test_store_start_reapplies_the_policy_bounds(worker, start_store, models_dir):
     for name in (A, B, "tiny-c.gguf"):
+        # Announced with their digest, as a store pushes: the worker then knows their version.
+        headers = {"X-Model-Name": name, "X-Model-Digest": file_digest(models_dir / name)}
         requests.post(
             f"{worker.url}/cache_model",
             data=(models_dir / name).read_bytes(),
-            headers={"X-Model-Name": name},
+            headers=headers,
             timeout=30,
         ).raise_for_status()
     store = start_store(worker, cache_policy="lru", max_cache_size=2)

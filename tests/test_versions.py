@@ -1,0 +1,104 @@
+"""Versioned models: a file replaced in MODELS_DIR is pushed again; a stale copy is never served."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import requests
+
+from model_swap.digest import file_digest
+from model_swap.tiny_models import write_tiny_model
+from tests.conftest import A, B, C, ask, assert_agree, cache_dir, step, worker_status
+
+
+def replace(models_dir, name: str, source: str) -> str:
+    """Put ``source``'s bytes under ``name`` (a new file, renamed over the old); its digest."""
+    tmp = models_dir / f".{name}.new"
+    shutil.copy(models_dir / source, tmp)
+    tmp.replace(models_dir / name)
+    return file_digest(models_dir / name)
+
+
+def worker_digest(worker, name: str) -> str | None:
+    return {e["name"]: e["digest"] for e in worker_status(worker)["cached"]}.get(name)
+
+
+def greedy(store, model: str) -> str:
+    r = requests.post(
+        f"{store.url}/v1/completions",
+        json={"model": model, "prompt": "hi", "max_tokens": 12, "temperature": 0},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["loaded", "cached"])
+def test_replaced_file_is_pushed_again(worker, start_store, models_dir, loaded):
+    store = start_store(worker, cache_policy="lru", max_cache_size=2)
+    step(store, worker, A, "load_from_store")
+    if not loaded:
+        step(store, worker, B, "load_from_store")
+    uploads = worker_status(worker)["received"]["uploads"]
+    new_digest = replace(models_dir, A, C)  # A's name, C's weights
+
+    r = ask(store, A)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Cache-Action"] == "load_from_store"
+    assert A in r.headers["X-Evicted"].split(",")  # the old version left the worker
+    assert worker_status(worker)["received"]["uploads"] == uploads + 1
+    assert worker_digest(worker, A) == new_digest
+    assert worker_status(worker)["loaded"] == A
+    assert_agree(store, worker)
+    step(store, worker, A, "already_loaded")  # the new version is now the current one
+
+
+def test_worker_serves_the_new_weights(worker, start_store, models_dir):
+    store = start_store(worker, cache_policy="lru", max_cache_size=2)
+    old_c = greedy(store, C)
+    old_a = greedy(store, A)
+    assert old_a != old_c  # different random weights, different greedy text
+    replace(models_dir, A, C)
+    assert greedy(store, A) == old_c
+
+
+def test_replaced_file_after_a_store_restart(servers, worker, start_store, models_dir):
+    store = start_store(worker)
+    step(store, worker, A, "load_from_store")
+    store.stop()
+    servers.remove(store)
+    new_digest = replace(models_dir, A, B)
+    store = start_store(worker)  # adopts the worker's files with their digests
+    r = ask(store, A)
+    assert r.headers["X-Cache-Action"] == "load_from_store"
+    assert worker_digest(worker, A) == new_digest
+    assert_agree(store, worker)
+
+
+def test_unchanged_file_after_a_store_restart_loads_locally(servers, worker, start_store):
+    store = start_store(worker, cache_policy="lru", max_cache_size=2)
+    step(store, worker, A, "load_from_store")
+    step(store, worker, B, "load_from_store")
+    store.stop()
+    servers.remove(store)
+    store = start_store(worker, cache_policy="lru", max_cache_size=2)
+    step(store, worker, A, "load_from_local_store")
+
+
+def test_file_of_unknown_version_on_the_worker_is_replaced(worker, start_store, models_dir):
+    """A file the worker never verified (put there by hand) is not trusted."""
+    shutil.copy(models_dir / A, cache_dir(worker) / A)
+    store = start_store(worker)
+    r = ask(store, A)
+    assert r.headers["X-Cache-Action"] == "load_from_store"
+    assert worker_digest(worker, A) == file_digest(models_dir / A)
+
+
+def test_touched_but_identical_file_is_not_pushed_again(worker, start_store, models_dir):
+    store = start_store(worker)
+    step(store, worker, A, "load_from_store")
+    write_tiny_model(models_dir / "copy.gguf")
+    shutil.copy(models_dir / A, models_dir / "copy.gguf")
+    replace(models_dir, A, "copy.gguf")  # same bytes, new inode and mtime
+    step(store, worker, A, "already_loaded")
