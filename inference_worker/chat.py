@@ -21,10 +21,13 @@ the text that ends the assistant's turn (a stop sequence).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import jinja2
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+logger = logging.getLogger(__name__)
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 ARCHITECTURE_KEY = "general.architecture"
@@ -70,9 +73,14 @@ class ChatTemplate:
             return _gemma(messages) if self.source == "gemma" else _chatml(messages)
         try:
             rendered = self._formatter(messages=messages)
-        except (jinja2.TemplateError, ValueError, TypeError) as err:
+        except ValueError as err:  # the template's own raise_exception("...")
             raise ChatTemplateError(
                 f"the model's chat template refused the messages: {err}"
+            ) from None
+        except (jinja2.TemplateError, TypeError) as err:
+            logger.warning("the chat template failed: %r", err)
+            raise ChatTemplateError(
+                "the model's chat template could not render these messages"
             ) from None
         stops = tuple(s for s in (rendered.stop or ()) if s)
         has_bos = bool(self._bos) and rendered.prompt.startswith(self._bos)

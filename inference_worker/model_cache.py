@@ -22,6 +22,7 @@ from typing import Protocol
 
 from inference_worker.pipeline import BufferPipeline
 from model_swap.digest import hasher
+from model_swap.errors import cause
 from model_swap.names import InvalidModelName, validate_model_name
 
 # An upload is read into BUFFERS reused buffers of BLOCK_BYTES each (bounds memory).
@@ -209,7 +210,8 @@ class ModelCache:
                     try:
                         count = source.readinto(buffer)
                     except (OSError, ValueError) as err:  # broken framing, client gone
-                        raise IncompleteUpload(f"body broke off: {err}") from err
+                        logger.info("upload of %s broke off: %r", name, err)
+                        raise IncompleteUpload(f"body broke off: {cause(err)}") from err
                     if not count:
                         break
                     if len(head) < len(GGUF_MAGIC):
@@ -240,7 +242,9 @@ class ModelCache:
         except OSError as err:
             tmp.unlink(missing_ok=True)
             if err.errno in _NO_SPACE_ERRNOS:
-                raise NoSpace(f"the cache's disk filled up while receiving {name}: {err}") from err
+                raise NoSpace(
+                    f"the cache's disk filled up while receiving {name}: {cause(err)}"
+                ) from err
             raise
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 
 from inference_worker.model_cache import ModelCache, NoSpace, Received, UploadRejected
+from model_swap.errors import cause
 from model_swap.rdma_protocol import (
     DEFAULT_CHUNK_BYTES,
     RING_SLOTS,
@@ -75,7 +76,7 @@ def answer_push(
         return None
     except Exception as err:  # noqa: BLE001 - an unexpected failure is still a nack
         logger.warning("RDMA push of %s failed, nothing kept", offer.model, exc_info=True)
-        channel.send_quietly(Nack(f"unexpected {err!r}"))
+        channel.send_quietly(Nack(cause(err)))
         return None
     channel.send(Ack(received.nbytes, received.digest))
     return received
@@ -176,8 +177,8 @@ def serve_push(
 
 
 def _refuse(channel: ControlChannel, offer: Offer, peer: str, err: BaseException) -> None:
-    reason = str(err) if isinstance(err, RdmaError) else f"unexpected {err!r}"
-    logger.warning("refused the RDMA push of %s from %s: %s", offer.model, peer, reason)
+    reason = str(err) if isinstance(err, RdmaError) else cause(err)
+    logger.warning("refused the RDMA push of %s from %s: %r", offer.model, peer, err)
     channel.send_quietly(Refuse(reason))
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from model_store_server.transport import PushResult, Transport
 from model_store_server.worker_client import WorkerClient, WorkerError
+from model_swap.errors import cause
 from model_swap.rdma_protocol import (
     DEFAULT_CHUNK_BYTES,
     RING_SLOTS,
@@ -104,11 +105,11 @@ class RdmaTransport(Transport):
             try:
                 self._send(model, source, size, digest)
             except Exception as err:  # noqa: BLE001 - every failure of this backend is its own
-                cause = str(err) if isinstance(err, RdmaError) else f"unexpected {err!r}"
+                why = str(err) if isinstance(err, RdmaError) else cause(err)
                 if not isinstance(err, RdmaError):
                     logger.warning("RDMA push of %s failed unexpectedly", model, exc_info=True)
                 raise RdmaPushFailed(
-                    f"RDMA push of {model} to {self.host}:{self.port} failed: {cause}"
+                    f"RDMA push of {model} to {self.host}:{self.port} failed: {why}"
                 ) from err
         if load:
             self._client.load_local(model)

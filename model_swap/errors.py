@@ -90,6 +90,15 @@ class Unavailable(ApiError):
             self.type = type
 
 
+def cause(err: BaseException) -> str:
+    """What a client may be told about ``err``: an OS error's description (``Connection
+    refused``) or, for anything else, only its class; never the exception's own text,
+    which can carry paths, hosts or data (log the full error next to it)."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return f"unexpected {type(err).__name__}"
+
+
 def error_body(status_type: str, message: str) -> dict:
     return {"error": {"message": message, "type": status_type}}
 

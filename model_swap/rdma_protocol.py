@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from model_swap.digest import InvalidDigest, parse_digest
+from model_swap.errors import cause
 from model_swap.names import InvalidModelName, validate_model_name
 
 PROTOCOL = 2
@@ -360,14 +361,16 @@ class ControlChannel:
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as err:
-            raise RdmaUnavailable(f"RDMA listener at {host}:{port} is unreachable: {err}") from err
+            raise RdmaUnavailable(
+                f"RDMA listener at {host}:{port} is unreachable: {cause(err)}"
+            ) from err
         return cls(sock, timeout=timeout)
 
     def send(self, message: Message) -> None:
         try:
             self.sock.sendall(encode(message))
         except OSError as err:
-            raise TransferFailed(f"control connection broke while sending: {err}") from err
+            raise TransferFailed(f"control connection broke while sending: {cause(err)}") from err
 
     def send_quietly(self, message: Message) -> None:
         """Best effort: the peer may be gone already."""
@@ -397,7 +400,7 @@ class ControlChannel:
                     f"the peer sent nothing for {self.sock.gettimeout():g}s"
                 ) from None
             except OSError as err:
-                raise TransferFailed(f"control connection broke: {err}") from err
+                raise TransferFailed(f"control connection broke: {cause(err)}") from err
             if not chunk:
                 raise TransferFailed("the peer closed the control connection")
             chunks.append(chunk)
