@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
 from model_swap.logs import configure_logging
+from model_swap.probes import wait_until_healthy
 from model_swap.serving import die_with_parent
 from model_swap.settings import SettingsError
 
@@ -75,19 +74,11 @@ STOP_MARGIN = 10.0
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, name: str, stopping: list[int]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    def check() -> None:
         if stopping:
             raise _Stopping()
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {process.returncode} during start-up")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer on {url} within {START_TIMEOUT:.0f}s")
+
+    wait_until_healthy(url, process=process, timeout=START_TIMEOUT, describe=name, check=check)
 
 
 def _start_child(module: str, env: dict[str, str]) -> subprocess.Popen:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 
 import requests
 
@@ -26,11 +27,14 @@ def wait_until_healthy(
     timeout: float = 60,
     describe: str = "the service",
     path: str = "/healthz",
+    check: Callable[[], None] | None = None,
 ) -> None:
     """Block until ``GET {url}{path}`` answers 2xx; RuntimeError if ``process`` exits first
-    or ``timeout`` seconds pass."""
+    or ``timeout`` seconds pass. ``check`` runs before each try and may raise to give up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if check is not None:
+            check()
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{describe} exited with code {process.returncode} while starting")
         try:

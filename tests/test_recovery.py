@@ -13,7 +13,16 @@ from inference_worker.app import create_app as create_worker_app
 from inference_worker.config import WorkerSettings
 from model_swap.digest import file_digest
 from model_swap.serving import ServerThread
-from tests.conftest import A, B, ask, assert_agree, start_generation, store_status, worker_status
+from tests.conftest import (
+    A,
+    B,
+    ask,
+    assert_agree,
+    start_generation,
+    store_status,
+    upload_to_worker,
+    worker_status,
+)
 
 
 def restart_worker(servers, old: ServerThread, cache_dir) -> ServerThread:
@@ -116,12 +125,7 @@ def test_every_decided_request_logs_one_line(worker, start_store, caplog):
 
 def test_deleting_an_idle_file_does_not_wait_for_generation(worker, models_dir, caplog):
     for name, endpoint in ((B, "/cache_model"), (A, "/load_model_from_store")):
-        requests.post(
-            f"{worker.url}{endpoint}",
-            data=(models_dir / name).read_bytes(),
-            headers={"X-Model-Name": name},
-            timeout=30,
-        ).raise_for_status()
+        upload_to_worker(worker, models_dir, name, endpoint)
     long = requests.post(
         f"{worker.url}/infer", json={"prompt": "x", "max_tokens": 1500}, stream=True, timeout=60
     )
