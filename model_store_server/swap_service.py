@@ -8,6 +8,7 @@ whenever a worker call fails or contradicts the store's view.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -74,6 +75,15 @@ def stream_error_marker(err: ApiError) -> bytes:
 def _is_drift(err: ApiError) -> bool:
     """The worker lacks a model the store believed it held (it restarted or lost files)."""
     return isinstance(err, WorkerError) and err.worker_status in (404, 409)
+
+
+def _close_generation(stream: InferenceStream, lease: _Lease) -> None:
+    """End a relayed generation: close the worker's stream, then release the lease
+    even if closing failed (a held lease would make every later swap wait)."""
+    try:
+        stream.close()
+    finally:
+        lease.release()
 
 
 class _Lease:
@@ -237,7 +247,7 @@ class SwapService:
                     model=stream.model,
                     push=push,
                     stream=self._relay(stream, lease, stream_error),
-                    close=lambda s=stream, lease=lease: (s.close(), lease.release()),
+                    close=functools.partial(_close_generation, stream, lease),
                 )
             raise AssertionError("unreachable")
         finally:

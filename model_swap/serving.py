@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from werkzeug.serving import make_server
 
-from model_swap.wsgi_input import direct_body, with_readinto_input
+from model_swap.wsgi_input import LazyDirectBody, with_readinto_input
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +133,7 @@ def production_app(app, write_timeout: float):
         if client is not None:
             client.settimeout(write_timeout)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            direct = direct_body(environ["wsgi.input"], client)
-            if direct is not None:
-                environ["wsgi.input"] = direct
+            environ["wsgi.input"] = LazyDirectBody(environ["wsgi.input"], client)
         return with_readinto_input(app)(environ, start_response)
 
     return wrapped

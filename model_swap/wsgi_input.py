@@ -183,3 +183,28 @@ def direct_body(body, sock: socket.socket) -> _DirectBody | None:
     ):
         return _ChunkedBody(body, reader.req.unreader.take_buffered(), sock)
     return None
+
+
+class LazyDirectBody(io.RawIOBase):
+    """gunicorn's ``wsgi.input``, switched to ``direct_body`` at the first read.
+
+    Taking gunicorn's read-ahead before the app runs would lose it for a
+    request the app answers without reading its body (a 401, a 413, a 400 on
+    a missing header): gunicorn would then skip the body's length in bytes of
+    the connection's *next* request. Deciding at the first read leaves an
+    unread body entirely to gunicorn, which discards it correctly.
+    """
+
+    def __init__(self, body, sock: socket.socket):
+        super().__init__()
+        self._body = body
+        self._sock = sock
+        self._reader = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._reader is None:
+            self._reader = direct_body(self._body, self._sock) or _ReadIntoInput(self._body)
+        return self._reader.readinto(buffer)

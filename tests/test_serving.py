@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -342,3 +343,46 @@ def test_server_comparison_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| werkzeug", "| gunicorn"]
+
+
+def _status_lines(sock: socket.socket, count: int) -> list[bytes]:
+    """Read until ``count`` HTTP status lines have arrived (each response is small)."""
+    data = b""
+
+    sock.settimeout(10)
+    while data.count(b"HTTP/1.1 ") < count:
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+    return re.findall(rb"HTTP/1\.1 \d{3}[^\r]*", data)
+
+
+@pytest.mark.parametrize("service", ["worker", "store"])
+def test_an_unread_body_does_not_eat_the_next_request_on_the_connection(
+    worker_process, store_process, service
+):
+    """A request answered without reading its body (400, 401) leaves a keep-alive
+    connection usable: the next request on it is read intact."""
+    worker = worker_process()
+    if service == "worker":  # 400: no X-Model-Name, body never read
+        port, first = worker.port, b"POST /load_model_from_local_store HTTP/1.1\r\n"
+        extra = b""
+    else:  # 401: no key, body never read
+        store = store_process(worker.url, API_KEYS="k" * 24)
+        port, first = store.port, b"POST /v1/chat/completions HTTP/1.1\r\n"
+        extra = b"Content-Type: application/json\r\n"
+    body = b'{"hello": "world"}'
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            first
+            + b"Host: x\r\n"
+            + extra
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        lines = _status_lines(sock, 2)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith((b"HTTP/1.1 400", b"HTTP/1.1 401")), lines
+    assert lines[1] == b"HTTP/1.1 200 OK", lines
