@@ -7,6 +7,7 @@ llama-cpp-python in the benchmark's own process, and raw loopback sockets.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import statistics
@@ -45,6 +46,36 @@ def start_process(
         process.kill()
         raise RuntimeError(f"{err}; see {log}:\n{log.read_text()[-2000:]}") from None
     return process
+
+
+def start_llama_server(tmp: Path, models: dict[str, Path], name: str) -> tuple:
+    """llama-cpp-python's own server (the peer) serving ``models`` (alias -> file) on a free
+    port; returns (process, base URL). Stop it with ``stop_process``."""
+    port = free_port()
+    config = {
+        "host": "127.0.0.1",
+        "port": port,
+        "models": [
+            {
+                "model": str(path),
+                "model_alias": alias,
+                "n_ctx": 2048,
+                "n_gpu_layers": -1,
+                "verbose": False,
+            }
+            for alias, path in models.items()
+        ],
+    }
+    config_file = tmp / f"{name}.json"
+    config_file.write_text(json.dumps(config))
+    url = f"http://127.0.0.1:{port}"
+    process = start_process(
+        [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config_file)],
+        {},
+        tmp / f"{name}.log",
+        f"{url}/v1/models",
+    )
+    return process, url
 
 
 def stop_process(process: subprocess.Popen) -> None:

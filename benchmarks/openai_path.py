@@ -40,9 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
     Services,
-    free_port,
     median,
-    start_process,
+    start_llama_server,
     stop_process,
     stream_timing,
 )
@@ -76,23 +75,6 @@ def first_content_seconds(url: str, body: dict) -> float:
         return first
 
 
-def start_peer(tmp: Path, path: Path, model: str):
-    port = free_port()
-    config = {
-        "host": "127.0.0.1",
-        "port": port,
-        "models": [{"model": str(path), "model_alias": model, "n_ctx": 2048, "n_gpu_layers": -1}],
-    }
-    (tmp / "peer-openai.json").write_text(json.dumps(config))
-    process = start_process(
-        [sys.executable, "-m", "llama_cpp.server", "--config_file", str(tmp / "peer-openai.json")],
-        {},
-        tmp / "peer-openai.log",
-        f"http://127.0.0.1:{port}/v1/models",
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
 def measure(services: Services, tmp: Path, models: Path, model: str, rounds: int) -> dict:
     """Median milliseconds per path, and the prompt sizes each path evaluated."""
     store = services.store_url
@@ -116,7 +98,7 @@ def measure(services: Services, tmp: Path, models: Path, model: str, rounds: int
             f"{services.worker_url}/infer", {**chat, "stream_format": "events"}
         )[0],
     }
-    peer, peer_url = start_peer(tmp, models / model, model)
+    peer, peer_url = start_llama_server(tmp, {model: models / model}, "peer-openai")
     try:
         paths["peer_chat"] = lambda: first_content_seconds(
             f"{peer_url}/v1/chat/completions", {**chat, "stream": True}

@@ -27,7 +27,6 @@ Everything runs on 127.0.0.1 and is bounded in count and time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -53,6 +52,7 @@ from harness import (  # noqa: E402
     raw_sendfile_seconds,
     reset_peak_rss,
     rss_bytes,
+    start_llama_server,
     start_process,
     stop_process,
     stream_timing,
@@ -291,29 +291,8 @@ def bench_swaps(report, args, models: Path, services: Services, subjects: list[s
 
 
 def bench_peer(report, args, tmp: Path, models: Path, services: Services, subjects) -> None:
-    port = free_port()
-    config = {
-        "host": "127.0.0.1",
-        "port": port,
-        "models": [
-            {
-                "model": str(models / m),
-                "model_alias": m,
-                "n_ctx": 2048,
-                "n_gpu_layers": -1,
-                "verbose": False,
-            }
-            for m in [*subjects, OTHER]
-        ],
-    }
-    (tmp / "peer.json").write_text(json.dumps(config))
-    peer = start_process(
-        [sys.executable, "-m", "llama_cpp.server", "--config_file", str(tmp / "peer.json")],
-        {},
-        tmp / "peer.log",
-        f"http://127.0.0.1:{port}/v1/models",
-    )
-    url = f"http://127.0.0.1:{port}/v1/completions"
+    peer, peer_url = start_llama_server(tmp, {m: models / m for m in [*subjects, OTHER]}, "peer")
+    url = f"{peer_url}/v1/completions"
 
     def peer_ttfb(model: str) -> float:
         body = {"model": model, "prompt": "Once upon a time", "max_tokens": 1, "stream": True}

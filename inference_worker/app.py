@@ -90,7 +90,7 @@ def _stream_format(body: dict) -> str:
     return value
 
 
-def _parse_job(body: dict, settings: WorkerSettings) -> Job:
+def _parse_job(body: dict, settings: WorkerSettings, *, events: bool) -> Job:
     """The /infer body: ``prompt`` or chat ``messages``, ``max_tokens``, sampling fields.
 
     ``max_tokens`` defaults to 512; ``null`` means until the turn ends or the context is full.
@@ -111,7 +111,6 @@ def _parse_job(body: dict, settings: WorkerSettings) -> Job:
             raise BadRequest(
                 f"max_tokens {max_tokens} exceeds the context size N_CTX={settings.n_ctx}"
             )
-    events = _stream_format(body) == "events"
     return Job(prompt, messages, max_tokens, parse_sampling(body), hide_markup=events)
 
 
@@ -208,8 +207,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     def infer():
         request.max_content_length = settings.max_request_bytes
         body = read_json_object(request)
-        job = _parse_job(body, settings)
         events = _stream_format(body) == "events"
+        job = _parse_job(body, settings, events=events)
         model = body.get("model")
         if model is not None:
             model = _model_name_arg(model)

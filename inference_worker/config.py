@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_swap.settings import EnvReader, rdma_port_choice
+from model_swap.settings import EnvReader, rdma_port_choice, serving_options
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -84,13 +84,7 @@ class WorkerSettings:
             ),
             worker_rdma=env.flag("WORKER_RDMA", DEFAULTS["WORKER_RDMA"]),
             worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
-            server_threads=env.integer("SERVER_THREADS", DEFAULTS["SERVER_THREADS"], minimum=1),
-            shutdown_grace_seconds=env.number(
-                "SHUTDOWN_GRACE_SECONDS", DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
-            ),
-            stream_write_timeout=env.number(
-                "STREAM_WRITE_TIMEOUT", DEFAULTS["STREAM_WRITE_TIMEOUT"]
-            ),
+            **serving_options(env, DEFAULTS),
             worker_rdma_max_offers=env.integer(
                 "WORKER_RDMA_MAX_OFFERS", DEFAULTS["WORKER_RDMA_MAX_OFFERS"], minimum=1
             ),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_store_server.cache_policy import POLICIES
-from model_swap.settings import EnvReader, rdma_port_choice
+from model_swap.settings import EnvReader, rdma_port_choice, serving_options
 
 # How model bytes reach the worker (model_store_server/transport_factory.py).
 TRANSPORTS = ("http", "rdma")
@@ -120,11 +120,5 @@ class StoreSettings:
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
-            server_threads=env.integer("SERVER_THREADS", DEFAULTS["SERVER_THREADS"], minimum=1),
-            shutdown_grace_seconds=env.number(
-                "SHUTDOWN_GRACE_SECONDS", DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
-            ),
-            stream_write_timeout=env.number(
-                "STREAM_WRITE_TIMEOUT", DEFAULTS["STREAM_WRITE_TIMEOUT"]
-            ),
+            **serving_options(env, DEFAULTS),
         )

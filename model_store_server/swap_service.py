@@ -279,10 +279,10 @@ class SwapService:
 
         Each eviction is appended to ``evicted`` once the worker has done it.
 
-        The pushed file's digest is computed before anything is evicted for it,
-        so a file that cannot be read evicts nothing. On any failure (of any
-        type) the swap slot is given back after re-reading the worker, so the
-        store's view is the worker's own report.
+        The pushed file's digest is the ticket's version, computed by ``serve``
+        before anything was decided, so a file that cannot be read evicts
+        nothing. On any failure (of any type) the swap slot is given back after
+        re-reading the worker, so the store's view is the worker's own report.
         """
         if not ticket.owns_swap:
             return None, 0.0
@@ -291,16 +291,15 @@ class SwapService:
         started = time.perf_counter()
         with self.state.swap(ticket) as slot:
             try:
-                digest = ""
-                if decision.action is Action.LOAD_FROM_STORE:
-                    # The version this ticket decided on; known before anything is evicted.
-                    digest = ticket.version or self.digests.digest(path)
                 for victim in decision.evicted:
                     self.client.evict(victim)
                     evicted.append(victim)
                     logger.info("evicted %s from the worker", victim)
                 if decision.action is Action.LOAD_FROM_STORE:
-                    push = self.transport.push(decision.model, path, digest=digest, load=True)
+                    # The version this ticket decided on (known before anything was evicted).
+                    push = self.transport.push(
+                        decision.model, path, digest=ticket.version, load=True
+                    )
                     logger.info(
                         "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",
                         push.model,

@@ -163,3 +163,16 @@ def rdma_port_choice(env: EnvReader, defaults: Mapping[str, object]) -> dict:
         ),
         "rdma_gid_index": env.integer("RDMA_GID_INDEX", defaults["RDMA_GID_INDEX"], minimum=-1),
     }
+
+
+def serving_options(env: EnvReader, defaults: Mapping[str, object]) -> dict:
+    """SERVER_THREADS, SHUTDOWN_GRACE_SECONDS and STREAM_WRITE_TIMEOUT (both services)."""
+    return {
+        "server_threads": env.integer("SERVER_THREADS", defaults["SERVER_THREADS"], minimum=1),
+        "shutdown_grace_seconds": env.number(
+            "SHUTDOWN_GRACE_SECONDS", defaults["SHUTDOWN_GRACE_SECONDS"]
+        ),
+        "stream_write_timeout": env.number(
+            "STREAM_WRITE_TIMEOUT", defaults["STREAM_WRITE_TIMEOUT"]
+        ),
+    }
