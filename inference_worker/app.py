@@ -6,6 +6,7 @@ the answer; errors use the shared JSON envelope.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -175,6 +176,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             bytes=received.nbytes,
             receive_seconds=round(received.seconds, 6),
             load_seconds=round(loaded.seconds, 6),
+            estimated_bytes=loaded.estimated_bytes,
         )
 
     @app.post("/cache_model")
@@ -191,7 +193,18 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         if not cache.contains(name):
             raise NotFound(f"{name} is not in the worker's cache")
         loaded = load(name)
-        return jsonify(model=name, load_seconds=round(loaded.seconds, 6))
+        return jsonify(
+            model=name,
+            load_seconds=round(loaded.seconds, 6),
+            estimated_bytes=loaded.estimated_bytes,
+        )
+
+    @app.post("/models/<path:name>/unload")
+    def unload(name: str):
+        name = _model_name_arg(name)
+        if not engine.unload(name):
+            raise NotFound(f"{name} is not loaded")
+        return jsonify(model=name, unloaded=True)
 
     @app.delete("/models/<path:name>")
     def evict(name: str):
@@ -247,8 +260,11 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.get("/status")
     def status():
+        resident = [dataclasses.asdict(info) for info in engine.resident()]
         return jsonify(
             loaded=engine.loaded,
+            resident=resident,
+            resident_bytes=sum(info["estimated_bytes"] for info in resident),
             cached=[{"name": f.name, "size": f.size, "digest": f.digest} for f in cache.files()],
             model_cache_dir=str(cache.directory),
             received={"uploads": cache.uploads, "bytes": cache.bytes_received},

@@ -1,30 +1,31 @@
-"""The one llama.cpp model the worker has loaded, and generation on it.
+"""The llama.cpp models the worker holds resident, and generation on them.
 
-All access to the llama.cpp context is serialized through one first-come,
-first-served lock: a load waits for running generations, and generations run
-one at a time in arrival order. ``llama_cpp`` is the only thing this module
-talks to; it does no HTTP and knows nothing about the cache directory.
+Several models may be resident at once, each with its own llama.cpp context
+and its own first-come, first-served lock (``inference_worker/resident.py``):
+generations on one model run one at a time in arrival order, generations on
+different models run at the same time, and closing or reloading a model waits
+only for that model's generations. Loads are serialized among themselves (one
+lock for the process: the RSS they measure and llama.cpp's log are the
+process's), never behind a generation. ``llama_cpp`` is the only thing this
+module talks to; it does no HTTP and knows nothing about the cache directory.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
-import re
+import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import llama_cpp
 from llama_cpp import Llama
 
 from inference_worker import llama_log
 from inference_worker.chat import ChatTemplate
-from inference_worker.fair_lock import FairLock
-from inference_worker.stops import StopScanner
-from model_swap.generation import Message, Sampling
-from model_swap.logs import CONSOLE
+from inference_worker.generation import Generation, Job
+from inference_worker.resident import ResidentInfo, ResidentModel, rss_bytes
+from model_swap import footprint
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ModelLoadError(Exception):
 
 
 class NotLoaded(Exception):
-    """The requested model is not the loaded one."""
+    """The requested model is not resident."""
 
 
 class PromptTooLong(Exception):
@@ -45,248 +46,224 @@ class PromptTooLong(Exception):
 class LoadResult:
     name: str
     seconds: float
+    estimated_bytes: int
 
 
-# Multimodal and control markers written like words joined by underscores, such as
-# Gemma's ``<start_of_image>``; HTML tags (``<table>``, ``</s>``), which vocabularies
-# also mark user-defined, never contain an underscore and stay text.
-_MARKUP = re.compile(r"<[a-z0-9]+(?:_[a-z0-9]+)+>")
-
-
-def _is_markup(llm, token: int) -> bool:
-    """Whether ``token`` is a user-defined marker token such as ``<start_of_image>``."""
-    attr = llama_cpp.llama_vocab_get_attr(llm._model.vocab, token)
-    if not attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED:
-        return False
-    return bool(_MARKUP.fullmatch(llm._model.token_get_text(token)))
-
-
-@dataclass(frozen=True)
-class Job:
-    """What to generate: a raw ``prompt`` or chat ``messages``, a token budget, sampling.
-
-    ``max_tokens`` None means until the model ends its turn or the context is full.
-    """
-
-    prompt: str | None = None
-    messages: tuple[Message, ...] | None = None
-    max_tokens: int | None = None
-    sampling: Sampling = Sampling()
-    # Leave out markup tokens the vocabulary marks user-defined, such as Gemma's
-    # ``<start_of_image>``: a chat answer is text. The seed's raw path keeps them.
-    hide_markup: bool = False
-
-
-class Generation:
-    """One turn on the llama.cpp context, holding the engine's lock until ``close``.
-
-    Created by ``Engine.begin``; ``tokens`` streams the completion as text
-    pieces. After it ends, ``finish_reason`` (``stop``: the model ended its
-    turn or a stop sequence matched; ``length``: the token budget or the
-    context ran out) and the token counts are set. ``close`` is idempotent
-    and must be called (the streaming response calls it when the client
-    finishes or disconnects).
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        llm,
-        model: str,
-        prompt_tokens: list[int],
-        max_tokens: int,
-        sampling: Sampling,
-        stops: tuple[str, ...],
-        hide_markup: bool = False,
-    ):
-        self._engine = engine
-        self._llm = llm
-        self.model = model
-        self._prompt_tokens = prompt_tokens
-        self.max_tokens = max_tokens
-        self._sampling = sampling
-        self._stops = stops
-        self._hide_markup = hide_markup
-        self.prompt_token_count = len(prompt_tokens)
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        self._closed = False
-
-    def _sampler_args(self) -> dict:
-        sampling = self._sampling
-        args = {
-            "frequency_penalty": sampling.frequency_penalty,
-            "presence_penalty": sampling.presence_penalty,
-        }
-        if sampling.temperature is not None:
-            args["temp"] = sampling.temperature
-        if sampling.top_p is not None:
-            args["top_p"] = sampling.top_p
-        return args
-
-    def tokens(self) -> Iterator[str]:
-        """Yield each generated token's text as soon as it is sampled (blocking)."""
-        llm = self._llm
-        vocab = llm._model.vocab
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        scanner = StopScanner(self._stops)
-        seed = self._sampling.seed
-        # Every generation sets the seed: a request without one must not inherit the last one's.
-        llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)
-        if seed is not None:
-            # A prompt evaluated in part from the KV cache can round differently from one
-            # evaluated whole, which changes the text; a seeded request asks for the same
-            # text every time, so its prompt is always evaluated whole.
-            llm.reset()
-        started = time.perf_counter()
-        count = 0
-        finish = "length"
-        try:
-            for token in llm.generate(self._prompt_tokens, reset=True, **self._sampler_args()):
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                count += 1
-                if count == 1:
-                    CONSOLE.info("[infer] TTFT: %.3fs", time.perf_counter() - started)
-                hidden = self._hide_markup and _is_markup(llm, token)
-                text = "" if hidden else scanner.push(decoder.decode(llm.detokenize([token])))
-                if text:
-                    yield text
-                if scanner.stopped:
-                    finish = "stop"
-                    break
-                if count >= self.max_tokens:
-                    break
-            tail = scanner.push(decoder.decode(b"", final=True)) + scanner.flush()
-            if tail:
-                yield tail
-            self.finish_reason = finish
-        finally:
-            self.completion_tokens = count
-            total = time.perf_counter() - started
-            self._engine.last_generation = {
-                "model": self.model,
-                "tokens": count,
-                "seconds": round(total, 6),
-                "tps": round(count / total, 2) if total > 0 else 0.0,
-            }
-            CONSOLE.info(
-                "[infer] tokens=%d total=%.3fs tps=%.1f",
-                count,
-                total,
-                count / total if total > 0 else 0.0,
-            )
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._engine._lock.release()
+# One for the process: two engines in one process (tests) must not measure each other's loads.
+_LOAD_LOCK = threading.Lock()
 
 
 class Engine:
-    """The loaded llama.cpp model (at most one). Thread-safe."""
+    """The resident llama.cpp models, least recently used first. Thread-safe.
 
-    def __init__(self, *, n_gpu_layers: int = -1, n_ctx: int = 2048):
+    A model's context is used by one generation at a time (its own lock,
+    first come first served); nothing done for one model ever waits for a
+    generation on another.
+    """
+
+    def __init__(self, *, n_gpu_layers: int = -1, n_ctx: int = 2048, clock=time.monotonic):
         llama_log.install()
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
-        self._lock = FairLock()
-        self._llm = None
-        self._name: str | None = None
-        self._template: ChatTemplate | None = None
+        self._clock = clock
+        # Guards the table and every counter; held only briefly, never while waiting.
+        self._state = threading.Lock()
+        self._models: OrderedDict[str, ResidentModel] = OrderedDict()  # most recently used last
         self.loads = 0  # successful loads since start
         self.last_generation: dict | None = None  # tokens and timing of the latest one
 
     @property
     def loaded(self) -> str | None:
-        return self._name
+        """The most recently used resident model (by load or generation start), or None."""
+        with self._state:
+            return next((r.name for r in reversed(self._models.values()) if r.llm), None)
+
+    def resident(self) -> list[ResidentInfo]:
+        """The resident models, least recently used first."""
+        now = self._clock()
+        with self._state:
+            return [r.info(now) for r in self._models.values() if r.llm is not None]
 
     def load(self, name: str, path: Path) -> LoadResult:
-        """Close the current model, then load ``path`` as ``name`` (waits its turn).
+        """Load ``path`` as ``name``, keeping the other resident models.
 
-        On failure no model is loaded and ModelLoadError carries llama.cpp's reason.
+        If ``name`` is resident already (a new version of its file), its
+        context is closed first, after the generations queued before this call
+        on that model. Blocks while another load runs. On failure ``name`` is
+        not resident and ModelLoadError carries llama.cpp's reason.
         """
-        with self._lock:
-            self._close_current()
-            started = time.perf_counter()
-            with llama_log.collect_errors() as reasons:
+        while True:
+            with self._state:
+                resident = self._models.get(name)
+            if resident is None:
+                fresh = ResidentModel(name, self._clock())
+                with _LOAD_LOCK:
+                    with self._state:
+                        if name in self._models:  # loaded meanwhile: reload it
+                            continue
+                    result = self._load_into(fresh, path)
+                    with self._state:
+                        self._models[name] = fresh
+                return result
+            with resident.lock:
+                with self._state:
+                    if self._models.get(name) is not resident:  # unloaded meanwhile: retry
+                        continue
+                self._close(resident, "to reload it")
                 try:
-                    llm = Llama(
-                        model_path=str(path),
-                        n_gpu_layers=self.n_gpu_layers,
-                        n_ctx=self.n_ctx,
-                        verbose=False,
-                    )
-                except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
-                    why = "; ".join(reasons) or str(err)
-                    raise ModelLoadError(f"llama.cpp could not load {name}: {why}") from err
-            self._llm, self._name = llm, name
-            self._template = ChatTemplate(llm)
+                    with _LOAD_LOCK:
+                        result = self._load_into(resident, path)
+                except BaseException:
+                    with self._state:
+                        del self._models[name]
+                    raise
+                with self._state:
+                    self._models.move_to_end(name)
+                return result
+
+    def _load_into(self, resident: ResidentModel, path: Path) -> LoadResult:
+        """Create ``resident``'s context from ``path`` (the caller holds _LOAD_LOCK)."""
+        name = resident.name
+        started = time.perf_counter()
+        before = rss_bytes()
+        with llama_log.collect() as log:
+            try:
+                llm = Llama(
+                    model_path=str(path),
+                    n_gpu_layers=self.n_gpu_layers,
+                    n_ctx=self.n_ctx,
+                    verbose=False,
+                )
+            except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
+                why = "; ".join(log.errors) or str(err)
+                raise ModelLoadError(f"llama.cpp could not load {name}: {why}") from err
+        after = rss_bytes()
+        seconds = time.perf_counter() - started
+        try:
+            estimated = footprint.estimate(path, self.n_ctx).total_bytes
+        except (footprint.FootprintError, OSError) as err:  # llama.cpp read it: unlikely
+            logger.warning("no footprint estimate for %s (%s); counting its file size", name, err)
+            estimated = path.stat().st_size
+        try:
+            template = ChatTemplate(llm)
+        except BaseException:
+            llm.close()
+            raise
+        resident.llm, resident.template = llm, template
+        resident.estimated_bytes, resident.llama_bytes = estimated, log.buffer_bytes
+        resident.rss_load_bytes = None if before is None or after is None else after - before
+        resident.load_seconds = seconds
+        with self._state:
+            resident.last_active = self._clock()
             self.loads += 1
-            seconds = time.perf_counter() - started
-        logger.info("loaded %s in %.3fs (n_gpu_layers=%d)", name, seconds, self.n_gpu_layers)
-        return LoadResult(name, seconds)
+        logger.info(
+            "loaded %s in %.3fs (n_gpu_layers=%d; estimated %.1f MiB, llama.cpp %.1f MiB, "
+            "RSS %+.1f MiB)",
+            name,
+            seconds,
+            self.n_gpu_layers,
+            estimated / llama_log.MIB,
+            log.buffer_bytes / llama_log.MIB,
+            (resident.rss_load_bytes or 0) / llama_log.MIB,
+        )
+        return LoadResult(name, seconds, estimated)
 
-    def unload(self, name: str | None = None) -> bool:
-        """Unload the current model (only if it is ``name``, when given); True if one was.
+    def unload(self, name: str) -> bool:
+        """Close ``name``'s context after its running and queued generations; True if it was.
 
-        Returns at once, without queueing behind generations, when ``name`` is
-        not the loaded model (deleting an idle cached file must not wait).
+        Returns False at once when ``name`` is not resident. Never waits for
+        another model's generations.
         """
-        if name is not None and name != self._name:
+        with self._state:
+            resident = self._models.get(name)
+        if resident is None:
             return False
-        with self._lock:
-            if self._name is None or (name is not None and name != self._name):
-                return False
-            self._close_current()
-            return True
+        with resident.lock:
+            with self._state:
+                if self._models.get(name) is not resident:
+                    return False
+                del self._models[name]
+            self._close(resident, "")
+        return True
 
-    def _close_current(self) -> None:
-        if self._llm is not None:
-            previous = self._name
-            self._llm.close()
-            self._llm, self._name, self._template = None, None, None
-            logger.info("unloaded %s", previous)
+    def _close(self, resident: ResidentModel, why: str) -> None:
+        """Free ``resident``'s context (the caller holds its lock)."""
+        resident.llm.close()
+        resident.llm, resident.template = None, None
+        logger.info("unloaded %s%s", resident.name, f" {why}" if why else "")
 
     def begin(self, model: str | None, job: Job) -> Generation:
-        """Wait for the context, check ``model`` is loaded and the prompt fits; return a turn.
+        """Wait for ``model``'s context, check the prompt fits, and return a turn on it.
 
-        Raises NotLoaded, ChatTemplateError or PromptTooLong (the lock is released again).
+        ``model`` None means the most recently used resident model. Raises
+        NotLoaded (also when the model is unloaded while this call waits),
+        ChatTemplateError or PromptTooLong; the model's lock is released again.
         """
-        self._lock.acquire()
+        with self._state:
+            resident = self._pick(model)
+            resident.queued += 1
         try:
-            if self._llm is None:
-                raise NotLoaded("no model is loaded")
-            if model is not None and model != self._name:
-                raise NotLoaded(f"{model} is not loaded (loaded: {self._name})")
-            prompt_tokens, stops = self._prompt(job)
+            resident.lock.acquire()
+        finally:
+            with self._state:
+                resident.queued -= 1
+        try:
+            with self._state:
+                # Unloaded while this call waited for the lock: never use a closed context.
+                if self._models.get(resident.name) is not resident or resident.llm is None:
+                    raise NotLoaded(f"{resident.name} is not loaded (it was unloaded)")
+            prompt_tokens, stops = _prompt(resident, job)
             room = self.n_ctx - len(prompt_tokens)
             if room < 1:
                 raise PromptTooLong(
                     f"prompt is {len(prompt_tokens)} tokens; the context holds {self.n_ctx}"
                 )
             budget = room if job.max_tokens is None else min(job.max_tokens, room)
-            return Generation(
-                self,
-                self._llm,
-                self._name,
-                prompt_tokens,
-                budget,
-                job.sampling,
-                stops,
-                job.hide_markup,
+            generation = Generation(
+                self, resident, prompt_tokens, budget, job.sampling, stops, job.hide_markup
             )
+            with self._state:
+                if resident.name in self._models:
+                    self._models.move_to_end(resident.name)
+                resident.generating += 1
+                resident.last_active = self._clock()
+            return generation
         except BaseException:
-            self._lock.release()
+            resident.lock.release()
             raise
 
-    def _prompt(self, job: Job) -> tuple[list[int], tuple[str, ...]]:
-        """The prompt's tokens and the stop sequences (the request's plus the template's)."""
-        if job.messages is None:
-            tokens = self._llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=False)
-            return tokens, job.sampling.stop
-        chat = self._template.render([m.to_json() for m in job.messages])
-        text = chat.text.encode("utf-8")
-        tokens = self._llm.tokenize(text, add_bos=not chat.has_bos, special=True)
-        return tokens, job.sampling.stop + tuple(s for s in chat.stop if s not in job.sampling.stop)
+    def _pick(self, model: str | None) -> ResidentModel:
+        """The resident model a request names (the most recent one for None); under _state."""
+        ready = [r for r in self._models.values() if r.llm is not None]
+        if model is None:
+            if not ready:
+                raise NotLoaded("no model is loaded")
+            return ready[-1]
+        resident = self._models.get(model)
+        if resident is None:
+            names = ", ".join(r.name for r in ready) or "none"
+            raise NotLoaded(f"{model} is not loaded (resident: {names})")
+        return resident
+
+    def _record(self, resident: ResidentModel, stats: dict) -> None:
+        with self._state:
+            resident.last_generation = self.last_generation = stats
+
+    def _end(self, resident: ResidentModel) -> None:
+        """A generation on ``resident`` is over: release its context to the next in line."""
+        with self._state:
+            resident.generating -= 1
+            resident.last_active = self._clock()
+        resident.lock.release()
+
+
+def _prompt(resident: ResidentModel, job: Job) -> tuple[list[int], tuple[str, ...]]:
+    """The prompt's tokens and the stop sequences (the request's plus the template's)."""
+    llm = resident.llm
+    if job.messages is None:
+        tokens = llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=False)
+        return tokens, job.sampling.stop
+    chat = resident.template.render([m.to_json() for m in job.messages])
+    text = chat.text.encode("utf-8")
+    tokens = llm.tokenize(text, add_bos=not chat.has_bos, special=True)
+    return tokens, job.sampling.stop + tuple(s for s in chat.stop if s not in job.sampling.stop)
