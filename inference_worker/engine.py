@@ -201,12 +201,7 @@ class Engine:
         """
         with self._state:
             resident = self._pick(model)
-            resident.queued += 1
-        try:
-            resident.lock.acquire()
-        finally:
-            with self._state:
-                resident.queued -= 1
+        resident.lock.acquire()
         try:
             with self._state:
                 # Unloaded while this call waited for the lock: never use a closed context.

@@ -18,13 +18,22 @@ class FairLock:
         self._cond = threading.Condition(threading.Lock())
         self._tickets = itertools.count()
         self._serving = 0
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """How many callers are blocked in ``acquire`` now."""
+        with self._cond:
+            return self._waiting
 
     def acquire(self) -> None:
         """Block until every earlier caller has acquired and released the lock."""
         with self._cond:
             ticket = next(self._tickets)
+            self._waiting += 1
             while ticket != self._serving:
                 self._cond.wait()
+            self._waiting -= 1
 
     def release(self) -> None:
         with self._cond:

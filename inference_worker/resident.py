@@ -36,7 +36,7 @@ class ResidentInfo:
     load_seconds: float
     idle_seconds: float  # since its last load or generation ended; 0 while generating
     generating: int  # generations holding its context (0 or 1: they take turns)
-    queued: int  # requests waiting for its context
+    queued: int  # callers waiting for its context: generations, an unload or a reload
     last_generation: dict | None  # tokens and timing of its latest generation
 
 
@@ -60,7 +60,6 @@ class ResidentModel:
         self.rss_load_bytes: int | None = None
         self.load_seconds = 0.0
         self.generating = 0
-        self.queued = 0
         self.last_active = now
         self.last_generation: dict | None = None
 
@@ -73,6 +72,6 @@ class ResidentModel:
             load_seconds=round(self.load_seconds, 6),
             idle_seconds=0.0 if self.generating else round(max(0.0, now - self.last_active), 3),
             generating=self.generating,
-            queued=self.queued,
+            queued=self.lock.waiting,
             last_generation=self.last_generation,
         )

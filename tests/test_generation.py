@@ -96,7 +96,7 @@ def test_messages_are_flattened_to_text():
 
 
 def test_only_underscored_marker_tokens_count_as_markup():
-    from inference_worker.engine import _MARKUP
+    from inference_worker.generation import _MARKUP
 
     assert _MARKUP.fullmatch("<start_of_image>")
     assert _MARKUP.fullmatch("<end_of_image>")
