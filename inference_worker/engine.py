@@ -76,7 +76,9 @@ class Engine:
     def loaded(self) -> str | None:
         """The most recently used resident model (by load or generation start), or None."""
         with self._state:
-            return next((r.name for r in reversed(self._models.values()) if r.llm), None)
+            return next(
+                (r.name for r in reversed(self._models.values()) if r.llm is not None), None
+            )
 
     def resident(self) -> list[ResidentInfo]:
         """The resident models, least recently used first."""
@@ -113,9 +115,9 @@ class Engine:
                 try:
                     with _LOAD_LOCK:
                         result = self._load_into(resident, path)
-                except BaseException:
+                except BaseException:  # the old version is closed already: nothing is left
                     with self._state:
-                        del self._models[name]
+                        self._models.pop(name, None)
                     raise
                 with self._state:
                     self._models.move_to_end(name)
