@@ -1,7 +1,8 @@
 """The model store server's Flask application factory: assembles the route blueprints.
 
 ``routes/seed.py`` is the seed's API (``/user_request``, ``/status``, ``/reset``),
-``routes/openai.py`` the OpenAI-compatible API under ``/v1``.
+``routes/openai.py`` the OpenAI-compatible API under ``/v1``, ``routes/models.py``
+the explicit control of the worker's tiers (``/models/...``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from flask import Flask
 
 from model_store_server.config import StoreSettings
+from model_store_server.control import ModelControl
+from model_store_server.routes.models import models
 from model_store_server.routes.openai import openai
 from model_store_server.routes.seed import seed
 from model_store_server.swap_service import SwapService
@@ -25,9 +28,13 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["swap_service"] = service
-    service.sync_in_background()
+    control = ModelControl(service)
+    app.extensions["model_control"] = control
+    app.extensions["stop"] = control.stop
+    control.start(settings.preload_models)
     register_error_handlers(app)
     require_bearer(app, settings.api_keys, realm="model-store")
     app.register_blueprint(seed)
     app.register_blueprint(openai)
+    app.register_blueprint(models)
     return app

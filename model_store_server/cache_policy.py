@@ -1,26 +1,38 @@
-"""Cache policies: which models the worker keeps on disk, and which to evict.
+"""Cache policies: which models a tier of the worker keeps, and which to let go.
 
+The worker has two tiers: **cache** (model files on its disk) and
+**resident** (models loaded by llama.cpp). The store runs one policy instance
+per tier, both of the configured class (``create_policy(..., tier=...)``).
 Pure bookkeeping, in the style of cachetools: ``RecencyPolicy`` owns the
-members (least recently used first, with their last-use time) and each policy
-only decides admission and victims. Policies never perform I/O and never log;
-the store carries out what they return. Time comes from an injected clock, so
-TTL behaviour is tested by advancing a fake clock.
+members (least recently used first, with their last-use time, size, pin and
+time-to-live) and each policy only decides admission and victims. Policies
+never perform I/O and never log; the store carries out what they return.
+Time comes from an injected clock, so TTL behaviour is tested by advancing a
+fake clock.
 
-The loaded model is a member like any other: capacity counts it.
+Bounds: ``capacity`` (members), ``max_bytes`` (sum of member sizes) and
+``ttl`` (idle seconds). A pinned member is never a victim and never expires.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 Clock = Callable[[], float]
 
 
+class Tier(StrEnum):
+    CACHE = "cache"  # files on the worker's disk
+    RESIDENT = "resident"  # models loaded in the worker's memory
+
+
 class CacheFull(Exception):
-    """Raised by ``admit`` when the policy refuses a new member."""
+    """Raised by ``admit`` when the policy refuses a new member (nothing changed)."""
 
 
 @runtime_checkable
@@ -29,6 +41,7 @@ class CachePolicy(Protocol):
 
     name: str
     capacity: int | None
+    max_bytes: int | None
     ttl: float | None
 
     def __contains__(self, model: str) -> bool: ...
@@ -38,15 +51,21 @@ class CachePolicy(Protocol):
     def touch(self, model: str) -> None:
         """Record a use of a member (moves it to most recently used)."""
 
-    def can_admit(self, model: str) -> bool:
-        """Whether ``admit(model)`` would succeed now. Does not change anything."""
+    def fits(self, size: int) -> bool:
+        """Whether a member of ``size`` bytes fits the byte budget on its own."""
 
-    def admit(self, model: str) -> list[str]:
+    def can_admit(self, model: str, size: int = 0) -> bool:
+        """Whether ``admit(model, size)`` would succeed now. Does not change anything."""
+
+    def admit(self, model: str, size: int = 0) -> list[str]:
         """Add ``model`` as most recently used; return the members removed to make room
         (expired ones first). Raises CacheFull, changing nothing, if refused."""
 
     def expire(self) -> list[str]:
-        """Remove and return members idle for at least the TTL (oldest first)."""
+        """Remove and return members idle for at least their TTL (oldest first)."""
+
+    def expired(self) -> list[str]:
+        """What ``expire()`` would remove now, without removing it."""
 
     def is_expired(self, model: str) -> bool:
         """Whether ``model`` is a member the next ``expire()`` would remove."""
@@ -60,32 +79,61 @@ class CachePolicy(Protocol):
     def idle_seconds(self, model: str) -> float:
         """Seconds since ``model`` was last used."""
 
+    def size_of(self, model: str) -> int:
+        """The size ``model`` was admitted with."""
+
+    def pin(self, model: str) -> None:
+        """Never choose ``model`` as a victim nor expire it (it must be a member)."""
+
+    def unpin(self, model: str) -> None:
+        """Undo ``pin`` (no error if not pinned)."""
+
+    def set_ttl(self, model: str, seconds: float | None) -> None:
+        """Override ``model``'s idle time-to-live (``math.inf``: never; None: the policy's)."""
+
+    def clone(self) -> CachePolicy:
+        """An independent copy, to try a decision without changing this one."""
+
 
 class RecencyPolicy:
     """Base bookkeeping shared by every policy: members ordered by last use.
 
-    Subclasses set ``capacity`` and/or ``ttl`` and may refuse admission by
-    overriding ``can_admit``; eviction by capacity (least recently used first)
-    and by idle time both live here, each active only when its bound is set.
+    Eviction by capacity and bytes (least recently used first) and by idle
+    time live here, each active only when its bound is set; ``refuses``
+    makes a full policy refuse new members instead of evicting.
     """
 
     name = "base"
+    # Which of the configured bounds this policy applies to the disk tier
+    # (the resident tier always applies capacity, see ``create_policy``).
+    uses_capacity = True
+    uses_ttl = True
+    refuses_when_full = False
 
     def __init__(
         self,
         *,
         capacity: int | None = None,
         ttl: float | None = None,
+        max_bytes: int | None = None,
         clock: Clock = time.monotonic,
+        refuses: bool | None = None,
     ):
         if capacity is not None and capacity < 1:
             raise ValueError("capacity must be at least 1")
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
         self.capacity = capacity
         self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.refuses = self.refuses_when_full if refuses is None else refuses
         self._clock = clock
         self._last_used: OrderedDict[str, float] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._ttls: dict[str, float] = {}
+        self._pinned: set[str] = set()
 
     def __contains__(self, model: str) -> bool:
         return model in self._last_used
@@ -95,9 +143,27 @@ class RecencyPolicy:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(capacity={self.capacity}, ttl={self.ttl}, "
-            f"members={self.members()})"
+            f"{type(self).__name__}(capacity={self.capacity}, max_bytes={self.max_bytes}, "
+            f"ttl={self.ttl}, members={self.members()})"
         )
+
+    def clone(self) -> RecencyPolicy:
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy._last_used = OrderedDict(self._last_used)
+        copy._sizes = dict(self._sizes)
+        copy._ttls = dict(self._ttls)
+        copy._pinned = set(self._pinned)
+        return copy
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def size_of(self, model: str) -> int:
+        return self._sizes[model]
 
     def touch(self, model: str) -> None:
         if model not in self._last_used:
@@ -105,43 +171,10 @@ class RecencyPolicy:
         self._last_used[model] = self._clock()
         self._last_used.move_to_end(model)
 
-    def can_admit(self, model: str) -> bool:
-        return True
-
-    def admit(self, model: str) -> list[str]:
-        if model in self._last_used:
-            self.touch(model)
-            return []
-        if not self.can_admit(model):
-            raise CacheFull(f"{self.name}: cache is full ({len(self)}/{self.capacity})")
-        victims = self.expire()
-        if self.capacity is not None:
-            while len(self._last_used) >= self.capacity:
-                victim, _ = self._last_used.popitem(last=False)
-                victims.append(victim)
-        self._last_used[model] = self._clock()
-        return victims
-
-    def expire(self) -> list[str]:
-        if self.ttl is None:
-            return []
-        now = self._clock()
-        expired = []
-        # Members are ordered by last use, so the idle ones are at the front.
-        while self._last_used:
-            model, last = next(iter(self._last_used.items()))
-            if now - last < self.ttl:
-                break
-            del self._last_used[model]
-            expired.append(model)
-        return expired
-
-    def is_expired(self, model: str) -> bool:
-        if self.ttl is None or model not in self._last_used:
-            return False
-        return self._clock() - self._last_used[model] >= self.ttl
-
     def discard(self, model: str) -> bool:
+        self._sizes.pop(model, None)
+        self._ttls.pop(model, None)
+        self._pinned.discard(model)
         return self._last_used.pop(model, None) is not None
 
     def members(self) -> list[str]:
@@ -150,44 +183,154 @@ class RecencyPolicy:
     def idle_seconds(self, model: str) -> float:
         return self._clock() - self._last_used[model]
 
+    def pin(self, model: str) -> None:
+        if model not in self._last_used:
+            raise KeyError(model)
+        self._pinned.add(model)
+
+    def unpin(self, model: str) -> None:
+        self._pinned.discard(model)
+
+    def is_pinned(self, model: str) -> bool:
+        return model in self._pinned
+
+    def pinned(self) -> list[str]:
+        return [m for m in self._last_used if m in self._pinned]
+
+    def set_ttl(self, model: str, seconds: float | None) -> None:
+        if model not in self._last_used:
+            raise KeyError(model)
+        if seconds is None:
+            self._ttls.pop(model, None)
+        else:
+            self._ttls[model] = seconds
+
+    def ttl_of(self, model: str) -> float | None:
+        """``model``'s time-to-live: its override, else the policy's (None: no time bound)."""
+        return self._ttls.get(model, self.ttl)
+
+    # -- time --------------------------------------------------------------------
+
+    def is_expired(self, model: str) -> bool:
+        if model not in self._last_used or model in self._pinned:
+            return False
+        ttl = self.ttl_of(model)
+        if ttl is None or math.isinf(ttl):
+            return False
+        return self._clock() - self._last_used[model] >= ttl
+
+    def expired(self) -> list[str]:
+        return [m for m in self._last_used if self.is_expired(m)]
+
+    def expire(self) -> list[str]:
+        expired = self.expired()
+        for model in expired:
+            self.discard(model)
+        return expired
+
+    def next_expiry(self) -> float | None:
+        """Seconds until the next member expires (0 if one already has); None if none will."""
+        now = self._clock()
+        waits = []
+        for model, last in self._last_used.items():
+            ttl = self.ttl_of(model)
+            if model in self._pinned or ttl is None or math.isinf(ttl):
+                continue
+            waits.append(max(0.0, last + ttl - now))
+        return min(waits, default=None)
+
+    # -- admission -----------------------------------------------------------------
+
+    def fits(self, size: int) -> bool:
+        return self.max_bytes is None or size <= self.max_bytes
+
+    def _full(self, count: int, used: int, size: int) -> bool:
+        if self.capacity is not None and count >= self.capacity:
+            return True
+        return self.max_bytes is not None and used + size > self.max_bytes
+
+    def _room(self, size: int) -> list[str] | None:
+        """The members admitting ``size`` bytes would evict (after the expired ones),
+        least recently used first; None if no room can be made. Pure."""
+        expired = set(self.expired())
+        count = len(self._last_used) - len(expired)
+        used = self.used_bytes - sum(self._sizes[m] for m in expired)
+        if not self._full(count, used, size):
+            return []
+        if self.refuses:
+            return None
+        victims = []
+        for model in self._last_used:
+            if model in expired or model in self._pinned:
+                continue
+            victims.append(model)
+            count -= 1
+            used -= self._sizes[model]
+            if not self._full(count, used, size):
+                return victims
+        return None
+
+    def can_admit(self, model: str, size: int = 0) -> bool:
+        if model in self._last_used:
+            return True
+        return self.fits(size) and self._room(size) is not None
+
+    def admit(self, model: str, size: int = 0) -> list[str]:
+        if model in self._last_used:
+            self.touch(model)
+            return []
+        if not self.fits(size):
+            raise CacheFull(
+                f"{self.name}: {model} ({size} bytes) is larger than the budget "
+                f"of {self.max_bytes} bytes"
+            )
+        room = self._room(size)
+        if room is None:
+            raise CacheFull(self._full_message(model))
+        victims = self.expire()
+        for victim in room:
+            self.discard(victim)
+        victims += room
+        self._last_used[model] = self._clock()
+        self._sizes[model] = size
+        return victims
+
+    def _full_message(self, model: str) -> str:
+        bounds = []
+        if self.capacity is not None:
+            bounds.append(f"{len(self)}/{self.capacity} models")
+        if self.max_bytes is not None:
+            bounds.append(f"{self.used_bytes}/{self.max_bytes} bytes")
+        pinned = f"; pinned: {','.join(self.pinned())}" if self._pinned else ""
+        return f"{self.name}: cache is full ({', '.join(bounds)}){pinned}"
+
 
 class LRUPolicy(RecencyPolicy):
     """At most ``capacity`` members; admitting one more evicts the least recently used."""
 
     name = "lru"
-
-    def __init__(self, *, capacity: int, ttl: float | None = None, clock: Clock = time.monotonic):
-        super().__init__(capacity=capacity, clock=clock)
+    uses_ttl = False
 
 
 class NoEvictPolicy(RecencyPolicy):
     """Admits until ``capacity`` members, then refuses every new model."""
 
     name = "no-evict"
-
-    def __init__(self, *, capacity: int, ttl: float | None = None, clock: Clock = time.monotonic):
-        super().__init__(capacity=capacity, clock=clock)
-
-    def can_admit(self, model: str) -> bool:
-        return model in self or len(self) < self.capacity
+    uses_ttl = False
+    refuses_when_full = True
 
 
 class TTLPolicy(RecencyPolicy):
     """No capacity bound; a member idle for ``ttl`` seconds is evicted at the next sweep."""
 
     name = "ttl"
-
-    def __init__(self, *, ttl: float, capacity: int | None = None, clock: Clock = time.monotonic):
-        super().__init__(ttl=ttl, clock=clock)
+    uses_capacity = False
 
 
 class LRUTTLPolicy(RecencyPolicy):
     """Both bounds: at most ``capacity`` members, and none idle for ``ttl`` seconds."""
 
     name = "lru-ttl"
-
-    def __init__(self, *, capacity: int, ttl: float, clock: Clock = time.monotonic):
-        super().__init__(capacity=capacity, ttl=ttl, clock=clock)
 
 
 POLICIES: dict[str, type[RecencyPolicy]] = {
@@ -196,11 +339,32 @@ POLICIES: dict[str, type[RecencyPolicy]] = {
 
 
 def create_policy(
-    name: str, *, capacity: int, ttl: float, clock: Clock = time.monotonic
+    name: str,
+    *,
+    capacity: int,
+    ttl: float,
+    max_bytes: int | None = None,
+    clock: Clock = time.monotonic,
+    tier: Tier = Tier.CACHE,
 ) -> RecencyPolicy:
-    """Build the policy registered as ``name``; each uses the bounds it needs."""
+    """Build the policy registered as ``name`` for ``tier``.
+
+    On the disk tier each policy uses the bounds it is defined by (``ttl`` has
+    no count bound, ``lru`` no time bound, ``no-evict`` refuses when full). On
+    the resident tier every policy keeps at most ``capacity`` models and
+    unloads to make room (refusing is for files: a cached model can always be
+    swapped in), with the policy's time bound. ``max_bytes`` (None or 0: no
+    bound) applies to both tiers and every policy.
+    """
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown cache policy {name!r} (valid: {', '.join(POLICIES)})") from None
-    return cls(capacity=capacity, ttl=ttl, clock=clock)
+    resident = tier is Tier.RESIDENT
+    return cls(
+        capacity=capacity if (cls.uses_capacity or resident) else None,
+        ttl=ttl if cls.uses_ttl else None,
+        max_bytes=max_bytes or None,
+        clock=clock,
+        refuses=cls.refuses_when_full and not resident,
+    )

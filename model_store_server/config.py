@@ -21,6 +21,14 @@ DEFAULTS = {
     "MODELS_DIR": "./models",
     "WORKER_URL": "http://localhost:8080",
     "MAX_CACHE_SIZE": 2,
+    # Disk budget of the worker's cache in bytes (0: no byte bound), next to MAX_CACHE_SIZE.
+    "MAX_CACHE_BYTES": 0,
+    # Models resident (loaded) on the worker at once, and their memory budget in bytes
+    # (0: no byte bound; a model costs its footprint estimate, model_swap/footprint.py).
+    "MAX_LOADED_MODELS": 1,
+    "MAX_LOADED_BYTES": 0,
+    # Comma-separated models made resident at start, after the first sync with the worker.
+    "PRELOAD_MODELS": (),
     "TTL_SECONDS": 5.0,
     "CACHE_POLICY": "lru",
     "TRANSPORT": "http",
@@ -64,6 +72,10 @@ class StoreSettings:
     models_dir: Path = Path(DEFAULTS["MODELS_DIR"])
     worker_url: str = DEFAULTS["WORKER_URL"]
     max_cache_size: int = DEFAULTS["MAX_CACHE_SIZE"]
+    max_cache_bytes: int = DEFAULTS["MAX_CACHE_BYTES"]
+    max_loaded_models: int = DEFAULTS["MAX_LOADED_MODELS"]
+    max_loaded_bytes: int = DEFAULTS["MAX_LOADED_BYTES"]
+    preload_models: tuple[str, ...] = DEFAULTS["PRELOAD_MODELS"]
     ttl_seconds: float = DEFAULTS["TTL_SECONDS"]
     cache_policy: str = DEFAULTS["CACHE_POLICY"]
     transport: str = DEFAULTS["TRANSPORT"]
@@ -87,6 +99,17 @@ class StoreSettings:
     shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
 
+    @property
+    def cache_capacity(self) -> int:
+        """The disk tier's count bound: at least MAX_LOADED_MODELS (a resident model's
+        file stays cached, so the memory tier can never hold more than the disk tier)."""
+        return max(self.max_cache_size, self.max_loaded_models)
+
+    @property
+    def residency_configured(self) -> bool:
+        """Whether the memory tier differs from the seed's single loaded model."""
+        return self.max_loaded_models != 1 or self.max_loaded_bytes > 0
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
         """Build settings from ``environ`` (default ``os.environ``); raises SettingsError."""
@@ -95,6 +118,12 @@ class StoreSettings:
             models_dir=env.path("MODELS_DIR", DEFAULTS["MODELS_DIR"]),
             worker_url=env.url("WORKER_URL", DEFAULTS["WORKER_URL"]),
             max_cache_size=env.integer("MAX_CACHE_SIZE", DEFAULTS["MAX_CACHE_SIZE"], minimum=1),
+            max_cache_bytes=env.byte_size("MAX_CACHE_BYTES", DEFAULTS["MAX_CACHE_BYTES"]),
+            max_loaded_models=env.integer(
+                "MAX_LOADED_MODELS", DEFAULTS["MAX_LOADED_MODELS"], minimum=1
+            ),
+            max_loaded_bytes=env.byte_size("MAX_LOADED_BYTES", DEFAULTS["MAX_LOADED_BYTES"]),
+            preload_models=env.model_list("PRELOAD_MODELS"),
             ttl_seconds=env.number("TTL_SECONDS", DEFAULTS["TTL_SECONDS"]),
             cache_policy=env.choice("CACHE_POLICY", DEFAULTS["CACHE_POLICY"], POLICIES),
             transport=env.choice("TRANSPORT", DEFAULTS["TRANSPORT"], TRANSPORTS),

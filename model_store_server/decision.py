@@ -1,8 +1,11 @@
-"""The pure swap decision: given the policy, the loaded model and a request, what happens.
+"""The pure swap decision over the worker's two tiers: what happens for one request.
 
-``decide`` updates the policy's bookkeeping (sweep, touch, admit) and returns
-the action plus the models to evict; it performs no I/O and never logs. The
-caller carries the decision out on the worker.
+``decide`` takes the disk-tier and resident-tier policies and a request and
+returns the action, the files to delete (evicted) and the models to drop from
+memory only (unloaded), together with the policies as they are once that is
+done. It works on copies: the caller's policies are never changed, so a
+refused or abandoned decision leaves no trace. It performs no I/O and never
+logs; the caller carries the decision out on the worker.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from model_store_server.cache_policy import CachePolicy
+from model_store_server.cache_policy import CacheFull, CachePolicy
 
 
 class Action(StrEnum):
@@ -18,57 +21,147 @@ class Action(StrEnum):
     LOAD_FROM_LOCAL_STORE = "load_from_local_store"
     LOAD_FROM_STORE = "load_from_store"
     REJECTED = "rejected"
+    # Explicit control (``/models/...`` and the idle sweep), never a request's X-Cache-Action.
+    UNLOAD = "unload"
+    EVICT = "evict"
+
+
+LOADS = (Action.LOAD_FROM_LOCAL_STORE, Action.LOAD_FROM_STORE)
 
 
 @dataclass(frozen=True)
 class Decision:
     model: str
     action: Action
-    evicted: tuple[str, ...] = ()
+    evicted: tuple[str, ...] = ()  # files deleted from the worker (and unloaded if resident)
+    unloaded: tuple[str, ...] = ()  # dropped from memory, file kept
+    reason: str = ""  # why a request was rejected
 
     @property
     def changes_worker(self) -> bool:
         """Whether carrying this decision out needs any call to the worker."""
-        return bool(self.evicted) or self.action in (
-            Action.LOAD_FROM_LOCAL_STORE,
-            Action.LOAD_FROM_STORE,
-        )
+        return bool(self.evicted or self.unloaded) or self.action in (*LOADS, Action.EVICT)
+
+    @property
+    def takes_away(self) -> tuple[str, ...]:
+        """Models whose running generations must end before this is carried out."""
+        return tuple(dict.fromkeys((*self.evicted, *self.unloaded)))
+
+    @property
+    def touches(self) -> frozenset[str]:
+        """Every model this decision changes on the worker (not servable meanwhile)."""
+        return frozenset((self.model, *self.evicted, *self.unloaded))
 
     def headers(self) -> dict[str, str]:
         """The response headers that tell a client what happened."""
-        return {"X-Cache-Action": str(self.action), "X-Evicted": ",".join(self.evicted)}
-
-    def replaces(self, loaded: str | None) -> bool:
-        """Whether carrying this out unloads or evicts ``loaded``."""
-        if loaded is None:
-            return False
-        return loaded in self.evicted or self.action in (
-            Action.LOAD_FROM_LOCAL_STORE,
-            Action.LOAD_FROM_STORE,
-        )
+        return {
+            "X-Cache-Action": str(self.action),
+            "X-Evicted": ",".join(self.evicted),
+            "X-Unloaded": ",".join(self.unloaded),
+        }
 
 
-def would_replace_loaded(policy: CachePolicy, model: str, loaded: str | None) -> bool:
-    """Whether serving ``model`` now would unload or evict ``loaded``. Read-only."""
-    if loaded is None:
-        return False
-    return model != loaded or policy.is_expired(loaded)
+@dataclass(frozen=True)
+class Outcome:
+    """A decision and the tiers' bookkeeping once it is carried out."""
+
+    decision: Decision
+    cache: CachePolicy
+    resident: CachePolicy
 
 
-def would_reject(policy: CachePolicy, model: str) -> bool:
-    """Whether the policy would refuse ``model`` now. Read-only."""
-    return model not in policy and not policy.can_admit(model)
+def decide(
+    cache: CachePolicy,
+    resident: CachePolicy,
+    model: str,
+    *,
+    size: int = 0,
+    footprint: int = 0,
+    stale: bool = False,
+) -> Outcome:
+    """Decide how to serve ``model`` (a file of ``size`` bytes that needs ``footprint``
+    bytes of memory once loaded). ``stale``: the worker's copy is another version,
+    decided anew like a missing model, with the model itself among the evicted.
 
-
-def decide(policy: CachePolicy, model: str, loaded: str | None) -> Decision:
-    """Decide how to serve ``model``, updating the policy's bookkeeping."""
-    evicted = policy.expire()
-    if model in policy:
-        policy.touch(model)
-        action = Action.ALREADY_LOADED if model == loaded else Action.LOAD_FROM_LOCAL_STORE
-    elif not policy.can_admit(model):
-        action = Action.REJECTED
+    The disk tier is swept first, then the memory tier; a file evicted is not
+    also listed as unloaded. A model the disk tier refuses, or for which the
+    memory tier cannot make room (everything there is pinned), is REJECTED
+    with ``reason`` and nothing changes.
+    """
+    original = (cache, resident)
+    cache, resident = cache.clone(), resident.clone()
+    evicted: list[str] = []
+    if stale:
+        cache.discard(model)
+        resident.discard(model)
+        evicted.append(model)
+    evicted += cache.expire()
+    for name in evicted:
+        resident.discard(name)
+    unloaded = resident.expire()
+    if model in resident:
+        cache.touch(model)
+        resident.touch(model)
+        action = Action.ALREADY_LOADED
     else:
-        evicted += policy.admit(model)
-        action = Action.LOAD_FROM_STORE
-    return Decision(model=model, action=action, evicted=tuple(evicted))
+        try:
+            if model in cache:
+                cache.touch(model)
+                action = Action.LOAD_FROM_LOCAL_STORE
+            else:
+                victims = cache.admit(model, size)
+                evicted += victims
+                for name in victims:
+                    resident.discard(name)
+                action = Action.LOAD_FROM_STORE
+            unloaded += resident.admit(model, footprint)
+        except CacheFull as err:
+            return Outcome(Decision(model, Action.REJECTED, reason=str(err)), *original)
+    unloaded = [name for name in unloaded if name not in evicted]
+    return Outcome(Decision(model, action, tuple(evicted), tuple(unloaded)), cache, resident)
+
+
+def reconcile(
+    cache: CachePolicy,
+    resident: CachePolicy,
+    worker_cached: dict[str, int],
+    worker_resident: dict[str, int],
+) -> tuple[list[str], list[str]]:
+    """Make both tiers agree with what the worker reports; pure apart from the policies.
+
+    ``worker_cached`` maps each file on the worker to its size and
+    ``worker_resident`` each loaded model (least recently used first) to its
+    estimated memory. Members the worker no longer holds are dropped. Models
+    the worker holds but the tiers do not know are admitted (resident ones
+    last, so they are the most recently used); whatever the tiers evict or
+    refuse while admitting them is returned: (files to delete, models to
+    unload). A loaded model whose file is not cached is unloaded.
+    """
+    for member in cache.members():
+        if member not in worker_cached:
+            cache.discard(member)
+    for member in resident.members():
+        if member not in worker_resident or member not in cache and member not in worker_cached:
+            resident.discard(member)
+    unknown = [name for name in worker_cached if name not in cache and name not in worker_resident]
+    unknown += [name for name in worker_resident if name in worker_cached and name not in cache]
+    to_delete: list[str] = []
+    for name in unknown:
+        if cache.can_admit(name, worker_cached[name]):
+            to_delete += cache.admit(name, worker_cached[name])
+        else:
+            to_delete.append(name)
+    to_unload: list[str] = []
+    for name, footprint in worker_resident.items():
+        if name not in cache:
+            to_unload.append(name)
+            resident.discard(name)
+        elif name not in resident:
+            if resident.can_admit(name, footprint):
+                to_unload += resident.admit(name, footprint)
+            else:
+                to_unload.append(name)
+    for name in to_delete:
+        resident.discard(name)
+    to_unload = [name for name in dict.fromkeys(to_unload) if name not in to_delete]
+    return to_delete, to_unload

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from model_swap.errors import ApiError, BadRequest, NotFound, WorkerFailed
 from model_swap.generation import parse_messages, parse_sampling
 from model_swap.names import InvalidModelName, validate_model_name
-from model_swap.requests_json import prompt_text
+from model_swap.requests_json import parse_keep_alive, prompt_text
 
 CHAT = "chat.completion"
 COMPLETION = "text_completion"
@@ -58,6 +58,7 @@ class OpenAIRequest:
     job: dict
     stream: bool
     include_usage: bool
+    keep_alive: float | None = None  # model-swap's extension (Ollama's name and meaning)
 
 
 def _model(body: dict) -> str:
@@ -133,7 +134,9 @@ def parse_chat(body: dict, *, max_prompt_chars: int) -> OpenAIRequest:
         "messages": [m.to_json() for m in messages],
         **_job(body, _max_tokens(body, "max_completion_tokens", "max_tokens")),
     }
-    return OpenAIRequest(CHAT, model, job, stream, include_usage)
+    return OpenAIRequest(
+        CHAT, model, job, stream, include_usage, parse_keep_alive(body.get("keep_alive"))
+    )
 
 
 def parse_completion(body: dict, *, max_prompt_chars: int) -> OpenAIRequest:
@@ -152,7 +155,9 @@ def parse_completion(body: dict, *, max_prompt_chars: int) -> OpenAIRequest:
         prompt = prompt[0]
     prompt = prompt_text({"prompt": prompt}, max_chars=max_prompt_chars)
     job = {"prompt": prompt, **_job(body, _max_tokens(body, "max_tokens"))}
-    return OpenAIRequest(COMPLETION, model, job, stream, include_usage)
+    return OpenAIRequest(
+        COMPLETION, model, job, stream, include_usage, parse_keep_alive(body.get("keep_alive"))
+    )
 
 
 # -- the worker's events ----------------------------------------------------------------

@@ -1,167 +1,100 @@
 """What the store believes its worker holds, and who may change it right now.
 
-``WorkerState`` owns the cache policy (which models are in the worker's disk
-cache), the loaded model, how many generations are running on it, and whether
-a swap is in progress. It is the only place these change, always under one
-condition variable, and it performs no I/O: callers carry decisions out on the
-worker and report back.
+``WorkerState`` owns the two tiers' policies (files in the worker's disk
+cache; models resident in its memory), how many generations run on each
+model, and the one swap in progress. It is the only place these change,
+always under one condition variable, and it performs no I/O: callers carry
+decisions out on the worker and report back.
 
-Rules it enforces (thread-safe, all waits bounded by a deadline):
-- one swap at a time; other requests wait for it, then decide on the new state
-  (so two requests for one missing model cause one transfer);
-- the loaded model is never replaced or evicted while a generation runs on it:
-  a swap first stops new entrants, then waits for running ones to finish.
+Rules it enforces (thread-safe, every wait bounded by one deadline):
+- a hit on a resident model is served at once, even while another model is
+  being pushed or loaded (only the models a swap changes wait for it);
+- one swap at a time; other misses wait for it, then decide on the new
+  state (so two requests for one missing model cause one transfer);
+- a model is never unloaded or evicted while a generation runs on it: the
+  swap first stops new entrants on exactly those models, then waits for
+  their running generations, never for other models'.
+
+What must be given back is returned as one object (``leases.py``): a
+generation ``Lease`` (released exactly once) and a ``SwapSlot`` (committed or
+ended exactly once).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from model_store_server.cache_policy import CachePolicy
-from model_store_server.decision import (
-    Action,
-    Decision,
-    decide,
-    would_reject,
-    would_replace_loaded,
-)
+from model_store_server.decision import LOADS, Action, Decision, Outcome, decide, reconcile
+from model_store_server.leases import Lease, SwapSlot, Ticket
 
 
 class Busy(Exception):
     """The wait for a swap or for running generations exceeded the deadline."""
 
 
-@dataclass(frozen=True)
-class Ticket:
-    """The outcome of ``WorkerState.begin``.
+class TooLarge(Exception):
+    """A model is larger than a tier's whole budget; nothing was changed."""
 
-    If ``owns_swap`` the caller holds the swap slot: it carries ``decision``
-    out on the worker inside ``with state.swap(ticket) as slot:``, which
-    commits or ends the slot exactly once. Otherwise (and after the commit of
-    an admitted request) the caller holds a generation lease on the loaded
-    model and must call ``release`` once.
-    """
 
-    decision: Decision
-    owns_swap: bool
-    decision_ms: float
-    version: str | None = None  # the digest of the model's file this ticket serves
+class PinConflict(Exception):
+    """Pinning would hold more than a tier can keep; nothing was changed."""
+
+
+# keep_alive: seconds a model stays resident after its last answer; KEEP_FOREVER keeps
+# it until capacity pushes it out (no time bound on either tier), None: the policy's.
+KEEP_FOREVER = -1
 
 
 @dataclass(frozen=True)
-class CachedEntry:
+class Member:
     name: str
     idle_seconds: float
+    size_bytes: int
+    pinned: bool
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    cached: tuple[CachedEntry, ...]
-    loaded: str | None
+    cached: tuple[Member, ...]
+    resident: tuple[Member, ...]  # most recently used last
     generating: int
     swapping: bool
     synced: bool
+    generating_by_model: dict[str, int] = field(default_factory=dict)
 
-
-def reconcile(
-    policy: CachePolicy, worker_cached: list[str], worker_loaded: str | None
-) -> tuple[list[str], str | None]:
-    """Make ``policy`` agree with what the worker reports; pure apart from the policy.
-
-    Members the worker no longer holds are dropped. Files the worker holds but
-    the policy does not know are admitted (the loaded one last, so it is the
-    most recently used); whatever the policy evicts or refuses while admitting
-    them is returned for deletion on the worker. Returns (to_delete, loaded).
-    """
-    on_worker = set(worker_cached)
-    for member in policy.members():
-        if member not in on_worker:
-            policy.discard(member)
-    unknown = [name for name in worker_cached if name not in policy and name != worker_loaded]
-    if worker_loaded is not None and worker_loaded in on_worker and worker_loaded not in policy:
-        unknown.append(worker_loaded)
-    to_delete: list[str] = []
-    for name in unknown:
-        if policy.can_admit(name):
-            to_delete += policy.admit(name)
-        else:
-            to_delete.append(name)
-    loaded = worker_loaded if worker_loaded in policy else None
-    return to_delete, loaded
-
-
-class SwapSlot:
-    """The one swap slot, held by one caller and given back exactly once.
-
-    Granted by ``WorkerState.swap`` (to carry a ticket's decision out) or
-    ``WorkerState.exclusive`` (to sync or reset). ``commit`` records the
-    ticket's decision as done (an admitted request gets a generation lease);
-    ``end`` gives the slot back without a lease, after a failure or a sync.
-    Used as a context manager, a slot still open when its block is left is
-    ended: after an exception, as unsynced (whatever failed, the next request
-    re-reads the worker); normally, by committing the ticket, or for an
-    exclusive slot by keeping the current sync flag. Calls after the first are
-    ignored. Thread-safe.
-    """
-
-    def __init__(self, state: WorkerState, ticket: Ticket | None):
-        self._state = state
-        self.ticket = ticket
-        self._lock = threading.Lock()
-        self._open = True
-
-    def _close(self) -> bool:
-        with self._lock:
-            was_open, self._open = self._open, False
-            return was_open
-
-    def commit(self) -> None:
-        """The worker carried the ticket's decision out."""
-        if self.ticket is None:
-            raise ValueError("an exclusive slot has no decision to commit")
-        if self._close():
-            self._state._commit(self.ticket)
-
-    def end(self, *, synced: bool) -> None:
-        """Give the slot back without a lease.
-
-        ``synced`` says whether the state now matches the worker's own report;
-        if not, the next request re-reads the worker before deciding, and
-        until then the ticket's model (whose load may have failed) is not
-        counted as cached and no model as loaded: the store claims nothing it
-        has not seen the worker confirm.
-        """
-        if self._close():
-            unconfirmed = self.ticket.decision.model if self.ticket else None
-            self._state._end(synced=synced, unconfirmed=unconfirmed)
-
-    def __enter__(self) -> SwapSlot:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.end(synced=False)
-        elif self.ticket is not None:
-            self.commit()
-        else:
-            self.end(synced=self._state.synced)
+    @property
+    def loaded(self) -> str | None:
+        """The most recently used resident model (the seed's single ``loaded``)."""
+        return self.resident[-1].name if self.resident else None
 
 
 class WorkerState:
     """The store's view of its worker; see the module docstring. Thread-safe."""
 
-    def __init__(self, policy: CachePolicy):
-        self.policy = policy
+    def __init__(self, cache: CachePolicy, resident: CachePolicy):
+        self.cache = cache
+        self.resident = resident
         self._cond = threading.Condition()
-        self._loaded: str | None = None
-        self._active = 0
+        self._active: Counter[str] = Counter()
         self._swapping = False
+        self._changing: frozenset[str] = frozenset()  # what the swap in progress changes
+        self._draining: set[str] = set()  # models a pending swap waits to take away
         self._synced = False
         # The digest of each cached model's copy on the worker (None: unknown, never trusted).
         self._versions: dict[str, str | None] = {}
+        self._keep: dict[str, float | None] = {}  # the last keep_alive asked per model
+        self.on_idle: Callable[[], None] = lambda: None  # called when a lease ends
+
+    @property
+    def policy(self) -> CachePolicy:
+        """The disk tier's policy (the seed's one policy)."""
+        return self.cache
 
     # -- waiting -----------------------------------------------------------------
 
@@ -176,56 +109,190 @@ class WorkerState:
 
     def _stale(self, model: str, version: str | None) -> bool:
         """Whether the worker's copy of ``model`` is another version than ``version``."""
-        return version is not None and model in self.policy and self._versions.get(model) != version
+        return version is not None and model in self.cache and self._versions.get(model) != version
 
-    def begin(self, model: str, timeout: float, version: str | None = None) -> Ticket:
+    def _touch_active(self) -> None:
+        """A model that is generating is in use, not idle: no TTL expires it."""
+        for name, count in self._active.items():
+            if count:
+                for tier in (self.cache, self.resident):
+                    if name in tier:
+                        tier.touch(name)
+
+    def _nothing_due(self) -> bool:
+        return not self.cache.expired() and not self.resident.expired()
+
+    def _hit(self, model: str, version: str | None) -> bool:
+        """Whether ``model`` can be served now without the swap slot."""
+        return (
+            model in self.resident
+            and model not in self._changing
+            and model not in self._draining
+            and not self._stale(model, version)
+            and self._nothing_due()
+        )
+
+    def check_fits(self, model: str, size: int, footprint: int) -> None:
+        """Raise TooLarge if ``model`` exceeds a tier's whole budget on its own."""
+        for tier, need, what in (
+            (self.cache, size, "MAX_CACHE_BYTES"),
+            (self.resident, footprint, "MAX_LOADED_BYTES"),
+        ):
+            if not tier.fits(need):
+                raise TooLarge(
+                    f"{model} needs {need} bytes, more than {what}={tier.max_bytes} on its own"
+                )
+
+    def begin(
+        self,
+        model: str,
+        timeout: float,
+        version: str | None = None,
+        *,
+        size: int = 0,
+        footprint: int = 0,
+        keep_alive: float | None = None,
+        pin: bool = False,
+    ) -> Ticket:
         """Decide how to serve ``model``, waiting (at most ``timeout`` s) for its turn.
 
         ``version`` is the digest of the store's file now: a worker copy of
         another version is stale, and is evicted and replaced by a push
-        (``X-Evicted`` names the model itself). None skips the check.
-        Raises Busy, having changed nothing, if the wait exceeds ``timeout``.
+        (``X-Evicted`` names the model itself); None skips the check.
+        ``size`` and ``footprint`` are the file's bytes and its estimated
+        memory once loaded. ``keep_alive`` applies from the end of this
+        request's generation; ``pin`` pins the model in both tiers once it
+        is resident. Raises TooLarge or PinConflict (nothing changed), or
+        Busy, having changed nothing, if the wait exceeds ``timeout``.
         """
         deadline = time.monotonic() + timeout
+        started = time.perf_counter()
         with self._cond:
-            self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
-            policy = self.policy
-            if self._active and self._loaded in policy:
-                # A model that is generating is in use, not idle: a TTL never expires it.
-                policy.touch(self._loaded)
-                replaces = would_replace_loaded(policy, model, self._loaded) or (
-                    model == self._loaded and self._stale(model, version)
-                )
-                if replaces and not would_reject(policy, model):
-                    # Stop new generations on the loaded model and let running ones
-                    # finish before deciding; on timeout nothing has changed.
-                    self._swapping = True
-                    try:
+            self.check_fits(model, size, footprint)
+            if pin:
+                self._check_pin(model, size, footprint)
+            self._touch_active()
+            owned = False
+            try:
+                while True:
+                    if not owned and self._hit(model, version):
+                        return self._serve_hit(model, version, started, keep_alive, pin)
+                    if not owned:
                         self._wait(
-                            lambda: self._active == 0,
+                            lambda: not self._swapping or self._hit(model, version),
                             deadline,
-                            f"running generations on {self._loaded} to finish",
+                            "another model swap to finish",
                         )
-                    except Busy:
-                        self._swapping = False
-                        self._cond.notify_all()
-                        raise
-            started = time.perf_counter()
-            stale = self._stale(model, version)
-            if stale:
-                policy.discard(model)  # decided anew: it is admitted like a missing model
-            decision = decide(policy, model, self._loaded)
-            if stale:
-                decision = replace(decision, evicted=(model, *decision.evicted))
+                        if self._hit(model, version):
+                            continue
+                        self._swapping = owned = True
+                    self._touch_active()
+                    outcome = decide(
+                        self.cache,
+                        self.resident,
+                        model,
+                        size=size,
+                        footprint=footprint,
+                        stale=self._stale(model, version),
+                    )
+                    decision = outcome.decision
+                    busy = [name for name in decision.takes_away if self._active[name]]
+                    if decision.action is Action.REJECTED or not busy:
+                        break
+                    # Stop new generations on the models this swap takes away and wait
+                    # for a running one to end, then decide again (an idle model may now
+                    # be the victim); on timeout nothing has changed.
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise Busy(f"timed out waiting for running generations on {','.join(busy)}")
+                    self._draining.update(busy)
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._draining.difference_update(busy)
+            except BaseException:
+                if owned:
+                    self._swapping = False
+                    self._cond.notify_all()
+                raise
             decision_ms = (time.perf_counter() - started) * 1000
-            if decision.changes_worker:
-                self._swapping = True
-                return Ticket(decision, owns_swap=True, decision_ms=decision_ms, version=version)
-            self._swapping = False
-            if decision.action is not Action.REJECTED:
-                self._active += 1
-            self._cond.notify_all()
-            return Ticket(decision, owns_swap=False, decision_ms=decision_ms, version=version)
+            if decision.action is Action.REJECTED or not decision.changes_worker:
+                self._swapping = False
+                self._adopt(outcome)
+                lease = None
+                if decision.action is not Action.REJECTED:
+                    lease = self._grant(model, keep_alive, pin)
+                self._cond.notify_all()
+                return Ticket(
+                    decision, False, decision_ms, version, lease=lease, keep_alive=keep_alive
+                )
+            self._adopt(outcome)
+            self._changing = decision.touches
+            return Ticket(
+                decision,
+                True,
+                decision_ms,
+                version,
+                keep_alive=keep_alive,
+                pin=pin,
+                _outcome=outcome,
+            )
+
+    def _serve_hit(
+        self, model: str, version: str | None, started: float, keep_alive, pin: bool
+    ) -> Ticket:
+        self.cache.touch(model)
+        self.resident.touch(model)
+        lease = self._grant(model, keep_alive, pin)
+        decision = Decision(model, Action.ALREADY_LOADED)
+        decision_ms = (time.perf_counter() - started) * 1000
+        return Ticket(decision, False, decision_ms, version, lease=lease, keep_alive=keep_alive)
+
+    def _adopt(self, outcome: Outcome) -> None:
+        self.cache, self.resident = outcome.cache, outcome.resident
+        for name in outcome.decision.evicted:
+            self._versions.pop(name, None)
+            self._keep.pop(name, None)
+
+    def _grant(self, model: str, keep_alive: float | None, pin: bool) -> Lease:
+        """Start a generation on ``model`` (caller holds the lock)."""
+        self._active[model] += 1
+        if pin:
+            self.cache.pin(model)
+            self.resident.pin(model)
+        # Until the generation ends the model follows the policy's own time bound.
+        self._set_keep(model, keep_alive if keep_alive != 0 else None)
+        return Lease(self, model, keep_alive)
+
+    def _set_keep(self, model: str, keep_alive: float | None) -> None:
+        self._keep[model] = keep_alive
+        if model in self.resident:
+            self.resident.set_ttl(
+                model,
+                None if keep_alive is None else math.inf if keep_alive < 0 else keep_alive,
+            )
+        if model in self.cache and self.cache.ttl is not None:
+            # The disk tier never drops a model sooner than its keep_alive keeps it resident.
+            longer = keep_alive is not None and (keep_alive < 0 or keep_alive > self.cache.ttl)
+            override = (math.inf if keep_alive < 0 else keep_alive) if longer else None
+            self.cache.set_ttl(model, override)
+
+    def _check_pin(self, model: str, size: int, footprint: int) -> None:
+        tiers = ((self.cache, size, "cache"), (self.resident, footprint, "resident"))
+        for tier, need, what in tiers:
+            pinned = [name for name in tier.pinned() if name != model]
+            count = len(pinned) + 1
+            used = sum(tier.size_of(name) for name in pinned) + need
+            if tier.capacity is not None and count > tier.capacity:
+                raise PinConflict(
+                    f"pinning {model} would pin {count} models in the {what} tier, "
+                    f"which holds {tier.capacity} (pinned: {','.join(pinned)})"
+                )
+            if tier.max_bytes is not None and used > tier.max_bytes:
+                raise PinConflict(
+                    f"pinning {model} would pin {used} bytes in the {what} tier, "
+                    f"whose budget is {tier.max_bytes} (pinned: {','.join(pinned)})"
+                )
 
     def swap(self, ticket: Ticket) -> SwapSlot:
         """The slot ``begin`` granted with ``ticket``, for ``with state.swap(ticket) as slot:``."""
@@ -233,43 +300,140 @@ class WorkerState:
             raise ValueError("this ticket holds no swap slot")
         return SwapSlot(self, ticket)
 
-    def _commit(self, ticket: Ticket) -> None:
+    def _commit(self, ticket: Ticket, *, lease: bool) -> Lease | None:
         decision = ticket.decision
         with self._cond:
-            for name in decision.evicted:
-                self._versions.pop(name, None)
             if decision.action is Action.LOAD_FROM_STORE:
                 self._versions[decision.model] = ticket.version
-            if self._loaded in decision.evicted:
-                self._loaded = None
-            if decision.action in (Action.LOAD_FROM_STORE, Action.LOAD_FROM_LOCAL_STORE):
-                self._loaded = decision.model
-            if decision.action is not Action.REJECTED:
-                self._active += 1
+            granted = None
+            if decision.action in (Action.ALREADY_LOADED, *LOADS) and lease:
+                granted = self._grant(decision.model, ticket.keep_alive, ticket.pin)
+            elif ticket.pin and decision.model in self.resident:
+                self.cache.pin(decision.model)
+                self.resident.pin(decision.model)
             self._swapping = False
+            self._changing = frozenset()
             self._cond.notify_all()
+            return granted
 
-    def _end(self, *, synced: bool, unconfirmed: str | None) -> None:
+    def _end(self, *, synced: bool, ticket: Ticket | None) -> None:
         with self._cond:
             self._synced = synced
-            if not synced:
-                self._loaded = None
-                if unconfirmed is not None:
-                    self.policy.discard(unconfirmed)
-                    self._versions.pop(unconfirmed, None)
+            if not synced and ticket is not None:
+                for name in ticket.decision.touches:
+                    self.cache.discard(name)
+                    self.resident.discard(name)
+                    self._versions.pop(name, None)
             self._swapping = False
+            self._changing = frozenset()
             self._cond.notify_all()
 
-    def release(self) -> None:
-        """A generation on the loaded model ended (normally, by error or disconnect).
+    def _release(self, lease: Lease) -> None:
+        """A generation ended (normally, by error or disconnect).
 
-        The model's idle time starts now, not when the generation started.
+        The model's idle time starts now, not when the generation started,
+        and the request's ``keep_alive`` takes effect.
         """
         with self._cond:
-            self._active -= 1
-            if self._loaded in self.policy:
-                self.policy.touch(self._loaded)
+            model = lease.model
+            self._active[model] -= 1
+            if self._active[model] <= 0:
+                del self._active[model]
+            for tier in (self.cache, self.resident):
+                if model in tier:
+                    tier.touch(model)
+            if model not in self._active and model in self.resident:
+                self._set_keep(model, lease.keep_alive)
             self._cond.notify_all()
+        self.on_idle()
+
+    # -- explicit control: unload, evict, pin -------------------------------------------
+
+    def begin_change(self, model: str, action: Action, timeout: float) -> Ticket:
+        """Take ``model`` out of memory (UNLOAD) or off the worker (EVICT) on request.
+
+        Waits, bounded, for the swap slot and for ``model``'s generations; the
+        model is unpinned. Returns a ticket that owns the slot (carry it out
+        with ``swap``) or, if there is nothing to do, one that does not.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
+            self._swapping = True
+            self._draining.add(model)
+            try:
+                self._wait(
+                    lambda: not self._active[model],
+                    deadline,
+                    f"running generations on {model} to finish",
+                )
+            except BaseException:
+                self._swapping = False
+                self._cond.notify_all()
+                raise
+            finally:
+                self._draining.discard(model)
+            started = time.perf_counter()
+            evict = action is Action.EVICT
+            present = model in (self.cache if evict else self.resident)
+            self.resident.discard(model)
+            if evict:
+                self.cache.discard(model)
+                self._versions.pop(model, None)
+            decision = Decision(
+                model,
+                action,
+                evicted=(model,) if evict and present else (),
+                unloaded=(model,) if not evict and present else (),
+            )
+            ms = (time.perf_counter() - started) * 1000
+            if not present:
+                self._swapping = False
+                self._cond.notify_all()
+                return Ticket(decision, False, ms)
+            self._changing = decision.touches
+            return Ticket(decision, True, ms)
+
+    def set_pin(self, model: str, pinned: bool) -> bool:
+        """Pin or unpin a resident model in both tiers; False if it is not resident."""
+        with self._cond:
+            if model not in self.resident:
+                return False
+            if pinned:
+                self._check_pin(model, self.cache.size_of(model), self.resident.size_of(model))
+                self.cache.pin(model)
+                self.resident.pin(model)
+            else:
+                self.cache.unpin(model)
+                self.resident.unpin(model)
+            return True
+
+    def begin_sweep(self) -> Ticket | None:
+        """Unload resident models whose time is up (none generating), if no swap runs.
+
+        Returns a ticket owning the slot (``Decision(UNLOAD)`` naming them in
+        ``unloaded``), or None if there is nothing to do now. The disk tier is
+        left to the next request, which reports its expired files in
+        ``X-Evicted`` as the seed does.
+        """
+        with self._cond:
+            if self._swapping or not self._synced:
+                return None
+            self._touch_active()
+            due = self.resident.expired()
+            if not due:
+                return None
+            for name in due:
+                self.resident.discard(name)
+            self._swapping = True
+            decision = Decision(due[0], Action.UNLOAD, unloaded=tuple(due))
+            self._changing = decision.touches
+            return Ticket(decision, True, 0.0)
+
+    def next_due(self) -> float | None:
+        """Seconds until a resident model's time is up (None: no time bound now)."""
+        with self._cond:
+            return self.resident.next_expiry()
 
     # -- synchronising with the worker's truth ------------------------------------
 
@@ -290,7 +454,7 @@ class WorkerState:
             self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
             self._swapping = True
             try:
-                self._wait(lambda: self._active == 0, deadline, "running generations to finish")
+                self._wait(lambda: not self._active, deadline, "running generations to finish")
             except Busy:
                 self._swapping = False
                 self._cond.notify_all()
@@ -298,18 +462,22 @@ class WorkerState:
         return SwapSlot(self, None)
 
     def apply_worker_report(
-        self, cached: list[str], loaded: str | None, digests: dict[str, str | None] | None = None
-    ) -> list[str]:
-        """Adopt the worker's report (caller holds the swap slot); returns names to delete.
+        self,
+        cached: dict[str, int],
+        resident: dict[str, int],
+        digests: dict[str, str | None] | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """Adopt the worker's report (caller holds the swap slot).
 
-        ``digests`` are the versions of the worker's files (missing: unknown).
+        ``cached`` maps files to sizes, ``resident`` loaded models (least
+        recently used first) to estimated bytes, ``digests`` the versions of
+        the worker's files (missing: unknown). Returns (files to delete,
+        models to unload) to restore the tiers' bounds.
         """
         with self._cond:
             self._versions = {name: (digests or {}).get(name) for name in cached}
-            to_delete, self._loaded = reconcile(self.policy, cached, loaded)
-            if self._loaded in to_delete:
-                self._loaded = None
-            return to_delete
+            to_delete, to_unload = reconcile(self.cache, self.resident, cached, resident)
+            return to_delete, to_unload
 
     def mark_unsynced(self) -> None:
         """Something the worker said contradicts this view; re-read it before the next decision."""
@@ -318,10 +486,28 @@ class WorkerState:
 
     # -- reading -----------------------------------------------------------------
 
+    def _members(self, tier: CachePolicy, names: Iterable[str]) -> tuple[Member, ...]:
+        return tuple(
+            Member(
+                name,
+                round(tier.idle_seconds(name), 3),
+                tier.size_of(name),
+                tier.is_pinned(name),
+            )
+            for name in names
+        )
+
     def snapshot(self) -> Snapshot:
         with self._cond:
-            cached = tuple(
-                CachedEntry(name, round(self.policy.idle_seconds(name), 3))
-                for name in self.policy.members()
+            return Snapshot(
+                cached=self._members(self.cache, self.cache.members()),
+                resident=self._members(self.resident, self.resident.members()),
+                generating=sum(self._active.values()),
+                swapping=self._swapping,
+                synced=self._synced,
+                generating_by_model=dict(self._active),
             )
-            return Snapshot(cached, self._loaded, self._active, self._swapping, self._synced)
+
+    def keep_alive_of(self, model: str) -> float | None:
+        with self._cond:
+            return self._keep.get(model)

@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from model_store_server.cache_policy import create_policy
+from model_store_server import views
+from model_store_server.cache_policy import Tier, create_policy
 from model_store_server.config import StoreSettings
 from model_store_server.decision import Action, Decision
-from model_store_server.digests import DigestCache
-from model_store_server.state import Busy, SwapSlot, Ticket, WorkerState
+from model_store_server.digests import DigestCache, PerVersionCache
+from model_store_server.leases import Lease, SwapSlot, Ticket
+from model_store_server.state import Busy, PinConflict, TooLarge, WorkerState
 from model_store_server.transport import PushResult, Transport
 from model_store_server.transport_factory import build_transport
+from model_store_server.views import SEED_ROUTE
 from model_store_server.worker_client import (
     InferenceStream,
     WorkerClient,
     WorkerError,
 )
-from model_swap.errors import ApiError, BadRequest, NotFound, Unavailable
-from model_swap.logs import CONSOLE
+from model_swap.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
+from model_swap.footprint import estimate
 from model_swap.names import InvalidModelName, validate_model_name
 
 logger = logging.getLogger(__name__)
@@ -61,9 +62,6 @@ class Served:
         return headers
 
 
-# The seed's route: its log lines carry no ``path=`` field.
-SEED_ROUTE = "/user_request"
-
 STREAM_ERROR_PREFIX = "\n[model-swap error] "
 
 
@@ -72,12 +70,29 @@ def stream_error_marker(err: ApiError) -> bytes:
     return f"{STREAM_ERROR_PREFIX}{err.type}: {err.message}\n".encode()
 
 
+class ModelTooLarge(BadRequest):
+    """The model exceeds MAX_CACHE_BYTES or MAX_LOADED_BYTES on its own."""
+
+    type = "model_too_large"
+
+
+class PinRefused(Conflict):
+    """Pinning would hold more than a tier can keep."""
+
+    type = "pin_conflict"
+
+
+def nothing_done() -> dict[str, list[str]]:
+    """What a swap carried out on the worker so far (for headers and the log line)."""
+    return {"evicted": [], "unloaded": []}
+
+
 def _is_drift(err: ApiError) -> bool:
     """The worker lacks a model the store believed it held (it restarted or lost files)."""
     return isinstance(err, WorkerError) and err.worker_status in (404, 409)
 
 
-def _close_generation(stream: InferenceStream, lease: _Lease) -> None:
+def _close_generation(stream: InferenceStream, lease: Lease) -> None:
     """End a relayed generation: close the worker's stream, then release the lease
     even if closing failed (a held lease would make every later swap wait)."""
     try:
@@ -86,35 +101,28 @@ def _close_generation(stream: InferenceStream, lease: _Lease) -> None:
         lease.release()
 
 
-class _Lease:
-    """A generation lease on the loaded model, released exactly once."""
-
-    def __init__(self, state: WorkerState):
-        self._state = state
-        self._lock = threading.Lock()
-        self._held = True
-
-    def release(self) -> None:
-        with self._lock:
-            if not self._held:
-                return
-            self._held = False
-        self._state.release()
-
-
 class SwapService:
     """Everything the store's routes call. Thread-safe."""
 
     def __init__(self, settings: StoreSettings, *, clock=time.monotonic):
         self.settings = settings
         self.models_dir = Path(settings.models_dir)
-        policy = create_policy(
+        cache = create_policy(
             settings.cache_policy,
-            capacity=settings.max_cache_size,
+            capacity=settings.cache_capacity,
             ttl=settings.ttl_seconds,
+            max_bytes=settings.max_cache_bytes,
             clock=clock,
         )
-        self.state = WorkerState(policy)
+        resident = create_policy(
+            settings.cache_policy,
+            capacity=settings.max_loaded_models,
+            ttl=settings.ttl_seconds,
+            max_bytes=settings.max_loaded_bytes,
+            clock=clock,
+            tier=Tier.RESIDENT,
+        )
+        self.state = WorkerState(cache, resident)
         self.client = WorkerClient(
             settings.worker_url,
             connect_timeout=settings.worker_connect_timeout,
@@ -123,6 +131,7 @@ class SwapService:
         )
         self.transport: Transport = build_transport(settings, self.client)
         self.digests = DigestCache()
+        self.footprints = PerVersionCache()
         self.worker_n_ctx: int | None = None  # from the worker's last report
 
     # -- models in the store ---------------------------------------------------------
@@ -148,38 +157,6 @@ class SwapService:
                 names.append(entry.name)
         return sorted(names)
 
-    def describe_models(self, names: list[str] | None = None) -> list[dict]:
-        """``name``, ``size_bytes``, ``created`` (mtime) and ``state`` of models in MODELS_DIR.
-
-        ``state`` is ``loaded`` (the worker's loaded model), ``cached`` (on the
-        worker's disk) or ``available`` (only in MODELS_DIR). ``names`` limits
-        the answer to those models (unknown or invalid names are left out).
-        """
-        snapshot = self.state.snapshot()
-        cached = {entry.name for entry in snapshot.cached}
-        described = []
-        for name in self.available() if names is None else names:
-            try:
-                validate_model_name(name)
-                info = (self.models_dir / name).stat()
-            except (InvalidModelName, OSError):
-                continue
-            if name == snapshot.loaded:
-                state = "loaded"
-            elif name in cached:
-                state = "cached"
-            else:
-                state = "available"
-            described.append(
-                {
-                    "name": name,
-                    "size_bytes": info.st_size,
-                    "created": int(info.st_mtime),
-                    "state": state,
-                }
-            )
-        return described
-
     # -- serving -----------------------------------------------------------------------
 
     def serve(
@@ -189,27 +166,30 @@ class SwapService:
         *,
         route: str = SEED_ROUTE,
         stream_error: Callable[[ApiError], bytes] = stream_error_marker,
+        keep_alive: float | None = None,
     ) -> Served:
-        """Make ``model`` the worker's loaded model and start generating ``job``.
+        """Make ``model`` resident on the worker and start generating ``job``.
 
         ``job`` is the worker's /infer body without ``model`` (prompt or
         messages, ``max_tokens``, sampling, stream format); the worker's bytes
         are relayed as they are. If the worker fails mid-stream, the stream ends
         with ``stream_error(err)``. ``route`` is the path the request came in on,
-        for the log line. Blocks for the swap. Raises NotFound, BadRequest (the
-        worker refused the prompt), Unavailable (policy rejection, busy, worker
-        unreachable) or WorkerError. Errors raised after the decision carry its
-        headers.
+        for the log line. ``keep_alive`` (seconds; 0 unloads after the answer,
+        -1 keeps the model until capacity needs its place) applies once the
+        generation ends. Blocks for the swap. Raises NotFound, BadRequest (the
+        worker refused the prompt, or the model exceeds a budget on its own),
+        Unavailable (policy rejection, busy, worker unreachable) or WorkerError.
+        Errors raised after the decision carry its headers.
         """
         ticket: Ticket | None = None
         worker_ms = 0.0
-        evicted: list[str] = []  # evictions carried out on the worker, for the log line
+        done: dict[str, list[str]] = nothing_done()  # carried out on the worker
         try:
             path = self.model_path(model)
             version = self._version(path)
             max_tokens = job.get("max_tokens")
             for attempt in range(1, ATTEMPTS + 1):
-                ticket, worker_ms, evicted = None, 0.0, []
+                ticket, worker_ms, done = None, 0.0, nothing_done()
                 try:
                     self.ensure_synced()
                     if (
@@ -222,24 +202,23 @@ class SwapService:
                             f"(N_CTX={self.worker_n_ctx})",
                             param="max_tokens",
                         )
-                    ticket = self._begin(model, version)
-                    push, worker_ms = self._carry_out(ticket, path, evicted)
+                    ticket = self._begin(model, path, version, keep_alive=keep_alive)
+                    push, worker_ms, lease = self._carry_out(ticket, path, done)
                     if ticket.decision.action is Action.REJECTED:
                         raise Unavailable(
-                            f"{self.settings.cache_policy}: cache is full "
-                            f"({len(self.state.policy)}/{self.state.policy.capacity}); "
-                            f"{model} was not admitted",
+                            f"{ticket.decision.reason}; {model} was not admitted",
                             type="rejected",
                         )
-                    stream, lease = self._start_inference(model, job)
+                    stream = self._start_inference(model, job, lease)
                 except ApiError as err:
                     if _is_drift(err) and attempt < ATTEMPTS:
                         logger.warning("the worker no longer holds %s as expected; retrying", model)
                         continue
                     if ticket is not None:
                         headers = ticket.decision.headers()
-                        # A failed swap tells only what it did: evictions carried out.
-                        headers["X-Evicted"] = ",".join(evicted)
+                        # A failed swap tells only what it did on the worker.
+                        headers["X-Evicted"] = ",".join(done["evicted"])
+                        headers["X-Unloaded"] = ",".join(done["unloaded"])
                         err.headers.update(headers)
                     raise
                 return Served(
@@ -252,7 +231,7 @@ class SwapService:
             raise AssertionError("unreachable")
         finally:
             # Exactly one line per request, whatever happened (the last attempt's decision).
-            self._log_request(model, ticket, worker_ms, evicted, route)
+            views.log_request(self, model, ticket, worker_ms, done, route)
 
     def _version(self, path: Path) -> str:
         """The digest of the store's file as it is now (hashed once per file version).
@@ -266,18 +245,55 @@ class SwapService:
             logger.warning("could not read %s: %r", path, err)
             raise NotFound(f"model {path.name} could not be read from the store") from err
 
-    def _begin(self, model: str, version: str | None = None) -> Ticket:
+    def footprint(self, path: Path) -> int:
+        """Estimated memory of ``path`` once loaded with the worker's N_CTX (bytes),
+        computed once per file version; the file size if its metadata cannot be read."""
+        n_ctx = self.worker_n_ctx or 2048
         try:
-            return self.state.begin(model, self.settings.swap_wait_timeout, version)
+            return self.footprints.get(path, n_ctx, lambda: estimate(path, n_ctx).total_bytes)
+        except Exception as err:  # not a readable GGUF: the worker will refuse to load it
+            logger.warning("could not estimate the memory of %s: %r", path.name, err)
+            return path.stat().st_size
+
+    def _begin(
+        self,
+        model: str,
+        path: Path,
+        version: str | None = None,
+        *,
+        keep_alive: float | None = None,
+        pin: bool = False,
+    ) -> Ticket:
+        try:
+            size = path.stat().st_size
+            footprint = self.footprint(path)
+        except OSError as err:
+            raise NotFound(f"model {model} could not be read from the store") from err
+        try:
+            return self.state.begin(
+                model,
+                self.settings.swap_wait_timeout,
+                version,
+                size=size,
+                footprint=footprint,
+                keep_alive=keep_alive,
+                pin=pin,
+            )
         except Busy as err:
             raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
+        except TooLarge as err:
+            raise ModelTooLarge(str(err), param="model") from None
+        except PinConflict as err:
+            raise PinRefused(str(err)) from None
 
     def _carry_out(
-        self, ticket: Ticket, path: Path, evicted: list[str]
-    ) -> tuple[PushResult | None, float]:
-        """Perform the decision's evictions and load; returns (push, worker_ms).
+        self, ticket: Ticket, path: Path | None, done: dict[str, list[str]], *, lease: bool = True
+    ) -> tuple[PushResult | None, float, Lease | None]:
+        """Perform the decision on the worker; returns (push, worker_ms, lease).
 
-        Each eviction is appended to ``evicted`` once the worker has done it.
+        Evictions, then unloads, then the load; each is appended to
+        ``done["evicted"]`` / ``done["unloaded"]`` once the worker has done it.
+        The lease (with ``lease``) is the ticket's, or the slot's once committed.
 
         The pushed file's digest is the ticket's version, computed by ``serve``
         before anything was decided, so a file that cannot be read evicts
@@ -285,7 +301,7 @@ class SwapService:
         re-reading the worker, so the store's view is the worker's own report.
         """
         if not ticket.owns_swap:
-            return None, 0.0
+            return None, 0.0, ticket.lease
         decision = ticket.decision
         push = None
         started = time.perf_counter()
@@ -293,8 +309,12 @@ class SwapService:
             try:
                 for victim in decision.evicted:
                     self.client.evict(victim)
-                    evicted.append(victim)
+                    done["evicted"].append(victim)
                     logger.info("evicted %s from the worker", victim)
+                for victim in decision.unloaded:
+                    self.client.unload(victim)
+                    done["unloaded"].append(victim)
+                    logger.info("unloaded %s from the worker's memory (file kept)", victim)
                 if decision.action is Action.LOAD_FROM_STORE:
                     # The version this ticket decided on (known before anything was evicted).
                     push = self.transport.push(
@@ -322,13 +342,13 @@ class SwapService:
                         f"model {decision.model} could not be read from the store"
                     ) from err
                 raise
-        return push, (time.perf_counter() - started) * 1000
+            granted = slot.commit(lease=lease)
+        return push, (time.perf_counter() - started) * 1000, granted
 
-    def _start_inference(self, model: str, job: dict) -> tuple[InferenceStream, _Lease]:
-        """Open the worker's token stream under a generation lease (released on failure)."""
-        lease = _Lease(self.state)
+    def _start_inference(self, model: str, job: dict, lease: Lease) -> InferenceStream:
+        """Open the worker's token stream under ``lease`` (released on failure)."""
         try:
-            return self.client.infer(model, job), lease
+            return self.client.infer(model, job)
         except BaseException as err:
             lease.release()
             status = getattr(err, "worker_status", None)
@@ -339,7 +359,7 @@ class SwapService:
             raise
 
     def _relay(
-        self, stream: InferenceStream, lease: _Lease, stream_error: Callable[[ApiError], bytes]
+        self, stream: InferenceStream, lease: Lease, stream_error: Callable[[ApiError], bytes]
     ) -> Iterator[bytes]:
         """The worker's tokens; if the worker fails mid-stream, end with ``stream_error``."""
         try:
@@ -357,19 +377,6 @@ class SwapService:
             lease.release()
 
     # -- agreeing with the worker -------------------------------------------------------
-
-    def sync_in_background(self) -> threading.Thread:
-        """Adopt the worker's state now, without delaying start-up (errors are logged)."""
-
-        def run() -> None:
-            try:
-                self.ensure_synced()
-            except ApiError as err:
-                logger.info("worker not reachable at start (%s); will sync on first use", err)
-
-        thread = threading.Thread(target=run, name="store-initial-sync", daemon=True)
-        thread.start()
-        return thread
 
     def ensure_synced(self) -> None:
         """Adopt the worker's own report if the store's view may be stale."""
@@ -397,17 +404,26 @@ class SwapService:
         try:
             report = self.client.status()
             self.worker_n_ctx = report.n_ctx
-            bounds = self.state.apply_worker_report(report.cached, report.loaded, report.digests)
-            for name in bounds:
+            to_delete, to_unload = self.state.apply_worker_report(
+                {name: report.sizes.get(name, 0) for name in report.cached},
+                report.resident,
+                report.digests,
+            )
+            for name in to_delete:
                 self.client.evict(name)
                 logger.info("evicted %s from the worker to restore the policy's bounds", name)
+            for name in to_unload:
+                self.client.unload(name)
+                logger.info("unloaded %s from the worker to restore the memory budget", name)
         except Exception as err:
             if isinstance(err, ApiError):
                 logger.warning("could not re-read the worker's state: %s", err.message)
                 return err
             logger.exception("could not re-read the worker's state")
             return WorkerError("could not re-read the worker's state")
-        logger.info("synced with the worker: cached=%s loaded=%s", report.cached, report.loaded)
+        logger.info(
+            "synced with the worker: cached=%s resident=%s", report.cached, list(report.resident)
+        )
         return None
 
     def reset(self) -> list[str]:
@@ -426,55 +442,3 @@ class SwapService:
         if error is not None:
             raise error
         return evicted
-
-    # -- observing ------------------------------------------------------------------------
-
-    def _log_request(
-        self,
-        model: str,
-        ticket: Ticket | None,
-        worker_ms: float,
-        evicted: list[str],
-        route: str = SEED_ROUTE,
-    ) -> None:
-        """The one ``[/user_request]`` line per request (action ``none`` if never decided);
-        ``evicted`` lists the evictions carried out on the worker.
-
-        Requests that came in on another route (the OpenAI API) end with ``path=<route>``.
-        """
-        snapshot = self.state.snapshot()
-        CONSOLE.info(
-            "[/user_request] ts=%s policy=%s model=%s action=%s decision_ms=%.3f "
-            "worker_ms=%.1f cached=[%s] evicted=[%s]%s",
-            datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            self.settings.cache_policy,
-            model,
-            ticket.decision.action if ticket else "none",
-            ticket.decision_ms if ticket else 0.0,
-            worker_ms,
-            ",".join(entry.name for entry in snapshot.cached),
-            ",".join(evicted),
-            "" if route == SEED_ROUTE else f" path={route}",
-        )
-
-    def status(self) -> dict:
-        snapshot = self.state.snapshot()
-        policy = self.state.policy
-        return {
-            "policy": self.settings.cache_policy,
-            "max_cache_size": self.settings.max_cache_size,
-            "ttl_seconds": self.settings.ttl_seconds,
-            "capacity": policy.capacity,
-            "ttl": policy.ttl,
-            "cached": [
-                {"name": entry.name, "idle_seconds": entry.idle_seconds}
-                for entry in snapshot.cached
-            ],
-            "loaded": snapshot.loaded,
-            "generating": snapshot.generating,
-            "swapping": snapshot.swapping,
-            "synced": snapshot.synced,
-            "available": self.available(),
-            "worker_url": self.settings.worker_url,
-            "transport": self.transport.name,
-        }

@@ -53,6 +53,9 @@ class WorkerReport:
     n_ctx: int | None = None
     # The digest each cached file was verified against (None: the worker does not know).
     digests: dict[str, str | None] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)  # each cached file's bytes
+    # Loaded models, least recently used first, with their estimated memory in bytes.
+    resident: dict[str, int] = field(default_factory=dict)
 
 
 class InferenceStream:
@@ -208,11 +211,21 @@ class WorkerClient:
         data = self._json("GET", "/status")
         try:
             entries = data["cached"]
+            loaded = data["loaded"]
+            if "resident" in data:
+                resident = {
+                    entry["name"]: int(entry.get("estimated_bytes") or 0)
+                    for entry in data["resident"]
+                }
+            else:  # a worker that holds one model
+                resident = {loaded: 0} if loaded else {}
             return WorkerReport(
                 cached=[entry["name"] for entry in entries],
-                loaded=data["loaded"],
+                loaded=loaded,
                 n_ctx=data.get("n_ctx"),
                 digests={entry["name"]: entry.get("digest") for entry in entries},
+                sizes={entry["name"]: int(entry.get("size") or 0) for entry in entries},
+                resident=resident,
             )
         except (KeyError, TypeError, ValueError) as err:
             logger.warning("worker sent an unreadable status (%r): %.200r", err, data)
@@ -223,6 +236,14 @@ class WorkerClient:
             self._json("DELETE", f"/models/{quote(model)}")
         except WorkerError as err:
             if err.worker_status != 404:  # already gone is what we wanted
+                raise
+
+    def unload(self, model: str) -> None:
+        """Drop ``model`` from the worker's memory, keeping its file (not resident: done)."""
+        try:
+            self._json("POST", f"/models/{quote(model)}/unload")
+        except WorkerError as err:
+            if err.worker_status != 404:  # not resident is what we wanted
                 raise
 
     def load_local(self, model: str) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 from flask import Request
 
 from model_swap.errors import BadRequest
@@ -38,3 +41,30 @@ def prompt_text(body: dict, *, max_chars: int) -> str:
             f"prompt is {len(prompt)} characters; the limit is {max_chars}", param="prompt"
         )
     return check_text(prompt, "prompt")
+
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """A request's ``keep_alive``: seconds as a number, or a string like ``30s``, ``5m``,
+    ``1h``; 0 unloads right after the answer; any negative value keeps the model
+    until capacity needs its place (-1). None or absent: the policy decides."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadRequest("keep_alive must be a number of seconds or a duration", param="keep_alive")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise BadRequest(
+            "keep_alive must be a number of seconds or a duration such as 30s, 5m or 1h "
+            "(0: unload after the answer, -1: keep until evicted by capacity)",
+            param="keep_alive",
+        )
+    if not math.isfinite(seconds):
+        raise BadRequest("keep_alive must be finite", param="keep_alive")
+    return -1.0 if seconds < 0 else seconds

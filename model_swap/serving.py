@@ -85,6 +85,14 @@ class ServerThread(BackgroundServer):
         super().__init__(make_server(host, port, app, threaded=True), "wsgi")
         self.host = host
         self.url = f"http://{host}:{self.port}"
+        self._app = app
+
+    def stop(self) -> None:
+        """Stop serving, then the app's background threads (``extensions["stop"]``)."""
+        super().stop()
+        stop_background = getattr(self._app, "extensions", {}).get("stop")
+        if stop_background is not None:
+            stop_background()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from model_swap.names import InvalidModelName, validate_model_name
+
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -20,6 +22,9 @@ FALSE_WORDS = ("0", "false", "no", "off")
 def _token_chars(value: str) -> bool:
     """Printable ASCII without spaces: what can travel in an Authorization header."""
     return all("!" <= c <= "~" for c in value)
+
+
+_BYTE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 class SettingsError(ValueError):
@@ -110,6 +115,37 @@ class EnvReader:
         if positive and result <= 0:
             raise SettingsError(f"{name}: {result:g} is not valid (valid: a number > 0)")
         return result
+
+    def byte_size(self, name: str, default: int) -> int:
+        """Bytes as an integer or with a binary suffix: ``8G``, ``512MiB``, ``1.5GB`` (0: none)."""
+        value = self._raw(name)
+        if value is None:
+            return default
+        text = value.strip().upper().removesuffix("B").removesuffix("I")
+        scale = 1
+        if text and text[-1] in _BYTE_UNITS:
+            scale, text = _BYTE_UNITS[text[-1]], text[:-1]
+        try:
+            result = float(text) * scale
+        except ValueError:
+            result = -1.0
+        if not text or result != result or result < 0 or result == float("inf"):
+            raise SettingsError(
+                f"{name}: {value!r} is not a size (valid: bytes >= 0, or a number with "
+                "K, M, G or T, powers of 1024, such as 8G or 512MiB)"
+            )
+        return int(result)
+
+    def model_list(self, name: str) -> tuple[str, ...]:
+        """Comma-separated model file names (empty tuple when unset), each a valid name."""
+        value = self._raw(name) or ""
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        for model in names:
+            try:
+                validate_model_name(model)
+            except InvalidModelName as err:
+                raise SettingsError(f"{name}: {model!r}: {err}") from None
+        return tuple(dict.fromkeys(names))
 
     def flag(self, name: str, default: bool) -> bool:
         value = self._raw(name)

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from model_store_server.cache_policy import POLICIES, CacheFull, CachePolicy, create_policy
+from model_store_server.cache_policy import (
+    POLICIES,
+    CacheFull,
+    CachePolicy,
+    Tier,
+    create_policy,
+)
 from tests.conftest import FakeClock
 
 CAPACITY = 2
 TTL = 5.0
 
 
-def make(name: str, clock: FakeClock | None = None):
-    return create_policy(name, capacity=CAPACITY, ttl=TTL, clock=clock or FakeClock())
+def make(name: str, clock: FakeClock | None = None, *, tier=Tier.CACHE, max_bytes=None):
+    return create_policy(
+        name, capacity=CAPACITY, ttl=TTL, clock=clock or FakeClock(), tier=tier, max_bytes=max_bytes
+    )
 
 
 # -- conformance: every policy ------------------------------------------------------------
@@ -131,6 +141,99 @@ def test_refused_admission_changes_nothing(policy_name):
             assert policy.members() == before
 
 
+# -- both tiers: bytes, pins, per-member time-to-live -------------------------------------
+
+
+@pytest.fixture(params=list(Tier))
+def tier(request) -> Tier:
+    return request.param
+
+
+def test_resident_tier_always_bounds_count_and_never_refuses(policy_name):
+    policy = make(policy_name, tier=Tier.RESIDENT)
+    assert policy.capacity == CAPACITY
+    policy.admit("a")
+    policy.admit("b")
+    assert policy.can_admit("c")
+    assert policy.admit("c") == ["a"]
+
+
+def test_byte_budget_evicts_least_recently_used_until_it_fits(policy_name, tier):
+    policy = make(policy_name, tier=tier, max_bytes=10)
+    policy.admit("a", 4)
+    policy.admit("b", 5)
+    if policy.refuses:
+        assert not policy.can_admit("c", 3)
+        return
+    assert policy.admit("c", 2) == ["a"]  # by count, or 4+5+2 > 10 bytes
+    assert policy.admit("d", 8) == ["b"]  # 5+2+8 > 10 bytes; 2+8 = 10 fits
+    assert policy.members() == ["c", "d"]
+    assert policy.admit("e", 9) == ["c", "d"]
+    assert policy.used_bytes == 9
+
+
+def test_larger_than_the_budget_alone_is_refused_changing_nothing(policy_name, tier):
+    policy = make(policy_name, tier=tier, max_bytes=10)
+    policy.admit("a", 4)
+    assert not policy.fits(11)
+    assert not policy.can_admit("big", 11)
+    with pytest.raises(CacheFull, match="larger than the budget of 10 bytes"):
+        policy.admit("big", 11)
+    assert policy.members() == ["a"]
+
+
+def test_pinned_member_is_never_a_victim(policy_name, tier):
+    policy = make(policy_name, tier=tier)
+    policy.admit("a")
+    policy.admit("b")
+    policy.pin("a")
+    if policy.capacity is not None and not policy.refuses:
+        assert policy.admit("c") == ["b"]
+        assert policy.members() == ["a", "c"]
+        policy.pin("c")
+        assert not policy.can_admit("d")
+        with pytest.raises(CacheFull, match="pinned: a,c"):
+            policy.admit("d")
+
+
+def test_pinned_member_never_expires(policy_name, tier):
+    clock = FakeClock()
+    policy = make(policy_name, clock, tier=tier)
+    policy.admit("a")
+    policy.pin("a")
+    clock.advance(10 * TTL)
+    assert policy.expire() == []
+    policy.unpin("a")
+    assert policy.expire() == (["a"] if policy.ttl is not None else [])
+
+
+def test_per_member_ttl_overrides_the_policy(policy_name, tier):
+    clock = FakeClock()
+    policy = make(policy_name, clock, tier=tier)
+    policy.admit("a")
+    policy.admit("b")
+    policy.set_ttl("a", 1.0)
+    policy.set_ttl("b", math.inf)
+    assert policy.next_expiry() == pytest.approx(1.0)
+    clock.advance(1.0)
+    assert policy.expired() == ["a"]
+    clock.advance(100 * TTL)
+    assert policy.expire() == ["a"]
+    assert policy.members() == ["b"]
+    policy.set_ttl("b", None)
+    assert policy.is_expired("b") == (policy.ttl is not None)
+
+
+def test_clone_is_independent(policy_name, tier):
+    policy = make(policy_name, tier=tier)
+    policy.admit("a", 3)
+    copy = policy.clone()
+    copy.admit("b", 4)
+    copy.pin("a")
+    assert policy.members() == ["a"] and not policy.is_pinned("a")
+    assert copy.members() == ["a", "b"]
+
+
 # -- traces: the seed's smoke-script sequences -----------------------------------------------
 
 
@@ -224,6 +327,9 @@ def test_lru_ttl_trace_capacity_then_time():
 # -- property-based: invariants over random access sequences --------------------------------
 
 
+SIZES = {"a": 4, "b": 6, "c": 9, "d": 12, "e": 3}
+
+
 class PolicyMachine(RuleBasedStateMachine):
     """Random admits, touches, sweeps and clock moves must keep every bound."""
 
@@ -233,25 +339,45 @@ class PolicyMachine(RuleBasedStateMachine):
         self.policy = None
 
     @precondition(lambda self: self.policy is None)
-    @rule(name=st.sampled_from(sorted(POLICIES)))
-    def choose(self, name):
-        self.policy = make(name, self.clock)
+    @rule(
+        name=st.sampled_from(sorted(POLICIES)),
+        tier=st.sampled_from(list(Tier)),
+        max_bytes=st.sampled_from([None, 10, 25]),
+    )
+    def choose(self, name, tier, max_bytes):
+        self.policy = make(name, self.clock, tier=tier, max_bytes=max_bytes)
         self.last_use: dict[str, float] = {}
 
     @precondition(lambda self: self.policy is not None)
     @rule(model=st.sampled_from("abcde"))
+    def pin(self, model):
+        if model in self.policy:
+            self.policy.pin(model)
+
+    @precondition(lambda self: self.policy is not None)
+    @rule(model=st.sampled_from("abcde"))
+    def unpin(self, model):
+        self.policy.unpin(model)
+
+    @precondition(lambda self: self.policy is not None)
+    @rule(model=st.sampled_from("abcde"))
     def use(self, model):
+        size = SIZES[model]
         if model in self.policy:
             self.policy.touch(model)
-        elif self.policy.can_admit(model):
-            victims = self.policy.admit(model)
+        elif self.policy.can_admit(model, size):
+            pinned = set(self.policy.pinned())
+            victims = self.policy.admit(model, size)
+            assert not pinned & set(victims), "a pinned member is never a victim"
             assert model not in victims
             for victim in victims:
                 assert victim not in self.policy
                 self.last_use.pop(victim)
         else:
+            before = self.policy.members()
             with pytest.raises(CacheFull):
-                self.policy.admit(model)
+                self.policy.admit(model, size)
+            assert self.policy.members() == before
             return
         self.last_use[model] = self.clock()
 
@@ -274,6 +400,8 @@ class PolicyMachine(RuleBasedStateMachine):
         assert sorted(members) == sorted(self.last_use)
         if self.policy.capacity is not None:
             assert len(members) <= self.policy.capacity
+        if self.policy.max_bytes is not None:
+            assert sum(self.policy.size_of(m) for m in members) <= self.policy.max_bytes
         # eviction order is recency order
         times = [self.last_use[m] for m in members]
         assert times == sorted(times)

@@ -1,98 +1,219 @@
-"""The pure decision and reconciliation, without any server."""
+"""The pure two-tier decision and reconciliation, without any server."""
 
 from __future__ import annotations
 
-from model_store_server.cache_policy import create_policy
-from model_store_server.decision import Action, decide
-from model_store_server.state import reconcile
+import pytest
+
+from model_store_server.cache_policy import POLICIES, Tier, create_policy
+from model_store_server.decision import Action, decide, reconcile
 from tests.conftest import FakeClock
 
 
-def policy(name="lru", clock=None, capacity=2, ttl=5.0):
-    return create_policy(name, capacity=capacity, ttl=ttl, clock=clock or FakeClock())
+class Tiers:
+    """A disk tier and a memory tier of one policy, advanced decision by decision."""
+
+    def __init__(
+        self,
+        name="lru",
+        *,
+        capacity=2,
+        loaded=1,
+        ttl=5.0,
+        cache_bytes=None,
+        loaded_bytes=None,
+        clock=None,
+    ):
+        clock = clock or FakeClock()
+        self.clock = clock
+        self.cache = create_policy(
+            name, capacity=capacity, ttl=ttl, max_bytes=cache_bytes, clock=clock
+        )
+        self.resident = create_policy(
+            name, capacity=loaded, ttl=ttl, max_bytes=loaded_bytes, clock=clock, tier=Tier.RESIDENT
+        )
+
+    def __call__(self, model, *, size=0, footprint=0, stale=False):
+        outcome = decide(
+            self.cache, self.resident, model, size=size, footprint=footprint, stale=stale
+        )
+        self.cache, self.resident = outcome.cache, outcome.resident
+        return outcome.decision
+
+    def trace(self, models):
+        return [(d.action, d.evicted, d.unloaded) for d in map(self, models)]
 
 
-def test_lru_sequence_actions():
-    p = policy()
-    loaded = None
-    seen = []
-    for model in ["A", "A", "B", "C", "A"]:
-        d = decide(p, model, loaded)
-        seen.append((d.action, d.evicted))
-        loaded = model
-    assert seen == [
-        (Action.LOAD_FROM_STORE, ()),
-        (Action.ALREADY_LOADED, ()),
-        (Action.LOAD_FROM_STORE, ()),
-        (Action.LOAD_FROM_STORE, ("A",)),
-        (Action.LOAD_FROM_STORE, ("B",)),
+L, LL, LS, R = (
+    Action.ALREADY_LOADED,
+    Action.LOAD_FROM_LOCAL_STORE,
+    Action.LOAD_FROM_STORE,
+    Action.REJECTED,
+)
+
+
+def test_lru_seed_sequence_with_one_resident_model():
+    assert Tiers().trace(["A", "A", "B", "C", "A"]) == [
+        (LS, (), ()),
+        (L, (), ()),
+        (LS, (), ("A",)),
+        (LS, ("A",), ("B",)),
+        (LS, ("B",), ("C",)),
     ]
 
 
-def test_cached_but_not_loaded_is_load_from_local_store():
-    p = policy()
-    decide(p, "A", None)
-    decide(p, "B", "A")
-    d = decide(p, "A", "B")
-    assert d.action is Action.LOAD_FROM_LOCAL_STORE
-    assert d.evicted == ()
-    assert d.replaces("B")
+def test_cached_but_not_resident_is_load_from_local_store():
+    tiers = Tiers()
+    tiers("A")
+    tiers("B")
+    d = tiers("A")
+    assert (d.action, d.evicted, d.unloaded) == (LL, (), ("B",))
+    assert d.takes_away == ("B",) and d.changes_worker
 
 
-def test_no_evict_rejects_without_evicting():
-    p = policy("no-evict")
-    decide(p, "A", None)
-    decide(p, "B", "A")
-    d = decide(p, "C", "B")
-    assert d.action is Action.REJECTED
-    assert d.evicted == ()
+def test_three_resident_models_alternate_as_hits():
+    tiers = Tiers(capacity=3, loaded=3)
+    trace = tiers.trace(["A", "B", "C"] * 3)
+    assert [t[0] for t in trace] == [LS, LS, LS] + [L] * 6
+    assert all(t[1:] == ((), ()) for t in trace)
+    assert tiers.resident.members() == ["A", "B", "C"]
+
+
+def test_memory_budget_in_bytes_unloads_least_recently_used():
+    tiers = Tiers(capacity=3, loaded=3, loaded_bytes=100)
+    tiers("A", footprint=40)
+    tiers("B", footprint=40)
+    d = tiers("C", footprint=40)
+    assert (d.action, d.evicted, d.unloaded) == (LS, (), ("A",))
+    d = tiers("A", footprint=40)
+    assert (d.action, d.unloaded) == (LL, ("B",))
+    assert tiers.resident.members() == ["C", "A"]
+
+
+def test_disk_budget_in_bytes_evicts_and_the_evicted_is_not_also_unloaded():
+    tiers = Tiers(capacity=5, loaded=2, cache_bytes=100)
+    tiers("A", size=60)
+    tiers("B", size=30)
+    d = tiers("C", size=50)
+    assert (d.action, d.evicted, d.unloaded) == (LS, ("A",), ())
+    assert tiers.cache.members() == ["B", "C"]
+    assert tiers.resident.members() == ["B", "C"]
+
+
+def test_no_evict_rejects_without_changing_anything():
+    tiers = Tiers("no-evict")
+    tiers("A")
+    tiers("B")
+    d = tiers("C")
+    assert d.action is R and d.evicted == () and d.unloaded == ()
+    assert "cache is full (2/2 models)" in d.reason
     assert not d.changes_worker
-    assert p.members() == ["A", "B"]
+    assert tiers.cache.members() == ["A", "B"]
+    assert tiers("A").action is LL  # a cached model can always be swapped in
 
 
-def test_ttl_sweep_before_hit_reloads_expired_loaded_model():
-    clock = FakeClock()
-    p = policy("ttl", clock)
-    decide(p, "A", None)
-    clock.advance(6)
-    d = decide(p, "A", "A")
-    assert d.action is Action.LOAD_FROM_STORE
-    assert d.evicted == ("A",)
+def test_memory_tier_full_of_pinned_models_rejects():
+    tiers = Tiers(capacity=3, loaded=1)
+    tiers("A")
+    tiers.resident.pin("A")
+    d = tiers("B")
+    assert d.action is R and "pinned: A" in d.reason
+    assert tiers.cache.members() == ["A"]  # B was not admitted to the disk either
 
 
-def test_hit_with_other_expired_members_keeps_loaded():
-    clock = FakeClock()
-    p = policy("ttl", clock)
-    decide(p, "A", None)
-    clock.advance(3)
-    decide(p, "B", "A")
-    clock.advance(3)  # A idle 6s, B idle 3s
-    d = decide(p, "B", "B")
-    assert d.action is Action.ALREADY_LOADED
-    assert d.evicted == ("A",)
-    assert d.changes_worker and not d.replaces("B")
+def test_ttl_sweep_before_hit_reloads_expired_model():
+    tiers = Tiers("ttl")
+    tiers("A")
+    tiers.clock.advance(6)
+    d = tiers("A")
+    assert (d.action, d.evicted, d.unloaded) == (LS, ("A",), ())
+
+
+def test_hit_with_other_expired_members_keeps_resident():
+    tiers = Tiers("ttl", loaded=2)
+    tiers("A")
+    tiers.clock.advance(3)
+    tiers("B")
+    tiers.clock.advance(3)  # A idle 6s, B idle 3s
+    d = tiers("B")
+    assert (d.action, d.evicted, d.unloaded) == (L, ("A",), ())
+    assert d.changes_worker and d.takes_away == ("A",)
+
+
+def test_resident_expiry_unloads_but_keeps_the_file():
+    tiers = Tiers("lru", capacity=3, loaded=3)
+    tiers("A")
+    tiers("B")
+    tiers.resident.set_ttl("A", 0.5)  # a keep_alive of 0.5 s
+    tiers.clock.advance(1)
+    d = tiers("B")
+    assert (d.action, d.evicted, d.unloaded) == (L, (), ("A",))
+    assert tiers.cache.members() == ["A", "B"]
+
+
+def test_stale_copy_is_evicted_and_pushed_again():
+    tiers = Tiers(capacity=3, loaded=2)
+    tiers("A")
+    tiers("B")
+    d = tiers("A", stale=True)
+    assert (d.action, d.evicted, d.unloaded) == (LS, ("A",), ())
+    assert d.touches == frozenset({"A"})
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_rejected_decision_leaves_the_callers_policies_untouched(name):
+    tiers = Tiers(name, capacity=1, loaded=1, cache_bytes=10)
+    tiers("A", size=5)
+    before = (tiers.cache.members(), tiers.resident.members())
+    outcome = decide(tiers.cache, tiers.resident, "B", size=50)
+    assert outcome.decision.action is R
+    assert outcome.cache is tiers.cache and outcome.resident is tiers.resident
+    assert (tiers.cache.members(), tiers.resident.members()) == before
+
+
+def test_headers_name_both_tiers():
+    tiers = Tiers()
+    tiers("A")
+    assert tiers("B").headers() == {
+        "X-Cache-Action": "load_from_store",
+        "X-Evicted": "",
+        "X-Unloaded": "A",
+    }
+
+
+# -- reconciling with the worker's report ----------------------------------------------
 
 
 def test_reconcile_drops_members_the_worker_lost():
-    p = policy()
-    decide(p, "A", None)
-    decide(p, "B", "A")
-    to_delete, loaded = reconcile(p, ["B"], None)
-    assert to_delete == [] and loaded is None
-    assert p.members() == ["B"]
+    tiers = Tiers()
+    tiers("A")
+    tiers("B")
+    to_delete, to_unload = reconcile(tiers.cache, tiers.resident, {"B": 1}, {})
+    assert (to_delete, to_unload) == ([], [])
+    assert tiers.cache.members() == ["B"] and tiers.resident.members() == []
 
 
-def test_reconcile_adopts_worker_files_loaded_last_and_enforces_capacity():
-    p = policy(capacity=2)
-    to_delete, loaded = reconcile(p, ["A", "B", "C"], "A")
-    assert loaded == "A"
-    assert to_delete == ["B"]
-    assert p.members() == ["C", "A"]
+def test_reconcile_adopts_worker_files_resident_last_and_enforces_capacity():
+    tiers = Tiers(capacity=2)
+    to_delete, to_unload = reconcile(
+        tiers.cache, tiers.resident, {"A": 1, "B": 1, "C": 1}, {"A": 10}
+    )
+    assert to_delete == ["B"] and to_unload == []
+    assert tiers.cache.members() == ["C", "A"]
+    assert tiers.resident.members() == ["A"]
+    assert tiers.resident.size_of("A") == 10
+
+
+def test_reconcile_unloads_beyond_the_memory_budget():
+    tiers = Tiers(capacity=3, loaded=2)
+    to_delete, to_unload = reconcile(
+        tiers.cache, tiers.resident, {"A": 1, "B": 1, "C": 1}, {"A": 1, "B": 1, "C": 1}
+    )
+    assert to_delete == [] and to_unload == ["A"]
+    assert tiers.resident.members() == ["B", "C"]
 
 
 def test_reconcile_no_evict_refuses_extra_files():
-    p = policy("no-evict", capacity=1)
-    to_delete, loaded = reconcile(p, ["A", "B"], None)
-    assert to_delete == ["B"]
-    assert p.members() == ["A"]
-    assert loaded is None
+    tiers = Tiers("no-evict", capacity=1)
+    to_delete, to_unload = reconcile(tiers.cache, tiers.resident, {"A": 1, "B": 1}, {})
+    assert to_delete == ["B"] and to_unload == []
+    assert tiers.cache.members() == ["A"]

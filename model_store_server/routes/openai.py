@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from model_store_server import openai_api
 from model_store_server.openai_api import Answer, OpenAIRequest
 from model_store_server.routes.seed import swap_service
+from model_store_server.views import describe_models
 from model_swap.errors import ApiError, NotFound
 from model_swap.requests_json import read_json_object
 
@@ -33,13 +34,18 @@ def _model_object(info: dict) -> dict:
 
 @openai.get("/models")
 def list_models():
-    models = [_model_object(info) for info in swap_service().describe_models()]
+    models = [
+        _model_object(info)
+        for info in describe_models(
+            swap_service(),
+        )
+    ]
     return jsonify(object="list", data=models)
 
 
 @openai.get("/models/<path:model>")
 def get_model(model: str):
-    found = swap_service().describe_models([model])
+    found = describe_models(swap_service(), [model])
     if not found:
         raise NotFound(f"The model `{model}` does not exist", param="model")
     return jsonify(_model_object(found[0]))
@@ -49,7 +55,11 @@ def _generate(parsed: OpenAIRequest) -> Response:
     service = swap_service()
     try:
         served = service.serve(
-            parsed.model, parsed.job, route=request.path, stream_error=openai_api.error_event
+            parsed.model,
+            parsed.job,
+            route=request.path,
+            stream_error=openai_api.error_event,
+            keep_alive=parsed.keep_alive,
         )
     except NotFound as err:
         err.message, err.param = f"The model `{parsed.model}` does not exist", "model"

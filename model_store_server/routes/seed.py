@@ -8,9 +8,15 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from model_store_server.swap_service import SwapService
+from model_store_server.views import store_status
 from model_swap.errors import BadRequest
 from model_swap.names import InvalidModelName, validate_model_name
-from model_swap.requests_json import positive_int, prompt_text, read_json_object
+from model_swap.requests_json import (
+    parse_keep_alive,
+    positive_int,
+    prompt_text,
+    read_json_object,
+)
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -31,8 +37,11 @@ def user_request():
     except InvalidModelName as err:
         raise BadRequest(f"model: {err}") from None
     max_tokens = positive_int(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
 
-    served = service.serve(model, {"prompt": prompt, "max_tokens": max_tokens})
+    served = service.serve(
+        model, {"prompt": prompt, "max_tokens": max_tokens}, keep_alive=keep_alive
+    )
     response = Response(served.stream, mimetype="text/plain")
     response.headers.update(served.headers())
     response.call_on_close(served.close)
@@ -42,12 +51,12 @@ def user_request():
 @seed.post("/reset")
 def reset():
     service = swap_service()
-    return jsonify(evicted=service.reset(), status=service.status())
+    return jsonify(evicted=service.reset(), status=store_status(service))
 
 
 @seed.get("/status")
 def status():
-    return jsonify(swap_service().status())
+    return jsonify(store_status(swap_service()))
 
 
 @seed.get("/healthz")

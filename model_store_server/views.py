@@ -1,0 +1,162 @@
+"""What the store shows about its models and its worker.
+
+``store_status`` is ``GET /status``, ``describe_models`` the model list the
+OpenAI API serves, ``log_request`` the seed's one ``[/user_request]`` line per
+request and ``log_control`` the ``[/models]`` line per explicit operation.
+Read-only: everything here comes from ``SwapService`` and its ``WorkerState``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from model_store_server.leases import Ticket
+from model_swap.logs import CONSOLE
+from model_swap.names import InvalidModelName, validate_model_name
+
+if TYPE_CHECKING:
+    from model_store_server.swap_service import SwapService
+
+SEED_ROUTE = "/user_request"  # the seed's route: its log lines carry no ``path=`` field
+
+
+def describe_models(service: SwapService, names: list[str] | None = None) -> list[dict]:
+    """``name``, ``size_bytes``, ``created`` (mtime) and ``state`` of models in MODELS_DIR.
+
+    ``state`` is ``loaded`` (resident in the worker's memory), ``cached`` (on the
+    worker's disk) or ``available`` (only in MODELS_DIR). ``names`` limits
+    the answer to those models (unknown or invalid names are left out).
+    """
+    snapshot = service.state.snapshot()
+    cached = {entry.name for entry in snapshot.cached}
+    resident = {entry.name for entry in snapshot.resident}
+    described = []
+    for name in service.available() if names is None else names:
+        try:
+            validate_model_name(name)
+            info = (service.models_dir / name).stat()
+        except (InvalidModelName, OSError):
+            continue
+        if name in resident:
+            state = "loaded"
+        elif name in cached:
+            state = "cached"
+        else:
+            state = "available"
+        described.append(
+            {
+                "name": name,
+                "size_bytes": info.st_size,
+                "created": int(info.st_mtime),
+                "state": state,
+            }
+        )
+    return described
+
+
+def log_request(
+    service: SwapService,
+    model: str,
+    ticket: Ticket | None,
+    worker_ms: float,
+    done: dict[str, list[str]],
+    route: str = SEED_ROUTE,
+) -> None:
+    """The one ``[/user_request]`` line per request (action ``none`` if never decided);
+    ``done`` lists the evictions and unloads carried out on the worker.
+
+    With several resident models configured, ``unloaded=[...]`` follows
+    ``evicted=[...]`` (the seed's line, with the defaults, is unchanged).
+    Requests that came in on another route (the OpenAI API) end with ``path=<route>``.
+    """
+    snapshot = service.state.snapshot()
+    CONSOLE.info(
+        "[/user_request] ts=%s policy=%s model=%s action=%s decision_ms=%.3f "
+        "worker_ms=%.1f cached=[%s] evicted=[%s]%s%s",
+        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        service.settings.cache_policy,
+        model,
+        ticket.decision.action if ticket else "none",
+        ticket.decision_ms if ticket else 0.0,
+        worker_ms,
+        ",".join(entry.name for entry in snapshot.cached),
+        ",".join(done["evicted"]),
+        f" unloaded=[{','.join(done['unloaded'])}]"
+        if service.settings.residency_configured
+        else "",
+        "" if route == SEED_ROUTE else f" path={route}",
+    )
+
+
+def store_status(service: SwapService) -> dict:
+    snapshot = service.state.snapshot()
+    cache, resident = service.state.cache, service.state.resident
+    generating = snapshot.generating_by_model
+
+    def member(entry) -> dict:
+        return {
+            "name": entry.name,
+            "idle_seconds": entry.idle_seconds,
+            "pinned": entry.pinned,
+            "generating": generating.get(entry.name, 0),
+        }
+
+    return {
+        "policy": service.settings.cache_policy,
+        "max_cache_size": service.settings.max_cache_size,
+        "ttl_seconds": service.settings.ttl_seconds,
+        "capacity": cache.capacity,
+        "ttl": cache.ttl,
+        "cached": [{**member(entry), "size_bytes": entry.size_bytes} for entry in snapshot.cached],
+        "loaded": snapshot.loaded,
+        "resident": [
+            {
+                **member(entry),
+                "estimated_bytes": entry.size_bytes,
+                "keep_alive": service.state.keep_alive_of(entry.name),
+            }
+            for entry in snapshot.resident
+        ],
+        "budgets": {
+            "cache": _budget(cache, snapshot.cached),
+            "resident": _budget(resident, snapshot.resident),
+        },
+        "generating": snapshot.generating,
+        "swapping": snapshot.swapping,
+        "synced": snapshot.synced,
+        "available": service.available(),
+        "worker_url": service.settings.worker_url,
+        "transport": service.transport.name,
+    }
+
+
+def _budget(tier, members) -> dict:
+    """A tier's bounds and their current use, for ``/status``."""
+    return {
+        "max_models": tier.capacity,
+        "models": len(members),
+        "max_bytes": tier.max_bytes,
+        "bytes": sum(entry.size_bytes for entry in members),
+        "ttl_seconds": tier.ttl,
+    }
+
+
+def log_control(
+    service: SwapService, operation: str, model: str, ticket: Ticket | None, done: dict, ms: float
+) -> None:
+    """The one ``[/models]`` line per explicit operation (load, unload, evict, pin, unpin,
+    the idle sweep's unloads): what was done on the worker and what it holds now."""
+    snapshot = service.state.snapshot()
+    CONSOLE.info(
+        "[/models] op=%s model=%s action=%s worker_ms=%.1f evicted=[%s] unloaded=[%s] "
+        "resident=[%s] cached=[%s]",
+        operation,
+        model,
+        ticket.decision.action if ticket else "none",
+        ms,
+        ",".join(done["evicted"]),
+        ",".join(done["unloaded"]),
+        ",".join(entry.name for entry in snapshot.resident),
+        ",".join(entry.name for entry in snapshot.cached),
+    )
