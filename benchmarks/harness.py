@@ -215,6 +215,21 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for {pid}")
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux ``/proc``)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def serving_pid(pid: int) -> int:
+    """The process that serves requests for a service started as ``pid``: its one
+    gunicorn worker process (model_swap/serving.py), or ``pid`` itself."""
+    kids = children(pid)
+    return kids[0] if len(kids) == 1 else pid
+
+
 def reset_peak_rss(pid: int) -> None:
     """Make VmHWM start again from the current RSS (Linux: clear_refs 5)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")

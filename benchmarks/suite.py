@@ -52,6 +52,7 @@ from harness import (  # noqa: E402
     raw_sendfile_seconds,
     reset_peak_rss,
     rss_bytes,
+    serving_pid,
     start_llama_server,
     start_process,
     stop_process,
@@ -397,7 +398,8 @@ def bench_memory(report, args, tmp: Path, services: Services) -> None:
     client = WorkerClient(services.worker_url, connect_timeout=5, read_timeout=600)
     transport = HttpTransport(client)
     digest = DigestCache().digest(path)
-    worker_pid, me = services.worker.pid, os.getpid()
+    # The gunicorn worker process that receives, not the master that supervises it.
+    worker_pid, me = serving_pid(services.worker.pid), os.getpid()
     worker_growth, sender_growth = [], []
     for _ in range(args.repeats):
         reset_peak_rss(worker_pid)
@@ -507,8 +509,7 @@ def bench_decisions(report, args, tmp: Path) -> None:
     names = sorted(p.name for p in models.iterdir())
     for name in names[: args.cache_entries]:  # fill the policy's 1,000 entries
         ticket = state.begin(name, timeout=5)
-        state.swap(ticket).commit()
-        state.release()
+        state.swap(ticket).commit().release()
     timings = {"hit": [], "miss (evicts the LRU)": []}
     for i in range(2000):
         if i % 2 == 0:  # a model admitted earlier (a hit unless LRU evicted it since)
@@ -521,9 +522,8 @@ def bench_decisions(report, args, tmp: Path) -> None:
             "hit" if ticket.decision.action.value != "load_from_store" else "miss (evicts the LRU)"
         )
         timings[kind].append(ticket.decision_ms)
-        if ticket.owns_swap:
-            state.swap(ticket).commit()
-        state.release()
+        lease = state.swap(ticket).commit() if ticket.owns_swap else ticket.lease
+        lease.release()
 
     port = free_port()
     env = {
