@@ -19,7 +19,10 @@ Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
    with 10,000 models in MODELS_DIR and a 1,000-entry cache, store start-up
    with 10,000 (sparse, 1 GiB each) model files;
 7. the OpenAI API's hit latency against ``/user_request`` and against
-   llama-cpp-python's own ``/v1/chat/completions`` (``benchmarks/openai_path.py``).
+   llama-cpp-python's own ``/v1/chat/completions`` (``benchmarks/openai_path.py``);
+8. three models alternating with ``MAX_LOADED_MODELS=3`` against ``=1``, and the
+   worker's RSS with 1, 2 and 3 resident against the footprint estimate
+   (``benchmarks/residency.py``).
 
 Everything runs on 127.0.0.1 and is bounded in count and time.
 """
@@ -59,6 +62,7 @@ from harness import (  # noqa: E402
     stream_timing,
 )
 from openai_path import bench_openai  # noqa: E402
+from residency import bench_residency  # noqa: E402
 
 from model_store_server.digests import DigestCache  # noqa: E402
 from model_store_server.transport import HttpTransport  # noqa: E402
@@ -781,6 +785,7 @@ def main() -> int:
             bench_concurrency(report, args, services)
         finally:
             services.stop()
+        bench_residency(report, args, tmp, models, subjects[0])
         bench_scale(report, args)
         bench_decisions(report, args, tmp)
     args.out_dir.mkdir(parents=True, exist_ok=True)

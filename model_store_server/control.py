@@ -40,16 +40,19 @@ class ModelControl:
         """Make ``model`` resident (pushing it if needed) without generating."""
         service = self.service
         path = service.model_path(model)
-        version = service._version(path)
+        version = service.file_version(path)
         ticket, done, ms = None, nothing_done(), 0.0
+        deadline = service.deadline()
         try:
-            service.ensure_synced()
-            ticket = service._begin(model, path, version, keep_alive=keep_alive, pin=pin)
+            service.ensure_synced(deadline)
+            ticket = service.take_ticket(
+                model, path, version, deadline, keep_alive=keep_alive, pin=pin
+            )
             if ticket.decision.action is Action.REJECTED:
                 raise Unavailable(
                     f"{ticket.decision.reason}; {model} was not admitted", type="rejected"
                 )
-            _, ms, lease = service._carry_out(ticket, path, done)
+            _, ms, lease = service.carry_out(ticket, path, done)
             lease.release()  # nothing generates: the model's idle time starts now
             self._wake.set()
             return self._result(ticket, done, ms)
@@ -74,16 +77,19 @@ class ModelControl:
     def _take_away(self, model: str, action: Action) -> dict:
         service = self.service
         ticket, done, ms = None, nothing_done(), 0.0
+        deadline = service.deadline()
         try:
-            service.ensure_synced()
+            service.ensure_synced(deadline)
             try:
-                ticket = self.state.begin_change(model, action, service.settings.swap_wait_timeout)
+                ticket = self.state.begin_change(
+                    model, action, max(0.0, deadline - time.monotonic())
+                )
             except Busy as err:
                 raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
             if not ticket.owns_swap:
                 where = "on the worker" if action is Action.EVICT else "resident on the worker"
                 raise NotFound(f"{model} is not {where}")
-            _, ms, _ = service._carry_out(ticket, None, done, lease=False)
+            _, ms, _ = service.carry_out(ticket, None, done, lease=False)
             return self._result(ticket, done, ms)
         finally:
             views.log_control(self.service, str(action), model, ticket, done, ms)
@@ -120,7 +126,7 @@ class ModelControl:
             return []
         done = nothing_done()
         try:
-            _, ms, _ = self.service._carry_out(ticket, None, done, lease=False)
+            _, ms, _ = self.service.carry_out(ticket, None, done, lease=False)
         except ApiError as err:
             logger.warning("idle unload of %s failed: %s", ",".join(done["unloaded"]), err)
             return done["unloaded"]

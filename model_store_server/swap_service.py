@@ -82,6 +82,11 @@ class PinRefused(Conflict):
     type = "pin_conflict"
 
 
+def _remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (a ``time.monotonic()`` value), never negative."""
+    return max(0.0, deadline - time.monotonic())
+
+
 def nothing_done() -> dict[str, list[str]]:
     """What a swap carried out on the worker so far (for headers and the log line)."""
     return {"evicted": [], "unloaded": []}
@@ -186,12 +191,13 @@ class SwapService:
         done: dict[str, list[str]] = nothing_done()  # carried out on the worker
         try:
             path = self.model_path(model)
-            version = self._version(path)
+            version = self.file_version(path)
+            deadline = self.deadline()
             max_tokens = job.get("max_tokens")
             for attempt in range(1, ATTEMPTS + 1):
                 ticket, worker_ms, done = None, 0.0, nothing_done()
                 try:
-                    self.ensure_synced()
+                    self.ensure_synced(deadline)
                     if (
                         self.worker_n_ctx is not None
                         and max_tokens is not None
@@ -202,8 +208,8 @@ class SwapService:
                             f"(N_CTX={self.worker_n_ctx})",
                             param="max_tokens",
                         )
-                    ticket = self._begin(model, path, version, keep_alive=keep_alive)
-                    push, worker_ms, lease = self._carry_out(ticket, path, done)
+                    ticket = self.take_ticket(model, path, version, deadline, keep_alive=keep_alive)
+                    push, worker_ms, lease = self.carry_out(ticket, path, done)
                     if ticket.decision.action is Action.REJECTED:
                         raise Unavailable(
                             f"{ticket.decision.reason}; {model} was not admitted",
@@ -233,7 +239,7 @@ class SwapService:
             # Exactly one line per request, whatever happened (the last attempt's decision).
             views.log_request(self, model, ticket, worker_ms, done, route)
 
-    def _version(self, path: Path) -> str:
+    def file_version(self, path: Path) -> str:
         """The digest of the store's file as it is now (hashed once per file version).
 
         Known before anything is decided or evicted: a file that cannot be read
@@ -255,11 +261,12 @@ class SwapService:
             logger.warning("could not estimate the memory of %s: %r", path.name, err)
             return path.stat().st_size
 
-    def _begin(
+    def take_ticket(
         self,
         model: str,
         path: Path,
-        version: str | None = None,
+        version: str | None,
+        deadline: float,
         *,
         keep_alive: float | None = None,
         pin: bool = False,
@@ -272,7 +279,7 @@ class SwapService:
         try:
             return self.state.begin(
                 model,
-                self.settings.swap_wait_timeout,
+                _remaining(deadline),
                 version,
                 size=size,
                 footprint=footprint,
@@ -286,7 +293,7 @@ class SwapService:
         except PinConflict as err:
             raise PinRefused(str(err)) from None
 
-    def _carry_out(
+    def carry_out(
         self, ticket: Ticket, path: Path | None, done: dict[str, list[str]], *, lease: bool = True
     ) -> tuple[PushResult | None, float, Lease | None]:
         """Perform the decision on the worker; returns (push, worker_ms, lease).
@@ -378,11 +385,12 @@ class SwapService:
 
     # -- agreeing with the worker -------------------------------------------------------
 
-    def ensure_synced(self) -> None:
-        """Adopt the worker's own report if the store's view may be stale."""
+    def ensure_synced(self, deadline: float | None = None) -> None:
+        """Adopt the worker's own report if the store's view may be stale (waiting
+        for the swap slot until ``deadline``, a ``time.monotonic()`` value)."""
         if self.state.synced:
             return
-        with self._exclusive() as slot:
+        with self._exclusive(deadline) as slot:
             if self.state.synced:  # another request synced while we waited
                 return
             error = self._resync()
@@ -390,9 +398,14 @@ class SwapService:
         if error is not None:
             raise error
 
-    def _exclusive(self) -> SwapSlot:
+    def deadline(self) -> float:
+        """When a request that starts now must stop waiting: one SWAP_WAIT_TIMEOUT for
+        all its waits (the sync, the swap slot, running generations, a retry)."""
+        return time.monotonic() + self.settings.swap_wait_timeout
+
+    def _exclusive(self, deadline: float | None = None) -> SwapSlot:
         try:
-            return self.state.exclusive(self.settings.swap_wait_timeout)
+            return self.state.exclusive(_remaining(deadline or self.deadline()))
         except Busy as err:
             raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
 
