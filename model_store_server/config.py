@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_store_server.cache_policy import POLICIES
-from model_swap.settings import EnvReader, rdma_port_choice, serving_options
+from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
 # How model bytes reach the worker (model_store_server/transport_factory.py).
 TRANSPORTS = ("http", "rdma")
@@ -98,6 +98,13 @@ class StoreSettings:
     server_threads: int = DEFAULTS["SERVER_THREADS"]
     shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
+
+    def __post_init__(self) -> None:
+        if len(self.preload_models) > self.max_loaded_models:
+            raise SettingsError(
+                f"PRELOAD_MODELS: {len(self.preload_models)} models, but MAX_LOADED_MODELS="
+                f"{self.max_loaded_models} (valid: at most MAX_LOADED_MODELS models)"
+            )
 
     @property
     def cache_capacity(self) -> int:

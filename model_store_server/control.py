@@ -69,7 +69,7 @@ class ModelControl:
 
     def unpin(self, model: str) -> dict:
         if not self.state.set_pin(model, False):
-            raise NotFound(f"{model} is not resident on the worker")
+            raise NotFound(f"{model} is not on the worker")
         views.log_control(self.service, "unpin", model, None, nothing_done(), 0.0)
         self._wake.set()
         return {"model": model, "pinned": False}

@@ -376,6 +376,7 @@ class WorkerState:
             started = time.perf_counter()
             evict = action is Action.EVICT
             present = model in (self.cache if evict else self.resident)
+            self.cache.unpin(model)  # taken out on request: no longer pinned on either tier
             self.resident.discard(model)
             if evict:
                 self.cache.discard(model)
@@ -395,9 +396,10 @@ class WorkerState:
             return Ticket(decision, True, ms)
 
     def set_pin(self, model: str, pinned: bool) -> bool:
-        """Pin or unpin a resident model in both tiers; False if it is not resident."""
+        """Pin a resident model in both tiers, or unpin a cached one; False if it is
+        not resident (to pin) or not cached (to unpin)."""
         with self._cond:
-            if model not in self.resident:
+            if model not in (self.resident if pinned else self.cache):
                 return False
             if pinned:
                 self._check_pin(model, self.cache.size_of(model), self.resident.size_of(model))

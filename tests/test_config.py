@@ -28,6 +28,25 @@ def test_store_defaults_are_the_seeds():
     assert s.store_port == 8000
 
 
+def test_residency_settings():
+    s = StoreSettings.from_env({})
+    assert (s.max_loaded_models, s.max_loaded_bytes, s.max_cache_bytes) == (1, 0, 0)
+    assert s.preload_models == () and not s.residency_configured
+    s = StoreSettings.from_env(
+        {
+            "MAX_LOADED_MODELS": "3",
+            "MAX_LOADED_BYTES": "1.5G",
+            "MAX_CACHE_BYTES": "512MiB",
+            "PRELOAD_MODELS": " a.gguf, b.gguf ,a.gguf",
+        }
+    )
+    assert s.max_loaded_bytes == 1536 * 1024**2 and s.max_cache_bytes == 512 * 1024**2
+    assert s.preload_models == ("a.gguf", "b.gguf")
+    assert s.cache_capacity == 3  # MAX_CACHE_SIZE 2 raised to MAX_LOADED_MODELS
+    assert s.residency_configured
+    assert StoreSettings.from_env({"MAX_CACHE_BYTES": "1000"}).max_cache_bytes == 1000
+
+
 def test_worker_defaults():
     w = WorkerSettings.from_env({})
     assert w.worker_host == "0.0.0.0"
@@ -82,6 +101,14 @@ def test_every_store_setting_is_overridable():
         ({"STORE_PORT": "70000"}, "STORE_PORT: 70000 is not a port (valid: 0-65535)"),
         ({"ALLOW_FALLBACK": "maybe"}, "ALLOW_FALLBACK: 'maybe' is not valid (valid: 0 or 1)"),
         ({"TRANSPORT": "carrier-pigeon"}, "TRANSPORT: 'carrier-pigeon' is not valid"),
+        ({"MAX_LOADED_MODELS": "0"}, "MAX_LOADED_MODELS: 0 is too small"),
+        ({"MAX_LOADED_BYTES": "lots"}, "MAX_LOADED_BYTES: 'lots' is not a size"),
+        ({"MAX_CACHE_BYTES": "-1G"}, "MAX_CACHE_BYTES: '-1G' is not a size"),
+        ({"PRELOAD_MODELS": "a.gguf,../b.gguf"}, "PRELOAD_MODELS: '../b.gguf'"),
+        (
+            {"PRELOAD_MODELS": "a.gguf,b.gguf"},
+            "PRELOAD_MODELS: 2 models, but MAX_LOADED_MODELS=1",
+        ),
     ],
 )
 def test_bad_store_values_name_the_setting(env, message):

@@ -232,6 +232,16 @@ def test_pin_keeps_a_model_resident_and_pinning_more_than_fits_is_409(start_stor
     assert_agree(store, worker)
 
 
+def test_explicit_unload_also_unpins(start_store, worker):
+    store = start_store(worker, max_cache_size=2, max_loaded_models=2)
+    control(store, "PUT", f"{A}/pin")
+    assert control(store, "POST", f"{A}/unload").status_code == 200
+    assert {e["name"]: e["pinned"] for e in store_status(store)["cached"]} == {A: False}
+    ask(store, B)
+    assert action(ask(store, C)) == ("load_from_store", A, "")  # A's file is a victim again
+    assert control(store, "DELETE", f"{A}/pin").status_code == 404
+
+
 def test_preload_models_at_start(start_store, worker):
     store = start_store(worker, max_cache_size=3, max_loaded_models=2, preload_models=(A, B))
     assert wait_for(lambda: resident(worker) == [A, B], timeout=20)
