@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 
 from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_worker.chat import ChatTemplateError
 from inference_worker.config import WorkerSettings
 from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded, PromptTooLong
+from inference_worker.metrics import WorkerMetrics
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
 from inference_worker.rdma_listener import RdmaListener
 from model_swap.auth import require_bearer
@@ -28,6 +31,7 @@ from model_swap.errors import (
     register_error_handlers,
 )
 from model_swap.generation import parse_messages, parse_sampling
+from model_swap.logs import install_request_ids
 from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.rdma_verbs import PortChoice, VerbsEndpoints
 from model_swap.requests_json import positive_int, prompt_text, read_json_object
@@ -130,6 +134,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     app.config["SETTINGS"] = settings
     app.extensions["model_cache"] = cache
     app.extensions["engine"] = engine
+    metrics = WorkerMetrics(engine, cache)
+    app.extensions["metrics"] = metrics
     if settings.worker_rdma:
         listener = RdmaListener(
             cache,
@@ -141,16 +147,28 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         )
         app.extensions["rdma_listener"] = listener.start()
     register_error_handlers(app)
-    require_bearer(app, [settings.worker_token], realm="inference-worker")
+    install_request_ids(app)
+    require_bearer(
+        app,
+        [settings.worker_token],
+        realm="inference-worker",
+        open_paths=("/metrics",) if settings.metrics_public else (),
+    )
 
     def receive(name: str):
         try:
             received = cache.receive(name, request.stream, _expected_size(), _expected_digest())
         except UploadRejected as err:
+            metrics.uploads.labels("rejected").inc()
             raise BadRequest(f"upload of {name} refused: {err}") from None
         except NoSpace as err:
+            metrics.uploads.labels("no_space").inc()
             raise InsufficientStorage(str(err)) from None
+        metrics.uploads.labels("ok").inc()
+        metrics.receive_seconds.observe(received.seconds)
         rate = received.nbytes / received.seconds / 1e6 if received.seconds > 0 else 0.0
+        if received.seconds > 0:
+            metrics.receive_rate.observe(received.nbytes / received.seconds)
         logger.info(
             "received %s: %d bytes in %.3fs (%.1f MB/s)",
             name,
@@ -162,9 +180,13 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     def load(name: str):
         try:
-            return engine.load(name, cache.path(name))
+            loaded = engine.load(name, cache.path(name))
         except ModelLoadError as err:
+            metrics.loads.labels("failed").inc()
             raise PayloadInvalid(str(err)) from None
+        metrics.loads.labels("ok").inc()
+        metrics.load_seconds.observe(loaded.seconds)
+        return loaded
 
     @app.post("/load_model_from_store")
     def load_model_from_store():
@@ -204,6 +226,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         name = _model_name_arg(name)
         if not engine.unload(name):
             raise NotFound(f"{name} is not loaded")
+        metrics.unloads.labels("unload").inc()
         return jsonify(model=name, unloaded=True)
 
     @app.delete("/models/<path:name>")
@@ -213,6 +236,10 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         deleted = cache.delete(name)
         if not (deleted or unloaded):
             raise NotFound(f"{name} is not on this worker")
+        if unloaded:
+            metrics.unloads.labels("evict").inc()
+        if deleted:
+            metrics.evictions.inc()
         logger.info("evicted %s (file deleted=%s, unloaded=%s)", name, deleted, unloaded)
         return jsonify(model=name, deleted=deleted, unloaded=unloaded)
 
@@ -225,20 +252,25 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         model = body.get("model")
         if model is not None:
             model = _model_name_arg(model)
+        waiting = time.perf_counter()
         try:
             generation = engine.begin(model, job)
+            metrics.queue_wait.observe(time.perf_counter() - waiting)
         except NotLoaded as err:
             raise Conflict(str(err)) from None
         except (PromptTooLong, ChatTemplateError) as err:
             raise BadRequest(str(err)) from None
 
         def stream():
+            started, first = time.perf_counter(), True
             try:
-                if not events:
-                    yield from generation.tokens()
-                    return
                 for piece in generation.tokens():
-                    yield _event({"text": piece})
+                    if first:
+                        metrics.ttft.observe(time.perf_counter() - started)
+                        first = False
+                    yield _event({"text": piece}) if events else piece
+                if not events:
+                    return
                 yield _event(
                     {
                         "finish_reason": generation.finish_reason,
@@ -249,6 +281,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
                     }
                 )
             finally:
+                metrics.generations.labels(generation.model).inc()
+                metrics.tokens.labels(generation.model).inc(generation.completion_tokens)
                 generation.close()
 
         mimetype = "application/x-ndjson" if events else "text/plain"
@@ -272,7 +306,12 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             last_generation=engine.last_generation,
             n_gpu_layers=settings.n_gpu_layers,
             n_ctx=settings.n_ctx,
+            receiving=cache.transfers.describe(),  # uploads running now: bytes done and total
         )
+
+    @app.get("/metrics")
+    def metrics_endpoint():
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz():

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, rdma_port_choice, serving_options
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -24,6 +25,10 @@ DEFAULTS = {
     # Shared secret every request (but GET /healthz) must present as a bearer token.
     "WORKER_TOKEN": "",
     "LOG_LEVEL": "INFO",
+    # text: the seed's lines; json: one JSON object per line (with the request id).
+    "LOG_FORMAT": "text",
+    # Serve GET /metrics without the bearer token even when tokens are configured.
+    "METRICS_PUBLIC": False,
     # Start the RDMA listener (inference_worker/rdma_listener.py) on WORKER_HOST:WORKER_RDMA_PORT.
     "WORKER_RDMA": False,
     "WORKER_RDMA_PORT": 8081,
@@ -55,6 +60,8 @@ class WorkerSettings:
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
+    log_format: str = DEFAULTS["LOG_FORMAT"]
+    metrics_public: bool = DEFAULTS["METRICS_PUBLIC"]
     server_threads: int = DEFAULTS["SERVER_THREADS"]
     shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
@@ -82,6 +89,8 @@ class WorkerSettings:
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
+            log_format=env.choice("LOG_FORMAT", DEFAULTS["LOG_FORMAT"], LOG_FORMATS),
+            metrics_public=env.flag("METRICS_PUBLIC", DEFAULTS["METRICS_PUBLIC"]),
             worker_rdma=env.flag("WORKER_RDMA", DEFAULTS["WORKER_RDMA"]),
             worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
             **serving_options(env, DEFAULTS),

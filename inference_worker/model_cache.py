@@ -24,6 +24,7 @@ from inference_worker.pipeline import BufferPipeline
 from model_swap.digest import hasher
 from model_swap.errors import cause
 from model_swap.names import InvalidModelName, validate_model_name
+from model_swap.progress import Progress, Transfers
 
 # An upload is read into BUFFERS reused buffers of BLOCK_BYTES each (bounds memory).
 BLOCK_BYTES = 4 * 1024 * 1024
@@ -99,6 +100,7 @@ class ModelCache:
         self._counter_lock = threading.Lock()
         self.uploads = 0  # completed uploads since start
         self.bytes_received = 0  # body bytes read since start, complete or not
+        self.transfers = Transfers()  # uploads being received now
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         # Digests recorded this run, for filesystems without user extended attributes.
@@ -170,6 +172,20 @@ class ModelCache:
         expected_size: int | None = None,
         expected_digest: str | None = None,
     ) -> Received:
+        """Receive ``name`` as ``_receive`` does, counted in ``transfers`` while it runs
+        (its progress is logged at most once per second and shown by ``GET /status``)."""
+        progress = Progress(name, expected_size, what="receive", logger=logger)
+        with self.transfers.track(progress):
+            return self._receive(name, source, expected_size, expected_digest, progress)
+
+    def _receive(
+        self,
+        name: str,
+        source: Readable,
+        expected_size: int | None,
+        expected_digest: str | None,
+        progress: Progress,
+    ) -> Received:
         """Read ``source`` to its end into the cache as ``name``; the file appears only verified.
 
         ``source`` is any binary stream with ``readinto`` (a request body, a
@@ -220,6 +236,7 @@ class ModelCache:
                             raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
                     written += count
                     self._count(count)
+                    progress.advance(count)
                     if expected_size is not None and written > expected_size:
                         raise IncompleteUpload(
                             f"body is longer than the announced {expected_size} bytes"

@@ -2,7 +2,8 @@
 
 ``routes/seed.py`` is the seed's API (``/user_request``, ``/status``, ``/reset``),
 ``routes/openai.py`` the OpenAI-compatible API under ``/v1``, ``routes/models.py``
-the explicit control of the worker's tiers (``/models/...``).
+the explicit control of the worker's tiers (``/models/...``), ``routes/observability.py``
+``/metrics``, ``/activity`` and the dashboard at ``/``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from flask import Flask
 from model_store_server.config import StoreSettings
 from model_store_server.control import ModelControl
 from model_store_server.routes.models import models
+from model_store_server.routes.observability import DASHBOARD_PATHS, observability
 from model_store_server.routes.openai import openai
 from model_store_server.routes.seed import seed
 from model_store_server.swap_service import SwapService
 from model_swap.auth import require_bearer
 from model_swap.errors import register_error_handlers
+from model_swap.logs import install_request_ids
 
 
 def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
@@ -33,8 +36,11 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
     app.extensions["stop"] = control.stop
     control.start(settings.preload_models)
     register_error_handlers(app)
-    require_bearer(app, settings.api_keys, realm="model-store")
+    install_request_ids(app)
+    open_paths = (*DASHBOARD_PATHS, *(("/metrics",) if settings.metrics_public else ()))
+    require_bearer(app, settings.api_keys, realm="model-store", open_paths=open_paths)
     app.register_blueprint(seed)
     app.register_blueprint(openai)
     app.register_blueprint(models)
+    app.register_blueprint(observability)
     return app

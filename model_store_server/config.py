@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_store_server.cache_policy import POLICIES
+from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
 # How model bytes reach the worker (model_store_server/transport_factory.py).
@@ -56,6 +57,10 @@ DEFAULTS = {
     # Comma-separated keys clients must present as bearer tokens (empty: no check).
     "API_KEYS": (),
     "LOG_LEVEL": "INFO",
+    # text: the seed's lines; json: one JSON object per line (with the request id).
+    "LOG_FORMAT": "text",
+    # Serve GET /metrics without the bearer token even when tokens are configured.
+    "METRICS_PUBLIC": False,
     # Serving (model_swap/serving.py): threads of the one server process that serve requests,
     # seconds running requests may take to finish after SIGTERM/SIGINT/SIGHUP, and seconds
     # one read or write on a client connection may block (a client that stops reading).
@@ -95,6 +100,8 @@ class StoreSettings:
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     api_keys: tuple[str, ...] = field(default=DEFAULTS["API_KEYS"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
+    log_format: str = DEFAULTS["LOG_FORMAT"]
+    metrics_public: bool = DEFAULTS["METRICS_PUBLIC"]
     server_threads: int = DEFAULTS["SERVER_THREADS"]
     shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
@@ -156,5 +163,7 @@ class StoreSettings:
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
+            log_format=env.choice("LOG_FORMAT", DEFAULTS["LOG_FORMAT"], LOG_FORMATS),
+            metrics_public=env.flag("METRICS_PUBLIC", DEFAULTS["METRICS_PUBLIC"]),
             **serving_options(env, DEFAULTS),
         )

@@ -36,6 +36,7 @@ class Decision:
     evicted: tuple[str, ...] = ()  # files deleted from the worker (and unloaded if resident)
     unloaded: tuple[str, ...] = ()  # dropped from memory, file kept
     reason: str = ""  # why a request was rejected
+    expired: tuple[str, ...] = ()  # of evicted and unloaded: those whose time was up (TTL)
 
     @property
     def changes_worker(self) -> bool:
@@ -95,10 +96,12 @@ def decide(
         cache.discard(model)
         resident.discard(model)
         evicted.append(model)
-    evicted += cache.expire()
+    expired = list(cache.expire())
+    evicted += expired
     for name in evicted:
         resident.discard(name)
     unloaded = resident.expire()
+    expired += unloaded
     if model in resident:
         cache.touch(model)
         resident.touch(model)
@@ -118,7 +121,11 @@ def decide(
         except CacheFull as err:
             return Outcome(Decision(model, Action.REJECTED, reason=str(err)), *original)
     unloaded = [name for name in unloaded if name not in evicted]
-    return Outcome(Decision(model, action, tuple(evicted), tuple(unloaded)), cache, resident)
+    return Outcome(
+        Decision(model, action, tuple(evicted), tuple(unloaded), expired=tuple(expired)),
+        cache,
+        resident,
+    )
 
 
 def reconcile(

@@ -428,7 +428,7 @@ class WorkerState:
             for name in due:
                 self.resident.discard(name)
             self._swapping = True
-            decision = Decision(due[0], Action.UNLOAD, unloaded=tuple(due))
+            decision = Decision(due[0], Action.UNLOAD, unloaded=tuple(due), expired=tuple(due))
             self._changing = decision.touches
             return Ticket(decision, True, 0.0)
 

@@ -21,6 +21,7 @@ from model_store_server.config import StoreSettings
 from model_store_server.decision import Action, Decision
 from model_store_server.digests import DigestCache, PerVersionCache
 from model_store_server.leases import Lease, SwapSlot, Ticket
+from model_store_server.metrics import RequestRecord, StoreMetrics, removal_reason
 from model_store_server.state import Busy, PinConflict, TooLarge, WorkerState
 from model_store_server.transport import PushResult, Transport
 from model_store_server.transport_factory import build_transport
@@ -33,6 +34,7 @@ from model_store_server.worker_client import (
 from model_swap.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 from model_swap.footprint import estimate
 from model_swap.names import InvalidModelName, validate_model_name
+from model_swap.progress import Progress, Transfers
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class SwapService:
         self.digests = DigestCache()
         self.footprints = PerVersionCache()
         self.worker_n_ctx: int | None = None  # from the worker's last report
+        self.transfers = Transfers()  # pushes running now (GET /status, SSE progress)
+        self.metrics = StoreMetrics(self)
 
     # -- models in the store ---------------------------------------------------------
 
@@ -172,6 +176,7 @@ class SwapService:
         route: str = SEED_ROUTE,
         stream_error: Callable[[ApiError], bytes] = stream_error_marker,
         keep_alive: float | None = None,
+        on_decided: Callable[[Ticket], None] | None = None,
     ) -> Served:
         """Make ``model`` resident on the worker and start generating ``job``.
 
@@ -184,11 +189,15 @@ class SwapService:
         generation ends. Blocks for the swap. Raises NotFound, BadRequest (the
         worker refused the prompt, or the model exceeds a budget on its own),
         Unavailable (policy rejection, busy, worker unreachable) or WorkerError.
-        Errors raised after the decision carry its headers.
+        Errors raised after the decision carry its headers. ``on_decided`` is
+        called with each decision before it is carried out (the OpenAI API's
+        streaming answer starts there while a swap runs).
         """
         ticket: Ticket | None = None
         worker_ms = 0.0
         done: dict[str, list[str]] = nothing_done()  # carried out on the worker
+        record = self.metrics.start_request(route, model)
+        status = 200
         try:
             path = self.model_path(model)
             version = self.file_version(path)
@@ -208,7 +217,12 @@ class SwapService:
                             f"(N_CTX={self.worker_n_ctx})",
                             param="max_tokens",
                         )
-                    ticket = self.take_ticket(model, path, version, deadline, keep_alive=keep_alive)
+                    with self.metrics.waiting.track_inprogress():
+                        ticket = self.take_ticket(
+                            model, path, version, deadline, keep_alive=keep_alive
+                        )
+                    if on_decided is not None:
+                        on_decided(ticket)
                     push, worker_ms, lease = self.carry_out(ticket, path, done)
                     if ticket.decision.action is Action.REJECTED:
                         raise Unavailable(
@@ -231,13 +245,17 @@ class SwapService:
                     decision=ticket.decision,
                     model=stream.model,
                     push=push,
-                    stream=self._relay(stream, lease, stream_error),
+                    stream=self._relay(stream, lease, stream_error, record),
                     close=functools.partial(_close_generation, stream, lease),
                 )
             raise AssertionError("unreachable")
+        except BaseException as err:
+            status = getattr(err, "status", 500)
+            raise
         finally:
             # Exactly one line per request, whatever happened (the last attempt's decision).
             views.log_request(self, model, ticket, worker_ms, done, route)
+            record.decided(ticket, status, worker_ms)
 
     def file_version(self, path: Path) -> str:
         """The digest of the store's file as it is now (hashed once per file version).
@@ -317,16 +335,25 @@ class SwapService:
                 for victim in decision.evicted:
                     self.client.evict(victim)
                     done["evicted"].append(victim)
+                    self.metrics.removed("evicted", victim, removal_reason(decision, victim))
                     logger.info("evicted %s from the worker", victim)
                 for victim in decision.unloaded:
                     self.client.unload(victim)
                     done["unloaded"].append(victim)
+                    self.metrics.removed("unloaded", victim, removal_reason(decision, victim))
                     logger.info("unloaded %s from the worker's memory (file kept)", victim)
                 if decision.action is Action.LOAD_FROM_STORE:
                     # The version this ticket decided on (known before anything was evicted).
-                    push = self.transport.push(
-                        decision.model, path, digest=ticket.version, load=True
-                    )
+                    progress = Progress(decision.model, path.stat().st_size, logger=logger)
+                    with self.transfers.track(progress):
+                        push = self.transport.push(
+                            decision.model,
+                            path,
+                            digest=ticket.version,
+                            load=True,
+                            progress=progress.set_done,
+                        )
+                    self.metrics.pushed(push)
                     logger.info(
                         "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",
                         push.model,
@@ -336,9 +363,13 @@ class SwapService:
                         push.transport,
                     )
                 elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
+                    loading = time.perf_counter()
                     self.client.load_local(decision.model)
+                    self.metrics.loaded_local(time.perf_counter() - loading)
                     logger.info("loaded %s from the worker's cache", decision.model)
             except BaseException as err:
+                self.metrics.worker_failed(err)
+                self.metrics.swapped(decision, push, time.perf_counter() - started, done, ok=False)
                 if isinstance(err, ApiError):
                     logger.warning("%s for %s failed: %s", decision.action, decision.model, err)
                 else:
@@ -350,7 +381,9 @@ class SwapService:
                     ) from err
                 raise
             granted = slot.commit(lease=lease)
-        return push, (time.perf_counter() - started) * 1000, granted
+        seconds = time.perf_counter() - started
+        self.metrics.swapped(decision, push, seconds, done, ok=True)
+        return push, seconds * 1000, granted
 
     def _start_inference(self, model: str, job: dict, lease: Lease) -> InferenceStream:
         """Open the worker's token stream under ``lease`` (released on failure)."""
@@ -358,6 +391,7 @@ class SwapService:
             return self.client.infer(model, job)
         except BaseException as err:
             lease.release()
+            self.metrics.worker_failed(err)
             status = getattr(err, "worker_status", None)
             if status in (400, 413):
                 # The worker refused this request's input; its state is as we believe.
@@ -366,17 +400,26 @@ class SwapService:
             raise
 
     def _relay(
-        self, stream: InferenceStream, lease: Lease, stream_error: Callable[[ApiError], bytes]
+        self,
+        stream: InferenceStream,
+        lease: Lease,
+        stream_error: Callable[[ApiError], bytes],
+        record: RequestRecord | None = None,
     ) -> Iterator[bytes]:
         """The worker's tokens; if the worker fails mid-stream, end with ``stream_error``."""
         try:
-            yield from stream
+            for chunk in stream:
+                if record is not None:
+                    record.first_byte()
+                    record = None
+                yield chunk
         except Exception as err:
             if isinstance(err, WorkerError):
                 logger.warning("generation on %s broke off: %s", stream.model, err.message)
             else:
                 logger.exception("generation on %s broke off", stream.model)
                 err = WorkerError(f"the generation on {stream.model} broke off")
+            self.metrics.worker_failed(err)
             self.state.mark_unsynced()
             yield stream_error(err)
         finally:
@@ -424,16 +467,21 @@ class SwapService:
             )
             for name in to_delete:
                 self.client.evict(name)
+                self.metrics.removed("evicted", name, "resync")
                 logger.info("evicted %s from the worker to restore the policy's bounds", name)
             for name in to_unload:
                 self.client.unload(name)
+                self.metrics.removed("unloaded", name, "resync")
                 logger.info("unloaded %s from the worker to restore the memory budget", name)
         except Exception as err:
+            self.metrics.resynced(ok=False)
+            self.metrics.worker_failed(err)
             if isinstance(err, ApiError):
                 logger.warning("could not re-read the worker's state: %s", err.message)
                 return err
             logger.exception("could not re-read the worker's state")
             return WorkerError("could not re-read the worker's state")
+        self.metrics.resynced(ok=True)
         logger.info(
             "synced with the worker: cached=%s resident=%s", report.cached, list(report.resident)
         )
@@ -448,6 +496,7 @@ class SwapService:
                 for name in self.state.policy.members():
                     self.client.evict(name)
                     evicted.append(name)
+                    self.metrics.removed("evicted", name, "explicit")
                     logger.info("evicted %s from the worker (reset)", name)
             finally:
                 error = self._resync()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,19 @@ class Transport(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
+    def push(
+        self,
+        model: str,
+        path: Path,
+        *,
+        digest: str,
+        load: bool,
+        progress: Callable[[int], None] | None = None,
+    ) -> PushResult:
         """Send ``path`` to the worker as ``model``; with ``load`` the worker also loads it.
+
+        ``progress``, if given, is called with the bytes sent so far as the
+        push goes (how often is the transport's choice; at least at the end).
 
         ``digest`` is the file's ``algorithm:hex`` (``DigestCache.digest``);
         the worker keeps the file only if what it received has exactly this
@@ -57,7 +69,15 @@ class HttpTransport(Transport):
     def __init__(self, client: WorkerClient):
         self._client = client
 
-    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
+    def push(
+        self,
+        model: str,
+        path: Path,
+        *,
+        digest: str,
+        load: bool,
+        progress: Callable[[int], None] | None = None,
+    ) -> PushResult:
         size = path.stat().st_size
         endpoint = "/load_model_from_store" if load else "/cache_model"
         started = time.perf_counter()
@@ -65,5 +85,6 @@ class HttpTransport(Transport):
             endpoint,
             path,
             {"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Digest": digest},
+            on_sent=progress,
         )
         return PushResult(model, size, time.perf_counter() - started, self.name)

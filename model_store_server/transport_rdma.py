@@ -97,7 +97,8 @@ class RdmaTransport(Transport):
         self.slots = slots
         self.endpoints = endpoints or VerbsEndpoints()
 
-    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
+    def push(self, model: str, path: Path, *, digest: str, load: bool, progress=None) -> PushResult:
+        """See ``Transport.push``; ``progress`` is called once the file is sent."""
         started = time.perf_counter()
         # A file that cannot be opened is the store's problem, not RDMA's: OSError as is.
         with open(path, "rb") as source:
@@ -111,6 +112,8 @@ class RdmaTransport(Transport):
                 raise RdmaPushFailed(
                     f"RDMA push of {model} to {self.host}:{self.port} failed: {why}"
                 ) from err
+        if progress is not None:
+            progress(size)
         if load:
             self._client.load_local(model)
         return PushResult(model, size, time.perf_counter() - started, self.name)

@@ -128,6 +128,7 @@ def store_status(service: SwapService) -> dict:
         "available": service.available(),
         "worker_url": service.settings.worker_url,
         "transport": service.transport.name,
+        "pushes": service.transfers.describe(),  # running now: bytes done and total
     }
 
 

@@ -11,7 +11,7 @@ import http.client
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -145,8 +145,17 @@ class WorkerClient:
             conn.close()
             raise _broke_off(what, err) from err
 
-    def upload_file(self, path: str, source: Path, headers: dict[str, str]) -> dict:
+    def upload_file(
+        self,
+        path: str,
+        source: Path,
+        headers: dict[str, str],
+        on_sent: Callable[[int], None] | None = None,
+    ) -> dict:
         """POST ``source`` as one sized body, sent with sendfile(2); returns the worker's JSON.
+
+        ``on_sent`` is called with the bytes sent so far after each
+        ``SENDFILE_STEP_BYTES`` (the body is sent in steps of that size).
 
         Zero-copy on the sending side: the file's pages go from the page cache
         to the socket without passing through Python, and the worker reads a
@@ -171,7 +180,14 @@ class WorkerClient:
                     ).items():
                         conn.putheader(key, value)
                     conn.endheaders()
-                    sent = conn.sock.sendfile(file, 0, size) if size else 0
+                    sent = 0
+                    while sent < size:
+                        step = conn.sock.sendfile(file, sent, min(SENDFILE_STEP_BYTES, size - sent))
+                        if not step:
+                            break
+                        sent += step
+                        if on_sent is not None:
+                            on_sent(sent)
                     if sent != size:
                         raise SourceChanged(
                             f"{file.name} shrank while being sent ({sent} of {size})"
@@ -257,6 +273,8 @@ class WorkerClient:
 
 
 STREAM_READ_BYTES = 64 * 1024
+# A push is sent in steps of this size, so its progress can be reported between them.
+SENDFILE_STEP_BYTES = 16 * 1024 * 1024
 
 
 class SourceChanged(OSError):

@@ -34,15 +34,26 @@ def _matches(presented: str, tokens: tuple[bytes, ...]) -> bool:
     return matched
 
 
-def require_bearer(app: Flask, tokens: Iterable[str], *, realm: str) -> None:
-    """Refuse requests without a valid bearer token (no-op when ``tokens`` is empty)."""
+def require_bearer(
+    app: Flask, tokens: Iterable[str], *, realm: str, open_paths: Iterable[str] = ()
+) -> None:
+    """Refuse requests without a valid bearer token (no-op when ``tokens`` is empty).
+
+    ``open_paths`` are served without a token as well as ``/healthz`` (a path
+    ending in ``/`` opens everything under it).
+    """
     accepted = tuple(t.encode() for t in tokens if t)
     if not accepted:
         return
+    extra = tuple(open_paths)
+    exact = OPEN_PATHS | {p for p in extra if not p.endswith("/")}
+    prefixes = tuple(p for p in extra if p.endswith("/") and p != "/")
+    if "/" in extra:
+        exact = exact | {"/"}
 
     @app.before_request
     def _check_token():
-        if request.path in OPEN_PATHS:
+        if request.path in exact or (prefixes and request.path.startswith(prefixes)):
             return None
         presented = _presented_token()
         if presented is None or not _matches(presented, accepted):

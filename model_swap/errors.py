@@ -16,6 +16,8 @@ import uuid
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from model_swap.logs import current_request_id
+
 logger = logging.getLogger(__name__)
 
 
@@ -166,7 +168,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
         # The exception's text stays in the log: it may reveal paths, hosts or data.
-        request_id = uuid.uuid4().hex
+        request_id = current_request_id() or uuid.uuid4().hex
         logger.exception("unhandled error (request id %s)", request_id)
         message = f"internal error; the server log has the details under request id {request_id}"
         response = _render(500, "internal_error", message)

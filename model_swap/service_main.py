@@ -33,7 +33,7 @@ def run_service(
     except SettingsError as err:
         print(f"{name}: invalid setting {err}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, getattr(settings, "log_format", "text"))
     host, port = address(settings)
     options = ServeOptions(
         host=host,
