@@ -153,7 +153,10 @@ def test_sse_wire_format(store):
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert response.headers["X-Cache-Action"] == "load_from_store"
     body = response.text
-    events = [e for e in body.split("\n\n") if e]
+    blocks = [e for e in body.split("\n\n") if e]
+    # The load is announced in SSE comments first (README, "Progress on long swaps").
+    assert blocks[0].startswith(f": loading {A}")
+    events = [e for e in blocks if not e.startswith(":")]
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
     first = json.loads(events[0][6:])

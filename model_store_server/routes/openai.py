@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from model_store_server import openai_api
+from model_store_server.loading import Loading, serve_streaming, sse_error
 from model_store_server.openai_api import Answer, OpenAIRequest
 from model_store_server.routes.seed import swap_service
 from model_store_server.views import describe_models
@@ -51,16 +52,38 @@ def get_model(model: str):
     return jsonify(_model_object(found[0]))
 
 
+def _loading_response(parsed: OpenAIRequest, pending: Loading) -> Response:
+    """A streamed answer that starts with SSE comments while the model is loaded."""
+
+    def events():
+        yield from pending.comments()
+        if pending.served is None:
+            yield sse_error(pending.error)
+            return
+        answer = Answer(parsed, pending.served.model or parsed.model)
+        yield from openai_api.sse_stream(answer, pending.served.stream)
+
+    response = Response(events(), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers.update(pending.headers())
+    response.call_on_close(pending.close)
+    return response
+
+
 def _generate(parsed: OpenAIRequest) -> Response:
     service = swap_service()
+    options = {
+        "route": request.path,
+        "stream_error": openai_api.error_event,
+        "keep_alive": parsed.keep_alive,
+    }
     try:
-        served = service.serve(
-            parsed.model,
-            parsed.job,
-            route=request.path,
-            stream_error=openai_api.error_event,
-            keep_alive=parsed.keep_alive,
-        )
+        if parsed.stream:
+            served = serve_streaming(service, parsed.model, parsed.job, **options)
+            if isinstance(served, Loading):
+                return _loading_response(parsed, served)
+        else:
+            served = service.serve(parsed.model, parsed.job, **options)
     except NotFound as err:
         err.message, err.param = f"The model `{parsed.model}` does not exist", "model"
         raise

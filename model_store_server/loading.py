@@ -1,0 +1,152 @@
+"""A streaming OpenAI request that waits for its model's swap, told how the load goes.
+
+``serve_streaming`` runs ``SwapService.serve`` in a thread. If the request's
+decision is a load (a push or a load from the worker's disk), the response
+starts right after the decision, with the decision's headers
+(``X-Cache-Action``, ``X-Evicted``, ``X-Unloaded``, ``X-Model``), and sends
+SSE comment lines (``: loading model-x 45%``) about once a second until the
+model is ready; then the usual chunks follow. SSE clients ignore comments;
+people with curl can read them. Everything else (hits, rejections, errors
+before the decision, and the wait behind another model's swap, which comes
+before this request's decision) is answered as before: nothing is sent until
+the decision is made. A failure after the comments started cannot change the
+status any more: it ends the stream with an ``error`` event, as a generation
+that breaks off does.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+from collections.abc import Iterator
+
+from model_store_server.decision import LOADS, Action
+from model_store_server.leases import Ticket
+from model_store_server.swap_service import Served, SwapService
+from model_swap.errors import ApiError
+
+COMMENT_INTERVAL_SECONDS = 1.0
+
+
+class Loading:
+    """A request whose model is being loaded: headers now, then comments, then the answer."""
+
+    def __init__(self, service: SwapService, ticket: Ticket, call: _Call):
+        self.service = service
+        self.ticket = ticket
+        self._call = call
+
+    def headers(self) -> dict[str, str]:
+        headers = self.ticket.decision.headers()
+        headers["X-Model"] = self.ticket.decision.model
+        headers["X-Accel-Buffering"] = "no"
+        return headers
+
+    def comment(self) -> bytes:
+        """One SSE comment on the load's progress."""
+        model = self.ticket.decision.model
+        if self.ticket.decision.action is Action.LOAD_FROM_LOCAL_STORE:
+            text = f"loading {model} from the worker's disk cache"
+        else:
+            progress = self.service.transfers.latest(model)
+            view = progress.describe() if progress else None
+            if view is None or view["percent"] is None:
+                text = f"loading {model} 0%"
+            elif view["percent"] >= 100:
+                text = f"loading {model} 100% (sent; the worker is loading it)"
+            else:
+                text = (
+                    f"loading {model} {view['percent']:.0f}% ({view['bytes_done']} of "
+                    f"{view['bytes_total']} bytes, {view['mb_per_s']:.1f} MB/s)"
+                )
+        return f": {text}\n\n".encode()
+
+    def comments(self, interval: float = COMMENT_INTERVAL_SECONDS) -> Iterator[bytes]:
+        """Comments until the swap is done (at least one: the response starts with it)."""
+        yield self.comment()
+        while not self._call.finished.wait(interval):
+            yield self.comment()
+
+    @property
+    def served(self) -> Served | None:
+        """What ``serve`` returned, once ``comments`` has ended (None if it failed)."""
+        return self._call.served
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._call.error
+
+    def close(self) -> None:
+        """The response is over (or the client left): end the generation, now or once
+        the swap is done."""
+        self._call.abandon()
+
+
+class _Call:
+    """One ``serve`` running in a thread, and what it came to."""
+
+    def __init__(self):
+        self.decided = threading.Event()
+        self.finished = threading.Event()
+        self.ticket: Ticket | None = None
+        self.served: Served | None = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def on_decided(self, ticket: Ticket) -> None:
+        if self.ticket is None and ticket.owns_swap and ticket.decision.action in LOADS:
+            self.ticket = ticket
+            self.decided.set()
+
+    def run(self, service: SwapService, model: str, job: dict, options: dict) -> None:
+        try:
+            served = service.serve(model, job, on_decided=self.on_decided, **options)
+        except BaseException as err:  # noqa: BLE001 - handed to the request's thread
+            self.error = err
+        else:
+            with self._lock:
+                self.served, abandoned = served, self._abandoned
+            if abandoned:  # nobody will read it: give the lease back
+                served.close()
+        finally:
+            self.finished.set()
+            self.decided.set()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            served = self.served
+        if served is not None:
+            served.close()
+
+
+def serve_streaming(service: SwapService, model: str, job: dict, **options) -> Served | Loading:
+    """``service.serve(model, job, **options)``, or a ``Loading`` as soon as the decision
+    is a load. Raises what ``serve`` raises when no load was decided."""
+    call = _Call()
+    thread = threading.Thread(
+        target=contextvars.copy_context().run,  # keeps the request id for the log lines
+        args=(call.run, service, model, job, options),
+        name="serve-streaming",
+        daemon=True,
+    )
+    thread.start()
+    call.decided.wait()
+    if call.ticket is None:  # finished without a load to wait for
+        call.finished.wait()
+        if call.error is not None:
+            raise call.error
+        return call.served
+    return Loading(service, call.ticket, call)
+
+
+def sse_error(err: BaseException) -> bytes:
+    """OpenAI's error event, for a failure after the response started."""
+    if isinstance(err, ApiError):
+        message, code = err.message, err.type
+    else:
+        message, code = "the model could not be loaded", "internal_error"
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"

@@ -1,0 +1,113 @@
+"""Progress on long swaps: SSE comments while a streamed OpenAI request waits for its
+model's load, the push shown in GET /status, and the progress log lines."""
+
+from __future__ import annotations
+
+import logging
+
+import openai
+import requests
+
+from model_swap.progress import Progress, Transfers
+from tests.conftest import A, FakeClock, ask
+
+
+def stream_raw(store, model, **extra):
+    response = requests.post(
+        f"{store.url}/v1/chat/completions",
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4,
+            "stream": True,
+            **extra,
+        },
+        stream=True,
+        timeout=60,
+    )
+    blocks = [b for b in response.text.split("\n\n") if b]
+    return response, blocks
+
+
+def test_a_streamed_request_that_loads_its_model_gets_comments_first(worker, start_store):
+    store = start_store(worker)
+    response, blocks = stream_raw(store, A)
+    assert response.status_code == 200
+    assert response.headers["X-Cache-Action"] == "load_from_store"
+    assert response.headers["X-Model"] == A
+    comments = [b for b in blocks if b.startswith(":")]
+    assert comments and all(c.startswith(f": loading {A} ") for c in comments)
+    assert blocks[0] == comments[0]
+    assert blocks[-1] == "data: [DONE]"
+    # A hit starts with its answer, as before.
+    response, blocks = stream_raw(store, A)
+    assert response.headers["X-Cache-Action"] == "already_loaded"
+    assert not [b for b in blocks if b.startswith(":")]
+
+
+def test_openai_clients_ignore_the_comments(worker, start_store):
+    store = start_store(worker)
+    client = openai.OpenAI(base_url=f"{store.url}/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model=A, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_load_that_fails_after_the_comments_ends_with_an_error_event(
+    worker, start_store, models_dir
+):
+    (models_dir / "broken.gguf").write_bytes(b"not a gguf file at all" * 100)
+    store = start_store(worker)
+    response, blocks = stream_raw(store, "broken.gguf")
+    assert response.status_code == 200  # the status went out with the first comment
+    assert blocks[0].startswith(": loading broken.gguf")
+    assert blocks[-1].startswith('data: {"error"')
+    assert "[DONE]" not in response.text
+    # Errors before any decision are answered as before.
+    response, _ = stream_raw(store, "missing.gguf")
+    assert response.status_code == 404
+
+
+def test_user_request_is_unchanged(worker, start_store):
+    store = start_store(worker)
+    r = ask(store, A)
+    assert r.headers["X-Cache-Action"] == "load_from_store"
+    assert not r.text.startswith(":")
+
+
+def test_progress_logs_at_most_once_a_second_with_percent_rate_and_eta(caplog):
+    clock = FakeClock()
+    log = logging.getLogger("test.progress")
+    progress = Progress("model-x", 1000, logger=log, clock=clock)
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        progress.advance(100)  # no second has passed
+        clock.advance(1.0)
+        progress.advance(400)
+        progress.advance(100)  # same second
+        clock.advance(2.0)
+        progress.set_done(900)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "push of model-x: 50% of 1000 bytes, 0.0 MB/s, ETA 1s",
+        "push of model-x: 90% of 1000 bytes, 0.0 MB/s, ETA 0s",
+    ]
+    view = progress.describe()
+    assert (view["bytes_done"], view["bytes_total"], view["percent"]) == (900, 1000, 90.0)
+
+
+def test_running_transfers_are_listed_until_they_end():
+    transfers = Transfers()
+    with transfers.track(Progress("a", 10)) as progress:
+        progress.advance(5)
+        assert [(t["model"], t["bytes_done"], t["bytes_total"]) for t in transfers.describe()] == [
+            ("a", 5, 10)
+        ]
+    assert transfers.describe() == []
+
+
+def test_status_on_both_services_has_the_running_transfers(worker, start_store):
+    store = start_store(worker)
+    assert requests.get(f"{store.url}/status", timeout=10).json()["pushes"] == []
+    assert requests.get(f"{worker.url}/status", timeout=10).json()["receiving"] == []
