@@ -6,6 +6,7 @@
   requests (up to SHUTDOWN_GRACE_SECONDS) and exit; the services die with
   ``up`` even if it is killed.
 - ``model-swap tiny-models DIR``: write tiny random-weight llama models.
+- ``model-swap ps`` / ``model-swap status``: what a running store holds (``model_swap/ps.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from model_swap import ps
 from model_swap.logs import configure_logging
 from model_swap.probes import wait_until_healthy
 from model_swap.serving import die_with_parent
@@ -224,12 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--size-mb", type=float, default=None, help="approximate size of each file in MiB"
     )
     tiny.set_defaults(func=cmd_tiny_models)
+    ps.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"), os.environ.get("LOG_FORMAT", "text"))
     return args.func(args)
 
 

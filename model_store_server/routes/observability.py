@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, jsonify, send_from_directory
+from flask import Blueprint, Response, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model_store_server.routes.seed import swap_service
+from model_swap.errors import ApiError
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 # Served without a token even with API_KEYS: the page holds no data (it asks for a key
@@ -35,7 +36,26 @@ def metrics():
 
 @observability.get("/activity")
 def activity():
-    return jsonify(swap_service().metrics.activity())
+    """Recent requests and swaps; ``?probe=worker`` also asks the worker for its report."""
+    service = swap_service()
+    body = service.metrics.activity()
+    if request.args.get("probe") == "worker":
+        body["worker"] = probe_worker(service)
+    return jsonify(body)
+
+
+def probe_worker(service) -> dict:
+    """Whether the worker answers ``GET /status`` now, and what it says it holds."""
+    try:
+        report = service.client.status()
+    except ApiError as err:
+        return {"url": service.settings.worker_url, "reachable": False, "error": err.message}
+    return {
+        "url": service.settings.worker_url,
+        "reachable": True,
+        "resident": list(report.resident),
+        "cached": report.cached,
+    }
 
 
 @observability.get("/")
