@@ -347,11 +347,7 @@ class SwapService:
                     progress = Progress(decision.model, path.stat().st_size, logger=logger)
                     with self.transfers.track(progress):
                         push = self.transport.push(
-                            decision.model,
-                            path,
-                            digest=ticket.version,
-                            load=True,
-                            progress=progress.set_done,
+                            decision.model, path, digest=ticket.version, load=True
                         )
                     self.metrics.pushed(push)
                     logger.info(

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from model_store_server.worker_client import WorkerClient
+from model_swap.progress import current_progress
 
 
 @dataclass(frozen=True)
@@ -38,19 +38,12 @@ class Transport(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def push(
-        self,
-        model: str,
-        path: Path,
-        *,
-        digest: str,
-        load: bool,
-        progress: Callable[[int], None] | None = None,
-    ) -> PushResult:
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
         """Send ``path`` to the worker as ``model``; with ``load`` the worker also loads it.
 
-        ``progress``, if given, is called with the bytes sent so far as the
-        push goes (how often is the transport's choice; at least at the end).
+        A transport reports the bytes sent so far to ``current_progress()``
+        (``model_swap.progress``) when the caller tracks one; how often is its
+        choice.
 
         ``digest`` is the file's ``algorithm:hex`` (``DigestCache.digest``);
         the worker keeps the file only if what it received has exactly this
@@ -69,22 +62,15 @@ class HttpTransport(Transport):
     def __init__(self, client: WorkerClient):
         self._client = client
 
-    def push(
-        self,
-        model: str,
-        path: Path,
-        *,
-        digest: str,
-        load: bool,
-        progress: Callable[[int], None] | None = None,
-    ) -> PushResult:
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
         size = path.stat().st_size
+        progress = current_progress()
         endpoint = "/load_model_from_store" if load else "/cache_model"
         started = time.perf_counter()
         self._client.upload_file(
             endpoint,
             path,
             {"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Digest": digest},
-            on_sent=progress,
+            on_sent=progress.set_done if progress else None,
         )
         return PushResult(model, size, time.perf_counter() - started, self.name)

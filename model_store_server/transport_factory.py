@@ -36,12 +36,12 @@ class FallbackTransport(Transport):
         self.fallback = fallback
         self.name = primary.name
 
-    def push(self, model: str, path: Path, *, digest: str, load: bool, progress=None) -> PushResult:
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
         try:
-            return self.primary.push(model, path, digest=digest, load=load, progress=progress)
+            return self.primary.push(model, path, digest=digest, load=load)
         except RdmaPushFailed as err:
             logger.warning("falling back to %s for %s: %s", self.fallback.name, model, err.message)
-        return self.fallback.push(model, path, digest=digest, load=load, progress=progress)
+        return self.fallback.push(model, path, digest=digest, load=load)
 
 
 def build_transport(settings: StoreSettings, client: WorkerClient) -> Transport:

@@ -30,6 +30,7 @@ from pathlib import Path
 from model_store_server.transport import PushResult, Transport
 from model_store_server.worker_client import WorkerClient, WorkerError
 from model_swap.errors import cause
+from model_swap.progress import current_progress
 from model_swap.rdma_protocol import (
     DEFAULT_CHUNK_BYTES,
     RING_SLOTS,
@@ -97,8 +98,8 @@ class RdmaTransport(Transport):
         self.slots = slots
         self.endpoints = endpoints or VerbsEndpoints()
 
-    def push(self, model: str, path: Path, *, digest: str, load: bool, progress=None) -> PushResult:
-        """See ``Transport.push``; ``progress`` is called once the file is sent."""
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
+        """See ``Transport.push``; progress is reported once the file is sent."""
         started = time.perf_counter()
         # A file that cannot be opened is the store's problem, not RDMA's: OSError as is.
         with open(path, "rb") as source:
@@ -112,8 +113,8 @@ class RdmaTransport(Transport):
                 raise RdmaPushFailed(
                     f"RDMA push of {model} to {self.host}:{self.port} failed: {why}"
                 ) from err
-        if progress is not None:
-            progress(size)
+        if (progress := current_progress()) is not None:
+            progress.set_done(size)
         if load:
             self._client.load_local(model)
         return PushResult(model, size, time.perf_counter() - started, self.name)

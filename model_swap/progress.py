@@ -2,12 +2,15 @@
 
 ``Progress`` counts bytes as they go, logs at most one line per second
 (percent, MB/s, ETA) and describes itself for ``GET /status``. ``Transfers``
-holds the ones running now. Both are thread-safe: one thread advances a
-transfer while request threads read it.
+holds the ones running now; inside ``Transfers.track`` the transfer is also
+``current_progress()``, so a transport deep below reports to it without
+every ``push`` signature carrying it. Both classes are thread-safe: one
+thread advances a transfer while request threads read it.
 """
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import threading
@@ -16,6 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOG_INTERVAL_SECONDS = 1.0
+
+_CURRENT: contextvars.ContextVar[Progress | None] = contextvars.ContextVar(
+    "model_swap_progress", default=None
+)
+
+
+def current_progress() -> Progress | None:
+    """The transfer this thread is tracking now (``Transfers.track``), if any."""
+    return _CURRENT.get()
 
 
 class Progress:
@@ -103,13 +115,15 @@ class Transfers:
 
     @contextmanager
     def track(self, progress: Progress) -> Iterator[Progress]:
-        """Count ``progress`` as running for the duration of the block."""
+        """Count ``progress`` as running, and as ``current_progress()``, for the block."""
         key = next(self._ids)
         with self._lock:
             self._running[key] = progress
+        token = _CURRENT.set(progress)
         try:
             yield progress
         finally:
+            _CURRENT.reset(token)
             with self._lock:
                 self._running.pop(key, None)
 

@@ -10,9 +10,15 @@ from contextlib import redirect_stdout
 
 import requests
 
-from model_swap.cli import main
+from model_swap.cli import build_parser
 from model_swap.logs import CONSOLE, JsonFormatter
 from tests.conftest import A, B, C, ask
+
+
+def main(argv: list[str]) -> int:
+    """``model-swap`` without its logging set-up (which would change this process's)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def run_cli(*argv) -> tuple[int, str]:
@@ -83,9 +89,12 @@ def test_json_log_lines_carry_the_request_id(worker, start_store):
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     CONSOLE.addHandler(handler)
+    level = CONSOLE.level
+    CONSOLE.setLevel(logging.INFO)
     try:
         r = ask(store, A, headers={"X-Request-Id": "req-123"})
     finally:
+        CONSOLE.setLevel(level)
         CONSOLE.removeHandler(handler)
     assert r.status_code == 200
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
