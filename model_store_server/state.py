@@ -86,6 +86,7 @@ class WorkerState:
         self._changing: frozenset[str] = frozenset()  # what the swap in progress changes
         self._draining: set[str] = set()  # models a pending swap waits to take away
         self._synced = False
+        self._exclusive = False  # a sync or reset holds the worker: no new generations
         # The digest of each cached model's copy on the worker (None: unknown, never trusted).
         self._versions: dict[str, str | None] = {}
         self._keep: dict[str, float | None] = {}  # the last keep_alive asked per model
@@ -123,14 +124,25 @@ class WorkerState:
         return not self.cache.expired() and not self.resident.expired()
 
     def _hit(self, model: str, version: str | None) -> bool:
-        """Whether ``model`` can be served now without the swap slot."""
-        return (
-            model in self.resident
-            and model not in self._changing
-            and model not in self._draining
-            and not self._stale(model, version)
-            and self._nothing_due()
-        )
+        """Whether ``model`` can be served now without the swap slot.
+
+        Not while a sync or reset holds the worker, while a swap changes or waits
+        to take the model away, or when its copy is stale or its file's time is up
+        (decided anew, as the seed does). Other models whose time is up are
+        swept by this request's decision if no swap runs (the seed's lazy
+        sweep), else left to that swap or the idle sweep: a hit never waits
+        for another model's swap.
+        """
+        if (
+            self._exclusive
+            or model not in self.resident
+            or model in self._changing
+            or model in self._draining
+            or self._stale(model, version)
+            or self.cache.is_expired(model)
+        ):
+            return False
+        return self._swapping or self._nothing_due()
 
     def check_fits(self, model: str, size: int, footprint: int) -> None:
         """Raise TooLarge if ``model`` exceeds a tier's whole budget on its own."""
@@ -252,7 +264,14 @@ class WorkerState:
         self.cache, self.resident = outcome.cache, outcome.resident
         for name in outcome.decision.evicted:
             self._versions.pop(name, None)
-            self._keep.pop(name, None)
+        for name in outcome.decision.takes_away:
+            self._forget_keep(name)
+
+    def _forget_keep(self, model: str) -> None:
+        """``model`` left memory: its keep_alive ends, its file follows the policy again."""
+        self._keep.pop(model, None)
+        if model in self.cache:
+            self.cache.set_ttl(model, None)
 
     def _grant(self, model: str, keep_alive: float | None, pin: bool) -> Lease:
         """Start a generation on ``model`` (caller holds the lock)."""
@@ -324,7 +343,8 @@ class WorkerState:
                     self.cache.discard(name)
                     self.resident.discard(name)
                     self._versions.pop(name, None)
-            self._swapping = False
+                    self._keep.pop(name, None)
+            self._swapping = self._exclusive = False
             self._changing = frozenset()
             self._cond.notify_all()
 
@@ -378,6 +398,7 @@ class WorkerState:
             present = model in (self.cache if evict else self.resident)
             self.cache.unpin(model)  # taken out on request: no longer pinned on either tier
             self.resident.discard(model)
+            self._forget_keep(model)
             if evict:
                 self.cache.discard(model)
                 self._versions.pop(model, None)
@@ -395,19 +416,14 @@ class WorkerState:
             self._changing = decision.touches
             return Ticket(decision, True, ms)
 
-    def set_pin(self, model: str, pinned: bool) -> bool:
-        """Pin a resident model in both tiers, or unpin a cached one; False if it is
-        not resident (to pin) or not cached (to unpin)."""
+    def unpin(self, model: str) -> bool:
+        """Unpin ``model`` in both tiers (pinning goes through ``begin(..., pin=True)``);
+        False if the worker does not hold it."""
         with self._cond:
-            if model not in (self.resident if pinned else self.cache):
+            if model not in self.cache:
                 return False
-            if pinned:
-                self._check_pin(model, self.cache.size_of(model), self.resident.size_of(model))
-                self.cache.pin(model)
-                self.resident.pin(model)
-            else:
-                self.cache.unpin(model)
-                self.resident.unpin(model)
+            self.cache.unpin(model)
+            self.resident.unpin(model)
             return True
 
     def begin_sweep(self) -> Ticket | None:
@@ -427,6 +443,7 @@ class WorkerState:
                 return None
             for name in due:
                 self.resident.discard(name)
+                self._forget_keep(name)
             self._swapping = True
             decision = Decision(due[0], Action.UNLOAD, unloaded=tuple(due))
             self._changing = decision.touches
@@ -454,11 +471,11 @@ class WorkerState:
         deadline = time.monotonic() + timeout
         with self._cond:
             self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
-            self._swapping = True
+            self._swapping = self._exclusive = True
             try:
                 self._wait(lambda: not self._active, deadline, "running generations to finish")
             except Busy:
-                self._swapping = False
+                self._swapping = self._exclusive = False
                 self._cond.notify_all()
                 raise
         return SwapSlot(self, None)
@@ -479,6 +496,9 @@ class WorkerState:
         with self._cond:
             self._versions = {name: (digests or {}).get(name) for name in cached}
             to_delete, to_unload = reconcile(self.cache, self.resident, cached, resident)
+            for name in list(self._keep):
+                if name not in self.resident:
+                    self._forget_keep(name)
             return to_delete, to_unload
 
     def mark_unsynced(self) -> None:

@@ -445,7 +445,7 @@ class SwapService:
         evicted = []
         with self._exclusive() as slot:
             try:
-                for name in self.state.policy.members():
+                for name in [entry.name for entry in self.state.snapshot().cached]:
                     self.client.evict(name)
                     evicted.append(name)
                     logger.info("evicted %s from the worker (reset)", name)
