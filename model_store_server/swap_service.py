@@ -21,7 +21,8 @@ from model_store_server.config import StoreSettings
 from model_store_server.decision import Action, Decision
 from model_store_server.digests import DigestCache, PerVersionCache
 from model_store_server.leases import Lease, SwapSlot, Ticket
-from model_store_server.state import Busy, PinConflict, TooLarge, WorkerState
+from model_store_server.state import Busy, TooLarge, WorkerState
+from model_store_server.state_control import PinConflict
 from model_store_server.transport import PushResult, Transport
 from model_store_server.transport_factory import build_transport
 from model_store_server.views import SEED_ROUTE

@@ -9,7 +9,8 @@ import pytest
 
 from model_store_server.cache_policy import Tier, create_policy
 from model_store_server.decision import Action
-from model_store_server.state import Busy, PinConflict, TooLarge, WorkerState
+from model_store_server.state import Busy, TooLarge, WorkerState
+from model_store_server.state_control import PinConflict
 from tests.conftest import FakeClock
 
 
