@@ -113,20 +113,15 @@ class SwapService:
     def __init__(self, settings: StoreSettings, *, clock=time.monotonic):
         self.settings = settings
         self.models_dir = Path(settings.models_dir)
-        cache = create_policy(
-            settings.cache_policy,
-            capacity=settings.cache_capacity,
-            ttl=settings.ttl_seconds,
-            max_bytes=settings.max_cache_bytes,
-            clock=clock,
-        )
-        resident = create_policy(
-            settings.cache_policy,
-            capacity=settings.max_loaded_models,
-            ttl=settings.ttl_seconds,
-            max_bytes=settings.max_loaded_bytes,
-            clock=clock,
-            tier=Tier.RESIDENT,
+        cache, resident = (
+            create_policy(
+                settings.cache_policy,
+                ttl=settings.ttl_seconds,
+                clock=clock,
+                tier=tier,
+                **settings.tier_bounds(tier),
+            )
+            for tier in (Tier.CACHE, Tier.RESIDENT)
         )
         self.state = WorkerState(cache, resident)
         self.client = WorkerClient(
