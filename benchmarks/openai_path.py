@@ -41,15 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Services,
     median,
+    standalone_models,
     start_llama_server,
     stop_process,
     stream_timing,
 )
 
-from model_swap.cli import ensure_default_model  # noqa: E402
-from model_swap.tiny_models import write_tiny_model  # noqa: E402
-
-GEMMA = "gemma-3-270m-q4_k_m.gguf"
 TEXT = "Once upon a time"
 BLOCK = 3  # measured calls per path and round, after one that warms the prompt cache
 
@@ -191,14 +188,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="model-swap-openai-") as name:
         tmp = Path(name)
-        models = tmp / "models"
-        models.mkdir()
-        if args.quick:
-            model, rounds = "tiny-bench.gguf", 3
-            write_tiny_model(models / model)
-        else:
-            model, rounds = GEMMA, args.rounds
-            ensure_default_model(models)
+        models, model = standalone_models(tmp, args.quick)
+        rounds = 3 if args.quick else args.rounds
         services = Services(tmp, models, CACHE_POLICY="lru", MAX_CACHE_SIZE="2")
         try:
             result = measure(services, tmp, models, model, rounds)

@@ -32,12 +32,15 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Services, median, rss_bytes, serving_pid, stream_timing  # noqa: E402
+from harness import (  # noqa: E402
+    Services,
+    median,
+    rss_bytes,
+    serving_pid,
+    standalone_models,
+    stream_timing,
+)
 
-from model_swap.cli import ensure_default_model  # noqa: E402
-from model_swap.tiny_models import write_tiny_model  # noqa: E402
-
-GEMMA = "gemma-3-270m-q4_k_m.gguf"
 NAMES = ("model-a.gguf", "model-b.gguf", "model-c.gguf")
 MIB = 1024 * 1024
 
@@ -225,14 +228,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="model-swap-residency-") as name:
         tmp = Path(name)
-        models = tmp / "models"
-        models.mkdir()
-        if args.quick:
-            source, rounds = "tiny-bench.gguf", 2
-            write_tiny_model(models / source)
-        else:
-            source, rounds = GEMMA, args.rounds
-            ensure_default_model(models)
+        models, source = standalone_models(tmp, args.quick)
+        rounds = 2 if args.quick else args.rounds
         names = prepare_models(models, models / source)
         result = measure_alternation(tmp, models, names, rounds)
         memory = measure_memory(tmp, models, names)

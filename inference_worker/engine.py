@@ -74,7 +74,7 @@ class Engine:
 
     @property
     def loaded(self) -> str | None:
-        """The most recently used resident model (by load or generation start), or None."""
+        """The most recently used resident model (by load, generation start or end), or None."""
         with self._state:
             return next(
                 (r.name for r in reversed(self._models.values()) if r.llm is not None), None
@@ -251,6 +251,9 @@ class Engine:
         with self._state:
             resident.generating -= 1
             resident.last_active = self._clock()
+            # Most recently used by the end of its last generation too, as the store counts it.
+            if self._models.get(resident.name) is resident:
+                self._models.move_to_end(resident.name)
         resident.lock.release()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class Generation:
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self._closed = False
+        self._close_lock = threading.Lock()
 
     def _sampler_args(self) -> dict:
         sampling = self._sampling
@@ -160,6 +162,7 @@ class Generation:
             )
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        with self._close_lock:
+            closed, self._closed = self._closed, True
+        if not closed:
             self._engine._end(self._resident)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_store_server.cache_policy import POLICIES
+from model_store_server.cache_policy import POLICIES, Tier
 from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
@@ -118,6 +118,12 @@ class StoreSettings:
         """The disk tier's count bound: at least MAX_LOADED_MODELS (a resident model's
         file stays cached, so the memory tier can never hold more than the disk tier)."""
         return max(self.max_cache_size, self.max_loaded_models)
+
+    def tier_bounds(self, tier: Tier) -> dict[str, int]:
+        """``capacity`` and ``max_bytes`` of a tier (the disk cache or resident memory)."""
+        if tier is Tier.RESIDENT:
+            return {"capacity": self.max_loaded_models, "max_bytes": self.max_loaded_bytes}
+        return {"capacity": self.cache_capacity, "max_bytes": self.max_cache_bytes}
 
     @property
     def residency_configured(self) -> bool:

@@ -68,7 +68,7 @@ class ModelControl:
         return self._take_away(model, Action.EVICT)
 
     def unpin(self, model: str) -> dict:
-        if not self.state.set_pin(model, False):
+        if not self.state.unpin(model):
             raise NotFound(f"{model} is not on the worker")
         views.log_control(self.service, "unpin", model, None, nothing_done(), 0.0)
         self._wake.set()
@@ -128,10 +128,28 @@ class ModelControl:
         try:
             _, ms, _ = self.service.carry_out(ticket, None, done, lease=False)
         except ApiError as err:
-            logger.warning("idle unload of %s failed: %s", ",".join(done["unloaded"]), err)
+            logger.warning("idle unload of %s failed: %s", ",".join(ticket.decision.unloaded), err)
             return done["unloaded"]
         views.log_control(self.service, "idle-unload", ticket.decision.model, ticket, done, ms)
         return done["unloaded"]
+
+    def _sweep_round(self, due: float | None) -> float:
+        """One round of the idle sweep; returns how long to pause before a round that
+        finds something due again (0 after a round that unloaded or had nothing due)."""
+        try:
+            if due is not None and due <= 0 and not self.state.synced:
+                # The view is unconfirmed (a worker call failed): re-read the worker
+                # first, or nothing could be unloaded until the next request.
+                self.service.ensure_synced()
+            if self.sweep_once() or due is None or due > 0:
+                return 0.0
+        except ApiError as err:
+            logger.warning("idle sweep could not run: %s", err.message)
+            return 1.0
+        except Exception:
+            logger.exception("idle sweep failed")
+            return 1.0
+        return 0.25
 
     def start(self, preload: tuple[str, ...] = ()) -> threading.Thread:
         """Sync with the worker, preload, then sweep idle models until ``stop``."""
@@ -143,18 +161,17 @@ class ModelControl:
                 logger.info("worker not reachable at start (%s); will sync on first use", err)
             if preload:
                 self.preload(preload)
+            pause = 0.0
             while not self._stop.is_set():
                 due = self.state.next_due()
-                # The clock is the policy's; wake at least every second to follow it.
-                self._wake.wait(1.0 if due is None else min(max(due, 0.01), 1.0))
+                # The clock is the policy's: wake at least every second to follow it, and
+                # after a round that could not sweep (a swap ran), not at once again.
+                wait = 1.0 if due is None else min(max(due, pause), 1.0)
+                self._wake.wait(wait)
                 self._wake.clear()
                 if self._stop.is_set():
                     break
-                try:
-                    self.sweep_once()
-                except Exception:
-                    logger.exception("idle sweep failed")
-                    time.sleep(1.0)
+                pause = self._sweep_round(due)
 
         self._sweeper = threading.Thread(target=run, name="store-sweeper", daemon=True)
         self._sweeper.start()

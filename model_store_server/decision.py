@@ -92,6 +92,7 @@ def decide(
     original = (cache, resident)
     cache, resident = cache.clone(), resident.clone()
     evicted: list[str] = []
+    pinned = model in cache and cache.is_pinned(model)
     if stale:
         cache.discard(model)
         resident.discard(model)
@@ -100,6 +101,11 @@ def decide(
     evicted += expired
     for name in evicted:
         resident.discard(name)
+    if model in resident:
+        # In use again: its own memory time is not up (a keep_alive of 0 included; the
+        # request's own keep_alive applies once it ends).
+        resident.touch(model)
+        resident.set_ttl(model, None)
     unloaded = resident.expire()
     expired += unloaded
     if model in resident:
@@ -121,6 +127,9 @@ def decide(
         except CacheFull as err:
             return Outcome(Decision(model, Action.REJECTED, reason=str(err)), *original)
     unloaded = [name for name in unloaded if name not in evicted]
+    if pinned and stale:  # a new version of a pinned model stays pinned
+        cache.pin(model)
+        resident.pin(model)
     return Outcome(
         Decision(model, action, tuple(evicted), tuple(unloaded), expired=tuple(expired)),
         cache,
@@ -148,7 +157,7 @@ def reconcile(
         if member not in worker_cached:
             cache.discard(member)
     for member in resident.members():
-        if member not in worker_resident or member not in cache and member not in worker_cached:
+        if member not in worker_resident:
             resident.discard(member)
     unknown = [name for name in worker_cached if name not in cache and name not in worker_resident]
     unknown += [name for name in worker_resident if name in worker_cached and name not in cache]
@@ -158,17 +167,13 @@ def reconcile(
             to_delete += cache.admit(name, worker_cached[name])
         else:
             to_delete.append(name)
-    to_unload: list[str] = []
     for name, footprint in worker_resident.items():
         if name not in cache:
-            to_unload.append(name)
             resident.discard(name)
-        elif name not in resident:
-            if resident.can_admit(name, footprint):
-                to_unload += resident.admit(name, footprint)
-            else:
-                to_unload.append(name)
+        elif name not in resident and resident.can_admit(name, footprint):
+            resident.admit(name, footprint)
     for name in to_delete:
         resident.discard(name)
-    to_unload = [name for name in dict.fromkeys(to_unload) if name not in to_delete]
+    # Whatever the worker holds in memory that the tier did not keep is unloaded.
+    to_unload = [name for name in worker_resident if name not in resident and name not in to_delete]
     return to_delete, to_unload

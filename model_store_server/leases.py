@@ -8,10 +8,10 @@ or ended exactly once (a context manager, so no code path can leave it held).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from model_store_server.decision import Decision, Outcome
+from model_store_server.decision import Decision
 
 if TYPE_CHECKING:
     from model_store_server.state import WorkerState
@@ -56,7 +56,6 @@ class Ticket:
     lease: Lease | None = None
     keep_alive: float | None = None
     pin: bool = False
-    _outcome: Outcome | None = field(default=None, repr=False)
 
 
 class SwapSlot:

@@ -22,7 +22,6 @@ ended exactly once).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from model_store_server.cache_policy import CachePolicy
 from model_store_server.decision import LOADS, Action, Decision, Outcome, decide, reconcile
 from model_store_server.leases import Lease, SwapSlot, Ticket
+from model_store_server.state_control import ExplicitControl
 
 
 class Busy(Exception):
@@ -40,10 +40,6 @@ class Busy(Exception):
 
 class TooLarge(Exception):
     """A model is larger than a tier's whole budget; nothing was changed."""
-
-
-class PinConflict(Exception):
-    """Pinning would hold more than a tier can keep; nothing was changed."""
 
 
 # keep_alive: seconds a model stays resident after its last answer; KEEP_FOREVER keeps
@@ -74,7 +70,7 @@ class Snapshot:
         return self.resident[-1].name if self.resident else None
 
 
-class WorkerState:
+class WorkerState(ExplicitControl):
     """The store's view of its worker; see the module docstring. Thread-safe."""
 
     def __init__(self, cache: CachePolicy, resident: CachePolicy):
@@ -86,6 +82,7 @@ class WorkerState:
         self._changing: frozenset[str] = frozenset()  # what the swap in progress changes
         self._draining: set[str] = set()  # models a pending swap waits to take away
         self._synced = False
+        self._exclusive = False  # a sync or reset holds the worker: no new generations
         # The digest of each cached model's copy on the worker (None: unknown, never trusted).
         self._versions: dict[str, str | None] = {}
         self._keep: dict[str, float | None] = {}  # the last keep_alive asked per model
@@ -123,14 +120,25 @@ class WorkerState:
         return not self.cache.expired() and not self.resident.expired()
 
     def _hit(self, model: str, version: str | None) -> bool:
-        """Whether ``model`` can be served now without the swap slot."""
-        return (
-            model in self.resident
-            and model not in self._changing
-            and model not in self._draining
-            and not self._stale(model, version)
-            and self._nothing_due()
-        )
+        """Whether ``model`` can be served now without the swap slot.
+
+        Not while a sync or reset holds the worker, while a swap changes or waits
+        to take the model away, or when its copy is stale or its file's time is up
+        (decided anew, as the seed does). Other models whose time is up are
+        swept by this request's decision if no swap runs (the seed's lazy
+        sweep), else left to that swap or the idle sweep: a hit never waits
+        for another model's swap.
+        """
+        if (
+            self._exclusive
+            or model not in self.resident
+            or model in self._changing
+            or model in self._draining
+            or self._stale(model, version)
+            or self.cache.is_expired(model)
+        ):
+            return False
+        return self._swapping or self._nothing_due()
 
     def check_fits(self, model: str, size: int, footprint: int) -> None:
         """Raise TooLarge if ``model`` exceeds a tier's whole budget on its own."""
@@ -172,53 +180,19 @@ class WorkerState:
             if pin:
                 self._check_pin(model, size, footprint)
             self._touch_active()
-            owned = False
+            if not self._take_slot_unless_hit(model, version, deadline):
+                return self._serve_hit(model, version, started, keep_alive, pin)
             try:
-                while True:
-                    if not owned and self._hit(model, version):
-                        return self._serve_hit(model, version, started, keep_alive, pin)
-                    if not owned:
-                        self._wait(
-                            lambda: not self._swapping or self._hit(model, version),
-                            deadline,
-                            "another model swap to finish",
-                        )
-                        if self._hit(model, version):
-                            continue
-                        self._swapping = owned = True
-                    self._touch_active()
-                    outcome = decide(
-                        self.cache,
-                        self.resident,
-                        model,
-                        size=size,
-                        footprint=footprint,
-                        stale=self._stale(model, version),
-                    )
-                    decision = outcome.decision
-                    busy = [name for name in decision.takes_away if self._active[name]]
-                    if decision.action is Action.REJECTED or not busy:
-                        break
-                    # Stop new generations on the models this swap takes away and wait
-                    # for a running one to end, then decide again (an idle model may now
-                    # be the victim); on timeout nothing has changed.
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise Busy(f"timed out waiting for running generations on {','.join(busy)}")
-                    self._draining.update(busy)
-                    try:
-                        self._cond.wait(remaining)
-                    finally:
-                        self._draining.difference_update(busy)
+                outcome = self._decide_when_drained(model, version, size, footprint, deadline)
             except BaseException:
-                if owned:
-                    self._swapping = False
-                    self._cond.notify_all()
+                self._swapping = False
+                self._cond.notify_all()
                 raise
+            decision = outcome.decision
             decision_ms = (time.perf_counter() - started) * 1000
+            self._adopt(outcome)
             if decision.action is Action.REJECTED or not decision.changes_worker:
                 self._swapping = False
-                self._adopt(outcome)
                 lease = None
                 if decision.action is not Action.REJECTED:
                     lease = self._grant(model, keep_alive, pin)
@@ -226,17 +200,51 @@ class WorkerState:
                 return Ticket(
                     decision, False, decision_ms, version, lease=lease, keep_alive=keep_alive
                 )
-            self._adopt(outcome)
             self._changing = decision.touches
-            return Ticket(
-                decision,
-                True,
-                decision_ms,
-                version,
-                keep_alive=keep_alive,
-                pin=pin,
-                _outcome=outcome,
+            return Ticket(decision, True, decision_ms, version, keep_alive=keep_alive, pin=pin)
+
+    def _take_slot_unless_hit(self, model: str, version: str | None, deadline: float) -> bool:
+        """Take the swap slot, waiting for the one in progress; False (nothing taken)
+        as soon as ``model`` can be served as a hit. Raises Busy at ``deadline``."""
+        while not self._hit(model, version):
+            self._wait(
+                lambda: not self._swapping or self._hit(model, version),
+                deadline,
+                "another model swap to finish",
             )
+            if not self._hit(model, version):
+                self._swapping = True
+                return True
+        return False
+
+    def _decide_when_drained(
+        self, model: str, version: str | None, size: int, footprint: int, deadline: float
+    ) -> Outcome:
+        """Decide (the caller holds the slot); if the decision takes away models that are
+        generating, stop new generations on them, wait for a running one to end and
+        decide again (an idle model may now be the victim). Raises Busy at ``deadline``,
+        having changed nothing."""
+        while True:
+            self._touch_active()
+            outcome = decide(
+                self.cache,
+                self.resident,
+                model,
+                size=size,
+                footprint=footprint,
+                stale=self._stale(model, version),
+            )
+            busy = [name for name in outcome.decision.takes_away if self._active[name]]
+            if outcome.decision.action is Action.REJECTED or not busy:
+                return outcome
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Busy(f"timed out waiting for running generations on {','.join(busy)}")
+            self._draining.update(busy)
+            try:
+                self._cond.wait(remaining)
+            finally:
+                self._draining.difference_update(busy)
 
     def _serve_hit(
         self, model: str, version: str | None, started: float, keep_alive, pin: bool
@@ -252,7 +260,8 @@ class WorkerState:
         self.cache, self.resident = outcome.cache, outcome.resident
         for name in outcome.decision.evicted:
             self._versions.pop(name, None)
-            self._keep.pop(name, None)
+        for name in outcome.decision.takes_away:
+            self._forget_keep(name)
 
     def _grant(self, model: str, keep_alive: float | None, pin: bool) -> Lease:
         """Start a generation on ``model`` (caller holds the lock)."""
@@ -263,36 +272,6 @@ class WorkerState:
         # Until the generation ends the model follows the policy's own time bound.
         self._set_keep(model, keep_alive if keep_alive != 0 else None)
         return Lease(self, model, keep_alive)
-
-    def _set_keep(self, model: str, keep_alive: float | None) -> None:
-        self._keep[model] = keep_alive
-        if model in self.resident:
-            self.resident.set_ttl(
-                model,
-                None if keep_alive is None else math.inf if keep_alive < 0 else keep_alive,
-            )
-        if model in self.cache and self.cache.ttl is not None:
-            # The disk tier never drops a model sooner than its keep_alive keeps it resident.
-            longer = keep_alive is not None and (keep_alive < 0 or keep_alive > self.cache.ttl)
-            override = (math.inf if keep_alive < 0 else keep_alive) if longer else None
-            self.cache.set_ttl(model, override)
-
-    def _check_pin(self, model: str, size: int, footprint: int) -> None:
-        tiers = ((self.cache, size, "cache"), (self.resident, footprint, "resident"))
-        for tier, need, what in tiers:
-            pinned = [name for name in tier.pinned() if name != model]
-            count = len(pinned) + 1
-            used = sum(tier.size_of(name) for name in pinned) + need
-            if tier.capacity is not None and count > tier.capacity:
-                raise PinConflict(
-                    f"pinning {model} would pin {count} models in the {what} tier, "
-                    f"which holds {tier.capacity} (pinned: {','.join(pinned)})"
-                )
-            if tier.max_bytes is not None and used > tier.max_bytes:
-                raise PinConflict(
-                    f"pinning {model} would pin {used} bytes in the {what} tier, "
-                    f"whose budget is {tier.max_bytes} (pinned: {','.join(pinned)})"
-                )
 
     def swap(self, ticket: Ticket) -> SwapSlot:
         """The slot ``begin`` granted with ``ticket``, for ``with state.swap(ticket) as slot:``."""
@@ -324,7 +303,8 @@ class WorkerState:
                     self.cache.discard(name)
                     self.resident.discard(name)
                     self._versions.pop(name, None)
-            self._swapping = False
+                    self._keep.pop(name, None)
+            self._swapping = self._exclusive = False
             self._changing = frozenset()
             self._cond.notify_all()
 
@@ -347,96 +327,6 @@ class WorkerState:
             self._cond.notify_all()
         self.on_idle()
 
-    # -- explicit control: unload, evict, pin -------------------------------------------
-
-    def begin_change(self, model: str, action: Action, timeout: float) -> Ticket:
-        """Take ``model`` out of memory (UNLOAD) or off the worker (EVICT) on request.
-
-        Waits, bounded, for the swap slot and for ``model``'s generations; the
-        model is unpinned. Returns a ticket that owns the slot (carry it out
-        with ``swap``) or, if there is nothing to do, one that does not.
-        """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
-            self._swapping = True
-            self._draining.add(model)
-            try:
-                self._wait(
-                    lambda: not self._active[model],
-                    deadline,
-                    f"running generations on {model} to finish",
-                )
-            except BaseException:
-                self._swapping = False
-                self._cond.notify_all()
-                raise
-            finally:
-                self._draining.discard(model)
-            started = time.perf_counter()
-            evict = action is Action.EVICT
-            present = model in (self.cache if evict else self.resident)
-            self.cache.unpin(model)  # taken out on request: no longer pinned on either tier
-            self.resident.discard(model)
-            if evict:
-                self.cache.discard(model)
-                self._versions.pop(model, None)
-            decision = Decision(
-                model,
-                action,
-                evicted=(model,) if evict and present else (),
-                unloaded=(model,) if not evict and present else (),
-            )
-            ms = (time.perf_counter() - started) * 1000
-            if not present:
-                self._swapping = False
-                self._cond.notify_all()
-                return Ticket(decision, False, ms)
-            self._changing = decision.touches
-            return Ticket(decision, True, ms)
-
-    def set_pin(self, model: str, pinned: bool) -> bool:
-        """Pin a resident model in both tiers, or unpin a cached one; False if it is
-        not resident (to pin) or not cached (to unpin)."""
-        with self._cond:
-            if model not in (self.resident if pinned else self.cache):
-                return False
-            if pinned:
-                self._check_pin(model, self.cache.size_of(model), self.resident.size_of(model))
-                self.cache.pin(model)
-                self.resident.pin(model)
-            else:
-                self.cache.unpin(model)
-                self.resident.unpin(model)
-            return True
-
-    def begin_sweep(self) -> Ticket | None:
-        """Unload resident models whose time is up (none generating), if no swap runs.
-
-        Returns a ticket owning the slot (``Decision(UNLOAD)`` naming them in
-        ``unloaded``), or None if there is nothing to do now. The disk tier is
-        left to the next request, which reports its expired files in
-        ``X-Evicted`` as the seed does.
-        """
-        with self._cond:
-            if self._swapping or not self._synced:
-                return None
-            self._touch_active()
-            due = self.resident.expired()
-            if not due:
-                return None
-            for name in due:
-                self.resident.discard(name)
-            self._swapping = True
-            decision = Decision(due[0], Action.UNLOAD, unloaded=tuple(due), expired=tuple(due))
-            self._changing = decision.touches
-            return Ticket(decision, True, 0.0)
-
-    def next_due(self) -> float | None:
-        """Seconds until a resident model's time is up (None: no time bound now)."""
-        with self._cond:
-            return self.resident.next_expiry()
-
     # -- synchronising with the worker's truth ------------------------------------
 
     @property
@@ -454,11 +344,11 @@ class WorkerState:
         deadline = time.monotonic() + timeout
         with self._cond:
             self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
-            self._swapping = True
+            self._swapping = self._exclusive = True
             try:
                 self._wait(lambda: not self._active, deadline, "running generations to finish")
             except Busy:
-                self._swapping = False
+                self._swapping = self._exclusive = False
                 self._cond.notify_all()
                 raise
         return SwapSlot(self, None)
@@ -479,6 +369,9 @@ class WorkerState:
         with self._cond:
             self._versions = {name: (digests or {}).get(name) for name in cached}
             to_delete, to_unload = reconcile(self.cache, self.resident, cached, resident)
+            for name in list(self._keep):
+                if name not in self.resident:
+                    self._forget_keep(name)
             return to_delete, to_unload
 
     def mark_unsynced(self) -> None:

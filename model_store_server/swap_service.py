@@ -22,7 +22,8 @@ from model_store_server.decision import Action, Decision
 from model_store_server.digests import DigestCache, PerVersionCache
 from model_store_server.leases import Lease, SwapSlot, Ticket
 from model_store_server.metrics import RequestRecord, StoreMetrics, removal_reason
-from model_store_server.state import Busy, PinConflict, TooLarge, WorkerState
+from model_store_server.state import Busy, TooLarge, WorkerState
+from model_store_server.state_control import PinConflict
 from model_store_server.transport import PushResult, Transport
 from model_store_server.transport_factory import build_transport
 from model_store_server.views import SEED_ROUTE
@@ -114,20 +115,15 @@ class SwapService:
     def __init__(self, settings: StoreSettings, *, clock=time.monotonic):
         self.settings = settings
         self.models_dir = Path(settings.models_dir)
-        cache = create_policy(
-            settings.cache_policy,
-            capacity=settings.cache_capacity,
-            ttl=settings.ttl_seconds,
-            max_bytes=settings.max_cache_bytes,
-            clock=clock,
-        )
-        resident = create_policy(
-            settings.cache_policy,
-            capacity=settings.max_loaded_models,
-            ttl=settings.ttl_seconds,
-            max_bytes=settings.max_loaded_bytes,
-            clock=clock,
-            tier=Tier.RESIDENT,
+        cache, resident = (
+            create_policy(
+                settings.cache_policy,
+                ttl=settings.ttl_seconds,
+                clock=clock,
+                tier=tier,
+                **settings.tier_bounds(tier),
+            )
+            for tier in (Tier.CACHE, Tier.RESIDENT)
         )
         self.state = WorkerState(cache, resident)
         self.client = WorkerClient(
@@ -489,7 +485,7 @@ class SwapService:
         evicted = []
         with self._exclusive() as slot:
             try:
-                for name in self.state.policy.members():
+                for name in [entry.name for entry in self.state.snapshot().cached]:
                     self.client.evict(name)
                     evicted.append(name)
                     self.metrics.removed("evicted", name, "explicit")

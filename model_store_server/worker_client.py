@@ -248,18 +248,19 @@ class WorkerClient:
             raise WorkerError("the worker's answer to GET /status is not a status report") from None
 
     def evict(self, model: str) -> None:
-        try:
-            self._json("DELETE", f"/models/{quote(model)}")
-        except WorkerError as err:
-            if err.worker_status != 404:  # already gone is what we wanted
-                raise
+        """Unload ``model`` and delete its file on the worker (already gone: done)."""
+        self._idempotent("DELETE", f"/models/{quote(model)}")
 
     def unload(self, model: str) -> None:
         """Drop ``model`` from the worker's memory, keeping its file (not resident: done)."""
+        self._idempotent("POST", f"/models/{quote(model)}/unload")
+
+    def _idempotent(self, method: str, path: str) -> None:
+        """A call whose 404 means the worker is already as we want it."""
         try:
-            self._json("POST", f"/models/{quote(model)}/unload")
+            self._json(method, path)
         except WorkerError as err:
-            if err.worker_status != 404:  # not resident is what we wanted
+            if err.worker_status != 404:
                 raise
 
     def load_local(self, model: str) -> dict:

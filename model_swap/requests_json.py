@@ -43,14 +43,16 @@ def prompt_text(body: dict, *, max_chars: int) -> str:
     return check_text(prompt, "prompt")
 
 
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(-?)((?:\d+(?:\.\d+)?(?:ms|s|m|h))+|\d+(?:\.\d+)?)\s*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_keep_alive(value: object) -> float | None:
     """A request's ``keep_alive``: seconds as a number, or a string like ``30s``, ``5m``,
-    ``1h``; 0 unloads right after the answer; any negative value keeps the model
-    until capacity needs its place (-1). None or absent: the policy decides."""
+    ``1h30m`` (a bare number in a string is seconds). 0 unloads right after the answer;
+    any negative value keeps the model until capacity needs its place (-1). None or
+    absent: the policy decides."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -58,7 +60,12 @@ def parse_keep_alive(value: object) -> float | None:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        seconds = sum(
+            float(number) * _UNIT_SECONDS[unit or None]
+            for number, unit in _DURATION_PART.findall(match.group(2))
+        )
+        if match.group(1):
+            seconds = -seconds
     else:
         raise BadRequest(
             "keep_alive must be a number of seconds or a duration such as 30s, 5m or 1h "

@@ -129,7 +129,8 @@ class EnvReader:
             result = float(text) * scale
         except ValueError:
             result = -1.0
-        if not text or result != result or result < 0 or result == float("inf"):
+        # A positive value under one byte would round to 0, which means "no bound".
+        if not text or result != result or result < 0 or 0 < result < 1 or result == float("inf"):
             raise SettingsError(
                 f"{name}: {value!r} is not a size (valid: bytes >= 0, or a number with "
                 "K, M, G or T, powers of 1024, such as 8G or 512MiB)"

@@ -217,3 +217,21 @@ def test_reconcile_no_evict_refuses_extra_files():
     to_delete, to_unload = reconcile(tiers.cache, tiers.resident, {"A": 1, "B": 1}, {})
     assert to_delete == ["B"] and to_unload == []
     assert tiers.cache.members() == ["A"]
+
+
+def test_reconcile_never_unloads_a_model_it_keeps():
+    tiers = Tiers(capacity=3, loaded=1)
+    tiers("B")
+    to_delete, to_unload = reconcile(
+        tiers.cache, tiers.resident, {"A": 1, "B": 1}, {"A": 1, "B": 1}
+    )
+    assert to_unload == ["A"] and tiers.resident.members() == ["B"]
+
+
+def test_a_new_version_of_a_pinned_model_stays_pinned():
+    tiers = Tiers(capacity=3, loaded=2)
+    tiers("A")
+    tiers.cache.pin("A")
+    tiers.resident.pin("A")
+    d = tiers("A", stale=True)
+    assert d.evicted == ("A",) and tiers.cache.is_pinned("A") and tiers.resident.is_pinned("A")

@@ -159,7 +159,7 @@ def test_keep_alive_seconds_through_the_openai_api(start_store, worker):
     assert wait_for(lambda: resident(worker) == [B], timeout=10)
 
 
-@pytest.mark.parametrize("bad", ["soon", True, "1d", [1]])
+@pytest.mark.parametrize("bad", ["soon", True, "1d", [1], "1h 30m"])
 def test_bad_keep_alive_is_a_400(start_store, worker, bad):
     store = start_store(worker)
     r = requests.post(
@@ -319,3 +319,37 @@ def test_a_hit_completes_during_a_real_push(start_store, worker, tmp_path):
     t.join(60)
     assert action(r) == ("already_loaded", "", "")
     assert finished["A"] < finished["C"]
+
+
+def test_reset_is_not_starved_by_hits(start_store, worker):
+    store = start_store(worker, swap_wait_timeout=5)
+    ask(store, A)
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            ask(store, A, max_tokens=1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        r = requests.post(f"{store.url}/reset", timeout=30)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert r.status_code == 200 and r.json()["evicted"] == [A]
+
+
+def test_store_and_worker_agree_on_the_most_recent_model_after_overlapping_generations(
+    start_store, worker
+):
+    store = start_store(worker, max_cache_size=3, max_loaded_models=2)
+    ask(store, A)
+    ask(store, B)
+    long_a = threading.Thread(target=lambda: seeded(store, A, max_tokens=200))
+    long_a.start()
+    seeded(store, B, max_tokens=2)
+    long_a.join(60)
+    assert store_status(store)["loaded"] == worker_status(worker)["loaded"]

@@ -9,7 +9,8 @@ import pytest
 
 from model_store_server.cache_policy import Tier, create_policy
 from model_store_server.decision import Action
-from model_store_server.state import Busy, PinConflict, TooLarge, WorkerState
+from model_store_server.state import Busy, TooLarge, WorkerState
+from model_store_server.state_control import PinConflict
 from tests.conftest import FakeClock
 
 
@@ -212,7 +213,7 @@ def test_pinning_more_than_fits_is_refused():
     # every resident model is pinned: another model is rejected, naming the pins
     ticket = s.begin("C", timeout=1)
     assert ticket.decision.action is Action.REJECTED and "pinned: A,B" in ticket.decision.reason
-    assert s.set_pin("A", False)
+    assert s.unpin("A")
     ticket = s.begin("C", timeout=1)
     assert ticket.decision.unloaded == ("A",)
 
@@ -313,3 +314,49 @@ def test_exclusive_waits_for_generations_and_is_bounded():
     lease.release()
     with s.exclusive(timeout=1):
         assert s.snapshot().swapping
+
+
+# -- found in review ----------------------------------------------------------------------
+
+
+def test_a_hit_does_not_wait_for_a_swap_even_when_another_models_time_is_up():
+    clock = FakeClock()
+    s = state(capacity=4, loaded=3, clock=clock)
+    for model in "ABX":
+        serve(s, model).release()
+    serve(s, "X", keep_alive=0).release()  # X's time is up at once
+    pending = s.begin("C", timeout=5)  # a swap in progress (it also unloads X)
+    assert pending.owns_swap
+    hit = s.begin("A", timeout=0.2)
+    assert hit.decision.action is Action.ALREADY_LOADED and not hit.owns_swap
+    hit.lease.release()
+    s.swap(pending).commit().release()
+
+
+def test_a_sync_or_reset_stops_new_hits_until_it_ends():
+    s = state()
+    serve(s, "A").release()
+    with s.exclusive(timeout=1), pytest.raises(Busy):
+        s.begin("A", timeout=0.1)
+    assert s.begin("A", timeout=1).decision.action is Action.ALREADY_LOADED
+
+
+def test_keep_alive_forever_ends_when_the_model_leaves_memory():
+    clock = FakeClock()
+    s = state("ttl", capacity=3, loaded=1, clock=clock)
+    serve(s, "A", keep_alive=-1).release()
+    clock.advance(100)
+    assert s.begin_sweep() is None and s.cache.members() == ["A"]
+    serve(s, "B").release()  # B takes A's place in memory: A's file follows the TTL again
+    assert s.keep_alive_of("A") is None
+    clock.advance(6)
+    ticket = s.begin("B", timeout=1)
+    assert "A" in ticket.decision.evicted
+
+
+def test_a_request_rescues_a_model_whose_keep_alive_ran_out_before_the_sweep():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", keep_alive=0).release()
+    ticket = s.begin("A", timeout=1)
+    assert ticket.decision.action is Action.ALREADY_LOADED and ticket.decision.unloaded == ()
+    ticket.lease.release()

@@ -35,12 +35,7 @@ def _model_object(info: dict) -> dict:
 
 @openai.get("/models")
 def list_models():
-    models = [
-        _model_object(info)
-        for info in describe_models(
-            swap_service(),
-        )
-    ]
+    models = [_model_object(info) for info in describe_models(swap_service())]
     return jsonify(object="list", data=models)
 
 
