@@ -79,12 +79,6 @@ class Progress:
         if step > 0:
             self.advance(step)
 
-    @property
-    def percent(self) -> float | None:
-        if not self.total:
-            return None
-        return min(100.0, 100.0 * self.done / self.total)
-
     def describe(self) -> dict:
         """What ``GET /status`` shows of a running transfer."""
         with self._lock:
