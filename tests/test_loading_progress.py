@@ -4,12 +4,14 @@ model's load, the push shown in GET /status, and the progress log lines."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import openai
 import requests
 
 from model_swap.progress import Progress, Transfers
-from tests.conftest import A, FakeClock, ask
+from model_swap.tiny_models import write_tiny_model
+from tests.conftest import A, FakeClock, ask, wait_for
 
 
 def stream_raw(store, model, **extra):
@@ -111,3 +113,80 @@ def test_status_on_both_services_has_the_running_transfers(worker, start_store):
     store = start_store(worker)
     assert requests.get(f"{store.url}/status", timeout=10).json()["pushes"] == []
     assert requests.get(f"{worker.url}/status", timeout=10).json()["receiving"] == []
+
+
+def test_the_worker_shows_an_upload_while_it_runs(worker, tmp_path):
+    # Larger than the worker's read block (4 MiB), so half the file is a counted read.
+    data = write_tiny_model(tmp_path / "big.gguf", size_mb=10).read_bytes()
+    half = threading.Event()
+    go_on = threading.Event()
+
+    def body():
+        yield data[: len(data) // 2]
+        half.set()
+        go_on.wait(30)
+        yield data[len(data) // 2 :]
+
+    result = {}
+
+    def upload():
+        result["response"] = requests.post(
+            f"{worker.url}/cache_model",
+            data=body(),
+            headers={"X-Model-Name": "big.gguf", "X-Model-Size": str(len(data))},
+            timeout=60,
+        )
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    try:
+        assert half.wait(30)
+        assert wait_for(
+            lambda: requests.get(f"{worker.url}/status", timeout=10).json()["receiving"]
+        )
+        (running,) = requests.get(f"{worker.url}/status", timeout=10).json()["receiving"]
+        assert running["model"] == "big.gguf" and running["bytes_total"] == len(data)
+        assert 0 < running["bytes_done"] < len(data)
+        assert running["percent"] < 100
+    finally:
+        go_on.set()
+        thread.join(30)
+    assert result["response"].status_code == 200
+    assert requests.get(f"{worker.url}/status", timeout=10).json()["receiving"] == []
+
+
+def test_log_format_and_metrics_public_are_validated_settings():
+    from inference_worker.config import WorkerSettings
+    from model_store_server.config import StoreSettings
+    from model_swap.settings import SettingsError
+
+    for settings in (StoreSettings, WorkerSettings):
+        assert settings.from_env({}).log_format == "text"
+        assert settings.from_env({"LOG_FORMAT": "json", "METRICS_PUBLIC": "1"}).metrics_public
+        try:
+            settings.from_env({"LOG_FORMAT": "xml"})
+        except SettingsError as err:
+            assert "LOG_FORMAT" in str(err)
+        else:
+            raise AssertionError("LOG_FORMAT=xml was accepted")
+
+
+def test_the_comments_follow_the_push(tmp_path):
+    from model_store_server.config import StoreSettings
+    from model_store_server.decision import Action, Decision
+    from model_store_server.leases import Ticket
+    from model_store_server.loading import Loading, _Call
+    from model_store_server.swap_service import SwapService
+
+    service = SwapService(StoreSettings(models_dir=tmp_path, worker_url="http://127.0.0.1:9"))
+    push = Loading(service, Ticket(Decision("m.gguf", Action.LOAD_FROM_STORE), True, 0.0), _Call())
+    assert push.comment() == b": loading m.gguf 0%\n\n"
+    with service.transfers.track(Progress("m.gguf", 1000)) as progress:
+        progress.advance(450)
+        assert push.comment().startswith(b": loading m.gguf 45% (450 of 1000 bytes, ")
+        progress.advance(550)
+        assert push.comment() == b": loading m.gguf 100% (sent; the worker is loading it)\n\n"
+    local = Ticket(Decision("m.gguf", Action.LOAD_FROM_LOCAL_STORE), True, 0.0)
+    assert Loading(service, local, _Call()).comment() == (
+        b": loading m.gguf from the worker's disk cache\n\n"
+    )
