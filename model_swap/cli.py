@@ -6,6 +6,7 @@
   requests (up to SHUTDOWN_GRACE_SECONDS) and exit; the services die with
   ``up`` even if it is killed.
 - ``model-swap tiny-models DIR``: write tiny random-weight llama models.
+- ``model-swap trace generate``, ``simulate``, ``replay``: the policy lab (``model_swap_lab``).
 """
 
 from __future__ import annotations
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--size-mb", type=float, default=None, help="approximate size of each file in MiB"
     )
     tiny.set_defaults(func=cmd_tiny_models)
+    from model_swap_lab.cli import add_lab_commands  # trace, simulate, replay (the policy lab)
+
+    add_lab_commands(commands)
     return parser
 
 

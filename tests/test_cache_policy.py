@@ -16,6 +16,9 @@ from model_store_server.cache_policy import (
     Tier,
     create_policy,
 )
+from model_store_server.cache_policy import (
+    GreedyDualPolicy as GreedyDual,
+)
 from tests.conftest import FakeClock
 
 CAPACITY = 2
@@ -37,7 +40,7 @@ def policy_name(request) -> str:
 
 
 def test_registry_names_match_config_names():
-    assert sorted(POLICIES) == ["lru", "lru-ttl", "no-evict", "ttl"]
+    assert sorted(POLICIES) == ["gdsf", "lfu-da", "lru", "lru-ttl", "no-evict", "ttl"]
 
 
 def test_unknown_policy_lists_valid_names():
@@ -116,7 +119,8 @@ def test_idle_seconds_follows_clock(policy_name):
 
 def test_bounds_are_the_ones_the_policy_uses(policy_name):
     policy = make(policy_name)
-    assert (policy.capacity is not None) == (policy_name in ("lru", "no-evict", "lru-ttl"))
+    counted = ("lru", "no-evict", "lru-ttl", "gdsf", "lfu-da")
+    assert (policy.capacity is not None) == (policy_name in counted)
     assert (policy.ttl is not None) == (policy_name in ("ttl", "lru-ttl"))
 
 
@@ -144,6 +148,15 @@ def test_refused_admission_changes_nothing(policy_name):
 # -- both tiers: bytes, pins, per-member time-to-live -------------------------------------
 
 
+RECENCY_POLICIES = sorted(name for name, cls in POLICIES.items() if not issubclass(cls, GreedyDual))
+
+
+@pytest.fixture(params=RECENCY_POLICIES)
+def recency_policy(request) -> str:
+    """Policies whose eviction order is recency order (the cost-aware ones have their own)."""
+    return request.param
+
+
 @pytest.fixture(params=list(Tier))
 def tier(request) -> Tier:
     return request.param
@@ -158,8 +171,8 @@ def test_resident_tier_always_bounds_count_and_never_refuses(policy_name):
     assert policy.admit("c") == ["a"]
 
 
-def test_byte_budget_evicts_least_recently_used_until_it_fits(policy_name, tier):
-    policy = make(policy_name, tier=tier, max_bytes=10)
+def test_byte_budget_evicts_least_recently_used_until_it_fits(recency_policy, tier):
+    policy = make(recency_policy, tier=tier, max_bytes=10)
     policy.admit("a", 4)
     policy.admit("b", 5)
     if policy.refuses:
@@ -170,6 +183,28 @@ def test_byte_budget_evicts_least_recently_used_until_it_fits(policy_name, tier)
     assert policy.members() == ["c", "d"]
     assert policy.admit("e", 9) == ["c", "d"]
     assert policy.used_bytes == 9
+
+
+def test_byte_budget_evicts_in_eviction_order_until_it_fits(policy_name, tier):
+    """Every policy: the victims are the first unpinned members of its own eviction
+    order, exactly as many as needed for the newcomer to fit."""
+    policy = make(policy_name, tier=tier, max_bytes=20)
+    policy.capacity = None  # bytes only
+    for name, size in (("a", 4), ("b", 7), ("c", 5), ("d", 3)):
+        policy.admit(name, size)
+        policy.touch("a")
+    if policy.refuses:
+        assert not policy.can_admit("e", 9)
+        return
+    order = policy.members()
+    victims = policy.admit("e", 9)
+    assert victims == order[: len(victims)]
+    kept = sum(SIZES_BYTES[m] for m in order[len(victims) - 1 :] if m != "e")
+    assert kept + 9 > 20, "no victim was evicted needlessly"
+    assert policy.used_bytes <= 20
+
+
+SIZES_BYTES = {"a": 4, "b": 7, "c": 5, "d": 3}
 
 
 def test_larger_than_the_budget_alone_is_refused_changing_nothing(policy_name, tier):
@@ -402,9 +437,14 @@ class PolicyMachine(RuleBasedStateMachine):
             assert len(members) <= self.policy.capacity
         if self.policy.max_bytes is not None:
             assert sum(self.policy.size_of(m) for m in members) <= self.policy.max_bytes
-        # eviction order is recency order
-        times = [self.last_use[m] for m in members]
-        assert times == sorted(times)
+        if isinstance(self.policy, GreedyDual):
+            # eviction order is priority order, ties least recently used first
+            keys = [(self.policy.priority(m), self.policy.recency().index(m)) for m in members]
+            assert keys == sorted(keys)
+        else:
+            # eviction order is recency order
+            times = [self.last_use[m] for m in members]
+            assert times == sorted(times)
 
 
 TestPolicyMachine = PolicyMachine.TestCase
