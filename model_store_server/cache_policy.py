@@ -403,10 +403,12 @@ GIB = 1024**3
 class GreedyDualPolicy(RecencyPolicy):
     """The GreedyDual family: each member has a priority H = L + uses x value.
 
-    A use (``touch``, or ``admit`` of a new member, with one use) sets H from
-    the current inflation L; the lowest H is the next victim (ties: least
-    recently used first), and evicting it raises L to its H, so a member that
-    is not used ages relative to newcomers (dynamic aging). Uses count while
+    A use (``touch``, or ``admit`` of a new member, with one use) records the
+    current inflation L as the member's base; H is evaluated when victims are
+    chosen, so a value that follows measurements (gdsf's costs) is the same
+    for every member at that moment. The lowest H is the next victim (ties:
+    least recently used first), and evicting it raises L to its H, so a
+    member that is not used ages relative to newcomers (dynamic aging). Uses count while
     a model is a member and restart from one after it leaves. ``refresh``
     (a generation running or ending) restarts the idle time but is not a use.
     Subclasses define ``value``; no time bound unless set per member.
@@ -427,12 +429,12 @@ class GreedyDualPolicy(RecencyPolicy):
         self.tier = tier
         self.inflation = 0.0  # L
         self._uses: dict[str, int] = {}
-        self._priority: dict[str, float] = {}
+        self._base: dict[str, float] = {}  # L at the member's last use
 
     def clone(self) -> GreedyDualPolicy:
         copy = super().clone()
         copy._uses = dict(self._uses)
-        copy._priority = dict(self._priority)
+        copy._base = dict(self._base)
         return copy
 
     def value(self, model: str) -> float:
@@ -440,7 +442,7 @@ class GreedyDualPolicy(RecencyPolicy):
         return 1.0
 
     def _rank(self, model: str) -> None:
-        self._priority[model] = self.inflation + self._uses[model] * self.value(model)
+        self._base[model] = self.inflation
 
     def touch(self, model: str) -> None:
         super().touch(model)
@@ -457,23 +459,23 @@ class GreedyDualPolicy(RecencyPolicy):
 
     def discard(self, model: str) -> bool:
         self._uses.pop(model, None)
-        self._priority.pop(model, None)
+        self._base.pop(model, None)
         return super().discard(model)
 
     def _eviction_order(self) -> list[str]:
         # sorted() is stable: equal priorities stay least recently used first.
-        return sorted(self._last_used, key=self._priority.__getitem__)
+        return sorted(self._last_used, key=self.priority)
 
     def _evicting(self, model: str) -> None:
-        self.inflation = max(self.inflation, self._priority[model])
+        self.inflation = max(self.inflation, self.priority(model))
 
     def priority(self, model: str) -> float:
-        return self._priority[model]
+        return self._base[model] + self._uses[model] * self.value(model)
 
     def _victim_reason(self, model: str) -> str:
         return (
-            f"priority {self._priority[model]:.4g}: {self._uses[model]} use(s) x "
-            f"{self._value_text(model)}, plus the aging L at its last use"
+            f"priority {self.priority(model):.4g} = L {self._base[model]:.4g} at its last use"
+            f" + {self._uses[model]} use(s) x {self._value_text(model)}"
         )
 
     def _value_text(self, model: str) -> str:

@@ -449,3 +449,84 @@ class PolicyMachine(RuleBasedStateMachine):
 
 TestPolicyMachine = PolicyMachine.TestCase
 TestPolicyMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# -- traces: the GreedyDual family (lfu-da, gdsf) -----------------------------------------------
+
+
+def test_lfu_da_trace_frequency_then_aging():
+    policy = make("lfu-da")
+    policy.admit("A")
+    policy.touch("A")  # A: 2 uses
+    policy.admit("B")  # B: 1 use
+    assert policy.members() == ["B", "A"]
+    assert policy.admit("C") == ["B"]  # the least frequently used goes
+    assert policy.inflation == 1  # L rises to B's priority
+    assert policy.priority("C") == 2  # L + 1 use: as high as A's 2 uses, newer
+    assert policy.members() == ["A", "C"]
+    assert policy.admit("D") == ["A"]  # tie: least recently used first
+    assert policy.inflation == 2
+
+
+def test_gdsf_byte_budget_keeps_what_is_dear_per_byte():
+    from model_store_server.cost_model import CostModel
+
+    gib = 1024**3
+    # 1 GiB/s push and load, 1 s overhead each: a 1 GiB model costs 4 s (4 s/GiB),
+    # a 4 GiB one 10 s (2.5 s/GiB), so under bytes the large one goes first.
+    cost = CostModel(
+        push_bytes_per_s=gib, load_bytes_per_s=gib, push_overhead_s=1, load_overhead_s=1
+    )
+    policy = create_policy(
+        "gdsf", capacity=10, ttl=TTL, max_bytes=6 * gib, clock=FakeClock(), cost_model=cost
+    )
+    policy.admit("small", gib)
+    policy.admit("big", 4 * gib)
+    assert policy.members() == ["big", "small"]
+    assert policy.admit("other", 2 * gib) == ["big"]
+    explained = policy.explain()
+    assert policy.inflation == pytest.approx(2.5)  # big's 1 use x 2.5 s/GiB
+    # small: 0 + 4 s/GiB; other: L 2.5 + 6 s / 2 GiB = 5.5
+    assert [row["name"] for row in explained] == ["small", "other"]
+    assert explained[0]["reason"].startswith("next victim")
+    # Under a count budget only the cost counts: the cheap small model goes first.
+    counted = create_policy("gdsf", capacity=2, ttl=TTL, clock=FakeClock(), cost_model=cost)
+    counted.admit("small", gib)
+    counted.admit("big", 4 * gib)
+    assert counted.admit("other", 2 * gib) == ["small"]
+
+
+def test_gdsf_resident_tier_costs_only_the_load():
+    from model_store_server.cost_model import CostModel
+
+    cost = CostModel(push_overhead_s=5, load_overhead_s=1)
+    cache = create_policy("gdsf", capacity=2, ttl=TTL, cost_model=cost)
+    resident = create_policy("gdsf", capacity=2, ttl=TTL, cost_model=cost, tier=Tier.RESIDENT)
+    for tier in (cache, resident):
+        tier.admit("a", 1000)
+    assert resident.cost("a") == pytest.approx(cost.load_seconds(1000))
+    assert cache.cost("a") == pytest.approx(cost.load_seconds(1000) + cost.push_seconds(1000))
+
+
+def test_refresh_is_not_a_use(policy_name):
+    clock = FakeClock()
+    policy = make(policy_name, clock)
+    policy.admit("a")
+    clock.advance(3)
+    policy.refresh("a")
+    assert policy.idle_seconds("a") == 0
+    if isinstance(policy, GreedyDual):
+        assert policy.priority("a") == policy.value("a")  # still one use
+
+
+def test_explain_lists_members_in_eviction_order(policy_name, tier):
+    clock = FakeClock()
+    policy = make(policy_name, clock, tier=tier)
+    policy.admit("a")
+    policy.admit("b")
+    policy.pin("b")
+    rows = policy.explain()
+    assert [row["name"] for row in rows] == policy.members()
+    assert {row["name"]: row["reason"] for row in rows}["b"] == "pinned: never a victim"
+    if not policy.refuses:
+        assert rows[[r["name"] for r in rows].index("a")]["reason"].startswith("next victim")
