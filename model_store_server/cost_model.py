@@ -14,13 +14,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-# Defaults measured on the development machine (2 cores, loopback HTTP, tiny GGUF
-# models of 8-64 MiB): `uv run python benchmarks/policies.py --calibrate` prints them.
-DEFAULT_PUSH_BYTES_PER_S = 400e6
-DEFAULT_LOAD_BYTES_PER_S = 1.5e9
-DEFAULT_PUSH_OVERHEAD_S = 0.005
-DEFAULT_LOAD_OVERHEAD_S = 0.010
-DEFAULT_CALL_OVERHEAD_S = 0.002  # one evict or unload call on the worker
+# Defaults measured on the development machine (2 cores, loopback HTTP, CPU llama.cpp,
+# tiny GGUF models of 8-64 MiB): the rates the store learned in the calibration replay
+# of `uv run python benchmarks/policies.py` (benchmarks/POLICIES.md, section 1), rounded.
+# Loading maps the file (mmap), hence far faster than pushing it; a GPU worker, which
+# copies weights into device memory, loads slower, and the store learns that as it swaps.
+DEFAULT_PUSH_BYTES_PER_S = 700e6
+DEFAULT_LOAD_BYTES_PER_S = 10e9
+DEFAULT_PUSH_OVERHEAD_S = 0.003
+DEFAULT_LOAD_OVERHEAD_S = 0.002
+DEFAULT_CALL_OVERHEAD_S = 0.001  # one evict or unload call on the worker
 # Weight of a new measurement in the running rate (exponential moving average).
 SMOOTHING = 0.3
 

@@ -39,13 +39,13 @@ def summarize(
     bytes_pushed: int,
     waits: Sequence[float],
 ) -> dict:
-    """The result object: counts per action, ``hit_ratio`` (already loaded or cached on
-    the worker), ``misses`` (pushes) and the waits (seconds per served request)."""
+    """The result object: counts per action, ``hit_ratio`` (requests already loaded or
+    cached on the worker, over all requests: a rejected one is no hit), ``misses``
+    (pushes) and the waits (seconds per served request)."""
     counts = Counter(str(action) for action in actions)
     requests = sum(counts.values())
     result = {"requests": requests}
     result.update({str(action): counts.get(str(action), 0) for action in ACTIONS})
-    served = requests - counts.get(str(Action.REJECTED), 0)
     hits = counts.get(str(Action.ALREADY_LOADED), 0) + counts.get(
         str(Action.LOAD_FROM_LOCAL_STORE), 0
     )
@@ -54,7 +54,7 @@ def summarize(
             "evicted": evicted,
             "unloaded": unloaded,
             "misses": counts.get(str(Action.LOAD_FROM_STORE), 0),
-            "hit_ratio": round(hits / served, 4) if served else 0.0,
+            "hit_ratio": round(hits / requests, 4) if requests else 0.0,
             "bytes_pushed": bytes_pushed,
             "swap_seconds": round(sum(waits), 3),
             "p50_wait_ms": round(percentile(waits, 50) * 1000, 3),
