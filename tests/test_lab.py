@@ -173,3 +173,23 @@ def test_status_explains_the_next_victim(worker, start_store):
     assert [row["name"] for row in explain["resident"]] == [B]
     rates = explain["cost_model"]
     assert rates["push_observations"] + rates["load_observations"] >= 1  # learned from swaps
+
+
+@pytest.mark.slow
+def test_policies_benchmark_runs_on_tiny_sizes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "policies.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--no-live", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / "POLICIES.md").read_text()
+    assert "## 4. Targets" in table and "| gdsf |" in table
+    for kind in ("count", "bytes"):
+        assert (tmp_path / f"policies-{kind}.png").read_bytes()[:4] == b"\x89PNG"
