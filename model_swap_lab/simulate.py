@@ -101,28 +101,25 @@ def _tiers(config: SimConfig, clock: SimClock, cost: CostModel, requests: Sequen
         max_loaded_bytes=config.max_loaded_bytes,
         ttl_seconds=config.ttl_seconds,
     )
-    budgets = (
-        (Tier.CACHE, settings.cache_capacity, settings.max_cache_bytes),
-        (Tier.RESIDENT, settings.max_loaded_models, settings.max_loaded_bytes),
-    )
     if config.policy == OFFLINE:
         next_use = NextUse(requests)
-        tiers = [
-            BeladyPolicy(next_use=next_use, capacity=count, max_bytes=nbytes or None, clock=clock)
-            for _, count, nbytes in budgets
-        ]
+        tiers = []
+        for tier in (Tier.CACHE, Tier.RESIDENT):
+            bounds = settings.tier_bounds(tier)
+            bounds["max_bytes"] = bounds["max_bytes"] or None
+            tiers.append(BeladyPolicy(next_use=next_use, clock=clock, **bounds))
         return tiers, next_use
+    # Exactly as the store's SwapService builds its two tiers.
     tiers = [
         create_policy(
             config.policy,
-            capacity=count,
             ttl=settings.ttl_seconds,
-            max_bytes=nbytes,
             clock=clock,
             tier=tier,
             cost_model=cost,
+            **settings.tier_bounds(tier),
         )
-        for tier, count, nbytes in budgets
+        for tier in (Tier.CACHE, Tier.RESIDENT)
     ]
     return tiers, None
 
