@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from model_store_server.decision import Action
-from model_swap.cli import main
+from model_swap.cli import build_parser
 from model_swap_lab.generate import PRESETS, assign_sizes, generate, model_names, spec_for
 from model_swap_lab.replay import replay
 from model_swap_lab.simulate import SimConfig, footprints_from_dir, simulate
@@ -118,6 +118,13 @@ def test_gdsf_pushes_fewer_bytes_than_lru_under_a_byte_budget():
     lru = simulate(trace, sizes, budget)
     gdsf = simulate(trace, sizes, replace(budget, policy="gdsf"))
     assert gdsf["bytes_pushed"] < lru["bytes_pushed"]
+
+
+def main(argv: list[str]) -> int:
+    """``model-swap`` in this process, without ``main``'s logging set-up (which would
+    bind the root logger to this test's captured output)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def test_simulate_and_generate_commands(tmp_path, tiny_models_dir, capsys):
