@@ -200,3 +200,16 @@ def test_policies_benchmark_runs_on_tiny_sizes(tmp_path):
     assert "## 4. Targets" in table and "| gdsf |" in table
     for kind in ("count", "bytes"):
         assert (tmp_path / f"policies-{kind}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replay_command(worker, start_store, tmp_path, capsys):
+    store = start_store(worker)
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"timestamp,model,max_tokens\n0,{A},2\n0.01,{A},2\n0.02,{B},2\n")
+    assert main(["replay", str(trace), "--store", store.url, "--speed", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["load_from_store"], result["already_loaded"], result["errors"]) == (2, 1, 0)
+    assert result["ttfb_p50_ms"] > 0
+    trace.write_text("timestamp,model\n1,a\n0,a\n")
+    assert main(["replay", str(trace), "--store", store.url]) == 2
+    assert "t.csv:3: timestamp 0 is before the previous one" in capsys.readouterr().err
