@@ -12,6 +12,10 @@ fake clock.
 
 Bounds: ``capacity`` (members), ``max_bytes`` (sum of member sizes) and
 ``ttl`` (idle seconds). A pinned member is never a victim and never expires.
+
+A policy orders its members through one hook, ``_eviction_order`` (least
+recently used first in the base); the cost-aware family (``gdsf``,
+``lfu-da``) overrides it with GreedyDual priorities (``GreedyDualPolicy``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
+
+from model_store_server.cost_model import CostModel
 
 Clock = Callable[[], float]
 
@@ -51,6 +57,10 @@ class CachePolicy(Protocol):
     def touch(self, model: str) -> None:
         """Record a use of a member (moves it to most recently used)."""
 
+    def refresh(self, model: str) -> None:
+        """Restart a member's idle time without counting a new use (a generation
+        running or ending on it); for recency policies the same as ``touch``."""
+
     def fits(self, size: int) -> bool:
         """Whether a member of ``size`` bytes fits the byte budget on its own."""
 
@@ -75,6 +85,13 @@ class CachePolicy(Protocol):
 
     def members(self) -> list[str]:
         """Members in eviction order: the next victim first."""
+
+    def recency(self) -> list[str]:
+        """Members least recently used first (equal to ``members`` for recency policies)."""
+
+    def explain(self) -> list[dict]:
+        """For each member in eviction order: its ``priority`` (lower goes sooner) and the
+        ``reason`` it would or would not be the next victim."""
 
     def idle_seconds(self, model: str) -> float:
         """Seconds since ``model`` was last used."""
@@ -171,6 +188,9 @@ class RecencyPolicy:
         self._last_used[model] = self._clock()
         self._last_used.move_to_end(model)
 
+    def refresh(self, model: str) -> None:
+        RecencyPolicy.touch(self, model)
+
     def discard(self, model: str) -> bool:
         self._sizes.pop(model, None)
         self._ttls.pop(model, None)
@@ -178,7 +198,50 @@ class RecencyPolicy:
         return self._last_used.pop(model, None) is not None
 
     def members(self) -> list[str]:
+        return list(self._eviction_order())
+
+    def recency(self) -> list[str]:
         return list(self._last_used)
+
+    def _eviction_order(self) -> list[str]:
+        """Members in the order the policy would choose them as victims (the hook each
+        policy overrides; pinned and expired members are skipped by the caller)."""
+        return list(self._last_used)
+
+    def _evicting(self, model: str) -> None:
+        """``model`` is about to be evicted to make room (not expired, not discarded)."""
+
+    def priority(self, model: str) -> float:
+        """``model``'s rank key in the eviction order (lower goes sooner)."""
+        return -round(self.idle_seconds(model), 3)
+
+    def _victim_reason(self, model: str) -> str:
+        return f"least recently used (idle {self.idle_seconds(model):.1f}s)"
+
+    def explain(self) -> list[dict]:
+        expired = set(self.expired())
+        rows, next_victim = [], None
+        for model in self._eviction_order():
+            if model in self._pinned:
+                reason = "pinned: never a victim"
+            elif model in expired:
+                reason = "idle past its time-to-live: removed at the next sweep"
+            elif self.refuses:
+                reason = f"{self.name} never evicts to make room; new models are refused when full"
+            elif next_victim is None:
+                next_victim = model
+                reason = f"next victim, lowest in order: {self._victim_reason(model)}"
+            else:
+                reason = f"after {next_victim}: {self._victim_reason(model)}"
+            rows.append(
+                {
+                    "name": model,
+                    "priority": round(self.priority(model), 6),
+                    "idle_seconds": round(self.idle_seconds(model), 3),
+                    "reason": reason,
+                }
+            )
+        return rows
 
     def idle_seconds(self, model: str) -> float:
         return self._clock() - self._last_used[model]
@@ -260,7 +323,7 @@ class RecencyPolicy:
         if self.refuses:
             return None
         victims = []
-        for model in self._last_used:
+        for model in self._eviction_order():
             if model in expired or model in self._pinned:
                 continue
             victims.append(model)
@@ -289,6 +352,7 @@ class RecencyPolicy:
             raise CacheFull(self._full_message(model))
         victims = self.expire()
         for victim in room:
+            self._evicting(victim)
             self.discard(victim)
         victims += room
         self._last_used[model] = self._clock()
@@ -333,8 +397,130 @@ class LRUTTLPolicy(RecencyPolicy):
     name = "lru-ttl"
 
 
+GIB = 1024**3
+
+
+class GreedyDualPolicy(RecencyPolicy):
+    """The GreedyDual family: each member has a priority H = L + uses x value.
+
+    A use (``touch``, or ``admit`` of a new member, with one use) records the
+    current inflation L as the member's base; H is evaluated when victims are
+    chosen, so a value that follows measurements (gdsf's costs) is the same
+    for every member at that moment. The lowest H is the next victim (ties:
+    least recently used first), and evicting it raises L to its H, so a
+    member that is not used ages relative to newcomers (dynamic aging). Uses count while
+    a model is a member and restart from one after it leaves. ``refresh``
+    (a generation running or ending) restarts the idle time but is not a use.
+    Subclasses define ``value``; no time bound unless set per member.
+    """
+
+    name = "greedy-dual"
+    uses_ttl = False
+
+    def __init__(
+        self,
+        *,
+        cost_model: CostModel | None = None,
+        tier: Tier = Tier.CACHE,
+        **bounds,
+    ):
+        super().__init__(**bounds)
+        self.cost_model = cost_model or CostModel()
+        self.tier = tier
+        self.inflation = 0.0  # L
+        self._uses: dict[str, int] = {}
+        self._base: dict[str, float] = {}  # L at the member's last use
+
+    def clone(self) -> GreedyDualPolicy:
+        copy = super().clone()
+        copy._uses = dict(self._uses)
+        copy._base = dict(self._base)
+        return copy
+
+    def value(self, model: str) -> float:
+        """What one use of ``model`` adds to its priority."""
+        return 1.0
+
+    def _rank(self, model: str) -> None:
+        self._base[model] = self.inflation
+
+    def touch(self, model: str) -> None:
+        super().touch(model)
+        self._uses[model] += 1
+        self._rank(model)
+
+    def admit(self, model: str, size: int = 0) -> list[str]:
+        new = model not in self
+        victims = super().admit(model, size)
+        if new:
+            self._uses[model] = 1
+            self._rank(model)
+        return victims
+
+    def discard(self, model: str) -> bool:
+        self._uses.pop(model, None)
+        self._base.pop(model, None)
+        return super().discard(model)
+
+    def _eviction_order(self) -> list[str]:
+        # sorted() is stable: equal priorities stay least recently used first.
+        return sorted(self._last_used, key=self.priority)
+
+    def _evicting(self, model: str) -> None:
+        self.inflation = max(self.inflation, self.priority(model))
+
+    def priority(self, model: str) -> float:
+        return self._base[model] + self._uses[model] * self.value(model)
+
+    def _victim_reason(self, model: str) -> str:
+        return (
+            f"priority {self.priority(model):.4g} = L {self._base[model]:.4g} at its last use"
+            f" + {self._uses[model]} use(s) x {self._value_text(model)}"
+        )
+
+    def _value_text(self, model: str) -> str:
+        return "1"
+
+
+class LFUDAPolicy(GreedyDualPolicy):
+    """LFU with dynamic aging: priority L + uses; least frequently used goes first."""
+
+    name = "lfu-da"
+
+
+class GDSFPolicy(GreedyDualPolicy):
+    """GreedyDual-Size-Frequency: priority L + uses x cost / space.
+
+    cost: the seconds to make the model resident again once it is gone from
+    this tier (disk tier: push and load; resident tier: load only), from the
+    injected ``CostModel``. space: what it takes of the binding budget: its
+    bytes (in GiB) when the tier has a byte budget, else one slot.
+    """
+
+    name = "gdsf"
+
+    def cost(self, model: str) -> float:
+        """Modelled seconds to make ``model`` resident again if this tier lets it go."""
+        size = self._sizes[model]
+        seconds = self.cost_model.load_seconds(size)
+        if self.tier is Tier.CACHE:
+            seconds += self.cost_model.push_seconds(size)
+        return seconds
+
+    def space(self, model: str) -> float:
+        return max(self._sizes[model], 1) / GIB if self.max_bytes is not None else 1.0
+
+    def value(self, model: str) -> float:
+        return self.cost(model) / self.space(model)
+
+    def _value_text(self, model: str) -> str:
+        unit = "GiB" if self.max_bytes is not None else "slot"
+        return f"cost {self.cost(model):.3g}s / {self.space(model):.3g} {unit}"
+
+
 POLICIES: dict[str, type[RecencyPolicy]] = {
-    cls.name: cls for cls in (LRUPolicy, NoEvictPolicy, TTLPolicy, LRUTTLPolicy)
+    cls.name: cls
+    for cls in (LRUPolicy, NoEvictPolicy, TTLPolicy, LRUTTLPolicy, GDSFPolicy, LFUDAPolicy)
 }
 
 
@@ -346,6 +532,7 @@ def create_policy(
     max_bytes: int | None = None,
     clock: Clock = time.monotonic,
     tier: Tier = Tier.CACHE,
+    cost_model: CostModel | None = None,
 ) -> RecencyPolicy:
     """Build the policy registered as ``name`` for ``tier``.
 
@@ -354,17 +541,22 @@ def create_policy(
     the resident tier every policy keeps at most ``capacity`` models and
     unloads to make room (refusing is for files: a cached model can always be
     swapped in), with the policy's time bound. ``max_bytes`` (None or 0: no
-    bound) applies to both tiers and every policy.
+    bound) applies to both tiers and every policy. ``cost_model`` feeds the
+    cost-aware policies (``gdsf``), one model shared by both tiers.
     """
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown cache policy {name!r} (valid: {', '.join(POLICIES)})") from None
     resident = tier is Tier.RESIDENT
+    extra = {}
+    if issubclass(cls, GreedyDualPolicy):
+        extra = {"cost_model": cost_model, "tier": tier}
     return cls(
         capacity=capacity if (cls.uses_capacity or resident) else None,
         ttl=ttl if cls.uses_ttl else None,
         max_bytes=max_bytes or None,
         clock=clock,
         refuses=cls.refuses_when_full and not resident,
+        **extra,
     )

@@ -103,8 +103,8 @@ def decide(
         resident.discard(name)
     if model in resident:
         # In use again: its own memory time is not up (a keep_alive of 0 included; the
-        # request's own keep_alive applies once it ends).
-        resident.touch(model)
+        # request's own keep_alive applies once it ends). Not a use: that is counted below.
+        resident.refresh(model)
         resident.set_ttl(model, None)
     unloaded = resident.expire()
     expired += unloaded

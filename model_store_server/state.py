@@ -114,7 +114,7 @@ class WorkerState(ExplicitControl):
             if count:
                 for tier in (self.cache, self.resident):
                     if name in tier:
-                        tier.touch(name)
+                        tier.refresh(name)
 
     def _nothing_due(self) -> bool:
         return not self.cache.expired() and not self.resident.expired()
@@ -321,7 +321,7 @@ class WorkerState(ExplicitControl):
                 del self._active[model]
             for tier in (self.cache, self.resident):
                 if model in tier:
-                    tier.touch(model)
+                    tier.refresh(model)
             if model not in self._active and model in self.resident:
                 self._set_keep(model, lease.keep_alive)
             self._cond.notify_all()
@@ -396,12 +396,17 @@ class WorkerState(ExplicitControl):
         with self._cond:
             return Snapshot(
                 cached=self._members(self.cache, self.cache.members()),
-                resident=self._members(self.resident, self.resident.members()),
+                resident=self._members(self.resident, self.resident.recency()),
                 generating=sum(self._active.values()),
                 swapping=self._swapping,
                 synced=self._synced,
                 generating_by_model=dict(self._active),
             )
+
+    def explain(self) -> tuple[list[dict], list[dict]]:
+        """Each tier's ``explain()`` (priorities and victim reasons), read consistently."""
+        with self._cond:
+            return self.cache.explain(), self.resident.explain()
 
     def keep_alive_of(self, model: str) -> float | None:
         with self._cond:

@@ -18,6 +18,7 @@ from pathlib import Path
 from model_store_server import views
 from model_store_server.cache_policy import Tier, create_policy
 from model_store_server.config import StoreSettings
+from model_store_server.cost_model import CostModel
 from model_store_server.decision import Action, Decision
 from model_store_server.digests import DigestCache, PerVersionCache
 from model_store_server.leases import Lease, SwapSlot, Ticket
@@ -115,12 +116,15 @@ class SwapService:
     def __init__(self, settings: StoreSettings, *, clock=time.monotonic):
         self.settings = settings
         self.models_dir = Path(settings.models_dir)
+        # What pushes and loads cost on this worker, learned as swaps happen (for gdsf).
+        self.cost_model = CostModel()
         cache, resident = (
             create_policy(
                 settings.cache_policy,
                 ttl=settings.ttl_seconds,
                 clock=clock,
                 tier=tier,
+                cost_model=self.cost_model,
                 **settings.tier_bounds(tier),
             )
             for tier in (Tier.CACHE, Tier.RESIDENT)
@@ -354,11 +358,13 @@ class SwapService:
                         push.mb_per_s,
                         push.transport,
                     )
+                    self._observe_push(push)
                 elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
                     loading = time.perf_counter()
-                    self.client.load_local(decision.model)
+                    answer = self.client.load_local(decision.model)
                     self.metrics.loaded_local(time.perf_counter() - loading)
                     logger.info("loaded %s from the worker's cache", decision.model)
+                    self._observe_load(path, answer.get("load_seconds"))
             except BaseException as err:
                 self.metrics.worker_failed(err)
                 self.metrics.swapped(decision, push, time.perf_counter() - started, done, ok=False)
@@ -376,6 +382,18 @@ class SwapService:
         seconds = time.perf_counter() - started
         self.metrics.swapped(decision, push, seconds, done, ok=True)
         return push, seconds * 1000, granted
+
+    def _observe_push(self, push: PushResult) -> None:
+        """Teach the cost model what this push (and the load the worker timed) took."""
+        if push.load_seconds is None:
+            self.cost_model.observe_push(push.nbytes, push.seconds)
+            return
+        self.cost_model.observe_push(push.nbytes, max(0.0, push.seconds - push.load_seconds))
+        self.cost_model.observe_load(push.nbytes, push.load_seconds)
+
+    def _observe_load(self, path: Path | None, seconds) -> None:
+        if path is not None and isinstance(seconds, int | float):
+            self.cost_model.observe_load(path.stat().st_size, seconds)
 
     def _start_inference(self, model: str, job: dict, lease: Lease) -> InferenceStream:
         """Open the worker's token stream under ``lease`` (released on failure)."""

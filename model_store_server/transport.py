@@ -26,6 +26,8 @@ class PushResult:
     nbytes: int
     seconds: float
     transport: str
+    # Of ``seconds``, what the worker spent loading the model (None: not loaded, or unknown).
+    load_seconds: float | None = None
 
     @property
     def mb_per_s(self) -> float:
@@ -67,10 +69,11 @@ class HttpTransport(Transport):
         progress = current_progress()
         endpoint = "/load_model_from_store" if load else "/cache_model"
         started = time.perf_counter()
-        self._client.upload_file(
+        answer = self._client.upload_file(
             endpoint,
             path,
             {"X-Model-Name": model, "X-Model-Size": str(size), "X-Model-Digest": digest},
             on_sent=progress.set_done if progress else None,
         )
-        return PushResult(model, size, time.perf_counter() - started, self.name)
+        seconds = time.perf_counter() - started
+        return PushResult(model, size, seconds, self.name, answer.get("load_seconds"))

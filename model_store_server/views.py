@@ -8,6 +8,7 @@ Read-only: everything here comes from ``SwapService`` and its ``WorkerState``.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -129,7 +130,15 @@ def store_status(service: SwapService) -> dict:
         "worker_url": service.settings.worker_url,
         "transport": service.transport.name,
         "pushes": service.transfers.describe(),  # running now: bytes done and total
+        "explain": _explain(service),
     }
+
+
+def _explain(service: SwapService) -> dict:
+    """Each tier's members in eviction order with their priority under the active policy
+    and why each would (or would not) be the next victim, plus the learned swap costs."""
+    cache, resident = service.state.explain()
+    return {"cache": cache, "resident": resident, "cost_model": asdict(service.cost_model.rates)}
 
 
 def _budget(tier, members) -> dict:

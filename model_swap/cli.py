@@ -7,6 +7,7 @@
   ``up`` even if it is killed.
 - ``model-swap tiny-models DIR``: write tiny random-weight llama models.
 - ``model-swap ps`` / ``model-swap status``: what a running store holds (``model_swap/ps.py``).
+- ``model-swap trace generate``, ``simulate``, ``replay``: the policy lab (``model_swap_lab``).
 """
 
 from __future__ import annotations
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.set_defaults(func=cmd_tiny_models)
     ps.register(commands)
+    from model_swap_lab.cli import add_lab_commands  # trace, simulate, replay (the policy lab)
+
+    add_lab_commands(commands)
     return parser
 
 

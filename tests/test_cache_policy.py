@@ -16,6 +16,9 @@ from model_store_server.cache_policy import (
     Tier,
     create_policy,
 )
+from model_store_server.cache_policy import (
+    GreedyDualPolicy as GreedyDual,
+)
 from tests.conftest import FakeClock
 
 CAPACITY = 2
@@ -37,7 +40,7 @@ def policy_name(request) -> str:
 
 
 def test_registry_names_match_config_names():
-    assert sorted(POLICIES) == ["lru", "lru-ttl", "no-evict", "ttl"]
+    assert sorted(POLICIES) == ["gdsf", "lfu-da", "lru", "lru-ttl", "no-evict", "ttl"]
 
 
 def test_unknown_policy_lists_valid_names():
@@ -116,7 +119,8 @@ def test_idle_seconds_follows_clock(policy_name):
 
 def test_bounds_are_the_ones_the_policy_uses(policy_name):
     policy = make(policy_name)
-    assert (policy.capacity is not None) == (policy_name in ("lru", "no-evict", "lru-ttl"))
+    counted = ("lru", "no-evict", "lru-ttl", "gdsf", "lfu-da")
+    assert (policy.capacity is not None) == (policy_name in counted)
     assert (policy.ttl is not None) == (policy_name in ("ttl", "lru-ttl"))
 
 
@@ -144,6 +148,15 @@ def test_refused_admission_changes_nothing(policy_name):
 # -- both tiers: bytes, pins, per-member time-to-live -------------------------------------
 
 
+RECENCY_POLICIES = sorted(name for name, cls in POLICIES.items() if not issubclass(cls, GreedyDual))
+
+
+@pytest.fixture(params=RECENCY_POLICIES)
+def recency_policy(request) -> str:
+    """Policies whose eviction order is recency order (the cost-aware ones have their own)."""
+    return request.param
+
+
 @pytest.fixture(params=list(Tier))
 def tier(request) -> Tier:
     return request.param
@@ -158,8 +171,8 @@ def test_resident_tier_always_bounds_count_and_never_refuses(policy_name):
     assert policy.admit("c") == ["a"]
 
 
-def test_byte_budget_evicts_least_recently_used_until_it_fits(policy_name, tier):
-    policy = make(policy_name, tier=tier, max_bytes=10)
+def test_byte_budget_evicts_least_recently_used_until_it_fits(recency_policy, tier):
+    policy = make(recency_policy, tier=tier, max_bytes=10)
     policy.admit("a", 4)
     policy.admit("b", 5)
     if policy.refuses:
@@ -170,6 +183,28 @@ def test_byte_budget_evicts_least_recently_used_until_it_fits(policy_name, tier)
     assert policy.members() == ["c", "d"]
     assert policy.admit("e", 9) == ["c", "d"]
     assert policy.used_bytes == 9
+
+
+def test_byte_budget_evicts_in_eviction_order_until_it_fits(policy_name, tier):
+    """Every policy: the victims are the first unpinned members of its own eviction
+    order, exactly as many as needed for the newcomer to fit."""
+    policy = make(policy_name, tier=tier, max_bytes=20)
+    policy.capacity = None  # bytes only
+    for name, size in (("a", 4), ("b", 7), ("c", 5), ("d", 3)):
+        policy.admit(name, size)
+        policy.touch("a")
+    if policy.refuses:
+        assert not policy.can_admit("e", 9)
+        return
+    order = policy.members()
+    victims = policy.admit("e", 9)
+    assert victims == order[: len(victims)]
+    kept = sum(SIZES_BYTES[m] for m in order[len(victims) - 1 :] if m != "e")
+    assert kept + 9 > 20, "no victim was evicted needlessly"
+    assert policy.used_bytes <= 20
+
+
+SIZES_BYTES = {"a": 4, "b": 7, "c": 5, "d": 3}
 
 
 def test_larger_than_the_budget_alone_is_refused_changing_nothing(policy_name, tier):
@@ -402,10 +437,96 @@ class PolicyMachine(RuleBasedStateMachine):
             assert len(members) <= self.policy.capacity
         if self.policy.max_bytes is not None:
             assert sum(self.policy.size_of(m) for m in members) <= self.policy.max_bytes
-        # eviction order is recency order
-        times = [self.last_use[m] for m in members]
-        assert times == sorted(times)
+        if isinstance(self.policy, GreedyDual):
+            # eviction order is priority order, ties least recently used first
+            keys = [(self.policy.priority(m), self.policy.recency().index(m)) for m in members]
+            assert keys == sorted(keys)
+        else:
+            # eviction order is recency order
+            times = [self.last_use[m] for m in members]
+            assert times == sorted(times)
 
 
 TestPolicyMachine = PolicyMachine.TestCase
 TestPolicyMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# -- traces: the GreedyDual family (lfu-da, gdsf) -----------------------------------------------
+
+
+def test_lfu_da_trace_frequency_then_aging():
+    policy = make("lfu-da")
+    policy.admit("A")
+    policy.touch("A")  # A: 2 uses
+    policy.admit("B")  # B: 1 use
+    assert policy.members() == ["B", "A"]
+    assert policy.admit("C") == ["B"]  # the least frequently used goes
+    assert policy.inflation == 1  # L rises to B's priority
+    assert policy.priority("C") == 2  # L + 1 use: as high as A's 2 uses, newer
+    assert policy.members() == ["A", "C"]
+    assert policy.admit("D") == ["A"]  # tie: least recently used first
+    assert policy.inflation == 2
+
+
+def test_gdsf_byte_budget_keeps_what_is_dear_per_byte():
+    from model_store_server.cost_model import CostModel
+
+    gib = 1024**3
+    # 1 GiB/s push and load, 1 s overhead each: a 1 GiB model costs 4 s (4 s/GiB),
+    # a 4 GiB one 10 s (2.5 s/GiB), so under bytes the large one goes first.
+    cost = CostModel(
+        push_bytes_per_s=gib, load_bytes_per_s=gib, push_overhead_s=1, load_overhead_s=1
+    )
+    policy = create_policy(
+        "gdsf", capacity=10, ttl=TTL, max_bytes=6 * gib, clock=FakeClock(), cost_model=cost
+    )
+    policy.admit("small", gib)
+    policy.admit("big", 4 * gib)
+    assert policy.members() == ["big", "small"]
+    assert policy.admit("other", 2 * gib) == ["big"]
+    explained = policy.explain()
+    assert policy.inflation == pytest.approx(2.5)  # big's 1 use x 2.5 s/GiB
+    # small: 0 + 4 s/GiB; other: L 2.5 + 6 s / 2 GiB = 5.5
+    assert [row["name"] for row in explained] == ["small", "other"]
+    assert explained[0]["reason"].startswith("next victim")
+    # Under a count budget only the cost counts: the cheap small model goes first.
+    counted = create_policy("gdsf", capacity=2, ttl=TTL, clock=FakeClock(), cost_model=cost)
+    counted.admit("small", gib)
+    counted.admit("big", 4 * gib)
+    assert counted.admit("other", 2 * gib) == ["small"]
+
+
+def test_gdsf_resident_tier_costs_only_the_load():
+    from model_store_server.cost_model import CostModel
+
+    cost = CostModel(push_overhead_s=5, load_overhead_s=1)
+    cache = create_policy("gdsf", capacity=2, ttl=TTL, cost_model=cost)
+    resident = create_policy("gdsf", capacity=2, ttl=TTL, cost_model=cost, tier=Tier.RESIDENT)
+    for tier in (cache, resident):
+        tier.admit("a", 1000)
+    assert resident.cost("a") == pytest.approx(cost.load_seconds(1000))
+    assert cache.cost("a") == pytest.approx(cost.load_seconds(1000) + cost.push_seconds(1000))
+
+
+def test_refresh_is_not_a_use(policy_name):
+    clock = FakeClock()
+    policy = make(policy_name, clock)
+    policy.admit("a")
+    clock.advance(3)
+    policy.refresh("a")
+    assert policy.idle_seconds("a") == 0
+    if isinstance(policy, GreedyDual):
+        assert policy.priority("a") == policy.value("a")  # still one use
+
+
+def test_explain_lists_members_in_eviction_order(policy_name, tier):
+    clock = FakeClock()
+    policy = make(policy_name, clock, tier=tier)
+    policy.admit("a")
+    policy.admit("b")
+    policy.pin("b")
+    rows = policy.explain()
+    assert [row["name"] for row in rows] == policy.members()
+    assert {row["name"]: row["reason"] for row in rows}["b"] == "pinned: never a victim"
+    if not policy.refuses:
+        assert rows[[r["name"] for r in rows].index("a")]["reason"].startswith("next victim")

@@ -84,7 +84,7 @@ def test_every_store_setting_is_overridable():
     [
         (
             {"CACHE_POLICY": "fifo"},
-            "CACHE_POLICY: 'fifo' is not valid (valid: lru, no-evict, ttl, lru-ttl)",
+            "CACHE_POLICY: 'fifo' is not valid (valid: lru, no-evict, ttl, lru-ttl, gdsf, lfu-da)",
         ),
         ({"MAX_CACHE_SIZE": "-1"}, "MAX_CACHE_SIZE: -1 is too small (valid: an integer >= 1)"),
         ({"MAX_CACHE_SIZE": "0"}, "MAX_CACHE_SIZE: 0 is too small"),

@@ -1,0 +1,206 @@
+"""The lab's ``model-swap`` subcommands: ``trace generate``, ``simulate``, ``replay``.
+
+``add_lab_commands`` registers them on ``model-swap``'s parser; the
+implementations live in this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from model_swap.settings import EnvReader, SettingsError
+from model_swap_lab.trace import TraceError
+
+
+def _bytes(text: str) -> int:
+    try:
+        return EnvReader({"SIZE": text}).byte_size("SIZE", 0)
+    except SettingsError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("SIZE: ")) from None
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            print(f"{key:>22}: {value}")
+
+
+def _sizes(args) -> dict[str, int]:
+    from model_swap_lab.trace import read_sizes, sizes_from_dir
+
+    return sizes_from_dir(args.models_dir) if args.models_dir else read_sizes(args.sizes)
+
+
+def cmd_generate(args) -> int:
+    from model_swap_lab.generate import assign_sizes, generate, model_names, spec_for
+    from model_swap_lab.trace import sizes_from_dir, write_sizes, write_trace
+
+    try:
+        spec = spec_for(
+            args.preset,
+            models=args.models,
+            requests=args.requests,
+            rate=args.rate,
+            zipf=args.zipf,
+            burst_probability=args.bursts,
+            daily_amplitude=args.daily_amplitude,
+            period_seconds=args.period,
+            drift=args.drift,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+        )
+        if args.models_dir:
+            sizes = sizes_from_dir(args.models_dir)
+            names = list(sizes)
+        else:
+            names = model_names(spec.models)
+            sizes = assign_sizes(names, spec)
+        trace = generate(spec, names)
+    except (ValueError, TraceError) as err:
+        print(f"model-swap trace generate: {err}", file=sys.stderr)
+        return 2
+    if args.sizes_out:
+        with open(args.sizes_out, "w") as out:
+            write_sizes(sizes, out)
+    if args.out:
+        with open(args.out, "w") as out:
+            write_trace(trace, out)
+    else:
+        write_trace(trace, sys.stdout)
+    return 0
+
+
+def _cost_model(args):
+    from model_store_server.cost_model import CostModel
+
+    return CostModel(
+        push_bytes_per_s=args.push_mb_per_s * 1e6,
+        load_bytes_per_s=args.load_mb_per_s * 1e6,
+        push_overhead_s=args.push_overhead_ms / 1000,
+        load_overhead_s=args.load_overhead_ms / 1000,
+        call_overhead_s=args.call_overhead_ms / 1000,
+    )
+
+
+def cmd_simulate(args) -> int:
+    from model_swap_lab.simulate import SimConfig, footprints_from_dir, simulate
+    from model_swap_lab.trace import read_trace
+
+    try:
+        sizes = _sizes(args)
+        trace = read_trace(args.trace, known=sizes)
+        config = SimConfig(
+            policy=args.policy,
+            max_cache_size=args.max_cache_size,
+            max_cache_bytes=args.max_cache_bytes,
+            max_loaded_models=args.max_loaded_models,
+            max_loaded_bytes=args.max_loaded_bytes,
+            ttl_seconds=args.ttl_seconds,
+        )
+        footprints = (
+            footprints_from_dir(args.models_dir, sizes, args.n_ctx) if args.models_dir else None
+        )
+        result = simulate(trace, sizes, config, cost=_cost_model(args), footprints=footprints)
+    except (TraceError, ValueError, SettingsError) as err:
+        print(f"model-swap simulate: {err}", file=sys.stderr)
+        return 2
+    _print(result, args.json)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    import requests
+
+    from model_swap_lab.replay import replay
+    from model_swap_lab.trace import read_trace
+
+    try:
+        sizes = _sizes(args) if (args.models_dir or args.sizes) else None
+        trace = read_trace(args.trace, known=sizes)
+        result = replay(
+            trace, args.store, speed=args.speed, concurrency=args.concurrency, sizes=sizes
+        )
+    except (TraceError, ValueError) as err:
+        print(f"model-swap replay: {err}", file=sys.stderr)
+        return 2
+    except requests.RequestException as err:
+        print(f"model-swap replay: the store did not answer: {err}", file=sys.stderr)
+        return 1
+    _print(result, args.json)
+    return 0
+
+
+def add_lab_commands(commands) -> None:
+    """Add ``trace``, ``simulate`` and ``replay`` to ``model-swap``'s subparsers."""
+    from model_store_server.config import DEFAULTS
+    from model_store_server.cost_model import (
+        DEFAULT_CALL_OVERHEAD_S,
+        DEFAULT_LOAD_BYTES_PER_S,
+        DEFAULT_LOAD_OVERHEAD_S,
+        DEFAULT_PUSH_BYTES_PER_S,
+        DEFAULT_PUSH_OVERHEAD_S,
+    )
+    from model_swap_lab.generate import PRESETS
+    from model_swap_lab.simulate import POLICY_CHOICES
+
+    trace = commands.add_parser("trace", help="work with request traces (CSV timestamp,model)")
+    trace_commands = trace.add_subparsers(dest="trace_command", required=True)
+    gen = trace_commands.add_parser("generate", help="write a seeded synthetic trace")
+    gen.add_argument("--preset", choices=list(PRESETS), default="zipf")
+    gen.add_argument("--models", type=int, help="number of models (default 40)")
+    gen.add_argument("--requests", type=int, help="number of requests (default 5000)")
+    gen.add_argument("--rate", type=float, help="mean requests per second (default 2)")
+    gen.add_argument("--zipf", type=float, help="Zipf exponent of popularity")
+    gen.add_argument("--bursts", type=float, help="probability per request that a burst starts")
+    gen.add_argument("--daily-amplitude", type=float, help="rate swing of the daily cycle, 0-1")
+    gen.add_argument("--period", type=float, help="seconds of one daily cycle")
+    gen.add_argument("--drift", type=float, help="probability per request of a rank swap")
+    gen.add_argument("--max-tokens", type=int, help="max_tokens column (default 8)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--models-dir", type=Path, help="use these models (names and sizes)")
+    gen.add_argument("--sizes-out", type=Path, help="write model,size_bytes CSV here")
+    gen.add_argument("--out", type=Path, help="trace file (default: standard output)")
+    gen.set_defaults(func=cmd_generate)
+
+    def add_sizes(parser, required: bool) -> None:
+        group = parser.add_mutually_exclusive_group(required=required)
+        group.add_argument("--models-dir", type=Path, help="model sizes from these files")
+        group.add_argument("--sizes", type=Path, help="model sizes from a model,size_bytes CSV")
+
+    sim = commands.add_parser("simulate", help="run a trace through a policy, offline")
+    sim.add_argument("trace", type=Path)
+    sim.add_argument("--policy", choices=POLICY_CHOICES, default=DEFAULTS["CACHE_POLICY"])
+    sim.add_argument("--max-cache-size", type=int, default=DEFAULTS["MAX_CACHE_SIZE"])
+    sim.add_argument("--max-cache-bytes", type=_bytes, default=DEFAULTS["MAX_CACHE_BYTES"])
+    sim.add_argument("--max-loaded-models", type=int, default=DEFAULTS["MAX_LOADED_MODELS"])
+    sim.add_argument("--max-loaded-bytes", type=_bytes, default=DEFAULTS["MAX_LOADED_BYTES"])
+    sim.add_argument("--ttl-seconds", type=float, default=DEFAULTS["TTL_SECONDS"])
+    sim.add_argument("--n-ctx", type=int, default=2048, help="worker N_CTX for footprints")
+    add_sizes(sim, required=True)
+    sim.add_argument("--push-mb-per-s", type=float, default=DEFAULT_PUSH_BYTES_PER_S / 1e6)
+    sim.add_argument("--load-mb-per-s", type=float, default=DEFAULT_LOAD_BYTES_PER_S / 1e6)
+    sim.add_argument("--push-overhead-ms", type=float, default=DEFAULT_PUSH_OVERHEAD_S * 1000)
+    sim.add_argument("--load-overhead-ms", type=float, default=DEFAULT_LOAD_OVERHEAD_S * 1000)
+    sim.add_argument(
+        "--call-overhead-ms",
+        type=float,
+        default=DEFAULT_CALL_OVERHEAD_S * 1000,
+        help="per evict/unload call on the worker",
+    )
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+    sim.set_defaults(func=cmd_simulate)
+
+    rep = commands.add_parser("replay", help="send a trace to a live store and measure it")
+    rep.add_argument("trace", type=Path)
+    rep.add_argument("--store", required=True, help="the store's base URL")
+    rep.add_argument("--speed", type=float, default=1.0, help="replay faster (0: no pauses)")
+    rep.add_argument("--concurrency", type=int, default=1)
+    add_sizes(rep, required=False)
+    rep.add_argument("--json", action="store_true", help="print one JSON object")
+    rep.set_defaults(func=cmd_replay)

@@ -1,0 +1,136 @@
+"""Seeded synthetic traces: Zipf popularity, a size mix, bursts, a daily cycle, drift.
+
+``generate`` is deterministic for a given ``TraceSpec`` (seed included).
+Popularity: the model at rank r gets weight 1/(r+1)^zipf; the ``alibaba``
+preset instead gives 94% of the models (the cold ones) 1.4% of the requests
+together, the skew Alibaba reported for production model serving, with Zipf
+inside the hot and the cold sets. Arrivals are Poisson with a rate that
+follows a sinusoidal daily cycle. Bursts: a random model briefly takes most
+requests. Drift: ranks of random models are swapped as the trace goes on.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass, replace
+
+from model_swap_lab.trace import Request
+
+GIB = 1024**3
+
+# (fraction of models, size in bytes): a fleet of 0.5-14 GB quantized models.
+DEFAULT_SIZE_MIX = ((0.5, int(0.6 * GIB)), (0.3, int(2.5 * GIB)), (0.2, int(7.5 * GIB)))
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    models: int = 40
+    requests: int = 5000
+    rate: float = 2.0  # mean requests per second
+    zipf: float = 1.0
+    size_mix: tuple[tuple[float, int], ...] = DEFAULT_SIZE_MIX
+    hot_fraction: float | None = None  # alibaba: 0.06 of the models ...
+    hot_share: float = 0.986  # ... get this share of the requests
+    burst_probability: float = 0.0  # per request, that a burst starts
+    burst_length: int = 30  # requests in a burst
+    burst_share: float = 0.7  # of the requests during a burst, for the burst's model
+    daily_amplitude: float = 0.0  # 0: flat rate; 0.5: the rate swings +-50% ...
+    period_seconds: float = 86400.0  # ... over this period
+    drift: float = 0.0  # per request, the probability that two models swap ranks
+    max_tokens: int = 8
+    seed: int = 0
+
+
+PRESETS: dict[str, TraceSpec] = {
+    # Zipf(1.0) popularity over mixed sizes: the cost-aware policies' home ground.
+    "zipf": TraceSpec(),
+    # Alibaba's reported skew: 94% of the models receive ~1.4% of the requests.
+    "alibaba": TraceSpec(hot_fraction=0.06, zipf=0.8),
+    # Popularity that moves: bursts of cold models, a daily cycle and rank drift.
+    "bursty": TraceSpec(
+        zipf=0.9, burst_probability=0.004, daily_amplitude=0.5, period_seconds=1800, drift=0.01
+    ),
+    # No skew at all: every model equally likely (no policy can do much).
+    "uniform": TraceSpec(zipf=0.0),
+}
+
+
+def model_names(count: int) -> list[str]:
+    width = max(3, len(str(count - 1)))
+    return [f"m{index:0{width}d}.gguf" for index in range(count)]
+
+
+def assign_sizes(names: list[str], spec: TraceSpec) -> dict[str, int]:
+    """Sizes from ``spec.size_mix``, shuffled over the models (independent of popularity)."""
+    rng = random.Random(f"sizes-{spec.seed}")
+    total = sum(fraction for fraction, _ in spec.size_mix)
+    sizes: list[int] = []
+    for fraction, size in spec.size_mix:
+        sizes += [size] * round(len(names) * fraction / total)
+    sizes = (sizes + [spec.size_mix[0][1]] * len(names))[: len(names)]
+    rng.shuffle(sizes)
+    return dict(zip(names, sizes, strict=True))
+
+
+def _weights(count: int, spec: TraceSpec) -> list[float]:
+    def zipf(n: int) -> list[float]:
+        raw = [1.0 / (rank + 1) ** spec.zipf for rank in range(n)]
+        total = sum(raw)
+        return [w / total for w in raw]
+
+    if spec.hot_fraction is None:
+        return zipf(count)
+    hot = max(1, min(count - 1, round(count * spec.hot_fraction)))
+    return [w * spec.hot_share for w in zipf(hot)] + [
+        w * (1 - spec.hot_share) for w in zipf(count - hot)
+    ]
+
+
+def generate(spec: TraceSpec, names: list[str] | None = None) -> list[Request]:
+    """The trace ``spec`` describes, over ``names`` (default ``model_names(spec.models)``)."""
+    if spec.requests < 1 or spec.rate <= 0:
+        raise ValueError("requests and rate must be positive")
+    names = list(names or model_names(spec.models))
+    if len(names) < 2:
+        raise ValueError("a trace needs at least two models")
+    rng = random.Random(spec.seed)
+    by_rank = names[:]
+    rng.shuffle(by_rank)
+    cumulative = []
+    running = 0.0
+    for weight in _weights(len(names), spec):
+        running += weight
+        cumulative.append(running)
+    requests: list[Request] = []
+    now = 0.0
+    burst_model, burst_left = None, 0
+    for _ in range(spec.requests):
+        phase = 2 * math.pi * now / spec.period_seconds
+        rate = spec.rate * max(0.05, 1 + spec.daily_amplitude * math.sin(phase))
+        now += rng.expovariate(rate)
+        if spec.drift and rng.random() < spec.drift:
+            i, j = rng.randrange(len(names)), rng.randrange(len(names))
+            by_rank[i], by_rank[j] = by_rank[j], by_rank[i]
+        if not burst_left and spec.burst_probability and rng.random() < spec.burst_probability:
+            burst_model, burst_left = rng.choice(names), spec.burst_length
+        if burst_left:
+            burst_left -= 1
+        if burst_left and rng.random() < spec.burst_share:
+            model = burst_model
+        else:
+            rank = bisect.bisect_left(cumulative, rng.random() * running)
+            model = by_rank[min(len(names) - 1, rank)]
+        extra = {"prompt_tokens": str(rng.randint(4, 64)), "max_tokens": str(spec.max_tokens)}
+        requests.append(Request(round(now, 3), model, extra))
+    return requests
+
+
+def spec_for(preset: str, **overrides) -> TraceSpec:
+    """A preset with some fields replaced (None values are ignored)."""
+    try:
+        base = PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r} (valid: {', '.join(PRESETS)})") from None
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})

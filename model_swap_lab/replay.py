@@ -1,0 +1,139 @@
+"""Replay a trace against a live store and measure what its policy does.
+
+Requests go to ``/user_request`` at the trace's pace divided by ``speed``
+(``max_tokens`` from the trace's column, else a default), from ``concurrency``
+clients. Each answer's ``X-Cache-Action`` and ``X-Evicted`` headers give the
+action counts; the time to the first byte (TTFB) gives the waits: a
+request's swap time is its TTFB minus the median TTFB of the requests that
+were already loaded (the same prompt work without a swap). The result has the
+simulator's keys (``report.summarize``) plus ``ttfb_p50_ms``/``ttfb_p95_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import requests as http
+
+from model_store_server.decision import Action
+from model_swap_lab.report import percentile, summarize
+from model_swap_lab.trace import Request
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 4
+PROMPT = "hello"
+
+
+@dataclass(frozen=True)
+class Answer:
+    action: str
+    evicted: tuple[str, ...]
+    unloaded: tuple[str, ...]
+    status: int
+    ttfb: float
+
+
+def _send(session: http.Session, store: str, request: Request, timeout: float) -> Answer:
+    max_tokens = int(request.extra.get("max_tokens") or DEFAULT_MAX_TOKENS)
+    started = time.perf_counter()
+    with session.post(
+        f"{store}/user_request",
+        json={"prompt": PROMPT, "model": request.model, "max_tokens": max_tokens},
+        stream=True,
+        timeout=timeout,
+    ) as response:
+        chunks = response.iter_content(chunk_size=None)
+        next(chunks, b"")
+        ttfb = time.perf_counter() - started
+        for _ in chunks:
+            pass
+    headers = response.headers
+    action = headers.get("X-Cache-Action") or (
+        str(Action.REJECTED) if response.status_code == 503 else "none"
+    )
+
+    def names(header: str) -> tuple[str, ...]:
+        return tuple(name for name in headers.get(header, "").split(",") if name)
+
+    return Answer(action, names("X-Evicted"), names("X-Unloaded"), response.status_code, ttfb)
+
+
+def store_sizes(store: str, timeout: float = 30) -> dict[str, int]:
+    """The sizes of the store's models, from its ``/v1/models`` list."""
+    answer = http.get(f"{store}/v1/models", timeout=timeout)
+    answer.raise_for_status()
+    return {entry["id"]: int(entry.get("size_bytes") or 0) for entry in answer.json()["data"]}
+
+
+def replay(
+    trace: Sequence[Request],
+    store: str,
+    *,
+    speed: float = 1.0,
+    concurrency: int = 1,
+    sizes: dict[str, int] | None = None,
+    timeout: float = 600.0,
+) -> dict:
+    """Send ``trace`` to the store at ``store`` (a base URL); returns the result object.
+
+    Blocks until every request is answered. ``speed`` > 1 replays faster
+    (0: as fast as the answers come). ``sizes`` (for ``bytes_pushed``)
+    defaults to the store's own list.
+    """
+    if concurrency < 1 or speed < 0:
+        raise ValueError("concurrency must be >= 1 and speed >= 0")
+    store = store.rstrip("/")
+    sizes = sizes if sizes is not None else store_sizes(store)
+    local = threading.local()
+    started = time.perf_counter()
+
+    def run(request: Request) -> Answer:
+        if speed:
+            delay = started + request.timestamp / speed - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        if not hasattr(local, "session"):
+            local.session = http.Session()
+        return _send(local.session, store, request, timeout)
+
+    if concurrency == 1:
+        answers = [run(request) for request in trace]
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            answers = list(pool.map(run, trace))
+    hits = [a.ttfb for a in answers if a.action == Action.ALREADY_LOADED]
+    baseline = percentile(hits, 50)
+    waits = [
+        0.0 if a.action == Action.ALREADY_LOADED else max(0.0, a.ttfb - baseline)
+        for a in answers
+        if a.action != Action.REJECTED and a.status == 200
+    ]
+    pushed = sum(
+        sizes.get(request.model, 0)
+        for request, a in zip(trace, answers, strict=True)
+        if a.action == Action.LOAD_FROM_STORE
+    )
+    result = summarize(
+        [a.action for a in answers],
+        evicted=sum(len(a.evicted) for a in answers),
+        unloaded=sum(len(a.unloaded) for a in answers),
+        bytes_pushed=pushed,
+        waits=waits,
+    )
+    ttfbs = [a.ttfb for a in answers if a.status == 200]
+    result.update(
+        {
+            "ttfb_p50_ms": round(percentile(ttfbs, 50) * 1000, 3),
+            "ttfb_p95_ms": round(percentile(ttfbs, 95) * 1000, 3),
+            "hit_ttfb_ms": round(baseline * 1000, 3),
+            "errors": sum(1 for a in answers if a.status != 200 and a.action != Action.REJECTED),
+            "wall_seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return result

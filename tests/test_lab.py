@@ -1,0 +1,215 @@
+"""The policy lab: trace files, the generator, the simulator and a replay against real servers."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from model_store_server.decision import Action
+from model_swap.cli import build_parser
+from model_swap_lab.generate import PRESETS, assign_sizes, generate, model_names, spec_for
+from model_swap_lab.replay import replay
+from model_swap_lab.simulate import SimConfig, footprints_from_dir, simulate
+from model_swap_lab.trace import Request, TraceError, read_trace, sizes_from_dir, write_trace
+from tests.conftest import A, B, C, store_status
+
+# -- trace files -------------------------------------------------------------------------------
+
+
+def test_trace_round_trip_keeps_extra_columns():
+    text = "timestamp,model,prompt_tokens,max_tokens\n0,a,5,8\n0.5,b,6,2\n"
+    trace = read_trace(io.StringIO(text), known={"a", "b"})
+    assert [(r.timestamp, r.model, r.extra["max_tokens"]) for r in trace] == [
+        (0.0, "a", "8"),
+        (0.5, "b", "2"),
+    ]
+    out = io.StringIO()
+    write_trace(trace, out)
+    assert out.getvalue().splitlines()[0] == "timestamp,model,prompt_tokens,max_tokens"
+    assert read_trace(io.StringIO(out.getvalue())) == trace
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("timestamp,model\n1,a\n0.5,a\n", r":3: timestamp 0.5 is before the previous one"),
+        ("timestamp,model\n1,a\n2,zzz\n", r":3: unknown model 'zzz'"),
+        ("timestamp,model\n1,a,extra\n", r":2: 3 columns, the header has 2"),
+        ("timestamp,model\nsoon,a\n", r":2: timestamp 'soon' is not a number"),
+        ("time,model\n1,a\n", r":1: the header must start with timestamp,model"),
+        ("", "empty trace"),
+    ],
+)
+def test_bad_trace_is_an_error_naming_the_line(text, message):
+    with pytest.raises(TraceError, match=message):
+        read_trace(io.StringIO(text), known={"a"})
+
+
+# -- generator -----------------------------------------------------------------------------------
+
+
+def test_generator_is_seeded_and_sorted():
+    spec = spec_for("bursty", requests=500, seed=3)
+    first, again = generate(spec), generate(spec)
+    assert first == again
+    assert generate(spec_for("bursty", requests=500, seed=4)) != first
+    times = [r.timestamp for r in first]
+    assert times == sorted(times)
+
+
+def test_alibaba_preset_matches_the_reported_skew():
+    spec = spec_for("alibaba", models=100, requests=20000)
+    counts = Counter(r.model for r in generate(spec))
+    ranked = sorted(model_names(100), key=lambda m: counts[m])
+    cold_share = sum(counts[m] for m in ranked[:94]) / spec.requests
+    assert 0.008 < cold_share < 0.02  # 94% of the models get ~1.4% of the requests
+
+
+def test_every_preset_generates():
+    for name in PRESETS:
+        assert len(generate(spec_for(name, requests=50))) == 50
+
+
+# -- simulator -----------------------------------------------------------------------------------
+
+
+def _trace(models: str) -> list[Request]:
+    return [Request(float(i), m) for i, m in enumerate(models)]
+
+
+def test_simulator_replays_the_seed_lru_sequence():
+    seen = []
+    result = simulate(
+        _trace("AABCA"),
+        dict.fromkeys("ABC", 100),
+        on_decision=lambda request, decision: seen.append((decision.action, decision.evicted)),
+    )
+    assert seen == [
+        (Action.LOAD_FROM_STORE, ()),
+        (Action.ALREADY_LOADED, ()),
+        (Action.LOAD_FROM_STORE, ()),
+        (Action.LOAD_FROM_STORE, ("A",)),
+        (Action.LOAD_FROM_STORE, ("B",)),
+    ]
+    assert result["load_from_store"] == 4 and result["evicted"] == 2
+    assert result["bytes_pushed"] == 400
+
+
+def test_belady_is_a_lower_bound_under_count_budgets():
+    spec = spec_for("zipf", models=12, requests=1500, seed=1)
+    names = model_names(12)
+    trace, sizes = generate(spec, names), assign_sizes(names, spec)
+    misses = {
+        policy: simulate(trace, sizes, SimConfig(policy, max_cache_size=4))["misses"]
+        for policy in ("lru", "gdsf", "lfu-da", "lru-ttl", "belady")
+    }
+    assert all(misses["belady"] <= value for value in misses.values())
+
+
+def test_gdsf_pushes_fewer_bytes_than_lru_under_a_byte_budget():
+    spec = spec_for("zipf", models=30, requests=3000, seed=2)
+    names = model_names(30)
+    trace, sizes = generate(spec, names), assign_sizes(names, spec)
+    budget = SimConfig("lru", max_cache_size=30, max_cache_bytes=15 * 1024**3)
+    lru = simulate(trace, sizes, budget)
+    gdsf = simulate(trace, sizes, replace(budget, policy="gdsf"))
+    assert gdsf["bytes_pushed"] < lru["bytes_pushed"]
+
+
+def main(argv: list[str]) -> int:
+    """``model-swap`` in this process, without ``main``'s logging set-up (which would
+    bind the root logger to this test's captured output)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def test_simulate_and_generate_commands(tmp_path, tiny_models_dir, capsys):
+    trace = tmp_path / "t.csv"
+    assert main(["trace", "generate", "--models-dir", str(tiny_models_dir), "--requests",
+                 "40", "--out", str(trace)]) == 0  # fmt: skip
+    assert main(["simulate", str(trace), "--policy", "gdsf", "--models-dir",
+                 str(tiny_models_dir), "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    for key in ("requests", "already_loaded", "load_from_local_store", "load_from_store",
+                "rejected", "evicted", "bytes_pushed", "swap_seconds", "p50_wait_ms",
+                "p95_wait_ms"):  # fmt: skip
+        assert key in result
+    assert result["requests"] == 40
+    trace.write_text("timestamp,model\n0,nope.gguf\n")
+    assert main(["simulate", str(trace), "--models-dir", str(tiny_models_dir)]) == 2
+    assert "t.csv:2: unknown model 'nope.gguf'" in capsys.readouterr().err
+
+
+# -- against real servers ----------------------------------------------------------------------
+
+
+SEQUENCE = [A, A, B, C, A, B, B, C, C, A, B, A, C, C, B]
+
+
+# gdsf is left out: its live priorities weigh the rates the store measures as it goes,
+# which the simulator's fixed cost model only approximates (see the README's Policy lab).
+@pytest.mark.parametrize("policy", ["lru", "no-evict", "lfu-da"])
+def test_replay_with_one_client_matches_the_simulator(policy, worker, start_store, models_dir):
+    store = start_store(worker, cache_policy=policy, max_cache_size=2)
+    trace = [Request(i * 0.01, model, {"max_tokens": "2"}) for i, model in enumerate(SEQUENCE)]
+    live = replay(trace, store.url, speed=0)
+    sizes = sizes_from_dir(models_dir)
+    simulated = simulate(
+        trace,
+        sizes,
+        SimConfig(policy, max_cache_size=2),
+        footprints=footprints_from_dir(models_dir, sizes),
+    )
+    keys = ("already_loaded", "load_from_local_store", "load_from_store", "rejected", "evicted")
+    assert {k: live[k] for k in keys} == {k: simulated[k] for k in keys}
+    assert live["bytes_pushed"] == simulated["bytes_pushed"]
+    assert live["errors"] == 0
+
+
+def test_status_explains_the_next_victim(worker, start_store):
+    store = start_store(worker, cache_policy="gdsf", max_cache_size=2)
+    replay([Request(0, A), Request(0, A), Request(0, B)], store.url, speed=0)
+    explain = store_status(store)["explain"]
+    assert [row["name"] for row in explain["cache"]] == [B, A]  # A: two uses
+    assert explain["cache"][0]["reason"].startswith("next victim")
+    assert explain["cache"][0]["priority"] < explain["cache"][1]["priority"]
+    assert [row["name"] for row in explain["resident"]] == [B]
+    rates = explain["cost_model"]
+    assert rates["push_observations"] + rates["load_observations"] >= 1  # learned from swaps
+
+
+@pytest.mark.slow
+def test_policies_benchmark_runs_on_tiny_sizes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "policies.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--no-live", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / "POLICIES.md").read_text()
+    assert "## 4. Targets" in table and "| gdsf |" in table
+    for kind in ("count", "bytes"):
+        assert (tmp_path / f"policies-{kind}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replay_command(worker, start_store, tmp_path, capsys):
+    store = start_store(worker)
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"timestamp,model,max_tokens\n0,{A},2\n0.01,{A},2\n0.02,{B},2\n")
+    assert main(["replay", str(trace), "--store", store.url, "--speed", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["load_from_store"], result["already_loaded"], result["errors"]) == (2, 1, 0)
+    assert result["ttfb_p50_ms"] > 0
+    trace.write_text("timestamp,model\n1,a\n0,a\n")
+    assert main(["replay", str(trace), "--store", store.url]) == 2
+    assert "t.csv:3: timestamp 0 is before the previous one" in capsys.readouterr().err
