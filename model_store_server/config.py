@@ -30,6 +30,9 @@ DEFAULTS = {
     "MAX_LOADED_BYTES": 0,
     # Comma-separated models made resident at start, after the first sync with the worker.
     "PRELOAD_MODELS": (),
+    # Seconds a streamed OpenAI request whose model is loading waits before its response
+    # starts with SSE comments (a load done sooner is answered as without comments).
+    "LOADING_COMMENTS_AFTER": 1.0,
     "TTL_SECONDS": 5.0,
     "CACHE_POLICY": "lru",
     "TRANSPORT": "http",
@@ -81,6 +84,7 @@ class StoreSettings:
     max_loaded_models: int = DEFAULTS["MAX_LOADED_MODELS"]
     max_loaded_bytes: int = DEFAULTS["MAX_LOADED_BYTES"]
     preload_models: tuple[str, ...] = DEFAULTS["PRELOAD_MODELS"]
+    loading_comments_after: float = DEFAULTS["LOADING_COMMENTS_AFTER"]
     ttl_seconds: float = DEFAULTS["TTL_SECONDS"]
     cache_policy: str = DEFAULTS["CACHE_POLICY"]
     transport: str = DEFAULTS["TRANSPORT"]
@@ -107,6 +111,11 @@ class StoreSettings:
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
 
     def __post_init__(self) -> None:
+        if self.loading_comments_after < 0:
+            raise SettingsError(
+                f"LOADING_COMMENTS_AFTER: {self.loading_comments_after:g} is not valid "
+                "(valid: a number >= 0)"
+            )
         if len(self.preload_models) > self.max_loaded_models:
             raise SettingsError(
                 f"PRELOAD_MODELS: {len(self.preload_models)} models, but MAX_LOADED_MODELS="
@@ -144,6 +153,9 @@ class StoreSettings:
             ),
             max_loaded_bytes=env.byte_size("MAX_LOADED_BYTES", DEFAULTS["MAX_LOADED_BYTES"]),
             preload_models=env.model_list("PRELOAD_MODELS"),
+            loading_comments_after=env.number(
+                "LOADING_COMMENTS_AFTER", DEFAULTS["LOADING_COMMENTS_AFTER"], positive=False
+            ),
             ttl_seconds=env.number("TTL_SECONDS", DEFAULTS["TTL_SECONDS"]),
             cache_policy=env.choice("CACHE_POLICY", DEFAULTS["CACHE_POLICY"], POLICIES),
             transport=env.choice("TRANSPORT", DEFAULTS["TRANSPORT"], TRANSPORTS),

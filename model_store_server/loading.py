@@ -5,7 +5,9 @@ decision is a load (a push or a load from the worker's disk), the response
 starts right after the decision, with the decision's headers
 (``X-Cache-Action``, ``X-Evicted``, ``X-Unloaded``, ``X-Model``), and sends
 SSE comment lines (``: loading model-x 45%``) about once a second until the
-model is ready; then the usual chunks follow. SSE clients ignore comments;
+model is ready; then the usual chunks follow. A load done within
+LOADING_COMMENTS_AFTER seconds (default 1) is answered as if there had been no
+comments: its status, headers and errors as before. SSE clients ignore comments;
 people with curl can read them. Everything else (hits, rejections, errors
 before the decision, and the wait behind another model's swap, which comes
 before this request's decision) is answered as before: nothing is sent until
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from model_store_server.decision import LOADS, Action
 from model_store_server.leases import Ticket
 from model_store_server.swap_service import Served, SwapService
-from model_swap.errors import ApiError
+from model_swap.errors import ApiError, openai_error_body
 
 COMMENT_INTERVAL_SECONDS = 1.0
 
@@ -126,6 +128,7 @@ def serve_streaming(service: SwapService, model: str, job: dict, **options) -> S
     """``service.serve(model, job, **options)``, or a ``Loading`` as soon as the decision
     is a load. Raises what ``serve`` raises when no load was decided."""
     call = _Call()
+    record = options["record"] = service.metrics.start_request(options["route"], model)
     thread = threading.Thread(
         target=contextvars.copy_context().run,  # keeps the request id for the log lines
         args=(call.run, service, model, job, options),
@@ -134,19 +137,25 @@ def serve_streaming(service: SwapService, model: str, job: dict, **options) -> S
     )
     thread.start()
     call.decided.wait()
-    if call.ticket is None:  # finished without a load to wait for
+    # A load that is done within one comment interval is answered exactly as a request
+    # without comments (its status, headers and errors as before); only a longer one
+    # starts the response early.
+    if call.ticket is None or call.finished.wait(service.settings.loading_comments_after):
         call.finished.wait()
         if call.error is not None:
             raise call.error
         return call.served
+    # From here the client is sent 200 and comments: the request counts as that 200,
+    # whatever the swap comes to (a late failure ends the stream with an error event).
+    record.response_started = True
     return Loading(service, call.ticket, call)
 
 
 def sse_error(err: BaseException) -> bytes:
-    """OpenAI's error event, for a failure after the response started."""
+    """OpenAI's error event, for a failure after the response started: the type the
+    status would have had (a refused prompt is ``invalid_request_error``)."""
     if isinstance(err, ApiError):
-        message, code = err.message, err.type
+        body = openai_error_body(err.status, err.type, err.message, err.param)
     else:
-        message, code = "the model could not be loaded", "internal_error"
-    error = {"message": message, "type": "server_error", "param": None, "code": code}
-    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+        body = openai_error_body(500, "internal_error", "the model could not be loaded")
+    return b"data: " + json.dumps(body).encode() + b"\n\n"

@@ -53,21 +53,40 @@ def _now_iso() -> str:
 
 
 class RequestRecord:
-    """One request as it goes: started, decided, first byte (for the metrics and activity)."""
+    """One request as it goes: decided, first byte, finished (for the metrics and activity).
+
+    ``decided`` notes the decision (the swap wait is observed then); ``finish``
+    counts the request once, with the status the client got: the routes finish
+    it when the response ends (``Served.close``) or fails, and a response that
+    already started (``response_started``) counts as the 200 it sent.
+    """
 
     def __init__(self, metrics: StoreMetrics, route: str, model: str):
         self._metrics = metrics
         self.route = route
         self.model = model
         self.started = time.perf_counter()
-        self.entry: dict | None = None
+        self.ticket: Ticket | None = None
+        self.worker_ms = 0.0
+        self.done: dict[str, list[str]] = {"evicted": [], "unloaded": []}
+        self.ttfb_ms: float | None = None
+        self.response_started = False
+        self._lock = threading.Lock()
+        self._finished = False
 
-    def decided(self, ticket: Ticket | None, status: int, worker_ms: float) -> None:
-        """The request was answered (headers sent) with ``status``; counted once."""
-        self.entry = self._metrics.finish_request(self, ticket, status, worker_ms)
+    def decided(self, ticket: Ticket | None, worker_ms: float, done: dict) -> None:
+        self.ticket, self.worker_ms, self.done = ticket, worker_ms, done
+        self._metrics.decided(ticket)
 
     def first_byte(self) -> None:
-        self._metrics.first_byte(self)
+        self.ttfb_ms = self._metrics.first_byte(self)
+
+    def finish(self, status: int) -> None:
+        """Count the request with ``status`` (200 once the response started); once."""
+        with self._lock:
+            finished, self._finished = self._finished, True
+        if not finished:
+            self._metrics.finish_request(self, 200 if self.response_started else status)
 
 
 class StoreMetrics:
@@ -182,16 +201,22 @@ class StoreMetrics:
     # -- requests ------------------------------------------------------------------------
 
     def start_request(self, route: str, model: str) -> RequestRecord:
+        """A record for one generation request; finish it exactly once."""
         return RequestRecord(self, route, model)
 
-    def finish_request(
-        self, record: RequestRecord, ticket: Ticket | None, status: int, worker_ms: float
-    ) -> dict:
+    def decided(self, ticket: Ticket | None) -> None:
+        if ticket is None:
+            return
+        self.swap_wait.observe(ticket.decision_ms / 1000)
+        with self._lock:
+            if ticket.decision.action is not Action.REJECTED:
+                self._decided += 1
+                self._hits += ticket.decision.action is Action.ALREADY_LOADED
+
+    def finish_request(self, record: RequestRecord, status: int) -> None:
+        ticket = record.ticket
         action = str(ticket.decision.action) if ticket else "none"
         self.requests.labels(record.route, action, str(status)).inc()
-        if ticket is not None:
-            wait = ticket.decision_ms / 1000
-            self.swap_wait.observe(wait)
         entry = {
             "ts": _now_iso(),
             "route": record.route,
@@ -199,27 +224,23 @@ class StoreMetrics:
             "action": action,
             "status": status,
             "wait_ms": round(ticket.decision_ms, 3) if ticket else None,
-            "worker_ms": round(worker_ms, 1),
-            "ttfb_ms": None,
-            "evicted": list(ticket.decision.evicted) if ticket else [],
-            "unloaded": list(ticket.decision.unloaded) if ticket else [],
+            "worker_ms": round(record.worker_ms, 1),
+            "ttfb_ms": record.ttfb_ms,
+            # What the worker carried out (a failed swap may have done less than planned).
+            "evicted": list(record.done["evicted"]),
+            "unloaded": list(record.done["unloaded"]),
         }
         with self._lock:
             if status == 200:
                 self._served[record.model] = self._served.get(record.model, 0) + 1
                 self.model_requests.labels(record.model, action).inc()
-            if ticket is not None and ticket.decision.action is not Action.REJECTED:
-                self._decided += 1
-                self._hits += ticket.decision.action is Action.ALREADY_LOADED
             self._recent_requests.append(entry)
-        return entry
 
-    def first_byte(self, record: RequestRecord) -> None:
+    def first_byte(self, record: RequestRecord) -> float:
+        """Observe the time to ``record``'s first byte; returns it in milliseconds."""
         seconds = time.perf_counter() - record.started
         self.ttfb.labels(record.route).observe(seconds)
-        with self._lock:
-            if record.entry is not None:
-                record.entry["ttfb_ms"] = round(seconds * 1000, 1)
+        return round(seconds * 1000, 1)
 
     # -- swaps -----------------------------------------------------------------------------
 

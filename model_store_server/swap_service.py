@@ -53,7 +53,14 @@ class Served:
     model: str | None
     push: PushResult | None
     stream: Iterator[bytes]
-    close: Callable[[], None]
+    close: Callable[[], None]  # ends the generation; the request counts with status 200
+    record: RequestRecord | None = None
+
+    def failed(self, status: int) -> None:
+        """The response failed after all (a non-streamed answer the worker broke off):
+        the request counts with ``status`` (call before ``close``)."""
+        if self.record is not None:
+            self.record.finish(status)
 
     def headers(self) -> dict[str, str]:
         """What happened, for the client: action, evictions, model, and transport if pushed."""
@@ -101,13 +108,15 @@ def _is_drift(err: ApiError) -> bool:
     return isinstance(err, WorkerError) and err.worker_status in (404, 409)
 
 
-def _close_generation(stream: InferenceStream, lease: Lease) -> None:
+def _close_generation(stream: InferenceStream, lease: Lease, record: RequestRecord) -> None:
     """End a relayed generation: close the worker's stream, then release the lease
-    even if closing failed (a held lease would make every later swap wait)."""
+    even if closing failed (a held lease would make every later swap wait); the
+    request counts as answered (200, unless ``Served.failed`` said otherwise)."""
     try:
         stream.close()
     finally:
         lease.release()
+        record.finish(200)
 
 
 class SwapService:
@@ -177,6 +186,7 @@ class SwapService:
         stream_error: Callable[[ApiError], bytes] = stream_error_marker,
         keep_alive: float | None = None,
         on_decided: Callable[[Ticket], None] | None = None,
+        record: RequestRecord | None = None,
     ) -> Served:
         """Make ``model`` resident on the worker and start generating ``job``.
 
@@ -196,8 +206,7 @@ class SwapService:
         ticket: Ticket | None = None
         worker_ms = 0.0
         done: dict[str, list[str]] = nothing_done()  # carried out on the worker
-        record = self.metrics.start_request(route, model)
-        status = 200
+        record = record or self.metrics.start_request(route, model)
         try:
             path = self.model_path(model)
             version = self.file_version(path)
@@ -241,21 +250,23 @@ class SwapService:
                         headers["X-Unloaded"] = ",".join(done["unloaded"])
                         err.headers.update(headers)
                     raise
+                record.decided(ticket, worker_ms, done)
                 return Served(
                     decision=ticket.decision,
                     model=stream.model,
                     push=push,
                     stream=self._relay(stream, lease, stream_error, record),
-                    close=functools.partial(_close_generation, stream, lease),
+                    close=functools.partial(_close_generation, stream, lease, record),
+                    record=record,
                 )
             raise AssertionError("unreachable")
         except BaseException as err:
-            status = getattr(err, "status", 500)
+            record.decided(ticket, worker_ms, done)
+            record.finish(getattr(err, "status", 500))
             raise
         finally:
             # Exactly one line per request, whatever happened (the last attempt's decision).
             views.log_request(self, model, ticket, worker_ms, done, route)
-            record.decided(ticket, status, worker_ms)
 
     def file_version(self, path: Path) -> str:
         """The digest of the store's file as it is now (hashed once per file version).
@@ -401,11 +412,11 @@ class SwapService:
             return self.client.infer(model, job)
         except BaseException as err:
             lease.release()
-            self.metrics.worker_failed(err)
             status = getattr(err, "worker_status", None)
             if status in (400, 413):
                 # The worker refused this request's input; its state is as we believe.
                 raise BadRequest(err.worker_message) from None
+            self.metrics.worker_failed(err)
             self.state.mark_unsynced()
             raise
 

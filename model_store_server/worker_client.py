@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from model_swap.auth import bearer_header
 from model_swap.errors import Unavailable, WorkerFailed
+from model_swap.logs import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ class WorkerClient:
         return conn
 
     def _headers(self, extra: dict[str, str]) -> dict[str, str]:
-        return {**self._auth, **extra}
+        """Auth, the request's id (so the worker's log lines join the store's), ``extra``."""
+        request_id = current_request_id()
+        return {**self._auth, **({"X-Request-Id": request_id} if request_id else {}), **extra}
 
     def _checked(
         self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, what: str

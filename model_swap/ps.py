@@ -178,7 +178,9 @@ def format_status(info: dict) -> str:
     if not info["recent_swaps"]:
         lines.append("  (none)")
     for swap in info["recent_swaps"]:
-        removed = [f"-{name} ({why})" for name, why in swap["reasons"].items()]
+        # Evicted files get "-", models only unloaded from memory "v" (as on the dashboard).
+        removed = [f"-{name} ({swap['reasons'][name]})" for name in swap["evicted"]]
+        removed += [f"v{name} ({swap['reasons'][name]})" for name in swap["unloaded"]]
         rate = f" {swap['mb_per_s']:.1f} MB/s" if swap["mb_per_s"] else ""
         lines.append(
             f"  {swap['ts']}  {swap['action']:<22} {swap['model']:<24} "

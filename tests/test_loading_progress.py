@@ -12,6 +12,7 @@ import requests
 from model_swap.progress import Progress, Transfers
 from model_swap.tiny_models import write_tiny_model
 from tests.conftest import A, FakeClock, ask, wait_for
+from tests.test_metrics import scrape
 
 
 def stream_raw(store, model, **extra):
@@ -32,7 +33,7 @@ def stream_raw(store, model, **extra):
 
 
 def test_a_streamed_request_that_loads_its_model_gets_comments_first(worker, start_store):
-    store = start_store(worker)
+    store = start_store(worker, loading_comments_after=0)
     response, blocks = stream_raw(store, A)
     assert response.status_code == 200
     assert response.headers["X-Cache-Action"] == "load_from_store"
@@ -48,7 +49,7 @@ def test_a_streamed_request_that_loads_its_model_gets_comments_first(worker, sta
 
 
 def test_openai_clients_ignore_the_comments(worker, start_store):
-    store = start_store(worker)
+    store = start_store(worker, loading_comments_after=0)
     client = openai.OpenAI(base_url=f"{store.url}/v1", api_key="unused", max_retries=0)
     stream = client.chat.completions.create(
         model=A, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
@@ -61,7 +62,7 @@ def test_a_load_that_fails_after_the_comments_ends_with_an_error_event(
     worker, start_store, models_dir
 ):
     (models_dir / "broken.gguf").write_bytes(b"not a gguf file at all" * 100)
-    store = start_store(worker)
+    store = start_store(worker, loading_comments_after=0)
     response, blocks = stream_raw(store, "broken.gguf")
     assert response.status_code == 200  # the status went out with the first comment
     assert blocks[0].startswith(": loading broken.gguf")
@@ -70,6 +71,30 @@ def test_a_load_that_fails_after_the_comments_ends_with_an_error_event(
     # Errors before any decision are answered as before.
     response, _ = stream_raw(store, "missing.gguf")
     assert response.status_code == 404
+
+
+def test_a_load_done_before_the_first_comment_is_answered_as_without_comments(
+    start_worker, start_store
+):
+    store = start_store(start_worker(n_ctx=64))  # LOADING_COMMENTS_AFTER: 1 s by default
+    response, blocks = stream_raw(store, A)
+    assert response.status_code == 200
+    assert response.headers["X-Cache-Action"] == "load_from_store"
+    assert not [b for b in blocks if b.startswith(":")]
+    # A prompt the model's context cannot hold is refused as on a hit: 400, not 200.
+    store.app.extensions["model_control"].evict(A)
+    too_long = [{"role": "user", "content": "word " * 200}]
+    response, _ = stream_raw(store, A, messages=too_long)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    samples = scrape(store)
+
+    def total(name, **labels):
+        wanted = set(labels.items())
+        return sum(v for key, v in samples.get(name, {}).items() if wanted <= set(key))
+
+    assert total("model_swap_requests_total", status="400") == 1
+    assert total("model_swap_worker_failures_total") == 0  # the client's error, not the worker's
 
 
 def test_user_request_is_unchanged(worker, start_store):

@@ -93,6 +93,7 @@ def _generate(parsed: OpenAIRequest) -> Response:
             body = openai_api.full_response(answer, served.stream)
         except ApiError as err:
             err.headers.update(served.headers())
+            served.failed(err.status)
             raise
         finally:
             served.close()
