@@ -408,6 +408,11 @@ class WorkerState(ExplicitControl):
         with self._cond:
             return self.cache.explain(), self.resident.explain()
 
+    def file_size(self, model: str) -> int | None:
+        """The size ``model``'s file was admitted with, or None if it is not cached."""
+        with self._cond:
+            return self.cache.size_of(model) if model in self.cache else None
+
     def keep_alive_of(self, model: str) -> float | None:
         with self._cond:
             return self._keep.get(model)

@@ -375,7 +375,7 @@ class SwapService:
                     answer = self.client.load_local(decision.model)
                     self.metrics.loaded_local(time.perf_counter() - loading)
                     logger.info("loaded %s from the worker's cache", decision.model)
-                    self._observe_load(path, answer.get("load_seconds"))
+                    self._observe_load(decision.model, answer.get("load_seconds"))
             except BaseException as err:
                 self.metrics.worker_failed(err)
                 self.metrics.swapped(decision, push, time.perf_counter() - started, done, ok=False)
@@ -402,9 +402,12 @@ class SwapService:
         self.cost_model.observe_push(push.nbytes, max(0.0, push.seconds - push.load_seconds))
         self.cost_model.observe_load(push.nbytes, push.load_seconds)
 
-    def _observe_load(self, path: Path | None, seconds) -> None:
-        if path is not None and isinstance(seconds, int | float):
-            self.cost_model.observe_load(path.stat().st_size, seconds)
+    def _observe_load(self, model: str, seconds) -> None:
+        """Teach the cost model a load from the worker's disk (its size as the policy
+        admitted it: the store's file may be gone by now)."""
+        size = self.state.file_size(model)
+        if size is not None and isinstance(seconds, int | float):
+            self.cost_model.observe_load(size, seconds)
 
     def _start_inference(self, model: str, job: dict, lease: Lease) -> InferenceStream:
         """Open the worker's token stream under ``lease`` (released on failure)."""
