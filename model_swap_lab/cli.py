@@ -117,14 +117,23 @@ def cmd_simulate(args) -> int:
 def cmd_replay(args) -> int:
     import requests
 
-    from model_swap_lab.replay import replay
+    from model_swap_lab.replay import replay, reset_store
     from model_swap_lab.trace import read_trace
 
     try:
         sizes = _sizes(args) if (args.models_dir or args.sizes) else None
         trace = read_trace(args.trace, known=sizes)
+        if args.timeout <= 0:
+            raise ValueError(f"--timeout must be > 0 seconds, not {args.timeout:g}")
+        if args.reset:
+            reset_store(args.store, timeout=args.timeout)
         result = replay(
-            trace, args.store, speed=args.speed, concurrency=args.concurrency, sizes=sizes
+            trace,
+            args.store,
+            speed=args.speed,
+            concurrency=args.concurrency,
+            sizes=sizes,
+            timeout=args.timeout,
         )
     except (TraceError, ValueError) as err:
         print(f"model-swap replay: {err}", file=sys.stderr)
@@ -147,6 +156,7 @@ def add_lab_commands(commands) -> None:
         DEFAULT_PUSH_OVERHEAD_S,
     )
     from model_swap_lab.generate import PRESETS
+    from model_swap_lab.replay import DEFAULT_TIMEOUT_S
     from model_swap_lab.simulate import POLICY_CHOICES
 
     trace = commands.add_parser("trace", help="work with request traces (CSV timestamp,model)")
@@ -201,6 +211,17 @@ def add_lab_commands(commands) -> None:
     rep.add_argument("--store", required=True, help="the store's base URL")
     rep.add_argument("--speed", type=float, default=1.0, help="replay faster (0: no pauses)")
     rep.add_argument("--concurrency", type=int, default=1)
+    rep.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds per request; a request past it counts as an error (default %(default)g)",
+    )
+    rep.add_argument(
+        "--reset",
+        action="store_true",
+        help="POST /reset first: start from an empty worker, like the simulator",
+    )
     add_sizes(rep, required=False)
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     rep.set_defaults(func=cmd_replay)

@@ -88,10 +88,51 @@ def _weights(count: int, spec: TraceSpec) -> list[float]:
     ]
 
 
+def validate(spec: TraceSpec) -> TraceSpec:
+    """Return ``spec`` if every field is usable, else raise ValueError naming the field."""
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    def finite(value: float) -> bool:
+        return isinstance(value, int | float) and math.isfinite(value)
+
+    def probability(field: str) -> None:
+        value = getattr(spec, field)
+        check(finite(value) and 0 <= value <= 1, f"{field} must be in [0, 1], not {value!r}")
+
+    check(spec.models >= 2, f"models must be >= 2, not {spec.models!r}")
+    check(spec.requests >= 1, f"requests must be >= 1, not {spec.requests!r}")
+    check(finite(spec.rate) and spec.rate > 0, f"rate must be > 0, not {spec.rate!r}")
+    check(finite(spec.zipf) and spec.zipf >= 0, f"zipf must be >= 0, not {spec.zipf!r}")
+    check(
+        bool(spec.size_mix)
+        and all(finite(f) and f >= 0 and size >= 1 for f, size in spec.size_mix)
+        and sum(f for f, _ in spec.size_mix) > 0,
+        "size_mix must be (fraction >= 0, size >= 1 byte) pairs with fractions summing above 0",
+    )
+    if spec.hot_fraction is not None:
+        check(
+            finite(spec.hot_fraction) and 0 < spec.hot_fraction < 1,
+            f"hot_fraction must be in (0, 1), not {spec.hot_fraction!r}",
+        )
+    for field in ("hot_share", "burst_probability", "burst_share", "daily_amplitude", "drift"):
+        probability(field)
+    check(spec.burst_length >= 1, f"burst_length must be >= 1, not {spec.burst_length!r}")
+    check(
+        finite(spec.period_seconds) and spec.period_seconds > 0,
+        f"period must be > 0 seconds, not {spec.period_seconds!r}",
+    )
+    check(spec.max_tokens >= 1, f"max_tokens must be >= 1, not {spec.max_tokens!r}")
+    return spec
+
+
 def generate(spec: TraceSpec, names: list[str] | None = None) -> list[Request]:
-    """The trace ``spec`` describes, over ``names`` (default ``model_names(spec.models)``)."""
-    if spec.requests < 1 or spec.rate <= 0:
-        raise ValueError("requests and rate must be positive")
+    """The trace ``spec`` describes, over ``names`` (default ``model_names(spec.models)``).
+
+    Raises ValueError for an invalid ``spec`` (see ``validate``)."""
+    validate(spec)
     names = list(names or model_names(spec.models))
     if len(names) < 2:
         raise ValueError("a trace needs at least two models")

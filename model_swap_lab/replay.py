@@ -7,10 +7,18 @@ action counts; the time to the first byte (TTFB) gives the waits: a
 request's swap time is its TTFB minus the median TTFB of the requests that
 were already loaded (the same prompt work without a swap). The result has the
 simulator's keys (``report.summarize``) plus ``ttfb_p50_ms``/``ttfb_p95_ms``.
+
+A request that fails on the network (connection reset, broken stream, no
+answer within ``timeout`` seconds) is recorded with status 0 and counted under
+``errors`` (as is any other answer that is neither 200 nor a refusal); the
+replay goes on. A 400 ``model_too_large`` (a model larger than a byte budget on
+its own) counts as ``rejected``, as in the simulator, so in a replay without
+errors ``requests`` is the sum of the four action counts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -27,7 +35,9 @@ from model_swap_lab.trace import Request
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 4
+DEFAULT_TIMEOUT_S = 600.0
 PROMPT = "hello"
+NO_ACTION = "none"  # an error, or an answer without X-Cache-Action
 
 
 @dataclass(frozen=True)
@@ -40,28 +50,57 @@ class Answer:
 
 
 def _send(session: http.Session, store: str, request: Request, timeout: float) -> Answer:
+    """One request; never raises for a network failure (that is status 0)."""
     max_tokens = int(request.extra.get("max_tokens") or DEFAULT_MAX_TOKENS)
     started = time.perf_counter()
-    with session.post(
-        f"{store}/user_request",
-        json={"prompt": PROMPT, "model": request.model, "max_tokens": max_tokens},
-        stream=True,
-        timeout=timeout,
-    ) as response:
-        chunks = response.iter_content(chunk_size=None)
-        next(chunks, b"")
-        ttfb = time.perf_counter() - started
-        for _ in chunks:
-            pass
+    try:
+        with session.post(
+            f"{store}/user_request",
+            json={"prompt": PROMPT, "model": request.model, "max_tokens": max_tokens},
+            stream=True,
+            timeout=timeout,
+        ) as response:
+            chunks = response.iter_content(chunk_size=None)
+            first = next(chunks, b"")
+            ttfb = time.perf_counter() - started
+            body = [first] if response.status_code != 200 else []
+            for chunk in chunks:
+                if response.status_code != 200:
+                    body.append(chunk)
+                if time.perf_counter() - started > timeout:
+                    raise http.Timeout(f"the answer took longer than {timeout:g} s")
+    except http.RequestException as err:
+        logger.warning("request %d (%s) failed: %s", request.line, request.model, err)
+        return Answer(NO_ACTION, (), (), 0, time.perf_counter() - started)
     headers = response.headers
-    action = headers.get("X-Cache-Action") or (
-        str(Action.REJECTED) if response.status_code == 503 else "none"
-    )
+    action = headers.get("X-Cache-Action") or _refusal(response.status_code, b"".join(body))
 
     def names(header: str) -> tuple[str, ...]:
         return tuple(name for name in headers.get(header, "").split(",") if name)
 
     return Answer(action, names("X-Evicted"), names("X-Unloaded"), response.status_code, ttfb)
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """The action of an answer without X-Cache-Action: a policy's 503 or a model too
+    large for a budget (400 ``model_too_large``) is ``rejected``, else no action."""
+    if status == 503:
+        return str(Action.REJECTED)
+    if status == 400:
+        try:
+            error_type = json.loads(body)["error"]["type"]
+        except (ValueError, KeyError, TypeError):
+            return NO_ACTION
+        if error_type == "model_too_large":
+            return str(Action.REJECTED)
+    return NO_ACTION
+
+
+def reset_store(store: str, timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
+    """``POST /reset``: the store evicts every model from the worker; returns their names."""
+    answer = http.post(f"{store.rstrip('/')}/reset", timeout=timeout)
+    answer.raise_for_status()
+    return list(answer.json().get("evicted", []))
 
 
 def store_sizes(store: str, timeout: float = 30) -> dict[str, int]:
@@ -78,16 +117,23 @@ def replay(
     speed: float = 1.0,
     concurrency: int = 1,
     sizes: dict[str, int] | None = None,
-    timeout: float = 600.0,
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> dict:
     """Send ``trace`` to the store at ``store`` (a base URL); returns the result object.
 
-    Blocks until every request is answered. ``speed`` > 1 replays faster
-    (0: as fast as the answers come). ``sizes`` (for ``bytes_pushed``)
+    Blocks until every request is answered or has failed. ``speed`` > 1
+    replays faster (0: as fast as the answers come). ``timeout``: seconds per
+    request: no wait for a connection or for the next bytes lasts longer, and
+    an answer still streaming after it is abandoned (an error), so a request
+    takes at most about 2 x ``timeout`` and the replay at most the trace's
+    duration / ``speed`` plus that per request (divided among ``concurrency``
+    clients). ``sizes`` (for ``bytes_pushed``)
     defaults to the store's own list.
     """
     if concurrency < 1 or speed < 0:
         raise ValueError("concurrency must be >= 1 and speed >= 0")
+    if not timeout > 0:
+        raise ValueError("timeout must be > 0 seconds")
     store = store.rstrip("/")
     sizes = sizes if sizes is not None else store_sizes(store)
     local = threading.local()

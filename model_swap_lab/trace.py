@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from model_swap.names import InvalidModelName, validate_model_name
+
 
 class TraceError(ValueError):
     """A trace or sizes file that cannot be used; the message names the line."""
@@ -46,11 +48,16 @@ def read_trace(source: str | Path | TextIO, known: Iterable[str] | None = None) 
         raise TraceError(f"{name}:1: the header must start with timestamp,model, not {header}")
     requests: list[Request] = []
     previous = 0.0
+    next_start = reader.line_num + 1  # the line the next row starts on
     try:
         for row in reader:
-            line = reader.line_num
+            line, next_start = next_start, reader.line_num + 1
             if not row or all(not cell.strip() for cell in row):
                 continue
+            if any("\n" in cell or "\r" in cell for cell in row):
+                raise TraceError(
+                    f"{name}:{line}: bad CSV: the row spans several lines (an unclosed quote?)"
+                )
             if len(row) != len(header):
                 raise TraceError(f"{name}:{line}: {len(row)} columns, the header has {len(header)}")
             try:
@@ -119,11 +126,20 @@ def write_sizes(sizes: dict[str, int], out: TextIO) -> None:
 
 
 def sizes_from_dir(directory: str | Path) -> dict[str, int]:
-    """Each regular file's size in ``directory`` (the store's MODELS_DIR)."""
+    """Each servable model file's size in ``directory`` (the store's MODELS_DIR):
+    regular files with a valid model name (``model_swap.names``), as the store lists."""
     directory = Path(directory)
     if not directory.is_dir():
         raise TraceError(f"{directory}: not a directory")
-    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
+    sizes = {}
+    for path in sorted(directory.iterdir()):
+        try:
+            validate_model_name(path.name)
+        except InvalidModelName:
+            continue  # the store does not serve it either (SwapService.available)
+        if path.is_file():
+            sizes[path.name] = path.stat().st_size
+    return sizes
 
 
 def _open(source: str | Path | TextIO) -> tuple[str, str]:

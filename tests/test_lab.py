@@ -42,11 +42,20 @@ def test_trace_round_trip_keeps_extra_columns():
         ("timestamp,model\nsoon,a\n", r":2: timestamp 'soon' is not a number"),
         ("time,model\n1,a\n", r":1: the header must start with timestamp,model"),
         ("", "empty trace"),
+        # an unclosed quote swallows the next line: the row that starts on line 3 is the bad one
+        ('timestamp,model\n0,a\n1,"a\n2,a\n3,a\n', r":3: bad CSV: the row spans several lines"),
     ],
 )
 def test_bad_trace_is_an_error_naming_the_line(text, message):
     with pytest.raises(TraceError, match=message):
         read_trace(io.StringIO(text), known={"a"})
+
+
+def test_sizes_from_dir_lists_only_what_the_store_serves(models_dir):
+    (models_dir / ".partial.gguf").write_bytes(b"x")
+    (models_dir / "notes.txt").write_bytes(b"x")
+    (models_dir / "sub.gguf").mkdir()
+    assert sorted(sizes_from_dir(models_dir)) == [A, B, C]
 
 
 # -- generator -----------------------------------------------------------------------------------
@@ -59,6 +68,26 @@ def test_generator_is_seeded_and_sorted():
     assert generate(spec_for("bursty", requests=500, seed=4)) != first
     times = [r.timestamp for r in first]
     assert times == sorted(times)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--period", "0", "--daily-amplitude", "0.5"], "period must be > 0 seconds"),
+        (["--daily-amplitude", "1.5"], "daily_amplitude must be in [0, 1]"),
+        (["--bursts", "-0.1"], "burst_probability must be in [0, 1]"),
+        (["--drift", "2"], "drift must be in [0, 1]"),
+        (["--requests", "0"], "requests must be >= 1"),
+        (["--models", "1"], "models must be >= 2"),
+        (["--rate", "0"], "rate must be > 0"),
+        (["--zipf", "-1"], "zipf must be >= 0"),
+        (["--max-tokens", "0"], "max_tokens must be >= 1"),
+    ],
+)
+def test_generator_rejects_a_bad_spec_with_one_line(flags, message, capsys):
+    assert main(["trace", "generate", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 def test_alibaba_preset_matches_the_reported_skew():
@@ -120,6 +149,21 @@ def test_gdsf_pushes_fewer_bytes_than_lru_under_a_byte_budget():
     assert gdsf["bytes_pushed"] < lru["bytes_pushed"]
 
 
+def closed_port_url() -> str:
+    """A URL where nothing listens (a port just released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_replay_counts_network_failures_as_errors_and_goes_on():
+    result = replay([Request(0, A), Request(0, B)], closed_port_url(), speed=0, sizes={}, timeout=5)
+    assert (result["requests"], result["errors"], result["load_from_store"]) == (2, 2, 0)
+
+
 def main(argv: list[str]) -> int:
     """``model-swap`` in this process, without ``main``'s logging set-up (which would
     bind the root logger to this test's captured output)."""
@@ -170,6 +214,27 @@ def test_replay_with_one_client_matches_the_simulator(policy, worker, start_stor
     assert live["errors"] == 0
 
 
+def test_replay_counts_a_model_too_large_as_rejected_like_the_simulator(
+    worker, start_store, models_dir
+):
+    sizes = sizes_from_dir(models_dir)
+    budget = min(sizes.values()) - 1  # every tiny model is larger than the disk budget
+    store = start_store(worker, max_cache_bytes=budget)
+    trace = [Request(0, A), Request(0, B), Request(0, A)]
+    live = replay(trace, store.url, speed=0)
+    simulated = simulate(
+        trace,
+        sizes,
+        SimConfig(max_cache_bytes=budget),
+        footprints=footprints_from_dir(models_dir, sizes),
+    )
+    actions = ("already_loaded", "load_from_local_store", "load_from_store", "rejected")
+    assert live["rejected"] == simulated["rejected"] == 3
+    assert live["errors"] == 0
+    for result in (live, simulated):
+        assert result["requests"] == sum(result[k] for k in actions)
+
+
 def test_status_explains_the_next_victim(worker, start_store):
     store = start_store(worker, cache_policy="gdsf", max_cache_size=2)
     replay([Request(0, A), Request(0, A), Request(0, B)], store.url, speed=0)
@@ -210,6 +275,12 @@ def test_replay_command(worker, start_store, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert (result["load_from_store"], result["already_loaded"], result["errors"]) == (2, 1, 0)
     assert result["ttfb_p50_ms"] > 0
+    # again with --reset: the worker starts empty, so A is pushed again
+    assert (
+        main(["replay", str(trace), "--store", store.url, "--speed", "0", "--reset", "--json"]) == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert (result["load_from_store"], result["already_loaded"], result["errors"]) == (2, 1, 0)
     trace.write_text("timestamp,model\n1,a\n0,a\n")
     assert main(["replay", str(trace), "--store", store.url]) == 2
     assert "t.csv:3: timestamp 0 is before the previous one" in capsys.readouterr().err
