@@ -273,6 +273,8 @@ class RecencyPolicy:
         return self._clock() - self._last_used[model] >= ttl
 
     def expired(self) -> list[str]:
+        if self.ttl is None and not self._ttls:  # no time bound at all: nothing to scan
+            return []
         return [m for m in self._last_used if self.is_expired(m)]
 
     def expire(self) -> list[str]:
@@ -283,6 +285,8 @@ class RecencyPolicy:
 
     def next_expiry(self) -> float | None:
         """Seconds until the next member expires (0 if one already has); None if none will."""
+        if self.ttl is None and not self._ttls:
+            return None
         now = self._clock()
         waits = []
         for model, last in self._last_used.items():
