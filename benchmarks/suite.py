@@ -1,6 +1,6 @@
 """The performance suite: every figure against a baseline measured in the same run.
 
-    uv run python benchmarks/suite.py              # full run, about 5 minutes here
+    uv run python benchmarks/suite.py              # full run, about 12 minutes here
     uv run python benchmarks/suite.py --quick      # tiny sizes, one repeat (what the tests run)
     uv run python benchmarks/suite.py --only push --push-sizes 512 1024
                                                    # section 1 alone, rewritten in RESULTS.md
