@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from model_store_server import views
 from model_store_server.decision import Action
 from model_store_server.leases import Ticket
 from model_store_server.state import Busy
-from model_store_server.swap_service import SwapService, nothing_done
-from model_swap.errors import ApiError, NotFound, Unavailable
+from model_store_server.swap_service import (
+    SwapService,
+    busy,
+    nothing_done,
+    rejected,
+    remaining,
+)
+from model_swap.errors import ApiError, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +54,7 @@ class ModelControl:
                 model, path, version, deadline, keep_alive=keep_alive, pin=pin
             )
             if ticket.decision.action is Action.REJECTED:
-                raise Unavailable(
-                    f"{ticket.decision.reason}; {model} was not admitted", type="rejected"
-                )
+                raise rejected(ticket)
             _, ms, lease = service.carry_out(ticket, path, done)
             lease.release()  # nothing generates: the model's idle time starts now
             self._wake.set()
@@ -81,11 +84,9 @@ class ModelControl:
         try:
             service.ensure_synced(deadline)
             try:
-                ticket = self.state.begin_change(
-                    model, action, max(0.0, deadline - time.monotonic())
-                )
+                ticket = self.state.begin_change(model, action, remaining(deadline))
             except Busy as err:
-                raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
+                raise busy(err) from None
             if not ticket.owns_swap:
                 where = "on the worker" if action is Action.EVICT else "resident on the worker"
                 raise NotFound(f"{model} is not {where}")

@@ -87,6 +87,9 @@ class CachePolicy(Protocol):
     def size_of(self, model: str) -> int:
         """The size ``model`` was admitted with."""
 
+    def resize(self, model: str, size: int) -> None:
+        """Correct a member's size (a better measure arrived); evicts nothing."""
+
     def pin(self, model: str) -> None:
         """Never choose ``model`` as a victim nor expire it (it must be a member)."""
 
@@ -169,6 +172,12 @@ class RecencyPolicy:
 
     def size_of(self, model: str) -> int:
         return self._sizes[model]
+
+    def resize(self, model: str, size: int) -> None:
+        """Correct a member's size (a better measure arrived); evicts nothing."""
+        if model not in self._last_used:
+            raise KeyError(model)
+        self._sizes[model] = size
 
     def touch(self, model: str) -> None:
         if model not in self._last_used:

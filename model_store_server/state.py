@@ -42,11 +42,6 @@ class TooLarge(Exception):
     """A model is larger than a tier's whole budget; nothing was changed."""
 
 
-# keep_alive: seconds a model stays resident after its last answer; KEEP_FOREVER keeps
-# it until capacity pushes it out (no time bound on either tier), None: the policy's.
-KEEP_FOREVER = -1
-
-
 @dataclass(frozen=True)
 class Member:
     name: str
@@ -87,11 +82,6 @@ class WorkerState(ExplicitControl):
         self._versions: dict[str, str | None] = {}
         self._keep: dict[str, float | None] = {}  # the last keep_alive asked per model
         self.on_idle: Callable[[], None] = lambda: None  # called when a lease ends
-
-    @property
-    def policy(self) -> CachePolicy:
-        """The disk tier's policy (the seed's one policy)."""
-        return self.cache
 
     # -- waiting -----------------------------------------------------------------
 
@@ -407,6 +397,12 @@ class WorkerState(ExplicitControl):
         """Each tier's ``explain()`` (priorities and victim reasons), read consistently."""
         with self._cond:
             return self.cache.explain(), self.resident.explain()
+
+    def loaded_size(self, model: str, estimated_bytes: int) -> None:
+        """The worker's memory estimate of ``model``, just loaded, replaces the store's."""
+        with self._cond:
+            if model in self.resident:
+                self.resident.resize(model, estimated_bytes)
 
     def file_size(self, model: str) -> int | None:
         """The size ``model``'s file was admitted with, or None if it is not cached."""

@@ -93,7 +93,19 @@ class PinRefused(Conflict):
     type = "pin_conflict"
 
 
-def _remaining(deadline: float) -> float:
+def busy(err: Busy) -> Unavailable:
+    """The 503 for a request whose waits ran past its deadline (retry in a second)."""
+    return Unavailable(f"busy: {err}", retry_after=1, type="busy")
+
+
+def rejected(ticket: Ticket) -> Unavailable:
+    """The 503 for a model the policy refused (``x-should-retry: false`` on the OpenAI API)."""
+    return Unavailable(
+        f"{ticket.decision.reason}; {ticket.decision.model} was not admitted", type="rejected"
+    )
+
+
+def remaining(deadline: float) -> float:
     """Seconds left until ``deadline`` (a ``time.monotonic()`` value), never negative."""
     return max(0.0, deadline - time.monotonic())
 
@@ -234,10 +246,7 @@ class SwapService:
                         on_decided(ticket)
                     push, worker_ms, lease = self.carry_out(ticket, path, done)
                     if ticket.decision.action is Action.REJECTED:
-                        raise Unavailable(
-                            f"{ticket.decision.reason}; {model} was not admitted",
-                            type="rejected",
-                        )
+                        raise rejected(ticket)
                     stream = self._start_inference(model, job, lease)
                 except ApiError as err:
                     if _is_drift(err) and attempt < ATTEMPTS:
@@ -302,13 +311,16 @@ class SwapService:
     ) -> Ticket:
         try:
             size = path.stat().st_size
-            footprint = self.footprint(path)
+            # The memory estimate reads the file's header (~70 ms for a 250 MB model, once
+            # per version): only a memory byte budget needs it before the load; otherwise the
+            # worker's own figure is taken from the load's answer.
+            footprint = self.footprint(path) if self.settings.max_loaded_bytes else 0
         except OSError as err:
             raise NotFound(f"model {model} could not be read from the store") from err
         try:
             return self.state.begin(
                 model,
-                _remaining(deadline),
+                remaining(deadline),
                 version,
                 size=size,
                 footprint=footprint,
@@ -316,7 +328,7 @@ class SwapService:
                 pin=pin,
             )
         except Busy as err:
-            raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
+            raise busy(err) from None
         except TooLarge as err:
             raise ModelTooLarge(str(err), param="model") from None
         except PinConflict as err:
@@ -340,6 +352,7 @@ class SwapService:
             return None, 0.0, ticket.lease
         decision = ticket.decision
         push = None
+        estimated = None  # the worker's memory estimate of a model it loaded
         started = time.perf_counter()
         with self.state.swap(ticket) as slot:
             try:
@@ -360,6 +373,7 @@ class SwapService:
                         push = self.transport.push(
                             decision.model, path, digest=ticket.version, load=True
                         )
+                    estimated = push.estimated_bytes
                     self.metrics.pushed(push)
                     logger.info(
                         "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",
@@ -373,6 +387,7 @@ class SwapService:
                 elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
                     loading = time.perf_counter()
                     answer = self.client.load_local(decision.model)
+                    estimated = answer.get("estimated_bytes")
                     self.metrics.loaded_local(time.perf_counter() - loading)
                     logger.info("loaded %s from the worker's cache", decision.model)
                     self._observe_load(decision.model, answer.get("load_seconds"))
@@ -390,6 +405,8 @@ class SwapService:
                     ) from err
                 raise
             granted = slot.commit(lease=lease)
+        if isinstance(estimated, int):
+            self.state.loaded_size(decision.model, estimated)
         seconds = time.perf_counter() - started
         self.metrics.swapped(decision, push, seconds, done, ok=True)
         return push, seconds * 1000, granted
@@ -430,13 +447,21 @@ class SwapService:
         stream_error: Callable[[ApiError], bytes],
         record: RequestRecord | None = None,
     ) -> Iterator[bytes]:
-        """The worker's tokens; if the worker fails mid-stream, end with ``stream_error``."""
+        """The worker's tokens; if the worker fails mid-stream, end with ``stream_error``.
+
+        A stream the worker finished counts its request as answered (200) here,
+        before the server writes the response's end: counting it at ``close``
+        would come after the client already has the whole answer.
+        """
+        first = True
         try:
             for chunk in stream:
-                if record is not None:
+                if first and record is not None:
                     record.first_byte()
-                    record = None
+                first = False
                 yield chunk
+            if record is not None:
+                record.finish(200)
         except Exception as err:
             if isinstance(err, WorkerError):
                 logger.warning("generation on %s broke off: %s", stream.model, err.message)
@@ -472,9 +497,9 @@ class SwapService:
 
     def _exclusive(self, deadline: float | None = None) -> SwapSlot:
         try:
-            return self.state.exclusive(_remaining(deadline or self.deadline()))
+            return self.state.exclusive(remaining(deadline or self.deadline()))
         except Busy as err:
-            raise Unavailable(f"busy: {err}", retry_after=1, type="busy") from None
+            raise busy(err) from None
 
     def _resync(self) -> ApiError | None:
         """Read the worker's report and adopt it (caller holds the swap slot).

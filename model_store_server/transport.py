@@ -28,6 +28,8 @@ class PushResult:
     transport: str
     # Of ``seconds``, what the worker spent loading the model (None: not loaded, or unknown).
     load_seconds: float | None = None
+    # The worker's memory estimate of the loaded model (None: not loaded, or unknown).
+    estimated_bytes: int | None = None
 
     @property
     def mb_per_s(self) -> float:
@@ -76,4 +78,11 @@ class HttpTransport(Transport):
             on_sent=progress.set_done if progress else None,
         )
         seconds = time.perf_counter() - started
-        return PushResult(model, size, seconds, self.name, answer.get("load_seconds"))
+        return PushResult(
+            model,
+            size,
+            seconds,
+            self.name,
+            answer.get("load_seconds"),
+            answer.get("estimated_bytes"),
+        )

@@ -115,9 +115,15 @@ class RdmaTransport(Transport):
                 ) from err
         if (progress := current_progress()) is not None:
             progress.set_done(size)
-        if load:
-            self._client.load_local(model)
-        return PushResult(model, size, time.perf_counter() - started, self.name)
+        answer = self._client.load_local(model) if load else {}
+        return PushResult(
+            model,
+            size,
+            time.perf_counter() - started,
+            self.name,
+            answer.get("load_seconds"),
+            answer.get("estimated_bytes"),
+        )
 
     def _send(self, model: str, source, size: int, digest: str) -> None:
         with (
