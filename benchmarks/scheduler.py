@@ -30,6 +30,7 @@ Results go to stdout; with ``--out FILE`` also to a markdown file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -119,17 +120,35 @@ def burst(url: str, names: list[str], clients: int, tokens: int, strip_ext: bool
     }
 
 
-def store_burst(tmp: Path, models: Path, names: list[str], args, max_wait: str) -> dict:
-    work = tmp / f"sched-store-{max_wait}"
+@contextlib.contextmanager
+def checkout(source: Path | None):
+    """Start services from ``source`` (another checkout: ``python -m`` imports from the
+    working directory), or from this one."""
+    if source is None:
+        yield
+        return
+    here = Path.cwd()
+    os.chdir(source)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def store_burst(
+    tmp: Path, models: Path, names: list[str], args, max_wait: str, source: Path | None = None
+) -> dict:
+    work = tmp / f"sched-store-{max_wait}{'-before' if source else ''}"
     work.mkdir()
-    services = Services(
-        work,
-        models,
-        MAX_CACHE_SIZE="3",
-        MAX_LOADED_MODELS="1",
-        SCHEDULER_MAX_WAIT=max_wait,
-        LOADING_COMMENTS_AFTER="600",
-    )
+    with checkout(source):
+        services = Services(
+            work,
+            models,
+            MAX_CACHE_SIZE="3",
+            MAX_LOADED_MODELS="1",
+            SCHEDULER_MAX_WAIT=max_wait,
+            LOADING_COMMENTS_AFTER="600",
+        )
     try:
         for name in names:  # every file on the worker's disk; nothing resident
             services.ask(name)
@@ -223,10 +242,13 @@ def soak(tmp: Path, models: Path, args, max_wait: str) -> dict:
         services.stop()
 
 
-def hit_overhead(tmp: Path, models: Path, name: str, count: int) -> dict:
-    work = tmp / "sched-hits"
+def hit_overhead(
+    tmp: Path, models: Path, name: str, count: int, source: Path | None = None
+) -> dict:
+    work = tmp / f"sched-hits{'-before' if source else ''}"
     work.mkdir()
-    services = Services(work, models)
+    with checkout(source):
+        services = Services(work, models)
     try:
         services.ask(name)
         body = {"prompt": PROMPT, "max_tokens": 1}
@@ -263,6 +285,11 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
         "arrival": soak(tmp, models, args, "0"),
     }
     results["hits"] = hit_overhead(tmp, models, SOAK_NAMES[0], args.hits)
+    if args.baseline_src:
+        results["before"] = store_burst(tmp, models, names, args, "2", args.baseline_src)
+        results["hits_before"] = hit_overhead(
+            tmp, models, SOAK_NAMES[0], args.hits, args.baseline_src
+        )
     results["source"] = source
     return results
 
@@ -285,10 +312,13 @@ def rows(results: dict, args) -> tuple[list[list[str]], list[list[str]], list[li
         ("model-swap, SCHEDULER_MAX_WAIT=2 (default)", "scheduler"),
         ("model-swap, SCHEDULER_MAX_WAIT=0 (arrival order)", "arrival"),
         ("llama-server router, --models-max 1", "router"),
+        (f"model-swap from {args.baseline_src} (before)", "before"),
     ):
+        if key not in results:
+            continue
         r = results[key]
         if r is None:
-            burst_rows.append([label, "skipped: binary not built", "", "", "", "", ""])
+            burst_rows.append([label, "skipped: llama-server not found", "", "", "", "", ""])
             continue
         ratio = f"{r['wall'] / router['wall']:.2f}x" if router else "n/a"
         burst_rows.append(
@@ -315,19 +345,21 @@ def rows(results: dict, args) -> tuple[list[list[str]], list[list[str]], list[li
                 str(r["count"]),
             ]
         )
-    hits = results["hits"]
     hit_rows = [
         [
+            label,
             f"{hits['store'] * 1000:.2f} ms",
             f"{hits['worker'] * 1000:.2f} ms",
             f"{(hits['store'] - hits['worker']) * 1000:+.2f} ms",
         ]
+        for label, hits in (("this code", results["hits"]), ("before", results.get("hits_before")))
+        if hits
     ]
     return burst_rows, soak_rows, hit_rows
 
 
 SOAK_HEADER = ["store", "pushes", "p50", "p95", "wall time", "requests"]
-HIT_HEADER = ["store /user_request", "worker /infer", "overhead"]
+HIT_HEADER = ["code", "store /user_request", "worker /infer", "overhead"]
 
 
 def verdicts(results: dict) -> list[str]:
@@ -415,6 +447,11 @@ def scheduler_options(quick: bool, argv: list[str] | None = None) -> argparse.Na
     parser.add_argument("--soak-clients", type=int, default=None)
     parser.add_argument("--soak-requests", type=int, default=None)
     parser.add_argument("--hits", type=int, default=None)
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout (e.g. the code before the scheduler) measured in the same run",
+    )
     options = parser.parse_args(argv if argv is not None else [])
     options.quick = options.quick or quick
     small = options.quick

@@ -212,3 +212,10 @@ def test_no_sequence_of_grants_and_failures_leaks_the_slot_or_a_hit(ops, max_wai
     for hit in held:
         hit.release()
     assert v.gate.idle and v.snapshot().generating == 0 and not v.snapshot().queues
+
+
+def test_status_shows_the_scheduler_and_its_queues(worker, start_store):
+    from tests.conftest import store_status
+
+    status = store_status(start_store(worker))
+    assert status["scheduler_max_wait"] == 2.0 and status["queues"] == {}
