@@ -391,7 +391,8 @@ def markdown(results: dict, args) -> str:
         [
             "# Scheduler benchmark",
             "",
-            f"Produced by `uv run python benchmarks/scheduler.py{' --quick' if args.quick else ''} "
+            f"Produced by `uv run python benchmarks/scheduler.py{' --quick' if args.quick else ''}"
+            f"{f' --baseline-src {args.baseline_src}' if args.baseline_src else ''} "
             f"--out ...` on {os.cpu_count()} CPU cores, no GPU. Model: three copies of "
             f"{results['source']} under three names; MAX_LOADED_MODELS=1.",
             "",
