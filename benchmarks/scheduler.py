@@ -268,6 +268,7 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
     for name in SOAK_NAMES:
         write_tiny_model(models / name)
     results = {
+        "source": source,
         "scheduler": store_burst(tmp, models, names, args, "2"),
         "arrival": store_burst(tmp, models, names, args, "0"),
     }
@@ -280,6 +281,9 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
         )
     else:
         results["router"] = router_burst(tmp, models, names, args, binary)
+    if args.quick:  # the suite's test run: the bursts only (section 2 measures hits)
+        results["soak"] = results["hits"] = None
+        return results
     results["soak"] = {
         "scheduler": soak(tmp, models, args, "2"),
         "arrival": soak(tmp, models, args, "0"),
@@ -290,7 +294,6 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
         results["hits_before"] = hit_overhead(
             tmp, models, SOAK_NAMES[0], args.hits, args.baseline_src
         )
-    results["source"] = source
     return results
 
 
@@ -334,6 +337,8 @@ def rows(results: dict, args) -> tuple[list[list[str]], list[list[str]], list[li
         )
     soak_rows = []
     for label, key in (("SCHEDULER_MAX_WAIT=2", "scheduler"), ("SCHEDULER_MAX_WAIT=0", "arrival")):
+        if results["soak"] is None:
+            break
         r = results["soak"][key]
         soak_rows.append(
             [
@@ -375,8 +380,10 @@ def verdicts(results: dict) -> list[str]:
         )
     else:
         lines.append("wall time against the router: not measured (llama-server not built)")
-    over = (results["hits"]["store"] - results["hits"]["worker"]) * 1000
-    lines.append(f"hit overhead <= +1 ms: {over:+.2f} ms -> {'met' if over <= 1 else 'not met'}")
+    if results["hits"]:
+        over = (results["hits"]["store"] - results["hits"]["worker"]) * 1000
+        verdict = "met" if over <= 1 else "not met"
+        lines.append(f"hit overhead <= +1 ms: {over:+.2f} ms -> {verdict}")
     return lines
 
 
@@ -387,6 +394,19 @@ def table(header: list[str], body: list[list[str]]) -> str:
 
 def markdown(results: dict, args) -> str:
     burst_rows, soak_rows, hit_rows = rows(results, args)
+    more = []
+    if soak_rows:
+        more = [
+            f"## Thrash soak: {args.soak_clients} clients x {args.soak_requests} requests over "
+            "three tiny models, MAX_CACHE_SIZE=1",
+            "",
+            table(SOAK_HEADER, soak_rows),
+            "",
+            f"## Hit latency: time to first byte, median of {args.hits}, max_tokens=1",
+            "",
+            table(HIT_HEADER, hit_rows),
+            "",
+        ]
     return "\n".join(
         [
             "# Scheduler benchmark",
@@ -401,15 +421,7 @@ def markdown(results: dict, args) -> str:
             "",
             table(BURST_HEADER, burst_rows),
             "",
-            f"## Thrash soak: {args.soak_clients} clients x {args.soak_requests} requests over "
-            "three tiny models, MAX_CACHE_SIZE=1",
-            "",
-            table(SOAK_HEADER, soak_rows),
-            "",
-            f"## Hit latency: time to first byte, median of {args.hits}, max_tokens=1",
-            "",
-            table(HIT_HEADER, hit_rows),
-            "",
+            *more,
             "## Targets",
             "",
             *[f"- {line}" for line in verdicts(results)],
@@ -431,17 +443,20 @@ def bench_scheduler(report, args, tmp: Path, models: Path, source: str) -> None:
         burst_rows,
         "; ".join(verdicts(results)),
     )
-    report.table(
-        f"9b. Thrash soak: {options.soak_clients} clients x {options.soak_requests} requests",
-        SOAK_HEADER,
-        soak_rows,
-    )
-    report.table("9c. Hit latency through the store against the worker", HIT_HEADER, hit_rows)
+    if soak_rows:
+        report.table(
+            f"9b. Thrash soak: {options.soak_clients} clients x {options.soak_requests} requests",
+            SOAK_HEADER,
+            soak_rows,
+        )
+        report.table("9c. Hit latency through the store against the worker", HIT_HEADER, hit_rows)
 
 
 def scheduler_options(quick: bool, argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models, a smaller burst")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny models, a smaller burst, bursts only"
+    )
     parser.add_argument("--out", type=Path, help="also write the results as markdown here")
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=16)

@@ -286,7 +286,7 @@ class SwapService:
             raise
         finally:
             # Exactly one line per request, whatever happened (the last attempt's decision).
-            cached = tuple(entry.name for entry in self.state.snapshot().cached)
+            cached = self.state.cached_names()
             self.events.publish(
                 ev.RequestLogged(
                     model, attempt.ticket, attempt.worker_ms, attempt.done, route, cached
@@ -344,7 +344,7 @@ class SwapService:
         self.ensure_synced()
         with self._exclusive() as exclusive:
             try:
-                names = [entry.name for entry in self.state.snapshot().cached]
+                names = list(self.state.cached_names())
                 evicted = self.executor.evict_all(exclusive, names)
             finally:
                 error = self.executor.resync(self.state)

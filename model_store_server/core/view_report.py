@@ -121,6 +121,11 @@ class ViewReport:
                 queues=self.scheduler.describe(self._now()),
             )
 
+    def cached_names(self) -> tuple[str, ...]:
+        """The worker's files in eviction order (the log line's ``cached=[...]``), cheaply."""
+        with self._cond:
+            return tuple(self.cache.members())
+
     def explain(self) -> tuple[list[dict], list[dict]]:
         """Each tier's ``explain()`` (priorities and victim reasons), read consistently."""
         with self._cond:
