@@ -155,9 +155,13 @@ def store_burst(
         for name in names:
             requests.post(f"{services.store_url}/models/{name}/unload", timeout=120)
         loads = services.worker_status()["loads"]
-        result = burst(
-            f"{services.store_url}/v1/completions", names, args.clients, args.tokens, False
-        )
+        try:
+            result = burst(
+                f"{services.store_url}/v1/completions", names, args.clients, args.tokens, False
+            )
+        except Exception:
+            print((work / "store.log").read_text()[-4000:], file=sys.stderr)
+            raise
         result["loads"] = services.worker_status()["loads"] - loads
         return result
     finally:

@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ class WorkerClient:
         self.timeout = (connect_timeout, read_timeout)
         self._auth = bearer_header(token)
         self.pool_size = pool_size
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # and when given back
         self._pool_lock = threading.Lock()
         self.connections_opened = 0  # fresh connections so far (tests, benchmarks)
 
@@ -127,10 +128,12 @@ class WorkerClient:
         """An idle pooled connection that still looks open, else a fresh one; (conn, reused)."""
         while True:
             with self._pool_lock:
-                conn = self._idle.pop() if self._idle else None
+                conn, since = self._idle.pop() if self._idle else (None, 0.0)
             if conn is None:
                 return self._connect(), False
-            if _still_open(conn):
+            # Idle for long, the worker may be closing it right now (its keep-alive is 5 s):
+            # a request sent into that close could not be retried unless idempotent.
+            if time.monotonic() - since < POOL_IDLE_SECONDS and _still_open(conn):
                 return conn, True
             conn.close()
 
@@ -143,7 +146,7 @@ class WorkerClient:
         if reusable:
             with self._pool_lock:
                 if len(self._idle) < self.pool_size:
-                    self._idle.append(conn)
+                    self._idle.append((conn, time.monotonic()))
                     return
         response.close()
         conn.close()
@@ -152,7 +155,7 @@ class WorkerClient:
         """Close the idle pooled connections."""
         with self._pool_lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -357,6 +360,10 @@ class WorkerClient:
 
 
 STREAM_READ_BYTES = 64 * 1024
+# A pooled connection idle longer than this is closed rather than reused: well below the
+# worker's keep-alive (5 s, model_swap/serving.py), so the worker never closes one as the
+# store sends on it.
+POOL_IDLE_SECONDS = 2.0
 # A push is sent in steps of this size, so its progress can be reported between them.
 SENDFILE_STEP_BYTES = 16 * 1024 * 1024
 
