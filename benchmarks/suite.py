@@ -22,7 +22,10 @@ Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
    llama-cpp-python's own ``/v1/chat/completions`` (``benchmarks/openai_path.py``);
 8. three models alternating with ``MAX_LOADED_MODELS=3`` against ``=1``, and the
    worker's RSS with 1, 2 and 3 resident against the footprint estimate
-   (``benchmarks/residency.py``).
+   (``benchmarks/residency.py``);
+9. the scheduler: a concurrent burst over three models with one resident place
+   against ``SCHEDULER_MAX_WAIT=0`` and llama-server's router mode, a thrash soak,
+   and hit latency through the store against the worker (``benchmarks/scheduler.py``).
 
 Everything runs on 127.0.0.1 and is bounded in count and time.
 """
@@ -63,6 +66,7 @@ from harness import (  # noqa: E402
 )
 from openai_path import bench_openai  # noqa: E402
 from residency import bench_residency  # noqa: E402
+from scheduler import bench_scheduler  # noqa: E402
 
 from model_store_server.digests import DigestCache  # noqa: E402
 from model_store_server.transport import HttpTransport  # noqa: E402
@@ -496,7 +500,7 @@ def bench_scale(report, args) -> None:
 def bench_decisions(report, args, tmp: Path) -> None:
     """decision_ms with N models in MODELS_DIR and a K-entry cache, in the real store code."""
     from model_store_server.config import StoreSettings
-    from model_store_server.swap_service import SwapService
+    from model_store_server.core.orchestrator import SwapService
 
     models = tmp / "many-models"
     models.mkdir()
@@ -512,8 +516,7 @@ def bench_decisions(report, args, tmp: Path) -> None:
     state = service.state
     names = sorted(p.name for p in models.iterdir())
     for name in names[: args.cache_entries]:  # fill the policy's 1,000 entries
-        ticket = state.begin(name, timeout=5)
-        state.swap(ticket).commit().release()
+        state.admit(name, time.monotonic() + 5).commit().release()
     timings = {"hit": [], "miss (evicts the LRU)": []}
     for i in range(2000):
         if i % 2 == 0:  # a model admitted earlier (a hit unless LRU evicted it since)
@@ -521,13 +524,12 @@ def bench_decisions(report, args, tmp: Path) -> None:
         else:  # a model never admitted yet
             name = names[args.cache_entries + i % (len(names) - args.cache_entries)]
         service.model_path(name)
-        ticket = state.begin(name, timeout=5)
+        grant = state.admit(name, time.monotonic() + 5)
         kind = (
-            "hit" if ticket.decision.action.value != "load_from_store" else "miss (evicts the LRU)"
+            "hit" if grant.decision.action.value != "load_from_store" else "miss (evicts the LRU)"
         )
-        timings[kind].append(ticket.decision_ms)
-        lease = state.swap(ticket).commit() if ticket.owns_swap else ticket.lease
-        lease.release()
+        timings[kind].append(grant.ticket.decision_ms)
+        (grant.commit() if grant.owns_swap else grant).release()
 
     port = free_port()
     env = {
@@ -583,7 +585,7 @@ def bench_decisions(report, args, tmp: Path) -> None:
         f"6c. Scale: {args.many_models} models in MODELS_DIR, a {args.cache_entries}-entry cache",
         ["measure", "result", "target"],
         rows,
-        f"decision_ms is the store's own measurement (WorkerState.begin around the policy "
+        f"decision_ms is the store's own measurement (WorkerView.admit around the policy "
         f"decision), taken over 2,000 requests alternating hits and misses on an lru policy "
         f"holding {args.cache_entries} models; each request also resolves its file in "
         f"MODELS_DIR. The {args.many_models} files are sparse 1 GiB files, so a start-up that "
@@ -786,6 +788,7 @@ def main() -> int:
         finally:
             services.stop()
         bench_residency(report, args, tmp, models, subjects[0])
+        bench_scheduler(report, args, tmp, models, subjects[0])
         bench_scale(report, args)
         bench_decisions(report, args, tmp)
     args.out_dir.mkdir(parents=True, exist_ok=True)

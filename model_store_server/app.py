@@ -12,11 +12,13 @@ from flask import Flask
 
 from model_store_server.config import StoreSettings
 from model_store_server.control import ModelControl
+from model_store_server.core.orchestrator import SwapService
+from model_store_server.metrics import StoreMetrics
 from model_store_server.routes.models import models
 from model_store_server.routes.observability import DASHBOARD_PATHS, observability
 from model_store_server.routes.openai import openai
 from model_store_server.routes.seed import seed
-from model_store_server.swap_service import SwapService
+from model_store_server.views import LogLines
 from model_swap.auth import require_bearer
 from model_swap.errors import register_error_handlers
 from model_swap.logs import install_request_ids
@@ -31,6 +33,11 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["swap_service"] = service
+    # What happened is published once; the metrics and the console lines subscribe.
+    metrics = StoreMetrics(service)
+    service.events.subscribe(metrics.handle)
+    service.events.subscribe(LogLines(settings))
+    app.extensions["metrics"] = metrics
     control = ModelControl(service)
     app.extensions["model_control"] = control
     app.extensions["stop"] = control.stop

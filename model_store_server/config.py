@@ -52,6 +52,11 @@ DEFAULTS = {
     "WORKER_READ_TIMEOUT": 600.0,
     # Seconds a request waits for another model's generations or a swap to finish (then 503).
     "SWAP_WAIT_TIMEOUT": 120.0,
+    # Seconds another model's oldest request may wait before new requests for the resident
+    # model queue behind it (0: strict arrival order; see README "Scheduling").
+    "SCHEDULER_MAX_WAIT": 2.0,
+    # Keep-alive connections the store keeps open to the worker (0: a new one per call).
+    "WORKER_POOL_SIZE": 8,
     # Largest /user_request body accepted (bytes) and longest prompt (characters).
     "MAX_REQUEST_BYTES": 1024 * 1024,
     "MAX_PROMPT_CHARS": 32768,
@@ -99,6 +104,8 @@ class StoreSettings:
     worker_connect_timeout: float = DEFAULTS["WORKER_CONNECT_TIMEOUT"]
     worker_read_timeout: float = DEFAULTS["WORKER_READ_TIMEOUT"]
     swap_wait_timeout: float = DEFAULTS["SWAP_WAIT_TIMEOUT"]
+    scheduler_max_wait: float = DEFAULTS["SCHEDULER_MAX_WAIT"]
+    worker_pool_size: int = DEFAULTS["WORKER_POOL_SIZE"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     max_prompt_chars: int = DEFAULTS["MAX_PROMPT_CHARS"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
@@ -111,6 +118,11 @@ class StoreSettings:
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
 
     def __post_init__(self) -> None:
+        if self.scheduler_max_wait < 0:
+            raise SettingsError(
+                f"SCHEDULER_MAX_WAIT: {self.scheduler_max_wait:g} is not valid "
+                "(valid: a number >= 0)"
+            )
         if self.loading_comments_after < 0:
             raise SettingsError(
                 f"LOADING_COMMENTS_AFTER: {self.loading_comments_after:g} is not valid "
@@ -170,6 +182,12 @@ class StoreSettings:
             ),
             worker_read_timeout=env.number("WORKER_READ_TIMEOUT", DEFAULTS["WORKER_READ_TIMEOUT"]),
             swap_wait_timeout=env.number("SWAP_WAIT_TIMEOUT", DEFAULTS["SWAP_WAIT_TIMEOUT"]),
+            scheduler_max_wait=env.number(
+                "SCHEDULER_MAX_WAIT", DEFAULTS["SCHEDULER_MAX_WAIT"], positive=False
+            ),
+            worker_pool_size=env.integer(
+                "WORKER_POOL_SIZE", DEFAULTS["WORKER_POOL_SIZE"], minimum=0
+            ),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),

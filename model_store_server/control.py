@@ -1,10 +1,11 @@
 """Explicit control of what the worker holds: load, unload, evict, pin, preload, idle sweep.
 
-``ModelControl`` carries these out through the same ``WorkerState`` and
-``SwapService`` paths as requests (the same policies, leases and swap slot),
-and logs one ``[/models]`` line per operation. The idle sweep is a
-background thread that unloads resident models whose time is up (the
-policy's TTL or a request's ``keep_alive``) without waiting for a request.
+``ModelControl`` goes through the same path as requests: a load is the
+orchestrator's ``make_resident`` (with its retry), an unload or eviction a
+``Swap`` from the view carried out by the executor. Each operation publishes
+one ``ControlDone`` (the ``[/models]`` line). The idle sweep is a background
+thread that unloads resident models whose time is up (the policy's TTL or a
+request's ``keep_alive``) without waiting for a request.
 """
 
 from __future__ import annotations
@@ -12,17 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from model_store_server import views
+from model_store_server.core import events as ev
+from model_store_server.core.gate import Busy
+from model_store_server.core.grants import Ticket
+from model_store_server.core.orchestrator import Attempt, SwapService, busy
 from model_store_server.decision import Action
-from model_store_server.leases import Ticket
-from model_store_server.state import Busy
-from model_store_server.swap_service import (
-    SwapService,
-    busy,
-    nothing_done,
-    rejected,
-    remaining,
-)
 from model_swap.errors import ApiError, NotFound
 
 logger = logging.getLogger(__name__)
@@ -39,28 +34,36 @@ class ModelControl:
         self.state.on_idle = self._wake.set
         self._sweeper: threading.Thread | None = None
 
+    def _published(self, operation: str, model: str, ticket, done: dict, ms: float) -> None:
+        snapshot = self.state.snapshot()
+        self.service.events.publish(
+            ev.ControlDone(
+                operation,
+                model,
+                ticket,
+                done,
+                ms,
+                tuple(entry.name for entry in snapshot.resident),
+                tuple(entry.name for entry in snapshot.cached),
+            )
+        )
+
     # -- operations -----------------------------------------------------------------
 
     def load(self, model: str, *, keep_alive: float | None = None, pin: bool = False) -> dict:
         """Make ``model`` resident (pushing it if needed) without generating."""
-        service = self.service
-        path = service.model_path(model)
-        version = service.file_version(path)
-        ticket, done, ms = None, nothing_done(), 0.0
-        deadline = service.deadline()
+        self.service.files.path(model)  # a model the store lacks is a 404, not an operation
+        attempt = Attempt()
         try:
-            service.ensure_synced(deadline)
-            ticket = service.take_ticket(
-                model, path, version, deadline, keep_alive=keep_alive, pin=pin
+            self.service.make_resident(
+                model, attempt, self.service.deadline(), keep_alive=keep_alive, pin=pin
             )
-            if ticket.decision.action is Action.REJECTED:
-                raise rejected(ticket)
-            _, ms, lease = service.carry_out(ticket, path, done)
-            lease.release()  # nothing generates: the model's idle time starts now
+            attempt.hit.release()  # nothing generates: the model's idle time starts now
             self._wake.set()
-            return self._result(ticket, done, ms)
+            return self._result(attempt.ticket, attempt.done, attempt.worker_ms)
         finally:
-            views.log_control(self.service, "pin" if pin else "load", model, ticket, done, ms)
+            operation = "pin" if pin else "load"
+            self._published(operation, model, attempt.ticket, attempt.done, attempt.worker_ms)
 
     def unload(self, model: str) -> dict:
         """Drop ``model`` from memory, keeping its file (waits for its generations)."""
@@ -73,27 +76,28 @@ class ModelControl:
     def unpin(self, model: str) -> dict:
         if not self.state.unpin(model):
             raise NotFound(f"{model} is not on the worker")
-        views.log_control(self.service, "unpin", model, None, nothing_done(), 0.0)
+        self._published("unpin", model, None, ev.nothing_done(), 0.0)
         self._wake.set()
         return {"model": model, "pinned": False}
 
     def _take_away(self, model: str, action: Action) -> dict:
         service = self.service
-        ticket, done, ms = None, nothing_done(), 0.0
+        ticket, done, ms = None, ev.nothing_done(), 0.0
         deadline = service.deadline()
         try:
             service.ensure_synced(deadline)
             try:
-                ticket = self.state.begin_change(model, action, remaining(deadline))
+                swap = self.state.take_away(model, action, deadline)
             except Busy as err:
                 raise busy(err) from None
-            if not ticket.owns_swap:
+            if swap is None:  # nothing changed, not even a pin
                 where = "on the worker" if action is Action.EVICT else "resident on the worker"
                 raise NotFound(f"{model} is not {where}")
-            _, ms, _ = service.carry_out(ticket, None, done, lease=False)
+            ticket = swap.ticket
+            ms = service.executor.carry_out(self.state, swap, None, done, hit=False).seconds * 1000
             return self._result(ticket, done, ms)
         finally:
-            views.log_control(self.service, str(action), model, ticket, done, ms)
+            self._published(str(action), model, ticket, done, ms)
 
     def _result(self, ticket: Ticket, done: dict[str, list[str]], ms: float) -> dict:
         snapshot = self.state.snapshot()
@@ -122,16 +126,17 @@ class ModelControl:
 
     def sweep_once(self) -> list[str]:
         """Unload the resident models whose time is up now; returns their names."""
-        ticket = self.state.begin_sweep()
-        if ticket is None:
+        swap = self.state.sweep()
+        if swap is None:
             return []
-        done = nothing_done()
+        done = ev.nothing_done()
         try:
-            _, ms, _ = self.service.carry_out(ticket, None, done, lease=False)
+            result = self.service.executor.carry_out(self.state, swap, None, done, hit=False)
         except ApiError as err:
-            logger.warning("idle unload of %s failed: %s", ",".join(ticket.decision.unloaded), err)
+            logger.warning("idle unload of %s failed: %s", ",".join(swap.decision.unloaded), err)
             return done["unloaded"]
-        views.log_control(self.service, "idle-unload", ticket.decision.model, ticket, done, ms)
+        ms = result.seconds * 1000
+        self._published("idle-unload", swap.decision.model, swap.ticket, done, ms)
         return done["unloaded"]
 
     def _sweep_round(self, due: float | None) -> float:

@@ -23,9 +23,10 @@ import json
 import threading
 from collections.abc import Iterator
 
+from model_store_server.core.grants import Ticket
+from model_store_server.core.orchestrator import SwapService
+from model_store_server.core.streams import Served
 from model_store_server.decision import LOADS, Action
-from model_store_server.leases import Ticket
-from model_store_server.swap_service import Served, SwapService
 from model_swap.errors import ApiError, openai_error_body
 
 COMMENT_INTERVAL_SECONDS = 1.0
@@ -128,7 +129,7 @@ def serve_streaming(service: SwapService, model: str, job: dict, **options) -> S
     """``service.serve(model, job, **options)``, or a ``Loading`` as soon as the decision
     is a load. Raises what ``serve`` raises when no load was decided."""
     call = _Call()
-    record = options["record"] = service.metrics.start_request(options["route"], model)
+    record = options["record"] = service.start_request(options["route"], model)
     thread = threading.Thread(
         target=contextvars.copy_context().run,  # keeps the request id for the log lines
         args=(call.run, service, model, job, options),

@@ -1,31 +1,32 @@
 """What the store measures: Prometheus metrics (``GET /metrics``) and its recent activity.
 
 ``StoreMetrics`` owns one registry per app (tests run several stores in one
-process), the counters and histograms the swap service and model control
-feed at the moments things happen, and a collector that reads the state's
+process) and the counters and histograms, fed by the service's events (it
+subscribes with ``handle``), and a collector that reads the state's
 snapshot at scrape time for the tiers' use against their budgets. It also
 keeps the recent requests and swaps, and per-model counts, that
-``GET /activity``, ``model-swap ps`` and the dashboard show. The decision
-code stays pure: only the service and control layers call in here.
+``GET /activity``, ``model-swap ps`` and the dashboard show. Nothing in the
+core calls in here: it only publishes.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from model_store_server.core import events as ev
+from model_store_server.core.executor import removal_reason
 from model_store_server.decision import LOADS, Action, Decision
 from model_store_server.worker_client import WorkerError, WorkerUnavailable
 
 if TYPE_CHECKING:
-    from model_store_server.leases import Ticket
-    from model_store_server.swap_service import SwapService
+    from model_store_server.core.grants import Ticket
+    from model_store_server.core.orchestrator import SwapService
     from model_store_server.transport import PushResult
 
 SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -37,56 +38,8 @@ RECENT_SWAPS = 20
 REASONS = ("capacity", "ttl", "explicit", "version_change", "resync")
 
 
-def removal_reason(decision: Decision, name: str) -> str:
-    """Why carrying ``decision`` out evicts or unloads ``name``."""
-    if name in decision.expired:
-        return "ttl"
-    if decision.action in (Action.EVICT, Action.UNLOAD):
-        return "explicit"
-    if name == decision.model:  # a stale copy replaced by the store's new version
-        return "version_change"
-    return "capacity"
-
-
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class RequestRecord:
-    """One request as it goes: decided, first byte, finished (for the metrics and activity).
-
-    ``decided`` notes the decision (the swap wait is observed then); ``finish``
-    counts the request once, with the status the client got: the routes finish
-    it when the response ends (``Served.close``) or fails, and a response that
-    already started (``response_started``) counts as the 200 it sent.
-    """
-
-    def __init__(self, metrics: StoreMetrics, route: str, model: str):
-        self._metrics = metrics
-        self.route = route
-        self.model = model
-        self.started = time.perf_counter()
-        self.ticket: Ticket | None = None
-        self.worker_ms = 0.0
-        self.done: dict[str, list[str]] = {"evicted": [], "unloaded": []}
-        self.ttfb_ms: float | None = None
-        self.response_started = False
-        self._lock = threading.Lock()
-        self._finished = False
-
-    def decided(self, ticket: Ticket | None, worker_ms: float, done: dict) -> None:
-        self.ticket, self.worker_ms, self.done = ticket, worker_ms, done
-        self._metrics.decided(ticket)
-
-    def first_byte(self) -> None:
-        self.ttfb_ms = self._metrics.first_byte(self)
-
-    def finish(self, status: int) -> None:
-        """Count the request with ``status`` (200 once the response started); once."""
-        with self._lock:
-            finished, self._finished = self._finished, True
-        if not finished:
-            self._metrics.finish_request(self, 200 if self.response_started else status)
 
 
 class StoreMetrics:
@@ -179,11 +132,6 @@ class StoreMetrics:
             ["result"],
             registry=registry,
         )
-        self.waiting = Gauge(
-            "model_swap_requests_waiting",
-            "Requests waiting for their decision (behind a swap or running generations)",
-            registry=registry,
-        )
         for reason in REASONS:  # every reason is visible from the first scrape
             self.evictions.labels(reason)
             self.unloads.labels(reason)
@@ -198,11 +146,29 @@ class StoreMetrics:
         self._decided = 0
         self._pushed_total = 0
 
-    # -- requests ------------------------------------------------------------------------
+    def handle(self, event: object) -> None:
+        """The subscriber to the service's events."""
+        match event:
+            case ev.RequestDecided(record):
+                self.decided(record.ticket)
+            case ev.FirstByte(record, seconds):
+                self.ttfb.labels(record.route).observe(seconds)
+            case ev.RequestFinished(record, status):
+                self.finish_request(record, status)
+            case ev.Removed(kind, name, reason):
+                self.removed(kind, name, reason)
+            case ev.Pushed(push):
+                self.pushed(push)
+            case ev.LoadedLocal(seconds):
+                self.loaded_local(seconds)
+            case ev.Swapped(decision, push, seconds, done, ok):
+                self.swapped(decision, push, seconds, done, ok)
+            case ev.WorkerFailed(error):
+                self.worker_failed(error)
+            case ev.Resynced(ok):
+                self.resynced(ok)
 
-    def start_request(self, route: str, model: str) -> RequestRecord:
-        """A record for one generation request; finish it exactly once."""
-        return RequestRecord(self, route, model)
+    # -- requests ------------------------------------------------------------------------
 
     def decided(self, ticket: Ticket | None) -> None:
         if ticket is None:
@@ -213,7 +179,7 @@ class StoreMetrics:
                 self._decided += 1
                 self._hits += ticket.decision.action is Action.ALREADY_LOADED
 
-    def finish_request(self, record: RequestRecord, status: int) -> None:
+    def finish_request(self, record: ev.RequestRecord, status: int) -> None:
         ticket = record.ticket
         action = str(ticket.decision.action) if ticket else "none"
         self.requests.labels(record.route, action, str(status)).inc()
@@ -235,12 +201,6 @@ class StoreMetrics:
                 self._served[record.model] = self._served.get(record.model, 0) + 1
                 self.model_requests.labels(record.model, action).inc()
             self._recent_requests.append(entry)
-
-    def first_byte(self, record: RequestRecord) -> float:
-        """Observe the time to ``record``'s first byte; returns it in milliseconds."""
-        seconds = time.perf_counter() - record.started
-        self.ttfb.labels(record.route).observe(seconds)
-        return round(seconds * 1000, 1)
 
     # -- swaps -----------------------------------------------------------------------------
 
@@ -370,6 +330,12 @@ class _StateCollector:
             "model_swap_requests_generating",
             "Generations running on the worker through this store",
             value=snapshot.generating,
+        )
+        yield GaugeMetricFamily(
+            "model_swap_requests_waiting",
+            "Requests queued for their turn (behind a swap, running generations or the "
+            "scheduler's group)",
+            value=sum(queue["waiting"] for queue in snapshot.queues.values()),
         )
         yield GaugeMetricFamily(
             "model_swap_swap_in_progress", "1 while a swap runs", value=int(snapshot.swapping)

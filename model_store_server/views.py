@@ -1,9 +1,10 @@
 """What the store shows about its models and its worker.
 
 ``store_status`` is ``GET /status``, ``describe_models`` the model list the
-OpenAI API serves, ``log_request`` the seed's one ``[/user_request]`` line per
-request and ``log_control`` the ``[/models]`` line per explicit operation.
-Read-only: everything here comes from ``SwapService`` and its ``WorkerState``.
+OpenAI API serves, and ``LogLines`` the subscriber to the service's events
+that writes the seed's one ``[/user_request]`` line per request and the
+``[/models]`` line per explicit operation. Read-only: everything here comes
+from ``SwapService``, its ``WorkerView`` and its events.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from model_store_server.leases import Ticket
+from model_store_server.config import StoreSettings
+from model_store_server.core.events import ControlDone, RequestLogged
+from model_store_server.core.orchestrator import SEED_ROUTE
 from model_swap.logs import CONSOLE
 from model_swap.names import InvalidModelName, validate_model_name
 
 if TYPE_CHECKING:
-    from model_store_server.swap_service import SwapService
-
-SEED_ROUTE = "/user_request"  # the seed's route: its log lines carry no ``path=`` field
+    from model_store_server.core.orchestrator import SwapService
 
 
 def describe_models(service: SwapService, names: list[str] | None = None) -> list[dict]:
@@ -56,38 +57,59 @@ def describe_models(service: SwapService, names: list[str] | None = None) -> lis
     return described
 
 
-def log_request(
-    service: SwapService,
-    model: str,
-    ticket: Ticket | None,
-    worker_ms: float,
-    done: dict[str, list[str]],
-    route: str = SEED_ROUTE,
-) -> None:
-    """The one ``[/user_request]`` line per request (action ``none`` if never decided);
-    ``done`` lists the evictions and unloads carried out on the worker.
+class LogLines:
+    """Subscriber: the console lines of requests and explicit operations."""
 
-    With several resident models configured, ``unloaded=[...]`` follows
-    ``evicted=[...]`` (the seed's line, with the defaults, is unchanged).
-    Requests that came in on another route (the OpenAI API) end with ``path=<route>``.
-    """
-    snapshot = service.state.snapshot()
-    CONSOLE.info(
-        "[/user_request] ts=%s policy=%s model=%s action=%s decision_ms=%.3f "
-        "worker_ms=%.1f cached=[%s] evicted=[%s]%s%s",
-        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        service.settings.cache_policy,
-        model,
-        ticket.decision.action if ticket else "none",
-        ticket.decision_ms if ticket else 0.0,
-        worker_ms,
-        ",".join(entry.name for entry in snapshot.cached),
-        ",".join(done["evicted"]),
-        f" unloaded=[{','.join(done['unloaded'])}]"
-        if service.settings.residency_configured
-        else "",
-        "" if route == SEED_ROUTE else f" path={route}",
-    )
+    def __init__(self, settings: StoreSettings):
+        self.settings = settings
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, RequestLogged):
+            self.request(event)
+        elif isinstance(event, ControlDone):
+            self.control(event)
+
+    def request(self, event: RequestLogged) -> None:
+        """The one ``[/user_request]`` line per request (action ``none`` if never decided);
+        ``done`` lists the evictions and unloads carried out on the worker.
+
+        With several resident models configured, ``unloaded=[...]`` follows
+        ``evicted=[...]`` (the seed's line, with the defaults, is unchanged).
+        Requests that came in on another route (the OpenAI API) end with ``path=<route>``.
+        """
+        ticket, done = event.ticket, event.done
+        CONSOLE.info(
+            "[/user_request] ts=%s policy=%s model=%s action=%s decision_ms=%.3f "
+            "worker_ms=%.1f cached=[%s] evicted=[%s]%s%s",
+            datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            self.settings.cache_policy,
+            event.model,
+            ticket.decision.action if ticket else "none",
+            ticket.decision_ms if ticket else 0.0,
+            event.worker_ms,
+            ",".join(event.cached),
+            ",".join(done["evicted"]),
+            f" unloaded=[{','.join(done['unloaded'])}]"
+            if self.settings.residency_configured
+            else "",
+            "" if event.route == SEED_ROUTE else f" path={event.route}",
+        )
+
+    def control(self, event: ControlDone) -> None:
+        """The one ``[/models]`` line per explicit operation (load, unload, evict, pin,
+        unpin, the idle sweep's unloads): what was done and what the worker holds now."""
+        CONSOLE.info(
+            "[/models] op=%s model=%s action=%s worker_ms=%.1f evicted=[%s] unloaded=[%s] "
+            "resident=[%s] cached=[%s]",
+            event.operation,
+            event.model,
+            event.ticket.decision.action if event.ticket else "none",
+            event.ms,
+            ",".join(event.done["evicted"]),
+            ",".join(event.done["unloaded"]),
+            ",".join(event.resident),
+            ",".join(event.cached),
+        )
 
 
 def store_status(service: SwapService) -> dict:
@@ -124,6 +146,8 @@ def store_status(service: SwapService) -> dict:
             "resident": _budget(resident, snapshot.resident),
         },
         "generating": snapshot.generating,
+        "scheduler_max_wait": service.settings.scheduler_max_wait,
+        "queues": snapshot.queues,
         "swapping": snapshot.swapping,
         "synced": snapshot.synced,
         "available": service.available(),
@@ -150,23 +174,3 @@ def _budget(tier, members) -> dict:
         "bytes": sum(entry.size_bytes for entry in members),
         "ttl_seconds": tier.ttl,
     }
-
-
-def log_control(
-    service: SwapService, operation: str, model: str, ticket: Ticket | None, done: dict, ms: float
-) -> None:
-    """The one ``[/models]`` line per explicit operation (load, unload, evict, pin, unpin,
-    the idle sweep's unloads): what was done on the worker and what it holds now."""
-    snapshot = service.state.snapshot()
-    CONSOLE.info(
-        "[/models] op=%s model=%s action=%s worker_ms=%.1f evicted=[%s] unloaded=[%s] "
-        "resident=[%s] cached=[%s]",
-        operation,
-        model,
-        ticket.decision.action if ticket else "none",
-        ms,
-        ",".join(done["evicted"]),
-        ",".join(done["unloaded"]),
-        ",".join(entry.name for entry in snapshot.resident),
-        ",".join(entry.name for entry in snapshot.cached),
-    )

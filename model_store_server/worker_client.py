@@ -3,6 +3,14 @@
 Every call maps transport failures onto the store's errors: an unreachable
 worker is ``WorkerUnavailable`` (503), a worker that answers with an error is
 ``WorkerError`` (502) carrying the worker's status and message.
+
+Control calls and inference reuse keep-alive connections from a bounded pool
+(WORKER_POOL_SIZE idle connections). A pooled connection the worker closed
+meanwhile (it restarted, or its keep-alive ran out) is noticed before use
+when possible; a call that still breaks on a reused connection is retried
+once on a fresh one, only where that is safe: the call is idempotent (status,
+unload, evict) or sending it failed, so the worker never read it. Pushes
+always use a fresh connection.
 """
 
 from __future__ import annotations
@@ -11,6 +19,9 @@ import http.client
 import json
 import logging
 import os
+import select
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +73,15 @@ class WorkerReport:
 class InferenceStream:
     """A streaming inference response from the worker; iterate for text, then ``close``."""
 
-    def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse):
-        self._connection = connection
+    def __init__(
+        self,
+        connection: http.client.HTTPConnection,
+        response: http.client.HTTPResponse,
+        checkin: Callable[[http.client.HTTPConnection, http.client.HTTPResponse], None],
+    ):
+        self._connection: http.client.HTTPConnection | None = connection
         self._response = response
+        self._checkin = checkin
         self.model = response.getheader("X-Model")
 
     def __iter__(self) -> Iterator[bytes]:
@@ -76,14 +93,17 @@ class InferenceStream:
             raise _broke_off("POST /infer (streaming)", err) from err
 
     def close(self) -> None:
-        # The response owns the socket once the headers are read (Connection: close).
-        self._response.close()
-        self._connection.close()
+        """A stream read to its end gives its connection back to the pool; one left
+        midway closes it (the worker sees the disconnect and stops generating).
+        Idempotent: the connection is given back once."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._checkin(connection, self._response)
 
 
 class WorkerClient:
-    """HTTP calls to one worker, each on its own connection (http.client: little per-call
-    overhead). Thread-safe."""
+    """HTTP calls to one worker over pooled keep-alive connections (http.client: little
+    per-call overhead). Thread-safe: a connection is used by one call at a time."""
 
     def __init__(
         self,
@@ -92,10 +112,51 @@ class WorkerClient:
         connect_timeout: float,
         read_timeout: float,
         token: str | None = None,
+        pool_size: int = 0,
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self._auth = bearer_header(token)
+        self.pool_size = pool_size
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # and when given back
+        self._pool_lock = threading.Lock()
+        self.connections_opened = 0  # fresh connections so far (tests, benchmarks)
+
+    # -- the pool ---------------------------------------------------------------------------
+
+    def _checkout(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle pooled connection that still looks open, else a fresh one; (conn, reused)."""
+        while True:
+            with self._pool_lock:
+                conn, since = self._idle.pop() if self._idle else (None, 0.0)
+            if conn is None:
+                return self._connect(), False
+            # Idle for long, the worker may be closing it right now (its keep-alive is 5 s):
+            # a request sent into that close could not be retried unless idempotent.
+            if time.monotonic() - since < POOL_IDLE_SECONDS and _still_open(conn):
+                return conn, True
+            conn.close()
+
+    def _checkin(
+        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse
+    ) -> None:
+        """Keep ``conn`` for the next call if its response was read to the end and neither
+        side asked to close; else close it."""
+        reusable = self.pool_size > 0 and response.isclosed() and not response.will_close
+        if reusable:
+            with self._pool_lock:
+                if len(self._idle) < self.pool_size:
+                    self._idle.append((conn, time.monotonic()))
+                    return
+        response.close()
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle pooled connections."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            conn.close()
 
     def _connect(self) -> http.client.HTTPConnection:
         parts = urlsplit(self.base_url)
@@ -110,6 +171,7 @@ class WorkerClient:
             logger.warning("worker at %s is unreachable: %r", self.base_url, err)
             raise WorkerUnavailable(f"worker at {self.base_url} is unreachable") from err
         conn.sock.settimeout(self.timeout[1])
+        self.connections_opened += 1
         return conn
 
     def _headers(self, extra: dict[str, str]) -> dict[str, str]:
@@ -136,17 +198,37 @@ class WorkerClient:
         )
 
     def _call(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        idempotent: bool = False,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """One request on a fresh connection; the caller reads the response and closes."""
-        conn = self._connect()
+        """One request on a pooled connection; the caller reads the response, then gives
+        the connection back with ``_checkin``. A reused connection that breaks is retried
+        once on a fresh one where safe (see the module docstring)."""
         what = f"{method} {path}"
+        conn, reused = self._checkout()
+        sent = False
         try:
             conn.request(method, path, body=body, headers=self._headers(headers))
-            return conn, self._checked(conn, conn.getresponse(), what)
+            sent = True
+            response = conn.getresponse()
         except (OSError, http.client.HTTPException, UnicodeError) as err:
             conn.close()
-            raise _broke_off(what, err) from err
+            if not (reused and (idempotent or not sent)) or isinstance(err, UnicodeError):
+                raise _broke_off(what, err) from err
+            logger.info("a pooled connection to the worker was closed; retrying %s", what)
+            conn = self._connect()
+            try:
+                conn.request(method, path, body=body, headers=self._headers(headers))
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException, UnicodeError) as again:
+                conn.close()
+                raise _broke_off(what, again) from again
+        return conn, self._checked(conn, response, what)
 
     def upload_file(
         self,
@@ -215,7 +297,8 @@ class WorkerClient:
         self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
     ) -> dict:
         """One call whose answer is JSON; raises WorkerUnavailable/WorkerError."""
-        conn, response = self._call(method, path, body, headers or {})
+        idempotent = method in ("GET", "DELETE") or path.endswith("/unload")
+        conn, response = self._call(method, path, body, headers or {}, idempotent=idempotent)
         try:
             return json.loads(response.read())
         except (OSError, http.client.HTTPException) as err:
@@ -224,7 +307,7 @@ class WorkerClient:
             logger.warning("worker answer to %s %s is not JSON: %r", method, path, err)
             raise WorkerError(f"the worker's answer to {method} {path} is not JSON") from err
         finally:
-            conn.close()
+            self._checkin(conn, response)
 
     def status(self) -> WorkerReport:
         data = self._json("GET", "/status")
@@ -273,12 +356,29 @@ class WorkerClient:
         """Start a generation on ``model``; ``job`` is the rest of the /infer body."""
         body = json.dumps({"model": model, **job}).encode()
         conn, response = self._call("POST", "/infer", body, {"Content-Type": "application/json"})
-        return InferenceStream(conn, response)
+        return InferenceStream(conn, response, self._checkin)
 
 
 STREAM_READ_BYTES = 64 * 1024
+# A pooled connection idle longer than this is closed rather than reused: well below the
+# worker's keep-alive (5 s, model_swap/serving.py), so the worker never closes one as the
+# store sends on it.
+POOL_IDLE_SECONDS = 2.0
 # A push is sent in steps of this size, so its progress can be reported between them.
 SENDFILE_STEP_BYTES = 16 * 1024 * 1024
+
+
+def _still_open(conn: http.client.HTTPConnection) -> bool:
+    """An idle keep-alive connection has nothing to read; if it has (EOF), the worker
+    closed it."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 class SourceChanged(OSError):

@@ -22,13 +22,14 @@ import bisect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from model_store_server.cache_policy import POLICIES, RecencyPolicy, Tier, create_policy
+from model_store_server.cache_policy import POLICIES, RecencyPolicy, Tier
 from model_store_server.config import StoreSettings
 from model_store_server.cost_model import CostModel
 from model_store_server.decision import Action, decide
+from model_store_server.policies.tiers import build_tiers
 from model_swap_lab.report import summarize
 from model_swap_lab.trace import Request
 
@@ -109,18 +110,8 @@ def _tiers(config: SimConfig, clock: SimClock, cost: CostModel, requests: Sequen
             bounds["max_bytes"] = bounds["max_bytes"] or None
             tiers.append(BeladyPolicy(next_use=next_use, clock=clock, **bounds))
         return tiers, next_use
-    # Exactly as the store's SwapService builds its two tiers.
-    tiers = [
-        create_policy(
-            config.policy,
-            ttl=settings.ttl_seconds,
-            clock=clock,
-            tier=tier,
-            cost_model=cost,
-            **settings.tier_bounds(tier),
-        )
-        for tier in (Tier.CACHE, Tier.RESIDENT)
-    ]
+    # Exactly as the store builds its two tiers.
+    tiers = list(build_tiers(replace(settings, cache_policy=config.policy), clock, cost))
     return tiers, None
 
 

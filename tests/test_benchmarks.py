@@ -34,6 +34,7 @@ def test_suite_runs_on_tiny_sizes(tmp_path):
         "6b. Push time",
         "6c. Scale",
         "7. OpenAI API hit latency",
+        "9a. Scheduler",
     ):
         assert f"## {section}" in results
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"

@@ -79,6 +79,12 @@ def test_every_store_setting_is_overridable():
     assert (s.store_host, s.store_port) == ("127.0.0.1", 9002)
 
 
+def test_scheduler_settings():
+    assert (StoreSettings().scheduler_max_wait, StoreSettings().worker_pool_size) == (2.0, 8)
+    s = StoreSettings.from_env({"SCHEDULER_MAX_WAIT": "0", "WORKER_POOL_SIZE": "0"})
+    assert (s.scheduler_max_wait, s.worker_pool_size) == (0.0, 0)
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -109,6 +115,11 @@ def test_every_store_setting_is_overridable():
             {"PRELOAD_MODELS": "a.gguf,b.gguf"},
             "PRELOAD_MODELS: 2 models, but MAX_LOADED_MODELS=1",
         ),
+        (
+            {"SCHEDULER_MAX_WAIT": "-1"},
+            "SCHEDULER_MAX_WAIT: -1 is not valid (valid: a number >= 0)",
+        ),
+        ({"WORKER_POOL_SIZE": "-1"}, "WORKER_POOL_SIZE: -1 is too small"),
     ],
 )
 def test_bad_store_values_name_the_setting(env, message):

@@ -198,10 +198,10 @@ def test_log_format_and_metrics_public_are_validated_settings():
 
 def test_the_comments_follow_the_push(tmp_path):
     from model_store_server.config import StoreSettings
+    from model_store_server.core.grants import Ticket
+    from model_store_server.core.orchestrator import SwapService
     from model_store_server.decision import Action, Decision
-    from model_store_server.leases import Ticket
     from model_store_server.loading import Loading, _Call
-    from model_store_server.swap_service import SwapService
 
     service = SwapService(StoreSettings(models_dir=tmp_path, worker_url="http://127.0.0.1:9"))
     push = Loading(service, Ticket(Decision("m.gguf", Action.LOAD_FROM_STORE), True, 0.0), _Call())

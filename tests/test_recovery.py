@@ -160,3 +160,41 @@ def test_store_start_reapplies_the_policy_bounds(worker, start_store, models_dir
     r = ask(store, kept[0])
     assert r.headers["X-Cache-Action"] == "load_from_local_store"
     assert worker_status(worker)["received"]["uploads"] == 3  # nothing pushed again
+
+
+def test_models_load_retries_once_when_the_worker_lost_the_model(
+    servers, start_worker, start_store, tmp_path
+):
+    """Before: ``POST /models/<name>/load`` lacked the retry requests had (a 502)."""
+    worker = start_worker(model_cache_dir=tmp_path / "c1")
+    store = start_store(worker)
+    ask(store, A)
+    ask(store, B)  # store believes: B loaded, A cached
+    worker = restart_worker(servers, worker, tmp_path / "c2")  # the worker lost everything
+    r = requests.post(f"{store.url}/models/{A}/load", timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["action"] == "load_from_store" and r.json()["resident"] == [A]
+    assert_agree(store, worker)
+
+
+def test_a_failure_between_the_decision_and_the_swap_gives_the_slot_back(worker, start_store):
+    """Before: ``begin`` took the slot and handed out a plain ticket, so an exception
+    before ``with state.swap(ticket)`` left the slot taken forever."""
+    store = start_store(worker)
+    service = store.app.extensions["swap_service"]
+
+    def fail(ticket):
+        raise RuntimeError("between deciding and acting")
+
+    for _ in range(2):  # a swap (load) and a hit
+        try:
+            service.serve(A, {"prompt": "x", "max_tokens": 1}, on_decided=fail)
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("on_decided's error was swallowed")
+        assert service.state.gate.idle
+        ask(store, A)
+    status = store_status(store)
+    assert not status["swapping"] and status["generating"] == 0
+    assert ask(store, B).status_code == 200  # nothing waits for a lost slot

@@ -284,13 +284,13 @@ def test_a_hit_completes_while_another_model_swaps_in(start_store, worker):
     store = start_store(worker, max_cache_size=3, max_loaded_models=2)
     ask(store, A)
     state = store.app.extensions["swap_service"].state
-    pending = state.begin(B, timeout=5)  # B's swap holds the slot, as a long push would
+    pending = state.admit(B, time.monotonic() + 5)  # B's swap holds the slot, as a push would
     assert pending.owns_swap and pending.decision.action is Action.LOAD_FROM_STORE
     try:
         r = ask(store, A)
         assert action(r) == ("already_loaded", "", "")
     finally:
-        state.swap(pending).end(synced=False)
+        pending.abort(synced=False)
     assert action(ask(store, B))[0] == "load_from_store"
 
 

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from model_store_server.transport import HttpTransport, PushResult
+from model_store_server.worker_client import SourceChanged
 from tests.conftest import A, B, C, ask, assert_agree, store_status, worker_status
 
 # Exception texts that must never reach a client.
@@ -88,8 +89,13 @@ def test_unreadable_model_file_evicts_nothing(worker, start_store, models_dir, c
     (models_dir / C).symlink_to("/proc/self/mem")
     with caplog.at_level(logging.INFO, logger="model_swap.console"):
         r = ask(store, C)
-    assert 400 <= r.status_code < 600
-    assert r.json()["error"]["message"] == f"model {C} could not be read from the store"
+    # An I/O error is the store's fault (500, with the request id to find the logged cause),
+    # never the 404 of a missing model (review).
+    assert r.status_code == 500
+    assert r.json()["error"]["message"] == (
+        f"model {C} could not be read from the store (request id {r.headers['X-Request-Id']})"
+    )
+    assert "could not read the file of" in caplog.text
     assert r.headers.get("X-Evicted", "") == ""  # nothing was evicted (nor decided) for it
     assert sorted(entry["name"] for entry in worker_status(worker)["cached"]) == [A, B]
     lines = console_lines(caplog)
@@ -164,3 +170,23 @@ def test_openai_request_failing_unexpectedly_logs_one_line(worker, start_store, 
     assert len(lines) == 1 and lines[0].endswith(" path=/v1/completions")
     assert "action=load_from_store" in lines[0]
     assert_agree(store, worker)
+
+
+class FileChangesDuringPush(HttpTransport):
+    """Fake, as above: the file shrinks while it is sent (what ``upload_file`` reports)."""
+
+    def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:
+        raise SourceChanged(f"{path} shrank while being sent (5 of 10)")
+
+
+def test_a_file_that_changes_during_a_push_is_503_with_retry_after(worker, start_store):
+    """Before: any OSError during a swap became a 404 "could not be read"."""
+    store = start_store(worker, max_cache_size=2)
+    assert ask(store, A).status_code == 200
+    original = use_transport(store, FileChangesDuringPush)
+    r = ask(store, B)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.json()["error"]["type"] == "busy" and "changed while it was pushed" in r.text
+    assert_agree(store, worker)
+    use_transport(store, type(original))
+    assert ask(store, B).status_code == 200  # the retry pushes the file as it is now

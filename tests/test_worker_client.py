@@ -31,3 +31,35 @@ def test_closing_an_inference_stream_stops_the_generation(worker, models_dir):
     while time.monotonic() < deadline and worker_status(worker)["last_generation"] is None:
         time.sleep(0.01)
     assert worker_status(worker)["last_generation"]["tokens"] < 2000
+
+
+def test_pooled_connections_are_reused_and_survive_a_worker_restart(
+    worker_process, tmp_path, models_dir
+):
+    worker = worker_process(cache_dir=tmp_path / "c")  # a real process: it closes its sockets
+    client = WorkerClient(worker.url, connect_timeout=5, read_timeout=30, pool_size=2)
+    client.status()
+    client.status()
+    assert client.connections_opened == 1  # one keep-alive connection for both calls
+    upload_to_worker(worker, models_dir, A)
+    stream = client.infer(A, {"prompt": "hello", "max_tokens": 2})
+    assert b"".join(stream)
+    stream.close()
+    stream.close()  # given back once, never twice
+    assert client.connections_opened == 1
+    worker.kill()
+    worker = worker_process(port=worker.port, cache_dir=tmp_path / "c")  # back on that port
+    assert client.status().cached == [A]  # the stale pooled connection was replaced
+    client.load_local(A)
+    stream = client.infer(A, {"prompt": "hello", "max_tokens": 2})
+    assert b"".join(stream)
+    stream.close()
+    assert client.connections_opened == 2
+    client.close()
+
+
+def test_without_a_pool_every_call_opens_a_connection(worker):
+    client = WorkerClient(worker.url, connect_timeout=5, read_timeout=30, pool_size=0)
+    client.status()
+    client.status()
+    assert client.connections_opened == 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, jsonify, request, send_from_directory
+from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model_store_server.routes.seed import swap_service
@@ -31,14 +31,14 @@ def metrics_response(registry) -> Response:
 
 @observability.get("/metrics")
 def metrics():
-    return metrics_response(swap_service().metrics.registry)
+    return metrics_response(current_app.extensions["metrics"].registry)
 
 
 @observability.get("/activity")
 def activity():
     """Recent requests and swaps; ``?probe=worker`` also asks the worker for its report."""
     service = swap_service()
-    body = service.metrics.activity()
+    body = current_app.extensions["metrics"].activity()
     if request.args.get("probe") == "worker":
         body["worker"] = probe_worker(service)
     return jsonify(body)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from model_store_server.swap_service import SwapService
+from model_store_server.core.orchestrator import SwapService
 from model_store_server.views import store_status
 from model_swap.errors import BadRequest
 from model_swap.names import InvalidModelName, validate_model_name

@@ -1,4 +1,8 @@
-"""WorkerState's concurrency rules, exercised with real threads and no servers."""
+"""WorkerView's concurrency rules, exercised with real threads and no servers.
+
+Views here use ``max_wait=0`` (strict arrival order) unless a test says otherwise;
+the scheduler's own rule is tested in ``test_scheduler.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,15 @@ import time
 import pytest
 
 from model_store_server.cache_policy import Tier, create_policy
+from model_store_server.core.gate import Busy
+from model_store_server.core.grants import Hit, Swap
+from model_store_server.core.view_control import PinConflict
+from model_store_server.core.worker_view import Rejected, TooLarge, WorkerView
 from model_store_server.decision import Action
-from model_store_server.state import Busy, TooLarge, WorkerState
-from model_store_server.state_control import PinConflict
 from tests.conftest import FakeClock
 
 
-def state(name="lru", capacity=2, loaded=1, clock=None, **bytes_bounds):
+def state(name="lru", capacity=2, loaded=1, clock=None, max_wait=0.0, **bytes_bounds):
     clock = clock or time.monotonic
     cache = create_policy(
         name, capacity=capacity, ttl=5.0, clock=clock, max_bytes=bytes_bounds.get("cache_bytes")
@@ -27,17 +33,20 @@ def state(name="lru", capacity=2, loaded=1, clock=None, **bytes_bounds):
         tier=Tier.RESIDENT,
         max_bytes=bytes_bounds.get("loaded_bytes"),
     )
-    s = WorkerState(cache, resident)
-    s._synced = True
+    s = WorkerView(cache, resident, max_wait=max_wait)
+    with s.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=True)
     return s
 
 
-def serve(s: WorkerState, model: str, **kwargs):
-    """Begin, carry the swap out if any; returns the generation lease."""
-    ticket = s.begin(model, timeout=5, **kwargs)
-    if ticket.owns_swap:
-        return s.swap(ticket).commit()
-    return ticket.lease
+def begin(s: WorkerView, model: str, timeout: float = 5, **kwargs) -> Hit | Swap:
+    return s.admit(model, time.monotonic() + timeout, **kwargs)
+
+
+def serve(s: WorkerView, model: str, **kwargs) -> Hit:
+    """Admit, commit the swap if any; returns the generation's Hit."""
+    grant = begin(s, model, **kwargs)
+    return grant.commit() if isinstance(grant, Swap) else grant
 
 
 def in_thread(fn):
@@ -56,15 +65,15 @@ def in_thread(fn):
 
 def test_second_request_waits_for_swap_and_sees_already_loaded():
     s = state()
-    first = s.begin("A", timeout=5)
+    first = begin(s, "A", 5)
     assert first.owns_swap and first.decision.action is Action.LOAD_FROM_STORE
-    t, result = in_thread(lambda: s.begin("A", timeout=5))
+    t, result = in_thread(lambda: begin(s, "A", 5))
     time.sleep(0.05)
     assert t.is_alive(), "second request must wait for the swap in progress"
-    s.swap(first).commit()
+    first.commit()
     t.join(5)
     assert result["value"].decision.action is Action.ALREADY_LOADED
-    assert not result["value"].owns_swap and result["value"].lease is not None
+    assert not result["value"].owns_swap and isinstance(result["value"], Hit)
 
 
 def test_swap_waits_for_running_generation():
@@ -73,9 +82,9 @@ def test_swap_waits_for_running_generation():
     order = []
 
     def other():
-        ticket = s.begin("B", timeout=5)
+        ticket = begin(s, "B", 5)
         order.append("swap-decided")
-        s.swap(ticket).commit()
+        ticket.commit()
 
     t = threading.Thread(target=other)
     t.start()
@@ -103,11 +112,11 @@ def test_swap_wait_is_bounded_and_changes_nothing():
     s = state()
     serve(s, "A")
     with pytest.raises(Busy):
-        s.begin("B", timeout=0.1)
+        begin(s, "B", 0.1)
     assert s.cache.members() == ["A"]
     assert s.snapshot().loaded == "A" and not s.snapshot().swapping
     # the resident model is still served at once while the swap gave up
-    ticket = s.begin("A", timeout=1)
+    ticket = begin(s, "A", 1)
     assert not ticket.owns_swap and ticket.decision.action is Action.ALREADY_LOADED
 
 
@@ -116,13 +125,13 @@ def test_ttl_never_expires_a_model_that_is_generating():
     s = state("ttl", clock=clock)
     first = serve(s, "A")  # generating on A
     clock.advance(60)
-    ticket = s.begin("A", timeout=1)
+    ticket = begin(s, "A", 1)
     assert ticket.decision.action is Action.ALREADY_LOADED
     assert ticket.decision.evicted == ()
     first.release()
-    ticket.lease.release()
+    ticket.release()
     clock.advance(4)  # idle time counts from the end of the last generation
-    assert s.begin("A", timeout=1).decision.action is Action.ALREADY_LOADED
+    assert begin(s, "A", 1).decision.action is Action.ALREADY_LOADED
 
 
 def test_new_hits_wait_behind_a_pending_swap():
@@ -138,7 +147,7 @@ def test_new_hits_wait_behind_a_pending_swap():
 
     t, swap_result = in_thread(swapper)
     time.sleep(0.05)
-    t2, late = in_thread(lambda: s.begin("A", timeout=5))
+    t2, late = in_thread(lambda: begin(s, "A", 5))
     time.sleep(0.05)
     assert "value" not in late
     lease_a.release()
@@ -152,26 +161,26 @@ def test_new_hits_wait_behind_a_pending_swap():
 def test_hit_on_a_resident_model_does_not_wait_for_another_models_swap():
     s = state(capacity=3, loaded=2)
     serve(s, "A").release()
-    pending = s.begin("B", timeout=5)  # B's push is "in progress"
+    pending = begin(s, "B", 5)  # B's push is "in progress"
     assert pending.owns_swap
     started = time.monotonic()
-    hit = s.begin("A", timeout=5)
+    hit = begin(s, "A", 5)
     assert hit.decision.action is Action.ALREADY_LOADED and not hit.owns_swap
     assert time.monotonic() - started < 1
-    t, result = in_thread(lambda: s.begin("B", timeout=5))  # B itself waits
+    t, result = in_thread(lambda: begin(s, "B", 5))  # B itself waits
     time.sleep(0.05)
     assert t.is_alive()
-    s.swap(pending).commit().release()
+    pending.commit().release()
     t.join(5)
     assert result["value"].decision.action is Action.ALREADY_LOADED
-    hit.lease.release()
+    hit.release()
 
 
 def test_unloading_x_waits_only_for_x():
     s = state(capacity=3, loaded=2)
     lease_a = serve(s, "A")
     lease_b = serve(s, "B")  # A and B resident, both generating
-    t, result = in_thread(lambda: s.begin("C", timeout=5))
+    t, result = in_thread(lambda: begin(s, "C", 5))
     time.sleep(0.05)
     assert t.is_alive(), "both resident models are in use: C waits"
     lease_b.release()  # B is idle now: C unloads B without waiting for A
@@ -179,7 +188,7 @@ def test_unloading_x_waits_only_for_x():
     ticket = result["value"]
     assert ticket.decision.unloaded == ("B",) and ticket.decision.action is Action.LOAD_FROM_STORE
     assert s.snapshot().generating_by_model == {"A": 1}
-    s.swap(ticket).commit().release()
+    ticket.commit().release()
     assert [m.name for m in s.snapshot().resident] == ["A", "C"]
     lease_a.release()
 
@@ -189,18 +198,19 @@ def test_rejection_does_not_wait_for_generations():
     serve(s, "A").release()
     serve(s, "B")  # lease on B stays held
     started = time.monotonic()
-    ticket = s.begin("C", timeout=5)
-    assert ticket.decision.action is Action.REJECTED and ticket.lease is None
-    assert time.monotonic() - started < 1
+    with pytest.raises(Rejected) as refused:
+        begin(s, "C", 5)
+    assert refused.value.ticket.decision.action is Action.REJECTED
+    assert time.monotonic() - started < 1 and s.gate.slot_free
 
 
 def test_a_model_larger_than_a_budget_changes_nothing():
     s = state(capacity=3, loaded=3, loaded_bytes=100, cache_bytes=1000)
     serve(s, "A", size=10, footprint=50).release()
     with pytest.raises(TooLarge, match="MAX_LOADED_BYTES=100"):
-        s.begin("B", timeout=1, size=10, footprint=101)
+        begin(s, "B", 1, size=10, footprint=101)
     with pytest.raises(TooLarge, match="MAX_CACHE_BYTES=1000"):
-        s.begin("B", timeout=1, size=1001, footprint=1)
+        begin(s, "B", 1, size=1001, footprint=1)
     assert s.cache.members() == ["A"] and not s.snapshot().swapping
 
 
@@ -209,12 +219,12 @@ def test_pinning_more_than_fits_is_refused():
     serve(s, "A", pin=True).release()
     serve(s, "B", pin=True).release()
     with pytest.raises(PinConflict, match="holds 2"):
-        s.begin("C", timeout=1, pin=True)
+        begin(s, "C", 1, pin=True)
     # every resident model is pinned: another model is rejected, naming the pins
-    ticket = s.begin("C", timeout=1)
-    assert ticket.decision.action is Action.REJECTED and "pinned: A,B" in ticket.decision.reason
+    with pytest.raises(Rejected, match="pinned: A,B"):
+        begin(s, "C", 1)
     assert s.unpin("A")
-    ticket = s.begin("C", timeout=1)
+    ticket = begin(s, "C", 1)
     assert ticket.decision.unloaded == ("A",)
 
 
@@ -222,39 +232,39 @@ def test_keep_alive_applies_when_the_generation_ends():
     clock = FakeClock()
     s = state(capacity=3, loaded=3, clock=clock)
     lease = serve(s, "A", keep_alive=0)
-    assert s.begin_sweep() is None  # generating: never idle
+    assert s.sweep() is None  # generating: never idle
     lease.release()
-    sweep = s.begin_sweep()
+    sweep = s.sweep()
     assert sweep.decision.unloaded == ("A",)
-    s.swap(sweep).commit(lease=False)
+    sweep.commit(hit=False)
     assert s.cache.members() == ["A"] and s.snapshot().resident == ()
 
     serve(s, "B", keep_alive=30).release()
     serve(s, "C", keep_alive=-1).release()
     clock.advance(29)
-    assert s.begin_sweep() is None
+    assert s.sweep() is None
     clock.advance(1)
-    sweep = s.begin_sweep()
+    sweep = s.sweep()
     assert sweep.decision.unloaded == ("B",)
-    s.swap(sweep).commit(lease=False)
+    sweep.commit(hit=False)
     clock.advance(10**6)
-    assert s.begin_sweep() is None  # -1: only capacity takes C away
+    assert s.sweep() is None  # -1: only capacity takes C away
     assert [m.name for m in s.snapshot().resident] == ["C"]
 
 
 def test_explicit_unload_waits_for_that_models_generations():
     s = state(capacity=3, loaded=2)
     lease = serve(s, "A")
-    t, result = in_thread(lambda: s.begin_change("A", Action.UNLOAD, timeout=5))
+    t, result = in_thread(lambda: s.take_away("A", Action.UNLOAD, time.monotonic() + 5))
     time.sleep(0.05)
     assert t.is_alive()
     lease.release()
     t.join(5)
     ticket = result["value"]
     assert ticket.owns_swap and ticket.decision.unloaded == ("A",)
-    s.swap(ticket).commit(lease=False)
+    ticket.commit(hit=False)
     assert s.cache.members() == ["A"] and s.snapshot().resident == ()
-    assert not s.begin_change("A", Action.UNLOAD, timeout=1).owns_swap  # nothing to do
+    assert s.take_away("A", Action.UNLOAD, time.monotonic() + 1) is None  # nothing to do
 
 
 class Boom(BaseException):
@@ -264,43 +274,45 @@ class Boom(BaseException):
 @pytest.mark.parametrize("error", [TypeError, KeyError, OSError, MemoryError, Boom])
 def test_any_failure_inside_a_swap_ends_the_slot_unsynced(error):
     s = state()
-    ticket = s.begin("A", timeout=5)
-    with pytest.raises(error), s.swap(ticket):
+    swap = begin(s, "A", 5)
+    with pytest.raises(error), swap:
         raise error("while carrying the decision out")
     snapshot = s.snapshot()
     assert not snapshot.swapping and not snapshot.synced
     assert snapshot.cached == () and snapshot.loaded is None  # "A" was never confirmed
     assert snapshot.generating == 0
-    assert s.begin("B", timeout=0.1).owns_swap  # the next request does not wait
+    assert begin(s, "B", 0.1).owns_swap  # the next request does not wait
 
 
-def test_a_swap_left_normally_commits_once():
+def test_a_swap_left_without_commit_grants_nothing():
+    """Review: leaving a swap's block normally used to grant a lease nobody collected."""
     s = state()
-    ticket = s.begin("A", timeout=5)
-    with s.swap(ticket) as slot:
+    with begin(s, "A", 5) as swap:
         pass
-    slot.commit()  # a second end is ignored
-    slot.end(synced=False)
+    with pytest.raises(RuntimeError):
+        swap.commit()  # given back already
+    swap.abort(synced=True)  # a second end is ignored
     snapshot = s.snapshot()
-    assert snapshot.loaded == "A" and snapshot.generating == 1 and not snapshot.swapping
-    slot.lease.release()
+    assert snapshot.loaded is None and snapshot.generating == 0 and not snapshot.swapping
+    assert s.gate.idle
 
 
-def test_a_ticket_without_the_slot_cannot_swap():
+def test_a_committed_swap_grants_one_hit():
     s = state()
-    serve(s, "A").release()
-    ticket = s.begin("A", timeout=5)
-    assert not ticket.owns_swap
-    with pytest.raises(ValueError):
-        s.swap(ticket)
+    with begin(s, "A", 5) as swap:
+        hit = swap.commit()
+    assert s.snapshot().loaded == "A" and s.snapshot().generating == 1
+    hit.release()
+    hit.release()
+    assert s.gate.idle
 
 
 def test_exclusive_slot_keeps_or_drops_the_sync_flag():
     s = state()
-    with s.exclusive(timeout=1) as slot:
+    with s.exclusive(time.monotonic() + 1) as slot:
         slot.end(synced=True)
     assert s.synced and not s.snapshot().swapping
-    with pytest.raises(KeyError), s.exclusive(timeout=1):
+    with pytest.raises(KeyError), s.exclusive(time.monotonic() + 1):
         raise KeyError("worker report")
     assert not s.synced and not s.snapshot().swapping
 
@@ -309,10 +321,10 @@ def test_exclusive_waits_for_generations_and_is_bounded():
     s = state()
     lease = serve(s, "A")  # a generation holds a lease
     with pytest.raises(Busy):
-        s.exclusive(timeout=0.05)
+        s.exclusive(time.monotonic() + 0.05)
     assert not s.snapshot().swapping
     lease.release()
-    with s.exclusive(timeout=1):
+    with s.exclusive(time.monotonic() + 1):
         assert s.snapshot().swapping
 
 
@@ -325,20 +337,20 @@ def test_a_hit_does_not_wait_for_a_swap_even_when_another_models_time_is_up():
     for model in "ABX":
         serve(s, model).release()
     serve(s, "X", keep_alive=0).release()  # X's time is up at once
-    pending = s.begin("C", timeout=5)  # a swap in progress (it also unloads X)
+    pending = begin(s, "C", 5)  # a swap in progress (it also unloads X)
     assert pending.owns_swap
-    hit = s.begin("A", timeout=0.2)
+    hit = begin(s, "A", 0.2)
     assert hit.decision.action is Action.ALREADY_LOADED and not hit.owns_swap
-    hit.lease.release()
-    s.swap(pending).commit().release()
+    hit.release()
+    pending.commit().release()
 
 
 def test_a_sync_or_reset_stops_new_hits_until_it_ends():
     s = state()
     serve(s, "A").release()
-    with s.exclusive(timeout=1), pytest.raises(Busy):
-        s.begin("A", timeout=0.1)
-    assert s.begin("A", timeout=1).decision.action is Action.ALREADY_LOADED
+    with s.exclusive(time.monotonic() + 1), pytest.raises(Busy):
+        begin(s, "A", 0.1)
+    assert begin(s, "A", 1).decision.action is Action.ALREADY_LOADED
 
 
 def test_keep_alive_forever_ends_when_the_model_leaves_memory():
@@ -346,17 +358,71 @@ def test_keep_alive_forever_ends_when_the_model_leaves_memory():
     s = state("ttl", capacity=3, loaded=1, clock=clock)
     serve(s, "A", keep_alive=-1).release()
     clock.advance(100)
-    assert s.begin_sweep() is None and s.cache.members() == ["A"]
+    assert s.sweep() is None and s.cache.members() == ["A"]
     serve(s, "B").release()  # B takes A's place in memory: A's file follows the TTL again
     assert s.keep_alive_of("A") is None
     clock.advance(6)
-    ticket = s.begin("B", timeout=1)
+    ticket = begin(s, "B", 1)
     assert "A" in ticket.decision.evicted
 
 
 def test_a_request_rescues_a_model_whose_keep_alive_ran_out_before_the_sweep():
     s = state(capacity=3, loaded=2)
     serve(s, "A", keep_alive=0).release()
-    ticket = s.begin("A", timeout=1)
+    ticket = begin(s, "A", 1)
     assert ticket.decision.action is Action.ALREADY_LOADED and ticket.decision.unloaded == ()
-    ticket.lease.release()
+    ticket.release()
+
+
+# -- failure isolation (review) -------------------------------------------------------------
+
+
+def test_a_failed_stream_puts_only_its_model_in_doubt():
+    """Before: a stream failure marked the whole view unsynced, and the next request
+    took the worker exclusively, waiting for every generation on every model."""
+    s = state(capacity=3, loaded=2)
+    hit_b = serve(s, "B")  # a long generation on B
+    serve(s, "A").release()
+    s.suspect("A")  # A's stream broke off
+    assert s.synced
+    started = time.monotonic()
+    other = begin(s, "B", 0.5)  # B is served at once
+    assert isinstance(other, Hit)
+    other.release()
+    with s.hold("A", time.monotonic() + 0.5) as swap:  # waits for A's generations only
+        s.confirm("A", cached=["A", "B"], resident=["B"])  # the worker lost A from memory
+        swap.commit(hit=False)
+    assert time.monotonic() - started < 1
+    assert not s.is_suspect("A") and [m.name for m in s.snapshot().resident] == ["B"]
+    grant = begin(s, "A", 1)
+    assert grant.decision.action is Action.LOAD_FROM_LOCAL_STORE
+    grant.commit().release()
+    hit_b.release()
+    assert s.gate.idle
+
+
+def test_a_failed_swap_is_corrected_only_with_the_worker_held_exclusively():
+    s = state(capacity=3, loaded=2)
+    hit_a = serve(s, "A")  # generating on A
+    swap = begin(s, "B", 1)
+    with pytest.raises(Busy):  # A still generates: nothing may be corrected yet
+        s.escalate(swap, time.monotonic() + 0.05)
+    assert s.gate.slot_free and not s.synced  # the swap was given back, unsynced
+    swap = begin(s, "B", 1)
+    hit_a.release()
+    with s.escalate(swap, time.monotonic() + 1) as exclusive:
+        assert s.gate.slot == "exclusive"
+        with pytest.raises(Busy):
+            begin(s, "A", 0.05)  # no hit while the worker is held
+        exclusive.end(synced=True)
+    assert s.synced and s.gate.idle
+
+
+def test_unloading_a_model_that_is_not_resident_changes_nothing():
+    """Before: a 404 from POST /models/X/unload had unpinned X first."""
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", pin=True).release()
+    s.confirm("A", cached=["A"], resident=[])  # the worker dropped A from memory
+    assert s.cache.is_pinned("A") and "A" not in s.resident
+    assert s.take_away("A", Action.UNLOAD, time.monotonic() + 1) is None
+    assert s.cache.is_pinned("A") and s.gate.idle

@@ -1,10 +1,10 @@
-"""The part of ``WorkerState`` that acts on request or on time rather than per generation.
+"""The part of ``WorkerView`` that acts on request or on time rather than per generation.
 
 Unloading or evicting a model on request (``/models/...``), unpinning, the
-idle sweep's unloads, and the bookkeeping of a request's ``keep_alive`` and
-of pins. A mixin of ``WorkerState``: every method runs under its condition
-variable and follows its rules (the one swap slot, no model taken away while
-it generates, waits bounded by a deadline).
+idle sweep's unloads, holding one model to re-read it, and the bookkeeping
+of keep_alive and pins. A mixin of ``WorkerView``: every method runs under
+its lock and goes through its gate (one slot, no model taken away while it
+generates, waits bounded by a deadline).
 """
 
 from __future__ import annotations
@@ -12,44 +12,47 @@ from __future__ import annotations
 import math
 import time
 
+from model_store_server.core.grants import Swap, Ticket
 from model_store_server.decision import Action, Decision
-from model_store_server.leases import Ticket
 
 
 class PinConflict(Exception):
     """Pinning would hold more than a tier can keep; nothing was changed."""
 
 
-class ExplicitControl:
+class ViewControl:
     """Explicit unload/evict/unpin, the idle sweep, keep_alive and pins (see module doc)."""
 
-    def begin_change(self, model: str, action: Action, timeout: float) -> Ticket:
+    def _take_slot_draining(self, model: str, deadline: float) -> None:
+        """Take the slot, then wait for ``model``'s generations (no new ones start)."""
+        self.gate.wait(lambda: self.gate.slot_free, deadline, "another model swap to finish")
+        self.gate.take_swap()
+        self.gate.drain(frozenset({model}))
+        try:
+            self.gate.wait(
+                lambda: not self.gate.generating(model),
+                deadline,
+                f"running generations on {model} to finish",
+            )
+        except BaseException:
+            self.gate.release()
+            raise
+        self.gate.drain(frozenset())
+
+    def take_away(self, model: str, action: Action, deadline: float) -> Swap | None:
         """Take ``model`` out of memory (UNLOAD) or off the worker (EVICT) on request.
 
-        Waits, bounded, for the swap slot and for ``model``'s generations; the
-        model is unpinned. Returns a ticket that owns the slot (carry it out
-        with ``swap``) or, if there is nothing to do, one that does not.
+        Waits, bounded, for the slot and for ``model``'s generations. Returns
+        the ``Swap`` to carry out, or None, having changed nothing (not even a
+        pin), if the worker does not hold the model there.
         """
-        deadline = time.monotonic() + timeout
         with self._cond:
-            self._wait(lambda: not self._swapping, deadline, "another model swap to finish")
-            self._swapping = True
-            self._draining.add(model)
-            try:
-                self._wait(
-                    lambda: not self._active[model],
-                    deadline,
-                    f"running generations on {model} to finish",
-                )
-            except BaseException:
-                self._swapping = False
-                self._cond.notify_all()
-                raise
-            finally:
-                self._draining.discard(model)
+            self._take_slot_draining(model, deadline)
             started = time.perf_counter()
             evict = action is Action.EVICT
-            present = model in (self.cache if evict else self.resident)
+            if model not in (self.cache if evict else self.resident):
+                self.gate.release()
+                return None
             self.cache.unpin(model)  # taken out on request: no longer pinned on either tier
             self.resident.discard(model)
             self._forget_keep(model)
@@ -59,20 +62,24 @@ class ExplicitControl:
             decision = Decision(
                 model,
                 action,
-                evicted=(model,) if evict and present else (),
-                unloaded=(model,) if not evict and present else (),
+                evicted=(model,) if evict else (),
+                unloaded=() if evict else (model,),
             )
+            self.gate.change(decision.touches)
             ms = (time.perf_counter() - started) * 1000
-            if not present:
-                self._swapping = False
-                self._cond.notify_all()
-                return Ticket(decision, False, ms)
-            self._changing = decision.touches
-            return Ticket(decision, True, ms)
+            return Swap(Ticket(decision, True, ms), self._commit, self._abort)
+
+    def hold(self, model: str, deadline: float) -> Swap:
+        """The slot, with ``model``'s generations ended and nothing changed (to re-read the
+        worker about ``model``); other models' hits go on. Commit it with ``hit=False``."""
+        with self._cond:
+            self._take_slot_draining(model, deadline)
+            self.gate.change(frozenset({model}))
+            decision = Decision(model, Action.ALREADY_LOADED)
+            return Swap(Ticket(decision, True, 0.0), self._commit, self._abort)
 
     def unpin(self, model: str) -> bool:
-        """Unpin ``model`` in both tiers (pinning goes through ``begin(..., pin=True)``);
-        False if the worker does not hold it."""
+        """Unpin ``model`` in both tiers; False if the worker does not hold it."""
         with self._cond:
             if model not in self.cache:
                 return False
@@ -80,16 +87,15 @@ class ExplicitControl:
             self.resident.unpin(model)
             return True
 
-    def begin_sweep(self) -> Ticket | None:
-        """Unload resident models whose time is up (none generating), if no swap runs.
+    def sweep(self) -> Swap | None:
+        """Unload resident models whose time is up (none generating), if the slot is free.
 
-        Returns a ticket owning the slot (``Decision(UNLOAD)`` naming them in
-        ``unloaded``), or None if there is nothing to do now. The disk tier is
-        left to the next request, which reports its expired files in
-        ``X-Evicted`` as the seed does.
+        Returns the ``Swap`` (``Decision(UNLOAD)`` naming them in ``unloaded``),
+        or None if there is nothing to do now. The disk tier is left to the
+        next request, which reports its expired files in ``X-Evicted``.
         """
         with self._cond:
-            if self._swapping or not self._synced:
+            if not self.gate.slot_free or not self._synced:
                 return None
             self._touch_active()
             due = self.resident.expired()
@@ -98,10 +104,10 @@ class ExplicitControl:
             for name in due:
                 self.resident.discard(name)
                 self._forget_keep(name)
-            self._swapping = True
+            self.gate.take_swap()
             decision = Decision(due[0], Action.UNLOAD, unloaded=tuple(due), expired=tuple(due))
-            self._changing = decision.touches
-            return Ticket(decision, True, 0.0)
+            self.gate.change(decision.touches)
+            return Swap(Ticket(decision, True, 0.0), self._commit, self._abort)
 
     def next_due(self) -> float | None:
         """Seconds until a resident model's time is up (None: no time bound now)."""

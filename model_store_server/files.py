@@ -1,0 +1,93 @@
+"""The store's model files: lookup, names, versions (digests) and memory footprints.
+
+Errors say what the client can do: a missing file is a 404, a file the store
+cannot read (permissions, I/O) is a 500 naming the request id (the cause is
+logged), never a 404.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from model_store_server.digests import DigestCache, PerVersionCache
+from model_swap.errors import ApiError, NotFound
+from model_swap.footprint import estimate
+from model_swap.logs import current_request_id
+from model_swap.names import InvalidModelName, validate_model_name
+
+logger = logging.getLogger(__name__)
+
+
+class StoreFileError(ApiError):
+    """A model file exists but cannot be read (500; the cause is in the store's log)."""
+
+    status = 500
+    type = "store_file_error"
+
+
+def unreadable(model: str, err: OSError) -> ApiError:
+    """404 if ``model``'s file is gone, else a logged 500 with the request id."""
+    if isinstance(err, FileNotFoundError):
+        return NotFound(f"model {model} not found in the store")
+    request_id = current_request_id() or "-"
+    logger.error("could not read the file of %s (request %s): %r", model, request_id, err)
+    error = StoreFileError(
+        f"model {model} could not be read from the store (request id {request_id})"
+    )
+    error.headers["X-Request-Id"] = request_id
+    return error
+
+
+class ModelFiles:
+    """MODELS_DIR: which models exist, each file's digest and memory estimate. Thread-safe."""
+
+    def __init__(self, models_dir: Path):
+        self.models_dir = Path(models_dir)
+        self.digests = DigestCache()
+        self.footprints = PerVersionCache()
+
+    def path(self, model: str) -> Path:
+        """The store's file for ``model``; NotFound if MODELS_DIR has no such model."""
+        path = self.models_dir / model
+        if not path.is_file():
+            raise NotFound(f"model {model} not found in the store")
+        return path
+
+    def available(self) -> list[str]:
+        """Model names in MODELS_DIR (names only; no file is read)."""
+        if not self.models_dir.is_dir():
+            return []
+        names = []
+        for entry in self.models_dir.iterdir():
+            try:
+                validate_model_name(entry.name)
+            except InvalidModelName:
+                continue
+            if entry.is_file():
+                names.append(entry.name)
+        return sorted(names)
+
+    def version(self, path: Path) -> str:
+        """The digest of the file as it is now (hashed once per file version); known
+        before anything is decided, so a file that cannot be read changes nothing."""
+        try:
+            return self.digests.digest(path)
+        except OSError as err:
+            raise unreadable(path.name, err) from err
+
+    def size(self, path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except OSError as err:
+            raise unreadable(path.name, err) from err
+
+    def footprint(self, path: Path, n_ctx: int | None) -> int:
+        """Estimated memory of ``path`` once loaded with ``n_ctx`` (bytes), once per file
+        version; the file size if its metadata cannot be read."""
+        n_ctx = n_ctx or 2048
+        try:
+            return self.footprints.get(path, n_ctx, lambda: estimate(path, n_ctx).total_bytes)
+        except Exception as err:  # not a readable GGUF: the worker will refuse to load it
+            logger.warning("could not estimate the memory of %s: %r", path.name, err)
+            return self.size(path)

@@ -1,0 +1,221 @@
+"""The scheduler's rule with a fake clock: grouping, the fairness bound, no starvation,
+hits bypass; and the gate's grants under random operation sequences (Hypothesis)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model_store_server.cache_policy import Tier, create_policy
+from model_store_server.core.gate import Busy
+from model_store_server.core.grants import Hit, Swap
+from model_store_server.core.scheduler import Scheduler
+from model_store_server.core.worker_view import Rejected, WorkerView
+from model_store_server.decision import Action
+
+
+def test_a_group_is_every_request_for_the_next_model_within_max_wait():
+    s = Scheduler(max_wait=2.0)
+    arrivals = [("a", 0.0), ("b", 0.1), ("c", 0.2), ("a", 0.3), ("b", 0.4), ("a", 5.0)]
+    waiters = [s.arrive(model, now) for model, now in arrivals]
+    assert s.next_model() == "a"
+    # a's requests that arrived before b's oldest (0.1) plus 2 s: not the one at 5.0
+    assert s.group("a", 0.5) == [waiters[0], waiters[3]]
+    assert s.group("b", 0.5) == []  # b is not next
+    for waiter in s.group("a", 0.5):
+        s.leave(waiter)
+    assert s.next_model() == "b"
+    assert s.group("b", 0.5) == [waiters[1], waiters[4]]
+
+
+def test_max_wait_zero_is_strict_arrival_order():
+    s = Scheduler(max_wait=0.0)
+    a1, b1, a2 = s.arrive("a", 0.0), s.arrive("b", 0.0), s.arrive("a", 0.0)
+    assert s.group("a", 0.0) == [a1]  # a2 came after b1: b goes first
+    s.leave(a1)
+    assert s.next_model() == "b" and s.group("b", 0.0) == [b1]
+    assert not s.may_hit("a", 0.0)  # no hit overtakes a waiting request
+    s.leave(b1)
+    assert s.group("a", 0.0) == [a2] and s.may_hit("a", 0.0, a2)
+
+
+def test_hits_bypass_until_another_model_has_waited_max_wait():
+    s = Scheduler(max_wait=2.0)
+    assert s.may_hit("a", 0.0)  # nobody waits
+    s.arrive("b", 10.0)
+    assert s.may_hit("a", 10.0) and s.may_hit("a", 11.999)
+    assert not s.may_hit("a", 12.0)  # b waited 2 s: a's new arrivals queue behind b
+    assert s.may_hit("b", 12.0)  # the waiting model itself is not held back
+    assert s.patient("b", 11.0) and not s.patient("b", 12.0)
+    assert s.next_change(11.0) == pytest.approx(1.0)
+
+
+def test_no_starvation_under_a_steady_stream_for_one_model():
+    """a is resident and asked every 100 ms; b's request is served after at most max_wait."""
+    s = Scheduler(max_wait=2.0)
+    b = s.arrive("b", 0.0)
+    now, served_as_hits = 0.0, 0
+    while s.may_hit("a", now):
+        served_as_hits += 1
+        now += 0.1
+    assert now == pytest.approx(2.0, abs=0.11) and served_as_hits >= 19
+    late = s.arrive("a", now)  # a's arrival queues behind b from here on
+    assert s.next_model() == "b" and s.group("b", now) == [b]
+    assert not s.in_group(late, now)
+    s.leave(b)
+    assert s.in_group(late, now)
+
+
+def test_fairness_bound_first_come_first_served_between_models():
+    """The oldest waiting request's model is always next: a request waits only for the
+    groups whose oldest request arrived before its own."""
+    s = Scheduler(max_wait=1.2)
+    order = []
+    for i, model in enumerate("cabcab"):
+        s.arrive(model, i * 0.5)
+    while len(s):
+        model = s.next_model()
+        order.append(model)
+        for waiter in s.group(model, 10.0):
+            s.leave(waiter)
+    # c at 0 and 1.5 (< a's 0.5 + 1.2) together, then a (0.5, 2.0 < b's 1.0 + 1.2), then b
+    assert order == ["c", "a", "b"]
+
+
+def test_describe_shows_per_model_waiting_and_oldest_wait():
+    s = Scheduler(max_wait=2.0)
+    s.arrive("a", 1.0)
+    s.arrive("a", 2.0)
+    s.arrive("b", 3.0)
+    assert s.describe(4.0) == {
+        "a": {"waiting": 2, "oldest_wait_s": 3.0},
+        "b": {"waiting": 1, "oldest_wait_s": 1.0},
+    }
+
+
+def test_bad_max_wait_is_refused():
+    with pytest.raises(ValueError):
+        Scheduler(max_wait=-1)
+
+
+# -- the view: a group is served before the next swap ------------------------------------
+
+
+def view(capacity=3, loaded=1, max_wait=2.0, name="lru"):
+    cache = create_policy(name, capacity=capacity, ttl=5.0)
+    resident = create_policy(name, capacity=loaded, ttl=5.0, tier=Tier.RESIDENT)
+    v = WorkerView(cache, resident, max_wait=max_wait)
+    with v.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=True)
+    return v
+
+
+def test_a_committed_load_hands_hits_to_its_whole_group():
+    import threading
+
+    v = view()
+    first = v.admit("a", time.monotonic() + 5)
+    assert isinstance(first, Swap)
+    results = {}
+
+    def ask(key, model):
+        results[key] = v.admit(model, time.monotonic() + 5)
+
+    threads = [threading.Thread(target=ask, args=(k, m)) for k, m in (("b1", "b"), ("a2", "a"))]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    assert v.snapshot().queues == {
+        "a": {"waiting": 1, "oldest_wait_s": pytest.approx(0.05, abs=0.05)},
+        "b": {"waiting": 1, "oldest_wait_s": pytest.approx(0.1, abs=0.05)},
+    }
+    hit = first.commit()
+    threads[1].join(5)
+    assert isinstance(results["a2"], Hit)  # served with a's group, not after b
+    assert threads[0].is_alive()  # b waits: a is generating and b is still patient
+    hit.release()
+    results["a2"].release()
+    threads[0].join(5)
+    assert isinstance(results["b1"], Swap) and results["b1"].decision.unloaded == ("a",)
+    results["b1"].commit().release()
+    assert v.gate.idle
+
+
+# -- the gate: no exception path leaves a slot or a hit held -------------------------------
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "hit",
+                "swap-commit",
+                "swap-raise",
+                "swap-leave",
+                "exclusive-raise",
+                "unload",
+                "sweep",
+                "release-one",
+            ]
+        ),
+        st.sampled_from(["a", "b", "c"]),
+    ),
+    max_size=25,
+)
+
+
+class Boom(BaseException):
+    """Not even an Exception."""
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS, st.sampled_from([0.0, 2.0]))
+def test_no_sequence_of_grants_and_failures_leaks_the_slot_or_a_hit(ops, max_wait):
+    v = view(capacity=2, loaded=2, max_wait=max_wait)
+    held: list[Hit] = []
+    for op, model in ops:
+        deadline = time.monotonic() + 0.01
+        try:
+            if op == "release-one":
+                if held:
+                    held.pop().release()
+                continue
+            if op == "exclusive-raise":
+                with v.exclusive(deadline):
+                    raise Boom()
+            if op == "unload":
+                swap = v.take_away(model, Action.UNLOAD, deadline)
+                if swap is not None:
+                    with swap:
+                        swap.commit(hit=False)
+                continue
+            if op == "sweep":
+                swap = v.sweep()
+                if swap is not None:
+                    with swap:
+                        raise Boom()
+                continue
+            grant = v.admit(model, deadline)
+            if isinstance(grant, Hit):
+                held.append(grant)
+                continue
+            with grant:
+                if op == "swap-raise":
+                    raise Boom()
+                if op in ("swap-commit", "hit"):
+                    held.append(grant.commit())
+        except (Boom, Busy, Rejected):
+            pass
+        assert v.gate.slot_free, (op, model)
+    for hit in held:
+        hit.release()
+    assert v.gate.idle and v.snapshot().generating == 0 and not v.snapshot().queues
+
+
+def test_status_shows_the_scheduler_and_its_queues(worker, start_store):
+    from tests.conftest import store_status
+
+    status = store_status(start_store(worker))
+    assert status["scheduler_max_wait"] == 2.0 and status["queues"] == {}
