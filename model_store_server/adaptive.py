@@ -120,6 +120,10 @@ class AdaptivePolicy(RecencyPolicy):
             self.switches += 1
             self._since_switch = 0
 
+    def expert(self, name: str | None = None) -> RecencyPolicy:
+        """The ghost of expert ``name`` (default: the leader's). Read it, never change it."""
+        return self._experts[name or self.leader]
+
     def standings(self) -> dict:
         """The leader, each expert's modelled swap seconds over the window, and the leader's
         lead over the runner-up (percent of the runner-up's score)."""
