@@ -113,8 +113,10 @@ class AdaptivePolicy(RecencyPolicy):
         scores = dict(zip(self._names, self._totals, strict=True))
         best = min(self._names, key=scores.__getitem__)  # ties: the earlier expert
         settled = self._since_switch >= max(1, self.window // 4)
-        if best != self.leader and settled and scores[best] < scores[self.leader] * (
-            1 - self.margin
+        if (
+            best != self.leader
+            and settled
+            and scores[best] < scores[self.leader] * (1 - self.margin)
         ):
             self.leader = best
             self.switches += 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from model_store_server.adaptive import EXPERTS
-from model_store_server.cache_policy import AdaptivePolicy, Tier, create_policy
+from model_store_server.cache_policy import AdaptivePolicy, CacheFull, Tier, create_policy
 from model_store_server.cost_model import CostModel
 from model_swap_lab.generate import assign_sizes, generate, model_names, spec_for
 from tests.conftest import FakeClock
@@ -129,9 +131,7 @@ def test_refused_admission_changes_no_ghost():
     policy.pin("a")
     before = policy.clone()
     assert not policy.can_admit("b", 6)
-    try:
+    with pytest.raises(CacheFull):
         policy.admit("b", 6)
-    except Exception:
-        pass
     assert "b" not in policy.expert("lru")
     assert policy.standings() == before.standings()
