@@ -167,4 +167,5 @@ class AgedGDSFPolicy(GDSFPolicy):
     name = "gdsf-aged"
 
     def __init__(self, *, half_life: float | None = DEFAULT_FREQ_HALF_LIFE_S, **options):
-        super().__init__(half_life=half_life or DEFAULT_FREQ_HALF_LIFE_S, **options)
+        half_life = DEFAULT_FREQ_HALF_LIFE_S if half_life is None else half_life
+        super().__init__(half_life=half_life, **options)
