@@ -54,9 +54,13 @@ SINGLE = [name for name in POLICIES if name not in ("no-evict", "adaptive")]
 # Under a count budget ttl has no bound at all (it is not a count-bounded policy).
 SINGLE_COUNTED = [name for name in SINGLE if name != "ttl"]
 SHARES = (0.1, 0.25, 0.5)
+# The disk tier's own cost: with MAX_LOADED_MODELS=1 every change of model costs a load
+# whatever the disk keeps, and at Gemma's load rate those loads dominate swap seconds, so the
+# policies are compared on bytes pushed (swap seconds shown beside).
+METRIC = "bytes_pushed"
 STATIONARY_SKEWED = ("zipf", "skewed", "alibaba")
 DRIFTING = ("bursty", "drift", "drift-heavy")
-HALF_LIVES = (15, 30, 60, 120, 300, 600)
+HALF_LIVES = (15, 30, 45, 60, 120, 300, 600)
 
 
 # -- 2. simulation sweeps ---------------------------------------------------------------------
@@ -88,12 +92,12 @@ def sweep(preset: str, quick: bool) -> dict:
 
 def half_life_sweep(presets: list[str], quick: bool, out: list[str]) -> None:
     """gdsf-aged at each half-life against lru, per preset: the worst and the best ratio
-    of modelled swap seconds over the byte budgets."""
+    of bytes pushed over the byte budgets."""
     half_lives = HALF_LIVES[1:4] if quick else HALF_LIVES
     out += [
         "## 3. gdsf-aged's half-life (FREQ_HALF_LIFE)",
         "",
-        "Modelled swap seconds of gdsf-aged relative to lru (and gdsf's, for reference), "
+        "Bytes pushed by gdsf-aged relative to lru's (and gdsf's, for reference), "
         "worst / best over the byte budgets "
         + ", ".join(f"{s:.0%}" for s in SHARES)
         + ". The traces run at 2 requests/s, so a half-life of 60 s is 120 requests.",
@@ -107,14 +111,12 @@ def half_life_sweep(presets: list[str], quick: bool, out: list[str]) -> None:
         cells: dict = {}
         for share in SHARES:
             bound = dict(max_cache_size=spec.models, max_cache_bytes=int(total * share))
-            lru = simulate(trace, sizes, SimConfig("lru", **bound))["swap_seconds"] or 1e-9
-            gdsf = simulate(trace, sizes, SimConfig("gdsf", **bound))["swap_seconds"]
+            lru = simulate(trace, sizes, SimConfig("lru", **bound))[METRIC] or 1
+            gdsf = simulate(trace, sizes, SimConfig("gdsf", **bound))[METRIC]
             cells.setdefault("gdsf", []).append(gdsf / lru)
             for half_life in half_lives:
                 config = SimConfig("gdsf-aged", freq_half_life=half_life, **bound)
-                cells.setdefault(half_life, []).append(
-                    simulate(trace, sizes, config)["swap_seconds"] / lru
-                )
+                cells.setdefault(half_life, []).append(simulate(trace, sizes, config)[METRIC] / lru)
 
         def cell(ratios):
             return f"{(max(ratios) - 1) * 100:+.1f}% / {(min(ratios) - 1) * 100:+.1f}%"
@@ -210,94 +212,102 @@ def _cells(all_results: dict):
             )
 
 
+def _leader(result: dict) -> str:
+    experts = result.get("experts", {})
+    return f"{experts.get('leader', '?')} ({experts.get('switches', 0)} switches)"
+
+
 def targets(all_results: dict, out: list[str]) -> dict:
     def pct(value: float) -> str:
         return f"{(value - 1) * 100:+.1f}%"
+
+    def ratio(cell, policy, against, key=METRIC):
+        return cell[policy][key] / (cell[against][key] or 1e-9)
 
     out += [
         "## 4. Targets",
         "",
         "**adaptive against the best single policy** (" + ", ".join(SINGLE) + ") in every "
-        "byte-budget cell: modelled swap seconds (what adaptive scores its experts by) and "
-        "bytes pushed, as ratios to the best single policy's. Target: within +3% on swap "
-        "seconds.",
+        "byte-budget cell: bytes pushed against the single policy that pushed fewest, and "
+        "modelled swap seconds against the one with the fewest. Target: within +3% (bytes).",
         "",
-        "| preset | budget | best single (swap s) | adaptive vs best, swap s "
-        "| adaptive vs best, bytes | adaptive vs lru, bytes |",
-        "|---|---|---|---|---|---|",
+        "| preset | budget | fewest bytes (GiB) | adaptive vs it, bytes "
+        "| adaptive vs least swap s | adaptive vs lru, bytes | adaptive's leader at the end |",
+        "|---|---|---|---|---|---|---|",
     ]
     summary = {"adaptive_worst": (0.0, ""), "adaptive_lru_bytes": {}, "aged_vs_lru": (0.0, "")}
     for preset, label, cell in _cells(all_results):
         if "bytes" not in label:
             continue
-        best = min(SINGLE, key=lambda p: cell[p]["swap_seconds"])
-        best_bytes = min(cell[p]["bytes_pushed"] for p in SINGLE) or 1
-        adaptive = cell["adaptive"]
-        ratio = adaptive["swap_seconds"] / (cell[best]["swap_seconds"] or 1e-9)
-        lru_bytes = adaptive["bytes_pushed"] / (cell["lru"]["bytes_pushed"] or 1)
-        if ratio > summary["adaptive_worst"][0]:
-            summary["adaptive_worst"] = (ratio, f"{preset}, {label}")
+        best = min(SINGLE, key=lambda p: cell[p][METRIC])
+        fastest = min(SINGLE, key=lambda p: cell[p]["swap_seconds"])
+        vs_best = ratio(cell, "adaptive", best)
+        vs_lru = ratio(cell, "adaptive", "lru")
+        if vs_best > summary["adaptive_worst"][0]:
+            summary["adaptive_worst"] = (vs_best, f"{preset}, {label}")
         if preset in STATIONARY_SKEWED:
-            summary["adaptive_lru_bytes"][preset, label] = lru_bytes
+            summary["adaptive_lru_bytes"][preset, label] = vs_lru
         out.append(
-            f"| {preset} | {label} | {best} ({cell[best]['swap_seconds']:.0f}) | {pct(ratio)} "
-            f"| {pct(adaptive['bytes_pushed'] / best_bytes)} | {pct(lru_bytes)} |"
+            f"| {preset} | {label} | {best} ({cell[best][METRIC] / GIB:.0f}) | {pct(vs_best)} "
+            f"| {pct(ratio(cell, 'adaptive', fastest, 'swap_seconds'))} | {pct(vs_lru)} "
+            f"| {_leader(cell['adaptive'])} |"
         )
     worst, where = summary["adaptive_worst"]
     out += [
         "",
-        f"Worst: adaptive {pct(worst)} against the best single policy ({where}).",
+        f"Worst: adaptive {pct(worst)} bytes against the best single policy ({where}).",
         "",
         "**adaptive's bytes against lru's on stationary skewed traffic** ("
         + ", ".join(STATIONARY_SKEWED)
         + "); target at least 20% fewer: "
         + "; ".join(
-            f"{preset} {label}: {pct(ratio)}"
-            for (preset, label), ratio in summary["adaptive_lru_bytes"].items()
+            f"{preset} {label}: {pct(value)}"
+            for (preset, label), value in summary["adaptive_lru_bytes"].items()
         )
         + ".",
         "",
-        "**gdsf-aged against lru on the drifting presets** (" + ", ".join(DRIFTING) + "), "
-        "modelled swap seconds and bytes pushed; target no worse than +3%:",
+        "**gdsf-aged against lru on the drifting presets** (" + ", ".join(DRIFTING) + "); "
+        "target no more than +3% bytes:",
         "",
-        "| preset | budget | gdsf vs lru swap s | gdsf-aged vs lru swap s "
-        "| gdsf vs lru bytes | gdsf-aged vs lru bytes |",
+        "| preset | budget | gdsf vs lru bytes | gdsf-aged vs lru bytes "
+        "| gdsf vs lru swap s | gdsf-aged vs lru swap s |",
         "|---|---|---|---|---|---|",
     ]
     for preset, label, cell in _cells(all_results):
         if preset not in DRIFTING or "bytes" not in label:
             continue
-        lru = cell["lru"]
-        swap = {p: cell[p]["swap_seconds"] / (lru["swap_seconds"] or 1e-9) for p in POLICY_ORDER}
-        nbytes = {p: cell[p]["bytes_pushed"] / (lru["bytes_pushed"] or 1) for p in POLICY_ORDER}
-        if max(swap["gdsf-aged"], nbytes["gdsf-aged"]) > summary["aged_vs_lru"][0]:
-            summary["aged_vs_lru"] = (
-                max(swap["gdsf-aged"], nbytes["gdsf-aged"]),
-                f"{preset}, {label}",
-            )
+        aged = ratio(cell, "gdsf-aged", "lru")
+        if aged > summary["aged_vs_lru"][0]:
+            summary["aged_vs_lru"] = (aged, f"{preset}, {label}")
         out.append(
-            f"| {preset} | {label} | {pct(swap['gdsf'])} | {pct(swap['gdsf-aged'])} "
-            f"| {pct(nbytes['gdsf'])} | {pct(nbytes['gdsf-aged'])} |"
+            f"| {preset} | {label} | {pct(ratio(cell, 'gdsf', 'lru'))} | {pct(aged)} "
+            f"| {pct(ratio(cell, 'gdsf', 'lru', 'swap_seconds'))} "
+            f"| {pct(ratio(cell, 'gdsf-aged', 'lru', 'swap_seconds'))} |"
         )
     out += [
         "",
-        "**Each policy's worst ratio to the best single policy**, modelled swap seconds, over "
-        "every preset and budget above (count and bytes; under count budgets ttl, which has "
-        "no count bound, is left out of the best); no-evict's figure counts only the "
-        "requests it served (it rejects the rest):",
+        "**Each policy's worst ratio to the best single policy** over every preset and "
+        "budget above, count and bytes (under count budgets ttl, which has no count bound, is "
+        "left out of the best); bytes pushed and, beside, modelled swap seconds. no-evict's "
+        "figures count only the requests it served (it rejects the rest):",
         "",
-        "| policy | worst vs best single | where | median vs best single |",
-        "|---|---|---|---|",
+        "| policy | worst bytes vs best | where | median | worst swap s vs best | where |",
+        "|---|---|---|---|---|---|",
     ]
     for policy in POLICIES:
-        ratios = []
+        rows = {METRIC: [], "swap_seconds": []}
         for preset, label, cell in _cells(all_results):
             single = SINGLE if "bytes" in label else SINGLE_COUNTED
-            best = min(cell[p]["swap_seconds"] for p in single) or 1e-9
-            ratios.append((cell[policy]["swap_seconds"] / best, f"{preset}, {label}"))
-        ratio, where = max(ratios)
-        middle = sorted(r for r, _ in ratios)[len(ratios) // 2]
-        out.append(f"| {policy} | {pct(ratio)} | {where} | {pct(middle)} |")
+            for key, values in rows.items():
+                best = min(cell[p][key] for p in single) or 1e-9
+                values.append((cell[policy][key] / best, f"{preset}, {label}"))
+        worst_bytes, where_bytes = max(rows[METRIC])
+        middle = sorted(r for r, _ in rows[METRIC])[len(rows[METRIC]) // 2]
+        worst_swap, where_swap = max(rows["swap_seconds"])
+        out.append(
+            f"| {policy} | {pct(worst_bytes)} | {where_bytes} | {pct(middle)} "
+            f"| {pct(worst_swap)} | {where_swap} |"
+        )
     out.append("")
     return summary
 

@@ -19,7 +19,7 @@ from model_store_server.policy_base import RecencyPolicy, Tier
 GIB = 1024**3
 # gdsf-aged's half-life of a use, in seconds of the policy's clock (FREQ_HALF_LIFE);
 # chosen by the lab's sweep (benchmarks/POLICIES.md, "Half-life sweep").
-DEFAULT_FREQ_HALF_LIFE_S = 60.0
+DEFAULT_FREQ_HALF_LIFE_S = 45.0
 
 
 class GreedyDualPolicy(RecencyPolicy):

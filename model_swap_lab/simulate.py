@@ -184,6 +184,8 @@ def simulate(
         actions, evicted=evicted, unloaded=unloaded, bytes_pushed=pushed, waits=waits
     )
     result["policy"] = config.policy
+    if hasattr(cache, "standings"):  # adaptive: which expert led the disk tier at the end
+        result["experts"] = cache.standings()
     result["config"] = asdict(config)
     result["cost_model"] = asdict(cost.rates)
     return result
