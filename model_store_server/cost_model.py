@@ -18,9 +18,10 @@ from dataclasses import dataclass
 # HTTP, CPU llama.cpp) with a real model, Gemma 3 270M (Q4_K_M, 253 MB): the rates the store
 # learned in the calibration replays of `uv run python benchmarks/policies.py`
 # (benchmarks/POLICIES.md, section 1), the mean of three runs (push 551, 896 and 1239 MB/s,
-# load 240, 321 and 458 MB/s: the machine's other jobs make them vary), rounded. A load is llama.cpp's whole model set-up (mapping the file,
-# building the context), so it is slower per byte than the push; tiny random models load at
-# ~10 GB/s and made the simulator under-count Gemma swaps 4-6x. Another worker learns its
+# load 240, 321 and 458 MB/s: the machine's other jobs make them vary), rounded. A load is
+# llama.cpp's whole model set-up (mapping the file, building the context), so it is slower
+# per byte than the push; tiny random models load at ~10 GB/s and made the simulator
+# under-count Gemma swaps 4-6x. Another worker learns its
 # own rates as it swaps (`/status` -> explain.cost_model; `simulate --calibrate-from`).
 DEFAULT_PUSH_BYTES_PER_S = 900e6
 DEFAULT_LOAD_BYTES_PER_S = 340e6
