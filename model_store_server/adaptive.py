@@ -156,6 +156,12 @@ class AdaptivePolicy(RecencyPolicy):
             if model in ghost:
                 ghost.refresh(model)
 
+    def resize(self, model: str, size: int) -> None:
+        super().resize(model, size)
+        for ghost in self._experts.values():
+            if model in ghost:
+                ghost.resize(model, size)
+
     def admit(self, model: str, size: int = 0) -> list[str]:
         if model in self or not self.can_admit(model, size):
             return super().admit(model, size)  # a use, or CacheFull changing nothing

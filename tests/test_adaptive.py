@@ -135,3 +135,10 @@ def test_refused_admission_changes_no_ghost():
         policy.admit("b", 6)
     assert "b" not in policy.expert("lru")
     assert policy.standings() == before.standings()
+
+
+def test_a_corrected_size_reaches_the_ghosts():
+    policy = adaptive(max_bytes=100)
+    policy.admit("a", 10)
+    policy.resize("a", 60)
+    assert all(policy.expert(name).size_of("a") == 60 for name in EXPERTS)
