@@ -6,8 +6,10 @@ per tier, both of the configured class (``create_policy(..., tier=...)``).
 The bookkeeping every policy shares (members, sizes, pins, time-to-live,
 count and byte budgets) is ``RecencyPolicy`` in ``policy_base.py``; this
 module holds the recency policies (``lru``, ``no-evict``, ``ttl``,
-``lru-ttl``), registers them with the cost-aware ``gdsf`` and ``lfu-da``
-(``greedy_dual.py``) under their config names, and re-exports the interface.
+``lru-ttl``), registers them with the cost-aware ``gdsf``, ``lfu-da`` and
+``gdsf-aged`` (``greedy_dual.py``) and ``adaptive`` (``adaptive.py``, which
+follows whichever of them would have cost least lately) under their config
+names, and re-exports the interface.
 Policies never perform I/O and never log; the store carries out what they
 return. Time comes from an injected clock.
 """
@@ -16,12 +18,21 @@ from __future__ import annotations
 
 import time
 
+from model_store_server.adaptive import EXPERTS, AdaptivePolicy
 from model_store_server.cost_model import CostModel
-from model_store_server.greedy_dual import GDSFPolicy, GreedyDualPolicy, LFUDAPolicy
+from model_store_server.greedy_dual import (
+    DEFAULT_FREQ_HALF_LIFE_S,
+    AgedGDSFPolicy,
+    GDSFPolicy,
+    GreedyDualPolicy,
+    LFUDAPolicy,
+)
 from model_store_server.policy_base import CacheFull, CachePolicy, Clock, RecencyPolicy, Tier
 
 __all__ = [
     "POLICIES",
+    "AdaptivePolicy",
+    "AgedGDSFPolicy",
     "CacheFull",
     "CachePolicy",
     "Clock",
@@ -64,7 +75,16 @@ class LRUTTLPolicy(RecencyPolicy):
 
 POLICIES: dict[str, type[RecencyPolicy]] = {
     cls.name: cls
-    for cls in (LRUPolicy, NoEvictPolicy, TTLPolicy, LRUTTLPolicy, GDSFPolicy, LFUDAPolicy)
+    for cls in (
+        LRUPolicy,
+        NoEvictPolicy,
+        TTLPolicy,
+        LRUTTLPolicy,
+        GDSFPolicy,
+        LFUDAPolicy,
+        AgedGDSFPolicy,
+        AdaptivePolicy,
+    )
 }
 
 
@@ -77,6 +97,7 @@ def create_policy(
     clock: Clock = time.monotonic,
     tier: Tier = Tier.CACHE,
     cost_model: CostModel | None = None,
+    freq_half_life: float | None = DEFAULT_FREQ_HALF_LIFE_S,
 ) -> RecencyPolicy:
     """Build the policy registered as ``name`` for ``tier``.
 
@@ -87,6 +108,8 @@ def create_policy(
     swapped in), with the policy's time bound. ``max_bytes`` (None or 0: no
     bound) applies to both tiers and every policy. ``cost_model`` feeds the
     cost-aware policies (``gdsf``), one model shared by both tiers.
+    ``freq_half_life`` (seconds) is ``gdsf-aged``'s. ``adaptive`` gets one
+    ghost of each of its experts, built here with the same arguments.
     """
     try:
         cls = POLICIES[name]
@@ -94,8 +117,20 @@ def create_policy(
         raise ValueError(f"unknown cache policy {name!r} (valid: {', '.join(POLICIES)})") from None
     resident = tier is Tier.RESIDENT
     extra = {}
-    if issubclass(cls, GreedyDualPolicy):
+    if issubclass(cls, AdaptivePolicy):
+        cost_model = cost_model or CostModel()  # one for the tier and its ghosts
+    if issubclass(cls, GreedyDualPolicy | AdaptivePolicy):
         extra = {"cost_model": cost_model, "tier": tier}
+    if issubclass(cls, AgedGDSFPolicy):
+        extra["half_life"] = freq_half_life
+    if issubclass(cls, AdaptivePolicy):
+        shared = dict(capacity=capacity, ttl=ttl, max_bytes=max_bytes, clock=clock, tier=tier)
+        extra["experts"] = {
+            expert: create_policy(
+                expert, **shared, cost_model=cost_model, freq_half_life=freq_half_life
+            )
+            for expert in EXPERTS
+        }
     return cls(
         capacity=capacity if (cls.uses_capacity or resident) else None,
         ttl=ttl if cls.uses_ttl else None,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_store_server.cache_policy import POLICIES, Tier
+from model_store_server.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
 from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
@@ -35,6 +36,9 @@ DEFAULTS = {
     "LOADING_COMMENTS_AFTER": 1.0,
     "TTL_SECONDS": 5.0,
     "CACHE_POLICY": "lru",
+    # Seconds after which a use counts half in gdsf-aged's frequencies (and in adaptive's
+    # gdsf-aged expert); chosen by the lab's sweep (benchmarks/POLICIES.md).
+    "FREQ_HALF_LIFE": DEFAULT_FREQ_HALF_LIFE_S,
     "TRANSPORT": "http",
     "ALLOW_FALLBACK": False,
     "WORKER_RDMA_HOST": "localhost",
@@ -91,6 +95,7 @@ class StoreSettings:
     preload_models: tuple[str, ...] = DEFAULTS["PRELOAD_MODELS"]
     loading_comments_after: float = DEFAULTS["LOADING_COMMENTS_AFTER"]
     ttl_seconds: float = DEFAULTS["TTL_SECONDS"]
+    freq_half_life: float = DEFAULTS["FREQ_HALF_LIFE"]
     cache_policy: str = DEFAULTS["CACHE_POLICY"]
     transport: str = DEFAULTS["TRANSPORT"]
     allow_fallback: bool = DEFAULTS["ALLOW_FALLBACK"]
@@ -140,11 +145,13 @@ class StoreSettings:
         file stays cached, so the memory tier can never hold more than the disk tier)."""
         return max(self.max_cache_size, self.max_loaded_models)
 
-    def tier_bounds(self, tier: Tier) -> dict[str, int]:
-        """``capacity`` and ``max_bytes`` of a tier (the disk cache or resident memory)."""
+    def tier_bounds(self, tier: Tier) -> dict[str, float]:
+        """``capacity`` and ``max_bytes`` of a tier (the disk cache or resident memory), and
+        ``freq_half_life``: ``create_policy``'s keyword arguments from these settings."""
+        aging = {"freq_half_life": self.freq_half_life}
         if tier is Tier.RESIDENT:
-            return {"capacity": self.max_loaded_models, "max_bytes": self.max_loaded_bytes}
-        return {"capacity": self.cache_capacity, "max_bytes": self.max_cache_bytes}
+            return {"capacity": self.max_loaded_models, "max_bytes": self.max_loaded_bytes, **aging}
+        return {"capacity": self.cache_capacity, "max_bytes": self.max_cache_bytes, **aging}
 
     @property
     def residency_configured(self) -> bool:
@@ -169,6 +176,7 @@ class StoreSettings:
                 "LOADING_COMMENTS_AFTER", DEFAULTS["LOADING_COMMENTS_AFTER"], positive=False
             ),
             ttl_seconds=env.number("TTL_SECONDS", DEFAULTS["TTL_SECONDS"]),
+            freq_half_life=env.number("FREQ_HALF_LIFE", DEFAULTS["FREQ_HALF_LIFE"]),
             cache_policy=env.choice("CACHE_POLICY", DEFAULTS["CACHE_POLICY"], POLICIES),
             transport=env.choice("TRANSPORT", DEFAULTS["TRANSPORT"], TRANSPORTS),
             allow_fallback=env.flag("ALLOW_FALLBACK", DEFAULTS["ALLOW_FALLBACK"]),

@@ -14,13 +14,17 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-# Defaults measured on the development machine (2 cores, loopback HTTP, CPU llama.cpp,
-# tiny GGUF models of 8-64 MiB): the rates the store learned in the calibration replay
-# of `uv run python benchmarks/policies.py` (benchmarks/POLICIES.md, section 1), rounded.
-# Loading maps the file (mmap), hence far faster than pushing it; a GPU worker, which
-# copies weights into device memory, loads slower, and the store learns that as it swaps.
-DEFAULT_PUSH_BYTES_PER_S = 700e6
-DEFAULT_LOAD_BYTES_PER_S = 10e9
+# Defaults measured on the development machine (2 cores shared with other jobs, loopback
+# HTTP, CPU llama.cpp) with a real model, Gemma 3 270M (Q4_K_M, 253 MB): the rates the store
+# learned in the calibration replays of `uv run python benchmarks/policies.py`
+# (benchmarks/POLICIES.md, section 1), the mean of three runs (push 551, 896 and 1239 MB/s,
+# load 240, 321 and 458 MB/s: the machine's other jobs make them vary), rounded. A load is
+# llama.cpp's whole model set-up (mapping the file, building the context), so it is slower
+# per byte than the push; tiny random models load at ~10 GB/s and made the simulator
+# under-count Gemma swaps 4-6x. Another worker learns its
+# own rates as it swaps (`/status` -> explain.cost_model; `simulate --calibrate-from`).
+DEFAULT_PUSH_BYTES_PER_S = 900e6
+DEFAULT_LOAD_BYTES_PER_S = 340e6
 DEFAULT_PUSH_OVERHEAD_S = 0.003
 DEFAULT_LOAD_OVERHEAD_S = 0.002
 DEFAULT_CALL_OVERHEAD_S = 0.001  # one evict or unload call on the worker

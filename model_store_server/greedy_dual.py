@@ -1,10 +1,14 @@
-"""The cost-aware GreedyDual family: ``gdsf`` (GreedyDual-Size-Frequency) and ``lfu-da``.
+"""The cost-aware GreedyDual family: ``gdsf`` (GreedyDual-Size-Frequency), ``lfu-da``
+and ``gdsf-aged``.
 
 Each member has a priority H = L + uses x value; the lowest H is the next
 victim and evicting it raises the inflation L to its H (dynamic aging).
 ``gdsf`` values a use by what it costs to bring the model back (push and
 load, from the learned ``CostModel``) per byte (or per slot under a count
-budget); ``lfu-da`` values every use at 1. Pure, like every policy.
+budget); ``lfu-da`` values every use at 1. ``gdsf-aged`` is ``gdsf`` whose
+use counts also decay: each use weighs 2^(-age / half_life), so a model that
+was popular an hour ago does not outrank today's favourites for long.
+Pure, like every policy.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from model_store_server.cost_model import CostModel
 from model_store_server.policy_base import RecencyPolicy, Tier
 
 GIB = 1024**3
+# gdsf-aged's half-life of a use, in seconds of the policy's clock (FREQ_HALF_LIFE);
+# the longest half-life in the lab's sweep (benchmarks/POLICIES.md, section 3) that keeps
+# gdsf-aged within 3% of lru's bytes pushed on every drifting preset.
+DEFAULT_FREQ_HALF_LIFE_S = 45.0
 
 
 class GreedyDualPolicy(RecencyPolicy):
@@ -27,6 +35,10 @@ class GreedyDualPolicy(RecencyPolicy):
     a model is a member and restart from one after it leaves. ``refresh``
     (a generation running or ending) restarts the idle time but is not a use.
     Subclasses define ``value``; no time bound unless set per member.
+
+    ``half_life`` (seconds, None: never) makes the use counts decay: a use
+    ``age`` seconds old counts 2^(-age / half_life), so the count that
+    enters H is what the model's recent traffic supports.
     """
 
     name = "greedy-dual"
@@ -37,43 +49,58 @@ class GreedyDualPolicy(RecencyPolicy):
         *,
         cost_model: CostModel | None = None,
         tier: Tier = Tier.CACHE,
+        half_life: float | None = None,
         **bounds,
     ):
         super().__init__(**bounds)
+        if half_life is not None and not half_life > 0:
+            raise ValueError("half_life must be positive seconds")
         self.cost_model = cost_model or CostModel()
         self.tier = tier
+        self.half_life = half_life
         self.inflation = 0.0  # L
-        self._uses: dict[str, int] = {}
+        self._uses: dict[str, float] = {}  # as of the member's last use
+        self._used_at: dict[str, float] = {}  # clock at the member's last use
         self._base: dict[str, float] = {}  # L at the member's last use
 
     def clone(self) -> GreedyDualPolicy:
         copy = super().clone()
         copy._uses = dict(self._uses)
+        copy._used_at = dict(self._used_at)
         copy._base = dict(self._base)
         return copy
+
+    def uses(self, model: str) -> float:
+        """``model``'s use count now: each use weighs 2^(-its age / half_life) (1 if no
+        half-life)."""
+        count = self._uses[model]
+        if self.half_life is None:
+            return count
+        return count * 0.5 ** ((self._clock() - self._used_at[model]) / self.half_life)
 
     def value(self, model: str) -> float:
         """What one use of ``model`` adds to its priority."""
         return 1.0
 
-    def _rank(self, model: str) -> None:
+    def _count_use(self, model: str, first: bool) -> None:
+        self._uses[model] = 1 if first else self.uses(model) + 1
+        self._used_at[model] = self._clock()
         self._base[model] = self.inflation
 
     def touch(self, model: str) -> None:
         super().touch(model)
-        self._uses[model] += 1
-        self._rank(model)
+        self._count_use(model, first=False)
 
     def admit(self, model: str, size: int = 0) -> list[str]:
         new = model not in self
         victims = super().admit(model, size)
         if new:
-            self._uses[model] = 1
-            self._rank(model)
+            self._count_use(model, first=True)
         return victims
 
     def discard(self, model: str) -> bool:
         self._uses.pop(model, None)
+        self._used_at.pop(model, None)
         self._base.pop(model, None)
         return super().discard(model)
 
@@ -85,12 +112,13 @@ class GreedyDualPolicy(RecencyPolicy):
         self.inflation = max(self.inflation, self.priority(model))
 
     def priority(self, model: str) -> float:
-        return self._base[model] + self._uses[model] * self.value(model)
+        return self._base[model] + self.uses(model) * self.value(model)
 
     def _victim_reason(self, model: str) -> str:
+        aged = "" if self.half_life is None else f" (half-life {self.half_life:g}s)"
         return (
             f"priority {self.priority(model):.4g} = L {self._base[model]:.4g} at its last use"
-            f" + {self._uses[model]} use(s) x {self._value_text(model)}"
+            f" + {self.uses(model):.4g} use(s){aged} x {self._value_text(model)}"
         )
 
     def _value_text(self, model: str) -> str:
@@ -131,3 +159,14 @@ class GDSFPolicy(GreedyDualPolicy):
     def _value_text(self, model: str) -> str:
         unit = "GiB" if self.max_bytes is not None else "slot"
         return f"cost {self.cost(model):.3g}s / {self.space(model):.3g} {unit}"
+
+
+class AgedGDSFPolicy(GDSFPolicy):
+    """``gdsf`` with use counts that decay with a half-life (FREQ_HALF_LIFE seconds), so it
+    lets go of models whose popularity has passed sooner than ``gdsf``'s dynamic aging."""
+
+    name = "gdsf-aged"
+
+    def __init__(self, *, half_life: float | None = DEFAULT_FREQ_HALF_LIFE_S, **options):
+        half_life = DEFAULT_FREQ_HALF_LIFE_S if half_life is None else half_life
+        super().__init__(half_life=half_life, **options)

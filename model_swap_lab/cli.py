@@ -76,6 +76,48 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_azure(args) -> int:
+    from model_swap_lab.azure import read_azure
+    from model_swap_lab.generate import assign_sizes, model_names, spec_for
+    from model_swap_lab.trace import sizes_from_dir, write_sizes, write_trace
+
+    try:
+        if args.models_dir:
+            sizes = sizes_from_dir(args.models_dir)
+            names = list(sizes)
+        else:
+            if args.models < 1:
+                raise ValueError(f"--models must be >= 1, not {args.models}")
+            names = model_names(max(2, args.models))[: args.models]
+            sizes = assign_sizes(names, spec_for("zipf", seed=args.seed))
+        imported = read_azure(
+            args.file,
+            names,
+            first_minute=args.first_minute,
+            last_minute=args.last_minute,
+            scale=args.scale,
+            seed=args.seed,
+        )
+    except (ValueError, TraceError) as err:
+        print(f"model-swap trace azure: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"model-swap trace azure: {len(imported.requests)} requests; the {len(imported.mapped)} "
+        f"busiest of {imported.functions} functions mapped to models; "
+        f"{imported.dropped_invocations} invocations of the others dropped",
+        file=sys.stderr,
+    )
+    if args.sizes_out:
+        with open(args.sizes_out, "w") as out:
+            write_sizes({name: sizes[name] for name in imported.mapped}, out)
+    if args.out:
+        with open(args.out, "w") as out:
+            write_trace(imported.requests, out)
+    else:
+        write_trace(imported.requests, sys.stdout)
+    return 0
+
+
 def _cost_model(args):
     from model_store_server.cost_model import CostModel
 
@@ -89,10 +131,16 @@ def _cost_model(args):
 
 
 def cmd_simulate(args) -> int:
+    import requests
+
+    from model_swap_lab.calibrate import store_calibration, store_status
     from model_swap_lab.simulate import SimConfig, footprints_from_dir, simulate
     from model_swap_lab.trace import read_trace
 
     try:
+        cost = _cost_model(args)
+        if args.calibrate_from:
+            _, cost = store_calibration(store_status(args.calibrate_from))
         sizes = _sizes(args)
         trace = read_trace(args.trace, known=sizes)
         config = SimConfig(
@@ -102,14 +150,18 @@ def cmd_simulate(args) -> int:
             max_loaded_models=args.max_loaded_models,
             max_loaded_bytes=args.max_loaded_bytes,
             ttl_seconds=args.ttl_seconds,
+            freq_half_life=args.freq_half_life,
         )
         footprints = (
             footprints_from_dir(args.models_dir, sizes, args.n_ctx) if args.models_dir else None
         )
-        result = simulate(trace, sizes, config, cost=_cost_model(args), footprints=footprints)
+        result = simulate(trace, sizes, config, cost=cost, footprints=footprints)
     except (TraceError, ValueError, SettingsError) as err:
         print(f"model-swap simulate: {err}", file=sys.stderr)
         return 2
+    except requests.RequestException as err:
+        print(f"model-swap simulate: the store did not answer: {err}", file=sys.stderr)
+        return 1
     _print(result, args.json)
     return 0
 
@@ -117,7 +169,8 @@ def cmd_simulate(args) -> int:
 def cmd_replay(args) -> int:
     import requests
 
-    from model_swap_lab.replay import replay, reset_store
+    from model_swap_lab.calibrate import simulated_vs_live, store_status
+    from model_swap_lab.replay import replay, reset_store, store_sizes
     from model_swap_lab.trace import read_trace
 
     try:
@@ -135,6 +188,9 @@ def cmd_replay(args) -> int:
             sizes=sizes,
             timeout=args.timeout,
         )
+        if not args.no_simulate:
+            sizes = sizes if sizes is not None else store_sizes(args.store)
+            result.update(simulated_vs_live(trace, sizes, result, store_status(args.store)))
     except (TraceError, ValueError) as err:
         print(f"model-swap replay: {err}", file=sys.stderr)
         return 2
@@ -178,6 +234,20 @@ def add_lab_commands(commands) -> None:
     gen.add_argument("--out", type=Path, help="trace file (default: standard output)")
     gen.set_defaults(func=cmd_generate)
 
+    azure = trace_commands.add_parser(
+        "azure", help="import an Azure Functions 2019 invocations-per-minute CSV"
+    )
+    azure.add_argument("file", type=Path, help="invocations_per_function_md.anon.dNN.csv")
+    azure.add_argument("--models", type=int, default=40, help="map the N busiest functions")
+    azure.add_argument("--models-dir", type=Path, help="map functions to these models instead")
+    azure.add_argument("--first-minute", type=int, default=1, help="1-based, inclusive")
+    azure.add_argument("--last-minute", type=int, help="inclusive (default: the last)")
+    azure.add_argument("--scale", type=float, default=1.0, help="multiply every count by this")
+    azure.add_argument("--seed", type=int, default=0)
+    azure.add_argument("--sizes-out", type=Path, help="write model,size_bytes CSV here")
+    azure.add_argument("--out", type=Path, help="trace file (default: standard output)")
+    azure.set_defaults(func=cmd_azure)
+
     def add_sizes(parser, required: bool) -> None:
         group = parser.add_mutually_exclusive_group(required=required)
         group.add_argument("--models-dir", type=Path, help="model sizes from these files")
@@ -191,6 +261,7 @@ def add_lab_commands(commands) -> None:
     sim.add_argument("--max-loaded-models", type=int, default=DEFAULTS["MAX_LOADED_MODELS"])
     sim.add_argument("--max-loaded-bytes", type=_bytes, default=DEFAULTS["MAX_LOADED_BYTES"])
     sim.add_argument("--ttl-seconds", type=float, default=DEFAULTS["TTL_SECONDS"])
+    sim.add_argument("--freq-half-life", type=float, default=DEFAULTS["FREQ_HALF_LIFE"])
     sim.add_argument("--n-ctx", type=int, default=2048, help="worker N_CTX for footprints")
     add_sizes(sim, required=True)
     sim.add_argument("--push-mb-per-s", type=float, default=DEFAULT_PUSH_BYTES_PER_S / 1e6)
@@ -202,6 +273,11 @@ def add_lab_commands(commands) -> None:
         type=float,
         default=DEFAULT_CALL_OVERHEAD_S * 1000,
         help="per evict/unload call on the worker",
+    )
+    sim.add_argument(
+        "--calibrate-from",
+        metavar="URL",
+        help="use the rates a running store learned (its /status explain.cost_model)",
     )
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
@@ -221,6 +297,11 @@ def add_lab_commands(commands) -> None:
         "--reset",
         action="store_true",
         help="POST /reset first: start from an empty worker, like the simulator",
+    )
+    rep.add_argument(
+        "--no-simulate",
+        action="store_true",
+        help="skip simulating the trace with the store's settings and learned rates",
     )
     add_sizes(rep, required=False)
     rep.add_argument("--json", action="store_true", help="print one JSON object")

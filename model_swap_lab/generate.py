@@ -5,8 +5,11 @@ Popularity: the model at rank r gets weight 1/(r+1)^zipf; the ``alibaba``
 preset instead gives 94% of the models (the cold ones) 1.4% of the requests
 together, the skew Alibaba reported for production model serving, with Zipf
 inside the hot and the cold sets. Arrivals are Poisson with a rate that
-follows a sinusoidal daily cycle. Bursts: a random model briefly takes most
-requests. Drift: ranks of random models are swapped as the trace goes on.
+follows a sinusoidal daily cycle. Bursts: a random model (or, with
+``burst_cold``, one of the less popular half) briefly takes most requests.
+Drift: ranks of random models are swapped as the trace goes on (``drift``,
+per request), and at each boundary between ``phases`` (equal numbers of
+requests) ``phase_swaps`` of the hottest fifth trade ranks with colder models.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ GIB = 1024**3
 
 # (fraction of models, size in bytes): a fleet of 0.5-14 GB quantized models.
 DEFAULT_SIZE_MIX = ((0.5, int(0.6 * GIB)), (0.3, int(2.5 * GIB)), (0.2, int(7.5 * GIB)))
+# A wider fleet, 0.2-16 GB: small adapters-sized models up to a 16 GB one.
+WIDE_SIZE_MIX = (
+    (0.3, int(0.2e9)),
+    (0.3, int(1e9)),
+    (0.2, int(4e9)),
+    (0.15, int(8e9)),
+    (0.05, int(16e9)),
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,9 @@ class TraceSpec:
     daily_amplitude: float = 0.0  # 0: flat rate; 0.5: the rate swings +-50% ...
     period_seconds: float = 86400.0  # ... over this period
     drift: float = 0.0  # per request, the probability that two models swap ranks
+    phases: int = 1  # equal parts of the trace; popularity changes between them ...
+    phase_swaps: int = 0  # ... by this many swaps of a hot model's rank with a cold one's
+    burst_cold: bool = False  # bursts on models of the less popular half only
     max_tokens: int = 8
     seed: int = 0
 
@@ -54,6 +68,27 @@ PRESETS: dict[str, TraceSpec] = {
     ),
     # No skew at all: every model equally likely (no policy can do much).
     "uniform": TraceSpec(zipf=0.0),
+    # Stationary skew over a wide fleet (0.2-16 GB, Zipf 1.1): drift's control, without drift.
+    "skewed": TraceSpec(zipf=1.1, size_mix=WIDE_SIZE_MIX),
+    # The same fleet whose favourites change: 5 phases, 4 hot/cold rank swaps between
+    # them, and bursts on cold models.
+    "drift": TraceSpec(
+        zipf=1.1,
+        size_mix=WIDE_SIZE_MIX,
+        phases=5,
+        phase_swaps=4,
+        burst_probability=0.004,
+        burst_cold=True,
+    ),
+    # Faster change: 10 phases of 8 swaps each, more bursts on cold models.
+    "drift-heavy": TraceSpec(
+        zipf=1.1,
+        size_mix=WIDE_SIZE_MIX,
+        phases=10,
+        phase_swaps=8,
+        burst_probability=0.008,
+        burst_cold=True,
+    ),
 }
 
 
@@ -119,6 +154,8 @@ def validate(spec: TraceSpec) -> TraceSpec:
         )
     for field in ("hot_share", "burst_probability", "burst_share", "daily_amplitude", "drift"):
         probability(field)
+    check(spec.phases >= 1, f"phases must be >= 1, not {spec.phases!r}")
+    check(spec.phase_swaps >= 0, f"phase_swaps must be >= 0, not {spec.phase_swaps!r}")
     check(spec.burst_length >= 1, f"burst_length must be >= 1, not {spec.burst_length!r}")
     check(
         finite(spec.period_seconds) and spec.period_seconds > 0,
@@ -147,7 +184,13 @@ def generate(spec: TraceSpec, names: list[str] | None = None) -> list[Request]:
     requests: list[Request] = []
     now = 0.0
     burst_model, burst_left = None, 0
-    for _ in range(spec.requests):
+    hot = max(1, len(names) // 5)
+    phase_length = math.ceil(spec.requests / spec.phases)
+    for index in range(spec.requests):
+        if index and index % phase_length == 0:
+            for _ in range(spec.phase_swaps):
+                i, j = rng.randrange(hot), rng.randrange(hot, len(names))
+                by_rank[i], by_rank[j] = by_rank[j], by_rank[i]
         phase = 2 * math.pi * now / spec.period_seconds
         rate = spec.rate * max(0.05, 1 + spec.daily_amplitude * math.sin(phase))
         now += rng.expovariate(rate)
@@ -155,7 +198,8 @@ def generate(spec: TraceSpec, names: list[str] | None = None) -> list[Request]:
             i, j = rng.randrange(len(names)), rng.randrange(len(names))
             by_rank[i], by_rank[j] = by_rank[j], by_rank[i]
         if not burst_left and spec.burst_probability and rng.random() < spec.burst_probability:
-            burst_model, burst_left = rng.choice(names), spec.burst_length
+            pool = by_rank[len(names) // 2 :] if spec.burst_cold else names
+            burst_model, burst_left = rng.choice(pool), spec.burst_length
         if burst_left:
             burst_left -= 1
         if burst_left and rng.random() < spec.burst_share:

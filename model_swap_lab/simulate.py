@@ -92,6 +92,7 @@ class SimConfig:
     max_loaded_models: int = 1
     max_loaded_bytes: int = 0
     ttl_seconds: float = 5.0
+    freq_half_life: float = StoreSettings.freq_half_life
 
 
 def _tiers(config: SimConfig, clock: SimClock, cost: CostModel, requests: Sequence[Request]):
@@ -101,12 +102,14 @@ def _tiers(config: SimConfig, clock: SimClock, cost: CostModel, requests: Sequen
         max_loaded_models=config.max_loaded_models,
         max_loaded_bytes=config.max_loaded_bytes,
         ttl_seconds=config.ttl_seconds,
+        freq_half_life=config.freq_half_life,
     )
     if config.policy == OFFLINE:
         next_use = NextUse(requests)
         tiers = []
         for tier in (Tier.CACHE, Tier.RESIDENT):
             bounds = settings.tier_bounds(tier)
+            bounds.pop("freq_half_life")
             bounds["max_bytes"] = bounds["max_bytes"] or None
             tiers.append(BeladyPolicy(next_use=next_use, clock=clock, **bounds))
         return tiers, next_use
@@ -172,6 +175,8 @@ def simulate(
         actions, evicted=evicted, unloaded=unloaded, bytes_pushed=pushed, waits=waits
     )
     result["policy"] = config.policy
+    if hasattr(cache, "standings"):  # adaptive: which expert led the disk tier at the end
+        result["experts"] = cache.standings()
     result["config"] = asdict(config)
     result["cost_model"] = asdict(cost.rates)
     return result

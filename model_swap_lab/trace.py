@@ -34,7 +34,7 @@ class Request:
 
 def read_trace(source: str | Path | TextIO, known: Iterable[str] | None = None) -> list[Request]:
     """Parse a trace; ``known``: the models it may name (others are an error)."""
-    name, text = _open(source)
+    name, text = open_text(source)
     known = set(known) if known is not None else None
     reader = csv.reader(io.StringIO(text))
     try:
@@ -97,7 +97,7 @@ def write_trace(requests: Iterable[Request], out: TextIO) -> None:
 
 def read_sizes(source: str | Path | TextIO) -> dict[str, int]:
     """``model,size_bytes`` CSV (with that header) to a dict."""
-    name, text = _open(source)
+    name, text = open_text(source)
     reader = csv.reader(io.StringIO(text))
     header = [cell.strip() for cell in next(reader, [])]
     if header[:2] != ["model", "size_bytes"]:
@@ -142,7 +142,7 @@ def sizes_from_dir(directory: str | Path) -> dict[str, int]:
     return sizes
 
 
-def _open(source: str | Path | TextIO) -> tuple[str, str]:
+def open_text(source: str | Path | TextIO) -> tuple[str, str]:
     if isinstance(source, str | Path):
         try:
             return str(source), Path(source).read_text()

@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from model_store_server.cache_policy import (
     POLICIES,
+    AdaptivePolicy,
     CacheFull,
     CachePolicy,
     Tier,
@@ -40,7 +41,16 @@ def policy_name(request) -> str:
 
 
 def test_registry_names_match_config_names():
-    assert sorted(POLICIES) == ["gdsf", "lfu-da", "lru", "lru-ttl", "no-evict", "ttl"]
+    assert sorted(POLICIES) == [
+        "adaptive",
+        "gdsf",
+        "gdsf-aged",
+        "lfu-da",
+        "lru",
+        "lru-ttl",
+        "no-evict",
+        "ttl",
+    ]
 
 
 def test_unknown_policy_lists_valid_names():
@@ -119,7 +129,7 @@ def test_idle_seconds_follows_clock(policy_name):
 
 def test_bounds_are_the_ones_the_policy_uses(policy_name):
     policy = make(policy_name)
-    counted = ("lru", "no-evict", "lru-ttl", "gdsf", "lfu-da")
+    counted = ("lru", "no-evict", "lru-ttl", "gdsf", "lfu-da", "gdsf-aged", "adaptive")
     assert (policy.capacity is not None) == (policy_name in counted)
     assert (policy.ttl is not None) == (policy_name in ("ttl", "lru-ttl"))
 
@@ -148,7 +158,9 @@ def test_refused_admission_changes_nothing(policy_name):
 # -- both tiers: bytes, pins, per-member time-to-live -------------------------------------
 
 
-RECENCY_POLICIES = sorted(name for name, cls in POLICIES.items() if not issubclass(cls, GreedyDual))
+RECENCY_POLICIES = sorted(
+    name for name, cls in POLICIES.items() if not issubclass(cls, GreedyDual | AdaptivePolicy)
+)
 
 
 @pytest.fixture(params=RECENCY_POLICIES)
@@ -437,7 +449,13 @@ class PolicyMachine(RuleBasedStateMachine):
             assert len(members) <= self.policy.capacity
         if self.policy.max_bytes is not None:
             assert sum(self.policy.size_of(m) for m in members) <= self.policy.max_bytes
-        if isinstance(self.policy, GreedyDual):
+        if isinstance(self.policy, AdaptivePolicy):
+            # what the leading expert let go first (least recently used first), then its order
+            ghost = self.policy.expert()
+            recency = self.policy.recency()
+            gone = [m for m in recency if m not in ghost]
+            assert members == gone + [m for m in ghost.members() if m in recency]
+        elif isinstance(self.policy, GreedyDual):
             # eviction order is priority order, ties least recently used first
             keys = [(self.policy.priority(m), self.policy.recency().index(m)) for m in members]
             assert keys == sorted(keys)
@@ -516,7 +534,9 @@ def test_refresh_is_not_a_use(policy_name):
     policy.refresh("a")
     assert policy.idle_seconds("a") == 0
     if isinstance(policy, GreedyDual):
-        assert policy.priority("a") == policy.value("a")  # still one use
+        # still one use (gdsf-aged: one use 3 s old)
+        weight = 0.5 ** (3 / policy.half_life) if policy.half_life else 1
+        assert policy.priority("a") == pytest.approx(weight * policy.value("a"))
 
 
 def test_explain_lists_members_in_eviction_order(policy_name, tier):
@@ -533,3 +553,34 @@ def test_explain_lists_members_in_eviction_order(policy_name, tier):
         assert reason_a.startswith("no count or byte bound")
     elif not policy.refuses:
         assert reason_a.startswith("next victim")
+
+
+def test_gdsf_aged_uses_halve_every_half_life():
+    clock = FakeClock()
+    policy = create_policy("gdsf-aged", capacity=3, ttl=TTL, clock=clock, freq_half_life=10)
+    assert policy.half_life == 10
+    policy.admit("a")
+    clock.advance(10)
+    assert policy.uses("a") == pytest.approx(0.5)
+    policy.touch("a")  # 0.5 + 1
+    assert policy.uses("a") == pytest.approx(1.5)
+    clock.advance(20)
+    assert policy.uses("a") == pytest.approx(1.5 / 4)
+    assert policy.priority("a") == pytest.approx(0 + 1.5 / 4 * policy.value("a"))
+    assert "half-life 10s" in policy.explain()[0]["reason"]
+
+
+def test_gdsf_aged_lets_yesterdays_favourite_go():
+    clock = FakeClock()
+    plain = create_policy("gdsf", capacity=2, ttl=TTL, clock=clock)
+    aged = create_policy("gdsf-aged", capacity=2, ttl=TTL, clock=clock, freq_half_life=10)
+    for policy in (plain, aged):
+        policy.admit("old")
+        for _ in range(20):
+            policy.touch("old")  # 21 uses, long ago
+    clock.advance(100)  # ten half-lives: old's uses weigh 21/1024
+    for policy in (plain, aged):
+        policy.admit("new")
+        policy.touch("new")
+    assert plain.admit("next") == ["new"]  # gdsf: 21 uses outrank today's 2
+    assert aged.admit("next") == ["old"]

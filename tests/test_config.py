@@ -90,12 +90,14 @@ def test_scheduler_settings():
     [
         (
             {"CACHE_POLICY": "fifo"},
-            "CACHE_POLICY: 'fifo' is not valid (valid: lru, no-evict, ttl, lru-ttl, gdsf, lfu-da)",
+            "CACHE_POLICY: 'fifo' is not valid (valid: lru, no-evict, ttl, lru-ttl, gdsf, "
+            "lfu-da, gdsf-aged, adaptive)",
         ),
         ({"MAX_CACHE_SIZE": "-1"}, "MAX_CACHE_SIZE: -1 is too small (valid: an integer >= 1)"),
         ({"MAX_CACHE_SIZE": "0"}, "MAX_CACHE_SIZE: 0 is too small"),
         ({"MAX_CACHE_SIZE": "two"}, "MAX_CACHE_SIZE: 'two' is not an integer"),
         ({"TTL_SECONDS": "-5"}, "TTL_SECONDS: -5 is not valid (valid: a number > 0)"),
+        ({"FREQ_HALF_LIFE": "0"}, "FREQ_HALF_LIFE: 0 is not valid (valid: a number > 0)"),
         ({"TTL_SECONDS": "nan"}, "TTL_SECONDS: 'nan' is not a finite number"),
         ({"WORKER_URL": "localhost:8080"}, "WORKER_URL: 'localhost:8080' is not valid"),
         ({"WORKER_URL": "http://:80"}, "WORKER_URL"),

@@ -103,6 +103,80 @@ def test_every_preset_generates():
         assert len(generate(spec_for(name, requests=50))) == 50
 
 
+def test_drift_preset_changes_the_favourites_between_phases_and_bursts_cold_models():
+    spec = spec_for("drift", requests=5000)
+    trace = generate(spec)
+    phase = spec.requests // spec.phases
+
+    def top(requests, n=8):
+        return {m for m, _ in Counter(r.model for r in requests).most_common(n)}
+
+    phases = [trace[i * phase : (i + 1) * phase] for i in range(spec.phases)]
+    assert all(len(top(a) - top(b)) >= 2 for a, b in zip(phases, phases[1:], strict=False))
+    # the same trace without drift keeps its favourites
+    still = generate(replace(spec, phases=1, burst_probability=0))
+    assert top(still[:phase], 3) == top(still[-phase:], 3)
+    # bursts fall on the colder half: its share of the requests grows by their volume
+    cold = sorted(model_names(spec.models), key=Counter(r.model for r in still).get)[:20]
+
+    def cold_share(spec):
+        return sum(r.model in cold for r in generate(spec)) / spec.requests
+
+    calm = replace(spec, phases=1, burst_probability=0)
+    assert cold_share(replace(calm, burst_probability=0.004)) > cold_share(calm) + 0.03
+
+
+# -- the Azure Functions 2019 importer ----------------------------------------------------------
+
+AZURE = (
+    "HashOwner,HashApp,HashFunction,Trigger,1,2,3\n"
+    "o1,a1,f1,http,2,0,1\n"
+    "o1,a1,f2,timer,5,5,5\n"
+    "o2,a2,f3,queue,0,1,0\n"
+)
+
+
+def test_azure_import_maps_the_busiest_functions_to_models(tmp_path):
+    from model_swap_lab.azure import read_azure
+
+    imported = read_azure(io.StringIO(AZURE), ["big.gguf", "small.gguf"], seed=1)
+    counts = Counter(r.model for r in imported.requests)
+    assert counts == {"big.gguf": 15, "small.gguf": 3}  # f2 (15 calls), then f1 (3)
+    assert imported.mapped == {"big.gguf": "o1/a1/f2", "small.gguf": "o1/a1/f1"}
+    assert (imported.functions, imported.dropped_invocations) == (3, 1)
+    times = [r.timestamp for r in imported.requests]
+    assert times == sorted(times) and times[0] >= 0 and times[-1] < 180
+    small = [r.timestamp for r in imported.requests if r.model == "small.gguf"]
+    assert sum(t < 60 for t in small) == 2 and sum(t >= 120 for t in small) == 1
+    # minutes 2-3 only, from 0 s; scale 2 doubles every count
+    later = read_azure(io.StringIO(AZURE), ["m"], first_minute=2, scale=2)
+    assert len(later.requests) == 20 and max(r.timestamp for r in later.requests) < 120
+    # the command writes a trace the lab reads
+    path, out, sizes = tmp_path / "day.csv", tmp_path / "t.csv", tmp_path / "s.csv"
+    path.write_text(AZURE)
+    argv = ["trace", "azure", str(path), "--models", "2", "--out", str(out)]
+    assert main([*argv, "--sizes-out", str(sizes)]) == 0
+    from model_swap_lab.trace import read_sizes
+
+    assert len(read_trace(out, known=read_sizes(sizes))) == 18
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("timestamp,model\n0,a\n", "day.csv:1: the header must start with HashOwner"),
+        ("HashOwner,HashApp,HashFunction,Trigger,1,3\n", "day.csv:1: minute column 2 is named"),
+        (AZURE + "o3,a3,f4,http,1,x,0\n", "day.csv:5: invocation counts must be whole numbers"),
+        (AZURE + "o3,a3,f4,http,1\n", "day.csv:5: 5 columns, the header has 7"),
+    ],
+)
+def test_azure_import_errors_name_the_line(tmp_path, capsys, text, message):
+    path = tmp_path / "day.csv"
+    path.write_text(text)
+    assert main(["trace", "azure", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
 # -- simulator -----------------------------------------------------------------------------------
 
 
@@ -247,6 +321,40 @@ def test_status_explains_the_next_victim(worker, start_store):
     assert rates["push_observations"] + rates["load_observations"] >= 1  # learned from swaps
 
 
+def test_adaptive_store_explains_its_leading_expert(worker, start_store):
+    store = start_store(worker, cache_policy="adaptive", max_cache_size=2)
+    replay([Request(0, A), Request(0, B), Request(0, A), Request(0, C)], store.url, speed=0)
+    rows = store_status(store)["explain"]["cache"]
+    assert len(rows) == 2 and C in [row["name"] for row in rows]
+    assert all(row["expert"] == "gdsf" for row in rows)  # the first expert leads at first
+    assert set(rows[0]["expert_swap_seconds"]) == {"gdsf", "lru", "lfu-da", "gdsf-aged"}
+    assert rows[0]["reason"].startswith("next victim, lowest in order: gdsf leads by")
+
+
+def test_replay_reports_the_simulators_swap_seconds_and_simulate_calibrates_from_a_store(
+    worker, start_store, models_dir, tmp_path, capsys
+):
+    store = start_store(worker, max_cache_size=2)
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"timestamp,model,max_tokens\n0,{A},2\n0,{B},2\n0,{C},2\n0,{A},2\n")
+    assert main(["replay", str(trace), "--store", store.url, "--speed", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["simulated_actions_match"] is True
+    assert result["simulated_swap_seconds"] > 0
+    assert result["simulated_over_live"] == pytest.approx(
+        result["simulated_swap_seconds"] / result["swap_seconds"], abs=0.001
+    )
+    rates = store_status(store)["explain"]["cost_model"]
+    assert rates["push_observations"] >= 1
+    argv = ["simulate", str(trace), "--models-dir", str(models_dir), "--json"]
+    assert main([*argv, "--calibrate-from", store.url]) == 0
+    simulated = json.loads(capsys.readouterr().out)
+    assert simulated["cost_model"]["push_bytes_per_s"] == pytest.approx(rates["push_bytes_per_s"])
+    assert simulated["cost_model"]["load_bytes_per_s"] == pytest.approx(rates["load_bytes_per_s"])
+    assert main([*argv, "--calibrate-from", "http://127.0.0.1:9"]) == 1
+    assert "the store did not answer" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_policies_benchmark_runs_on_tiny_sizes(tmp_path):
     import subprocess
@@ -255,14 +363,15 @@ def test_policies_benchmark_runs_on_tiny_sizes(tmp_path):
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "policies.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--quick", "--no-live", "--out-dir", str(tmp_path)],
+        [sys.executable, str(script), "--quick", "--no-live", "--out", str(tmp_path / "P.md")],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    table = (tmp_path / "POLICIES.md").read_text()
-    assert "## 4. Targets" in table and "| gdsf |" in table
+    table = (tmp_path / "P.md").read_text()
+    assert "## 4. Targets" in table and "| gdsf-aged |" in table and "| adaptive |" in table
+    assert table.strip() in result.stdout  # the same report on standard output
     for kind in ("count", "bytes"):
         assert (tmp_path / f"policies-{kind}.png").read_bytes()[:4] == b"\x89PNG"
 
