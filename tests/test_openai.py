@@ -283,9 +283,12 @@ def test_unreachable_worker_is_503(start_store):
 
 
 def test_unknown_v1_route_is_openai_shaped_404(store):
-    r = requests.post(f"{store.url}/v1/embeddings", json={}, timeout=10)
+    r = requests.post(f"{store.url}/v1/no-such-route", json={}, timeout=10)
     assert r.status_code == 404
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # An unknown route is not an unknown model.
+    assert r.json()["error"]["code"] == "unknown_route"
+    assert "POST /v1/no-such-route" in r.json()["error"]["message"]
 
 
 def test_log_line_names_the_route(store, caplog):
