@@ -2,10 +2,11 @@
 
 ``TRANSPORT=auto`` (the default) places files by hard link when the worker's
 cache directory is on this machine's filesystem and pushes over HTTP
-otherwise (``transport_link.py``). ``TRANSPORT=http`` always pushes over HTTP. ``TRANSPORT=rdma`` pushes over
-RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA failure (pyverbs missing, no
-device, listener unreachable, error mid-transfer) retries the same push over
-HTTP and logs why, so the ``PushResult`` then says ``http``.
+otherwise (``transport_link.py``). ``TRANSPORT=http`` always pushes over HTTP.
+``TRANSPORT=rdma`` pushes over RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA
+failure (pyverbs missing, no device, listener unreachable, error mid-transfer)
+retries the same push over HTTP and logs why, so the ``PushResult`` then says
+``http``.
 """
 
 from __future__ import annotations

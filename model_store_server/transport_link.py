@@ -78,7 +78,8 @@ def place_file(source: Path, target: Path) -> str:
         target.unlink(missing_ok=True)
         if isinstance(err, PlacementRefused):
             raise
-        raise PlacementRefused(f"cannot place {source} in {target.parent}: {reason}; {err}") from err
+        where = target.parent
+        raise PlacementRefused(f"cannot place {source} in {where}: {reason}; {err}") from err
 
 
 class LinkTransport(Transport):
