@@ -165,6 +165,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             metrics.uploads.labels("no_space").inc()
             raise InsufficientStorage(str(err)) from None
         metrics.uploads.labels("ok").inc()
+        metrics.model_arrived(name)
         metrics.receive_seconds.observe(received.seconds)
         rate = received.nbytes / received.seconds / 1e6 if received.seconds > 0 else 0.0
         if received.seconds > 0:
@@ -225,6 +226,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             metrics.uploads.labels("rejected").inc()
             raise BadRequest(f"placed file for {name} refused: {err}") from None
         metrics.uploads.labels("ok").inc()
+        metrics.model_arrived(name)
         logger.info(
             "adopted %s: %d bytes placed by the store, verified in %.3fs",
             name,
