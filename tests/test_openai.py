@@ -395,3 +395,16 @@ def test_gemma_chat_has_no_template_tokens(worker, start_store, gemma_dir):
     )
     assert "<td>" in html.choices[0].text
     assert html.usage.completion_tokens <= 24
+
+
+def test_chat_without_max_tokens_on_a_model_without_template_is_bounded(store):
+    """Tiny models have no chat template and never end their turn: 256 tokens, not N_CTX."""
+    client = client_for(store)
+    answer = client.chat.completions.create(
+        model=A, messages=[{"role": "user", "content": "go on"}]
+    )
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage.completion_tokens == 256
+    # A raw completion has no turn to end: it is not bounded that way.
+    text = client.completions.create(model=A, prompt="go on", max_tokens=300)
+    assert text.usage.completion_tokens == 300
