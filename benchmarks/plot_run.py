@@ -38,7 +38,8 @@ ACTION_COLORS = {
 }
 UNKNOWN_COLOR = "black"
 SEGMENTS = (("tcp_connect", 0.35, "//"), ("time_to_first_byte", 0.7, ""), ("generation", 1.0, ""))
-DEFAULT_STDIN_OUTPUT = Path(__file__).resolve().parent / "smoke_bench.png"
+# Git-ignored: a chart of a run read from stdin never lands beside the committed ones.
+DEFAULT_STDIN_OUTPUT = Path(__file__).resolve().parent / "out" / "smoke_bench.png"
 
 
 @dataclass
@@ -119,6 +120,7 @@ def plot(steps: list[Step], output: Path, title: str) -> None:
     ]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=120)
     plt.close(fig)
 

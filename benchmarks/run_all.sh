@@ -2,14 +2,15 @@
 # Run the four policy smoke scripts, each against a fresh worker and store that
 # this script starts itself (free loopback ports, temporary directories, three
 # tiny models, the settings the script needs), and chart each run.
-# Writes benchmarks/<policy>.txt and benchmarks/<policy>.png; exits 1 if any script failed.
+# Writes <policy>.txt and <policy>.png into benchmarks/out/ (git-ignored); exits 1 if any
+# script failed. SMOKE_OUT_DIR=benchmarks regenerates the committed charts.
 #
-# Environment: SMOKE_OUT_DIR (default benchmarks/), SMOKE_TTL_SECONDS (default 5, as in
+# Environment: SMOKE_OUT_DIR (default benchmarks/out), SMOKE_TTL_SECONDS (default 5, as in
 # the seed), PYTHON (default: the project's .venv, else `uv run python`).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-OUT_DIR=${SMOKE_OUT_DIR:-$ROOT/benchmarks}
+OUT_DIR=${SMOKE_OUT_DIR:-$ROOT/benchmarks/out}
 TTL=${SMOKE_TTL_SECONDS:-5}
 if [[ -n "${PYTHON:-}" ]]; then
   PY=("$PYTHON")

@@ -165,6 +165,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             metrics.uploads.labels("no_space").inc()
             raise InsufficientStorage(str(err)) from None
         metrics.uploads.labels("ok").inc()
+        metrics.model_arrived(name)
         metrics.receive_seconds.observe(received.seconds)
         rate = received.nbytes / received.seconds / 1e6 if received.seconds > 0 else 0.0
         if received.seconds > 0:
@@ -208,6 +209,51 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         return jsonify(
             model=name, bytes=received.nbytes, receive_seconds=round(received.seconds, 6)
         )
+
+    @app.post("/adopt_model")
+    def adopt_model():
+        """Take a file the store placed in the cache directory (same filesystem, no copy)."""
+        name = _model_name_header()
+        placed = request.headers.get("X-Placed-Name")
+        if placed is None:
+            raise BadRequest("the X-Placed-Name header is required")
+        size = _expected_size()
+        if size is None:
+            raise BadRequest("the X-Model-Size header is required")
+        try:
+            adopted = cache.adopt(name, placed, size, _expected_digest())
+        except UploadRejected as err:
+            metrics.uploads.labels("rejected").inc()
+            raise BadRequest(f"placed file for {name} refused: {err}") from None
+        metrics.uploads.labels("ok").inc()
+        metrics.model_arrived(name)
+        logger.info(
+            "adopted %s: %d bytes placed by the store, verified in %.3fs",
+            name,
+            adopted.nbytes,
+            adopted.seconds,
+        )
+        answer = {
+            "model": name,
+            "bytes": adopted.nbytes,
+            "receive_seconds": round(adopted.seconds, 6),
+        }
+        if request.args.get("load") == "1":
+            loaded = load(name)
+            answer.update(
+                load_seconds=round(loaded.seconds, 6), estimated_bytes=loaded.estimated_bytes
+            )
+        return jsonify(answer)
+
+    @app.post("/cache_probe")
+    def cache_probe():
+        """The content of a probe file the store wrote: proves both see one directory."""
+        placed = request.headers.get("X-Placed-Name", "")
+        try:
+            content = cache.read_probe(placed)
+        except UploadRejected as err:
+            raise NotFound(str(err)) from None
+        return jsonify(content=content.decode("ascii", errors="replace"))
 
     @app.post("/load_model_from_local_store")
     def load_model_from_local_store():
@@ -301,6 +347,9 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             resident_bytes=sum(info["estimated_bytes"] for info in resident),
             cached=[{"name": f.name, "size": f.size, "digest": f.digest} for f in cache.files()],
             model_cache_dir=str(cache.directory),
+            # The filesystem the cache is on: a store that sees the same directory on the
+            # same filesystem places files by hard link instead of pushing them.
+            model_cache_dev=cache.directory.stat().st_dev,
             received={"uploads": cache.uploads, "bytes": cache.bytes_received},
             loads=engine.loads,
             last_generation=engine.last_generation,
@@ -314,6 +363,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
+    @app.get("/health")  # what Kubernetes probes and load generators ask for
     def healthz():
         return jsonify(ok=True)
 

@@ -13,7 +13,7 @@ from model_swap.settings import EnvReader, rdma_port_choice, serving_options
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 DEFAULTS = {
-    "WORKER_HOST": "0.0.0.0",
+    "WORKER_HOST": "127.0.0.1",
     "WORKER_PORT": 8080,
     # The default lives inside the package directory (inference_worker/model_cache),
     # wherever the worker is started from.

@@ -233,13 +233,13 @@ class Engine:
                 # Unloaded while this call waited for the lock: never use a closed context.
                 if self._models.get(resident.name) is not resident or resident.llm is None:
                     raise NotLoaded(f"{resident.name} is not loaded (it was unloaded)")
-            prompt_tokens, stops = _prompt(resident, job)
+            prompt_tokens, stops, own_template = _prompt(resident, job)
             room = self.n_ctx - len(prompt_tokens)
             if room < 1:
                 raise PromptTooLong(
                     f"prompt is {len(prompt_tokens)} tokens; the context holds {self.n_ctx}"
                 )
-            budget = room if job.max_tokens is None else min(job.max_tokens, room)
+            budget = min(_max_tokens(job, own_template), room)
             generation = Generation(
                 self, resident, prompt_tokens, budget, job.sampling, stops, job.hide_markup
             )
@@ -281,13 +281,29 @@ class Engine:
         resident.lock.release()
 
 
-def _prompt(resident: ResidentModel, job: Job) -> tuple[list[int], tuple[str, ...]]:
-    """The prompt's tokens and the stop sequences (the request's plus the template's)."""
+# A chat without max_tokens on a model without a chat template of its own (a base model,
+# given a built-in format) rarely ends its turn: it is bounded to this many tokens.
+CHAT_WITHOUT_TEMPLATE_MAX_TOKENS = 256
+
+
+def _max_tokens(job: Job, own_template: bool) -> int | float:
+    """The request's budget before the context's room bounds it (inf: no bound)."""
+    if job.max_tokens is not None:
+        return job.max_tokens
+    if job.messages is not None and not own_template:
+        return CHAT_WITHOUT_TEMPLATE_MAX_TOKENS
+    return float("inf")
+
+
+def _prompt(resident: ResidentModel, job: Job) -> tuple[list[int], tuple[str, ...], bool]:
+    """The prompt's tokens, the stop sequences (the request's plus the template's), and
+    whether a chat was rendered by the model's own template (True for raw prompts)."""
     llm = resident.llm
     if job.messages is None:
         tokens = llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=False)
-        return tokens, job.sampling.stop
+        return tokens, job.sampling.stop, True
     chat = resident.template.render([m.to_json() for m in job.messages])
     text = chat.text.encode("utf-8")
     tokens = llm.tokenize(text, add_bos=not chat.has_bos, special=True)
-    return tokens, job.sampling.stop + tuple(s for s in chat.stop if s not in job.sampling.stop)
+    stops = job.sampling.stop + tuple(s for s in chat.stop if s not in job.sampling.stop)
+    return tokens, stops, chat.template == "gguf"

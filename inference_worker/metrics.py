@@ -89,7 +89,22 @@ class WorkerMetrics:
             ["model"],
             registry=registry,
         )
+        # Every known label value exists from the first scrape (at 0), so increase() and
+        # alerts see a series before its first event.
+        for result in ("ok", "rejected", "no_space"):
+            self.uploads.labels(result)
+        for result in ("ok", "failed"):
+            self.loads.labels(result)
+        for endpoint in ("unload", "evict"):
+            self.unloads.labels(endpoint)
+        for cached in cache.files():
+            self.model_arrived(cached.name)
         registry.register(_WorkerCollector(engine, cache))
+
+    def model_arrived(self, name: str) -> None:
+        """Create ``name``'s per-model series (at 0) when its file reaches the cache."""
+        self.generations.labels(name)
+        self.tokens.labels(name)
 
 
 class _WorkerCollector:

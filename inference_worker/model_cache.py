@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inference_worker.pipeline import BufferPipeline
-from model_swap.digest import hasher
+from model_swap.digest import file_digest, hasher
 from model_swap.errors import cause
 from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.progress import Progress, Transfers
@@ -33,6 +34,12 @@ BUFFERS = 6
 logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".part"
+
+# Files a store on the same filesystem places in the cache directory itself (a hard link,
+# reflink or kernel copy of its model file, see model_store_server/transport_link.py) before
+# asking the worker to adopt them, and the probe files it proves the directory with. Both
+# end in TEMP_SUFFIX, so a leftover is removed at the next start like a broken upload.
+PLACED_NAME = re.compile(r"\.(link|probe)-[0-9a-f]{32}" + re.escape(TEMP_SUFFIX))
 
 
 GGUF_MAGIC = b"GGUF"
@@ -269,6 +276,71 @@ class ModelCache:
         with self._counter_lock:
             self.uploads += 1
         return Received(name, written, time.perf_counter() - started, received_digest)
+
+    def placed_path(self, placed: str) -> Path:
+        """The path of a file a store placed in the directory (raises UploadRejected)."""
+        if not PLACED_NAME.fullmatch(placed):
+            raise UploadRejected(f"{placed!r} is not a name a store places files under")
+        return self.directory / placed
+
+    def adopt(
+        self,
+        name: str,
+        placed: str,
+        expected_size: int,
+        expected_digest: str | None,
+    ) -> Received:
+        """Take the file a store placed in the directory as ``placed`` into the cache as ``name``.
+
+        The file is verified exactly as an upload is (GGUF magic, the
+        announced size and digest) and then renamed into place, so a cached
+        name only ever holds a verified file; nothing is kept on any failure
+        (UploadRejected). No byte is copied: the file was placed by hard
+        link, reflink or a kernel-side copy. Blocks while hashing. Thread-safe.
+        """
+        target = self.path(name)
+        source = self.placed_path(placed)
+        started = time.perf_counter()
+        try:
+            try:
+                size = source.stat().st_size
+                with open(source, "rb") as f:
+                    head = f.read(len(GGUF_MAGIC))
+            except FileNotFoundError:
+                raise UploadRejected(f"no placed file {placed} in the cache directory") from None
+            if head != GGUF_MAGIC:
+                raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
+            if size != expected_size:
+                raise IncompleteUpload(
+                    f"the placed {name} has {size} bytes, the sender announced {expected_size}"
+                )
+            digest = None
+            if expected_digest is not None:
+                digest = file_digest(source, expected_digest.partition(":")[0])
+                if digest != expected_digest:
+                    raise DigestMismatch(
+                        f"the placed {name} has digest {digest}, "
+                        f"the sender announced {expected_digest}"
+                    )
+            self._record_digest(source, name, digest)
+            os.replace(source, target)
+        except BaseException:
+            source.unlink(missing_ok=True)
+            raise
+        with self._counter_lock:
+            self.uploads += 1
+        return Received(name, size, time.perf_counter() - started, digest)
+
+    def read_probe(self, placed: str) -> bytes:
+        """The first bytes of a probe file a store placed (raises UploadRejected)."""
+        path = self.placed_path(placed)
+        if not placed.startswith(".probe-"):
+            raise UploadRejected(f"{placed} is not a probe file")
+        try:
+            with open(path, "rb") as f:
+                return f.read(64)
+        except FileNotFoundError:
+            raise UploadRejected(f"no probe file {placed} in the cache directory") from None
 
     def _count(self, nbytes: int) -> None:
         with self._counter_lock:

@@ -17,7 +17,7 @@ from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
 # How model bytes reach the worker (model_store_server/transport_factory.py).
-TRANSPORTS = ("http", "rdma")
+TRANSPORTS = ("auto", "http", "rdma")
 
 DEFAULTS = {
     "MODELS_DIR": "./models",
@@ -39,7 +39,7 @@ DEFAULTS = {
     # Seconds after which a use counts half in gdsf-aged's frequencies (and in adaptive's
     # gdsf-aged expert); chosen by the lab's sweep (benchmarks/POLICIES.md).
     "FREQ_HALF_LIFE": DEFAULT_FREQ_HALF_LIFE_S,
-    "TRANSPORT": "http",
+    "TRANSPORT": "auto",
     "ALLOW_FALLBACK": False,
     "WORKER_RDMA_HOST": "localhost",
     "WORKER_RDMA_PORT": 8081,
@@ -48,7 +48,7 @@ DEFAULTS = {
     "RDMA_DEVICE": "",
     "RDMA_DEVICE_PORT": 0,
     "RDMA_GID_INDEX": -1,
-    "STORE_HOST": "0.0.0.0",
+    "STORE_HOST": "127.0.0.1",
     "STORE_PORT": 8000,
     # Seconds to wait for the worker to accept a connection before answering 503.
     "WORKER_CONNECT_TIMEOUT": 5.0,

@@ -39,6 +39,9 @@ class Loading:
         self.service = service
         self.ticket = ticket
         self._call = call
+        # The highest percentage shown so far: the comments never go back (once the push
+        # is over its progress record is gone, while the worker still loads the model).
+        self._shown: float | None = None
 
     def headers(self) -> dict[str, str]:
         headers = self.ticket.decision.headers()
@@ -54,13 +57,19 @@ class Loading:
         else:
             progress = self.service.transfers.latest(model)
             view = progress.describe() if progress else None
-            if view is None or view["percent"] is None:
+            percent = view["percent"] if view is not None else None
+            if percent is None and self._shown is not None:
+                percent = 100.0  # the push was running and is over: the worker loads it
+            if percent is not None:
+                percent = max(percent, self._shown or 0.0)
+                self._shown = percent
+            if percent is None:
                 text = f"loading {model} 0%"
-            elif view["percent"] >= 100:
+            elif percent >= 100:
                 text = f"loading {model} 100% (sent; the worker is loading it)"
             else:
                 text = (
-                    f"loading {model} {view['percent']:.0f}% ({view['bytes_done']} of "
+                    f"loading {model} {percent:.0f}% ({view['bytes_done']} of "
                     f"{view['bytes_total']} bytes, {view['mb_per_s']:.1f} MB/s)"
                 )
         return f": {text}\n\n".encode()

@@ -36,6 +36,10 @@ RECENT_SWAPS = 20
 
 # Why a model left a tier (the ``reason`` label).
 REASONS = ("capacity", "ttl", "explicit", "version_change", "resync")
+# The transports a push can be counted under, by TRANSPORT (a fallback is an HTTP push).
+PUSH_TRANSPORTS = {"auto": ("link", "http"), "http": ("http",), "rdma": ("rdma", "http")}
+# The actions of an answered request (a rejection is no 200).
+SERVED_ACTIONS = ("already_loaded", "load_from_local_store", "load_from_store")
 
 
 def _now_iso() -> str:
@@ -132,9 +136,19 @@ class StoreMetrics:
             ["result"],
             registry=registry,
         )
-        for reason in REASONS:  # every reason is visible from the first scrape
+        # Every known label value exists from the first scrape (at 0), so increase() and
+        # alerts see a series before its first event.
+        for reason in REASONS:
             self.evictions.labels(reason)
             self.unloads.labels(reason)
+        for kind in ("unavailable", "error"):
+            self.worker_failures.labels(kind)
+        for result in ("ok", "failed"):
+            self.resyncs.labels(result)
+        for transport in PUSH_TRANSPORTS[service.settings.transport]:
+            self.pushed_bytes.labels(transport)
+        for model in service.files.available():
+            self.model_seen(model)
         registry.register(_StateCollector(service))
 
         self._lock = threading.Lock()
@@ -170,9 +184,15 @@ class StoreMetrics:
 
     # -- requests ------------------------------------------------------------------------
 
+    def model_seen(self, model: str) -> None:
+        """Create ``model``'s per-model series (at 0), before its first answered request."""
+        for action in SERVED_ACTIONS:
+            self.model_requests.labels(model, action)
+
     def decided(self, ticket: Ticket | None) -> None:
         if ticket is None:
             return
+        self.model_seen(ticket.decision.model)  # a model added to MODELS_DIR since the start
         self.swap_wait.observe(ticket.decision_ms / 1000)
         with self._lock:
             if ticket.decision.action is not Action.REJECTED:

@@ -1,9 +1,12 @@
 """Building the configured transport (TRANSPORT, ALLOW_FALLBACK) and falling back to HTTP.
 
-``TRANSPORT=http`` pushes over HTTP. ``TRANSPORT=rdma`` pushes over
-RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA failure (pyverbs missing, no
-device, listener unreachable, error mid-transfer) retries the same push over
-HTTP and logs why, so the ``PushResult`` then says ``http``.
+``TRANSPORT=auto`` (the default) places files by hard link when the worker's
+cache directory is on this machine's filesystem and pushes over HTTP
+otherwise (``transport_link.py``). ``TRANSPORT=http`` always pushes over HTTP.
+``TRANSPORT=rdma`` pushes over RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA
+failure (pyverbs missing, no device, listener unreachable, error mid-transfer)
+retries the same push over HTTP and logs why, so the ``PushResult`` then says
+``http``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from model_store_server.config import StoreSettings
 from model_store_server.transport import HttpTransport, PushResult, Transport
+from model_store_server.transport_link import LinkTransport
 from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
 from model_swap.rdma_protocol import RdmaUnavailable
@@ -54,6 +58,8 @@ def build_transport(settings: StoreSettings, client: WorkerClient) -> Transport:
     http = HttpTransport(client)
     if settings.transport == "http":
         return http
+    if settings.transport == "auto":
+        return LinkTransport(client, http)
     rdma = RdmaTransport(
         client,
         settings.worker_rdma_host,

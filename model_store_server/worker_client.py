@@ -349,6 +349,30 @@ class WorkerClient:
             if err.worker_status != 404:
                 raise
 
+    def cache_location(self) -> tuple[str, int] | None:
+        """The worker's cache directory and its filesystem id (None: it does not say)."""
+        data = self._json("GET", "/status")
+        directory, device = data.get("model_cache_dir"), data.get("model_cache_dev")
+        if not isinstance(directory, str) or not isinstance(device, int):
+            return None
+        return directory, device
+
+    def read_probe(self, placed: str) -> str:
+        """The content of a probe file the store wrote into the worker's cache directory."""
+        data = self._json("POST", "/cache_probe", None, {"X-Placed-Name": placed})
+        return str(data.get("content", ""))
+
+    def adopt(self, model: str, placed: str, size: int, digest: str, *, load: bool) -> dict:
+        """Ask the worker to verify and keep the file placed in its cache as ``placed``."""
+        path = "/adopt_model?load=1" if load else "/adopt_model"
+        headers = {
+            "X-Model-Name": model,
+            "X-Placed-Name": placed,
+            "X-Model-Size": str(size),
+            "X-Model-Digest": digest,
+        }
+        return self._json("POST", path, None, headers)
+
     def load_local(self, model: str) -> dict:
         return self._json("POST", "/load_model_from_local_store", None, {"X-Model-Name": model})
 

@@ -1,6 +1,6 @@
 """Bearer-token access control, the same way for both services.
 
-A service configured with tokens refuses every request except ``GET /healthz``
+A service configured with tokens refuses every request except ``GET /healthz`` and ``GET /health``
 unless it carries ``Authorization: Bearer <token>`` with one of them. Tokens
 are compared in constant time.
 """
@@ -14,7 +14,7 @@ from flask import Flask, request
 
 from model_swap.errors import Unauthorized
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/health"})
 
 
 def _presented_token() -> str | None:
@@ -39,7 +39,7 @@ def require_bearer(
 ) -> None:
     """Refuse requests without a valid bearer token (no-op when ``tokens`` is empty).
 
-    ``open_paths`` are served without a token as well as ``/healthz`` (a path
+    ``open_paths`` are served without a token as well as the health probes (a path
     ending in ``/`` opens everything under it).
     """
     accepted = tuple(t.encode() for t in tokens if t)

@@ -162,6 +162,17 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):
+        if err.code == 404:
+            # No route matched: not an unknown model (OpenAI's code for that is model_not_found).
+            return _render(404, "unknown_route", f"no such route: {request.method} {request.path}")
+        if err.code == 413:
+            limit = request.max_content_length
+            limit_text = f"{limit} bytes" if limit is not None else "its limit"
+            return _render(
+                413,
+                "request_entity_too_large",
+                f"the request body is larger than MAX_REQUEST_BYTES ({limit_text})",
+            )
         name = (err.name or "error").lower().replace(" ", "_")
         return _render(err.code or 500, name, err.description or err.name)
 

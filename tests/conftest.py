@@ -83,6 +83,10 @@ def start_store(servers, models_dir) -> Callable[..., ServerThread]:
     """Start a real store on 127.0.0.1:0 in front of ``worker``; returns its ServerThread."""
 
     def start(worker: ServerThread | None = None, *, clock=None, **overrides) -> ServerThread:
+        # Tests push over HTTP unless they ask for another transport: the worker's cache is on
+        # this filesystem, so TRANSPORT=auto would place files by link (tests/test_link.py);
+        # the smoke scripts and the CLI's tests run the default.
+        overrides.setdefault("transport", "http")
         settings = StoreSettings(
             models_dir=overrides.pop("models_dir", models_dir),
             worker_url=overrides.pop("worker_url", worker.url if worker else ""),

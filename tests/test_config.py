@@ -20,11 +20,11 @@ def test_store_defaults_are_the_seeds():
     assert s.max_cache_size == 2
     assert s.ttl_seconds == 5
     assert s.cache_policy == "lru"
-    assert s.transport == "http"
+    assert s.transport == "auto"
     assert s.allow_fallback is False
     assert s.worker_rdma_host == "localhost"
     assert s.worker_rdma_port == 8081
-    assert s.store_host == "0.0.0.0"
+    assert s.store_host == "127.0.0.1"
     assert s.store_port == 8000
 
 
@@ -49,7 +49,7 @@ def test_residency_settings():
 
 def test_worker_defaults():
     w = WorkerSettings.from_env({})
-    assert w.worker_host == "0.0.0.0"
+    assert w.worker_host == "127.0.0.1"
     assert w.worker_port == 8080
     assert w.model_cache_dir.parts[-2:] == ("inference_worker", "model_cache")
     assert w.n_gpu_layers == -1

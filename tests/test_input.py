@@ -83,6 +83,7 @@ def test_store_refuses_oversized_bodies(worker, start_store):
     )
     assert r.status_code == 413
     assert r.json()["error"]["type"] == "request_entity_too_large"
+    assert "MAX_REQUEST_BYTES (4096 bytes)" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES[:-1])

@@ -211,6 +211,8 @@ def test_the_comments_follow_the_push(tmp_path):
         assert push.comment().startswith(b": loading m.gguf 45% (450 of 1000 bytes, ")
         progress.advance(550)
         assert push.comment() == b": loading m.gguf 100% (sent; the worker is loading it)\n\n"
+    # The push is over while the worker loads: the comments never go back to 0%.
+    assert push.comment() == b": loading m.gguf 100% (sent; the worker is loading it)\n\n"
     local = Ticket(Decision("m.gguf", Action.LOAD_FROM_LOCAL_STORE), True, 0.0)
     assert Loading(service, local, _Call()).comment() == (
         b": loading m.gguf from the worker's disk cache\n\n"

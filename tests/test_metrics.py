@@ -185,3 +185,28 @@ def test_two_stores_in_one_process_have_their_own_registries(worker, start_store
         )
         == 0
     )
+
+
+def test_labelled_counters_exist_at_zero_before_their_first_event(worker, start_store):
+    """increase() and alerts need a series before its first increment."""
+    store = start_store(worker, transport="auto")
+    text = requests.get(f"{store.url}/metrics", timeout=10).text
+    for series in (
+        'model_swap_worker_failures_total{kind="unavailable"} 0.0',
+        'model_swap_worker_failures_total{kind="error"} 0.0',
+        'model_swap_resyncs_total{result="failed"} 0.0',
+        'model_swap_pushed_bytes_total{transport="link"} 0.0',
+        'model_swap_pushed_bytes_total{transport="http"} 0.0',
+        f'model_swap_model_requests_total{{action="load_from_store",model="{A}"}} 0.0',
+    ):
+        assert series in text, series
+    text = requests.get(f"{worker.url}/metrics", timeout=10).text
+    for series in (
+        'model_swap_worker_uploads_total{result="no_space"} 0.0',
+        'model_swap_worker_loads_total{result="failed"} 0.0',
+        'model_swap_worker_unloads_total{endpoint="evict"} 0.0',
+    ):
+        assert series in text, series
+    assert ask(store, A).status_code == 200
+    text = requests.get(f"{worker.url}/metrics", timeout=10).text
+    assert f'model_swap_worker_tokens_generated_total{{model="{A}"}}' in text

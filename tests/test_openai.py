@@ -283,9 +283,12 @@ def test_unreachable_worker_is_503(start_store):
 
 
 def test_unknown_v1_route_is_openai_shaped_404(store):
-    r = requests.post(f"{store.url}/v1/embeddings", json={}, timeout=10)
+    r = requests.post(f"{store.url}/v1/no-such-route", json={}, timeout=10)
     assert r.status_code == 404
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # An unknown route is not an unknown model.
+    assert r.json()["error"]["code"] == "unknown_route"
+    assert "POST /v1/no-such-route" in r.json()["error"]["message"]
 
 
 def test_log_line_names_the_route(store, caplog):
@@ -392,3 +395,16 @@ def test_gemma_chat_has_no_template_tokens(worker, start_store, gemma_dir):
     )
     assert "<td>" in html.choices[0].text
     assert html.usage.completion_tokens <= 24
+
+
+def test_chat_without_max_tokens_on_a_model_without_template_is_bounded(store):
+    """Tiny models have no chat template and never end their turn: 256 tokens, not N_CTX."""
+    client = client_for(store)
+    answer = client.chat.completions.create(
+        model=A, messages=[{"role": "user", "content": "go on"}]
+    )
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage.completion_tokens == 256
+    # A raw completion has no turn to end: it is not bounded that way.
+    text = client.completions.create(model=A, prompt="go on", max_tokens=300)
+    assert text.usage.completion_tokens == 300

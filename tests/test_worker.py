@@ -116,4 +116,5 @@ def test_missing_model_name_header(worker):
 def test_unknown_route_uses_error_envelope(worker):
     r = requests.get(f"{worker.url}/nope", timeout=10)
     assert r.status_code == 404
-    assert r.json()["error"]["type"] == "not_found"
+    assert r.json()["error"]["type"] == "unknown_route"
+    assert "GET /nope" in r.json()["error"]["message"]

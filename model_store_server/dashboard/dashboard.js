@@ -120,9 +120,13 @@ function drawModels(models, status, activity) {
       cell(ago(seen.last_swap)),
     );
     const actions = document.createElement("td");
-    const buttons = [["load", "POST", "/load"], ["unload", "POST", "/unload"]];
+    // Only what applies to the model's state: a model that is only available has nothing
+    // to unload or evict, a resident one nothing to load.
+    const buttons = [];
+    if (state !== "resident") buttons.push(["load", "POST", "/load"]);
+    if (state === "resident") buttons.push(["unload", "POST", "/unload"]);
     buttons.push(entry && entry.pinned ? ["unpin", "DELETE", "/pin"] : ["pin", "PUT", "/pin"]);
-    buttons.push(["evict", "DELETE", ""]);
+    if (state !== "available") buttons.push(["evict", "DELETE", ""]);
     for (const [label, method, suffix] of buttons) {
       const button = document.createElement("button");
       button.textContent = label;

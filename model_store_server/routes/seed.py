@@ -49,6 +49,7 @@ def user_request():
 
 
 @seed.post("/reset")
+@seed.post("/admin/reset")  # the name the seed's later smoke scripts use
 def reset():
     service = swap_service()
     return jsonify(evicted=service.reset(), status=store_status(service))
@@ -60,5 +61,6 @@ def status():
 
 
 @seed.get("/healthz")
+@seed.get("/health")  # what Kubernetes probes and load generators (guidellm) ask for
 def healthz():
     return jsonify(ok=True)
