@@ -8,7 +8,11 @@ logged), never a 404.
 from __future__ import annotations
 
 import logging
+import struct
+import threading
 from pathlib import Path
+
+from gguf import GGUF_MAGIC
 
 from model_store_server.digests import DigestCache, PerVersionCache
 from model_swap.errors import ApiError, NotFound
@@ -24,6 +28,16 @@ class StoreFileError(ApiError):
 
     status = 500
     type = "store_file_error"
+
+
+class ModelUnloadable(ApiError):
+    """The worker cannot load this version of the model file (422; retrying cannot help)."""
+
+    status = 422
+    type = "model_unloadable"
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"x-should-retry": "false"})
 
 
 def unreadable(model: str, err: OSError) -> ApiError:
@@ -46,6 +60,9 @@ class ModelFiles:
         self.models_dir = Path(models_dir)
         self.digests = DigestCache()
         self.footprints = PerVersionCache()
+        # Why a file version cannot be loaded, by digest: refused at once from then on.
+        self._unloadable: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def path(self, model: str) -> Path:
         """The store's file for ``model``; NotFound if MODELS_DIR has no such model."""
@@ -75,6 +92,34 @@ class ModelFiles:
             return self.digests.digest(path)
         except OSError as err:
             raise unreadable(path.name, err) from err
+
+    def check_loadable(self, path: Path, version: str) -> None:
+        """Raise ModelUnloadable, before anything is evicted for it, for a file that is not
+        GGUF (its first 8 bytes: magic and a version llama.cpp reads) or a version the
+        worker already failed to load. Cheap: no more than the file's first 8 bytes."""
+        with self._lock:
+            known = self._unloadable.get(version)
+        if known is not None:
+            raise ModelUnloadable(known)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as err:
+            raise unreadable(path.name, err) from err
+        if len(head) < 8 or struct.unpack("<I", head[:4])[0] != GGUF_MAGIC:
+            reason = f"model {path.name} is not a GGUF file"
+        elif struct.unpack("<I", head[4:])[0] not in (2, 3):
+            reason = f"model {path.name} has a GGUF version llama.cpp does not read"
+        else:
+            return
+        self.remember_unloadable(version, reason)
+        raise ModelUnloadable(reason)
+
+    def remember_unloadable(self, version: str, reason: str) -> None:
+        """This file version cannot be loaded: later requests for it are refused at once."""
+        with self._lock:
+            self._unloadable[version] = reason
+        logger.warning("%s (refused from now on, until the file changes)", reason)
 
     def size(self, path: Path) -> int:
         try:

@@ -23,7 +23,6 @@ from tests.conftest import (
     cache_dir,
     files_on_disk,
     step,
-    store_status,
     temp_files,
     wait_for,
     worker_status,
@@ -31,18 +30,44 @@ from tests.conftest import (
 from tests.test_faults import BIG
 
 
-def test_unloadable_model_is_502_and_state_corrected(worker, start_store, models_dir):
-    (models_dir / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+def test_a_file_that_is_not_gguf_is_refused_before_anything_is_evicted(
+    worker, start_store, models_dir
+):
+    (models_dir / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 64)  # GGUF version 0
+    store = start_store(worker, max_cache_size=1)
+    ask(store, A)
+    r = ask(store, "broken.gguf")
+    assert r.status_code == 422
+    assert r.json()["error"]["type"] == "model_unloadable"
+    assert r.headers["x-should-retry"] == "false"
+    assert worker_status(worker)["received"]["uploads"] == 1  # A only: nothing pushed
+    step(store, worker, A, "already_loaded")  # A was neither evicted nor unloaded
+    assert_agree(store, worker)
+
+
+def test_a_file_llama_cpp_cannot_load_is_remembered_per_version(worker, start_store, models_dir):
+    broken = models_dir / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\0\0\0" + b"\xff" * 64)  # a GGUF v3 head, then garbage
     store = start_store(worker)
     ask(store, A)
     r = ask(store, "broken.gguf")
-    assert r.status_code == 502
+    assert r.status_code == 422
+    assert r.headers["x-should-retry"] == "false"
     message = r.json()["error"]["message"]
-    assert "llama.cpp could not load broken.gguf" in message
-    assert "gguf_init_from_reader" in message  # llama.cpp's own reason
+    assert "cannot load model broken.gguf" in message
+    assert "llama.cpp could not load broken.gguf" in message  # llama.cpp's own reason
+    # The worker does not keep the file: it holds no slot of the disk tier.
+    assert "broken.gguf" not in [c["name"] for c in worker_status(worker)["cached"]]
     assert_agree(store, worker)
-    assert store_status(store)["loaded"] is None
+    uploads = worker_status(worker)["received"]["uploads"]
+    again = ask(store, "broken.gguf")  # remembered: refused at once, nothing pushed
+    assert again.status_code == 422 and again.json()["error"]["type"] == "model_unloadable"
+    assert worker_status(worker)["received"]["uploads"] == uploads
     step(store, worker, A, "load_from_local_store")
+    # A new version of the file (a good model under that name) is tried again.
+    shutil.copyfile(models_dir / B, models_dir / ".new.tmp")
+    (models_dir / ".new.tmp").replace(broken)
+    assert ask(store, "broken.gguf").status_code == 200
 
 
 def test_truncated_chunked_upload_is_400_and_leaves_nothing(worker):
@@ -65,7 +90,12 @@ def test_store_killed_mid_push_leaves_nothing_on_the_worker(
     cache = Path(worker_status(worker)["model_cache_dir"])
     store = ServiceProcess(
         "model_store_server.cli",
-        {"STORE_HOST": "127.0.0.1", "WORKER_URL": worker.url, "MODELS_DIR": str(models_dir)},
+        {
+            "STORE_HOST": "127.0.0.1",
+            "WORKER_URL": worker.url,
+            "MODELS_DIR": str(models_dir),
+            "TRANSPORT": "http",  # a push through the socket (auto would place a link)
+        },
         "STORE_PORT",
         tmp_path / "store.log",
     )

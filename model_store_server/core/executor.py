@@ -21,7 +21,7 @@ from model_store_server.core.grants import Exclusive, Hit, Swap
 from model_store_server.core.worker_view import WorkerView
 from model_store_server.cost_model import CostModel
 from model_store_server.decision import Action, Decision
-from model_store_server.files import unreadable
+from model_store_server.files import ModelUnloadable, unreadable
 from model_store_server.transport import PushResult, Transport
 from model_store_server.worker_client import SourceChanged, WorkerClient, WorkerError
 from model_swap.errors import ApiError, Unavailable
@@ -107,6 +107,10 @@ class Executor:
                     logger.warning("%s for %s failed: %s", decision.action, decision.model, err)
                 else:
                     logger.exception("%s for %s failed", decision.action, decision.model)
+                if _load_refused(err):
+                    # The worker keeps the file it could not load: drop it, so it holds no
+                    # slot of the disk tier once the worker is re-read.
+                    self._drop(decision.model)
                 self._recover(view, swap)
                 raise self._public(decision.model, err) from err
             result.hit = swap.commit(hit=hit)
@@ -155,6 +159,8 @@ class Executor:
     @staticmethod
     def _public(model: str, err: BaseException) -> BaseException:
         """The client's error for a failed swap."""
+        if _load_refused(err):
+            return ModelUnloadable(f"the worker cannot load model {model}: {err.worker_message}")
         if isinstance(err, SourceChanged):
             return Unavailable(
                 f"model {model} changed while it was pushed; retry", retry_after=1, type="busy"
@@ -162,6 +168,13 @@ class Executor:
         if isinstance(err, OSError) and not isinstance(err, ApiError):
             return unreadable(model, err)
         return err
+
+    def _drop(self, model: str) -> None:
+        try:
+            self.client.evict(model)
+            logger.info("deleted %s from the worker: it cannot be loaded", model)
+        except WorkerError as err:
+            logger.warning("could not delete the unloadable %s from the worker: %s", model, err)
 
     def _recover(self, view: WorkerView, swap: Swap) -> None:
         """After a failed swap: hold the worker exclusively, re-read and correct it."""
@@ -226,3 +239,8 @@ class Executor:
             self.events.publish(ev.Removed("evicted", name, "explicit"))
             logger.info("evicted %s from the worker (reset)", name)
         return evicted
+
+
+def _load_refused(err: BaseException) -> bool:
+    """The worker received the file but llama.cpp could not load it (its 422)."""
+    return isinstance(err, WorkerError) and err.worker_status == 422

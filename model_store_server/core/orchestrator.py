@@ -28,7 +28,7 @@ from model_store_server.core.streams import Served, close_generation, relay, str
 from model_store_server.core.view_control import PinConflict
 from model_store_server.core.worker_view import Rejected, TooLarge, WorkerView
 from model_store_server.cost_model import CostModel
-from model_store_server.files import ModelFiles
+from model_store_server.files import ModelFiles, ModelUnloadable
 from model_store_server.policies.tiers import build_tiers
 from model_store_server.transport import PushResult
 from model_store_server.transport_factory import build_transport
@@ -166,6 +166,11 @@ class SwapService:
         """
         path = self.files.path(model)
         version = self.files.version(path)
+        try:
+            self.files.check_loadable(path, version)
+        except ModelUnloadable as err:
+            attempt.headers_for(err)
+            raise
         for number in range(1, ATTEMPTS + 1):
             attempt.ticket, attempt.push, attempt.worker_ms = None, None, 0.0
             attempt.done = ev.nothing_done()
@@ -176,6 +181,8 @@ class SwapService:
                 grant = self._admit(model, path, version, deadline, keep_alive, pin, attempt)
                 return self._carry_on(grant, path, attempt, on_decided, start)
             except ApiError as err:
+                if isinstance(err, ModelUnloadable):
+                    self.files.remember_unloadable(version, err.message)
                 if is_drift(err) and number < ATTEMPTS:
                     logger.warning("the worker no longer holds %s as expected; retrying", model)
                     continue
