@@ -34,8 +34,20 @@ class ModelControl:
         self.state.on_idle = self._wake.set
         self._sweeper: threading.Thread | None = None
 
-    def _published(self, operation: str, model: str, ticket, done: dict, ms: float) -> None:
+    def _published(
+        self,
+        operation: str,
+        model: str,
+        ticket,
+        done: dict,
+        ms: float,
+        failure: BaseException | None = None,
+    ) -> None:
         snapshot = self.state.snapshot()
+        status, error = 200, ""
+        if failure is not None:
+            status = failure.status if isinstance(failure, ApiError) else 500
+            error = failure.message if isinstance(failure, ApiError) else type(failure).__name__
         self.service.events.publish(
             ev.ControlDone(
                 operation,
@@ -45,6 +57,8 @@ class ModelControl:
                 ms,
                 tuple(entry.name for entry in snapshot.resident),
                 tuple(entry.name for entry in snapshot.cached),
+                status,
+                error,
             )
         )
 
@@ -54,6 +68,7 @@ class ModelControl:
         """Make ``model`` resident (pushing it if needed) without generating."""
         self.service.files.path(model)  # a model the store lacks is a 404, not an operation
         attempt = Attempt()
+        failure = None
         try:
             self.service.make_resident(
                 model, attempt, self.service.deadline(), keep_alive=keep_alive, pin=pin
@@ -61,9 +76,14 @@ class ModelControl:
             attempt.hit.release()  # nothing generates: the model's idle time starts now
             self._wake.set()
             return self._result(attempt.ticket, attempt.done, attempt.worker_ms)
+        except BaseException as err:
+            failure = err
+            raise
         finally:
             operation = "pin" if pin else "load"
-            self._published(operation, model, attempt.ticket, attempt.done, attempt.worker_ms)
+            self._published(
+                operation, model, attempt.ticket, attempt.done, attempt.worker_ms, failure
+            )
 
     def unload(self, model: str) -> dict:
         """Drop ``model`` from memory, keeping its file (waits for its generations)."""
@@ -84,6 +104,7 @@ class ModelControl:
         service = self.service
         ticket, done, ms = None, ev.nothing_done(), 0.0
         deadline = service.deadline()
+        failure = None
         try:
             service.ensure_synced(deadline)
             try:
@@ -96,8 +117,11 @@ class ModelControl:
             ticket = swap.ticket
             ms = service.executor.carry_out(self.state, swap, None, done, hit=False).seconds * 1000
             return self._result(ticket, done, ms)
+        except BaseException as err:
+            failure = err
+            raise
         finally:
-            self._published(str(action), model, ticket, done, ms)
+            self._published(str(action), model, ticket, done, ms, failure)
 
     def _result(self, ticket: Ticket, done: dict[str, list[str]], ms: float) -> dict:
         snapshot = self.state.snapshot()

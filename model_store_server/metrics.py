@@ -181,6 +181,8 @@ class StoreMetrics:
                 self.worker_failed(error)
             case ev.Resynced(ok):
                 self.resynced(ok)
+            case ev.ControlDone():
+                self.controlled(event)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -220,6 +222,24 @@ class StoreMetrics:
             if status == 200:
                 self._served[record.model] = self._served.get(record.model, 0) + 1
                 self.model_requests.labels(record.model, action).inc()
+            self._recent_requests.append(entry)
+
+    def controlled(self, event: ev.ControlDone) -> None:
+        """An explicit operation (``/models/...``, the idle sweep) joins the recent list."""
+        ticket = event.ticket
+        entry = {
+            "ts": _now_iso(),
+            "route": f"/models {event.operation}",
+            "model": event.model,
+            "action": str(ticket.decision.action) if ticket else "none",
+            "status": event.status,
+            "wait_ms": round(ticket.decision_ms, 3) if ticket else None,
+            "worker_ms": round(event.ms, 1),
+            "ttfb_ms": None,
+            "evicted": list(event.done["evicted"]),
+            "unloaded": list(event.done["unloaded"]),
+        }
+        with self._lock:
             self._recent_requests.append(entry)
 
     # -- swaps -----------------------------------------------------------------------------

@@ -99,16 +99,18 @@ class LogLines:
         """The one ``[/models]`` line per explicit operation (load, unload, evict, pin,
         unpin, the idle sweep's unloads): what was done and what the worker holds now."""
         CONSOLE.info(
-            "[/models] op=%s model=%s action=%s worker_ms=%.1f evicted=[%s] unloaded=[%s] "
-            "resident=[%s] cached=[%s]",
+            "[/models] op=%s model=%s action=%s status=%d worker_ms=%.1f evicted=[%s] "
+            "unloaded=[%s] resident=[%s] cached=[%s]%s",
             event.operation,
             event.model,
             event.ticket.decision.action if event.ticket else "none",
+            event.status,
             event.ms,
             ",".join(event.done["evicted"]),
             ",".join(event.done["unloaded"]),
             ",".join(event.resident),
             ",".join(event.cached),
+            f' error="{event.error}"' if event.error else "",
         )
 
 

@@ -213,6 +213,23 @@ def test_load_unload_evict_endpoints(start_store, worker, caplog):
         "op=evict",
         "op=evict",
     ]
+    # A failed operation logs its status and why, not like a success.
+    assert [line.split()[4] for line in lines] == ["status=200"] * 3 + ["status=404"] + [
+        "status=200",
+        "status=404",
+    ]
+    assert 'error="tiny-a.gguf is not resident on the worker"' in lines[3]
+    # The operations join the recent list the dashboard shows.
+    recent = requests.get(f"{store.url}/activity", timeout=10).json()["requests"]
+    ops = [(r["route"], r["status"]) for r in recent if r["route"].startswith("/models")]
+    assert ops == [
+        ("/models load", 200),
+        ("/models load", 200),
+        ("/models unload", 200),
+        ("/models unload", 404),
+        ("/models evict", 200),
+        ("/models evict", 404),
+    ]
     assert_agree(store, worker)
 
 

@@ -109,6 +109,8 @@ class ControlDone:
     ms: float
     resident: tuple[str, ...]
     cached: tuple[str, ...]
+    status: int = 200  # the HTTP status the operation answered (a failure is no success)
+    error: str = ""  # its error message, when it failed
 
 
 class Events:
