@@ -39,22 +39,23 @@ def summarize(
     bytes_pushed: int,
     waits: Sequence[float],
 ) -> dict:
-    """The result object: counts per action, ``hit_ratio`` (requests already loaded or
-    cached on the worker, over all requests: a rejected one is no hit), ``misses``
-    (pushes) and the waits (seconds per served request)."""
+    """The result object: counts per action, ``hit_ratio`` (requests whose model was
+    resident, over all requests: the store's and the dashboard's definition),
+    ``cached_hit_ratio`` (resident or in the worker's disk cache: no push), ``misses``
+    (pushes) and the waits (seconds per served request). A rejected request is no hit."""
     counts = Counter(str(action) for action in actions)
     requests = sum(counts.values())
     result = {"requests": requests}
     result.update({str(action): counts.get(str(action), 0) for action in ACTIONS})
-    hits = counts.get(str(Action.ALREADY_LOADED), 0) + counts.get(
-        str(Action.LOAD_FROM_LOCAL_STORE), 0
-    )
+    hits = counts.get(str(Action.ALREADY_LOADED), 0)
+    cached_hits = hits + counts.get(str(Action.LOAD_FROM_LOCAL_STORE), 0)
     result.update(
         {
             "evicted": evicted,
             "unloaded": unloaded,
             "misses": counts.get(str(Action.LOAD_FROM_STORE), 0),
             "hit_ratio": round(hits / requests, 4) if requests else 0.0,
+            "cached_hit_ratio": round(cached_hits / requests, 4) if requests else 0.0,
             "bytes_pushed": bytes_pushed,
             "swap_seconds": round(sum(waits), 3),
             "p50_wait_ms": round(percentile(waits, 50) * 1000, 3),
