@@ -9,7 +9,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import A, B, ask, worker_status
+from tests.conftest import A, B, ask, start_generation, worker_status
 
 TINY_DIMENSIONS = 64  # the tiny models' embedding_length (model_swap/tiny_models.py)
 
@@ -114,3 +114,15 @@ def test_unknown_model_is_a_404_and_bad_input_a_400(client):
         client.embeddings.create(model=A, input="")
     with pytest.raises(openai.BadRequestError, match="encoding_format"):
         client.embeddings.create(model=A, input="x", encoding_format="int8")
+
+
+def test_embedding_runs_while_a_generation_holds_the_same_model(store, client):
+    """Embeddings use their own context on the resident weights: no queue behind generation."""
+    response, _first, chunks = start_generation(store, A, max_tokens=1500)
+    try:
+        embedded = client.embeddings.create(model=A, input="while it generates")
+        assert len(embedded.data[0].embedding) == TINY_DIMENSIONS
+        generating = requests.get(f"{store.url}/status", timeout=10).json()["generating"]
+        assert generating == 1  # the generation was still running when the vector came back
+    finally:
+        response.close()
