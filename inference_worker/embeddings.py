@@ -104,32 +104,35 @@ class Embeddings:
         Raises EmbeddingError (an input longer than the context, ``dimensions``
         other than the model's, a reranker) or ModelClosed.
         """
-        size = llm.n_embd()
-        if dimensions is not None and dimensions != size:
-            raise EmbeddingError(
-                f"dimensions {dimensions} is not supported: this model's embeddings have "
-                f"{size} dimensions (leave dimensions out or give {size})"
-            )
-        tokens = [llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) for text in texts]
-        for index, ids in enumerate(tokens):
-            if len(ids) > self.n_ctx:
-                raise EmbeddingError(
-                    f"input {index} is {len(ids)} tokens; the embedding context holds "
-                    f"{self.n_ctx} (N_CTX)"
-                )
         with self._lock:
             slot = self._contexts.get(llm)
             if slot is None:
                 slot = self._contexts[llm] = _Context()
+        # Everything that touches ``llm`` runs under the slot's lock: ``release`` takes
+        # it before the model is closed, so a closed model is never read.
         with slot.lock:
             if slot.closed:
                 raise ModelClosed("the model was unloaded")
-            if not tokens:
-                return Embedded([], size, [], POOLING_NAMES[slot.pooling])
-            if slot.ctx is None:
+            size = llm.n_embd()
+            if dimensions is not None and dimensions != size:
+                raise EmbeddingError(
+                    f"dimensions {dimensions} is not supported: this model's embeddings have "
+                    f"{size} dimensions (leave dimensions out or give {size})"
+                )
+            tokens = [
+                llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) for text in texts
+            ]
+            for index, ids in enumerate(tokens):
+                if len(ids) > self.n_ctx:
+                    raise EmbeddingError(
+                        f"input {index} is {len(ids)} tokens; the embedding context holds "
+                        f"{self.n_ctx} (N_CTX)"
+                    )
+            if slot.ctx is None and tokens:
                 self._create(slot, llm)
-            vectors = _run(slot, tokens, size)
-        return Embedded(vectors, size, [len(ids) for ids in tokens], POOLING_NAMES[slot.pooling])
+            vectors = _run(slot, tokens, size) if tokens else []
+            pooling = POOLING_NAMES[slot.pooling]
+        return Embedded(vectors, size, [len(ids) for ids in tokens], pooling)
 
     def _create(self, slot: _Context, llm) -> None:
         """The embedding context on ``llm``'s weights (the caller holds ``slot.lock``)."""

@@ -9,6 +9,8 @@ import openai
 import pytest
 import requests
 
+from inference_worker.embeddings import ModelClosed
+from inference_worker.engine import Engine
 from tests.conftest import A, B, ask, start_generation, worker_status
 
 TINY_DIMENSIONS = 64  # the tiny models' embedding_length (model_swap/tiny_models.py)
@@ -126,3 +128,17 @@ def test_embedding_runs_while_a_generation_holds_the_same_model(store, client):
         assert generating == 1  # the generation was still running when the vector came back
     finally:
         response.close()
+
+
+def test_a_model_unloaded_after_it_was_picked_is_never_read(models_dir):
+    """``Engine.unload`` frees the embedding context first; a request that picked the model
+    before the unload gets ModelClosed (the worker's 409), not a read of freed memory."""
+    engine = Engine(n_ctx=256)
+    engine.load(A, models_dir / A)
+    name, llm = engine.embedding_model(A)
+    assert engine.embeddings.embed(llm, ["before"]).dimensions == TINY_DIMENSIONS
+    assert engine.embedding_bytes()[A] > 0
+    assert engine.unload(A)
+    with pytest.raises(ModelClosed):
+        engine.embeddings.embed(llm, ["after"])
+    assert engine.embedding_bytes() == {}

@@ -283,9 +283,13 @@ def test_unreachable_worker_is_503(start_store):
 
 
 def test_unknown_v1_route_is_openai_shaped_404(store):
-    r = requests.post(f"{store.url}/v1/embeddings", json={}, timeout=10)
+    r = requests.post(f"{store.url}/v1/images/generations", json={}, timeout=10)
     assert r.status_code == 404
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # /v1/embeddings exists (tests/test_embeddings.py): an empty body is OpenAI's 400.
+    r = requests.post(f"{store.url}/v1/embeddings", json={}, timeout=10)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "model"
 
 
 def test_log_line_names_the_route(store, caplog):
