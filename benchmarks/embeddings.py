@@ -9,7 +9,8 @@ one input and one of a batch of 32 inputs (the same texts everywhere) on:
 
 - the store's ``POST /v1/embeddings`` (policy, swap path, worker call, OpenAI JSON);
 - the worker's own ``POST /infer`` with ``embed`` (what the store sends): the baseline;
-- llama.cpp's ``llama-server --embeddings --pooling mean`` on the same file, at its
+- llama.cpp's ``llama-server --embeddings --pooling mean`` on the same file (context
+  N_CTX, batch and micro-batch the worker's EMBEDDING_TOKENS), at its
   ``/v1/embeddings`` (``LLAMA_SERVER_BIN``, default /work/peer/bin/llama-server;
   skipped with a line saying so when it is missing).
 
@@ -50,12 +51,13 @@ TEXTS = [
 ]
 
 
-def start_llama_server(binary: str, tmp: Path, path: Path, n_ctx: int) -> tuple:
-    """llama.cpp's server with embeddings on (mean pooling, as model-swap for this file)."""
+def start_llama_server(binary: str, tmp: Path, path: Path, n_ctx: int, tokens: int) -> tuple:
+    """llama.cpp's server with embeddings on (mean pooling, as model-swap for this file),
+    its batch and micro-batch the worker's embedding batch (``tokens``)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [binary, "-m", str(path), "--embeddings", "--pooling", "mean"]
-    args += ["-c", str(n_ctx), "-b", str(n_ctx), "-ub", str(n_ctx)]
+    args += ["-c", str(n_ctx), "-b", str(tokens), "-ub", str(tokens)]
     args += ["--host", "127.0.0.1", "--port", str(port)]
     process = start_process(args, {}, tmp / "llama-server.log", f"{url}/health")
     return process, url
@@ -147,8 +149,10 @@ def main() -> int:
         peer = peer_url = None
         try:
             if Path(binary).is_file() and os.access(binary, os.X_OK):
-                n_ctx = services.worker_status()["n_ctx"]
-                peer, peer_url = start_llama_server(binary, tmp, models / model, n_ctx)
+                worker = services.worker_status()
+                peer, peer_url = start_llama_server(
+                    binary, tmp, models / model, worker["n_ctx"], worker["embedding_tokens"]
+                )
             else:
                 lines.append(
                     f"llama-server skipped: {binary} is missing or not executable "

@@ -165,7 +165,11 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     """Build a worker app with its own cache and engine (no global state)."""
     settings = settings or WorkerSettings.from_env()
     cache = ModelCache(settings.model_cache_dir)
-    engine = Engine(n_gpu_layers=settings.n_gpu_layers, n_ctx=settings.n_ctx)
+    engine = Engine(
+        n_gpu_layers=settings.n_gpu_layers,
+        n_ctx=settings.n_ctx,
+        embedding_tokens=settings.embedding_tokens,
+    )
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -349,6 +353,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             last_generation=engine.last_generation,
             n_gpu_layers=settings.n_gpu_layers,
             n_ctx=settings.n_ctx,
+            embedding_tokens=engine.embeddings.max_tokens,
             receiving=cache.transfers.describe(),  # uploads running now: bytes done and total
         )
 

@@ -86,8 +86,11 @@ class Embeddings:
     """Embedding contexts of the resident models, keyed by their ``Llama`` object.
     Thread-safe."""
 
-    def __init__(self, n_ctx: int):
-        self.n_ctx = n_ctx
+    def __init__(self, max_tokens: int, setting: str = "EMBEDDING_TOKENS"):
+        # Tokens of one input and of one llama.cpp batch: the context's size, its batch and
+        # micro-batch (pooling reads a whole sequence from one micro-batch).
+        self.max_tokens = max_tokens
+        self.setting = setting  # the setting that bounds it, for error messages
         self._lock = threading.Lock()
         # A model's Llama object is new on every load: a reload never reuses a closed context.
         self._contexts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -123,14 +126,14 @@ class Embeddings:
                 llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) for text in texts
             ]
             for index, ids in enumerate(tokens):
-                if len(ids) > self.n_ctx:
+                if len(ids) > self.max_tokens:
                     raise EmbeddingError(
-                        f"input {index} is {len(ids)} tokens; the embedding context holds "
-                        f"{self.n_ctx} (N_CTX)"
+                        f"input {index} is {len(ids)} tokens; an embedding input may hold "
+                        f"at most {self.max_tokens} ({self.setting})"
                     )
             if slot.ctx is None and tokens:
                 self._create(slot, llm)
-            vectors = _run(slot, tokens, size) if tokens else []
+            vectors = _run(slot, tokens, size, self.max_tokens) if tokens else []
             pooling = POOLING_NAMES[slot.pooling]
         return Embedded(vectors, size, [len(ids) for ids in tokens], pooling)
 
@@ -138,9 +141,10 @@ class Embeddings:
         """The embedding context on ``llm``'s weights (the caller holds ``slot.lock``)."""
         pooling = pooling_of(llm.metadata)
         params = llama_cpp.llama_context_default_params()
-        # Each input must fit one micro-batch: pooling reads a whole sequence at once.
-        params.n_ctx = params.n_batch = params.n_ubatch = self.n_ctx
-        params.n_seq_max = max(1, min(llama_cpp.llama_max_parallel_sequences(), self.n_ctx))
+        # Each input must fit one micro-batch: pooling reads a whole sequence at once. The
+        # memory is cleared after every batch, so the KV cache needs no more room either.
+        params.n_ctx = params.n_batch = params.n_ubatch = self.max_tokens
+        params.n_seq_max = max(1, min(llama_cpp.llama_max_parallel_sequences(), self.max_tokens))
         params.kv_unified = True
         params.embeddings = True
         params.pooling_type = pooling
@@ -155,13 +159,13 @@ class Embeddings:
                     f"llama.cpp could not create an embedding context: {why}"
                 ) from None
         slot.batch = _internals.LlamaBatch(
-            n_tokens=self.n_ctx, embd=0, n_seq_max=params.n_seq_max, verbose=False
+            n_tokens=self.max_tokens, embd=0, n_seq_max=params.n_seq_max, verbose=False
         )
         slot.pooling, slot.n_seq_max, slot.bytes = pooling, params.n_seq_max, log.buffer_bytes
         logger.info(
-            "embedding context created (pooling %s, n_ctx %d, %.1f MiB)",
+            "embedding context created (pooling %s, %d tokens, %.1f MiB)",
             POOLING_NAMES[pooling],
-            self.n_ctx,
+            self.max_tokens,
             log.buffer_bytes / llama_log.MIB,
         )
 
@@ -180,13 +184,14 @@ class Embeddings:
                 slot.ctx, slot.batch, slot.bytes = None, None, 0
 
 
-def _run(slot: _Context, tokens: list[list[int]], size: int) -> list[np.ndarray]:
-    """Decode ``tokens`` (one sequence per input) in as few batches as fit; unit vectors."""
+def _run(slot: _Context, tokens: list[list[int]], size: int, limit: int) -> list[np.ndarray]:
+    """Decode ``tokens`` (one sequence per input) in as few batches of at most ``limit``
+    tokens as fit; unit vectors."""
     vectors: list[np.ndarray] = []
     pending: list[list[int]] = []
     used = 0
     for ids in tokens:
-        if pending and (used + len(ids) > slot.ctx.n_ctx() or len(pending) >= slot.n_seq_max):
+        if pending and (used + len(ids) > limit or len(pending) >= slot.n_seq_max):
             vectors.extend(_decode(slot, pending, size))
             pending, used = [], 0
         pending.append(ids)

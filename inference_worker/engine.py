@@ -67,7 +67,14 @@ class Engine:
     generation on another.
     """
 
-    def __init__(self, *, n_gpu_layers: int = -1, n_ctx: int = 2048, clock=time.monotonic):
+    def __init__(
+        self,
+        *,
+        n_gpu_layers: int = -1,
+        n_ctx: int = 2048,
+        embedding_tokens: int | None = None,
+        clock=time.monotonic,
+    ):
         llama_log.install()
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
@@ -79,7 +86,10 @@ class Engine:
         self.loads = 0  # successful loads since start
         self.last_generation: dict | None = None  # tokens and timing of the latest one
         # Embedding contexts on the resident models' weights (see the hook below).
-        self.embeddings = Embeddings(n_ctx)
+        if embedding_tokens is None or embedding_tokens >= n_ctx:
+            self.embeddings = Embeddings(n_ctx, "N_CTX")
+        else:
+            self.embeddings = Embeddings(embedding_tokens, "EMBEDDING_TOKENS")
 
     @property
     def loaded(self) -> str | None:

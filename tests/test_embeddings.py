@@ -103,8 +103,21 @@ def test_dimensions_other_than_the_models_size_is_a_400(client):
 def test_input_longer_than_the_context_is_a_400_naming_the_limit(start_store, start_worker):
     store = start_store(start_worker(n_ctx=64))
     client = openai.OpenAI(base_url=f"{store.url}/v1", api_key="unused", max_retries=0)
-    with pytest.raises(openai.BadRequestError, match="holds 64"):
+    with pytest.raises(openai.BadRequestError, match="at most 64 \\(N_CTX\\)"):
         client.embeddings.create(model=A, input="word " * 200)
+
+
+def test_embedding_tokens_bounds_inputs_and_batches(start_store, start_worker):
+    store = start_store(start_worker(embedding_tokens=32))
+    client = openai.OpenAI(base_url=f"{store.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="at most 32 \\(EMBEDDING_TOKENS\\)"):
+        client.embeddings.create(model=A, input="word " * 40)
+    # Forty short inputs do not fit one batch of 32 tokens: several decodes.
+    texts = [f"item {i}" for i in range(40)]
+    batched = vectors(client.embeddings.create(model=A, input=texts))
+    alone = vectors(client.embeddings.create(model=A, input=texts[-1]))
+    assert batched.shape == (40, TINY_DIMENSIONS)
+    assert float(alone[0] @ batched[-1]) > 0.9999
 
 
 def test_unknown_model_is_a_404_and_bad_input_a_400(client):
@@ -133,7 +146,7 @@ def test_embedding_runs_while_a_generation_holds_the_same_model(store, client):
 def test_a_model_unloaded_after_it_was_picked_is_never_read(models_dir):
     """``Engine.unload`` frees the embedding context first; a request that picked the model
     before the unload gets ModelClosed (the worker's 409), not a read of freed memory."""
-    engine = Engine(n_ctx=256)
+    engine = Engine(n_ctx=256, embedding_tokens=64)
     engine.load(A, models_dir / A)
     name, llm = engine.embedding_model(A)
     assert engine.embeddings.embed(llm, ["before"]).dimensions == TINY_DIMENSIONS
