@@ -6,7 +6,6 @@ the answer; errors use the shared JSON envelope.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -17,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_worker.chat import ChatTemplateError
 from inference_worker.config import WorkerSettings
-from inference_worker.embeddings import EmbeddingError, ModelClosed
+from inference_worker.embedding_call import embed_response
 from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded, PromptTooLong
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
@@ -124,41 +123,6 @@ def _parse_job(body: dict, settings: WorkerSettings, *, events: bool) -> Job:
 def _event(data: dict) -> bytes:
     """One line of the ``events`` stream format (newline-delimited JSON)."""
     return json.dumps(data, ensure_ascii=False).encode() + b"\n"
-
-
-def _embed_inputs(body: dict) -> tuple[list[str], int | None]:
-    """An /infer body's ``embed`` (a list of strings) and optional ``dimensions``."""
-    texts = body["embed"]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("embed must be a list of strings")
-    dimensions = body.get("dimensions")
-    if dimensions is not None:
-        dimensions = positive_int(body, "dimensions", default=1)
-    return texts, dimensions
-
-
-def _embed(engine: Engine, body: dict, model: str | None) -> Response:
-    """Embeddings of ``body["embed"]`` on a resident model, as one JSON answer: the
-    unit vectors as one base64 string of little-endian float32 (inputs in order)."""
-    texts, dimensions = _embed_inputs(body)
-    try:
-        name, llm = engine.embedding_model(model)
-        embedded = engine.embeddings.embed(llm, texts, dimensions=dimensions)
-    except (NotLoaded, ModelClosed) as err:
-        raise Conflict(str(err)) from None
-    except EmbeddingError as err:
-        raise BadRequest(str(err)) from None
-    matrix = b"".join(vector.astype("<f4").tobytes() for vector in embedded.vectors)
-    response = jsonify(
-        model=name,
-        dimensions=embedded.dimensions,
-        tokens=embedded.token_counts,
-        pooling=embedded.pooling,
-        normalized=True,
-        embeddings_base64=base64.b64encode(matrix).decode("ascii"),
-    )
-    response.headers["X-Model"] = name
-    return response
 
 
 def create_app(settings: WorkerSettings | None = None) -> Flask:
@@ -292,7 +256,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         if model is not None:
             model = _model_name_arg(model)
         if "embed" in body:
-            return _embed(engine, body, model)
+            return embed_response(engine, body, model)
         events = _stream_format(body) == "events"
         job = _parse_job(body, settings, events=events)
         waiting = time.perf_counter()
