@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from inference_worker.chat import ChatTemplateError
 from inference_worker.config import WorkerSettings
+from inference_worker.embedding_call import embed_response
 from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded, PromptTooLong
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
@@ -128,7 +129,11 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     """Build a worker app with its own cache and engine (no global state)."""
     settings = settings or WorkerSettings.from_env()
     cache = ModelCache(settings.model_cache_dir)
-    engine = Engine(n_gpu_layers=settings.n_gpu_layers, n_ctx=settings.n_ctx)
+    engine = Engine(
+        n_gpu_layers=settings.n_gpu_layers,
+        n_ctx=settings.n_ctx,
+        embedding_tokens=settings.embedding_tokens,
+    )
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -293,11 +298,13 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     def infer():
         request.max_content_length = settings.max_request_bytes
         body = read_json_object(request)
-        events = _stream_format(body) == "events"
-        job = _parse_job(body, settings, events=events)
         model = body.get("model")
         if model is not None:
             model = _model_name_arg(model)
+        if "embed" in body:
+            return embed_response(engine, body, model)
+        events = _stream_format(body) == "events"
+        job = _parse_job(body, settings, events=events)
         waiting = time.perf_counter()
         try:
             generation = engine.begin(model, job)
@@ -341,6 +348,10 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     @app.get("/status")
     def status():
         resident = [dataclasses.asdict(info) for info in engine.resident()]
+        embedding_bytes = engine.embedding_bytes()
+        for info in resident:  # an embedding context's memory counts with its model
+            info["embedding_bytes"] = embedding_bytes.get(info["name"], 0)
+            info["estimated_bytes"] += info["embedding_bytes"]
         return jsonify(
             loaded=engine.loaded,
             resident=resident,
@@ -355,6 +366,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             last_generation=engine.last_generation,
             n_gpu_layers=settings.n_gpu_layers,
             n_ctx=settings.n_ctx,
+            embedding_tokens=engine.embeddings.max_tokens,
             receiving=cache.transfers.describe(),  # uploads running now: bytes done and total
         )
 

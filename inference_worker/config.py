@@ -20,6 +20,10 @@ DEFAULTS = {
     "MODEL_CACHE_DIR": str(PACKAGE_DIR / "model_cache"),
     "N_GPU_LAYERS": -1,
     "N_CTX": 2048,
+    # Most tokens of one embedding input, and of one llama.cpp batch of inputs; sizes each
+    # model's embedding context (its compute buffer holds the vocabulary's logits for this
+    # many tokens: ~0.5 GiB for Gemma 3 at 512). Capped at N_CTX.
+    "EMBEDDING_TOKENS": 512,
     # Largest /infer body accepted (bytes); uploads are bounded by the disk instead.
     "MAX_REQUEST_BYTES": 1024 * 1024,
     # Shared secret every request (but GET /healthz) must present as a bearer token.
@@ -57,6 +61,7 @@ class WorkerSettings:
     model_cache_dir: Path = Path(DEFAULTS["MODEL_CACHE_DIR"])
     n_gpu_layers: int = DEFAULTS["N_GPU_LAYERS"]
     n_ctx: int = DEFAULTS["N_CTX"]
+    embedding_tokens: int = DEFAULTS["EMBEDDING_TOKENS"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
@@ -82,6 +87,9 @@ class WorkerSettings:
             model_cache_dir=env.path("MODEL_CACHE_DIR", DEFAULTS["MODEL_CACHE_DIR"]),
             n_gpu_layers=env.integer("N_GPU_LAYERS", DEFAULTS["N_GPU_LAYERS"], minimum=-1),
             n_ctx=env.integer("N_CTX", DEFAULTS["N_CTX"], minimum=16),
+            embedding_tokens=env.integer(
+                "EMBEDDING_TOKENS", DEFAULTS["EMBEDDING_TOKENS"], minimum=16
+            ),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),

@@ -24,6 +24,7 @@ from llama_cpp import Llama
 
 from inference_worker import llama_log
 from inference_worker.chat import ChatTemplate
+from inference_worker.embeddings import Embeddings
 from inference_worker.generation import Generation, Job
 from inference_worker.resident import ResidentInfo, ResidentModel, rss_bytes
 from model_swap import footprint
@@ -66,7 +67,14 @@ class Engine:
     generation on another.
     """
 
-    def __init__(self, *, n_gpu_layers: int = -1, n_ctx: int = 2048, clock=time.monotonic):
+    def __init__(
+        self,
+        *,
+        n_gpu_layers: int = -1,
+        n_ctx: int = 2048,
+        embedding_tokens: int | None = None,
+        clock=time.monotonic,
+    ):
         llama_log.install()
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
@@ -77,6 +85,11 @@ class Engine:
         self._estimates: dict[tuple, int] = {}  # footprint per file version (see _estimate)
         self.loads = 0  # successful loads since start
         self.last_generation: dict | None = None  # tokens and timing of the latest one
+        # Embedding contexts on the resident models' weights (see the hook below).
+        if embedding_tokens is None or embedding_tokens >= n_ctx:
+            self.embeddings = Embeddings(n_ctx, "N_CTX")
+        else:
+            self.embeddings = Embeddings(embedding_tokens, "EMBEDDING_TOKENS")
 
     @property
     def loaded(self) -> str | None:
@@ -214,6 +227,7 @@ class Engine:
 
     def _close(self, resident: ResidentModel, why: str) -> None:
         """Free ``resident``'s context (the caller holds its lock)."""
+        self.embeddings.release(resident.llm)  # after an embedding running on it
         resident.llm.close()
         resident.llm, resident.template = None, None
         logger.info("unloaded %s%s", resident.name, f" {why}" if why else "")
@@ -252,6 +266,29 @@ class Engine:
         except BaseException:
             resident.lock.release()
             raise
+
+    # -- hook for inference_worker/embeddings.py -------------------------------------
+
+    def embedding_model(self, model: str | None) -> tuple[str, Llama]:
+        """The name and llama.cpp model of a resident model, for ``self.embeddings``.
+
+        Does not wait for generations: embeddings run in their own context on the
+        same weights, and ``_close`` releases that context before the model closes.
+        Raises NotLoaded.
+        """
+        with self._state:
+            resident = self._pick(model)
+            if resident.llm is None:
+                raise NotLoaded(f"{resident.name} is not loaded (it is being reloaded)")
+            self._models.move_to_end(resident.name)
+            resident.last_active = self._clock()
+            return resident.name, resident.llm
+
+    def embedding_bytes(self) -> dict[str, int]:
+        """The memory of each resident model's embedding context (0: none created)."""
+        with self._state:
+            models = [(r.name, r.llm) for r in self._models.values() if r.llm is not None]
+        return {name: self.embeddings.context_bytes(llm) for name, llm in models}
 
     def _pick(self, model: str | None) -> ResidentModel:
         """The resident model a request names (the most recent one for None); under _state."""

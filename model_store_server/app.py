@@ -3,7 +3,8 @@
 ``routes/seed.py`` is the seed's API (``/user_request``, ``/status``, ``/reset``),
 ``routes/openai.py`` the OpenAI-compatible API under ``/v1``, ``routes/models.py``
 the explicit control of the worker's tiers (``/models/...``), ``routes/observability.py``
-``/metrics``, ``/activity`` and the dashboard at ``/``.
+``/metrics``, ``/activity`` and the dashboard at ``/``, ``routes/ollama.py`` the
+Ollama-compatible API under ``/api`` (unless ``OLLAMA_API=0``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from model_store_server.core.orchestrator import SwapService
 from model_store_server.metrics import StoreMetrics
 from model_store_server.routes.models import models
 from model_store_server.routes.observability import DASHBOARD_PATHS, observability
+from model_store_server.routes.ollama import ollama
 from model_store_server.routes.openai import openai
 from model_store_server.routes.seed import seed
 from model_store_server.views import LogLines
@@ -50,4 +52,6 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
     app.register_blueprint(openai)
     app.register_blueprint(models)
     app.register_blueprint(observability)
+    if settings.ollama_api:
+        app.register_blueprint(ollama)
     return app

@@ -73,6 +73,8 @@ DEFAULTS = {
     "LOG_FORMAT": "text",
     # Serve GET /metrics without the bearer token even when tokens are configured.
     "METRICS_PUBLIC": False,
+    # Serve the Ollama-compatible API (/api/tags, /api/chat, /api/embed...) beside /v1.
+    "OLLAMA_API": True,
     # Serving (model_swap/serving.py): threads of the one server process that serve requests,
     # seconds running requests may take to finish after SIGTERM/SIGINT/SIGHUP, and seconds
     # one read or write on a client connection may block (a client that stops reading).
@@ -118,6 +120,7 @@ class StoreSettings:
     log_level: str = DEFAULTS["LOG_LEVEL"]
     log_format: str = DEFAULTS["LOG_FORMAT"]
     metrics_public: bool = DEFAULTS["METRICS_PUBLIC"]
+    ollama_api: bool = DEFAULTS["OLLAMA_API"]
     server_threads: int = DEFAULTS["SERVER_THREADS"]
     shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
@@ -209,5 +212,6 @@ class StoreSettings:
             ),
             log_format=env.choice("LOG_FORMAT", DEFAULTS["LOG_FORMAT"], LOG_FORMATS),
             metrics_public=env.flag("METRICS_PUBLIC", DEFAULTS["METRICS_PUBLIC"]),
+            ollama_api=env.flag("OLLAMA_API", DEFAULTS["OLLAMA_API"]),
             **serving_options(env, DEFAULTS),
         )

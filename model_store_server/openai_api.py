@@ -61,7 +61,8 @@ class OpenAIRequest:
     keep_alive: float | None = None  # model-swap's extension (Ollama's name and meaning)
 
 
-def _model(body: dict) -> str:
+def parse_model(body: dict) -> str:
+    """``body["model"]``: a model file name; BadRequest if missing, NotFound if invalid."""
     model = body.get("model")
     if model is None or model == "":
         raise BadRequest("model is required", param="model")
@@ -126,7 +127,7 @@ def _job(body: dict, max_tokens: int | None) -> dict:
 
 def parse_chat(body: dict, *, max_prompt_chars: int) -> OpenAIRequest:
     """A ``POST /v1/chat/completions`` body; raises BadRequest or NotFound."""
-    model = _model(body)
+    model = parse_model(body)
     _refuse_unsupported(body)
     stream, include_usage = _stream_flags(body)
     messages = parse_messages(body.get("messages"), max_chars=max_prompt_chars)
@@ -141,7 +142,7 @@ def parse_chat(body: dict, *, max_prompt_chars: int) -> OpenAIRequest:
 
 def parse_completion(body: dict, *, max_prompt_chars: int) -> OpenAIRequest:
     """A ``POST /v1/completions`` body; raises BadRequest or NotFound."""
-    model = _model(body)
+    model = parse_model(body)
     _refuse_unsupported(body)
     stream, include_usage = _stream_flags(body)
     prompt = body.get("prompt")

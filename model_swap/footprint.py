@@ -148,6 +148,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, object]:
     Reads only the header (through a memory map). Raises FootprintError when the
     file is not GGUF (version 2 or 3) or its header is cut short.
     """
+    return _read_header(path, count_parameters=False)[0]
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, object], int]:
+    """``read_metadata`` and the model's parameter count (the tensors' elements, summed
+    from the tensor infos that follow the metadata)."""
+    return _read_header(path, count_parameters=True)
+
+
+def _read_header(path: str | os.PathLike, *, count_parameters: bool) -> tuple[dict, int]:
     with open(path, "rb") as f:
         try:
             buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -160,14 +170,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, object]:
         order = "<" if version & 0xFFFF else ">"  # a zero low half: written big-endian
         header = _Header(buffer, order)
         header.offset = 4
-        version, _tensors, count = header.read("IQQ")
+        version, tensors, count = header.read("IQQ")
         if version not in (2, 3):
             raise FootprintError(f"GGUF version {version} is not supported")
         metadata: dict[str, object] = {}
         for _ in range(count):
             key = header.string()
             metadata[key] = header.value(header.read("I"))
-        return metadata
+        parameters = 0
+        for _ in range(tensors if count_parameters else 0):
+            header.string()  # the tensor's name
+            n_dims = header.read("I")
+            dims = header.read(f"{n_dims}Q") if n_dims else 1
+            elements = 1
+            for dim in dims if isinstance(dims, tuple) else (dims,):
+                elements *= dim
+            parameters += elements
+            header.read("IQ")  # its type and offset
+        return metadata, parameters
 
 
 def _per_layer(value: object, n_layers: int) -> list[int]:

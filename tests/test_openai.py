@@ -289,6 +289,10 @@ def test_unknown_v1_route_is_openai_shaped_404(store):
     # An unknown route is not an unknown model.
     assert r.json()["error"]["code"] == "unknown_route"
     assert "POST /v1/no-such-route" in r.json()["error"]["message"]
+    # /v1/embeddings exists (tests/test_embeddings.py): an empty body is OpenAI's 400.
+    r = requests.post(f"{store.url}/v1/embeddings", json={}, timeout=10)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "model"
 
 
 def test_log_line_names_the_route(store, caplog):

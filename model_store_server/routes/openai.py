@@ -1,15 +1,18 @@
-"""The OpenAI-compatible API: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
+"""The OpenAI-compatible API: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
+``/v1/embeddings``.
 
-Every generation goes through the same ``SwapService.serve`` as ``/user_request``
-(same policy, swap, headers and log line); ``openai_api`` translates the
-shapes. Errors under ``/v1/`` use OpenAI's envelope (``model_swap.errors``).
+Every generation and embedding goes through the same ``SwapService.serve`` as
+``/user_request`` (same policy, swap, headers and log line); ``openai_api`` and
+``embeddings_api`` translate the shapes. Errors under ``/v1/`` use OpenAI's envelope
+(``model_swap.errors``).
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from model_store_server import openai_api
+from model_store_server import embeddings_api, openai_api
+from model_store_server.embeddings_api import EmbeddingRequest, Vectors
 from model_store_server.loading import Loading, serve_streaming, sse_error
 from model_store_server.openai_api import Answer, OpenAIRequest
 from model_store_server.routes.seed import swap_service
@@ -112,3 +115,38 @@ def chat_completions():
 def completions():
     limit = swap_service().settings.max_prompt_chars
     return _generate(openai_api.parse_completion(read_json_object(request), max_prompt_chars=limit))
+
+
+def serve_embeddings(request_: EmbeddingRequest, route: str) -> tuple[Vectors, dict[str, str]]:
+    """Embed ``request_``'s inputs through the swap path (one worker call for the batch);
+    returns the vectors and the response headers (X-Cache-Action and friends)."""
+    try:
+        served = swap_service().serve(
+            request_.model,
+            request_.job(),
+            route=route,
+            stream_error=openai_api.error_event,
+            keep_alive=request_.keep_alive,
+        )
+    except NotFound as err:
+        err.message, err.param = f"The model `{request_.model}` does not exist", "model"
+        raise
+    try:
+        vectors = embeddings_api.read_answer(served.stream)
+    except ApiError as err:
+        err.headers.update(served.headers())
+        served.failed(err.status)
+        raise
+    finally:
+        served.close()
+    return vectors, served.headers()
+
+
+@openai.post("/embeddings")
+def embeddings():
+    limit = swap_service().settings.max_prompt_chars
+    parsed = embeddings_api.parse_openai(read_json_object(request), max_prompt_chars=limit)
+    vectors, headers = serve_embeddings(parsed, request.path)
+    response = jsonify(embeddings_api.openai_body(parsed, vectors, vectors.model or parsed.model))
+    response.headers.update(headers)
+    return response
