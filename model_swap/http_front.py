@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from model_swap.http_request import (
     MAX_HEAD_BYTES,
+    UPLOAD_RATE_WINDOW,
     BadHead,
     ChunkedBody,
     SizedBody,
@@ -64,6 +65,7 @@ class FrontLimits:
     max_connections: int = 4096
     min_upload_rate: float = 1_000_000.0
     io_timeout: float = 60.0
+    upload_rate_window: float = UPLOAD_RATE_WINDOW  # seconds min_upload_rate is judged over
 
 
 class _Conn:
@@ -362,12 +364,12 @@ class FrontServer:
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         conn.continued = False
-        rate = self.limits.min_upload_rate
+        rate, window = self.limits.min_upload_rate, self.limits.upload_rate_window
         if head.chunked:
-            body = ChunkedBody(sock, held, rate, send_continue)
+            body = ChunkedBody(sock, held, rate, send_continue, window=window)
         else:
             length = head.content_length or 0
-            body = SizedBody(sock, held[:length], length, rate, send_continue)
+            body = SizedBody(sock, held[:length], length, rate, send_continue, window=window)
             conn.buffer += held[length:]  # a pipelined request that followed a sized body
         environ = build_environ(head, body, self.address, conn.peer)
         keep_alive = head.keep_alive and not self._draining.is_set()

@@ -28,6 +28,8 @@ MAX_TRAILERS = 100
 # A slow upload is judged over windows of this many seconds (MIN_UPLOAD_RATE).
 UPLOAD_RATE_WINDOW = 30.0
 SERVER_NAME = "model-swap"
+# A body the app left unread is read and dropped up to this size to keep the connection.
+DISCARD_LIMIT = 64 * 1024
 _METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -119,8 +121,16 @@ class Body(io.RawIOBase):
     (a pipelined request). Raises SlowUpload when the body arrives slower than
     ``min_rate`` bytes/s over a window, OSError on a broken connection."""
 
-    def __init__(self, sock: socket.socket, held: bytes, min_rate: float, on_first_read=None):
+    def __init__(
+        self,
+        sock: socket.socket,
+        held: bytes,
+        min_rate: float,
+        on_first_read=None,
+        window: float = UPLOAD_RATE_WINDOW,
+    ):
         super().__init__()
+        self._window = window
         self._sock = sock
         self._held = bytearray(held)
         self._min_rate = min_rate
@@ -134,6 +144,23 @@ class Body(io.RawIOBase):
 
     def leftover(self) -> bytes:
         return bytes(self._held)
+
+    def discard(self, limit: int) -> bool:
+        """Read and drop what the app left of the body, up to ``limit`` bytes; True if the
+        body is then read to its end (the connection can serve another request)."""
+        if self._on_first_read is not None:
+            return False  # the client waits for "100 Continue" before sending it: never asked
+        scratch = memoryview(bytearray(16 * 1024))
+        dropped = 0
+        try:
+            while not self.done and dropped <= limit:
+                count = self.readinto(scratch)
+                if not count:
+                    break
+                dropped += count
+        except (OSError, ValueError):
+            return False
+        return self.done
 
     def _take(self, buffer: memoryview, limit: int) -> int:
         if self._held:
@@ -149,11 +176,16 @@ class Body(io.RawIOBase):
     def _recv(self, buffer: memoryview, limit: int) -> int:
         # The socket's timeout ends with the rate window, so a body that stalls is
         # judged when its window ends, not only when its next bytes arrive.
+        if not self._min_rate:  # MIN_UPLOAD_RATE 0: only the socket's own timeout
+            count = self._sock.recv_into(buffer, limit)
+            if not count:
+                raise ConnectionError("the request body broke off")
+            return count
         now = time.monotonic()
-        if now - self._window_start >= UPLOAD_RATE_WINDOW:
+        if now - self._window_start >= self._window:
             self._check_rate(now)
         saved = self._sock.gettimeout()
-        self._sock.settimeout(max(self._window_start + UPLOAD_RATE_WINDOW - now, 0.01))
+        self._sock.settimeout(max(self._window_start + self._window - now, 0.01))
         try:
             count = self._sock.recv_into(buffer, limit)
         except TimeoutError:
@@ -179,8 +211,8 @@ class Body(io.RawIOBase):
 class SizedBody(Body):
     """A body of known length (Content-Length)."""
 
-    def __init__(self, sock, held: bytes, length: int, min_rate: float, on_first_read=None):
-        super().__init__(sock, held, min_rate, on_first_read)
+    def __init__(self, sock, held: bytes, length: int, min_rate: float, on_first_read=None, **kw):
+        super().__init__(sock, held, min_rate, on_first_read, **kw)
         self._left = length
         self.done = length == 0
 
@@ -196,8 +228,8 @@ class SizedBody(Body):
 class ChunkedBody(Body):
     """A chunked body: chunk data goes straight to the caller, framing is parsed here."""
 
-    def __init__(self, sock, held: bytes, min_rate: float, on_first_read=None):
-        super().__init__(sock, held, min_rate, on_first_read)
+    def __init__(self, sock, held: bytes, min_rate: float, on_first_read=None, **kw):
+        super().__init__(sock, held, min_rate, on_first_read, **kw)
         self._left = 0
         self._started = False
 
@@ -356,8 +388,8 @@ def run_wsgi(app, sock: socket.socket, head: Head, body, environ: dict, keep_ali
                 lines.append("Transfer-Encoding: chunked")
             else:
                 keep_alive = False
-        if not getattr(body, "done", True):
-            keep_alive = False  # the app left the body unread: the framing is lost
+        if keep_alive and not body.done and not body.discard(DISCARD_LIMIT):
+            keep_alive = False  # the app left much of the body unread: close rather than read
         if not keep_alive:
             lines.append("Connection: close")
         elif head.version == "HTTP/1.0":

@@ -93,10 +93,10 @@ def test_both_services_answer_with_the_production_server(worker_process, store_p
     for service in (worker, store):
         status, headers = raw_response_head(service.url)
         assert status == 200
-        assert headers["Server"] == "gunicorn"
+        assert headers["Server"] == "model-swap"
     r = ask(store, A)
     assert r.status_code == 200, r.text
-    assert r.headers["Server"] == "gunicorn"
+    assert r.headers["Server"] == "model-swap"
     assert r.headers["X-Cache-Action"] == "load_from_store"
 
 
