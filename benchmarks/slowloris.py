@@ -21,7 +21,8 @@ processes in front of tiny models, and this measures in one run:
 
 Loopback only. Run under the benchmark lock::
 
-    flock /tmp/model-swap-bench.lock uv run python benchmarks/slowloris.py --out benchmarks/SLOWLORIS.md
+    flock /tmp/model-swap-bench.lock \\
+        uv run python benchmarks/slowloris.py --out benchmarks/SLOWLORIS.md
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def closed_by_server_quietly(sock: socket.socket, started: float, timeout: float
 
 @pytest.mark.slow
 @pytest.mark.parametrize("service", ["store", "worker"])
-def test_slowloris_does_not_stop_normal_requests(worker_process, store_process, service):
+def test_slowloris_does_not_stop_normal_requests(worker_process, store_process, service):  # noqa: F811
     worker = worker_process()
     store = store_process(worker.url)
     assert ask(store, A).status_code == 200  # loaded
