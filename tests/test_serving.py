@@ -333,7 +333,7 @@ def test_server_comparison_benchmark_runs(tmp_path):
         [
             sys.executable,
             str(Path(__file__).resolve().parent.parent / "benchmarks" / "servers.py"),
-            *("--candidates", "werkzeug,gunicorn", "--requests", "2", "--pushes", "1"),
+            *("--candidates", "werkzeug,front,gunicorn", "--requests", "2", "--pushes", "1"),
             *("--push-mb", "2", "--streams", "1", "--stream-tokens", "20", "--rounds", "1"),
         ],
         capture_output=True,
@@ -342,7 +342,7 @@ def test_server_comparison_benchmark_runs(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0] for row in rows[1:]] == ["| werkzeug", "| gunicorn"]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| werkzeug", "| front", "| gunicorn"]
 
 
 def _status_lines(sock: socket.socket, count: int) -> list[bytes]:
