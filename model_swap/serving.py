@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import resource
 import signal
 import socket
@@ -270,7 +271,14 @@ def serve_production(name: str, build_app: Callable[[], object], options: ServeO
         stopper.wait()
     finally:
         server.stop(wait_threads=0)
+    stuck = len(server.busy_connections())
     logger.info("%s: stopped", name)
+    if stuck:
+        # A handler that ignored its closed connection would keep the interpreter from
+        # exiting (it joins the pool's threads): leave without it.
+        logger.warning("%s: %d handler(s) still running; exiting without them", name, stuck)
+        logging.shutdown()
+        os._exit(0)
     raise SystemExit(0)
 
 
