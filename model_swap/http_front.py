@@ -31,12 +31,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from model_swap.http_body import UPLOAD_RATE_WINDOW, ChunkedBody, SizedBody
 from model_swap.http_request import (
     MAX_HEAD_BYTES,
-    UPLOAD_RATE_WINDOW,
     BadHead,
-    ChunkedBody,
-    SizedBody,
     build_environ,
     parse_head,
     run_wsgi,
