@@ -16,14 +16,17 @@ take turns (each round's figure being itself a median):
   how many separate reads the client saw per token (about 1 when every token
   is sent on its own, far below 1 when the server buffers).
 
-Candidates: ``gunicorn`` is the production path itself (the services'
-commands: one gthread worker process, model_swap/serving.py); ``cheroot`` and
-``waitress`` are pure-Python threaded servers in one process. Werkzeug's
+Candidates: ``front`` is the production path itself (the services' commands:
+model_swap/serving.py, an event loop reading request heads in front of a
+thread pool); ``gunicorn`` is the previous production path (one gthread worker
+process, model_swap/serving_gunicorn.py); ``uvicorn`` serves the WSGI app
+through the a2wsgi bridge; ``cheroot`` and ``waitress`` are pure-Python
+threaded servers in one process. Werkzeug's
 development server (what the seed used) is the baseline; every figure is also
 printed as a ratio to it, measured in the same run. All use 16 threads.
-cheroot and waitress are not project dependencies; run with them added::
+cheroot, waitress, uvicorn and a2wsgi are not project dependencies; run with them added::
 
-    uv run --with waitress --with cheroot python benchmarks/servers.py
+    uv run --with waitress --with cheroot --with uvicorn --with a2wsgi python benchmarks/servers.py
 
 A candidate that is not installed is reported as skipped.
 """
@@ -50,26 +53,28 @@ from model_swap.tiny_models import write_tiny_model  # noqa: E402
 
 THREADS = 16
 BASELINE = "werkzeug"
-CANDIDATES = ("werkzeug", "gunicorn", "cheroot", "waitress")
+CANDIDATES = ("werkzeug", "front", "gunicorn", "uvicorn", "cheroot", "waitress")
 
 
-def _app(service: str):
+def _app(service: str, build: bool = True):
+    """(the service's app, or None unless ``build``; its host; its port)."""
     if service == "worker":
         from inference_worker.app import create_app
         from inference_worker.config import WorkerSettings
 
         settings = WorkerSettings.from_env()
-        return create_app(settings), settings.worker_host, settings.worker_port
+        app = create_app(settings) if build else None
+        return app, settings.worker_host, settings.worker_port
     from model_store_server.app import create_app
     from model_store_server.config import StoreSettings
 
     settings = StoreSettings.from_env()
-    return create_app(settings), settings.store_host, settings.store_port
+    return create_app(settings) if build else None, settings.store_host, settings.store_port
 
 
 def serve(candidate: str, service: str) -> None:
     """Serve one service with one candidate until SIGTERM (runs in a child process)."""
-    if candidate == "gunicorn":
+    if candidate == "front":
         # The production path itself (model_swap/serving.py), as the commands run it.
         if service == "worker":
             from inference_worker.cli import main
@@ -78,7 +83,24 @@ def serve(candidate: str, service: str) -> None:
         sys.exit(main())
     from model_swap.wsgi_input import with_readinto_input
 
+    if candidate == "gunicorn":
+        from model_swap.serving import ServeOptions
+        from model_swap.serving_gunicorn import serve_gunicorn
+
+        _, host, port = _app(service, build=False)
+        options = ServeOptions(host, port, THREADS, shutdown_grace=5, write_timeout=60)
+        # The app is built in gunicorn's worker process, after the fork.
+        serve_gunicorn(service, lambda: _app(service)[0], options)
+        return
     app, host, port = _app(service)
+    if candidate == "uvicorn":
+        import uvicorn
+        from a2wsgi import WSGIMiddleware
+
+        # limit_concurrency: uvicorn's connection cap (503 beyond it).
+        asgi = WSGIMiddleware(with_readinto_input(app), workers=THREADS)
+        uvicorn.run(asgi, host=host, port=port, log_level="warning", limit_concurrency=4096)
+        return
     if candidate != "werkzeug":
         app = with_readinto_input(app)
     if candidate == "werkzeug":
@@ -103,7 +125,12 @@ def serve(candidate: str, service: str) -> None:
 
 
 def _installed(candidate: str) -> bool:
-    module = {"gunicorn": "gunicorn", "cheroot": "cheroot", "waitress": "waitress"}.get(candidate)
+    module = {
+        "gunicorn": "gunicorn",
+        "uvicorn": "a2wsgi",
+        "cheroot": "cheroot",
+        "waitress": "waitress",
+    }.get(candidate)
     if module is None:
         return True
     try:

@@ -26,6 +26,10 @@ Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
 9. the scheduler: a concurrent burst over three models with one resident place
    against ``SCHEDULER_MAX_WAIT=0`` and llama-server's router mode, a thrash soak,
    and hit latency through the store against the worker (``benchmarks/scheduler.py``).
+10. slow clients: the front server against the previous gunicorn path (hit
+   latency, push against a raw socket, normal requests under 2,000 slow
+   connections to the store and 1,000 to the worker, memory per slow
+   connection; ``benchmarks/slowloris.py``).
 
 Everything runs on 127.0.0.1 and is bounded in count and time.
 """
@@ -67,6 +71,8 @@ from harness import (  # noqa: E402
 from openai_path import bench_openai  # noqa: E402
 from residency import bench_residency  # noqa: E402
 from scheduler import bench_scheduler  # noqa: E402
+from slowloris import percentile as slow_percentile  # noqa: E402
+from slowloris import run as run_slowloris  # noqa: E402
 
 from model_store_server.digests import DigestCache  # noqa: E402
 from model_store_server.transport import HttpTransport  # noqa: E402
@@ -497,6 +503,72 @@ def bench_scale(report, args) -> None:
         )
 
 
+def bench_slow_clients(report, args) -> None:
+    quick = args.repeats == 1
+    options = argparse.Namespace(
+        candidates="front,gunicorn",
+        store_slow=50 if quick else 2000,
+        worker_slow=50 if quick else 1000,
+        interval=2.0,
+        requests=2 if quick else 20,
+        timeout=2.0 if quick else 5.0,
+        push_mb=8 if quick else 512,
+        pushes=1 if quick else 3,
+    )
+    _, results = run_slowloris(options)
+    raw, old = results["raw"], results["gunicorn"]
+    rows = [["raw loopback socket", "-", f"{raw:.0f} MB/s (1.00x)"]]
+    for name in ("front", "gunicorn"):
+        hit, push = results[name]["hit_ms"], results[name]["push"]
+        rows.append(
+            [
+                name,
+                f"{hit:.2f} ms ({hit / old['hit_ms']:.2f}x gunicorn)",
+                f"{push:.0f} MB/s ({push / raw:.2f}x raw)",
+            ]
+        )
+    front_push = results["front"]["push"] / raw
+    report.table(
+        f"10a. Front server vs gunicorn: hit latency and a {options.push_mb:g} MiB push",
+        ["server", "hit latency (median)", "push (chunked, sha256-verified)"],
+        rows,
+        f"Push target >= 0.8x raw: {verdict(front_push >= 0.8)} ({front_push:.2f}x).",
+    )
+    rows = []
+    for name in ("front", "gunicorn"):
+        for service in ("store", "worker"):
+            f = results[name][service]
+            answered = len(f["during"])
+            rows.append(
+                [
+                    name,
+                    service,
+                    f"{f['slow']} ({f['held']} held)",
+                    f"{slow_percentile(f['before'], 0.5):.1f} / "
+                    f"{slow_percentile(f['before'], 0.95):.1f} ms",
+                    f"{slow_percentile(f['during'], 0.5):.1f} / "
+                    f"{slow_percentile(f['during'], 0.95):.1f} ms",
+                    f"{answered} of {answered + f['during_failed']}",
+                    f"{f['kib_per_conn']:.1f} KiB",
+                ]
+            )
+    report.table(
+        "10b. Slowloris: normal requests while slow connections drip their request heads",
+        [
+            "server",
+            "service",
+            "slow connections",
+            "p50 / p95 without",
+            "p50 / p95 with attack",
+            f"answered within {options.timeout:g} s",
+            "memory per slow connection",
+        ],
+        rows,
+        "Normal requests on fresh connections (store: a hit with max_tokens 1; worker: "
+        "GET /status). Each slow connection sends one header line every 2 s.",
+    )
+
+
 def bench_decisions(report, args, tmp: Path) -> None:
     """decision_ms with N models in MODELS_DIR and a K-entry cache, in the real store code."""
     from model_store_server.config import StoreSettings
@@ -791,6 +863,7 @@ def main() -> int:
         bench_scheduler(report, args, tmp, models, subjects[0])
         bench_scale(report, args)
         bench_decisions(report, args, tmp)
+    bench_slow_clients(report, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "RESULTS.md").write_text(report.markdown(args))
     chart(report, args.out_dir / "results.png")

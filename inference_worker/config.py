@@ -36,12 +36,18 @@ DEFAULTS = {
     # Start the RDMA listener (inference_worker/rdma_listener.py) on WORKER_HOST:WORKER_RDMA_PORT.
     "WORKER_RDMA": False,
     "WORKER_RDMA_PORT": 8081,
-    # Serving (model_swap/serving.py): threads of the one server process that serve requests,
-    # seconds running requests may take to finish after SIGTERM/SIGINT/SIGHUP, and seconds
-    # one read or write on a client connection may block (a client that stops reading).
+    # Serving (model_swap/serving.py): threads that run requests; seconds running requests
+    # may take to finish after SIGTERM/SIGINT/SIGHUP; seconds one read or write on a client
+    # connection may block (a client that stops reading); seconds a request head may take
+    # to arrive; seconds an idle connection is kept between requests; open connections
+    # (one more is answered 503); bytes/s a request body must keep up over 30 s (0: off).
     "SERVER_THREADS": 64,
     "SHUTDOWN_GRACE_SECONDS": 30.0,
     "STREAM_WRITE_TIMEOUT": 60.0,
+    "HEADER_TIMEOUT": 10.0,
+    "KEEPALIVE_TIMEOUT": 5.0,
+    "MAX_CONNECTIONS": 4096,
+    "MIN_UPLOAD_RATE": 1_000_000.0,
     # Pushes received over RDMA at once; a further offer is refused (the store falls back).
     "WORKER_RDMA_MAX_OFFERS": 2,
     # Which RDMA device, port (from 1) and GID index to use; ""/0/-1 = the first active port
@@ -70,6 +76,10 @@ class WorkerSettings:
     server_threads: int = DEFAULTS["SERVER_THREADS"]
     shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
+    header_timeout: float = DEFAULTS["HEADER_TIMEOUT"]
+    keepalive_timeout: float = DEFAULTS["KEEPALIVE_TIMEOUT"]
+    max_connections: int = DEFAULTS["MAX_CONNECTIONS"]
+    min_upload_rate: float = DEFAULTS["MIN_UPLOAD_RATE"]
     worker_rdma: bool = DEFAULTS["WORKER_RDMA"]
     worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
     worker_rdma_max_offers: int = DEFAULTS["WORKER_RDMA_MAX_OFFERS"]

@@ -9,8 +9,8 @@ from model_swap.service_main import run_service
 
 
 def create_app(settings: StoreSettings):
-    # Imported here: the app is built in gunicorn's worker process, and the master
-    # process need not load what the app needs (llama.cpp, on the worker).
+    # Imported here: settings are checked (and an error reported) before the app
+    # module and what it needs (llama.cpp, on the worker) are loaded.
     from model_store_server.app import create_app
 
     return create_app(settings)

@@ -75,12 +75,18 @@ DEFAULTS = {
     "METRICS_PUBLIC": False,
     # Serve the Ollama-compatible API (/api/tags, /api/chat, /api/embed...) beside /v1.
     "OLLAMA_API": True,
-    # Serving (model_swap/serving.py): threads of the one server process that serve requests,
-    # seconds running requests may take to finish after SIGTERM/SIGINT/SIGHUP, and seconds
-    # one read or write on a client connection may block (a client that stops reading).
+    # Serving (model_swap/serving.py): threads that run requests; seconds running requests
+    # may take to finish after SIGTERM/SIGINT/SIGHUP; seconds one read or write on a client
+    # connection may block (a client that stops reading); seconds a request head may take
+    # to arrive; seconds an idle connection is kept between requests; open connections
+    # (one more is answered 503); bytes/s a request body must keep up over 30 s (0: off).
     "SERVER_THREADS": 64,
     "SHUTDOWN_GRACE_SECONDS": 30.0,
     "STREAM_WRITE_TIMEOUT": 60.0,
+    "HEADER_TIMEOUT": 10.0,
+    "KEEPALIVE_TIMEOUT": 5.0,
+    "MAX_CONNECTIONS": 4096,
+    "MIN_UPLOAD_RATE": 1_000_000.0,
 }
 
 
@@ -124,6 +130,10 @@ class StoreSettings:
     server_threads: int = DEFAULTS["SERVER_THREADS"]
     shutdown_grace_seconds: float = DEFAULTS["SHUTDOWN_GRACE_SECONDS"]
     stream_write_timeout: float = DEFAULTS["STREAM_WRITE_TIMEOUT"]
+    header_timeout: float = DEFAULTS["HEADER_TIMEOUT"]
+    keepalive_timeout: float = DEFAULTS["KEEPALIVE_TIMEOUT"]
+    max_connections: int = DEFAULTS["MAX_CONNECTIONS"]
+    min_upload_rate: float = DEFAULTS["MIN_UPLOAD_RATE"]
 
     def __post_init__(self) -> None:
         if self.scheduler_max_wait < 0:

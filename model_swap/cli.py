@@ -1,10 +1,12 @@
 """``model-swap``: the project's helper command.
 
 - ``model-swap up``: run a worker and a store together in the foreground, with
-  the default Gemma model and three tiny test models in MODELS_DIR. SIGTERM,
-  SIGINT (Ctrl-C) and SIGHUP are passed on to both, which finish running
-  requests (up to SHUTDOWN_GRACE_SECONDS) and exit; the services die with
-  ``up`` even if it is killed.
+  the default Gemma model and three tiny test models in MODELS_DIR. The first
+  SIGTERM, SIGINT (Ctrl-C) or SIGHUP is passed on to both, which finish running
+  requests (up to SHUTDOWN_GRACE_SECONDS) and exit; a repeat within
+  REPEAT_WINDOW seconds is ignored (a doubled signal still drains), a later one
+  sends both SIGQUIT, which cuts running requests at once. The services die
+  with ``up`` even if it is killed.
 - ``model-swap tiny-models DIR``: write tiny random-weight llama models.
 - ``model-swap ps`` / ``model-swap status``: what a running store holds (``model_swap/ps.py``).
 - ``model-swap trace generate``, ``simulate``, ``replay``: the policy lab (``model_swap_lab``).
@@ -24,7 +26,7 @@ from pathlib import Path
 from model_swap import ps
 from model_swap.logs import configure_logging
 from model_swap.probes import wait_until_healthy
-from model_swap.serving import die_with_parent
+from model_swap.serving import REPEAT_WINDOW, die_with_parent
 from model_swap.settings import SettingsError
 
 logger = logging.getLogger("model_swap.cli")
@@ -150,15 +152,29 @@ def cmd_up(_args: argparse.Namespace) -> int:
     processes: list[subprocess.Popen] = []
     stopping: list[int] = []
     signaled: set[int] = set()
+    first_signal_at: list[float] = []
 
-    def forward(signum, _frame):
-        if not stopping:
-            logger.info("received signal %d, stopping both services", signum)
-        stopping.append(signum)
+    def send(signum: int) -> None:
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signum)
                 signaled.add(process.pid)
+
+    def forward(signum, _frame):
+        now = time.monotonic()
+        if not stopping:
+            logger.info("received signal %d, stopping both services", signum)
+            first_signal_at.append(now)
+            send(signum)
+        elif now - first_signal_at[0] < REPEAT_WINDOW:
+            # The same stop delivered twice (a process-group signal plus `uv run`
+            # forwarding it): passing it on again would not change the drain.
+            logger.info("signal %d repeated; already stopping", signum)
+        elif signal.SIGQUIT not in stopping:
+            logger.warning("signal %d again: cutting running requests now", signum)
+            send(signal.SIGQUIT)
+            stopping.append(signal.SIGQUIT)
+        stopping.append(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:

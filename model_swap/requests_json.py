@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -10,12 +11,42 @@ from flask import Request
 from model_swap.errors import BadRequest
 from model_swap.generation import check_text
 
+# Deepest nesting of arrays and objects accepted in a request body. What the parser
+# accepts (up to about 1,000 levels) could still exhaust the recursion limit of code
+# that walks, copies or prints the value; no request of ours needs more than a few.
+MAX_JSON_DEPTH = 128
+_TOO_DEEP = f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+
+
+def _depth_exceeds(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` deep (no recursion;
+    visits containers only, so a long string costs nothing)."""
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
 
 def read_json_object(request: Request) -> dict:
-    """The request body as a JSON object, or BadRequest naming what is wrong."""
-    data = request.get_json(silent=True, force=True)
-    if data is None:
-        raise BadRequest("request body must be valid JSON")
+    """The request body as a JSON object, or BadRequest naming what is wrong.
+
+    Whatever the parser cannot handle is bad input, never a server error: text
+    that is not JSON or not UTF-8 (ValueError, which includes integers too long to
+    convert) and nesting deeper than the parser's recursion limit (RecursionError;
+    about 1,000 levels).
+    """
+    try:
+        data = json.loads(request.get_data(cache=False))
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
+    except ValueError:
+        raise BadRequest("request body must be valid JSON") from None
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise BadRequest(_TOO_DEEP)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data

@@ -1,14 +1,13 @@
 """The shared start-up sequence of a service's command line.
 
-Read settings from the environment (one line and exit 2 on a bad value),
-configure logging, then serve the app in the foreground with the production
-server (model_swap/serving.py) until SIGTERM, SIGINT or SIGHUP; exit 0 after
-a clean stop.
+Read settings from the environment (one line and exit 2 on a bad value, also
+for one only building the app can check), configure logging, then serve the
+app in the foreground with the production server (model_swap/serving.py)
+until SIGTERM, SIGINT or SIGHUP; exit 0 after a clean stop.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +15,6 @@ from typing import Any
 from model_swap.logs import configure_logging
 from model_swap.serving import ServeOptions, serve_production
 from model_swap.settings import SettingsError
-
-# gunicorn's exit code for a worker that could not boot: the master then stops too.
-WORKER_BOOT_ERROR = 3
 
 
 def run_service(
@@ -41,19 +37,19 @@ def run_service(
         threads=settings.server_threads,
         shutdown_grace=settings.shutdown_grace_seconds,
         write_timeout=settings.stream_write_timeout,
+        header_timeout=settings.header_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_connections=settings.max_connections,
+        min_upload_rate=settings.min_upload_rate,
     )
 
-    def build():
-        # Some settings can only be checked by building the app (RDMA's locked-memory
-        # limit, in the serving process): the same one line, not a traceback.
-        try:
-            return create_app(settings)
-        except SettingsError as err:
-            print(f"{name}: invalid setting {err}", file=sys.stderr, flush=True)
-            os._exit(WORKER_BOOT_ERROR)
-
     try:
-        serve_production(name, build, options)
+        serve_production(name, lambda: create_app(settings), options)
+    except SettingsError as err:
+        # Some settings can only be checked by building the app (RDMA's locked-memory
+        # limit): the same one line, not a traceback.
+        print(f"{name}: invalid setting {err}", file=sys.stderr, flush=True)
+        return 2
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 1
     return 0

@@ -1,27 +1,32 @@
-"""Running a service's WSGI app: in production (gunicorn) or in a background thread (tests).
+"""Running a service's WSGI app: in production (the front server) or in a background thread (tests).
 
-Production (``serve_production``) is gunicorn with exactly one worker process
-that serves requests from a thread pool (the ``gthread`` worker): the store's
-and the worker's state live in that process's memory, so there is never a
-second one. gunicorn streams each token as its own chunk, passes chunked and
-sized request bodies to the app as a stream (read straight from the socket
-into the upload's buffers by model_swap/wsgi_input.py, so nothing holds a
-whole body) and binds port 0 to a free port, which is logged as
-``<name> listening on http://host:port``. ``benchmarks/servers.py`` measured
-it against the alternatives (README, "Running in production").
+Production (``serve_production``) is one process: an event-loop thread reads
+request heads and small bodies, and a pool of ``threads`` threads runs the app
+(model_swap/http_front.py), so a slow or idle connection costs a file
+descriptor and a few kilobytes, never a thread. The store's and the worker's
+state live in that process's memory. Tokens are sent one chunk each, upload
+bodies are read straight from the socket into the upload's buffers, and port 0
+binds a free port, which is logged as ``<name> listening on http://host:port``.
+``benchmarks/servers.py`` and ``benchmarks/slowloris.py`` measured it against
+the alternatives (README, "Running in production").
 
-Stopping: SIGTERM, SIGINT and SIGHUP stop accepting at once, let running
-requests (generations, pushes) finish for up to ``shutdown_grace`` seconds,
-then cut the connections still open (their handlers fail on the closed
-socket and clean up: an upload deletes its temporary file, a generation
-frees the model) and exit 0. A second SIGINT, or SIGQUIT, stops at once.
+Stopping (``Stopper``): the first SIGTERM, SIGINT or SIGHUP stops accepting at
+once, lets running requests (generations, pushes) finish for up to
+``shutdown_grace`` seconds, then cuts the connections still open (their
+handlers fail on the closed socket and clean up: an upload deletes its
+temporary file, a generation frees the model) and exits 0. A repeat of those
+signals within ``REPEAT_WINDOW`` seconds of the first is ignored (a tool that
+signals a whole process group, or ``uv run`` forwarding, delivers one twice);
+a later repeat, or SIGQUIT at any time, cuts the running requests at once
+(they clean up the same way) and the process exits 0.
 
 A client that stops reading cannot hold a request forever: every blocking
 read or write on a client connection fails after ``write_timeout`` seconds,
 which closes the response (ending a generation) like a disconnect.
 
 Tests and benchmarks may serve an app in-process with ``ServerThread``
-(Werkzeug's threaded server, which has the same streaming behaviour).
+(Werkzeug's threaded server, which has the same streaming behaviour) or with
+the front server itself (``FrontThread``).
 """
 
 from __future__ import annotations
@@ -29,19 +34,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import math
 import os
+import resource
 import signal
 import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from werkzeug.serving import make_server
 
-from model_swap.wsgi_input import LazyDirectBody, with_readinto_input
+from model_swap.http_front import FrontLimits, FrontServer
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +110,29 @@ class ServeOptions:
     threads: int
     shutdown_grace: float  # seconds running requests may take to finish after a stop signal
     write_timeout: float  # seconds one read or write on a client connection may block
+    header_timeout: float = 10.0  # seconds a request head may take to arrive
+    keepalive_timeout: float = 5.0  # seconds an idle connection is kept between requests
+    max_connections: int = 4096  # open connections; one more is answered 503
+    min_upload_rate: float = 1_000_000.0  # bytes/s a body must keep up over 30 s
+
+    def limits(self) -> FrontLimits:
+        return FrontLimits(
+            threads=self.threads,
+            header_timeout=self.header_timeout,
+            keepalive_timeout=self.keepalive_timeout,
+            max_connections=self.max_connections,
+            min_upload_rate=self.min_upload_rate,
+            io_timeout=self.write_timeout,
+        )
 
 
-# After the grace period, the handlers of cut connections get this long to clean
-# up before gunicorn's master kills the worker process.
+# After the grace period, the handlers of cut connections get this long to clean up.
 CUT_MARGIN_SECONDS = 5.0
-# Worker processes stop at once if the master dies (see _GracefulWorker.init_process).
+# A stop signal repeated within this many seconds of the first is the same stop.
+REPEAT_WINDOW = 2.0
+# File descriptors kept beside the client connections (models, logs, the worker link...).
+SPARE_FILES = 256
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
 
 
@@ -125,147 +148,165 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
-# Kernel send buffer of a client connection. What the services send is small (tokens,
-# JSON), so this costs no speed; it bounds how much a client that stops reading can
-# leave queued before writes block and STREAM_WRITE_TIMEOUT starts counting (Linux
-# would otherwise let the buffer grow to megabytes: hundreds of thousands of tokens).
-SEND_BUFFER_BYTES = 16 * 1024
+def raise_open_files_limit(max_connections: int, name: str) -> int:
+    """Raise this process's soft RLIMIT_NOFILE towards ``max_connections`` plus spares (up
+    to the hard limit); returns how many connections the limit allows (logged if fewer)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            logger.info("%s: raised the open-files limit from %d to %d", name, soft, new)
+            soft = new
+    allowed = max_connections if soft == resource.RLIM_INFINITY else soft - SPARE_FILES
+    if allowed < max_connections:
+        logger.warning(
+            "%s: the open-files limit (ulimit -n %d, hard %s) allows about %d connections, "
+            "not MAX_CONNECTIONS=%d; raise the hard limit to serve more",
+            name,
+            soft,
+            hard,
+            max(allowed, 0),
+            max_connections,
+        )
+    return max(min(allowed, max_connections), 1)
 
 
-def production_app(app, write_timeout: float):
-    """Wrap ``app`` for gunicorn: client sockets time out and have a bounded send
-    buffer; request bodies offer ``readinto``."""
+class Stopper:
+    """The stop signals' state machine for one served process (see the module docstring).
 
-    def wrapped(environ, start_response):
-        client = environ.get("gunicorn.socket")
-        if client is not None:
-            client.settimeout(write_timeout)
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            environ["wsgi.input"] = LazyDirectBody(environ["wsgi.input"], client)
-        return with_readinto_input(app)(environ, start_response)
+    ``signal`` and ``hurry`` are called from signal handlers (the main thread);
+    ``wait`` blocks the main thread until the server may be closed.
+    """
 
-    return wrapped
+    def __init__(self, server: FrontServer, grace: float, name: str, clock=time.monotonic):
+        self._server = server
+        self._grace = grace
+        self._name = name
+        self._clock = clock
+        self._started: float | None = None
+        self._hurried = False
+        self._done = threading.Event()
+
+    def signal(self, signum: int) -> None:
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+            logger.info(
+                "%s: signal %d: draining (running requests may take up to %gs)",
+                self._name,
+                signum,
+                self._grace,
+            )
+            self._server.drain()
+        elif now - self._started < REPEAT_WINDOW:
+            logger.info("%s: signal %d repeated; already draining", self._name, signum)
+        else:
+            self.hurry(signum)
+        self._done.set()  # wake wait()
+
+    def hurry(self, signum: int) -> None:
+        if self._started is None:
+            self._started = self._clock()
+            self._server.drain()
+        if not self._hurried:
+            self._hurried = True
+            logger.warning("%s: signal %d: cutting running requests now", self._name, signum)
+        self._done.set()
+
+    def wait(self) -> None:
+        """Block until a stop signal's drain is over (or cut), then until the cut
+        connections' handlers finished (at most CUT_MARGIN_SECONDS)."""
+        while self._started is None:
+            self._done.wait(0.5)
+            self._done.clear()
+        cut_at: float | None = None
+        while self._server.busy_connections():
+            now = self._clock()
+            if cut_at is None and (self._hurried or now >= self._started + self._grace):
+                cut_at = now
+                count = self._server.cut()
+                if not self._hurried:
+                    logger.warning(
+                        "%s: shutdown grace of %gs is over; closing %d connection(s) still busy",
+                        self._name,
+                        self._grace,
+                        count,
+                    )
+            if cut_at is not None and now >= cut_at + CUT_MARGIN_SECONDS:
+                break
+            self._done.wait(0.05)
+            self._done.clear()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv6 when the host is one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=4096)
 
 
 def serve_production(name: str, build_app: Callable[[], object], options: ServeOptions) -> None:
-    """Serve the app ``build_app`` returns with gunicorn until a stop signal; exits the process.
+    """Serve the app ``build_app`` returns with the front server until a stop signal.
 
-    ``build_app`` runs in the worker process, after the fork, so that threads
-    and native resources the app starts belong to the process that serves.
-    Raises SystemExit: 0 after a clean stop, non-zero if the app failed to start.
+    Runs in the main thread (it installs the signal handlers). Raises
+    SystemExit(0) after a clean stop; what ``build_app`` raises propagates.
     """
-    from gunicorn.arbiter import Arbiter
-    from gunicorn.workers.gthread import ThreadWorker
+    allowed = raise_open_files_limit(options.max_connections, name)
+    listener = bind(options.host, options.port)
+    app = build_app()
+    limits = options.limits()
+    if allowed < limits.max_connections:
+        from dataclasses import replace
 
-    grace = options.shutdown_grace
+        limits = replace(limits, max_connections=allowed)
+    server = FrontServer(app, listener, limits, name).start()
+    stopper = Stopper(server, options.shutdown_grace, name)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: stopper.signal(signum))
+    signal.signal(signal.SIGQUIT, lambda signum, _frame: stopper.hurry(signum))
+    host, port = server.address
+    logger.info("%s listening on http://%s:%d", name, _url_host(host), port)
+    try:
+        stopper.wait()
+    finally:
+        server.stop(wait_threads=0)
+    stuck = len(server.busy_connections())
+    logger.info("%s: stopped", name)
+    if stuck:
+        # A handler that ignored its closed connection would keep the interpreter from
+        # exiting (it joins the pool's threads): leave without it.
+        logger.warning("%s: %d handler(s) still running; exiting without them", name, stuck)
+        logging.shutdown()
+        os._exit(0)
+    raise SystemExit(0)
 
-    class _GracefulWorker(ThreadWorker):
-        """gthread, but SIGINT/SIGHUP drain like SIGTERM and the grace period is enforced."""
 
-        def init_process(self):
-            # If the master is SIGKILLed, the worker must not live on holding the port.
-            die_with_parent(signal.SIGKILL)
-            if os.getppid() != self.ppid:
-                os._exit(1)
-            self._active: set = set()
-            self._active_lock = threading.Lock()
-            super().init_process()
+class FrontThread:
+    """A WSGI app served in-process by the front server (tests); a context manager."""
 
-        def init_signals(self):
-            super().init_signals()
-            signal.signal(signal.SIGINT, self.handle_exit)
-            signal.signal(signal.SIGHUP, self.handle_exit)
+    def __init__(self, app, limits: FrontLimits | None = None, host: str = "127.0.0.1"):
+        self._server = FrontServer(app, bind(host, 0), limits or FrontLimits(), "test")
+        self.host = host
+        self.port = self._server.address[1]
+        self.url = f"http://{host}:{self.port}"
 
-        def handle_exit(self, sig, frame):
-            first = self.alive
-            super().handle_exit(sig, frame)
-            if first:
-                self.method_queue.defer(self._stop_listening)
-                timer = threading.Timer(grace, self._cut_connections)
-                timer.daemon = True
-                timer.start()
+    @property
+    def server(self) -> FrontServer:
+        return self._server
 
-        def _stop_listening(self):
-            # Refuse new connections now instead of leaving them in the backlog.
-            self.set_accept_enabled(False)
-            for listener in self.sockets:
-                listener.close()
-            logger.info("%s: stopped accepting; %d connection(s) open", name, self.nr_conns)
+    def start(self) -> FrontThread:
+        self._server.start()
+        return self
 
-        def _cut_connections(self):
-            with self._active_lock:
-                active = list(self._active)
-            if active:
-                logger.warning(
-                    "%s: shutdown grace of %gs is over; closing %d connection(s) still busy",
-                    name,
-                    grace,
-                    len(active),
-                )
-            for conn in active:
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_RDWR)
+    def stop(self) -> None:
+        self._server.stop()
 
-        def handle(self, conn):
-            with self._active_lock:
-                self._active.add(conn)
-            try:
-                return super().handle(conn)
-            finally:
-                with self._active_lock:
-                    self._active.discard(conn)
+    def __enter__(self) -> FrontThread:
+        return self.start()
 
-    class _Arbiter(Arbiter):
-        """gunicorn's master, with SIGINT and SIGHUP draining like SIGTERM.
-
-        (gunicorn's own SIGINT is a quick stop, and SIGHUP restarts the worker,
-        which would drop the service's in-memory state.)
-        """
-
-        def handle_int(self):
-            raise StopIteration
-
-        def handle_hup(self):
-            raise StopIteration
-
-    from gunicorn.app.base import BaseApplication
-
-    def when_ready(arbiter) -> None:
-        host, port = arbiter.LISTENERS[0].sock.getsockname()[:2]
-        logger.info("%s listening on http://%s:%d", name, _url_host(host), port)
-
-    class _Application(BaseApplication):
-        def load_config(self):
-            config = {
-                "bind": f"{_url_host(options.host)}:{options.port}",
-                "workers": 1,
-                "worker_class": _GracefulWorker,
-                "threads": options.threads,
-                # Keep a few idle keep-alive connections beyond the busy threads.
-                "worker_connections": options.threads * 4,
-                "graceful_timeout": math.ceil(grace + CUT_MARGIN_SECONDS),
-                # Heartbeat of the worker's main loop (not a request time limit).
-                "timeout": 120,
-                "keepalive": 5,
-                "proc_name": name,
-                "control_socket_disable": True,
-                "when_ready": when_ready,
-                "loglevel": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-            }
-            for key, value in config.items():
-                self.cfg.set(key, value)
-
-        def load(self):
-            return production_app(build_app(), options.write_timeout)
-
-    arbiter = _Arbiter(_Application())
-    # Send gunicorn's own log lines through the service's logging set-up.
-    for logger_name in ("gunicorn.error", "gunicorn.access"):
-        gunicorn_logger = logging.getLogger(logger_name)
-        for handler in list(gunicorn_logger.handlers):
-            gunicorn_logger.removeHandler(handler)
-        gunicorn_logger.propagate = True
-    arbiter.run()
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _url_host(host: str) -> str:

@@ -175,6 +175,22 @@ def test_serving_settings(settings_class):
         {"SERVER_THREADS": "8", "SHUTDOWN_GRACE_SECONDS": "2.5", "STREAM_WRITE_TIMEOUT": "10"}
     )
     assert (s.server_threads, s.shutdown_grace_seconds, s.stream_write_timeout) == (8, 2.5, 10)
+    assert (defaults.header_timeout, defaults.keepalive_timeout) == (10.0, 5.0)
+    assert (defaults.max_connections, defaults.min_upload_rate) == (4096, 1e6)
+    s = settings_class.from_env(
+        {
+            "HEADER_TIMEOUT": "3",
+            "KEEPALIVE_TIMEOUT": "0.5",
+            "MAX_CONNECTIONS": "100",
+            "MIN_UPLOAD_RATE": "0",
+        }
+    )
+    assert (s.header_timeout, s.keepalive_timeout, s.max_connections, s.min_upload_rate) == (
+        3,
+        0.5,
+        100,
+        0,
+    )
 
 
 @pytest.mark.parametrize("settings_class", [StoreSettings, WorkerSettings])
@@ -186,6 +202,11 @@ def test_serving_settings(settings_class):
         ("SHUTDOWN_GRACE_SECONDS", "soon"),
         ("SHUTDOWN_GRACE_SECONDS", "inf"),
         ("STREAM_WRITE_TIMEOUT", "-1"),
+        ("HEADER_TIMEOUT", "0"),
+        ("KEEPALIVE_TIMEOUT", "never"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MIN_UPLOAD_RATE", "-5"),
+        ("MIN_UPLOAD_RATE", "nan"),
     ],
 )
 def test_bad_serving_setting_is_named(settings_class, name, value):

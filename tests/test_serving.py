@@ -93,10 +93,10 @@ def test_both_services_answer_with_the_production_server(worker_process, store_p
     for service in (worker, store):
         status, headers = raw_response_head(service.url)
         assert status == 200
-        assert headers["Server"] == "gunicorn"
+        assert headers["Server"] == "model-swap"
     r = ask(store, A)
     assert r.status_code == 200, r.text
-    assert r.headers["Server"] == "gunicorn"
+    assert r.headers["Server"] == "model-swap"
     assert r.headers["X-Cache-Action"] == "load_from_store"
 
 
@@ -333,7 +333,7 @@ def test_server_comparison_benchmark_runs(tmp_path):
         [
             sys.executable,
             str(Path(__file__).resolve().parent.parent / "benchmarks" / "servers.py"),
-            *("--candidates", "werkzeug,gunicorn", "--requests", "2", "--pushes", "1"),
+            *("--candidates", "werkzeug,front,gunicorn", "--requests", "2", "--pushes", "1"),
             *("--push-mb", "2", "--streams", "1", "--stream-tokens", "20", "--rounds", "1"),
         ],
         capture_output=True,
@@ -342,7 +342,7 @@ def test_server_comparison_benchmark_runs(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0] for row in rows[1:]] == ["| werkzeug", "| gunicorn"]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| werkzeug", "| front", "| gunicorn"]
 
 
 def _status_lines(sock: socket.socket, count: int) -> list[bytes]:

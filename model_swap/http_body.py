@@ -1,0 +1,181 @@
+"""A request body of the front server as the app reads it (model_swap/http_front.py).
+
+``SizedBody`` (Content-Length) and ``ChunkedBody`` hand out the bytes already
+received with the head first, then ``recv_into`` the caller's buffer straight
+from the socket (an upload is not copied on the way), and cut a body that
+arrives slower than ``MIN_UPLOAD_RATE`` over a window (``SlowUpload``).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+
+MAX_CHUNK_LINE = 8190  # longest chunk-size or trailer line
+MAX_TRAILERS = 100
+# A slow upload is judged over windows of this many seconds (MIN_UPLOAD_RATE).
+UPLOAD_RATE_WINDOW = 30.0
+
+
+class SlowUpload(ConnectionError):
+    """A request body arrived slower than MIN_UPLOAD_RATE over UPLOAD_RATE_WINDOW."""
+
+
+class Body(io.RawIOBase):
+    """A request body read from the socket: bytes already received first, then
+    ``recv_into`` the caller's buffer. ``leftover()`` is what follows the body
+    (a pipelined request). Raises SlowUpload when the body arrives slower than
+    ``min_rate`` bytes/s over a window, OSError on a broken connection."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        held: bytes,
+        min_rate: float,
+        on_first_read=None,
+        window: float = UPLOAD_RATE_WINDOW,
+    ):
+        super().__init__()
+        self._window = window
+        self._sock = sock
+        self._held = bytearray(held)
+        self._min_rate = min_rate
+        self._on_first_read = on_first_read
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+        self.done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def leftover(self) -> bytes:
+        return bytes(self._held)
+
+    def discard(self, limit: int) -> bool:
+        """Read and drop what the app left of the body, up to ``limit`` bytes; True if the
+        body is then read to its end (the connection can serve another request)."""
+        if self._on_first_read is not None:
+            return False  # the client waits for "100 Continue" before sending it: never asked
+        scratch = memoryview(bytearray(16 * 1024))
+        dropped = 0
+        try:
+            while not self.done and dropped <= limit:
+                count = self.readinto(scratch)
+                if not count:
+                    break
+                dropped += count
+        except (OSError, ValueError):
+            return False
+        return self.done
+
+    def _take(self, buffer: memoryview, limit: int) -> int:
+        if self._held:
+            count = min(limit, len(self._held))
+            buffer[:count] = self._held[:count]
+            del self._held[:count]
+            return count
+        if self._on_first_read is not None:
+            self._on_first_read()
+            self._on_first_read = None
+        return self._recv(buffer, limit)
+
+    def _recv(self, buffer: memoryview, limit: int) -> int:
+        # The socket's timeout ends with the rate window, so a body that stalls is
+        # judged when its window ends, not only when its next bytes arrive.
+        if not self._min_rate:  # MIN_UPLOAD_RATE 0: only the socket's own timeout
+            count = self._sock.recv_into(buffer, limit)
+            if not count:
+                raise ConnectionError("the request body broke off")
+            return count
+        now = time.monotonic()
+        if now - self._window_start >= self._window:
+            self._check_rate(now)
+        saved = self._sock.gettimeout()
+        self._sock.settimeout(max(self._window_start + self._window - now, 0.01))
+        try:
+            count = self._sock.recv_into(buffer, limit)
+        except TimeoutError:
+            self._check_rate(time.monotonic())
+            return self._recv(buffer, limit)
+        finally:
+            self._sock.settimeout(saved)
+        if not count:
+            raise ConnectionError("the request body broke off")
+        self._window_bytes += count
+        return count
+
+    def _check_rate(self, now: float) -> None:
+        seconds = now - self._window_start
+        if self._window_bytes < self._min_rate * seconds:
+            raise SlowUpload(
+                f"request body arrived at {self._window_bytes / seconds:.0f} bytes/s over "
+                f"{seconds:.0f} s, below MIN_UPLOAD_RATE ({self._min_rate:.0f} bytes/s)"
+            )
+        self._window_start, self._window_bytes = now, 0
+
+
+class SizedBody(Body):
+    """A body of known length (Content-Length)."""
+
+    def __init__(self, sock, held: bytes, length: int, min_rate: float, on_first_read=None, **kw):
+        super().__init__(sock, held, min_rate, on_first_read, **kw)
+        self._left = length
+        self.done = length == 0
+
+    def readinto(self, buffer) -> int:
+        if self._left <= 0:
+            return 0
+        count = self._take(memoryview(buffer).cast("B"), min(len(buffer), self._left))
+        self._left -= count
+        self.done = self._left == 0
+        return count
+
+
+class ChunkedBody(Body):
+    """A chunked body: chunk data goes straight to the caller, framing is parsed here."""
+
+    def __init__(self, sock, held: bytes, min_rate: float, on_first_read=None, **kw):
+        super().__init__(sock, held, min_rate, on_first_read, **kw)
+        self._left = 0
+        self._started = False
+
+    def _line(self) -> bytes:
+        while (end := self._held.find(b"\r\n")) < 0:
+            if len(self._held) > MAX_CHUNK_LINE:
+                raise ValueError("chunked body: a framing line is too long")
+            if self._on_first_read is not None:
+                self._on_first_read()
+                self._on_first_read = None
+            more = bytearray(64 * 1024)
+            count = self._recv(memoryview(more), len(more))
+            self._held += more[:count]
+        line = bytes(self._held[:end])
+        del self._held[: end + 2]
+        return line
+
+    def _next_chunk(self) -> None:
+        if self._started and self._line() != b"":
+            raise ValueError("chunked body: chunk data is not followed by CRLF")
+        self._started = True
+        size_field = self._line().split(b";", 1)[0].strip()
+        if not size_field or not all(c in b"0123456789abcdefABCDEF" for c in size_field):
+            raise ValueError("chunked body: bad chunk size")
+        size = int(size_field, 16)
+        if size == 0:
+            for _ in range(MAX_TRAILERS + 1):
+                if not self._line():
+                    break
+            else:
+                raise ValueError("chunked body: too many trailer lines")
+            self.done = True
+        self._left = size
+
+    def readinto(self, buffer) -> int:
+        if not self.done and not self._left:
+            self._next_chunk()
+        if self.done:
+            return 0
+        count = self._take(memoryview(buffer).cast("B"), min(len(buffer), self._left))
+        self._left -= count
+        return count
