@@ -201,8 +201,8 @@ def raw_sendfile_seconds(path: Path, sink_dir: Path) -> float:
 def standalone_models(tmp: Path, quick: bool, tiny_name: str = "tiny-bench.gguf") -> tuple:
     """A models directory under ``tmp`` for a benchmark run on its own: one tiny model
     with ``quick``, else Gemma 3 270M. Returns (directory, model name)."""
-    from model_swap.cli import ensure_default_model
     from model_swap.tiny_models import write_tiny_model
+    from model_swap_cli.cli import ensure_default_model
 
     models = tmp / "models"
     models.mkdir()

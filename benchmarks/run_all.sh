@@ -49,7 +49,7 @@ wait_healthy() {
 run_policy() {
   local policy=$1 script=$2 wport sport rc
   WORK=$(mktemp -d)
-  "${PY[@]}" -m model_swap.cli tiny-models "$WORK/models" --count 3 >/dev/null || return 1
+  "${PY[@]}" -m model_swap_cli.cli tiny-models "$WORK/models" --count 3 >/dev/null || return 1
   wport=$(free_port)
   sport=$(free_port)
   WORKER_HOST=127.0.0.1 WORKER_PORT=$wport MODEL_CACHE_DIR="$WORK/cache" LOG_LEVEL=WARNING \

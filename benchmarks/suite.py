@@ -77,9 +77,9 @@ from slowloris import run as run_slowloris  # noqa: E402
 from model_store_server.digests import DigestCache  # noqa: E402
 from model_store_server.transport import HttpTransport  # noqa: E402
 from model_store_server.worker_client import WorkerClient  # noqa: E402
-from model_swap.cli import ensure_default_model  # noqa: E402
 from model_swap.digest import hasher  # noqa: E402
 from model_swap.tiny_models import write_tiny_model  # noqa: E402
+from model_swap_cli.cli import ensure_default_model  # noqa: E402
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 OTHER = "tiny-other.gguf"

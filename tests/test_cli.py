@@ -60,7 +60,7 @@ def stop(process: subprocess.Popen, sig=signal.SIGTERM) -> int:
 
 def test_tiny_models_command(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "model_swap.cli", "tiny-models", str(tmp_path), "--count", "2"],
+        [sys.executable, "-m", "model_swap_cli.cli", "tiny-models", str(tmp_path), "--count", "2"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -71,7 +71,7 @@ def test_tiny_models_command(tmp_path):
 
 def test_tiny_models_rejects_bad_count(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "model_swap.cli", "tiny-models", str(tmp_path), "--count", "0"],
+        [sys.executable, "-m", "model_swap_cli.cli", "tiny-models", str(tmp_path), "--count", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -113,7 +113,7 @@ def test_model_swap_up_serves_gemma_and_stops_cleanly(tmp_path):
         "STORE_HOST": "127.0.0.1",
         "WORKER_HOST": "127.0.0.1",
     }
-    process = spawn([sys.executable, "-m", "model_swap.cli", "up"], env)
+    process = spawn([sys.executable, "-m", "model_swap_cli.cli", "up"], env)
     try:
         read_until(process, r"model-swap is up", timeout=120)
         curl = read_until(process, r"curl -N (\S+)").group(1)
@@ -197,7 +197,7 @@ def up_env(tmp_path, tiny_models_dir) -> dict[str, str]:
 
 def start_up(env) -> tuple[subprocess.Popen, set[int]]:
     """``model-swap up``, once both services answer; returns it and its service processes."""
-    process = spawn([sys.executable, "-m", "model_swap.cli", "up"], env)
+    process = spawn([sys.executable, "-m", "model_swap_cli.cli", "up"], env)
     read_until(process, r"model-swap is up", timeout=120)
     r = requests.post(
         f"http://127.0.0.1:{env['STORE_PORT']}/user_request",
@@ -262,7 +262,7 @@ def test_services_die_with_a_killed_model_swap_up(up_env):
 
 def test_model_swap_up_needs_fixed_ports(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "model_swap.cli", "up"],
+        [sys.executable, "-m", "model_swap_cli.cli", "up"],
         env={**os.environ, "WORKER_PORT": "0", "MODELS_DIR": str(tmp_path / "models")},
         capture_output=True,
         text=True,

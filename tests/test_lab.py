@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from model_store_server.decision import Action
-from model_swap.cli import build_parser
+from model_swap_cli.cli import build_parser
 from model_swap_lab.generate import PRESETS, assign_sizes, generate, model_names, spec_for
 from model_swap_lab.replay import replay
 from model_swap_lab.simulate import SimConfig, footprints_from_dir, simulate

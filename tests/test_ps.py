@@ -10,8 +10,8 @@ from contextlib import redirect_stdout
 
 import requests
 
-from model_swap.cli import build_parser
 from model_swap.logs import CONSOLE, JsonFormatter
+from model_swap_cli.cli import build_parser
 from tests.conftest import A, B, C, ask
 
 

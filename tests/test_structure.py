@@ -59,3 +59,18 @@ def test_the_core_does_not_import_presentation_or_metrics():
 def test_the_core_modules_stay_small():
     sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "core").glob("*.py")}
     assert max(sizes.values()) <= 360, sizes
+
+
+def test_the_ground_floor_imports_neither_service_nor_the_command_line():
+    """``model_swap/`` is shared code: the services import it, never the other way round
+    (imports inside functions included)."""
+    above = ("model_store_server", "inference_worker", "model_swap_cli", "model_swap_lab")
+    for path in (PACKAGE.parent / "model_swap").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not [n for n in names if n.split(".")[0] in above], (path.name, names)

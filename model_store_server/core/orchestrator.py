@@ -166,11 +166,7 @@ class SwapService:
         """
         path = self.files.path(model)
         version = self.files.version(path)
-        try:
-            self.files.check_loadable(path, version)
-        except ModelUnloadable as err:
-            attempt.headers_for(err)
-            raise
+        self.files.check_loadable(path, version)  # before anything is decided or evicted
         for number in range(1, ATTEMPTS + 1):
             attempt.ticket, attempt.push, attempt.worker_ms = None, None, 0.0
             attempt.done = ev.nothing_done()

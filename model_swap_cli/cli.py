@@ -8,7 +8,7 @@
   sends both SIGQUIT, which cuts running requests at once. The services die
   with ``up`` even if it is killed.
 - ``model-swap tiny-models DIR``: write tiny random-weight llama models.
-- ``model-swap ps`` / ``model-swap status``: what a running store holds (``model_swap/ps.py``).
+- ``model-swap ps`` / ``model-swap status``: what a running store holds (``model_swap_cli/ps.py``).
 - ``model-swap trace generate``, ``simulate``, ``replay``: the policy lab (``model_swap_lab``).
 """
 
@@ -23,13 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-from model_swap import ps
 from model_swap.logs import configure_logging
 from model_swap.probes import wait_until_healthy
 from model_swap.serving import REPEAT_WINDOW, die_with_parent
 from model_swap.settings import SettingsError
+from model_swap_cli import ps
 
-logger = logging.getLogger("model_swap.cli")
+logger = logging.getLogger("model_swap_cli.cli")
 
 DEFAULT_MODEL = "gemma-3-270m-q4_k_m.gguf"
 START_TIMEOUT = 60.0
