@@ -22,7 +22,10 @@ Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
    llama-cpp-python's own ``/v1/chat/completions`` (``benchmarks/openai_path.py``);
 8. three models alternating with ``MAX_LOADED_MODELS=3`` against ``=1``, and the
    worker's RSS with 1, 2 and 3 resident against the footprint estimate
-   (``benchmarks/residency.py``).
+   (``benchmarks/residency.py``);
+9. 1 / 2 / 4 / 8 concurrent streams on one model (continuous batching): aggregate
+   tokens/s and TTFT against our single stream and against llama-server ``-np N``
+   built from the llama.cpp llama-cpp-python vendors (``benchmarks/batching.py``).
 
 Everything runs on 127.0.0.1 and is bounded in count and time.
 """
@@ -45,6 +48,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from batching import bench_batching  # noqa: E402
 from harness import (  # noqa: E402
     ROOT,
     Services,
@@ -786,6 +790,7 @@ def main() -> int:
         finally:
             services.stop()
         bench_residency(report, args, tmp, models, subjects[0])
+        bench_batching(report, args, tmp, models, subjects[0])
         bench_scale(report, args)
         bench_decisions(report, args, tmp)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_swap.logs import LOG_FORMATS
-from model_swap.settings import EnvReader, rdma_port_choice, serving_options
+from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -20,6 +20,10 @@ DEFAULTS = {
     "MODEL_CACHE_DIR": str(PACKAGE_DIR / "model_cache"),
     "N_GPU_LAYERS": -1,
     "N_CTX": 2048,
+    # Sequences per resident model that share each decode step (continuous batching), each
+    # with N_CTX tokens of KV cache; more concurrent requests wait first come, first served.
+    # 1 serves one generation at a time per model.
+    "PARALLEL": 4,
     # Largest /infer body accepted (bytes); uploads are bounded by the disk instead.
     "MAX_REQUEST_BYTES": 1024 * 1024,
     # Shared secret every request (but GET /healthz) must present as a bearer token.
@@ -48,6 +52,17 @@ DEFAULTS = {
 }
 
 
+# llama.cpp's limit on sequences per context (llama_max_parallel_sequences()).
+MAX_PARALLEL = 256
+
+
+def _parallel(env: EnvReader) -> int:
+    value = env.integer("PARALLEL", DEFAULTS["PARALLEL"], minimum=1)
+    if value > MAX_PARALLEL:
+        raise SettingsError(f"PARALLEL: {value} is more than llama.cpp's {MAX_PARALLEL} sequences")
+    return value
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Validated settings of one inference worker."""
@@ -57,6 +72,7 @@ class WorkerSettings:
     model_cache_dir: Path = Path(DEFAULTS["MODEL_CACHE_DIR"])
     n_gpu_layers: int = DEFAULTS["N_GPU_LAYERS"]
     n_ctx: int = DEFAULTS["N_CTX"]
+    parallel: int = DEFAULTS["PARALLEL"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
@@ -82,6 +98,7 @@ class WorkerSettings:
             model_cache_dir=env.path("MODEL_CACHE_DIR", DEFAULTS["MODEL_CACHE_DIR"]),
             n_gpu_layers=env.integer("N_GPU_LAYERS", DEFAULTS["N_GPU_LAYERS"], minimum=-1),
             n_ctx=env.integer("N_CTX", DEFAULTS["N_CTX"], minimum=16),
+            parallel=_parallel(env),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),

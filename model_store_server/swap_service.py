@@ -161,6 +161,7 @@ class SwapService:
         self.digests = DigestCache()
         self.footprints = PerVersionCache()
         self.worker_n_ctx: int | None = None  # from the worker's last report
+        self.worker_parallel = 1  # its sequences per model (each N_CTX tokens of KV cache)
         self.transfers = Transfers()  # pushes running now (GET /status, SSE progress)
         self.metrics = StoreMetrics(self)
 
@@ -290,11 +291,14 @@ class SwapService:
             raise NotFound(f"model {path.name} could not be read from the store") from err
 
     def footprint(self, path: Path) -> int:
-        """Estimated memory of ``path`` once loaded with the worker's N_CTX (bytes),
-        computed once per file version; the file size if its metadata cannot be read."""
-        n_ctx = self.worker_n_ctx or 2048
+        """Estimated memory of ``path`` once loaded with the worker's N_CTX for each of its
+        PARALLEL sequences (bytes), computed once per file version; the file size if its
+        metadata cannot be read."""
+        n_ctx, n_seq = self.worker_n_ctx or 2048, self.worker_parallel
         try:
-            return self.footprints.get(path, n_ctx, lambda: estimate(path, n_ctx).total_bytes)
+            return self.footprints.get(
+                path, (n_ctx, n_seq), lambda: estimate(path, n_ctx, n_seq=n_seq).total_bytes
+            )
         except Exception as err:  # not a readable GGUF: the worker will refuse to load it
             logger.warning("could not estimate the memory of %s: %r", path.name, err)
             return path.stat().st_size
@@ -508,7 +512,7 @@ class SwapService:
         """
         try:
             report = self.client.status()
-            self.worker_n_ctx = report.n_ctx
+            self.worker_n_ctx, self.worker_parallel = report.n_ctx, report.parallel
             to_delete, to_unload = self.state.apply_worker_report(
                 {name: report.sizes.get(name, 0) for name in report.cached},
                 report.resident,

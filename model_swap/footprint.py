@@ -185,15 +185,18 @@ def _vocab_size(metadata: dict[str, object], arch: str) -> int:
     return int(metadata.get(Keys.LLM.VOCAB_SIZE.format(arch=arch), 0))
 
 
-def estimate(path: str | os.PathLike, n_ctx: int, *, n_ubatch: int = 512) -> Footprint:
-    """Bytes llama.cpp will allocate to load ``path`` with a context of ``n_ctx`` tokens (CPU).
+def estimate(
+    path: str | os.PathLike, n_ctx: int, *, n_seq: int = 1, n_ubatch: int = 512
+) -> Footprint:
+    """Bytes llama.cpp will allocate to load ``path`` with ``n_seq`` sequences of ``n_ctx``
+    tokens each (CPU; a separate KV stream per sequence, as the worker's PARALLEL runs it).
 
     Reads the header only; pure (no cache, no logging). Raises FootprintError
     when the file cannot be read as GGUF. Metadata the formula needs but the
     file lacks counts as zero (for example no attention for a model without heads).
     """
-    if n_ctx < 1 or n_ubatch < 1:
-        raise ValueError("n_ctx and n_ubatch must be positive")
+    if n_ctx < 1 or n_ubatch < 1 or n_seq < 1:
+        raise ValueError("n_ctx, n_seq and n_ubatch must be positive")
     weights = os.path.getsize(path)
     metadata = read_metadata(path)
     arch = str(metadata.get(Keys.General.ARCHITECTURE, ""))
@@ -216,14 +219,15 @@ def estimate(path: str | os.PathLike, n_ctx: int, *, n_ubatch: int = 512) -> Foo
     kv_heads = _per_layer(head_count_kv, n_layers)
     sliding = number(Keys.Attention.SLIDING_WINDOW) > 0
 
-    ctx = -(-n_ctx // CTX_PAD) * CTX_PAD
-    ub = min(n_ubatch, n_ctx)
+    ctx = -(-n_ctx * n_seq // CTX_PAD) * CTX_PAD  # all sequences' cells
+    ctx_seq = ctx // n_seq  # one stream's: what one token attends over
+    ub = min(n_ubatch, n_ctx * n_seq)
     kv = F16 * ctx * sum(heads * (key_length + value_length) for heads in kv_heads)
-    output = n_vocab * F32
-    masks = (2 if sliding else 1) * ctx * ub * F32 if n_head else 0
+    output = n_vocab * F32 * n_seq
+    masks = (2 if sliding else 1) * ctx_seq * ub * F32 if n_head else 0
     in_layers = masks + 7 * n_embd * ub * F32
     compute = max(
-        n_head * ctx * ub * F32 + in_layers,
+        n_head * ctx_seq * ub * F32 + in_layers,
         3 * n_ff * ub * F32 + in_layers,
         n_vocab * ub * F32 + 2 * n_embd * ub * F32,
     )
