@@ -163,7 +163,7 @@ def measure_ours(tmp: Path, models: Path, model: str, args) -> dict[int, dict]:
 
 
 def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict[int, dict]:
-    threads = str(default_threads())
+    threads, threads_batch = (str(n) for n in default_threads())
     results = {}
     for n in CLIENTS:
         port = free_port()
@@ -172,7 +172,7 @@ def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict[int, dict]:
             [
                 str(binary),
                 *("-m", str(path), "--host", "127.0.0.1", "--port", str(port)),
-                *("-np", str(n), "-c", str(n * N_CTX), "-t", threads, "-tb", threads),
+                *("-np", str(n), "-c", str(n * N_CTX), "-t", threads, "-tb", threads_batch),
                 *("-fa", "off", "-ngl", PEER_GPU_LAYERS),
             ],
             {},
@@ -230,7 +230,8 @@ def note(model: str, args, peer_line: str) -> str:
     return (
         f"{model}, greedy, at most {args.tokens} tokens per request, distinct prompts; "
         f"median aggregate tok/s over {args.rounds} rounds after a warm-up round, TTFT "
-        f"percentiles over all their requests; {default_threads()} threads each. "
+        f"percentiles over all their requests; threads (one token / batches) "
+        f"{'/'.join(str(n) for n in default_threads())} each. "
         f"model-swap: PARALLEL={max(CLIENTS)}, N_CTX={N_CTX}, streamed /v1/completions "
         f"through the store. {peer_line}"
     )

@@ -40,12 +40,14 @@ N_BATCH = 512
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-def default_threads() -> int:
-    """The CPUs this process may run on (llama.cpp's threads for decoding and prompts)."""
+def default_threads() -> tuple[int, int]:
+    """llama.cpp's threads for one-token steps and for larger batches: llama_cpp.Llama's
+    defaults (half the CPUs, all of them), which this worker has always used."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return max(cpus // 2, 1), cpus
 
 
 class SchedulerClosed(Exception):
@@ -139,7 +141,7 @@ class BatchScheduler:
         # As llama_cpp.Llama runs it (and the footprint estimate assumes): the same numbers,
         # so the same texts, as before batching.
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.n_threads = params.n_threads_batch = default_threads()
+        params.n_threads, params.n_threads_batch = default_threads()
         params.no_perf = True
         self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._ctx = self._context.ctx

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from inference_worker.engine import Engine, Job, NotLoaded
+from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded
 from model_swap.generation import Sampling
 from tests.conftest import A, B, C, cache_dir, wait_for, worker_status
 
@@ -274,3 +274,18 @@ def test_requests_queued_behind_a_reload_get_the_new_version(engine, tiny_models
     assert reloaded["value"].name == A
     assert answer["value"] == b_text != a_text
     assert engine.loads == 3
+
+
+def test_a_failing_footprint_estimate_fails_the_load_cleanly(engine, tiny_models_dir, monkeypatch):
+    """Review fix: the new context is closed, the load answers ModelLoadError (422), not 500."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("header reader broke")
+
+    monkeypatch.setattr("model_swap.footprint.estimate", broken)
+    with pytest.raises(ModelLoadError, match="header reader broke"):
+        engine.load(A, tiny_models_dir / A)
+    assert engine.resident() == [] and engine.loads == 0
+    monkeypatch.undo()
+    engine.load(A, tiny_models_dir / A)
+    assert _text(engine, A)
