@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 
 import llama_cpp
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # llama_cpp.Llama's default batch: the most tokens one llama_decode takes.
 N_BATCH = 512
+# Seconds an idle loop sleeps before it checks whether its scheduler is still in use.
+IDLE_CHECK = 1.0
 # Tokens per llama_decode call, for the batch size histogram.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -156,7 +159,10 @@ class BatchScheduler:
         self._admitted_open = 0  # of those, admitted to a slot
         self._closing = False
         self.kv_tokens = 0  # cells the sequences hold, as llama.cpp reports them
-        self._thread = threading.Thread(target=self._run, name=f"batch-{name}", daemon=True)
+        self._llm = llm  # the model outlives this context
+        self._thread = threading.Thread(
+            target=self._loop, args=(weakref.ref(self),), name=f"batch-{name}", daemon=True
+        )
         self._thread.start()
 
     @property
@@ -224,27 +230,49 @@ class BatchScheduler:
             while self._open:
                 self._cond.wait()
         self._thread.join()
-        llama_cpp.llama_batch_free(self._batch)
-        self._context.close()
+        self._free_context()
 
-    # The loop (its own thread).
+    def _free_context(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+            self._context.close()
 
-    def _run(self) -> None:
+    def __del__(self) -> None:
+        # Dropped without close (an app discarded with its engine, in tests): the loop holds
+        # no reference between steps, so it is not running now; free the context before the
+        # model it belongs to (this object holds the model's Llama until then).
+        self._free_context()
+
+    # The loop (its own thread). It holds the scheduler only during one step, so a scheduler
+    # nobody uses any more is collected and the loop ends.
+
+    @staticmethod
+    def _loop(ref: weakref.ref) -> None:
         while True:
-            with self._cond:
-                while not (self._active or self._waiting):
-                    if self._closing and not self._open:
-                        return
-                    self._cond.wait()
-                self._admit()
-                active = list(self._active)
-            try:
-                self._step(active)
-            except Exception as err:  # a bug or llama.cpp failing: end these, keep serving
-                logger.exception("batch step on %s failed", self.name)
-                for seq in active:
-                    if seq.slot >= 0:
-                        self._end(seq, DecodeFailed(f"generation on {self.name} failed: {err}"))
+            scheduler = ref()
+            if scheduler is None or not scheduler._run_once():
+                return
+            del scheduler
+
+    def _run_once(self) -> bool:
+        """Wait (at most IDLE_CHECK seconds) for work and run one step; False when closed."""
+        with self._cond:
+            if not (self._active or self._waiting):
+                if self._closing and not self._open:
+                    return False
+                self._cond.wait(IDLE_CHECK)
+                return True
+            self._admit()
+            active = list(self._active)
+        try:
+            self._step(active)
+        except Exception as err:  # a bug or llama.cpp failing: end these, keep serving
+            logger.exception("batch step on %s failed", self.name)
+            for seq in active:
+                if seq.slot >= 0:
+                    self._end(seq, DecodeFailed(f"generation on {self.name} failed: {err}"))
+        return True
 
     def _admit(self) -> None:
         """Give free slots to waiting sequences in arrival order (under _cond)."""
