@@ -30,6 +30,9 @@ Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
    latency, push against a raw socket, normal requests under 2,000 slow
    connections to the store and 1,000 to the worker, memory per slow
    connection; ``benchmarks/slowloris.py``).
+11. 1 / 2 / 4 / 8 concurrent streams on one model (continuous batching): aggregate
+   tokens/s and TTFT against our single stream and against llama-server ``-np N``
+   built from the llama.cpp llama-cpp-python vendors (``benchmarks/batching.py``).
 
 Everything runs on 127.0.0.1 and is bounded in count and time.
 """
@@ -52,6 +55,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from batching import bench_batching  # noqa: E402
 from harness import (  # noqa: E402
     ROOT,
     Services,
@@ -861,6 +865,7 @@ def main() -> int:
             services.stop()
         bench_residency(report, args, tmp, models, subjects[0])
         bench_scheduler(report, args, tmp, models, subjects[0])
+        bench_batching(report, args, tmp, models, subjects[0])
         bench_scale(report, args)
         bench_decisions(report, args, tmp)
     bench_slow_clients(report, args)

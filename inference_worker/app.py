@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -132,6 +131,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     engine = Engine(
         n_gpu_layers=settings.n_gpu_layers,
         n_ctx=settings.n_ctx,
+        parallel=settings.parallel,
         embedding_tokens=settings.embedding_tokens,
     )
 
@@ -305,21 +305,20 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             return embed_response(engine, body, model)
         events = _stream_format(body) == "events"
         job = _parse_job(body, settings, events=events)
-        waiting = time.perf_counter()
         try:
             generation = engine.begin(model, job)
-            metrics.queue_wait.observe(time.perf_counter() - waiting)
         except NotLoaded as err:
             raise Conflict(str(err)) from None
         except (PromptTooLong, ChatTemplateError) as err:
             raise BadRequest(str(err)) from None
 
         def stream():
-            started, first = time.perf_counter(), True
+            first = True
             try:
                 for piece in generation.tokens():
                     if first:
-                        metrics.ttft.observe(time.perf_counter() - started)
+                        metrics.queue_wait.observe(generation.queue_seconds)
+                        metrics.ttft.observe(generation.ttft_seconds)
                         first = False
                     yield _event({"text": piece}) if events else piece
                 if not events:
@@ -367,6 +366,9 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             n_gpu_layers=settings.n_gpu_layers,
             n_ctx=settings.n_ctx,
             embedding_tokens=engine.embeddings.max_tokens,
+            parallel=settings.parallel,
+            sequences_running=sum(info["generating"] for info in resident),
+            queue_depth=sum(info["queued"] for info in resident),
             receiving=cache.transfers.describe(),  # uploads running now: bytes done and total
         )
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_swap.logs import LOG_FORMATS
-from model_swap.settings import EnvReader, rdma_port_choice, serving_options
+from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -24,6 +24,10 @@ DEFAULTS = {
     # model's embedding context (its compute buffer holds the vocabulary's logits for this
     # many tokens: ~0.5 GiB for Gemma 3 at 512). Capped at N_CTX.
     "EMBEDDING_TOKENS": 512,
+    # Sequences per resident model that share each decode step (continuous batching), each
+    # with N_CTX tokens of KV cache; more concurrent requests wait first come, first served.
+    # 1 serves one generation at a time per model.
+    "PARALLEL": 4,
     # Largest /infer body accepted (bytes); uploads are bounded by the disk instead.
     "MAX_REQUEST_BYTES": 1024 * 1024,
     # Shared secret every request (but GET /healthz) must present as a bearer token.
@@ -58,6 +62,17 @@ DEFAULTS = {
 }
 
 
+# llama.cpp's limit on sequences per context (llama_max_parallel_sequences()).
+MAX_PARALLEL = 256
+
+
+def _parallel(env: EnvReader) -> int:
+    value = env.integer("PARALLEL", DEFAULTS["PARALLEL"], minimum=1)
+    if value > MAX_PARALLEL:
+        raise SettingsError(f"PARALLEL: {value} is more than llama.cpp's {MAX_PARALLEL} sequences")
+    return value
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Validated settings of one inference worker."""
@@ -68,6 +83,7 @@ class WorkerSettings:
     n_gpu_layers: int = DEFAULTS["N_GPU_LAYERS"]
     n_ctx: int = DEFAULTS["N_CTX"]
     embedding_tokens: int = DEFAULTS["EMBEDDING_TOKENS"]
+    parallel: int = DEFAULTS["PARALLEL"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
@@ -100,6 +116,7 @@ class WorkerSettings:
             embedding_tokens=env.integer(
                 "EMBEDDING_TOKENS", DEFAULTS["EMBEDDING_TOKENS"], minimum=16
             ),
+            parallel=_parallel(env),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),

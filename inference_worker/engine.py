@@ -1,13 +1,14 @@
-"""The llama.cpp models the worker holds resident, and generation on them.
+"""The llama.cpp models the worker holds resident, and the generations on them.
 
 Several models may be resident at once, each with its own llama.cpp context
-and its own first-come, first-served lock (``inference_worker/resident.py``):
-generations on one model run one at a time in arrival order, generations on
-different models run at the same time, and closing or reloading a model waits
-only for that model's generations. Loads are serialized among themselves (one
-lock for the process: the RSS they measure and llama.cpp's log are the
-process's), never behind a generation. ``llama_cpp`` is the only thing this
-module talks to; it does no HTTP and knows nothing about the cache directory.
+run by its own batch scheduler (``inference_worker/batch.py``): up to
+``parallel`` generations on one model share each decode step, more wait first
+come first served for a free sequence, and generations on different models
+never wait for each other. Closing or reloading a model waits only for that
+model's generations. Loads are serialized among themselves (one lock for the
+process: the RSS they measure and llama.cpp's log are the process's), never
+behind a generation. ``llama_cpp`` is the only thing this module talks to; it
+does no HTTP and knows nothing about the cache directory.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from llama_cpp import Llama
 
 from inference_worker import llama_log
+from inference_worker.batch import BatchScheduler, BatchStats, SchedulerClosed
 from inference_worker.chat import ChatTemplate
 from inference_worker.embeddings import Embeddings
 from inference_worker.generation import Generation, Job
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 # Reads a model's header for its footprint estimate while llama.cpp loads it (loads run
 # one at a time in the process, so one thread serves every engine).
 _ESTIMATOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="footprint-estimate")
+# The context llama_cpp.Llama creates for itself; the scheduler makes the one that serves,
+# so this one is kept as small as llama.cpp allows and freed right after the load.
+_PLACEHOLDER_CTX = 16
 
 
 class ModelLoadError(Exception):
@@ -45,7 +50,7 @@ class NotLoaded(Exception):
 
 
 class PromptTooLong(Exception):
-    """The prompt does not fit the context window."""
+    """The prompt does not fit the context window (or is empty)."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,9 @@ _LOAD_LOCK = threading.Lock()
 class Engine:
     """The resident llama.cpp models, least recently used first. Thread-safe.
 
-    A model's context is used by one generation at a time (its own lock,
-    first come first served); nothing done for one model ever waits for a
-    generation on another.
+    Each resident model serves up to ``parallel`` generations at once, each in
+    its own sequence of ``n_ctx`` tokens; nothing done for one model ever
+    waits for a generation on another.
     """
 
     def __init__(
@@ -72,17 +77,21 @@ class Engine:
         *,
         n_gpu_layers: int = -1,
         n_ctx: int = 2048,
+        parallel: int = 4,
         embedding_tokens: int | None = None,
         clock=time.monotonic,
     ):
         llama_log.install()
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
+        self.parallel = parallel
         self._clock = clock
-        # Guards the table and every counter; held only briefly, never while waiting.
+        # Guards the table and every counter; held only briefly (waits release it).
         self._state = threading.Lock()
+        self._changed = threading.Condition(self._state)  # a scheduler was replaced or closed
         self._models: OrderedDict[str, ResidentModel] = OrderedDict()  # most recently used last
         self._estimates: dict[tuple, int] = {}  # footprint per file version (see _estimate)
+        self.batch_stats = BatchStats()
         self.loads = 0  # successful loads since start
         self.last_generation: dict | None = None  # tokens and timing of the latest one
         # Embedding contexts on the resident models' weights (see the hook below).
@@ -109,9 +118,10 @@ class Engine:
         """Load ``path`` as ``name``, keeping the other resident models.
 
         If ``name`` is resident already (a new version of its file), its
-        context is closed first, after the generations queued before this call
-        on that model. Blocks while another load runs. On failure ``name`` is
-        not resident and ModelLoadError carries llama.cpp's reason.
+        context is closed first, after the generations begun before this call
+        on that model; generations begun meanwhile wait and get the new
+        version. Blocks while another load runs. On failure ``name`` is not
+        resident and ModelLoadError carries llama.cpp's reason.
         """
         while True:
             with self._state:
@@ -126,10 +136,11 @@ class Engine:
                     with self._state:
                         self._models[name] = fresh
                 return result
-            with resident.lock:
+            with resident.swap:
                 with self._state:
-                    if self._models.get(name) is not resident:  # unloaded meanwhile: retry
-                        continue
+                    if self._models.get(name) is not resident or resident.unloading:
+                        continue  # unloaded meanwhile: retry
+                    resident.reloading = True
                 self._close(resident, "to reload it")
                 try:
                     with _LOAD_LOCK:
@@ -137,20 +148,27 @@ class Engine:
                 except BaseException:  # the old version is closed already: nothing is left
                     with self._state:
                         self._models.pop(name, None)
+                        resident.reloading = False
+                        self._changed.notify_all()
                     raise
                 with self._state:
                     self._models.move_to_end(name)
+                    resident.reloading = False
+                    self._changed.notify_all()
                 return result
 
     def _estimate(self, path: Path) -> int:
-        """``path``'s footprint estimate for N_CTX, cached per file version."""
+        """``path``'s footprint estimate with the KV of ``parallel`` sequences of N_CTX.
+
+        Cached per file version.
+        """
         try:
             st = path.stat()
-            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.n_ctx)
+            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.n_ctx, self.parallel)
             with self._state:
                 if key in self._estimates:
                     return self._estimates[key]
-            estimated = footprint.estimate(path, self.n_ctx).total_bytes
+            estimated = footprint.estimate(path, self.n_ctx, n_seq=self.parallel).total_bytes
         except (footprint.FootprintError, OSError) as err:  # llama.cpp reads it: unlikely
             logger.warning("no footprint estimate for %s (%s); counting its file size", path, err)
             return path.stat().st_size
@@ -162,7 +180,7 @@ class Engine:
         return estimated
 
     def _load_into(self, resident: ResidentModel, path: Path) -> LoadResult:
-        """Create ``resident``'s context from ``path`` (the caller holds _LOAD_LOCK)."""
+        """Create ``resident``'s model and scheduler from ``path`` (the caller holds _LOAD_LOCK)."""
         name = resident.name
         started = time.perf_counter()
         # The estimate reads the file's header (~70 ms for Gemma 3 270M): once per file
@@ -174,80 +192,129 @@ class Engine:
                 llm = Llama(
                     model_path=str(path),
                     n_gpu_layers=self.n_gpu_layers,
-                    n_ctx=self.n_ctx,
+                    n_ctx=_PLACEHOLDER_CTX,
                     verbose=False,
                 )
             except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
+                estimating.cancel()
                 why = "; ".join(log.errors) or str(err)
                 raise ModelLoadError(f"llama.cpp could not load {name}: {why}") from err
+        llm._ctx.close()  # the placeholder: the scheduler's context serves
+        with llama_log.collect() as context_log:
+            try:
+                scheduler = BatchScheduler(
+                    llm,
+                    name=name,
+                    parallel=self.parallel,
+                    n_ctx_seq=self.n_ctx,
+                    stats=self.batch_stats,
+                )
+            except Exception as err:
+                llm.close()
+                why = "; ".join(context_log.errors) or str(err)
+                raise ModelLoadError(f"llama.cpp could not create {name}'s context: {why}") from err
         after = rss_bytes()
         seconds = time.perf_counter() - started
-        estimated = estimating.result()
         try:
+            estimated = estimating.result()
             template = ChatTemplate(llm)
-        except BaseException:
+        except BaseException as err:  # never leave the new context behind
+            scheduler.close()
             llm.close()
+            if isinstance(err, Exception):
+                raise ModelLoadError(f"{name} could not be set up: {err}") from err
             raise
-        resident.llm, resident.template = llm, template
-        resident.estimated_bytes, resident.llama_bytes = estimated, log.buffer_bytes
+        resident.llm, resident.template, resident.scheduler = llm, template, scheduler
+        # The weights and the serving context's buffers (not the placeholder's).
+        llama_bytes = log.model_bytes + context_log.buffer_bytes
+        resident.estimated_bytes, resident.llama_bytes = estimated, llama_bytes
         resident.rss_load_bytes = None if before is None or after is None else after - before
         resident.load_seconds = seconds
         with self._state:
             resident.last_active = self._clock()
             self.loads += 1
         logger.info(
-            "loaded %s in %.3fs (n_gpu_layers=%d; estimated %.1f MiB, llama.cpp %.1f MiB, "
-            "RSS %+.1f MiB)",
+            "loaded %s in %.3fs (n_gpu_layers=%d, %d sequences of %d tokens; estimated %.1f MiB, "
+            "llama.cpp %.1f MiB, RSS %+.1f MiB)",
             name,
             seconds,
             self.n_gpu_layers,
+            self.parallel,
+            self.n_ctx,
             estimated / llama_log.MIB,
-            log.buffer_bytes / llama_log.MIB,
+            llama_bytes / llama_log.MIB,
             (resident.rss_load_bytes or 0) / llama_log.MIB,
         )
         return LoadResult(name, seconds, estimated)
 
     def unload(self, name: str) -> bool:
-        """Close ``name``'s context after its running and queued generations; True if it was.
+        """Close ``name``'s context after its generations; True if it was resident.
 
-        Returns False at once when ``name`` is not resident. Never waits for
-        another model's generations.
+        Generations begun before this call finish; ones begun after it get
+        NotLoaded. Returns False at once when ``name`` is not resident. Never
+        waits for another model's generations.
         """
         with self._state:
             resident = self._models.get(name)
         if resident is None:
             return False
-        with resident.lock:
+        with resident.swap:
             with self._state:
-                if self._models.get(name) is not resident:
+                if self._models.get(name) is not resident or resident.unloading:
                     return False
-                del self._models[name]
-            self._close(resident, "")
+                resident.unloading = True
+                self._changed.notify_all()
+            try:
+                self._close(resident, "")
+            finally:
+                with self._state:
+                    if self._models.get(name) is resident:
+                        del self._models[name]
         return True
 
     def _close(self, resident: ResidentModel, why: str) -> None:
-        """Free ``resident``'s context (the caller holds its lock)."""
+        """Free ``resident``'s context once its generations are over (the caller holds swap)."""
+        with self._state:
+            resident.waiting += 1
+        try:
+            resident.scheduler.close()
+        finally:
+            with self._state:
+                resident.waiting -= 1
         self.embeddings.release(resident.llm)  # after an embedding running on it
         resident.llm.close()
-        resident.llm, resident.template = None, None
+        with self._state:
+            resident.llm, resident.template, resident.scheduler = None, None, None
         logger.info("unloaded %s%s", resident.name, f" {why}" if why else "")
 
     def begin(self, model: str | None, job: Job) -> Generation:
-        """Wait for ``model``'s context, check the prompt fits, and return a turn on it.
+        """Check the prompt fits and queue a generation on ``model``; never waits for others.
 
-        ``model`` None means the most recently used resident model. Raises
-        NotLoaded (also when the model is unloaded while this call waits),
-        ChatTemplateError or PromptTooLong; the model's lock is released again.
+        ``model`` None means the most recently used resident model. Waits only
+        while that model is being reloaded. Raises NotLoaded (also when it is
+        being unloaded), ChatTemplateError or PromptTooLong. The caller must
+        ``close`` the generation.
         """
         with self._state:
             resident = self._pick(model)
-        resident.lock.acquire()
+            resident.waiting += 1
+            try:
+                while resident.reloading and self._current(resident):
+                    self._changed.wait()
+            finally:
+                resident.waiting -= 1
+            scheduler = resident.scheduler
+            if scheduler is None or not self._current(resident):
+                raise NotLoaded(f"{resident.name} is not loaded (it was unloaded)")
+            try:
+                seq = scheduler.reserve()
+            except SchedulerClosed as err:
+                raise NotLoaded(f"{resident.name} is not loaded ({err})") from None
+            llm, template = resident.llm, resident.template
         try:
-            with self._state:
-                # Unloaded while this call waited for the lock: never use a closed context.
-                if self._models.get(resident.name) is not resident or resident.llm is None:
-                    raise NotLoaded(f"{resident.name} is not loaded (it was unloaded)")
-            prompt_tokens, stops, own_template = _prompt(resident, job)
+            prompt_tokens, stops, own_template = _prompt(llm, template, job)
+            if not prompt_tokens:
+                raise PromptTooLong("the prompt is empty")
             room = self.n_ctx - len(prompt_tokens)
             if room < 1:
                 raise PromptTooLong(
@@ -255,17 +322,21 @@ class Engine:
                 )
             budget = min(_max_tokens(job, own_template), room)
             generation = Generation(
-                self, resident, prompt_tokens, budget, job.sampling, stops, job.hide_markup
+                self, resident, llm, scheduler, seq, len(prompt_tokens), budget, stops, job
             )
-            with self._state:
-                if resident.name in self._models:
-                    self._models.move_to_end(resident.name)
-                resident.generating += 1
-                resident.last_active = self._clock()
-            return generation
         except BaseException:
-            resident.lock.release()
+            scheduler.release(seq)
             raise
+        with self._state:
+            if self._models.get(resident.name) is resident:
+                self._models.move_to_end(resident.name)
+            resident.last_active = self._clock()
+        scheduler.start(seq, prompt_tokens, budget, job.sampling)
+        return generation
+
+    def _current(self, resident: ResidentModel) -> bool:
+        """Whether ``resident`` is still served (under _state)."""
+        return self._models.get(resident.name) is resident and not resident.unloading
 
     # -- hook for inference_worker/embeddings.py -------------------------------------
 
@@ -292,13 +363,13 @@ class Engine:
 
     def _pick(self, model: str | None) -> ResidentModel:
         """The resident model a request names (the most recent one for None); under _state."""
-        ready = [r for r in self._models.values() if r.llm is not None]
+        ready = [r for r in self._models.values() if r.llm is not None and not r.unloading]
         if model is None:
             if not ready:
                 raise NotLoaded("no model is loaded")
             return ready[-1]
         resident = self._models.get(model)
-        if resident is None:
+        if resident is None or resident.unloading:
             names = ", ".join(r.name for r in ready) or "none"
             raise NotLoaded(f"{model} is not loaded (resident: {names})")
         return resident
@@ -308,14 +379,12 @@ class Engine:
             resident.last_generation = self.last_generation = stats
 
     def _end(self, resident: ResidentModel) -> None:
-        """A generation on ``resident`` is over: release its context to the next in line."""
+        """A generation on ``resident`` is over (its sequence was released)."""
         with self._state:
-            resident.generating -= 1
             resident.last_active = self._clock()
             # Most recently used by the end of its last generation too, as the store counts it.
             if self._models.get(resident.name) is resident:
                 self._models.move_to_end(resident.name)
-        resident.lock.release()
 
 
 # A chat without max_tokens on a model without a chat template of its own (a base model,
@@ -332,14 +401,13 @@ def _max_tokens(job: Job, own_template: bool) -> int | float:
     return float("inf")
 
 
-def _prompt(resident: ResidentModel, job: Job) -> tuple[list[int], tuple[str, ...], bool]:
+def _prompt(llm, template: ChatTemplate, job: Job) -> tuple[list[int], tuple[str, ...], bool]:
     """The prompt's tokens, the stop sequences (the request's plus the template's), and
     whether a chat was rendered by the model's own template (True for raw prompts)."""
-    llm = resident.llm
     if job.messages is None:
         tokens = llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=False)
         return tokens, job.sampling.stop, True
-    chat = resident.template.render([m.to_json() for m in job.messages])
+    chat = template.render([m.to_json() for m in job.messages])
     text = chat.text.encode("utf-8")
     tokens = llm.tokenize(text, add_bos=not chat.has_bos, special=True)
     stops = job.sampling.stop + tuple(s for s in chat.stop if s not in job.sampling.stop)

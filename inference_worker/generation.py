@@ -1,15 +1,16 @@
-"""One generation on a resident model's context: what to generate and the token stream.
+"""One generation on a resident model: what to generate, and its text stream.
 
 ``Engine.begin`` (``inference_worker/engine.py``) grants a ``Generation``
-holding the model's lock; the generation hands it back to the engine when it
-is closed.
+holding a sequence of the model's batch scheduler (``inference_worker/batch.py``).
+The scheduler's thread samples token ids; this module turns them into text in
+the reader's thread (UTF-8 pieces, hidden markup, stop sequences), so that work
+overlaps the next decode step. Closing the generation releases its sequence.
 """
 
 from __future__ import annotations
 
 import codecs
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import llama_cpp
 
+from inference_worker.batch import BatchScheduler, Sequence
 from inference_worker.resident import ResidentModel
 from inference_worker.stops import StopScanner
 from model_swap.generation import Message, Sampling
@@ -57,86 +59,74 @@ class Job:
 
 
 class Generation:
-    """One turn on a resident model's context, holding that model's lock until ``close``.
+    """One request's turn on a resident model, holding one of its sequences until ``close``.
 
     Created by ``Engine.begin``; ``tokens`` streams the completion as text
     pieces. After it ends, ``finish_reason`` (``stop``: the model ended its
     turn or a stop sequence matched; ``length``: the token budget or the
-    context ran out) and the token counts are set. ``close`` is idempotent
-    and must be called (the streaming response calls it when the client
-    finishes or disconnects).
+    context ran out) and the token counts are set, and ``queue_seconds``
+    (waiting for a free sequence) and ``ttft_seconds`` (from getting one to
+    the first token). ``close`` is idempotent and must be called (the
+    streaming response calls it when the client finishes or disconnects); a
+    sequence still generating then stops at the scheduler's next step.
     """
 
     def __init__(
         self,
         engine: Engine,
         resident: ResidentModel,
-        prompt_tokens: list[int],
+        llm,
+        scheduler: BatchScheduler,
+        seq: Sequence,
+        prompt_token_count: int,
         max_tokens: int,
-        sampling: Sampling,
         stops: tuple[str, ...],
-        hide_markup: bool = False,
+        job: Job,
     ):
         self._engine = engine
         self._resident = resident
-        self._llm = resident.llm
+        self._llm = llm
+        self._scheduler = scheduler
+        self._seq = seq
         self.model = resident.name
-        self._prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
-        self._sampling = sampling
         self._stops = stops
-        self._hide_markup = hide_markup
-        self.prompt_token_count = len(prompt_tokens)
+        self._hide_markup = job.hide_markup
+        self.prompt_token_count = prompt_token_count
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self.queue_seconds: float | None = None
+        self.ttft_seconds: float | None = None
         self._closed = False
-        self._close_lock = threading.Lock()
-
-    def _sampler_args(self) -> dict:
-        sampling = self._sampling
-        args = {
-            "frequency_penalty": sampling.frequency_penalty,
-            "presence_penalty": sampling.presence_penalty,
-        }
-        if sampling.temperature is not None:
-            args["temp"] = sampling.temperature
-        if sampling.top_p is not None:
-            args["top_p"] = sampling.top_p
-        return args
 
     def tokens(self) -> Iterator[str]:
         """Yield each generated token's text as soon as it is sampled (blocking)."""
-        llm = self._llm
-        vocab = llm._model.vocab
+        llm, seq = self._llm, self._seq
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         scanner = StopScanner(self._stops)
-        seed = self._sampling.seed
-        # Every generation sets the seed: a request without one must not inherit the last one's.
-        llm.set_seed(llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed)
-        if seed is not None:
-            # A prompt evaluated in part from the KV cache can round differently from one
-            # evaluated whole, which changes the text; a seeded request asks for the same
-            # text every time, so its prompt is always evaluated whole.
-            llm.reset()
-        started = time.perf_counter()
         count = 0
         finish = "length"
         try:
-            for token in llm.generate(self._prompt_tokens, reset=True, **self._sampler_args()):
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
+            while True:
+                item = seq.out.get()
+                if not isinstance(item, int):
+                    if isinstance(item, Exception):
+                        raise item
+                    finish = "stop" if item == "stop" else "length"
                     break
                 count += 1
                 if count == 1:
-                    CONSOLE.info("[infer] TTFT: %.3fs", time.perf_counter() - started)
-                hidden = self._hide_markup and _is_markup(llm, token)
-                text = "" if hidden else scanner.push(decoder.decode(llm.detokenize([token])))
+                    now = time.perf_counter()
+                    self.queue_seconds = seq.admitted - seq.submitted
+                    self.ttft_seconds = now - seq.admitted
+                    CONSOLE.info("[infer] TTFT: %.3fs", self.ttft_seconds)
+                hidden = self._hide_markup and _is_markup(llm, item)
+                text = "" if hidden else scanner.push(decoder.decode(llm.detokenize([item])))
                 if text:
                     yield text
                 if scanner.stopped:
                     finish = "stop"
-                    break
-                if count >= self.max_tokens:
+                    self._scheduler.cancel(seq)
                     break
             tail = scanner.push(decoder.decode(b"", final=True)) + scanner.flush()
             if tail:
@@ -144,6 +134,7 @@ class Generation:
             self.finish_reason = finish
         finally:
             self.completion_tokens = count
+            started = seq.admitted if seq.admitted is not None else seq.submitted
             total = time.perf_counter() - started
             self._engine._record(
                 self._resident,
@@ -162,7 +153,5 @@ class Generation:
             )
 
     def close(self) -> None:
-        with self._close_lock:
-            closed, self._closed = self._closed, True
-        if not closed:
+        if self._scheduler.release(self._seq):
             self._engine._end(self._resident)

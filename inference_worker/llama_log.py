@@ -31,7 +31,7 @@ MIB = 1024 * 1024
 # "load_tensors: CPU_Mapped model buffer size = 235.16 MiB", "llama_kv_cache: CPU KV buffer
 # size = 6.00 MiB", "llama_context: CPU  output buffer size = 1.00 MiB", "sched_reserve: CPU
 # compute buffer size = 514.50 MiB" (INFO level; one line per backend buffer).
-_BUFFER = re.compile(r"\b(?:model|KV|output|compute) buffer size =\s*([0-9.]+) MiB")
+_BUFFER = re.compile(r"\b(model|KV|output|compute) buffer size =\s*([0-9.]+) MiB")
 
 _lock = threading.Lock()
 _collectors: list[LoadLog] = []
@@ -46,6 +46,7 @@ class LoadLog:
     errors: list[str] = field(default_factory=list)
     # Sum of the buffer sizes llama.cpp reported (it logs MiB with two decimals).
     buffer_bytes: int = 0
+    model_bytes: int = 0  # of which the weights' buffers
 
 
 @llama_cpp.llama_log_callback
@@ -72,7 +73,10 @@ def _callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
             if level == ERROR:
                 collected.errors.append(message)
             elif sizes is not None:
-                collected.buffer_bytes += round(float(sizes.group(1)) * MIB)
+                size = round(float(sizes.group(2)) * MIB)
+                collected.buffer_bytes += size
+                if sizes.group(1) == "model":
+                    collected.model_bytes += size
 
 
 def install() -> None:

@@ -3,14 +3,14 @@
 ``WorkerMetrics`` owns one registry per app, the counters and histograms the
 routes feed when an upload, load, unload or generation happens, and a
 collector that reads the engine and the disk cache at scrape time (resident
-and cached models and bytes, generations running and queued, uploads in
-progress). The engine and the cache know nothing of it.
+and cached models and bytes, generations running and queued, the batch size
+histogram, uploads in progress). The engine and the cache know nothing of it.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from inference_worker.engine import Engine
 from inference_worker.model_cache import ModelCache
@@ -145,6 +145,28 @@ class _WorkerCollector:
             "model_swap_worker_queued",
             "Callers waiting for a model's context (generations, unloads, reloads)",
             value=sum(info.queued for info in resident),
+        )
+        yield GaugeMetricFamily(
+            "model_swap_worker_sequences_running",
+            "Generations holding one of their model's sequences (continuous batching)",
+            value=sum(info.generating for info in resident),
+        )
+        yield GaugeMetricFamily(
+            "model_swap_worker_queue_depth",
+            "Generations waiting for a free sequence of their model (PARALLEL are running)",
+            value=sum(info.queued for info in resident),
+        )
+        buckets, _, tokens = self.engine.batch_stats.snapshot()
+        yield HistogramMetricFamily(
+            "model_swap_worker_batch_tokens",
+            "Tokens per llama_decode call (decoding sequences plus prompt chunks)",
+            buckets=buckets,
+            sum_value=tokens,
+        )
+        yield CounterMetricFamily(
+            "model_swap_worker_batch_mixed_steps",
+            "llama_decode calls that carried prompt chunks beside decoding sequences' tokens",
+            value=self.engine.batch_stats.mixed,
         )
         yield CounterMetricFamily(
             "model_swap_worker_received_bytes",

@@ -144,9 +144,13 @@ class ModelCache:
                     validate_model_name(entry.name)
                 except InvalidModelName:
                     continue
-                if entry.is_file():
+                try:
+                    if not entry.is_file():
+                        continue
                     size = entry.stat().st_size
-                    found.append(CachedFile(entry.name, size, self.digest(entry.name)))
+                except FileNotFoundError:  # deleted (evicted) since the listing
+                    continue
+                found.append(CachedFile(entry.name, size, self.digest(entry.name)))
         return sorted(found, key=lambda f: f.name)
 
     def digest(self, name: str) -> str | None:

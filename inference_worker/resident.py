@@ -1,18 +1,18 @@
-"""One model the worker holds in memory: its llama.cpp context, its own lock, and what it cost.
+"""One model the worker holds in memory: its llama.cpp model, its batch scheduler, its cost.
 
 The engine keeps one ``ResidentModel`` per resident name. Each has its own
-first-come, first-served lock, so generations on different models run at the
-same time while requests for one model queue in arrival order. This module
-only holds the bookkeeping and reads the process's memory; the engine decides
-when a model is loaded, reloaded or closed.
+batch scheduler (``inference_worker/batch.py``), so generations on different
+models run at the same time while requests for one model share its decode
+steps, and queue in arrival order beyond its sequences. This module only holds
+the bookkeeping and reads the process's memory; the engine decides when a
+model is loaded, reloaded or closed.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
-
-from inference_worker.fair_lock import FairLock
 
 
 def rss_bytes() -> int | None:
@@ -35,43 +35,52 @@ class ResidentInfo:
     rss_load_bytes: int | None  # growth of the process's RSS across the load
     load_seconds: float
     idle_seconds: float  # since its last load or generation ended; 0 while generating
-    generating: int  # generations holding its context (0 or 1: they take turns)
-    queued: int  # callers waiting for its context: generations, an unload or a reload
+    generating: int  # generations holding one of its sequences
+    queued: int  # generations waiting for a free sequence, and callers waiting for a reload
+    parallel: int  # its sequences
+    kv_tokens: int  # KV cells its sequences hold now (llama.cpp's count)
     last_generation: dict | None  # tokens and timing of its latest generation
 
 
 class ResidentModel:
-    """One loaded llama.cpp context and its lock. Not thread-safe by itself.
+    """One loaded llama.cpp model and its scheduler. Not thread-safe by itself.
 
-    ``lock`` is held by the generation running on ``llm`` and by the engine
-    while it closes or reloads it; the other fields are changed by the engine
-    under its state lock (counters, times) or while it holds ``lock`` (the
-    context and its load figures). ``llm`` is None only while it is being
-    reloaded or after it was closed.
+    ``swap`` is held by the engine while it closes or reloads the model (one
+    at a time); the other fields are changed by the engine under its state
+    lock (counters, times, the flags) or while it holds ``swap`` (the model,
+    its scheduler and its load figures). ``llm`` is None only while it is
+    being reloaded or after it was closed.
     """
 
     def __init__(self, name: str, now: float):
         self.name = name
-        self.lock = FairLock()
+        self.swap = threading.Lock()
         self.llm = None
         self.template = None
+        self.scheduler = None
+        self.unloading = False
+        self.reloading = False
+        self.waiting = 0  # callers blocked on this model: begin during a reload, unload, reload
         self.estimated_bytes = 0
         self.llama_bytes = 0
         self.rss_load_bytes: int | None = None
         self.load_seconds = 0.0
-        self.generating = 0
         self.last_active = now
         self.last_generation: dict | None = None
 
     def info(self, now: float) -> ResidentInfo:
+        scheduler = self.scheduler
+        generating = scheduler.running if scheduler else 0
         return ResidentInfo(
             name=self.name,
             estimated_bytes=self.estimated_bytes,
             llama_bytes=self.llama_bytes,
             rss_load_bytes=self.rss_load_bytes,
             load_seconds=round(self.load_seconds, 6),
-            idle_seconds=0.0 if self.generating else round(max(0.0, now - self.last_active), 3),
-            generating=self.generating,
-            queued=self.lock.waiting,
+            idle_seconds=0.0 if generating else round(max(0.0, now - self.last_active), 3),
+            generating=generating,
+            queued=(scheduler.queued if scheduler else 0) + self.waiting,
+            parallel=scheduler.parallel if scheduler else 0,
+            kv_tokens=scheduler.kv_tokens if scheduler else 0,
             last_generation=self.last_generation,
         )

@@ -127,12 +127,15 @@ class ModelFiles:
         except OSError as err:
             raise unreadable(path.name, err) from err
 
-    def footprint(self, path: Path, n_ctx: int | None) -> int:
-        """Estimated memory of ``path`` once loaded with ``n_ctx`` (bytes), once per file
-        version; the file size if its metadata cannot be read."""
+    def footprint(self, path: Path, n_ctx: int | None, n_seq: int = 1) -> int:
+        """Estimated memory of ``path`` once loaded with ``n_ctx`` for each of the worker's
+        ``n_seq`` (PARALLEL) sequences (bytes), once per file version; the file size if its
+        metadata cannot be read."""
         n_ctx = n_ctx or 2048
         try:
-            return self.footprints.get(path, n_ctx, lambda: estimate(path, n_ctx).total_bytes)
+            return self.footprints.get(
+                path, (n_ctx, n_seq), lambda: estimate(path, n_ctx, n_seq=n_seq).total_bytes
+            )
         except Exception as err:  # not a readable GGUF: the worker will refuse to load it
             logger.warning("could not estimate the memory of %s: %r", path.name, err)
             return self.size(path)

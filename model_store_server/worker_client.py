@@ -63,6 +63,7 @@ class WorkerReport:
     cached: list[str]
     loaded: str | None
     n_ctx: int | None = None
+    parallel: int = 1  # sequences per resident model, each with n_ctx tokens of KV cache
     # The digest each cached file was verified against (None: the worker does not know).
     digests: dict[str, str | None] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # each cached file's bytes
@@ -325,6 +326,7 @@ class WorkerClient:
                 cached=[entry["name"] for entry in entries],
                 loaded=loaded,
                 n_ctx=data.get("n_ctx"),
+                parallel=int(data.get("parallel") or 1),
                 digests={entry["name"]: entry.get("digest") for entry in entries},
                 sizes={entry["name"]: int(entry.get("size") or 0) for entry in entries},
                 resident=resident,

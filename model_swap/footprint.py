@@ -8,25 +8,27 @@ skipped, not decoded (``gguf.GGUFReader`` decodes every token of a 262k-token
 vocabulary and took 8 s on Gemma 3 270M; this takes a fraction of a second).
 
 The estimate reproduces how llama.cpp (the build this project uses, on CPU,
-flash attention off as the worker runs it) sizes a context of ``n_ctx`` tokens.
-All sizes in bytes; ``ctx`` is ``n_ctx`` rounded up to a multiple of 256 (llama.cpp
-pads it), ``ub`` the micro-batch ``min(n_ubatch, n_ctx)`` (llama-cpp-python caps
-the batch at the requested context), ``f`` = 4 bytes per f32:
+flash attention off as the worker runs it) sizes a context of ``n_seq``
+sequences of ``n_ctx`` tokens, each in its own KV stream (the worker's
+PARALLEL). All sizes in bytes; ``ctx`` is ``n_seq * n_ctx`` rounded up to a
+multiple of 256 (llama.cpp pads it), ``ctx_seq = ctx / n_seq`` what one token
+attends over, ``ub`` the micro-batch ``min(n_ubatch, n_seq * n_ctx)`` (the
+batch is capped at the context), ``f`` = 4 bytes per f32:
 
 - ``weights = file size`` (mapped; repacked tensors make llama.cpp's own
   figure a few percent larger for quantized files).
 - ``kv = 2 (f16) * ctx * sum over layers of head_count_kv * (key_length + value_length)``,
   with ``key_length``/``value_length`` defaulting to ``embedding_length / head_count``.
   Sliding-window layers get a full-size cache too (llama.cpp's "full-size SWA cache").
-- ``output = n_vocab * f`` (the logits of the one sequence).
+- ``output = n_vocab * f * n_seq`` (one row of logits per sequence).
 - ``compute``: the graph allocator reuses memory, so the buffer is the largest
   set of tensors alive at once, the biggest of three moments:
 
-  - attention: ``head_count * ctx * ub * f`` (the KQ scores) + masks,
+  - attention: ``head_count * ctx_seq * ub * f`` (the KQ scores) + masks,
   - feed-forward: ``3 * feed_forward_length * ub * f`` (gate, up, their product) + masks,
   - logits: ``n_vocab * ub * f`` (the masks are gone by then),
 
-  where masks = ``ctx * ub * f`` per attention mask (two for a model with a
+  where masks = ``ctx_seq * ub * f`` per attention mask (two for a model with a
   sliding window: one per kind of layer), plus the activations alive beside
   them: ``7 * embedding_length * ub * f`` in the layers, ``2 * embedding_length * ub * f``
   at the logits (both calibrated against llama.cpp's log).
@@ -205,15 +207,18 @@ def _vocab_size(metadata: dict[str, object], arch: str) -> int:
     return int(metadata.get(Keys.LLM.VOCAB_SIZE.format(arch=arch), 0))
 
 
-def estimate(path: str | os.PathLike, n_ctx: int, *, n_ubatch: int = 512) -> Footprint:
-    """Bytes llama.cpp will allocate to load ``path`` with a context of ``n_ctx`` tokens (CPU).
+def estimate(
+    path: str | os.PathLike, n_ctx: int, *, n_seq: int = 1, n_ubatch: int = 512
+) -> Footprint:
+    """Bytes llama.cpp will allocate to load ``path`` with ``n_seq`` sequences of ``n_ctx``
+    tokens each (CPU; a separate KV stream per sequence, as the worker's PARALLEL runs it).
 
     Reads the header only; pure (no cache, no logging). Raises FootprintError
     when the file cannot be read as GGUF. Metadata the formula needs but the
     file lacks counts as zero (for example no attention for a model without heads).
     """
-    if n_ctx < 1 or n_ubatch < 1:
-        raise ValueError("n_ctx and n_ubatch must be positive")
+    if n_ctx < 1 or n_ubatch < 1 or n_seq < 1:
+        raise ValueError("n_ctx, n_seq and n_ubatch must be positive")
     weights = os.path.getsize(path)
     metadata = read_metadata(path)
     arch = str(metadata.get(Keys.General.ARCHITECTURE, ""))
@@ -236,14 +241,15 @@ def estimate(path: str | os.PathLike, n_ctx: int, *, n_ubatch: int = 512) -> Foo
     kv_heads = _per_layer(head_count_kv, n_layers)
     sliding = number(Keys.Attention.SLIDING_WINDOW) > 0
 
-    ctx = -(-n_ctx // CTX_PAD) * CTX_PAD
-    ub = min(n_ubatch, n_ctx)
+    ctx = -(-n_ctx * n_seq // CTX_PAD) * CTX_PAD  # all sequences' cells
+    ctx_seq = ctx // n_seq  # one stream's: what one token attends over
+    ub = min(n_ubatch, n_ctx * n_seq)
     kv = F16 * ctx * sum(heads * (key_length + value_length) for heads in kv_heads)
-    output = n_vocab * F32
-    masks = (2 if sliding else 1) * ctx * ub * F32 if n_head else 0
+    output = n_vocab * F32 * n_seq
+    masks = (2 if sliding else 1) * ctx_seq * ub * F32 if n_head else 0
     in_layers = masks + 7 * n_embd * ub * F32
     compute = max(
-        n_head * ctx * ub * F32 + in_layers,
+        n_head * ctx_seq * ub * F32 + in_layers,
         3 * n_ff * ub * F32 + in_layers,
         n_vocab * ub * F32 + 2 * n_embd * ub * F32,
     )

@@ -6,7 +6,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from inference_worker.fair_lock import FairLock
 from tests.conftest import A, B, ask, assert_agree, start_generation, worker_status
 
 
@@ -85,19 +84,3 @@ def test_swap_waiting_too_long_answers_503_with_retry_after(worker, start_store)
     ok = ask(store, B)  # once A is done, B is served and the views agree again
     assert ok.status_code == 200 and ok.headers["X-Model"] == B
     assert_agree(store, worker)
-
-
-def test_fair_lock_serves_in_arrival_order():
-    lock = FairLock()
-    lock.acquire()
-    order = []
-    threads = []
-    for i in range(5):
-        t = threading.Thread(target=lambda i=i: (lock.acquire(), order.append(i), lock.release()))
-        t.start()
-        threads.append(t)
-        time.sleep(0.02)  # make arrival order unambiguous
-    lock.release()
-    for t in threads:
-        t.join(5)
-    assert order == [0, 1, 2, 3, 4]

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from inference_worker.engine import Engine, Job, NotLoaded
+from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded
 from model_swap.generation import Sampling
 from tests.conftest import A, B, C, cache_dir, wait_for, worker_status
 
@@ -242,18 +242,17 @@ def test_a_held_generation_blocks_nothing_on_other_models(engine, tiny_models_di
     assert engine.unload(A) is False  # not resident: answered at once
 
 
-def test_a_request_waiting_while_its_model_is_unloaded_gets_not_loaded(engine, tiny_models_dir):
+def test_a_request_arriving_while_its_model_is_unloaded_gets_not_loaded(engine, tiny_models_dir):
     engine.load(A, tiny_models_dir / A)
     held = engine.begin(A, Job(prompt="hello", max_tokens=4))
     unloading, unloaded = _in_thread(lambda: engine.unload(A))
-    assert wait_for(lambda: _queued(engine, A) == 1)
-    waiting, answer = _in_thread(lambda: engine.begin(A, Job(prompt="hello", max_tokens=4)))
-    assert wait_for(lambda: _queued(engine, A) == 2)
-    held.close()  # the unload goes first (it came first), then the request finds A gone
+    assert wait_for(lambda: _queued(engine, A) == 1)  # the unload waits for the generation
+    with pytest.raises(NotLoaded):
+        engine.begin(A, Job(prompt="hello", max_tokens=4))
+    assert unloading.is_alive()
+    held.close()
     unloading.join(60)
-    waiting.join(60)
     assert unloaded == {"value": True}
-    assert isinstance(answer.get("error"), NotLoaded)
     assert engine.resident() == [] and engine.loaded is None
     with pytest.raises(NotLoaded):
         engine.begin(None, Job(prompt="hello"))
@@ -275,3 +274,18 @@ def test_requests_queued_behind_a_reload_get_the_new_version(engine, tiny_models
     assert reloaded["value"].name == A
     assert answer["value"] == b_text != a_text
     assert engine.loads == 3
+
+
+def test_a_failing_footprint_estimate_fails_the_load_cleanly(engine, tiny_models_dir, monkeypatch):
+    """Review fix: the new context is closed, the load answers ModelLoadError (422), not 500."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("header reader broke")
+
+    monkeypatch.setattr("model_swap.footprint.estimate", broken)
+    with pytest.raises(ModelLoadError, match="header reader broke"):
+        engine.load(A, tiny_models_dir / A)
+    assert engine.resident() == [] and engine.loads == 0
+    monkeypatch.undo()
+    engine.load(A, tiny_models_dir / A)
+    assert _text(engine, A)

@@ -13,9 +13,9 @@ from tests.conftest import A
 TOLERANCE = 0.10
 
 
-def loaded_sizes(path, n_ctx: int):
+def loaded_sizes(path, n_ctx: int, parallel: int = 1):
     """(estimated_bytes, llama_bytes) of ``path`` loaded by the worker's engine."""
-    engine = Engine(n_ctx=n_ctx)
+    engine = Engine(n_ctx=n_ctx, parallel=parallel)
     engine.load(path.name, path)
     try:
         (info,) = engine.resident()
@@ -89,3 +89,19 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(FootprintError):
         estimate(path, 2048)
+
+
+@pytest.mark.parametrize("n_ctx", [256, 2048])
+def test_estimate_counts_the_kv_cache_of_parallel_sequences(tiny_models_dir, n_ctx):
+    """The worker sizes PARALLEL sequences of N_CTX each: the estimate for PARALLEL x N_CTX."""
+    path = tiny_models_dir / A
+    estimated, actual = loaded_sizes(path, n_ctx, parallel=4)
+    assert estimated == estimate(path, n_ctx, n_seq=4).total_bytes
+    assert_close(estimated, actual)
+    assert estimated > estimate(path, n_ctx).total_bytes
+
+
+def test_estimate_for_gemma_with_four_sequences(gemma_path):
+    estimated, actual = loaded_sizes(gemma_path, 2048, parallel=4)
+    assert estimated == estimate(gemma_path, 2048, n_seq=4).total_bytes
+    assert_close(estimated, actual)

@@ -9,7 +9,7 @@ import ollama
 import pytest
 import requests
 
-from tests.conftest import A, B, C, store_status, worker_status
+from tests.conftest import A, B, C, store_status, wait_for, worker_status
 from tests.test_embeddings import TINY_DIMENSIONS
 
 
@@ -127,7 +127,9 @@ def test_keep_alive_zero_on_a_generation_unloads_after_it(client, worker):
         keep_alive=0,
         options={"num_predict": 2},
     )
-    assert resident(worker) == []
+    # The unload follows the answer's end (as on the other routes), not before the client
+    # has read it.
+    assert wait_for(lambda: resident(worker) == [], timeout=10)
 
 
 def test_ps_reports_expiry_from_keep_alive(client):

@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from inference_worker.config import WorkerSettings
 from model_store_server.decision import Action
 from model_swap.footprint import estimate
 from tests.conftest import (
@@ -33,8 +34,9 @@ def worker(start_worker):
 
 @pytest.fixture
 def footprint(models_dir) -> int:
-    """The estimated memory of one tiny model (all three have the same shape)."""
-    return estimate(models_dir / A, N_CTX).total_bytes
+    """The estimated memory of one tiny model (all three have the same shape), with the KV
+    cache of the worker's PARALLEL sequences of N_CTX tokens."""
+    return estimate(models_dir / A, N_CTX, n_seq=WorkerSettings().parallel).total_bytes
 
 
 def resident(server) -> list[str]:

@@ -70,6 +70,7 @@ class Executor:
         self.cost_model = cost_model
         self.transfers = Transfers()  # pushes running now (GET /status, SSE progress)
         self.worker_n_ctx: int | None = None  # from the worker's last report
+        self.worker_parallel = 1  # its sequences per model (each N_CTX tokens of KV cache)
 
     def carry_out(
         self, view: WorkerView, swap: Swap, path: Path | None, done: dict, *, hit: bool = True
@@ -193,7 +194,7 @@ class Executor:
         worker exclusively). Returns the error that prevented it, or None."""
         try:
             report = self.client.status()
-            self.worker_n_ctx = report.n_ctx
+            self.worker_n_ctx, self.worker_parallel = report.n_ctx, report.parallel
             to_delete, to_unload = view.apply_worker_report(
                 {name: report.sizes.get(name, 0) for name in report.cached},
                 report.resident,

@@ -212,8 +212,10 @@ class SwapService:
         # The memory estimate reads the file's header (~70 ms for a 250 MB model, once per
         # version): only a memory byte budget needs it before the load; otherwise the
         # worker's own figure is taken from the load's answer.
-        n_ctx = self.executor.worker_n_ctx
-        footprint = self.files.footprint(path, n_ctx) if self.settings.max_loaded_bytes else 0
+        n_ctx, n_seq = self.executor.worker_n_ctx, self.executor.worker_parallel
+        footprint = (
+            self.files.footprint(path, n_ctx, n_seq) if self.settings.max_loaded_bytes else 0
+        )
         try:
             grant = self.state.admit(
                 model,

@@ -1,0 +1,363 @@
+"""Continuous batching on one resident model: several sequences share each llama_decode.
+
+A ``BatchScheduler`` owns one llama.cpp context with ``parallel`` sequences
+(``n_seq_max``, a separate KV stream of ``n_ctx_seq`` cells each) and one
+thread. At every step that thread admits waiting requests into free sequences
+(first come, first served), puts the next token of every decoding sequence
+plus chunks of newly admitted prompts into one ``llama_batch`` (at most
+``n_batch`` tokens, so a long prompt enters over several steps interleaved
+with the others' decoding), calls ``llama_decode`` once, and samples each
+sequence from its own logits row with its own sampler chain. A finished or
+cancelled sequence's KV cells are removed at once and its slot is free for the
+next request.
+
+The scheduler hands out token ids only: turning them into text, stop
+sequences and streaming happen in the caller's thread
+(``inference_worker/generation.py``), beside the next ``llama_decode``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+
+import llama_cpp
+from llama_cpp import _internals
+
+from inference_worker.sampling import sampler_chain
+from model_swap.generation import Sampling
+
+logger = logging.getLogger(__name__)
+
+# llama_cpp.Llama's default batch: the most tokens one llama_decode takes.
+N_BATCH = 512
+# Seconds an idle loop sleeps before it checks whether its scheduler is still in use.
+IDLE_CHECK = 1.0
+# Tokens per llama_decode call, for the batch size histogram.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def default_threads() -> tuple[int, int]:
+    """llama.cpp's threads for one-token steps and for larger batches: llama_cpp.Llama's
+    defaults (half the CPUs, all of them), which this worker has always used."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(cpus // 2, 1), cpus
+
+
+class SchedulerClosed(Exception):
+    """The model is being unloaded: the scheduler takes no new sequences."""
+
+
+class DecodeFailed(Exception):
+    """llama_decode failed for a batch holding this sequence."""
+
+
+class BatchStats:
+    """Counts of llama_decode calls by batch size, across schedulers. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.buckets = [0] * len(BATCH_BUCKETS)  # calls with <= bound tokens (not cumulative)
+        self.over = 0
+        self.calls = 0
+        self.tokens = 0
+        self.mixed = 0  # calls that carried prompt tokens and decoding sequences' tokens
+
+    def observe(self, n_tokens: int, mixed: bool) -> None:
+        index = bisect.bisect_left(BATCH_BUCKETS, n_tokens)
+        with self._lock:
+            self.calls += 1
+            self.mixed += mixed
+            self.tokens += n_tokens
+            if index < len(self.buckets):
+                self.buckets[index] += 1
+            else:
+                self.over += 1
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], int, int]:
+        """Cumulative ``(le, count)`` pairs ending with ``+Inf``, the call count, the token sum."""
+        with self._lock:
+            counts, over, calls, tokens = list(self.buckets), self.over, self.calls, self.tokens
+        pairs, total = [], 0
+        for bound, count in zip(BATCH_BUCKETS, counts, strict=True):
+            total += count
+            pairs.append((str(float(bound)), total))
+        pairs.append(("+Inf", total + over))
+        return pairs, calls, tokens
+
+
+class Sequence:
+    """One request's place in a scheduler. Granted by ``BatchScheduler.reserve``.
+
+    ``out`` yields the sampled token ids (ints) in order, then one final item:
+    a finish reason (``"stop"``: end of generation token; ``"length"``: the
+    token budget) or a ``DecodeFailed``. The fields below ``out`` belong to the
+    scheduler's thread.
+    """
+
+    def __init__(self) -> None:
+        self.prompt: list[int] = []
+        self.max_tokens = 0
+        self.sampling = Sampling()
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.submitted = time.perf_counter()
+        self.admitted: float | None = None  # set when it gets a slot
+        self.cancelled = False
+        self.released = False
+        self.slot = -1
+        self.fed = 0  # prompt tokens decoded so far
+        self.generated = 0
+        self.pending: int | None = None  # the last sampled token, decoded at the next step
+        self.row = -1  # its logits row in the current batch, or -1
+        self.sampler = None
+
+
+class BatchScheduler:
+    """The batch loop of one resident model's context. Thread-safe.
+
+    ``reserve`` and ``start`` never block; ``release`` must be called once per
+    reserved sequence (it cancels a sequence still running). ``close`` waits
+    until every reserved sequence is released, then frees the context.
+    """
+
+    def __init__(self, llm, *, name: str, parallel: int, n_ctx_seq: int, stats: BatchStats):
+        self.name = name
+        self.parallel = parallel
+        self.n_ctx_seq = n_ctx_seq
+        self._stats = stats
+        self._vocab = llm._model.vocab
+        self._n_vocab = llm._model.n_vocab()
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = parallel * n_ctx_seq
+        params.n_batch = params.n_ubatch = min(N_BATCH, params.n_ctx)
+        params.n_seq_max = parallel
+        params.kv_unified = False  # one KV stream per sequence: its numbers do not depend on others
+        # As llama_cpp.Llama runs it (and the footprint estimate assumes): the same numbers,
+        # so the same texts, as before batching.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.n_threads, params.n_threads_batch = default_threads()
+        params.no_perf = True
+        self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self._ctx = self._context.ctx
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._n_batch = params.n_batch
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._cond = threading.Condition()
+        self._waiting: deque[Sequence] = deque()
+        self._active: list[Sequence] = []  # holding a slot, in admission order
+        self._free = list(range(parallel))
+        self._open = 0  # submitted and not released
+        self._admitted_open = 0  # of those, admitted to a slot
+        self._closing = False
+        self.kv_tokens = 0  # cells the sequences hold, as llama.cpp reports them
+        self._llm = llm  # the model outlives this context
+        self._thread = threading.Thread(
+            target=self._loop, args=(weakref.ref(self),), name=f"batch-{name}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def running(self) -> int:
+        """Released-not-yet sequences that hold or held a slot."""
+        with self._cond:
+            return self._admitted_open
+
+    @property
+    def queued(self) -> int:
+        """Sequences waiting for a free slot."""
+        with self._cond:
+            return len(self._waiting)
+
+    def reserve(self) -> Sequence:
+        """A sequence counted as open (``close`` waits for it) but not queued yet.
+
+        Raises SchedulerClosed while the model is being unloaded. Follow with
+        ``start`` or ``release``.
+        """
+        with self._cond:
+            if self._closing:
+                raise SchedulerClosed(f"{self.name} is being unloaded")
+            self._open += 1
+        return Sequence()
+
+    def start(self, seq: Sequence, prompt: list[int], max_tokens: int, sampling: Sampling) -> None:
+        """Queue ``seq`` for a free slot (first come, first served); never blocks."""
+        seq.prompt, seq.max_tokens, seq.sampling = prompt, max_tokens, sampling
+        with self._cond:
+            if seq.cancelled:
+                return
+            seq.submitted = time.perf_counter()
+            self._waiting.append(seq)
+            self._cond.notify_all()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop ``seq`` at the next step (its reader has what it wants); it stays open."""
+        with self._cond:
+            seq.cancelled = True
+            self._cond.notify_all()
+
+    def release(self, seq: Sequence) -> bool:
+        """The reader is done with ``seq``: stop it at the next step if it still runs.
+
+        Idempotent: True the first time, False after.
+        """
+        with self._cond:
+            if seq.released:
+                return False
+            seq.released = seq.cancelled = True
+            if seq in self._waiting:
+                self._waiting.remove(seq)
+            elif seq.admitted is not None:
+                self._admitted_open -= 1
+            self._open -= 1
+            self._cond.notify_all()
+        return True
+
+    def close(self) -> None:
+        """Take no new sequences, wait until every submitted one is released, free the context."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while self._open:
+                self._cond.wait()
+        self._thread.join()
+        self._free_context()
+
+    def _free_context(self) -> None:
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+            self._context.close()
+
+    def __del__(self) -> None:
+        # Dropped without close (an app discarded with its engine, in tests): the loop holds
+        # no reference between steps, so it is not running now; free the context before the
+        # model it belongs to (this object holds the model's Llama until then).
+        self._free_context()
+
+    # The loop (its own thread). It holds the scheduler only during one step, so a scheduler
+    # nobody uses any more is collected and the loop ends.
+
+    @staticmethod
+    def _loop(ref: weakref.ref) -> None:
+        while True:
+            scheduler = ref()
+            if scheduler is None or not scheduler._run_once():
+                return
+            del scheduler
+
+    def _run_once(self) -> bool:
+        """Wait (at most IDLE_CHECK seconds) for work and run one step; False when closed."""
+        with self._cond:
+            if not (self._active or self._waiting):
+                if self._closing and not self._open:
+                    return False
+                self._cond.wait(IDLE_CHECK)
+                return True
+            self._admit()
+            active = list(self._active)
+        try:
+            self._step(active)
+        except Exception as err:  # a bug or llama.cpp failing: end these, keep serving
+            logger.exception("batch step on %s failed", self.name)
+            for seq in active:
+                if seq.slot >= 0:
+                    self._end(seq, DecodeFailed(f"generation on {self.name} failed: {err}"))
+        return True
+
+    def _admit(self) -> None:
+        """Give free slots to waiting sequences in arrival order (under _cond)."""
+        while self._waiting and self._free:
+            seq = self._waiting.popleft()
+            seq.slot = self._free.pop(0)
+            seq.admitted = time.perf_counter()
+            self._admitted_open += 1
+            self._active.append(seq)
+
+    def _step(self, active: list[Sequence]) -> None:
+        """One llama_decode: every decoding sequence's next token, then prompt chunks."""
+        batch = self._batch
+        n = 0
+        for seq in active:
+            seq.row = -1
+            if seq.cancelled:
+                self._end(seq, "cancelled")
+            elif seq.pending is not None:
+                n = self._add(n, seq.pending, len(seq.prompt) + seq.generated - 1, seq, True)
+                seq.row = n - 1
+        decoding = n
+        for seq in active:
+            room = self._n_batch - n
+            if room == 0:
+                break
+            if seq.cancelled or seq.fed == len(seq.prompt):
+                continue
+            if seq.sampler is None:
+                seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
+            chunk = seq.prompt[seq.fed : seq.fed + room]
+            for offset, token in enumerate(chunk):
+                n = self._add(n, token, seq.fed + offset, seq, False)
+            seq.fed += len(chunk)
+            if seq.fed == len(seq.prompt):
+                batch.logits[n - 1] = True
+                seq.row = n - 1
+        if n:
+            self._decode(active, n, 0 < decoding < n)
+        self.kv_tokens = sum(
+            llama_cpp.llama_memory_seq_pos_max(self._memory, slot) + 1
+            for slot in range(self.parallel)
+        )
+
+    def _decode(self, active: list[Sequence], n: int, mixed: bool) -> None:
+        """Decode the batch's ``n`` tokens and sample every sequence that has a row."""
+        batch = self._batch
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        self._stats.observe(n, mixed)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+        for seq in active:
+            if seq.row < 0:
+                continue
+            token = llama_cpp.llama_sampler_sample(seq.sampler.sampler, self._ctx, seq.row)
+            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                self._end(seq, "stop")
+                continue
+            seq.generated += 1
+            seq.pending = token
+            seq.out.put(token)
+            if seq.generated >= seq.max_tokens:
+                self._end(seq, "length")
+
+    def _add(self, n: int, token: int, pos: int, seq: Sequence, logits: bool) -> int:
+        batch = self._batch
+        batch.token[n] = token
+        batch.pos[n] = pos
+        batch.n_seq_id[n] = 1
+        batch.seq_id[n][0] = seq.slot
+        batch.logits[n] = logits
+        return n + 1
+
+    def _end(self, seq: Sequence, outcome) -> None:
+        """Free ``seq``'s slot and KV cells and tell its reader (loop thread)."""
+        if seq.slot < 0:
+            return
+        llama_cpp.llama_memory_seq_rm(self._memory, seq.slot, -1, -1)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+        with self._cond:
+            self._active.remove(seq)
+            bisect.insort(self._free, seq.slot)
+            seq.slot, seq.row = -1, -1
+            self._cond.notify_all()
+        seq.out.put(outcome)
