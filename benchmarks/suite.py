@@ -122,10 +122,9 @@ class Report:
             lines.append("|" + "|".join("---" for _ in header) + "|")
             lines += ["| " + " | ".join(row) + " |" for row in rows]
             lines.append("")
+        # Generated from this run only: hand-written analysis of earlier runs stays in
+        # benchmarks/ANALYSIS.md, which names the runs it describes.
         lines += ["![benchmark chart](results.png)", ""]
-        analysis = Path(__file__).resolve().parent / "ANALYSIS.md"
-        if analysis.exists():
-            lines += [analysis.read_text()]
         return "\n".join(lines)
 
 

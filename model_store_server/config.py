@@ -57,7 +57,7 @@ DEFAULTS = {
     # Seconds a request waits for another model's generations or a swap to finish (then 503).
     "SWAP_WAIT_TIMEOUT": 120.0,
     # Seconds another model's oldest request may wait before new requests for the resident
-    # model queue behind it (0: strict arrival order; see README "Scheduling").
+    # model queue behind it (0: strict arrival order; see docs/concurrency.md).
     "SCHEDULER_MAX_WAIT": 2.0,
     # Keep-alive connections the store keeps open to the worker (0: a new one per call).
     "WORKER_POOL_SIZE": 8,

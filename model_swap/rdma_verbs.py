@@ -54,9 +54,7 @@ def _pyverbs():
         from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
         from pyverbs.wr import SGE, RecvWR, SendWR
     except ModuleNotFoundError as err:
-        raise RdmaUnavailable(
-            f"pyverbs is not installed ({err}); see the README's RDMA transport section"
-        ) from err
+        raise RdmaUnavailable(f"pyverbs is not installed ({err}); see docs/rdma.md") from err
     except ImportError as err:  # e.g. PyPI's pyverbs next to an older rdma-core
         raise RdmaUnavailable(
             f"pyverbs could not be loaded ({err}); it must match the system's rdma-core"

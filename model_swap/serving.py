@@ -8,7 +8,7 @@ state live in that process's memory. Tokens are sent one chunk each, upload
 bodies are read straight from the socket into the upload's buffers, and port 0
 binds a free port, which is logged as ``<name> listening on http://host:port``.
 ``benchmarks/servers.py`` and ``benchmarks/slowloris.py`` measured it against
-the alternatives (README, "Running in production").
+the alternatives (docs/production.md).
 
 Stopping (``Stopper``): the first SIGTERM, SIGINT or SIGHUP stops accepting at
 once, lets running requests (generations, pushes) finish for up to

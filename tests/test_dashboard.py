@@ -1,7 +1,7 @@
 """The store's dashboard in a real headless browser: Playwright driving Debian's chromium
 against a real store and worker with tiny models.
 
-Set MODEL_SWAP_SCREENSHOT=path to write the README's screenshot while the test runs.
+Set MODEL_SWAP_SCREENSHOT=path to write the screenshot in docs/observability.md while the test runs.
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ SEQUENCE = [A, A, B, C, A, B, B, C, C, A, B, A, C, C, B]
 
 
 # gdsf is left out: its live priorities weigh the rates the store measures as it goes,
-# which the simulator's fixed cost model only approximates (see the README's Policy lab).
+# which the simulator's fixed cost model only approximates (see docs/lab.md).
 @pytest.mark.parametrize("policy", ["lru", "no-evict", "lfu-da"])
 def test_replay_with_one_client_matches_the_simulator(policy, worker, start_store, models_dir):
     store = start_store(worker, cache_policy=policy, max_cache_size=2)

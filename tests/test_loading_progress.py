@@ -61,12 +61,14 @@ def test_openai_clients_ignore_the_comments(worker, start_store):
 def test_a_load_that_fails_after_the_comments_ends_with_an_error_event(
     worker, start_store, models_dir
 ):
-    (models_dir / "broken.gguf").write_bytes(b"not a gguf file at all" * 100)
+    # A GGUF v3 head, then garbage: it is pushed, and llama.cpp fails to load it.
+    (models_dir / "broken.gguf").write_bytes(b"GGUF\x03\0\0\0" + b"\xff" * 2000)
     store = start_store(worker, loading_comments_after=0)
     response, blocks = stream_raw(store, "broken.gguf")
     assert response.status_code == 200  # the status went out with the first comment
     assert blocks[0].startswith(": loading broken.gguf")
     assert blocks[-1].startswith('data: {"error"')
+    assert "model_unloadable" in blocks[-1]
     assert "[DONE]" not in response.text
     # Errors before any decision are answered as before.
     response, _ = stream_raw(store, "missing.gguf")

@@ -19,6 +19,7 @@ from inference_worker.config import WorkerSettings
 from model_store_server.config import StoreSettings
 from model_store_server.transport import HttpTransport
 from model_store_server.transport_factory import FallbackTransport, build_transport
+from model_store_server.transport_link import LinkTransport
 from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
 from model_swap.digest import file_digest, file_sha256
@@ -60,7 +61,8 @@ def test_rdma_settings_are_read_from_the_environment():
 
 def test_the_factory_builds_the_configured_transport():
     client = WorkerClient("http://127.0.0.1:1", connect_timeout=1, read_timeout=1)
-    assert isinstance(build_transport(StoreSettings(), client), HttpTransport)
+    assert isinstance(build_transport(StoreSettings(), client), LinkTransport)  # auto
+    assert isinstance(build_transport(StoreSettings(transport="http"), client), HttpTransport)
     rdma = build_transport(StoreSettings(transport="rdma"), client)
     assert isinstance(rdma, RdmaTransport)
     assert (rdma.host, rdma.port) == ("localhost", 8081)

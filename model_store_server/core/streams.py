@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from model_store_server.core import events as ev
 from model_store_server.core.grants import Hit
@@ -18,13 +19,15 @@ from model_store_server.transport import PushResult
 from model_store_server.worker_client import InferenceStream, WorkerError
 from model_swap.errors import ApiError
 
+T = TypeVar("T")
+
 logger = logging.getLogger(__name__)
 
 STREAM_ERROR_PREFIX = "\n[model-swap error] "
 
 
 def stream_error_marker(err: ApiError) -> bytes:
-    """The line that ends a token stream the worker could not finish (see README)."""
+    """The line that ends a token stream the worker could not finish (see docs/api.md)."""
     return f"{STREAM_ERROR_PREFIX}{err.type}: {err.message}\n".encode()
 
 
@@ -43,6 +46,18 @@ class Served:
         """The response failed after all: the request counts with ``status`` (before ``close``)."""
         if self.record is not None:
             self.record.finish(status)
+
+    def read_whole(self, read: Callable[[Iterator[bytes]], T]) -> T:
+        """``read(self.stream)`` for a non-streamed answer, then ``close``. A failure carries
+        this request's headers and counts with its own status."""
+        try:
+            return read(self.stream)
+        except ApiError as err:
+            err.headers.update(self.headers())
+            self.failed(err.status)
+            raise
+        finally:
+            self.close()
 
     def headers(self) -> dict[str, str]:
         """What happened, for the client: action, evictions, model, and transport if pushed."""

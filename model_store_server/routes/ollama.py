@@ -159,15 +159,7 @@ def _answer(parsed: OllamaRequest) -> Response:
         )
         response.call_on_close(served.close)
     else:
-        try:
-            body = ollama_api.whole(parsed, served.stream, timing)
-        except ApiError as err:
-            err.headers.update(served.headers())
-            served.failed(err.status)
-            raise
-        finally:
-            served.close()
-        response = jsonify(body)
+        response = jsonify(served.read_whole(lambda s: ollama_api.whole(parsed, s, timing)))
     response.headers.update(served.headers())
     return response
 

@@ -17,7 +17,7 @@ from model_store_server.loading import Loading, serve_streaming, sse_error
 from model_store_server.openai_api import Answer, OpenAIRequest
 from model_store_server.routes.seed import swap_service
 from model_store_server.views import describe_models
-from model_swap.errors import ApiError, NotFound
+from model_swap.errors import NotFound
 from model_swap.requests_json import read_json_object
 
 openai = Blueprint("openai", __name__, url_prefix="/v1")
@@ -92,15 +92,7 @@ def _generate(parsed: OpenAIRequest) -> Response:
         response.headers["Cache-Control"] = "no-cache"
         response.call_on_close(served.close)
     else:
-        try:
-            body = openai_api.full_response(answer, served.stream)
-        except ApiError as err:
-            err.headers.update(served.headers())
-            served.failed(err.status)
-            raise
-        finally:
-            served.close()
-        response = jsonify(body)
+        response = jsonify(served.read_whole(lambda s: openai_api.full_response(answer, s)))
     response.headers.update(served.headers())
     return response
 
@@ -131,15 +123,7 @@ def serve_embeddings(request_: EmbeddingRequest, route: str) -> tuple[Vectors, d
     except NotFound as err:
         err.message, err.param = f"The model `{request_.model}` does not exist", "model"
         raise
-    try:
-        vectors = embeddings_api.read_answer(served.stream)
-    except ApiError as err:
-        err.headers.update(served.headers())
-        served.failed(err.status)
-        raise
-    finally:
-        served.close()
-    return vectors, served.headers()
+    return served.read_whole(embeddings_api.read_answer), served.headers()
 
 
 @openai.post("/embeddings")
