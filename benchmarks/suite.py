@@ -5,8 +5,9 @@
     uv run python benchmarks/suite.py --only push --push-sizes 512 1024
                                                    # section 1 alone, rewritten in RESULTS.md
 
-Writes ``benchmarks/RESULTS.md`` (tables: median, baseline, ratio, target) and
-``benchmarks/results.png`` (override with ``--out-dir``). Sections:
+Writes ``RESULTS.md`` (tables: median, baseline, ratio, target) and
+``results.png`` into the git-ignored ``benchmarks/out/``; ``--out-dir benchmarks``
+regenerates the committed ones. Sections:
 
 1. push throughput store -> worker over HTTP vs a raw loopback ``sendfile``;
 2. swap latency (cold / warm / hit TTFB, max_tokens=1) for Gemma 3 270M and a
@@ -801,7 +802,7 @@ def push_only(args) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and one repeat")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "out")
     parser.add_argument(
         "--only",
         choices=["push"],
