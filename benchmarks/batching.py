@@ -43,9 +43,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
-    ROOT,
     Services,
     free_port,
+    llama_server_bin,
     percentile,
     standalone_models,
     start_process,
@@ -72,12 +72,6 @@ HEADER = [
     "vs our 1 client",
     "target",
 ]
-
-
-def llama_server_bin() -> Path | None:
-    """The peer's binary: $LLAMA_SERVER_BIN, else .peer/bin/llama-server; None if missing."""
-    path = Path(os.environ.get("LLAMA_SERVER_BIN") or ROOT / ".peer" / "bin" / "llama-server")
-    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
 def prompt(i: int) -> str:

@@ -11,7 +11,7 @@ one input and one of a batch of 32 inputs (the same texts everywhere) on:
 - the worker's own ``POST /infer`` with ``embed`` (what the store sends): the baseline;
 - llama.cpp's ``llama-server --embeddings --pooling mean`` on the same file (context
   N_CTX, batch and micro-batch the worker's EMBEDDING_TOKENS), at its
-  ``/v1/embeddings`` (``LLAMA_SERVER_BIN``, default /work/peer/bin/llama-server;
+  ``/v1/embeddings`` (``LLAMA_SERVER_BIN``, default .peer/bin/llama-server;
   skipped with a line saying so when it is missing).
 
 Rounds interleave the paths, so machine noise hits all alike; medians are
@@ -22,7 +22,6 @@ and of llama-server are compared (cosine similarity of the same input).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -37,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Services,
     free_port,
+    llama_server_bin,
     median,
     standalone_models,
     start_process,
     stop_process,
 )
 
-DEFAULT_PEER = "/work/peer/bin/llama-server"
 BATCH = 32
 TEXTS = [
     f"Sentence {i}: a model swapper keeps small embedding models next to chat models."
@@ -139,7 +138,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, help="also write the results as markdown here")
     args = parser.parse_args()
-    binary = os.environ.get("LLAMA_SERVER_BIN", DEFAULT_PEER)
+    binary = llama_server_bin()
     rounds = 3 if args.quick else args.rounds
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="model-swap-embeddings-") as name:
@@ -148,15 +147,15 @@ def main() -> int:
         services = Services(tmp, models, CACHE_POLICY="lru", MAX_CACHE_SIZE="2")
         peer = peer_url = None
         try:
-            if Path(binary).is_file() and os.access(binary, os.X_OK):
+            if binary is not None:
                 worker = services.worker_status()
                 peer, peer_url = start_llama_server(
-                    binary, tmp, models / model, worker["n_ctx"], worker["embedding_tokens"]
+                    str(binary), tmp, models / model, worker["n_ctx"], worker["embedding_tokens"]
                 )
             else:
                 lines.append(
-                    f"llama-server skipped: {binary} is missing or not executable "
-                    "(set LLAMA_SERVER_BIN)."
+                    "llama-server skipped: not built (run scripts/build_llama_server.sh "
+                    "or set LLAMA_SERVER_BIN)."
                 )
             result = measure(services, model, peer_url, rounds)
         finally:

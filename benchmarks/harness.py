@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -210,6 +211,26 @@ def standalone_models(tmp: Path, quick: bool, tiny_name: str = "tiny-bench.gguf"
         write_tiny_model(models / tiny_name)
         return models, tiny_name
     return models, ensure_default_model(models).name
+
+
+def llama_server_bin() -> Path | None:
+    """llama.cpp's own llama-server, the peer of several benchmarks: $LLAMA_SERVER_BIN, else
+    .peer/bin/llama-server (``scripts/build_llama_server.sh``); None if it is missing."""
+    path = Path(os.environ.get("LLAMA_SERVER_BIN") or ROOT / ".peer" / "bin" / "llama-server")
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def link_names(models: Path, source: Path, names) -> list[str]:
+    """``names`` in ``models`` for one file (hard links when possible: the services only
+    read them)."""
+    for name in names:
+        target = models / name
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+    return list(names)
 
 
 def median(values: list[float]) -> float:

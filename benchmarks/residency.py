@@ -22,8 +22,6 @@ and the buffer sizes llama.cpp itself logged.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
     Services,
+    link_names,
     median,
     rss_bytes,
     serving_pid,
@@ -47,14 +46,7 @@ MIB = 1024 * 1024
 
 def prepare_models(models: Path, source: Path) -> list[str]:
     """Three names for one file (hard links when possible: the store only reads them)."""
-    for name in NAMES:
-        target = models / name
-        if not target.exists():
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
-    return list(NAMES)
+    return link_names(models, source, NAMES)
 
 
 def alternate(services: Services, names: list[str], rounds: int) -> tuple[list[float], dict]:

@@ -15,7 +15,7 @@ names (``sched-a``, ``sched-b``, ``sched-c``) and ``MAX_LOADED_MODELS=1``:
   ``SCHEDULER_MAX_WAIT=0`` (strict arrival order, the baseline in the same run),
   and against llama.cpp's ``llama-server`` in router mode (``--models-dir`` with
   the same three files, ``--models-max 1``, ``-c 2048`` like the worker's N_CTX),
-  if its binary is found (``LLAMA_SERVER_BIN``, else /work/peer/bin/llama-server);
+  if its binary is found (``LLAMA_SERVER_BIN``, else .peer/bin/llama-server);
   loads there are the child servers it spawned (its log's ``spawning server
   instance`` lines).
 - thrash soak: ``--soak-clients`` clients x ``--soak-requests`` requests over three
@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -49,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Services,
     free_port,
+    link_names,
+    llama_server_bin,
     median,
     percentile,
     standalone_models,
@@ -59,20 +60,7 @@ from harness import (  # noqa: E402
 
 NAMES = ("sched-a.gguf", "sched-b.gguf", "sched-c.gguf")
 SOAK_NAMES = ("soak-a.gguf", "soak-b.gguf", "soak-c.gguf")
-DEFAULT_PEER = "/work/peer/bin/llama-server"
 PROMPT = "Once upon a time"
-
-
-def link_models(models: Path, source: Path, names) -> list[str]:
-    """Names for one file (hard links when possible: the services only read them)."""
-    for name in names:
-        target = models / name
-        if not target.exists():
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copyfile(source, target)
-    return list(names)
 
 
 def first_token_stream(url: str, model: str, tokens: int, field: str) -> dict:
@@ -170,8 +158,10 @@ def store_burst(
 
 def peer_binary(quick: bool) -> str | None:
     """The llama-server to compare with (``--quick``: only one named by LLAMA_SERVER_BIN)."""
-    path = os.environ.get("LLAMA_SERVER_BIN") or (None if quick else DEFAULT_PEER)
-    return path if path and os.access(path, os.X_OK) else None
+    if quick and not os.environ.get("LLAMA_SERVER_BIN"):
+        return None
+    binary = llama_server_bin()
+    return str(binary) if binary else None
 
 
 def router_burst(tmp: Path, models: Path, names: list[str], args, binary: str) -> dict:
@@ -266,7 +256,7 @@ def hit_overhead(
 
 
 def measure(tmp: Path, models: Path, source: str, args) -> dict:
-    names = link_models(models, models / source, NAMES)
+    names = link_names(models, models / source, NAMES)
     from model_swap.tiny_models import write_tiny_model
 
     for name in SOAK_NAMES:
@@ -280,7 +270,7 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
     if binary is None:
         results["router"] = None
         print(
-            "llama-server not found (LLAMA_SERVER_BIN, else /work/peer/bin/llama-server "
+            "llama-server not found (LLAMA_SERVER_BIN, else .peer/bin/llama-server "
             "unless --quick): the router-mode peer is skipped"
         )
     else:
