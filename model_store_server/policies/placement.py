@@ -1,0 +1,117 @@
+"""Placement: which worker serves a request for a model (pure; the store and the lab).
+
+Each available worker is described as a ``Candidate`` (``candidate`` builds
+one from that worker's own tiers through ``decide``, the function its view
+would run), and ``place`` picks one:
+
+1. a worker where the model is resident, or already coming in (requests for
+   it wait there, so its push or load is under way): of those, the one with
+   the fewest requests for the model, then the shortest queue (hits spread
+   over replicas);
+2. unless those requests number at least ``replicate_after`` (> 0) on every
+   such worker: then one more copy is brought in elsewhere, by rule 3;
+3. else a worker where the file is cached; else the one where bringing it in
+   costs least: free room first, then the fewest models taken away, then the
+   cheapest of them by that worker's policy's own priorities (lower goes
+   sooner), then the shortest queue, then the worker's order.
+
+A worker whose policy would refuse the model ranks last. Nothing here does
+I/O, logs or reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from model_store_server.cache_policy import CachePolicy
+from model_store_server.decision import Action, decide
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One available worker as placement sees it, for one model."""
+
+    worker: str  # its id (the store: host:port)
+    order: int = 0  # its position in the fleet (the last tie-break)
+    resident: bool = False  # the model is loaded there
+    incoming: bool = False  # requests for the model already wait there
+    cached: bool = False  # the model's file is on its disk
+    taken_away: int = 0  # models bringing it in would evict or unload
+    victim_priority: float = 0.0  # the highest policy priority among them (lower: cheaper)
+    refused: bool = False  # its policy would reject the model
+    queue: int = 0  # requests running or waiting there
+    model_queue: int = 0  # of those, for this model
+
+    @property
+    def holds(self) -> bool:
+        return self.resident or self.incoming
+
+
+def candidate(
+    worker: str,
+    cache: CachePolicy,
+    resident: CachePolicy,
+    model: str,
+    *,
+    size: int = 0,
+    footprint: int = 0,
+    order: int = 0,
+    queue: int = 0,
+    model_queue: int = 0,
+    incoming: bool = False,
+) -> Candidate:
+    """Describe one worker for ``model`` from its tiers (not changed: ``decide`` copies)."""
+    if not (cache.fits(size) and resident.fits(footprint)):
+        return Candidate(worker, order, refused=True, queue=queue, model_queue=model_queue)
+    decision = decide(cache, resident, model, size=size, footprint=footprint).decision
+    victims = decision.takes_away
+    priorities = [_priority(cache, resident, name) for name in victims]
+    return Candidate(
+        worker,
+        order,
+        resident=decision.action is Action.ALREADY_LOADED,
+        incoming=incoming,
+        cached=model in cache,
+        taken_away=len(victims),
+        victim_priority=max(priorities, default=0.0),
+        refused=decision.action is Action.REJECTED,
+        queue=queue,
+        model_queue=model_queue,
+    )
+
+
+def _priority(cache: CachePolicy, resident: CachePolicy, name: str) -> float:
+    """``name``'s rank in the eviction order of the tier that gives it up."""
+    for tier in (resident, cache):
+        if name in tier and hasattr(tier, "priority"):
+            return float(tier.priority(name))
+    return 0.0
+
+
+def bring_in_key(c: Candidate) -> tuple:
+    """How dear it is to bring the model onto ``c`` (rule 3; lower is better)."""
+    return (
+        c.refused,
+        not c.cached,
+        c.taken_away > 0,
+        c.taken_away,
+        c.victim_priority,
+        c.queue,
+        c.order,
+    )
+
+
+def place(candidates: Sequence[Candidate], *, replicate_after: int = 0) -> Candidate | None:
+    """The worker that serves the request (None when there is no candidate)."""
+    if not candidates:
+        return None
+    holders = [c for c in candidates if c.holds and not c.refused]
+    if holders:
+        best = min(holders, key=lambda c: (c.model_queue, c.queue, not c.resident, c.order))
+        others = [c for c in candidates if not c.holds and not c.refused]
+        crowded = replicate_after > 0 and best.model_queue >= replicate_after
+        if not (crowded and others):
+            return best
+        return min(others, key=bring_in_key)
+    return min(candidates, key=bring_in_key)
