@@ -133,6 +133,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         n_ctx=settings.n_ctx,
         parallel=settings.parallel,
         embedding_tokens=settings.embedding_tokens,
+        n_threads=settings.n_threads,
     )
 
     app = Flask(__name__)

@@ -43,9 +43,12 @@ IDLE_CHECK = 1.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-def default_threads() -> tuple[int, int]:
-    """llama.cpp's threads for one-token steps and for larger batches: llama_cpp.Llama's
-    defaults (half the CPUs, all of them), which this worker has always used."""
+def default_threads(n_threads: int = 0) -> tuple[int, int]:
+    """llama.cpp's threads for one-token steps and for larger batches: ``n_threads`` for
+    both (N_THREADS), else llama_cpp.Llama's defaults (half the CPUs this process may use,
+    all of them), which this worker has always used."""
+    if n_threads:
+        return n_threads, n_threads
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -129,7 +132,16 @@ class BatchScheduler:
     until every reserved sequence is released, then frees the context.
     """
 
-    def __init__(self, llm, *, name: str, parallel: int, n_ctx_seq: int, stats: BatchStats):
+    def __init__(
+        self,
+        llm,
+        *,
+        name: str,
+        parallel: int,
+        n_ctx_seq: int,
+        stats: BatchStats,
+        n_threads: int = 0,
+    ):
         self.name = name
         self.parallel = parallel
         self.n_ctx_seq = n_ctx_seq
@@ -144,7 +156,7 @@ class BatchScheduler:
         # As llama_cpp.Llama runs it (and the footprint estimate assumes): the same numbers,
         # so the same texts, as before batching.
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.n_threads, params.n_threads_batch = default_threads()
+        params.n_threads, params.n_threads_batch = default_threads(n_threads)
         params.no_perf = True
         self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._ctx = self._context.ctx

@@ -28,6 +28,11 @@ DEFAULTS = {
     # with N_CTX tokens of KV cache; more concurrent requests wait first come, first served.
     # 1 serves one generation at a time per model.
     "PARALLEL": 4,
+    # llama.cpp threads per model (0: half the CPUs this process may use for one-token
+    # steps, all of them for prompt batches), and the CPUs the worker process may use
+    # (comma-separated ids or ranges, e.g. "0" or "0-3,8"; empty: every CPU).
+    "N_THREADS": 0,
+    "CPU_AFFINITY": (),
     # Largest /infer body accepted (bytes); uploads are bounded by the disk instead.
     "MAX_REQUEST_BYTES": 1024 * 1024,
     # Shared secret every request (but GET /healthz) must present as a bearer token.
@@ -73,6 +78,26 @@ def _parallel(env: EnvReader) -> int:
     return value
 
 
+def _cpu_list(value: str) -> tuple[int, ...]:
+    """CPU ids from "0,2-3" (empty: none given); each must be a CPU of this machine."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        first, _, last = part.partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise SettingsError(
+                f"CPU_AFFINITY: {part!r} is not valid (valid: CPU ids or ranges, e.g. 0-1,3)"
+            ) from None
+        cpus.update(range(low, high + 1))
+    available = os.cpu_count() or 1
+    if any(cpu < 0 or cpu >= available for cpu in cpus):
+        raise SettingsError(
+            f"CPU_AFFINITY: {value!r} names a CPU this machine lacks (0-{available - 1})"
+        )
+    return tuple(sorted(cpus))
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Validated settings of one inference worker."""
@@ -84,6 +109,8 @@ class WorkerSettings:
     n_ctx: int = DEFAULTS["N_CTX"]
     embedding_tokens: int = DEFAULTS["EMBEDDING_TOKENS"]
     parallel: int = DEFAULTS["PARALLEL"]
+    n_threads: int = DEFAULTS["N_THREADS"]
+    cpu_affinity: tuple[int, ...] = DEFAULTS["CPU_AFFINITY"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
@@ -117,6 +144,8 @@ class WorkerSettings:
                 "EMBEDDING_TOKENS", DEFAULTS["EMBEDDING_TOKENS"], minimum=16
             ),
             parallel=_parallel(env),
+            n_threads=env.integer("N_THREADS", DEFAULTS["N_THREADS"], minimum=0),
+            cpu_affinity=_cpu_list(env.optional_text("CPU_AFFINITY", "")),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),

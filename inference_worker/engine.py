@@ -79,9 +79,11 @@ class Engine:
         n_ctx: int = 2048,
         parallel: int = 4,
         embedding_tokens: int | None = None,
+        n_threads: int = 0,
         clock=time.monotonic,
     ):
         llama_log.install()
+        self.n_threads = n_threads  # 0: llama.cpp's defaults (batch.default_threads)
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
         self.parallel = parallel
@@ -193,6 +195,8 @@ class Engine:
                     model_path=str(path),
                     n_gpu_layers=self.n_gpu_layers,
                     n_ctx=_PLACEHOLDER_CTX,
+                    n_threads=self.n_threads or None,
+                    n_threads_batch=self.n_threads or None,
                     verbose=False,
                 )
             except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
@@ -208,6 +212,7 @@ class Engine:
                     parallel=self.parallel,
                     n_ctx_seq=self.n_ctx,
                     stats=self.batch_stats,
+                    n_threads=self.n_threads,
                 )
             except Exception as err:
                 llm.close()

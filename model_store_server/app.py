@@ -20,16 +20,19 @@ from model_store_server.routes.observability import DASHBOARD_PATHS, observabili
 from model_store_server.routes.ollama import ollama
 from model_store_server.routes.openai import openai
 from model_store_server.routes.seed import seed
+from model_store_server.routes.workers import workers
 from model_store_server.views import LogLines
 from model_swap.auth import require_bearer
 from model_swap.errors import register_error_handlers
 from model_swap.logs import install_request_ids
 
 
-def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
-    """Build a store app with its own policy and worker view (no global state)."""
+def create_app(settings: StoreSettings | None = None, *, clock=None, resolver=None) -> Flask:
+    """Build a store app with its own policies and worker views (no global state).
+    ``resolver(host, port)``: the addresses of a ``dns+`` WORKER_URLS (tests inject it)."""
     settings = settings or StoreSettings.from_env()
-    service = SwapService(settings, **({"clock": clock} if clock else {}))
+    options = {"clock": clock, "resolver": resolver}
+    service = SwapService(settings, **{k: v for k, v in options.items() if v is not None})
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -52,6 +55,7 @@ def create_app(settings: StoreSettings | None = None, *, clock=None) -> Flask:
     app.register_blueprint(openai)
     app.register_blueprint(models)
     app.register_blueprint(observability)
+    app.register_blueprint(workers)
     if settings.ollama_api:
         app.register_blueprint(ollama)
     return app

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from model_store_server.cache_policy import POLICIES, Tier
 from model_store_server.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
@@ -22,6 +23,15 @@ TRANSPORTS = ("auto", "http", "rdma")
 DEFAULTS = {
     "MODELS_DIR": "./models",
     "WORKER_URL": "http://localhost:8080",
+    # Several workers: comma-separated URLs, or dns+http://NAME:PORT (every address NAME
+    # resolves to is a worker, re-resolved every DISCOVERY_INTERVAL seconds). Empty: WORKER_URL.
+    "WORKER_URLS": (),
+    "DISCOVERY_INTERVAL": 10.0,
+    # Seconds between health probes (GET /health) of each worker when there are several.
+    "HEALTH_INTERVAL": 2.0,
+    # Requests for one model in flight on each worker holding it (running or waiting) from
+    # which another worker loads a copy too (0: never; one copy per model).
+    "REPLICATE_AFTER": 0,
     "MAX_CACHE_SIZE": 2,
     # Disk budget of the worker's cache in bytes (0: no byte bound), next to MAX_CACHE_SIZE.
     "MAX_CACHE_BYTES": 0,
@@ -96,6 +106,11 @@ class StoreSettings:
 
     models_dir: Path = Path(DEFAULTS["MODELS_DIR"])
     worker_url: str = DEFAULTS["WORKER_URL"]
+    worker_urls: tuple[str, ...] = DEFAULTS["WORKER_URLS"]
+    discovery: str = ""  # dns+http://NAME:PORT when the workers are discovered
+    discovery_interval: float = DEFAULTS["DISCOVERY_INTERVAL"]
+    health_interval: float = DEFAULTS["HEALTH_INTERVAL"]
+    replicate_after: int = DEFAULTS["REPLICATE_AFTER"]
     max_cache_size: int = DEFAULTS["MAX_CACHE_SIZE"]
     max_cache_bytes: int = DEFAULTS["MAX_CACHE_BYTES"]
     max_loaded_models: int = DEFAULTS["MAX_LOADED_MODELS"]
@@ -136,6 +151,15 @@ class StoreSettings:
     min_upload_rate: float = DEFAULTS["MIN_UPLOAD_RATE"]
 
     def __post_init__(self) -> None:
+        if not self.worker_urls and not self.discovery:
+            object.__setattr__(self, "worker_urls", (self.worker_url,))
+        elif self.worker_urls:
+            object.__setattr__(self, "worker_url", self.worker_urls[0])
+        if self.transport == "rdma" and (self.discovery or len(self.worker_urls) > 1):
+            raise SettingsError(
+                "TRANSPORT: rdma drives one worker (WORKER_RDMA_HOST); with several workers "
+                "use auto or http"
+            )
         if self.scheduler_max_wait < 0:
             raise SettingsError(
                 f"SCHEDULER_MAX_WAIT: {self.scheduler_max_wait:g} is not valid "
@@ -178,6 +202,10 @@ class StoreSettings:
         return cls(
             models_dir=env.path("MODELS_DIR", DEFAULTS["MODELS_DIR"]),
             worker_url=env.url("WORKER_URL", DEFAULTS["WORKER_URL"]),
+            **worker_list(env),
+            discovery_interval=env.number("DISCOVERY_INTERVAL", DEFAULTS["DISCOVERY_INTERVAL"]),
+            health_interval=env.number("HEALTH_INTERVAL", DEFAULTS["HEALTH_INTERVAL"]),
+            replicate_after=env.integer("REPLICATE_AFTER", DEFAULTS["REPLICATE_AFTER"], minimum=0),
             max_cache_size=env.integer("MAX_CACHE_SIZE", DEFAULTS["MAX_CACHE_SIZE"], minimum=1),
             max_cache_bytes=env.byte_size("MAX_CACHE_BYTES", DEFAULTS["MAX_CACHE_BYTES"]),
             max_loaded_models=env.integer(
@@ -225,3 +253,27 @@ class StoreSettings:
             ollama_api=env.flag("OLLAMA_API", DEFAULTS["OLLAMA_API"]),
             **serving_options(env, DEFAULTS),
         )
+
+
+def worker_list(env: EnvReader) -> dict:
+    """``worker_urls`` or ``discovery`` from WORKER_URLS (both empty: WORKER_URL alone)."""
+    value = env.optional_text("WORKER_URLS", "")
+    if not value:
+        return {}
+    if env.is_set("WORKER_URL"):
+        raise SettingsError(
+            "WORKER_URLS: set together with WORKER_URL (valid: one of them; WORKER_URL is "
+            "the one-worker form)"
+        )
+    if value.startswith("dns+"):
+        url = EnvReader({"WORKER_URLS": value[len("dns+") :]}).url("WORKER_URLS", "")
+        if urlsplit(url).port is None:
+            raise SettingsError(f"WORKER_URLS: {value!r} needs a port (dns+http://NAME:PORT)")
+        return {"discovery": value}
+    urls = []
+    for part in value.split(","):
+        url = EnvReader({"WORKER_URLS": part.strip()}).url("WORKER_URLS", "").rstrip("/")
+        if url in urls:
+            raise SettingsError(f"WORKER_URLS: {url} is listed twice")
+        urls.append(url)
+    return {"worker_urls": tuple(urls)}

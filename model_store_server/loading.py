@@ -46,6 +46,8 @@ class Loading:
     def headers(self) -> dict[str, str]:
         headers = self.ticket.decision.headers()
         headers["X-Model"] = self.ticket.decision.model
+        if self._call.worker:
+            headers["X-Worker"] = self._call.worker
         headers["X-Accel-Buffering"] = "no"
         return headers
 
@@ -102,14 +104,15 @@ class _Call:
         self.decided = threading.Event()
         self.finished = threading.Event()
         self.ticket: Ticket | None = None
+        self.worker = ""  # the URL of the worker the model is loaded on
         self.served: Served | None = None
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._abandoned = False
 
-    def on_decided(self, ticket: Ticket) -> None:
+    def on_decided(self, ticket: Ticket, *, worker: str = "") -> None:
         if self.ticket is None and ticket.owns_swap and ticket.decision.action in LOADS:
-            self.ticket = ticket
+            self.ticket, self.worker = ticket, worker
             self.decided.set()
 
     def run(self, service: SwapService, model: str, job: dict, options: dict) -> None:

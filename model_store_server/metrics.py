@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
 
 from model_store_server.core import events as ev
 from model_store_server.core.executor import removal_reason
 from model_store_server.decision import LOADS, Action, Decision
+from model_store_server.metrics_state import StateCollector
 from model_store_server.worker_client import WorkerError, WorkerUnavailable
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class StoreMetrics:
             self.pushed_bytes.labels(transport)
         for model in service.files.available():
             self.model_seen(model)
-        registry.register(_StateCollector(service))
+        registry.register(StateCollector(service))
 
         self._lock = threading.Lock()
         self._recent_requests: deque[dict] = deque(maxlen=RECENT_REQUESTS)
@@ -319,77 +319,3 @@ class StoreMetrics:
                 "decided": self._decided,
                 "pushed_bytes": self._pushed_total,
             }
-
-
-class _StateCollector:
-    """Reads the state's snapshot at scrape time: the tiers against their budgets."""
-
-    def __init__(self, service: SwapService):
-        self.service = service
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        service = self.service
-        snapshot = service.state.snapshot()
-        tiers = {
-            "cache": (service.state.cache, snapshot.cached),
-            "resident": (service.state.resident, snapshot.resident),
-        }
-        models = GaugeMetricFamily(
-            "model_swap_models", "Models held in each tier (cache: worker disk)", labels=["tier"]
-        )
-        max_models = GaugeMetricFamily(
-            "model_swap_models_max", "How many models each tier may hold", labels=["tier"]
-        )
-        used = GaugeMetricFamily(
-            "model_swap_tier_bytes",
-            "Bytes held in each tier (cache: file sizes; resident: estimated memory)",
-            labels=["tier"],
-        )
-        budget = GaugeMetricFamily(
-            "model_swap_tier_max_bytes",
-            "Each tier's byte budget (absent when unbounded)",
-            labels=["tier"],
-        )
-        per_model = GaugeMetricFamily(
-            "model_swap_model_bytes", "Bytes of each model in a tier", labels=["tier", "model"]
-        )
-        for tier_name, (tier, members) in tiers.items():
-            models.add_metric([tier_name], len(members))
-            if tier.capacity is not None:
-                max_models.add_metric([tier_name], tier.capacity)
-            used.add_metric([tier_name], sum(m.size_bytes for m in members))
-            if tier.max_bytes is not None:
-                budget.add_metric([tier_name], tier.max_bytes)
-            for member in members:
-                per_model.add_metric([tier_name, member.name], member.size_bytes)
-        yield from (models, max_models, used, budget, per_model)
-        yield GaugeMetricFamily(
-            "model_swap_requests_generating",
-            "Generations running on the worker through this store",
-            value=snapshot.generating,
-        )
-        yield GaugeMetricFamily(
-            "model_swap_requests_waiting",
-            "Requests queued for their turn (behind a swap, running generations or the "
-            "scheduler's group)",
-            value=sum(queue["waiting"] for queue in snapshot.queues.values()),
-        )
-        yield GaugeMetricFamily(
-            "model_swap_swap_in_progress", "1 while a swap runs", value=int(snapshot.swapping)
-        )
-        yield GaugeMetricFamily(
-            "model_swap_worker_synced",
-            "1 when the store's view matches the worker's last report",
-            value=int(snapshot.synced),
-        )
-        pushing = GaugeMetricFamily(
-            "model_swap_push_in_progress_bytes",
-            "Bytes sent so far of each push running now",
-            labels=["model"],
-        )
-        for progress in service.transfers.running():
-            pushing.add_metric([progress.model], progress.done)
-        yield pushing

@@ -26,13 +26,16 @@ if TYPE_CHECKING:
 def describe_models(service: SwapService, names: list[str] | None = None) -> list[dict]:
     """``name``, ``size_bytes``, ``created`` (mtime) and ``state`` of models in MODELS_DIR.
 
-    ``state`` is ``loaded`` (resident in the worker's memory), ``cached`` (on the
+    ``state`` is ``loaded`` (resident in a worker's memory), ``cached`` (on a
     worker's disk) or ``available`` (only in MODELS_DIR). ``names`` limits
     the answer to those models (unknown or invalid names are left out).
     """
-    snapshot = service.state.snapshot()
-    cached = {entry.name for entry in snapshot.cached}
-    resident = {entry.name for entry in snapshot.resident}
+    cached: set[str] = set()
+    resident: set[str] = set()
+    for node in service.fleet.nodes:  # a model's best state on any worker
+        snapshot = node.view.snapshot()
+        cached |= {entry.name for entry in snapshot.cached}
+        resident |= {entry.name for entry in snapshot.resident}
     described = []
     for name in service.available() if names is None else names:
         try:
@@ -80,7 +83,7 @@ class LogLines:
         ticket, done = event.ticket, event.done
         CONSOLE.info(
             "[/user_request] ts=%s policy=%s model=%s action=%s decision_ms=%.3f "
-            "worker_ms=%.1f cached=[%s] evicted=[%s]%s%s",
+            "worker_ms=%.1f cached=[%s] evicted=[%s]%s%s%s",
             datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             self.settings.cache_policy,
             event.model,
@@ -93,6 +96,7 @@ class LogLines:
             if self.settings.residency_configured
             else "",
             "" if event.route == SEED_ROUTE else f" path={event.route}",
+            f" worker={event.worker}" if event.worker else "",
         )
 
     def control(self, event: ControlDone) -> None:
@@ -115,8 +119,44 @@ class LogLines:
 
 
 def store_status(service: SwapService) -> dict:
-    snapshot = service.state.snapshot()
-    cache, resident = service.state.cache, service.state.resident
+    """``GET /status``: the seed's top-level fields describe the first worker; ``workers``
+    lists every worker."""
+    first = service.fleet.first()
+    return {
+        **_view_status(service, first),
+        "worker_url": first.url,
+        "transport": first.executor.transport.name,
+        "pushes": service.transfers.describe(),  # running now: bytes done and total
+        "explain": _explain(service, first),
+        "workers": [worker_status(service, node) for node in service.fleet.nodes],
+    }
+
+
+def worker_status(service: SwapService, node) -> dict:
+    """One worker for ``/status`` ``workers`` and ``GET /workers``."""
+    snapshot = node.view.snapshot()
+    waiting = sum(queue["waiting"] for queue in snapshot.queues.values())
+    view = _view_status(service, node)
+    return {
+        "id": node.id,
+        "url": node.url,
+        "state": node.state,
+        "since": datetime.fromtimestamp(node.changed_at, UTC).isoformat(timespec="seconds"),
+        "last_error": node.last_error,
+        "synced": snapshot.synced,
+        "resident": [entry["name"] for entry in view["resident"]],
+        "cached": [entry["name"] for entry in view["cached"]],
+        "budgets": view["budgets"],
+        "queue": {"generating": snapshot.generating, "waiting": waiting},
+        "queues": snapshot.queues,
+        "swapping": snapshot.swapping,
+        "transport": node.executor.transport.name,
+    }
+
+
+def _view_status(service: SwapService, node) -> dict:
+    snapshot = node.view.snapshot()
+    cache, resident = node.view.cache, node.view.resident
     generating = snapshot.generating_by_model
 
     def member(entry) -> dict:
@@ -139,7 +179,7 @@ def store_status(service: SwapService) -> dict:
             {
                 **member(entry),
                 "estimated_bytes": entry.size_bytes,
-                "keep_alive": service.state.keep_alive_of(entry.name),
+                "keep_alive": node.view.keep_alive_of(entry.name),
             }
             for entry in snapshot.resident
         ],
@@ -153,17 +193,13 @@ def store_status(service: SwapService) -> dict:
         "swapping": snapshot.swapping,
         "synced": snapshot.synced,
         "available": service.available(),
-        "worker_url": service.settings.worker_url,
-        "transport": service.transport.name,
-        "pushes": service.transfers.describe(),  # running now: bytes done and total
-        "explain": _explain(service),
     }
 
 
-def _explain(service: SwapService) -> dict:
+def _explain(service: SwapService, node) -> dict:
     """Each tier's members in eviction order with their priority under the active policy
     and why each would (or would not) be the next victim, plus the learned swap costs."""
-    cache, resident = service.state.explain()
+    cache, resident = node.view.explain()
     return {"cache": cache, "resident": resident, "cost_model": asdict(service.cost_model.rates)}
 
 

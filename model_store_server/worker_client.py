@@ -335,6 +335,27 @@ class WorkerClient:
             logger.warning("worker sent an unreadable status (%r): %.200r", err, data)
             raise WorkerError("the worker's answer to GET /status is not a status report") from None
 
+    def health(self, timeout: float) -> None:
+        """Probe ``GET /health`` on a fresh connection bounded by ``timeout`` seconds;
+        raises WorkerUnavailable (unreachable, or silent for ``timeout``) or WorkerError."""
+        parts = urlsplit(self.base_url)
+        connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        conn = connection_class(parts.hostname, parts.port, timeout=timeout)
+        try:
+            conn.request("GET", "/health", headers=self._headers({}))
+            response = conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as err:
+            raise WorkerUnavailable(f"worker at {self.base_url} is unreachable ({err!r})") from err
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise WorkerError(
+                f"worker answered {response.status} to GET /health", worker_status=response.status
+            )
+
     def evict(self, model: str) -> None:
         """Unload ``model`` and delete its file on the worker (already gone: done)."""
         self._idempotent("DELETE", f"/models/{quote(model)}")

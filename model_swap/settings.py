@@ -43,6 +43,10 @@ class EnvReader:
             return None
         return value.strip()
 
+    def is_set(self, name: str) -> bool:
+        """Whether ``name`` is in the environment with a value that is not blank."""
+        return bool(self._raw(name))
+
     def text(self, name: str, default: str) -> str:
         value = self._raw(name)
         if value is None:

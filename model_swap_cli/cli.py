@@ -126,14 +126,39 @@ def _stop(
     return clean
 
 
-def cmd_up(_args: argparse.Namespace) -> int:
+def worker_envs(env: dict[str, str], port: int, cache_dir: Path, count: int) -> list[dict]:
+    """Each local worker's environment: ports from ``port`` up and, with several, its own
+    cache directory ``cache_dir/worker-<i>``."""
+    if count == 1:
+        return [env]
+    return [
+        {
+            **env,
+            "WORKER_PORT": str(port + index),
+            "MODEL_CACHE_DIR": str(cache_dir / f"worker-{index}"),
+        }
+        for index in range(count)
+    ]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
     from inference_worker.config import WorkerSettings
     from model_store_server.config import StoreSettings
 
     env = dict(os.environ)
+    count = args.workers
+    if not 1 <= count <= 64:
+        print("model-swap up: --workers must be from 1 to 64", file=sys.stderr)
+        return 2
     try:
         worker_settings = WorkerSettings.from_env(env)
-        env.setdefault("WORKER_URL", f"http://127.0.0.1:{worker_settings.worker_port}")
+        port = worker_settings.worker_port
+        if count == 1:
+            env.setdefault("WORKER_URL", f"http://127.0.0.1:{port}")
+        elif "WORKER_URL" in env or "WORKER_URLS" in env:
+            raise SettingsError("WORKER_URL/WORKER_URLS: --workers N sets the workers itself")
+        else:
+            env["WORKER_URLS"] = ",".join(f"http://127.0.0.1:{port + i}" for i in range(count))
         store_settings = StoreSettings.from_env(env)
     except SettingsError as err:
         print(f"model-swap up: invalid setting {err}", file=sys.stderr)
@@ -177,19 +202,23 @@ def cmd_up(_args: argparse.Namespace) -> int:
         stopping.append(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    envs = worker_envs(env, port, worker_settings.model_cache_dir, count)
     try:
-        worker = _start_child("inference_worker.cli", env)
-        processes.append(worker)
-        _wait_healthy(f"http://127.0.0.1:{worker_settings.worker_port}", worker, "worker", stopping)
+        for index, worker_env in enumerate(envs):
+            worker = _start_child("inference_worker.cli", worker_env)
+            processes.append(worker)
+            name = "worker" if count == 1 else f"worker {index}"
+            _wait_healthy(f"http://127.0.0.1:{port + index}", worker, name, stopping)
         store = _start_child("model_store_server.cli", env)
         processes.append(store)
         _wait_healthy(f"http://127.0.0.1:{store_settings.store_port}", store, "store", stopping)
         models = store_settings.models_dir.resolve()
+        workers = ", ".join(f":{port + index}" for index in range(count))
         print(
             f"\nmodel-swap is up: store on :{store_settings.store_port}, "
-            f"worker on :{worker_settings.worker_port}, models in {models}\n"
+            f"{'worker' if count == 1 else 'workers'} on {workers}, models in {models}\n"
             f"Try:\n  {curl_example(store_settings.store_port)}\n"
-            "Press Ctrl-C to stop both.\n",
+            f"Press Ctrl-C to stop {'both' if count == 1 else 'them all'}.\n",
             flush=True,
         )
         while not stopping and all(p.poll() is None for p in processes):
@@ -234,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser(
         "up", help="run a worker and a store together (settings from environment variables)"
+    )
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local workers behind the store (default 1; ports from WORKER_PORT up, "
+        "each with its own cache directory MODEL_CACHE_DIR/worker-<i>)",
     )
     up.set_defaults(func=cmd_up)
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight llama GGUF models")

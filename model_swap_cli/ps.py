@@ -78,6 +78,18 @@ def collect_ps(store: str, key: str | None = None) -> list[dict]:
     activity = _get(store, "/activity", key)
     resident = {entry["name"]: entry for entry in status["resident"]}
     cached = {entry["name"]: entry for entry in status["cached"]}
+    workers = status.get("workers", [])
+    holders: dict[str, list[str]] = {}  # model -> the workers holding it (resident first)
+    for tier in ("resident", "cached"):
+        for worker in workers:
+            for name in worker[tier]:
+                if worker["id"] not in holders.setdefault(name, []):
+                    holders[name].append(worker["id"])
+                if tier == "resident" and name not in resident:
+                    resident[name] = {"idle_seconds": None, "pinned": False, "generating": 0}
+                    resident[name]["estimated_bytes"] = None
+                elif name not in cached:
+                    cached[name] = {"idle_seconds": None, "pinned": False, "generating": 0}
     rows = []
     for model in models:
         name = model["id"]
@@ -95,6 +107,7 @@ def collect_ps(store: str, key: str | None = None) -> list[dict]:
                 "generating": entry["generating"] if entry else 0,
                 "requests_served": seen.get("requests_served", 0),
                 "last_swap": seen.get("last_swap"),
+                "workers": holders.get(name, []) if len(workers) > 1 else [],
             }
         )
     order = {"resident": 0, "cached": 1, "available": 2}
@@ -112,6 +125,9 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def format_ps(rows: list[dict]) -> str:
     header = ["NAME", "STATE", "SIZE", "IDLE", "PINNED", "REQUESTS", "LAST SWAP"]
+    several = any(row.get("workers") for row in rows)
+    if several:
+        header.append("WORKERS")
     body = [
         [
             row["name"],
@@ -121,6 +137,7 @@ def format_ps(rows: list[dict]) -> str:
             "yes" if row["pinned"] else "no",
             str(row["requests_served"]),
             ago(row["last_swap"]),
+            *([",".join(row["workers"]) or "-"] if several else []),
         ]
         for row in rows
     ]
@@ -144,6 +161,7 @@ def collect_status(store: str, key: str | None = None) -> dict:
         "decided": activity["decided"],
         "pushed_bytes": activity["pushed_bytes"],
         "recent_swaps": activity["swaps"][-RECENT_SWAPS:],
+        "workers": status.get("workers", []),
     }
 
 
@@ -170,6 +188,16 @@ def format_status(info: dict) -> str:
         f"hits      {info['hits']} of {info['decided']} requests ({ratio}); "
         f"{human_bytes(info['pushed_bytes'])} pushed",
     ]
+    if len(info.get("workers", [])) > 1:
+        lines.append("workers")
+        for worker in info["workers"]:
+            queue = worker["queue"]
+            error = f" ({worker['last_error']})" if worker["state"] == "down" else ""
+            lines.append(
+                f"  {worker['id']:<22}{worker['state']}{error}; "
+                f"resident [{','.join(worker['resident'])}] cached [{','.join(worker['cached'])}]; "
+                f"{queue['generating']} generating, {queue['waiting']} waiting"
+            )
     for push in info["pushes"]:
         lines.append(
             f"pushing   {push['model']} {push['percent']}% of {human_bytes(push['bytes_total'])}"

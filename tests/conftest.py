@@ -82,7 +82,9 @@ def start_worker(servers, tmp_path) -> Callable[..., ServerThread]:
 def start_store(servers, models_dir) -> Callable[..., ServerThread]:
     """Start a real store on 127.0.0.1:0 in front of ``worker``; returns its ServerThread."""
 
-    def start(worker: ServerThread | None = None, *, clock=None, **overrides) -> ServerThread:
+    def start(
+        worker: ServerThread | None = None, *, clock=None, resolver=None, **overrides
+    ) -> ServerThread:
         # Tests push over HTTP unless they ask for another transport: the worker's cache is on
         # this filesystem, so TRANSPORT=auto would place files by link (tests/test_link.py);
         # the smoke scripts and the CLI's tests run the default.
@@ -94,7 +96,7 @@ def start_store(servers, models_dir) -> Callable[..., ServerThread]:
             store_port=0,
             **overrides,
         )
-        app = create_store_app(settings, clock=clock)
+        app = create_store_app(settings, clock=clock, resolver=resolver)
         server = ServerThread(app).start()
         server.app = app
         servers.append(server)

@@ -183,7 +183,7 @@ def test_a_failure_between_the_decision_and_the_swap_gives_the_slot_back(worker,
     store = start_store(worker)
     service = store.app.extensions["swap_service"]
 
-    def fail(ticket):
+    def fail(ticket, **_where):
         raise RuntimeError("between deciding and acting")
 
     for _ in range(2):  # a swap (load) and a hit

@@ -96,6 +96,7 @@ class RequestLogged:
     done: dict
     route: str
     cached: tuple[str, ...]
+    worker: str = ""  # the worker's id, only when the store has several
 
 
 @dataclass(frozen=True)

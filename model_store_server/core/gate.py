@@ -21,6 +21,10 @@ class Busy(Exception):
     """A wait for the slot or for running generations exceeded its deadline."""
 
 
+class WorkerDown(Exception):
+    """The worker was marked down: a waiting request goes elsewhere (nothing was changed)."""
+
+
 class Gate:
     """See the module docstring. Not thread-safe on its own: hold ``cond``."""
 
@@ -46,6 +50,10 @@ class Gate:
     @property
     def swapping(self) -> bool:
         return self._slot != Gate.FREE
+
+    def changing(self, model: str) -> bool:
+        """Whether a swap running now changes ``model`` (loads or takes it away)."""
+        return model in self._changing
 
     def admits_hit(self, model: str) -> bool:
         """Whether a new generation on ``model`` may start as far as the slot goes."""

@@ -15,25 +15,31 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from model_store_server.config import StoreSettings
 from model_store_server.core import events as ev
-from model_store_server.core.executor import Executor
-from model_store_server.core.gate import Busy
+from model_store_server.core.attempt import (
+    Attempt,
+    ModelTooLarge,
+    PinRefused,
+    busy,
+    is_drift,
+    is_worker_lost,
+    rejected,
+)
+from model_store_server.core.fleet import Fleet, WorkerNode, resolve_ipv4
+from model_store_server.core.gate import Busy, WorkerDown
 from model_store_server.core.grants import Hit, Swap, Ticket
 from model_store_server.core.streams import Served, close_generation, relay, stream_error_marker
+from model_store_server.core.syncing import Syncing
 from model_store_server.core.view_control import PinConflict
 from model_store_server.core.worker_view import Rejected, TooLarge, WorkerView
 from model_store_server.cost_model import CostModel
 from model_store_server.files import ModelFiles, ModelUnloadable
-from model_store_server.policies.tiers import build_tiers
-from model_store_server.transport import PushResult
-from model_store_server.transport_factory import build_transport
-from model_store_server.worker_client import InferenceStream, WorkerClient, WorkerError
-from model_swap.errors import ApiError, BadRequest, Conflict, Unavailable
+from model_store_server.worker_client import InferenceStream
+from model_swap.errors import ApiError, BadRequest, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -45,84 +51,35 @@ ATTEMPTS = 2
 T = TypeVar("T")
 
 
-class ModelTooLarge(BadRequest):
-    """The model exceeds MAX_CACHE_BYTES or MAX_LOADED_BYTES on its own."""
+class SwapService(Syncing):
+    """Everything the store's routes call, for its workers (``fleet``). Thread-safe.
 
-    type = "model_too_large"
+    ``state``, ``client``, ``executor`` and ``transport`` are the first
+    worker's (the seed's one worker; ``/status``'s top-level fields).
+    """
 
-
-class PinRefused(Conflict):
-    """Pinning would hold more than a tier can keep."""
-
-    type = "pin_conflict"
-
-
-def busy(err: Busy) -> Unavailable:
-    """The 503 for a request whose waits ran past its deadline (retry in a second)."""
-    return Unavailable(f"busy: {err}", retry_after=1, type="busy")
-
-
-def rejected(ticket: Ticket) -> Unavailable:
-    """The 503 for a model the policy refused (``x-should-retry: false`` on the OpenAI API)."""
-    return Unavailable(
-        f"{ticket.decision.reason}; {ticket.decision.model} was not admitted", type="rejected"
-    )
-
-
-def remaining(deadline: float) -> float:
-    """Seconds left until ``deadline`` (a ``time.monotonic()`` value), never negative."""
-    return max(0.0, deadline - time.monotonic())
-
-
-def is_drift(err: BaseException) -> bool:
-    """The worker lacks a model the store believed it held (it restarted or lost files)."""
-    return isinstance(err, WorkerError) and err.worker_status in (404, 409)
-
-
-@dataclass
-class Attempt:
-    """How far a request got: its decision, what the worker did, its generation."""
-
-    ticket: Ticket | None = None
-    done: dict | None = None
-    push: PushResult | None = None
-    worker_ms: float = 0.0
-    hit: Hit | None = None
-
-    def __post_init__(self) -> None:
-        self.done = self.done if self.done is not None else ev.nothing_done()
-
-    def headers_for(self, err: ApiError) -> None:
-        """A failed request tells what was decided and only what the worker did."""
-        if self.ticket is not None:
-            headers = self.ticket.decision.headers()
-            headers["X-Evicted"] = ",".join(self.done["evicted"])
-            headers["X-Unloaded"] = ",".join(self.done["unloaded"])
-            err.headers.update(headers)
-
-
-class SwapService:
-    """Everything the store's routes call, for one worker. Thread-safe."""
-
-    def __init__(self, settings: StoreSettings, *, clock=time.monotonic):
+    def __init__(self, settings: StoreSettings, *, clock=time.monotonic, resolver=resolve_ipv4):
         self.settings = settings
         self.cost_model = CostModel()  # what pushes and loads cost here, learned (for gdsf)
-        cache, resident = build_tiers(settings, clock, self.cost_model)
-        self.state = WorkerView(cache, resident, max_wait=settings.scheduler_max_wait)
-        self.client = WorkerClient(
-            settings.worker_url,
-            connect_timeout=settings.worker_connect_timeout,
-            read_timeout=settings.worker_read_timeout,
-            token=settings.worker_token,
-            pool_size=settings.worker_pool_size,
-        )
         self.events = ev.Events()
-        transport = build_transport(settings, self.client)
-        self.executor = Executor(self.client, transport, self.events, self.cost_model)
+        self.fleet = Fleet(settings, self.events, self.cost_model, clock=clock, resolver=resolver)
+        self.fleet.on_recovered = self._recovered
         self.files = ModelFiles(settings.models_dir)
         self.models_dir = self.files.models_dir
         self.model_path = self.files.path
         self.available = self.files.available
+
+    @property
+    def state(self) -> WorkerView:
+        return self.fleet.first().view
+
+    @property
+    def client(self):
+        return self.fleet.first().client
+
+    @property
+    def executor(self):
+        return self.fleet.first().executor
 
     @property
     def transport(self):
@@ -134,7 +91,7 @@ class SwapService:
 
     @property
     def transfers(self):
-        return self.executor.transfers
+        return self.fleet.transfers
 
     def start_request(self, route: str, model: str) -> ev.RequestRecord:
         """A record for one generation request; finish it exactly once."""
@@ -156,58 +113,21 @@ class SwapService:
         keep_alive: float | None = None,
         pin: bool = False,
         on_decided: Callable[[Ticket], None] | None = None,
-        start: Callable[[Hit], T] = lambda hit: None,
+        check: Callable[[WorkerNode], None] = lambda node: None,
+        start: Callable[[WorkerNode, Hit], T] = lambda node, hit: None,
     ) -> T:
-        """Get ``model`` resident and ``start(hit)`` on it, retrying once on drift.
+        """Place ``model`` on a worker, get it resident and ``start(node, hit)`` there.
 
-        ``attempt`` is filled in as it goes (the last attempt's decision and
-        what the worker did), also when this raises. On success
-        ``attempt.hit`` holds the generation, which the caller releases.
+        Retries once on drift (the worker lost what the store believed it
+        held), and places the request once more elsewhere when its worker is
+        lost before the generation starts. ``attempt`` is filled in as it goes
+        (the last attempt's worker, decision and what the worker did), also
+        when this raises. On success ``attempt.hit`` holds the generation,
+        which the caller releases.
         """
         path = self.files.path(model)
         version = self.files.version(path)
         self.files.check_loadable(path, version)  # before anything is decided or evicted
-        for number in range(1, ATTEMPTS + 1):
-            attempt.ticket, attempt.push, attempt.worker_ms = None, None, 0.0
-            attempt.done = ev.nothing_done()
-            try:
-                self.ensure_synced(deadline)
-                if self.state.is_suspect(model):
-                    self.executor.confirm(self.state, model, deadline)
-                grant = self._admit(model, path, version, deadline, keep_alive, pin, attempt)
-                return self._carry_on(grant, path, attempt, on_decided, start)
-            except ApiError as err:
-                if isinstance(err, ModelUnloadable):
-                    self.files.remember_unloadable(version, err.message)
-                if is_drift(err) and number < ATTEMPTS:
-                    logger.warning("the worker no longer holds %s as expected; retrying", model)
-                    continue
-                attempt.headers_for(err)
-                raise
-            except Busy as err:
-                raise busy(err) from None
-        raise AssertionError("unreachable")
-
-    def _carry_on(self, grant: Hit | Swap, path: Path, attempt: Attempt, on_decided, start):
-        """From the grant to ``start(hit)``; whatever fails on the way gives the grant back."""
-        try:
-            if on_decided is not None:
-                on_decided(grant.ticket)
-            if isinstance(grant, Swap):
-                result = self.executor.carry_out(self.state, grant, path, attempt.done)
-                attempt.push, attempt.worker_ms = result.push, result.seconds * 1000
-                grant = result.hit
-            attempt.hit = grant
-            return start(grant)
-        except BaseException:
-            if isinstance(grant, Hit):
-                grant.release()
-            else:
-                grant.abort(synced=False)  # does nothing once the executor gave it back
-            attempt.hit = None
-            raise
-
-    def _admit(self, model, path, version, deadline, keep_alive, pin, attempt) -> Hit | Swap:
         size = self.files.size(path)
         # The memory estimate reads the file's header (~70 ms for a 250 MB model, once per
         # version): only a memory byte budget needs it before the load; otherwise the
@@ -216,8 +136,69 @@ class SwapService:
         footprint = (
             self.files.footprint(path, n_ctx, n_seq) if self.settings.max_loaded_bytes else 0
         )
+        avoid: set[str] = set()  # a worker lost on the way: the request goes elsewhere once
+        number = 0
+        while True:
+            number += 1
+            attempt.reset()
+            with self.fleet.placed(model, size, footprint, frozenset(avoid)) as node:
+                attempt.node = node
+                try:
+                    self.ensure_synced(deadline, node)
+                    check(node)  # the request against what this worker reported
+                    if node.view.is_suspect(model):
+                        node.executor.confirm(node.view, model, deadline)
+                    grant = self._admit(
+                        node, model, version, deadline, size, footprint, keep_alive, pin, attempt
+                    )
+                    return self._carry_on(node, grant, path, attempt, on_decided, start)
+                except WorkerDown:
+                    if not avoid:
+                        avoid.add(node.id)
+                        continue
+                    raise Unavailable(
+                        f"worker {node.id} went down", retry_after=1, type="worker_unavailable"
+                    ) from None
+                except ApiError as err:
+                    if isinstance(err, ModelUnloadable):
+                        self.files.remember_unloadable(version, err.message)
+                    if is_worker_lost(err) and self.fleet.several and not avoid:
+                        self.fleet.mark_down(node, err)
+                        logger.warning("placing the request for %s again: %s", model, err)
+                        avoid.add(node.id)
+                        continue
+                    if is_drift(err) and number < ATTEMPTS:
+                        logger.warning("the worker no longer holds %s as expected; retrying", model)
+                        continue
+                    attempt.headers_for(err)
+                    raise
+                except Busy as err:
+                    raise busy(err) from None
+
+    def _carry_on(self, node, grant: Hit | Swap, path: Path, attempt: Attempt, on_decided, start):
+        """From the grant to ``start(hit)``; whatever fails on the way gives the grant back."""
         try:
-            grant = self.state.admit(
+            if on_decided is not None:
+                on_decided(grant.ticket, worker=node.url)
+            if isinstance(grant, Swap):
+                result = node.executor.carry_out(node.view, grant, path, attempt.done)
+                attempt.push, attempt.worker_ms = result.push, result.seconds * 1000
+                grant = result.hit
+            attempt.hit = grant
+            return start(node, grant)
+        except BaseException:
+            if isinstance(grant, Hit):
+                grant.release()
+            else:
+                grant.abort(synced=False)  # does nothing once the executor gave it back
+            attempt.hit = None
+            raise
+
+    def _admit(
+        self, node, model, version, deadline, size, footprint, keep_alive, pin, attempt
+    ) -> Hit | Swap:
+        try:
+            grant = node.view.admit(
                 model,
                 deadline,
                 version,
@@ -265,25 +246,27 @@ class SwapService:
         record = record or self.start_request(route, model)
         try:
             deadline = self.deadline()
-            self._check_context(job)
             stream = self.make_resident(
                 model,
                 attempt,
                 deadline,
                 keep_alive=keep_alive,
                 on_decided=on_decided,
+                check=functools.partial(self._check_context, job),
                 start=functools.partial(self._start_inference, model, job),
             )
             record.decided(attempt.ticket, attempt.worker_ms, attempt.done)
+            node = attempt.node
             return Served(
                 decision=attempt.ticket.decision,
                 model=stream.model,
                 push=attempt.push,
                 stream=relay(
-                    stream, attempt.hit, stream_error, record, self.events, self.state.suspect
+                    stream, attempt.hit, stream_error, record, self.events, node.view.suspect
                 ),
                 close=functools.partial(close_generation, stream, attempt.hit, record),
                 record=record,
+                worker=node.url,
             )
         except BaseException as err:
             record.decided(attempt.ticket, attempt.worker_ms, attempt.done)
@@ -291,25 +274,34 @@ class SwapService:
             raise
         finally:
             # Exactly one line per request, whatever happened (the last attempt's decision).
-            cached = self.state.cached_names()
+            node = attempt.node or self.fleet.first()
+            worker = node.id if self.fleet.several and attempt.node else ""
             self.events.publish(
                 ev.RequestLogged(
-                    model, attempt.ticket, attempt.worker_ms, attempt.done, route, cached
+                    model,
+                    attempt.ticket,
+                    attempt.worker_ms,
+                    attempt.done,
+                    route,
+                    node.view.cached_names(),
+                    worker,
                 )
             )
 
-    def _check_context(self, job: dict) -> None:
-        n_ctx, max_tokens = self.executor.worker_n_ctx, job.get("max_tokens")
+    def _check_context(self, job: dict, node: WorkerNode) -> None:
+        n_ctx, max_tokens = node.executor.worker_n_ctx, job.get("max_tokens")
         if n_ctx is not None and max_tokens is not None and max_tokens > n_ctx:
             raise BadRequest(
                 f"max_tokens {max_tokens} exceeds the worker's context size (N_CTX={n_ctx})",
                 param="max_tokens",
             )
 
-    def _start_inference(self, model: str, job: dict, hit: Hit) -> InferenceStream:
-        """Open the worker's token stream under ``hit`` (released on failure)."""
+    def _start_inference(
+        self, model: str, job: dict, node: WorkerNode, hit: Hit
+    ) -> InferenceStream:
+        """Open ``node``'s token stream under ``hit`` (released on failure)."""
         try:
-            return self.client.infer(model, job)
+            return node.client.infer(model, job)
         except BaseException as err:
             hit.release()
             status = getattr(err, "worker_status", None)
@@ -318,42 +310,7 @@ class SwapService:
                 raise BadRequest(err.worker_message) from None
             self.events.publish(ev.WorkerFailed(err))
             if is_drift(err):
-                self.state.mark_unsynced()
+                node.view.mark_unsynced()
             else:
-                self.state.suspect(model)
+                node.view.suspect(model)
             raise
-
-    # -- agreeing with the worker ------------------------------------------------------------
-
-    def ensure_synced(self, deadline: float | None = None) -> None:
-        """Adopt the worker's own report if the store's view may be stale (holding the
-        worker exclusively; waiting for it until ``deadline``, a monotonic time)."""
-        if self.state.synced:
-            return
-        with self._exclusive(deadline) as exclusive:
-            if self.state.synced:  # another request synced while we waited
-                return
-            error = self.executor.resync(self.state)
-            exclusive.end(synced=error is None)
-        if error is not None:
-            raise error
-
-    def _exclusive(self, deadline: float | None = None):
-        try:
-            return self.state.exclusive(deadline or self.deadline())
-        except Busy as err:
-            raise busy(err) from None
-
-    def reset(self) -> list[str]:
-        """Evict every model the worker holds, through the executor."""
-        self.ensure_synced()
-        with self._exclusive() as exclusive:
-            try:
-                names = list(self.state.cached_names())
-                evicted = self.executor.evict_all(exclusive, names)
-            finally:
-                error = self.executor.resync(self.state)
-                exclusive.end(synced=error is None)
-        if error is not None:
-            raise error
-        return evicted

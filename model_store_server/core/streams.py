@@ -41,6 +41,7 @@ class Served:
     stream: Iterator[bytes]
     close: Callable[[], None]  # ends the generation; the request counts with status 200
     record: ev.RequestRecord | None = None
+    worker: str = ""  # the URL of the worker that generates it
 
     def failed(self, status: int) -> None:
         """The response failed after all: the request counts with ``status`` (before ``close``)."""
@@ -66,6 +67,8 @@ class Served:
             headers["X-Model"] = self.model
         if self.push:
             headers["X-Transport"] = self.push.transport
+        if self.worker:
+            headers["X-Worker"] = self.worker
         headers["X-Accel-Buffering"] = "no"
         return headers
 

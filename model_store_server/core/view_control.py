@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 
+from model_store_server.core.gate import WorkerDown
 from model_store_server.core.grants import Swap, Ticket
 from model_store_server.decision import Action, Decision
 
@@ -22,6 +23,16 @@ class PinConflict(Exception):
 
 class ViewControl:
     """Explicit unload/evict/unpin, the idle sweep, keep_alive and pins (see module doc)."""
+
+    def set_down(self, down: bool) -> None:
+        """Mark the worker down (requests waiting here raise WorkerDown) or up again."""
+        with self._cond:
+            self._down = down
+            self._cond.notify_all()
+
+    def _check_up(self) -> None:
+        if self._down:
+            raise WorkerDown("the worker is down")
 
     def _take_slot_draining(self, model: str, deadline: float) -> None:
         """Take the slot, then wait for ``model``'s generations (no new ones start)."""

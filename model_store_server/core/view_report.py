@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from model_store_server.cache_policy import CachePolicy
 from model_store_server.decision import reconcile
+from model_store_server.policies.placement import Candidate, candidate
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,33 @@ class ViewReport:
                 generating_by_model=active,
                 queues=self.scheduler.describe(self._now()),
             )
+
+    def candidate(
+        self, worker: str, order: int, model: str, *, size: int, footprint: int, pending: int
+    ) -> Candidate:
+        """This worker for ``model`` as placement sees it (``pending``: requests placed here
+        that have not reached the view yet); read consistently, nothing changed."""
+        with self._cond:
+            active = self.gate.active()
+            waiting = self.scheduler.describe(self._now())
+            here = active.get(model, 0) + waiting.get(model, {}).get("waiting", 0) + pending
+            return candidate(
+                worker,
+                self.cache,
+                self.resident,
+                model,
+                size=size,
+                footprint=footprint,
+                order=order,
+                queue=sum(active.values()) + len(self.scheduler) + pending,
+                model_queue=here,
+                incoming=bool(pending or model in waiting or self.gate.changing(model)),
+            )
+
+    def quiet(self) -> bool:
+        """Nothing generates, waits or swaps on this worker (a drain is complete)."""
+        with self._cond:
+            return self.gate.idle and not len(self.scheduler)
 
     def cached_names(self) -> tuple[str, ...]:
         """The worker's files in eviction order (the log line's ``cached=[...]``), cheaply."""

@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable, Iterable
 
 from model_store_server.cache_policy import CachePolicy
-from model_store_server.core.gate import Busy, Gate
+from model_store_server.core.gate import Busy, Gate, WorkerDown
 from model_store_server.core.grants import Exclusive, Hit, Swap, Ticket
 from model_store_server.core.scheduler import Scheduler, Waiter
 from model_store_server.core.view_control import ViewControl
 from model_store_server.core.view_report import Member, Snapshot, ViewReport
 from model_store_server.decision import LOADS, Action, Decision, Outcome, decide
 
-__all__ = ["Busy", "Member", "Rejected", "Snapshot", "TooLarge", "WorkerView"]
+__all__ = ["Busy", "Member", "Rejected", "Snapshot", "TooLarge", "WorkerDown", "WorkerView"]
 
 
 class TooLarge(Exception):
@@ -67,6 +67,7 @@ class WorkerView(ViewReport, ViewControl):
         self._versions: dict[str, str | None] = {}
         self._keep: dict[str, float | None] = {}  # the last keep_alive asked per model
         self.on_idle: Callable[[], None] = lambda: None  # called when a generation ends
+        self._down = False  # marked down by the fleet: waiting requests leave
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class WorkerView(ViewReport, ViewControl):
         """
         started = time.perf_counter()
         with self._cond:
+            self._check_up()
             self.check_fits(model, size, footprint)
             if pin:
                 self._check_pin(model, size, footprint)
@@ -163,6 +165,7 @@ class WorkerView(ViewReport, ViewControl):
         while True:
             if waiter.granted is not None:
                 return waiter.granted
+            self._check_up()
             now = self._now()
             self._touch_active()
             if self._hit(model, version) and self.scheduler.may_hit(model, now, waiter):

@@ -1,0 +1,71 @@
+"""The part of ``SwapService`` that agrees with the workers: re-reading, recovery, reset.
+
+A mixin: ``ensure_synced`` adopts a worker's own report when the store's
+view of it may be stale (holding that worker exclusively), ``_recovered``
+re-reads a worker that answers again after it was down (its disk cache is
+reused as it is, nothing pushed), and ``reset`` evicts everything from
+every worker.
+"""
+
+from __future__ import annotations
+
+from model_store_server.core.attempt import busy
+from model_store_server.core.fleet import WorkerNode
+from model_store_server.core.gate import Busy
+from model_store_server.core.worker_view import WorkerView
+from model_swap.errors import ApiError
+
+
+class Syncing:
+    """Re-reading and resetting workers (see the module docstring); needs ``fleet`` and
+    ``deadline()`` from ``SwapService``."""
+
+    def ensure_synced(self, deadline: float | None = None, node: WorkerNode | None = None) -> None:
+        """Adopt the worker's own report if the store's view of it may be stale (holding
+        the worker exclusively; waiting for it until ``deadline``, a monotonic time).
+        ``node``: which worker (default: the first)."""
+        node = node or self.fleet.first()
+        view = node.view
+        if view.synced:
+            return
+        with self._exclusive(view, deadline) as exclusive:
+            if view.synced:  # another request synced while we waited
+                return
+            error = node.executor.resync(view)
+            exclusive.end(synced=error is None)
+        if error is not None:
+            node.last_error = error.message
+            raise error
+
+    def _exclusive(self, view: WorkerView, deadline: float | None = None):
+        try:
+            return view.exclusive(deadline or self.deadline())
+        except Busy as err:
+            raise busy(err) from None
+
+    def _recovered(self, node: WorkerNode) -> None:
+        """A worker answers again: re-read it now (its disk cache is reused as it is)."""
+        try:
+            self.ensure_synced(node=node)
+        except ApiError as err:
+            self.fleet.mark_down(node, err)
+
+    def reset(self) -> list[str]:
+        """Evict every model every worker holds, through their executors."""
+        evicted: list[str] = []
+        for node in self.fleet.nodes:
+            evicted += self._reset(node)
+        return evicted
+
+    def _reset(self, node: WorkerNode) -> list[str]:
+        self.ensure_synced(node=node)
+        with self._exclusive(node.view) as exclusive:
+            try:
+                names = list(node.view.cached_names())
+                evicted = node.executor.evict_all(exclusive, names)
+            finally:
+                error = node.executor.resync(node.view)
+                exclusive.end(synced=error is None)
+        if error is not None:
+            raise error
+        return evicted
