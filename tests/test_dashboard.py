@@ -96,3 +96,27 @@ def test_the_dashboard_asks_for_the_key_when_the_store_needs_one(browser, worker
     expect(page.locator("#models tbody tr")).to_have_count(3, timeout=WAIT_MS)
     expect(page.locator("#auth")).to_be_hidden()
     page.close()
+
+
+def test_the_dashboard_shows_each_worker_and_drains_one(
+    browser, start_worker, start_store, tmp_path
+):
+    workers = [start_worker(model_cache_dir=tmp_path / f"cache-{i}") for i in range(2)]
+    store = start_store(worker_urls=tuple(w.url for w in workers))
+    ids = [w.url.removeprefix("http://") for w in workers]
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(store.url)
+    rows = page.locator("#workers tbody tr")
+    expect(rows).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#worker")).to_have_text("2 of 2 workers healthy")
+    assert ask(store, A).status_code == 200
+    first = page.locator(f"#workers tbody tr[data-worker='{ids[0]}']")
+    expect(first).to_contain_text(A, timeout=WAIT_MS)
+    first.locator("button").click()
+    expect(first).to_contain_text("draining", timeout=WAIT_MS)
+    status = requests.get(f"{store.url}/status", timeout=10).json()
+    assert status["workers"][0]["state"] == "draining"
+    assert ask(store, A).headers["X-Worker"] == workers[1].url
+    first.locator("button").click()
+    expect(first).to_contain_text("healthy", timeout=WAIT_MS)
+    page.close()

@@ -70,9 +70,7 @@ def test_models_spread_over_free_workers_and_hits_stick(three_workers, start_sto
 
 
 def test_a_cached_model_goes_where_its_file_is(three_workers, start_store):
-    store = start_store(
-        worker_urls=tuple(w.url for w in three_workers[:2]), max_loaded_models=1
-    )
+    store = start_store(worker_urls=tuple(w.url for w in three_workers[:2]), max_loaded_models=1)
     first = ask(store, A).headers["X-Worker"]
     ask(store, B)  # the other worker (free room)
     ask(store, C)  # needs room somewhere: unloads one model, its file stays cached there
@@ -105,9 +103,7 @@ def test_metrics_carry_a_worker_label(three_workers, start_store):
 
 
 def test_replicas_when_a_model_queue_is_long(three_workers, start_store):
-    store = start_store(
-        worker_urls=tuple(w.url for w in three_workers[:2]), replicate_after=1
-    )
+    store = start_store(worker_urls=tuple(w.url for w in three_workers[:2]), replicate_after=1)
     ask(store, A)
     response, _first, rest = start_generation(store, A)  # one request in flight on A
     try:
@@ -144,9 +140,7 @@ def test_drain_waits_for_generations_and_places_elsewhere(three_workers, start_s
     undrained = requests.post(f"{store.url}/workers/{busy}/undrain", timeout=10).json()
     assert undrained["state"] == "healthy"
     assert requests.post(f"{store.url}/workers/nope:1/drain", timeout=10).status_code == 404
-    assert (
-        requests.post(f"{store.url}/workers/0/drain?timeout=x", timeout=10).status_code == 400
-    )
+    assert requests.post(f"{store.url}/workers/0/drain?timeout=x", timeout=10).status_code == 400
 
 
 def test_killed_worker_traffic_moves_and_it_comes_back_without_a_push(
@@ -173,9 +167,11 @@ def test_killed_worker_traffic_moves_and_it_comes_back_without_a_push(
     # Restarted on its port with its disk cache: re-read from its own /status, used again.
     restarted = worker_process(port=first.port, cache_dir=tmp_path / "w0")
     entry = wait_for(
-        lambda: (e := workers_by_id(store)[host_port(first.url)])["state"] == "healthy"
-        and e["synced"]
-        and e,
+        lambda: (
+            (e := workers_by_id(store)[host_port(first.url)])["state"] == "healthy"
+            and e["synced"]
+            and e
+        ),
         what="the worker back and synced",
     )
     assert A in entry["cached"]

@@ -205,6 +205,43 @@ function drawCharts(activity) {
   polyline($("#push-chart"), rates, 0);
 }
 
+function drawWorkers(status) {
+  // Only with several workers: one row each, with its drain / undrain button.
+  const workers = status.workers || [];
+  $("#workers-card").hidden = workers.length < 2;
+  const body = $("#workers tbody");
+  body.replaceChildren();
+  for (const w of workers) {
+    const tr = document.createElement("tr");
+    tr.dataset.worker = w.id;
+    const state = w.state === "down" && w.last_error ? `down (${w.last_error})` : w.state;
+    tr.append(
+      cell(w.id),
+      cell(state, `pill ${w.state === "healthy" ? "up" : "down"}`),
+      cell(w.resident.join(", ") || "–"),
+      cell(w.cached.join(", ") || "–"),
+      cell(String(w.queue.generating)),
+      cell(String(w.queue.waiting)),
+    );
+    const td = document.createElement("td");
+    const button = document.createElement("button");
+    const draining = w.state === "draining";
+    button.textContent = draining ? "undrain" : "drain";
+    button.disabled = w.state === "down";
+    button.onclick = async () => {
+      const suffix = draining ? "undrain" : "drain?timeout=0";
+      try {
+        await call("POST", `/workers/${encodeURIComponent(w.id)}/${suffix}`);
+      } finally {
+        refresh();
+      }
+    };
+    td.appendChild(button);
+    tr.appendChild(td);
+    body.appendChild(tr);
+  }
+}
+
 async function refresh() {
   try {
     const [status, activity, models] = await Promise.all([
@@ -216,9 +253,17 @@ async function refresh() {
       `${status.generating} generating · swap ${status.swapping ? "running" : "idle"} · ` +
       `${bytes(activity.pushed_bytes)} pushed`;
     const worker = $("#worker");
-    worker.textContent = status.synced ? "worker in sync" : "worker not synced";
-    worker.className = `pill ${status.synced ? "up" : "down"}`;
+    const fleet = status.workers || [];
+    if (fleet.length > 1) {
+      const healthy = fleet.filter((w) => w.state === "healthy").length;
+      worker.textContent = `${healthy} of ${fleet.length} workers healthy`;
+      worker.className = `pill ${healthy === fleet.length ? "up" : "down"}`;
+    } else {
+      worker.textContent = status.synced ? "worker in sync" : "worker not synced";
+      worker.className = `pill ${status.synced ? "up" : "down"}`;
+    }
     drawBudgets(status);
+    drawWorkers(status);
     drawModels(models.data, status, activity);
     drawRequests(activity);
     drawCharts(activity);

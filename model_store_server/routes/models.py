@@ -41,12 +41,12 @@ def load(name: str):
 
 @models.post("/<name>/unload")
 def unload(name: str):
-    return jsonify(control().unload(_name(name)))
+    return jsonify(control().unload(_name(name), request.args.get("worker")))
 
 
 @models.delete("/<name>")
 def evict(name: str):
-    return jsonify(control().evict(_name(name)))
+    return jsonify(control().evict(_name(name), request.args.get("worker")))
 
 
 @models.put("/<name>/pin")
