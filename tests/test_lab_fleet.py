@@ -114,3 +114,23 @@ def test_simulate_command_with_workers(tmp_path, capsys):
     assert "workers" not in capsys.readouterr().out
     assert main([*common, "--workers", "0"]) == 2
     assert "--workers must be >= 1, not 0" in capsys.readouterr().err
+
+
+def test_placement_benchmark_runs_on_tiny_sizes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "placement.py"
+    out = tmp_path / "P.md"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = out.read_text()
+    assert f"Made by `uv run python benchmarks/placement.py --quick --out {out}`" in table
+    assert "| zipf | 2 | 600 |" in table and "| drift | 3 | 600 |" in table
+    assert table.strip() == result.stdout.strip()
