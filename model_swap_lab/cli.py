@@ -27,8 +27,11 @@ def _print(result: dict, as_json: bool) -> None:
         print(json.dumps(result, indent=2))
         return
     for key, value in result.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, dict | list):
             print(f"{key:>22}: {value}")
+    for index, figures in enumerate(result.get("per_worker", [])):
+        line = ", ".join(f"{k} {v}" for k, v in figures.items() if not isinstance(v, dict))
+        print(f"{f'worker {index}':>22}: {line}")
 
 
 def _sizes(args) -> dict[str, int]:
@@ -134,6 +137,7 @@ def cmd_simulate(args) -> int:
     import requests
 
     from model_swap_lab.calibrate import store_calibration, store_status
+    from model_swap_lab.fleet import simulate_fleet
     from model_swap_lab.simulate import SimConfig, footprints_from_dir, simulate
     from model_swap_lab.trace import read_trace
 
@@ -155,7 +159,19 @@ def cmd_simulate(args) -> int:
         footprints = (
             footprints_from_dir(args.models_dir, sizes, args.n_ctx) if args.models_dir else None
         )
-        result = simulate(trace, sizes, config, cost=cost, footprints=footprints)
+        if args.workers == 1 and args.placement == "locality":
+            result = simulate(trace, sizes, config, cost=cost, footprints=footprints)
+        else:
+            result = simulate_fleet(
+                trace,
+                sizes,
+                config,
+                workers=args.workers,
+                placement=args.placement,
+                seed=args.seed,
+                cost=cost,
+                footprints=footprints,
+            )
     except (TraceError, ValueError, SettingsError) as err:
         print(f"model-swap simulate: {err}", file=sys.stderr)
         return 2
@@ -211,6 +227,7 @@ def add_lab_commands(commands) -> None:
         DEFAULT_PUSH_BYTES_PER_S,
         DEFAULT_PUSH_OVERHEAD_S,
     )
+    from model_swap_lab.fleet import PLACEMENTS
     from model_swap_lab.generate import PRESETS
     from model_swap_lab.replay import DEFAULT_TIMEOUT_S
     from model_swap_lab.simulate import POLICY_CHOICES
@@ -279,6 +296,19 @@ def add_lab_commands(commands) -> None:
         metavar="URL",
         help="use the rates a running store learned (its /status explain.cost_model)",
     )
+    sim.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="simulate this many workers behind the store, each with these budgets",
+    )
+    sim.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default="locality",
+        help="which worker serves a request: the store's placement, or one at random",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="seeds --placement random")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
 

@@ -95,7 +95,12 @@ class SimConfig:
     freq_half_life: float = StoreSettings.freq_half_life
 
 
-def _tiers(config: SimConfig, clock: SimClock, cost: CostModel, requests: Sequence[Request]):
+def next_use_for(config: SimConfig, requests: Sequence[Request]) -> NextUse | None:
+    """What ``belady`` looks ahead with (None for the online policies)."""
+    return NextUse(requests) if config.policy == OFFLINE else None
+
+
+def _tiers(config: SimConfig, clock: SimClock, cost: CostModel, next_use: NextUse | None):
     settings = StoreSettings(
         max_cache_size=config.max_cache_size,
         max_cache_bytes=config.max_cache_bytes,
@@ -104,18 +109,84 @@ def _tiers(config: SimConfig, clock: SimClock, cost: CostModel, requests: Sequen
         ttl_seconds=config.ttl_seconds,
         freq_half_life=config.freq_half_life,
     )
-    if config.policy == OFFLINE:
-        next_use = NextUse(requests)
+    if next_use is not None:
         tiers = []
         for tier in (Tier.CACHE, Tier.RESIDENT):
             bounds = settings.tier_bounds(tier)
             bounds.pop("freq_half_life")
             bounds["max_bytes"] = bounds["max_bytes"] or None
             tiers.append(BeladyPolicy(next_use=next_use, clock=clock, **bounds))
-        return tiers, next_use
+        return tuple(tiers)
     # Exactly as the store builds its two tiers.
-    tiers = list(build_tiers(replace(settings, cache_policy=config.policy), clock, cost))
-    return tiers, None
+    return build_tiers(replace(settings, cache_policy=config.policy), clock, cost)
+
+
+class SimWorker:
+    """One simulated worker: its two tiers, built as the store builds them, and what
+    serving requests on it cost (actions, swap waits, bytes pushed, evictions, unloads).
+
+    The simulator runs one; the fleet simulator (``fleet.py``) one per worker.
+    """
+
+    def __init__(
+        self, config: SimConfig, clock: SimClock, cost: CostModel, next_use: NextUse | None
+    ):
+        self.cache, self.resident = _tiers(config, clock, cost, next_use)
+        self.clock = clock
+        self.cost = cost
+        self.actions: list[str] = []
+        self.waits: list[float] = []
+        self.evicted = self.unloaded = self.pushed = 0
+
+    def serve(
+        self,
+        request: Request,
+        size: int,
+        footprint: int,
+        on_decision: Callable[[Request, object], None] | None = None,
+    ) -> None:
+        """Serve ``request`` as the store would, the clock at its timestamp; counts the cost."""
+        cache, resident = self.cache, self.resident
+        if not (cache.fits(size) and resident.fits(footprint)):
+            self.actions.append(Action.REJECTED)  # the store answers 400 model_too_large
+            return
+        outcome = decide(cache, resident, request.model, size=size, footprint=footprint)
+        decision = outcome.decision
+        if on_decision is not None:
+            on_decision(request, decision)
+        self.actions.append(decision.action)
+        if decision.action is Action.REJECTED:
+            return
+        self.cache, self.resident = outcome.cache, outcome.resident
+        cost = self.cost
+        wait = cost.call_seconds(len(decision.evicted) + len(decision.unloaded))
+        if decision.action is Action.LOAD_FROM_STORE:
+            wait += cost.push_seconds(size) + cost.load_seconds(size)
+            self.pushed += size
+        elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
+            wait += cost.load_seconds(size)
+        self.evicted += len(decision.evicted)
+        self.unloaded += len(decision.unloaded)
+        self.waits.append(wait)
+        # The generation lease ends: idle time restarts (not a new use).
+        self.clock.now = request.timestamp + wait
+        for tier in (self.cache, self.resident):
+            if request.model in tier:
+                tier.refresh(request.model)
+
+    def summary(self) -> dict:
+        return summarize_workers([self])
+
+
+def summarize_workers(workers: Sequence[SimWorker]) -> dict:
+    """``report.summarize`` over every request the ``workers`` served."""
+    return summarize(
+        [action for worker in workers for action in worker.actions],
+        evicted=sum(worker.evicted for worker in workers),
+        unloaded=sum(worker.unloaded for worker in workers),
+        bytes_pushed=sum(worker.pushed for worker in workers),
+        waits=[wait for worker in workers for wait in worker.waits],
+    )
 
 
 def simulate(
@@ -136,47 +207,24 @@ def simulate(
     cost = cost or CostModel()
     footprints = footprints or {}
     clock = SimClock()
-    (cache, resident), next_use = _tiers(config, clock, cost, requests)
-    actions: list[str] = []
-    waits: list[float] = []
-    evicted = unloaded = pushed = 0
+    next_use = next_use_for(config, requests)
+    worker = SimWorker(config, clock, cost, next_use)
     for index, request in enumerate(requests):
         if next_use is not None:
             next_use.index = index
         clock.now = request.timestamp
         size = sizes[request.model]
-        footprint = footprints.get(request.model, size)
-        if not (cache.fits(size) and resident.fits(footprint)):
-            actions.append(Action.REJECTED)  # the store answers 400 model_too_large
-            continue
-        outcome = decide(cache, resident, request.model, size=size, footprint=footprint)
-        decision = outcome.decision
-        if on_decision is not None:
-            on_decision(request, decision)
-        actions.append(decision.action)
-        if decision.action is Action.REJECTED:
-            continue
-        cache, resident = outcome.cache, outcome.resident
-        wait = cost.call_seconds(len(decision.evicted) + len(decision.unloaded))
-        if decision.action is Action.LOAD_FROM_STORE:
-            wait += cost.push_seconds(size) + cost.load_seconds(size)
-            pushed += size
-        elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
-            wait += cost.load_seconds(size)
-        evicted += len(decision.evicted)
-        unloaded += len(decision.unloaded)
-        waits.append(wait)
-        # The generation lease ends: idle time restarts (not a new use).
-        clock.now = request.timestamp + wait
-        for tier in (cache, resident):
-            if request.model in tier:
-                tier.refresh(request.model)
-    result = summarize(
-        actions, evicted=evicted, unloaded=unloaded, bytes_pushed=pushed, waits=waits
-    )
+        worker.serve(request, size, footprints.get(request.model, size), on_decision)
+    return result_object([worker], config, cost)
+
+
+def result_object(workers: Sequence[SimWorker], config: SimConfig, cost: CostModel) -> dict:
+    """The summary over ``workers`` plus ``policy``, ``experts`` (adaptive, one worker:
+    which expert led the disk tier at the end), ``config`` and ``cost_model``."""
+    result = summarize_workers(workers)
     result["policy"] = config.policy
-    if hasattr(cache, "standings"):  # adaptive: which expert led the disk tier at the end
-        result["experts"] = cache.standings()
+    if len(workers) == 1 and hasattr(workers[0].cache, "standings"):
+        result["experts"] = workers[0].cache.standings()
     result["config"] = asdict(config)
     result["cost_model"] = asdict(cost.rates)
     return result
