@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 HEALTHY, DOWN, DRAINING = "healthy", "down", "draining"
 
+
 class WorkerNotFound(NotFound):
     """No worker has that id, URL or index."""
 
@@ -78,7 +79,10 @@ class WorkerNode:
         self.gone = False  # no longer in the discovered addresses
         self.last_error: str | None = None
         self.changed_at = time.time()  # when it was last marked down or up (wall clock)
-        self.pending: Counter[str] = Counter()  # placed here, not yet at the view (fleet lock)
+        # Requests placed here and not yet granted, per model, and those models' (size,
+        # footprint): what this worker's tiers will hold (under the fleet's lock).
+        self.pending: Counter[str] = Counter()
+        self.pending_sizes: dict[str, tuple[int, int]] = {}
 
     @property
     def state(self) -> str:
@@ -221,6 +225,7 @@ class Fleet:
         with self._lock:
             node = self._choose(model, size, footprint, avoid)
             node.pending[model] += 1
+            node.pending_sizes[model] = (size, footprint)
         try:
             yield node
         finally:
@@ -228,6 +233,7 @@ class Fleet:
                 node.pending[model] -= 1
                 if node.pending[model] <= 0:
                     del node.pending[model]
+                    node.pending_sizes.pop(model, None)
 
     def _choose(self, model: str, size: int, footprint: int, avoid: frozenset[str]) -> WorkerNode:
         nodes = [node for node in self._nodes if node.id not in avoid]
@@ -252,6 +258,8 @@ class Fleet:
                 size=size,
                 footprint=footprint,
                 pending=node.pending[model],
+                placed=sum(node.pending.values()),
+                coming=[(m, *node.pending_sizes[m]) for m in node.pending if m != model],
             )
             for node in usable
         ]

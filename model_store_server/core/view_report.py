@@ -123,14 +123,26 @@ class ViewReport:
             )
 
     def candidate(
-        self, worker: str, order: int, model: str, *, size: int, footprint: int, pending: int
+        self,
+        worker: str,
+        order: int,
+        model: str,
+        *,
+        size: int,
+        footprint: int,
+        pending: int,
+        placed: int,
+        coming: list[tuple[str, int, int]],
     ) -> Candidate:
-        """This worker for ``model`` as placement sees it (``pending``: requests placed here
-        that have not reached the view yet); read consistently, nothing changed."""
+        """This worker for ``model`` as placement sees it; read consistently, nothing changed.
+
+        ``pending``: requests for ``model`` placed here and not granted yet (those waiting
+        at this view among them); ``placed``: such requests for any model; ``coming``: the
+        other models placed here, with their size and footprint.
+        """
         with self._cond:
             active = self.gate.active()
             waiting = self.scheduler.describe(self._now())
-            here = active.get(model, 0) + waiting.get(model, {}).get("waiting", 0) + pending
             return candidate(
                 worker,
                 self.cache,
@@ -139,9 +151,11 @@ class ViewReport:
                 size=size,
                 footprint=footprint,
                 order=order,
-                queue=sum(active.values()) + len(self.scheduler) + pending,
-                model_queue=here,
+                queue=sum(active.values()) + max(placed, len(self.scheduler)),
+                model_queue=active.get(model, 0)
+                + max(pending, waiting.get(model, {}).get("waiting", 0)),
                 incoming=bool(pending or model in waiting or self.gate.changing(model)),
+                coming=coming,
             )
 
     def quiet(self) -> bool:

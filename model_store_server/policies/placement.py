@@ -10,18 +10,22 @@ would run), and ``place`` picks one:
    over replicas);
 2. unless those requests number at least ``replicate_after`` (> 0) on every
    such worker: then one more copy is brought in elsewhere, by rule 3;
-3. else a worker where the file is cached; else the one where bringing it in
-   costs least: free room first, then the fewest models taken away, then the
-   cheapest of them by that worker's policy's own priorities (lower goes
-   sooner), then the shortest queue, then the worker's order.
+3. else an idle worker (nothing running, waiting or placed there) before a
+   busy one, so that a burst over several models spreads instead of queueing
+   behind one worker; among those, a worker where the file is cached; else
+   the one where bringing it in costs least: free room first, then the
+   fewest models taken away, then the cheapest of them by that worker's
+   policy's own priorities (lower goes sooner), then the shortest queue,
+   then the worker's order.
 
-A worker whose policy would refuse the model ranks last. Nothing here does
-I/O, logs or reads a clock.
+A worker's tiers are read as they will be once the models already placed
+there (``coming``) are in. A worker whose policy would refuse the model
+ranks last. Nothing here does I/O, logs or reads a clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from model_store_server.cache_policy import CachePolicy
@@ -60,20 +64,29 @@ def candidate(
     queue: int = 0,
     model_queue: int = 0,
     incoming: bool = False,
+    coming: Iterable[tuple[str, int, int]] = (),
 ) -> Candidate:
-    """Describe one worker for ``model`` from its tiers (not changed: ``decide`` copies)."""
+    """Describe one worker for ``model`` from its tiers (never changed: copies are used).
+
+    ``coming``: (model, size, footprint) of the other models placed on this
+    worker that its tiers do not hold yet; they are taken as admitted first.
+    """
     if not (cache.fits(size) and resident.fits(footprint)):
         return Candidate(worker, order, refused=True, queue=queue, model_queue=model_queue)
+    for other, other_size, other_footprint in coming:
+        if other != model and other not in resident:
+            ahead = decide(cache, resident, other, size=other_size, footprint=other_footprint)
+            cache, resident = ahead.cache, ahead.resident
     decision = decide(cache, resident, model, size=size, footprint=footprint).decision
-    victims = decision.takes_away
-    priorities = [_priority(cache, resident, name) for name in victims]
+    priorities = [_priority(cache, name) for name in decision.evicted]
+    priorities += [_priority(resident, name) for name in decision.unloaded]
     return Candidate(
         worker,
         order,
         resident=decision.action is Action.ALREADY_LOADED,
         incoming=incoming,
-        cached=model in cache,
-        taken_away=len(victims),
+        cached=decision.action in (Action.ALREADY_LOADED, Action.LOAD_FROM_LOCAL_STORE),
+        taken_away=len(decision.takes_away),
         victim_priority=max(priorities, default=0.0),
         refused=decision.action is Action.REJECTED,
         queue=queue,
@@ -81,11 +94,10 @@ def candidate(
     )
 
 
-def _priority(cache: CachePolicy, resident: CachePolicy, name: str) -> float:
-    """``name``'s rank in the eviction order of the tier that gives it up."""
-    for tier in (resident, cache):
-        if name in tier and hasattr(tier, "priority"):
-            return float(tier.priority(name))
+def _priority(tier: CachePolicy, name: str) -> float:
+    """``name``'s rank in the eviction order of ``tier``, the tier that gives it up."""
+    if name in tier and hasattr(tier, "priority"):
+        return float(tier.priority(name))
     return 0.0
 
 
@@ -93,6 +105,7 @@ def bring_in_key(c: Candidate) -> tuple:
     """How dear it is to bring the model onto ``c`` (rule 3; lower is better)."""
     return (
         c.refused,
+        c.queue > 0,
         not c.cached,
         c.taken_away > 0,
         c.taken_away,
