@@ -38,6 +38,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
+    emit,
     free_port,
     link_names,
     median,
@@ -243,10 +244,7 @@ def main() -> int:
                 for name, affinities in CONFIGS.items()
             }
     text = report(results, args, source)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -233,6 +233,14 @@ def link_names(models: Path, source: Path, names) -> list[str]:
     return list(names)
 
 
+def emit(text: str, out: Path | None) -> int:
+    """Print a benchmark's markdown and, with ``--out``, write it there; exit code 0."""
+    print(text)
+    if out:
+        out.write_text(text)
+    return 0
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Services, median, standalone_models  # noqa: E402
+from harness import Services, emit, median, standalone_models  # noqa: E402
 
 
 def disk_bytes(*directories: Path) -> int:
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += ["", f"First byte with `auto`: {ratio:.2f}x of `http` in the same run."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
     Services,
+    emit,
     free_port,
     link_names,
     llama_server_bin,
@@ -479,10 +480,7 @@ def main() -> int:
         models, source = standalone_models(tmp, args.quick)
         results = measure(tmp, models, source, args)
     text = markdown(results, args)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -221,7 +221,22 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"Press Ctrl-C to stop {'both' if count == 1 else 'them all'}.\n",
             flush=True,
         )
-        while not stopping and all(p.poll() is None for p in processes):
+        workers, reported = processes[:-1], set()
+        while not stopping and store.poll() is None:
+            # With several workers one may exit (or be killed): the store routes around it.
+            # With one, or when none is left, everything stops.
+            gone = [w for w in workers if w.poll() is not None]
+            if len(gone) == len(workers):
+                break
+            for worker in gone:
+                if worker.pid not in reported:
+                    reported.add(worker.pid)
+                    print(
+                        f"model-swap up: worker {workers.index(worker)} exited with code "
+                        f"{worker.returncode}; the store places its requests on the others",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             time.sleep(0.2)
         if stopping:
             raise _Stopping()

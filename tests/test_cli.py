@@ -271,3 +271,45 @@ def test_model_swap_up_needs_fixed_ports(tmp_path):
     assert result.returncode == 2
     assert "WORKER_PORT and STORE_PORT must be fixed ports" in result.stderr
     assert not (tmp_path / "models").exists()  # refused before anything was written
+
+
+def test_model_swap_up_with_two_workers_spreads_models_and_survives_one(up_env):
+    port = free_port()
+    while listening(port + 1):
+        port = free_port()
+    env = {**up_env, "WORKER_PORT": str(port)}
+    process = spawn([sys.executable, "-m", "model_swap_cli.cli", "up", "--workers", "2"], env)
+    store = f"http://127.0.0.1:{env['STORE_PORT']}"
+    try:
+        read_until(process, rf"workers on :{port}, :{port + 1}", timeout=120)
+
+        def ask(model: str) -> requests.Response:
+            body = {"prompt": "hello", "model": model, "max_tokens": 4}
+            return requests.post(f"{store}/user_request", json=body, timeout=60)
+
+        first = {model: ask(model) for model in ("tiny-a.gguf", "tiny-b.gguf")}
+        assert {r.headers["X-Worker"] for r in first.values()} == {
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{port + 1}",
+        }
+        for model, r in first.items():  # side by side: no swap between them
+            again = ask(model)
+            assert again.headers["X-Cache-Action"] == "already_loaded"
+            assert again.headers["X-Worker"] == r.headers["X-Worker"]
+        caches = sorted(p.name for p in Path(env["MODEL_CACHE_DIR"]).iterdir())
+        assert caches == ["worker-0", "worker-1"]
+        # Kill the worker that serves tiny-a: its traffic moves to the other within seconds.
+        victim = next(
+            pid
+            for pid in descendants(process.pid)
+            if f"WORKER_PORT={first['tiny-a.gguf'].headers['X-Worker'].rsplit(':', 1)[1]}"
+            in Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b" ").decode()
+        )
+        os.kill(victim, signal.SIGKILL)
+        moved = ask("tiny-a.gguf")
+        assert moved.status_code == 200, moved.text
+        assert moved.headers["X-Worker"] == first["tiny-b.gguf"].headers["X-Worker"]
+        read_until(process, r"worker \d exited with code -9", timeout=10)
+        assert process.poll() is None  # the store and the other worker keep serving
+    finally:
+        stop(process, signal.SIGINT)

@@ -153,3 +153,13 @@ def test_candidate_carries_queue_and_incoming_through():
     cache, resident = tiers()
     c = candidate("w", cache, resident, "a", order=2, queue=4, model_queue=1, incoming=True)
     assert (c.order, c.queue, c.model_queue, c.holds) == (2, 4, 1, True)
+
+
+def test_fewer_busy_models_before_a_cached_file():
+    # A burst: the worker already busy with two other models loses to one busy with one,
+    # even though it caches the file (each busy model is a group served in turn).
+    crowded = Candidate("w0", 0, cached=True, busy_models=2, queue=2)
+    lighter = Candidate("w1", 1, taken_away=1, busy_models=1, queue=3)
+    assert chosen(crowded, lighter) == "w1"
+    # Idle workers: the cached file decides as before.
+    assert chosen(Candidate("w0", 0, cached=True), Candidate("w1", 1)) == "w0"

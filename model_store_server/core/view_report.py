@@ -143,6 +143,7 @@ class ViewReport:
         with self._cond:
             active = self.gate.active()
             waiting = self.scheduler.describe(self._now())
+            busy = {m for m, n in active.items() if n} | set(waiting) | {m for m, *_ in coming}
             return candidate(
                 worker,
                 self.cache,
@@ -154,6 +155,7 @@ class ViewReport:
                 queue=sum(active.values()) + max(placed, len(self.scheduler)),
                 model_queue=active.get(model, 0)
                 + max(pending, waiting.get(model, {}).get("waiting", 0)),
+                busy_models=len(busy | ({model} if pending else set())),
                 incoming=bool(pending or model in waiting or self.gate.changing(model)),
                 coming=coming,
             )

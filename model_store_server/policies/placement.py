@@ -10,13 +10,13 @@ would run), and ``place`` picks one:
    over replicas);
 2. unless those requests number at least ``replicate_after`` (> 0) on every
    such worker: then one more copy is brought in elsewhere, by rule 3;
-3. else an idle worker (nothing running, waiting or placed there) before a
-   busy one, so that a burst over several models spreads instead of queueing
-   behind one worker; among those, a worker where the file is cached; else
-   the one where bringing it in costs least: free room first, then the
-   fewest models taken away, then the cheapest of them by that worker's
-   policy's own priorities (lower goes sooner), then the shortest queue,
-   then the worker's order.
+3. else the worker with the fewest models busy (running, waiting or placed
+   there: each is a group served in turn), so that a burst over several
+   models spreads instead of queueing behind one worker; among those, a
+   worker where the file is cached; else the one where bringing it in costs
+   least: free room first, then the fewest models taken away, then the
+   cheapest of them by that worker's policy's own priorities (lower goes
+   sooner), then the shortest queue, then the worker's order.
 
 A worker's tiers are read as they will be once the models already placed
 there (``coming``) are in. A worker whose policy would refuse the model
@@ -46,6 +46,7 @@ class Candidate:
     refused: bool = False  # its policy would reject the model
     queue: int = 0  # requests running or waiting there
     model_queue: int = 0  # of those, for this model
+    busy_models: int = 0  # models with requests running, waiting or placed there
 
     @property
     def holds(self) -> bool:
@@ -63,6 +64,7 @@ def candidate(
     order: int = 0,
     queue: int = 0,
     model_queue: int = 0,
+    busy_models: int = 0,
     incoming: bool = False,
     coming: Iterable[tuple[str, int, int]] = (),
 ) -> Candidate:
@@ -72,7 +74,14 @@ def candidate(
     worker that its tiers do not hold yet; they are taken as admitted first.
     """
     if not (cache.fits(size) and resident.fits(footprint)):
-        return Candidate(worker, order, refused=True, queue=queue, model_queue=model_queue)
+        return Candidate(
+            worker,
+            order,
+            refused=True,
+            queue=queue,
+            model_queue=model_queue,
+            busy_models=busy_models,
+        )
     for other, other_size, other_footprint in coming:
         if other != model and other not in resident:
             ahead = decide(cache, resident, other, size=other_size, footprint=other_footprint)
@@ -91,6 +100,7 @@ def candidate(
         refused=decision.action is Action.REJECTED,
         queue=queue,
         model_queue=model_queue,
+        busy_models=busy_models,
     )
 
 
@@ -105,7 +115,7 @@ def bring_in_key(c: Candidate) -> tuple:
     """How dear it is to bring the model onto ``c`` (rule 3; lower is better)."""
     return (
         c.refused,
-        c.queue > 0,
+        c.busy_models,
         not c.cached,
         c.taken_away > 0,
         c.taken_away,
