@@ -210,7 +210,7 @@ class Fleet:
             self._add(url)
         for url, node in known.items():
             node.gone = url not in urls
-            if node.gone and node.view.quiet():
+            if node.gone and node.view.quiet() and not node.pending:
                 with self._lock:
                     self._nodes.remove(node)
                 node.client.close()
