@@ -45,6 +45,7 @@ class Body(io.RawIOBase):
         self._window_start = time.monotonic()
         self._window_bytes = 0
         self.done = False
+        self.broken = False  # its framing was refused: nothing after it can be trusted
 
     def readable(self) -> bool:
         return True
@@ -55,8 +56,10 @@ class Body(io.RawIOBase):
     def discard(self, limit: int) -> bool:
         """Read and drop what the app left of the body, up to ``limit`` bytes; True if the
         body is then read to its end (the connection can serve another request)."""
-        if self._on_first_read is not None:
-            return False  # the client waits for "100 Continue" before sending it: never asked
+        if self._on_first_read is not None or self.broken:
+            # Never asked for ("100 Continue" not sent), or its framing broke: the
+            # connection cannot carry another request.
+            return False
         scratch = memoryview(bytearray(16 * 1024))
         dropped = 0
         try:
@@ -173,7 +176,11 @@ class ChunkedBody(Body):
 
     def readinto(self, buffer) -> int:
         if not self.done and not self._left:
-            self._next_chunk()
+            try:
+                self._next_chunk()
+            except ValueError:
+                self.broken = True
+                raise
         if self.done:
             return 0
         count = self._take(memoryview(buffer).cast("B"), min(len(buffer), self._left))

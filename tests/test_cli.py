@@ -299,11 +299,12 @@ def test_model_swap_up_with_two_workers_spreads_models_and_survives_one(up_env):
         caches = sorted(p.name for p in Path(env["MODEL_CACHE_DIR"]).iterdir())
         assert caches == ["worker-0", "worker-1"]
         # Kill the worker that serves tiny-a: its traffic moves to the other within seconds.
+        victim_port = first["tiny-a.gguf"].headers["X-Worker"].rsplit(":", 1)[1]
         victim = next(
             pid
             for pid in descendants(process.pid)
-            if f"WORKER_PORT={first['tiny-a.gguf'].headers['X-Worker'].rsplit(':', 1)[1]}"
-            in Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b" ").decode()
+            if b"inference_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            and f"WORKER_PORT={victim_port}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
         )
         os.kill(victim, signal.SIGKILL)
         moved = ask("tiny-a.gguf")

@@ -315,7 +315,9 @@ def test_chunked_framing_of_any_shape_reaches_the_disk_intact(worker_process, mo
 def test_broken_chunked_framing_is_refused_and_leaves_nothing(worker_process, tmp_path, broken):
     cache = tmp_path / "cache"
     worker = worker_process(cache_dir=cache)
-    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=60)
+    # Refused at once: not after MIN_UPLOAD_RATE's 30 s window (the broken framing once made
+    # the server drain the rest of the body until that cut it).
+    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
     try:
         status, answer = post_raw_body(conn, broken, {"X-Model-Name": "broken.gguf"})
     finally:
