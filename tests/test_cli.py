@@ -103,6 +103,7 @@ def test_seed_entry_points_start_and_stop(tmp_path, directory, script, env_port,
         assert stop(process) == 0
 
 
+@pytest.mark.slow
 def test_model_swap_up_serves_gemma_and_stops_cleanly(tmp_path):
     store_port, worker_port = free_port(), free_port()
     env = {
@@ -211,6 +212,7 @@ def start_up(env) -> tuple[subprocess.Popen, set[int]]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.slow
 def test_stop_signal_to_model_swap_up_leaves_no_process_and_no_port(up_env, sig):
     process, services = start_up(up_env)
     try:

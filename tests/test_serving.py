@@ -186,6 +186,7 @@ def stalled_client(port: int, path: str, body: dict):
         yield sock
 
 
+@pytest.mark.slow
 def test_client_that_stops_reading_loses_the_model_after_the_write_timeout(
     worker_process, models_dir
 ):
@@ -218,6 +219,7 @@ def test_client_disconnect_mid_stream_stops_the_generation(worker_process, store
     assert worker_status(worker)["last_generation"]["tokens"] < LONG_TOKENS
 
 
+@pytest.mark.slow
 def test_client_that_stops_reading_the_store_frees_the_model(worker_process, store_process):
     worker = worker_process(N_CTX=4 * LONG_CTX)
     store = store_process(worker.url, STREAM_WRITE_TIMEOUT=1)
@@ -329,6 +331,7 @@ def test_broken_chunked_framing_is_refused_and_leaves_nothing(worker_process, tm
     assert requests.get(f"{worker.url}/healthz", timeout=10).ok
 
 
+@pytest.mark.slow
 def test_server_comparison_benchmark_runs(tmp_path):
     """benchmarks/servers.py keeps working (tiny sizes; no timing is asserted)."""
     result = subprocess.run(

@@ -58,6 +58,7 @@ def run_all_output(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     ("policy", "steps"), [("lru", 5), ("no-evict", 3), ("ttl", 3), ("lru-ttl", 4)]
 )
+@pytest.mark.slow
 def test_each_policy_script_passes_against_fresh_servers(run_all_output, policy, steps):
     text = (run_all_output / f"{policy}.txt").read_text()
     assert text.count("\n=== ") == steps
@@ -89,6 +90,7 @@ def test_lru_ttl_shows_both_eviction_paths(run_all_output):
 
 
 @pytest.mark.parametrize(("policy", "bars"), [("lru", 5), ("no-evict", 3)])
+@pytest.mark.slow
 def test_charts_have_one_bar_per_step(run_all_output, tmp_path, policy, bars):
     png = run_all_output / f"{policy}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
