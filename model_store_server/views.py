@@ -32,7 +32,8 @@ def describe_models(service: SwapService, names: list[str] | None = None) -> lis
     """
     cached: set[str] = set()
     resident: set[str] = set()
-    for node in service.fleet.nodes:  # a model's best state on any worker
+    nodes = service.fleet.nodes
+    for node in [n for n in nodes if n.healthy] or nodes:  # its best state on a live worker
         snapshot = node.view.snapshot()
         cached |= {entry.name for entry in snapshot.cached}
         resident |= {entry.name for entry in snapshot.resident}

@@ -81,7 +81,7 @@ def collect_ps(store: str, key: str | None = None) -> list[dict]:
     workers = status.get("workers", [])
     holders: dict[str, list[str]] = {}  # model -> the workers holding it (resident first)
     for tier in ("resident", "cached"):
-        for worker in workers:
+        for worker in (w for w in workers if w["state"] != "down"):  # what answers now
             for name in worker[tier]:
                 if worker["id"] not in holders.setdefault(name, []):
                     holders[name].append(worker["id"])
