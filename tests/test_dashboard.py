@@ -120,3 +120,26 @@ def test_the_dashboard_shows_each_worker_and_drains_one(
     first.locator("button").click()
     expect(first).to_contain_text("healthy", timeout=WAIT_MS)
     page.close()
+
+
+def test_the_first_render_needs_no_poll(browser, worker, start_store):
+    store = start_store(worker)
+    assert ask(store, A).status_code == 200
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # Every poll fails: what the page shows comes from the data it was served with.
+    page.route("**/status", lambda route: route.abort())
+    page.route("**/activity", lambda route: route.abort())
+    page.route("**/v1/models", lambda route: route.abort())
+    page.goto(store.url)
+    expect(page.locator("#models tbody tr")).to_have_count(3)
+    expect(model_row(page, A)).to_have_attribute("data-state", "resident")
+    expect(page.locator(f"#requests tbody tr[data-model='{A}']")).to_have_count(1)
+    page.close()
+
+
+def test_the_page_carries_no_data_when_the_store_needs_a_key(worker, start_store):
+    open_store = start_store(worker)
+    assert 'id="initial-data"' in requests.get(open_store.url, timeout=10).text
+    locked = start_store(worker, api_keys=(KEY,))
+    page = requests.get(locked.url, timeout=10)
+    assert page.status_code == 200 and 'id="initial-data"' not in page.text

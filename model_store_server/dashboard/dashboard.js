@@ -242,32 +242,36 @@ function drawWorkers(status) {
   }
 }
 
+function draw(status, activity, models) {
+  $("#auth").hidden = true;
+  $("#summary").textContent =
+    `policy ${status.policy} · transport ${status.transport} · ` +
+    `${status.generating} generating · swap ${status.swapping ? "running" : "idle"} · ` +
+    `${bytes(activity.pushed_bytes)} pushed`;
+  const worker = $("#worker");
+  const fleet = status.workers || [];
+  if (fleet.length > 1) {
+    const healthy = fleet.filter((w) => w.state === "healthy").length;
+    worker.textContent = `${healthy} of ${fleet.length} workers healthy`;
+    worker.className = `pill ${healthy === fleet.length ? "up" : "down"}`;
+  } else {
+    worker.textContent = status.synced ? "worker in sync" : "worker not synced";
+    worker.className = `pill ${status.synced ? "up" : "down"}`;
+  }
+  drawBudgets(status);
+  drawWorkers(status);
+  drawModels(models.data, status, activity);
+  drawRequests(activity);
+  drawCharts(activity);
+  document.body.dataset.updated = String(Date.now());
+}
+
 async function refresh() {
   try {
     const [status, activity, models] = await Promise.all([
       call("GET", "/status"), call("GET", "/activity"), call("GET", "/v1/models"),
     ]);
-    $("#auth").hidden = true;
-    $("#summary").textContent =
-      `policy ${status.policy} · transport ${status.transport} · ` +
-      `${status.generating} generating · swap ${status.swapping ? "running" : "idle"} · ` +
-      `${bytes(activity.pushed_bytes)} pushed`;
-    const worker = $("#worker");
-    const fleet = status.workers || [];
-    if (fleet.length > 1) {
-      const healthy = fleet.filter((w) => w.state === "healthy").length;
-      worker.textContent = `${healthy} of ${fleet.length} workers healthy`;
-      worker.className = `pill ${healthy === fleet.length ? "up" : "down"}`;
-    } else {
-      worker.textContent = status.synced ? "worker in sync" : "worker not synced";
-      worker.className = `pill ${status.synced ? "up" : "down"}`;
-    }
-    drawBudgets(status);
-    drawWorkers(status);
-    drawModels(models.data, status, activity);
-    drawRequests(activity);
-    drawCharts(activity);
-    document.body.dataset.updated = String(Date.now());
+    draw(status, activity, models);
   } catch (err) {
     $("#summary").textContent = `cannot read the store: ${err.message}`;
   }
@@ -278,5 +282,11 @@ $("#save-key").onclick = () => {
   refresh();
 };
 
+// The page may carry the data of the first poll (a store without API keys): drawn at once.
+const initial = document.getElementById("initial-data");
+if (initial) {
+  const data = JSON.parse(initial.textContent);
+  draw(data.status, data.activity, data.models);
+}
 refresh();
 setInterval(refresh, POLL_MS);

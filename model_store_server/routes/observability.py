@@ -8,18 +8,22 @@ The dashboard is plain HTML, CSS and JavaScript in ``model_store_server/dashboar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model_store_server.routes.openai import model_list
 from model_store_server.routes.seed import swap_service
+from model_store_server.views import store_status
 from model_swap.errors import ApiError
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 # Served without a token even with API_KEYS: the page holds no data (it asks for a key
 # when /status answers 401). /metrics joins them with METRICS_PUBLIC=1.
 DASHBOARD_PATHS = ("/", "/dashboard/")
+NO_CACHE = {"Cache-Control": "no-cache"}
 
 observability = Blueprint("observability", __name__)
 
@@ -58,15 +62,31 @@ def probe_worker(service) -> dict:
     }
 
 
+# Where the dashboard's page carries its first data (see ``dashboard``).
+INITIAL_DATA = "<!-- initial data -->"
+
+
 @observability.get("/")
 def dashboard():
-    response = send_from_directory(DASHBOARD_DIR, "index.html")
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    """The dashboard's page. Without API_KEYS it carries the data of its first poll, so
+    the first render needs no round trip; with keys it holds no data (it asks for one)."""
+    page = (DASHBOARD_DIR / "index.html").read_text()
+    service = swap_service()
+    if not service.settings.api_keys:
+        initial = {
+            "status": store_status(service),
+            "activity": current_app.extensions["metrics"].activity(),
+            "models": model_list(service),
+        }
+        data = json.dumps(initial).replace("</", "<\\/")  # cannot end the script element
+        page = page.replace(
+            INITIAL_DATA, f'<script id="initial-data" type="application/json">{data}</script>'
+        )
+    return Response(page, content_type="text/html; charset=utf-8", headers=NO_CACHE)
 
 
 @observability.get("/dashboard/<path:name>")
 def dashboard_file(name: str):
     response = send_from_directory(DASHBOARD_DIR, name)
-    response.headers["Cache-Control"] = "no-cache"
+    response.headers.update(NO_CACHE)
     return response

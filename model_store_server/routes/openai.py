@@ -36,10 +36,14 @@ def _model_object(info: dict) -> dict:
     }
 
 
+def model_list(service) -> dict:
+    """The body of ``GET /v1/models`` (also embedded in the dashboard's first page)."""
+    return {"object": "list", "data": [_model_object(i) for i in describe_models(service)]}
+
+
 @openai.get("/models")
 def list_models():
-    models = [_model_object(info) for info in describe_models(swap_service())]
-    return jsonify(object="list", data=models)
+    return jsonify(model_list(swap_service()))
 
 
 @openai.get("/models/<path:model>")
