@@ -3,7 +3,7 @@
 One command (results to standard output; ``--out FILE`` also writes the
 markdown there, with its plots beside it)::
 
-    flock /tmp/model-swap-bench.lock uv run python benchmarks/policies.py \
+    uv run python benchmarks/policies.py \
         --out benchmarks/POLICIES.md
 
 1. Calibration against live servers (``policies_calibration.py``): a worker and a store (separate

@@ -19,11 +19,10 @@ processes in front of tiny models, and this measures in one run:
 - memory per idle connection: the serving process's RSS growth with the slow
   connections open, divided by their number.
 
-Loopback only. Run under the benchmark lock (uvicorn needs the a2wsgi bridge;
-a candidate whose package is missing fails)::
+Loopback only, on an otherwise idle machine (uvicorn needs the a2wsgi bridge; a
+candidate whose package is missing fails)::
 
-    flock /tmp/model-swap-bench.lock \\
-        uv run --with a2wsgi python benchmarks/slowloris.py --out benchmarks/SLOWLORIS.md
+    uv run --with a2wsgi python benchmarks/slowloris.py --out benchmarks/SLOWLORIS.md
 """
 
 from __future__ import annotations
@@ -286,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         bridge = "--with a2wsgi " if "uvicorn" in args.candidates else ""
         command = (
-            f"flock /tmp/model-swap-bench.lock uv run {bridge}python benchmarks/slowloris.py "
+            f"uv run {bridge}python benchmarks/slowloris.py "
             + " ".join(argv if argv is not None else sys.argv[1:])
         )
         args.out.write_text(
