@@ -284,9 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     if args.out:
         bridge = "--with a2wsgi " if "uvicorn" in args.candidates else ""
-        command = (
-            f"uv run {bridge}python benchmarks/slowloris.py "
-            + " ".join(argv if argv is not None else sys.argv[1:])
+        command = f"uv run {bridge}python benchmarks/slowloris.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
         )
         args.out.write_text(
             "# Slow clients: the front server against the alternatives\n\n"

@@ -156,9 +156,11 @@ class SwapService(Syncing):
                     if not avoid:
                         avoid.add(node.id)
                         continue
-                    raise Unavailable(
+                    lost = Unavailable(
                         f"worker {node.id} went down", retry_after=1, type="worker_unavailable"
-                    ) from None
+                    )
+                    attempt.headers_for(lost)
+                    raise lost from None
                 except ApiError as err:
                     if isinstance(err, ModelUnloadable):
                         self.files.remember_unloadable(version, err.message)
