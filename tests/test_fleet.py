@@ -15,7 +15,7 @@ import requests
 from model_store_server.config import StoreSettings
 from model_swap.probes import free_port
 from model_swap.settings import SettingsError
-from tests.conftest import A, B, C, ask, start_generation, store_status, worker_status
+from tests.conftest import A, B, C, ask, store_status, worker_status
 
 
 def workers_by_id(store) -> dict[str, dict]:
@@ -104,15 +104,17 @@ def test_metrics_carry_a_worker_label(three_workers, start_store):
 
 def test_replicas_when_a_model_queue_is_long(three_workers, start_store):
     store = start_store(worker_urls=tuple(w.url for w in three_workers[:2]), replicate_after=1)
-    ask(store, A)
-    response, _first, rest = start_generation(store, A)  # one request in flight on A
+    first = ask(store, A).headers["X-Worker"]
+    # One generation in flight on A there (held by the test): the next request brings a copy.
+    node = store.app.extensions["swap_service"].fleet.find(host_port(first))
+    hit = node.view.admit(A, time.monotonic() + 10)
     try:
         second = ask(store, A)
         assert second.status_code == 200
-        assert second.headers["X-Worker"] != response.headers["X-Worker"]
+        assert second.headers["X-Worker"] != first
         assert second.headers["X-Cache-Action"] == "load_from_store"
     finally:
-        response.close()
+        hit.release()
     holders = [w for w in store_status(store)["workers"] if A in w["resident"]]
     assert len(holders) == 2
 
@@ -120,8 +122,10 @@ def test_replicas_when_a_model_queue_is_long(three_workers, start_store):
 def test_drain_waits_for_generations_and_places_elsewhere(three_workers, start_store):
     urls = tuple(w.url for w in three_workers[:2])
     store = start_store(worker_urls=urls)
-    response, _first, rest = start_generation(store, A, max_tokens=300)
-    busy = host_port(response.headers["X-Worker"])
+    busy = host_port(ask(store, A).headers["X-Worker"])
+    # A generation running on A there, held by the test (as a slow client would hold it).
+    node = store.app.extensions["swap_service"].fleet.find(busy)
+    hit = node.view.admit(A, time.monotonic() + 10)
     answer: dict = {}
     drain = threading.Thread(
         target=lambda: answer.update(
@@ -129,12 +133,14 @@ def test_drain_waits_for_generations_and_places_elsewhere(three_workers, start_s
         )
     )
     drain.start()
-    wait_for(lambda: workers_by_id(store)[busy]["state"] == "draining", what="draining")
-    assert not answer  # still generating there
-    other = ask(store, A)  # placed on the other worker, though A is resident on the drained one
-    assert host_port(other.headers["X-Worker"]) != busy
-    for _ in rest:  # the generation runs to its end
-        pass
+    try:
+        wait_for(lambda: workers_by_id(store)[busy]["state"] == "draining", what="draining")
+        time.sleep(0.3)
+        assert not answer  # the drain waits for the generation
+        other = ask(store, A)  # placed on the other worker, though A is resident here
+        assert host_port(other.headers["X-Worker"]) != busy
+    finally:
+        hit.release()
     drain.join(timeout=30)
     assert answer["drained"] is True and answer["worker"] == busy
     undrained = requests.post(f"{store.url}/workers/{busy}/undrain", timeout=10).json()
