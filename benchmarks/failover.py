@@ -37,23 +37,11 @@ from harness import (  # noqa: E402
     median,
     standalone_models,
     start_process,
+    start_worker,
     stop_process,
 )
 
 NAMES = ("fail-a.gguf", "fail-b.gguf")
-
-
-def start_worker(workdir: Path, index: int, port: int):
-    env = {
-        "WORKER_HOST": "127.0.0.1",
-        "WORKER_PORT": str(port),
-        "MODEL_CACHE_DIR": str(workdir / f"cache-{index}"),
-        "LOG_LEVEL": "WARNING",
-    }
-    log = workdir / f"worker-{index}.log"
-    python = sys.executable
-    url = f"http://127.0.0.1:{port}"
-    return start_process([python, "-m", "inference_worker.cli"], env, log, f"{url}/health")
 
 
 def worker_entry(store: str, worker_id: str) -> dict:

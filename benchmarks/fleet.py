@@ -45,6 +45,7 @@ from harness import (  # noqa: E402
     percentile,
     standalone_models,
     start_process,
+    start_worker,
     stop_process,
 )
 
@@ -110,18 +111,15 @@ class Fleet:
         for index, cpus in enumerate(affinities):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            env = {
-                "WORKER_HOST": "127.0.0.1",
-                "WORKER_PORT": str(port),
-                "MODEL_CACHE_DIR": str(workdir / f"cache-{index}"),
-                "CPU_AFFINITY": cpus,
-                "N_THREADS": "1",
-                "PARALLEL": str(parallel),
-                "LOG_LEVEL": "WARNING",
-            }
-            log = workdir / f"worker-{index}.log"
             self.workers.append(
-                start_process([python, "-m", "inference_worker.cli"], env, log, f"{url}/health")
+                start_worker(
+                    workdir,
+                    index,
+                    port,
+                    CPU_AFFINITY=cpus,
+                    N_THREADS="1",
+                    PARALLEL=str(parallel),
+                )
             )
             self.worker_urls.append(url)
         port = free_port()

@@ -49,6 +49,21 @@ def start_process(
     return process
 
 
+def start_worker(workdir: Path, index: int, port: int, **settings: str) -> subprocess.Popen:
+    """Worker number ``index`` as a process on ``127.0.0.1:port``, its cache and log under
+    ``workdir``; ``settings`` are more of its environment variables."""
+    env = {
+        "WORKER_HOST": "127.0.0.1",
+        "WORKER_PORT": str(port),
+        "MODEL_CACHE_DIR": str(workdir / f"cache-{index}"),
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "inference_worker.cli"]
+    return start_process(args, env, workdir / f"worker-{index}.log", f"{url}/health")
+
+
 def start_llama_server(tmp: Path, models: dict[str, Path], name: str) -> tuple:
     """llama-cpp-python's own server (the peer) serving ``models`` (alias -> file) on a free
     port; returns (process, base URL). Stop it with ``stop_process``."""
