@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".part"
 
-# Files a store on the same filesystem places in the cache directory itself (a hard link,
-# reflink or kernel copy of its model file, see model_store_server/transport_link.py) before
+# Files a store on the same filesystem places in the cache directory itself (a reflink or
+# kernel copy of its model file, never a hard link, see model_store_server/transport_link.py) before
 # asking the worker to adopt them, and the probe files it proves the directory with. Both
 # end in TEMP_SUFFIX, so a leftover is removed at the next start like a broken upload.
 PLACED_NAME = re.compile(r"\.(link|probe)-[0-9a-f]{32}" + re.escape(TEMP_SUFFIX))
@@ -299,19 +299,28 @@ class ModelCache:
         The file is verified exactly as an upload is (GGUF magic, the
         announced size and digest) and then renamed into place, so a cached
         name only ever holds a verified file; nothing is kept on any failure
-        (UploadRejected). No byte is copied: the file was placed by hard
-        link, reflink or a kernel-side copy. Blocks while hashing. Thread-safe.
+        (UploadRejected). No byte is copied here: the store placed the file
+        by reflink or a kernel-side copy. A file with another name (a hard
+        link, say to the operator's file in MODELS_DIR) is refused: whoever
+        rewrites that name in place would rewrite what this worker has
+        memory-mapped. Blocks while hashing. Thread-safe.
         """
         target = self.path(name)
         source = self.placed_path(placed)
         started = time.perf_counter()
         try:
             try:
-                size = source.stat().st_size
                 with open(source, "rb") as f:
+                    st = os.fstat(f.fileno())
                     head = f.read(len(GGUF_MAGIC))
             except FileNotFoundError:
                 raise UploadRejected(f"no placed file {placed} in the cache directory") from None
+            size = st.st_size
+            if st.st_nlink != 1:
+                raise UploadRejected(
+                    f"the placed {name} is a hard link ({st.st_nlink} names): it would share "
+                    "its bytes with a file that may be rewritten in place"
+                )
             if head != GGUF_MAGIC:
                 raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
             if size != expected_size:

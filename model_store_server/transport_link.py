@@ -1,23 +1,29 @@
-"""One box, no copies: placing a model file in the worker's cache directory directly.
+"""One box, no copies through a socket: placing a model file in the worker's cache directly.
 
 When the store and the worker run on one machine (the quick start, and most
-users), pushing a model through a loopback socket stores it twice and makes
-its first use wait for the copy. ``LinkTransport`` (``TRANSPORT=auto``, the
-default) first proves that the worker's cache directory is the one it sees:
-the worker reports the directory and its filesystem (``GET /status``:
+users), pushing a model through a loopback socket makes its first use wait
+for the copy. ``LinkTransport`` (``TRANSPORT=auto``, the default) first
+proves that the worker's cache directory is the one it sees: the worker
+reports the directory and its filesystem (``GET /status``:
 ``model_cache_dir``, ``model_cache_dev``), the store writes a probe file
-there and the worker reads it back (``POST /cache_probe``). Then a push is a
-hard link of the model file into that directory under a temporary name
-(a reflink, or a kernel-side ``copy_file_range``, where a link is refused),
-and ``POST /adopt_model`` asks the worker to verify it exactly as an upload
-(size, GGUF magic, digest) and rename it into place. Anywhere else (another
-machine, another filesystem, a directory the store cannot write) every push
-goes over HTTP as before.
+there and the worker reads it back (``POST /cache_probe``). Then a push
+places the model file in that directory under a temporary name, as a
+reflink (a copy-on-write clone: no second copy on disk, btrfs, XFS,
+bcachefs) or else a kernel-side ``copy_file_range`` (no bytes through
+this process), and ``POST /adopt_model`` asks the worker to verify it
+exactly as an upload (size, GGUF magic, digest) and rename it into place.
+
+Never a hard link: a link is the operator's file itself, and ``cp`` over
+a model in MODELS_DIR (or an in-place edit) would rewrite what the worker
+has memory-mapped (SIGBUS, or another model's bytes mid-generation). A
+clone or a copy is the worker's own inode: the operator's writes never
+reach it, and the store places the new version on the next request.
+Anywhere else (another machine, another filesystem, a directory the store
+cannot write) every push goes over HTTP as before.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -28,58 +34,70 @@ import uuid
 from pathlib import Path
 
 from model_store_server.transport import HttpTransport, PushResult, Transport
-from model_store_server.worker_client import WorkerClient, WorkerError, WorkerUnavailable
+from model_store_server.worker_client import (
+    SourceChanged,
+    WorkerClient,
+    WorkerError,
+    WorkerUnavailable,
+)
 from model_swap.progress import current_progress
 
 logger = logging.getLogger(__name__)
 
 # Linux's FICLONE ioctl (_IOW(0x94, 9, int)): a copy-on-write clone (btrfs, XFS, bcachefs).
 FICLONE = 0x40049409
-# Errors of os.link that mean "not here" rather than "broken": try the next way.
-_LINK_REFUSED = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.ENOSYS)
 
 
 class PlacementRefused(OSError):
     """No way to place the file in the directory without sending its bytes."""
 
 
-def place_file(source: Path, target: Path) -> str:
-    """Make ``target`` hold ``source``'s bytes without a copy through user space.
+def _version(st: os.stat_result) -> tuple:
+    """What changes when a file's bytes are rewritten (ctime too: ``rsync --inplace`` or
+    ``touch -r`` can put the old mtime back, nobody can put back the ctime)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
-    Returns how: ``link`` (same inode), ``reflink`` (a copy-on-write clone) or
-    ``copy_file_range`` (the kernel copies, no bytes through this process).
-    Raises PlacementRefused when none works (``target`` is then absent).
+
+def place_file(source: Path, target: Path) -> str:
+    """Make ``target`` a new file holding ``source``'s bytes, without a copy through user
+    space, never sharing ``source``'s inode.
+
+    Returns how: ``reflink`` (a copy-on-write clone) or ``copy_file_range``
+    (the kernel copies). Raises SourceChanged if ``source`` was written
+    while it was placed, PlacementRefused when neither way works here
+    (``target`` is absent after any failure). FileNotFoundError: ``source``
+    or the directory is gone.
     """
     try:
-        os.link(source, target)
-        return "link"
-    except OSError as err:
-        if err.errno not in _LINK_REFUSED:
-            raise
-        reason = err
-    try:
-        with open(source, "rb") as src, open(target, "wb") as dst:
-            try:
-                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
-                return "reflink"
-            except OSError:
-                pass
-            size = os.fstat(src.fileno()).st_size
-            done = 0
-            while done < size:
-                step = os.copy_file_range(src.fileno(), dst.fileno(), size - done, done, done)
-                if step == 0:
-                    break
-                done += step
-            if done != size:
-                raise PlacementRefused(f"{source} changed size while it was placed")
-        return "copy_file_range"
+        with open(source, "rb") as src, open(target, "xb") as dst:
+            before = _version(os.fstat(src.fileno()))
+            how = _clone_or_copy(src.fileno(), dst.fileno(), before[2])
+            if _version(os.fstat(src.fileno())) != before:
+                raise SourceChanged(f"{source} was written while it was placed")
+        return how
+    except FileNotFoundError:
+        target.unlink(missing_ok=True)
+        raise
     except OSError as err:
         target.unlink(missing_ok=True)
-        if isinstance(err, PlacementRefused):
+        if isinstance(err, SourceChanged | PlacementRefused):
             raise
-        where = target.parent
-        raise PlacementRefused(f"cannot place {source} in {where}: {reason}; {err}") from err
+        raise PlacementRefused(f"cannot place {source} in {target.parent}: {err}") from err
+
+
+def _clone_or_copy(src: int, dst: int, size: int) -> str:
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        return "reflink"
+    except OSError:
+        pass  # no copy-on-write clones on this filesystem: the kernel copies
+    done = 0
+    while done < size:
+        step = os.copy_file_range(src, dst, size - done, done, done)
+        if step == 0:
+            raise SourceChanged("the file became shorter while it was placed")
+        done += step
+    return "copy_file_range"
 
 
 class LinkTransport(Transport):
@@ -144,7 +162,10 @@ class LinkTransport(Transport):
         if seen != token:
             logger.info("%s here is not the worker's cache directory: using HTTP", directory)
             return None
-        logger.info("the worker's cache %s is on this filesystem: placing files by link", directory)
+        logger.info(
+            "the worker's cache %s is on this filesystem: placing files by reflink or kernel copy",
+            directory,
+        )
         return Path(directory)
 
     def push(self, model: str, path: Path, *, digest: str, load: bool) -> PushResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -102,3 +103,21 @@ def test_touched_but_identical_file_is_not_pushed_again(worker, start_store, mod
     shutil.copy(models_dir / A, models_dir / "copy.gguf")
     replace(models_dir, A, "copy.gguf")  # same bytes, new inode and mtime
     step(store, worker, A, "already_loaded")
+
+
+def test_an_in_place_edit_with_the_old_mtime_is_a_new_version(tmp_path):
+    """``rsync --inplace --times`` rewrites a file in place at the same size and puts its
+    old mtime back: the ctime still tells the store's digest cache it is a new version."""
+    from model_store_server.digests import DigestCache
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(100_000))
+    cache = DigestCache()
+    old = cache.digest(path)
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(50_000)
+        f.write(b"new weights")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert cache.digest(path) == file_digest(path) != old
