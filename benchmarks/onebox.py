@@ -1,41 +1,58 @@
-"""One box: a newcomer's cold first request, TRANSPORT=http against TRANSPORT=auto (link).
+"""One box: a newcomer's cold first request, TRANSPORT=http against TRANSPORT=auto.
 
-For each round and each transport: a fresh worker and store (separate
-processes, free loopback ports, an empty worker cache) in front of the same
-models directory, then the first ``/user_request`` for Gemma 3 270M (or a
-tiny model with ``--quick``): its time to first byte and total, the push's
-transport, and the disk both services use (``du`` counts a hard-linked file
-once). Prints medians and the ratio auto / http from the same run; with
+Two measurements, both in the same run, on the filesystem of ``--dir``
+(default: the system's temporary directory):
+
+1. The cold first ``/user_request`` for Gemma 3 270M (or a tiny model with
+   ``--quick``): for each round and each transport a fresh worker and store
+   (separate processes, free loopback ports, an empty worker cache) in front
+   of the same models directory; its time to first byte and total, the bytes
+   through the socket, and the disk space the request took (the
+   filesystem's free space before and after: a reflink shares its blocks).
+2. Each way of placing a model file in a directory on this filesystem,
+   alone: a hard link (the former choice, shown for reference: it shares the
+   operator's inode, see ``model_store_server/transport_link.py``), a
+   reflink, the kernel's ``copy_file_range``, and a copy through user space;
+   the seconds to place the file and the disk space it took, or "not
+   offered" where the filesystem refuses.
+
+Prints medians and the ratios against ``http`` from the same run; with
 ``--out FILE`` also writes them as markdown.
 
     uv run python benchmarks/onebox.py --rounds 5
+    uv run python benchmarks/onebox.py --rounds 5 --dir /mnt/xfs   # reflinks
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Services, emit, median, standalone_models  # noqa: E402
 
+from model_store_server.transport_link import FICLONE  # noqa: E402
 
-def disk_bytes(*directories: Path) -> int:
-    """Bytes of the files under ``directories``, each inode counted once (as ``du``)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for directory in directories:
-        for root, _, files in os.walk(directory):
-            for name in files:
-                st = os.stat(os.path.join(root, name))
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-    return total
+
+def free_bytes(directory: Path) -> int:
+    st = os.statvfs(directory)
+    return st.f_bfree * st.f_frsize
+
+
+def filesystem(directory: Path) -> str:
+    """The filesystem type of ``directory`` (``df --output=fstype``)."""
+    out = subprocess.run(
+        ["df", "--output=fstype", str(directory)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return out[-1] if out else "?"
 
 
 def first_request(tmp: Path, models: Path, model: str, transport: str, round_: int) -> dict:
@@ -43,27 +60,85 @@ def first_request(tmp: Path, models: Path, model: str, transport: str, round_: i
     workdir.mkdir()
     services = Services(workdir, models, TRANSPORT=transport)
     try:
+        before = free_bytes(tmp)
         first, total = services.ask(model, expect="load_from_store", max_tokens=1)
         status = services.worker_status()
         return {
             "ttfb": first,
             "total": total,
             "received": status["received"]["bytes"],
-            "disk": disk_bytes(models, workdir / "cache"),
+            "disk": max(0, before - free_bytes(tmp)),
         }
     finally:
         services.stop()
+        shutil.rmtree(workdir / "cache", ignore_errors=True)  # the next round's space
+
+
+def _link(source: Path, target: Path) -> None:
+    os.link(source, target)
+
+
+def _reflink(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+
+
+def _copy_file_range(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size, done = os.fstat(src.fileno()).st_size, 0
+        while done < size:
+            step = os.copy_file_range(src.fileno(), dst.fileno(), size - done, done, done)
+            if step == 0:
+                raise OSError("short copy")
+            done += step
+
+
+def _user_copy(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        while chunk := src.read(4 * 1024 * 1024):
+            dst.write(chunk)
+
+
+PLACEMENTS = {
+    "hard link (former; shares the operator's inode)": _link,
+    "reflink (auto, where offered)": _reflink,
+    "copy_file_range (auto, else)": _copy_file_range,
+    "read/write through user space": _user_copy,
+}
+
+
+def placements(tmp: Path, source: Path, rounds: int) -> list[tuple[str, float | None, float]]:
+    """(way, median seconds or None if not offered, median disk bytes it took)."""
+    rows = []
+    for way, place in PLACEMENTS.items():
+        seconds, disk = [], []
+        for _ in range(rounds):
+            target = tmp / f"placed-{os.getpid()}.gguf"
+            before = free_bytes(tmp)
+            started = time.perf_counter()
+            try:
+                place(source, target)
+            except OSError:
+                target.unlink(missing_ok=True)
+                break
+            seconds.append(time.perf_counter() - started)
+            disk.append(max(0, before - free_bytes(tmp)))
+            target.unlink()
+        rows.append((way, median(seconds) if seconds else None, median(disk) if disk else 0))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a tiny model instead of Gemma")
+    parser.add_argument("--dir", type=Path, help="run on this directory's filesystem")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="onebox-") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="onebox-", dir=args.dir) as tmp_name:
         tmp = Path(tmp_name)
+        fstype = filesystem(tmp)
         models, model = standalone_models(tmp, args.quick)
         runs: dict[str, list[dict]] = {"http": [], "auto": []}
         for round_ in range(args.rounds):
@@ -72,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             for transport in order:
                 runs[transport].append(first_request(tmp, models, model, transport, round_))
         size = (models / model).stat().st_size
+        placed = placements(tmp, models / model, args.rounds)
 
     rows = []
     for transport in ("http", "auto"):
@@ -86,23 +162,42 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     ratio = rows[1][1] / rows[0][1]
+    command = (
+        "uv run python benchmarks/onebox.py"
+        + (" --quick" if args.quick else "")
+        + f" --rounds {args.rounds}"
+        + (" --dir DIR" if args.dir else "")
+    )
     lines = [
-        f"# One box: cold first request ({model}, {size / 1e6:.0f} MB; "
+        f"## {fstype}: cold first request ({model}, {size / 1e6:.1f} MB; "
         f"medians of {args.rounds} rounds)",
         "",
-        "Generated by `uv run python benchmarks/onebox.py"
-        + (" --quick" if args.quick else "")
-        + f" --rounds {args.rounds}`.",
+        f"Generated by `{command}` on {fstype}.",
         "",
         "| TRANSPORT | first byte (ms) | whole answer (ms) | bytes through the socket "
-        "| disk used, models + worker cache (MB) |",
+        "| disk the request took (MB) |",
         "|---|---|---|---|---|",
     ]
     for transport, ttfb, total, received, disk in rows:
         lines.append(
             f"| {transport} | {ttfb:.0f} | {total:.0f} | {received:,.0f} | {disk / 1e6:.0f} |"
         )
-    lines += ["", f"First byte with `auto`: {ratio:.2f}x of `http` in the same run."]
+    lines += [
+        "",
+        f"First byte with `auto`: {ratio:.2f}x of `http` in the same run.",
+        "",
+        f"Placing the {size / 1e6:.1f} MB file on {fstype}, each way alone "
+        f"(medians of {args.rounds}):",
+        "",
+        "| way | seconds | MB/s | disk it took (MB) |",
+        "|---|---|---|---|",
+    ]
+    for way, seconds, disk in placed:
+        if seconds is None:
+            lines.append(f"| {way} | not offered by {fstype} | | |")
+        else:
+            rate = size / seconds / 1e6 if seconds > 0 else float("inf")
+            lines.append(f"| {way} | {seconds:.3f} | {rate:,.0f} | {disk / 1e6:.0f} |")
     text = "\n".join(lines) + "\n"
     return emit(text, args.out)
 

@@ -359,7 +359,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             cached=[{"name": f.name, "size": f.size, "digest": f.digest} for f in cache.files()],
             model_cache_dir=str(cache.directory),
             # The filesystem the cache is on: a store that sees the same directory on the
-            # same filesystem places files by hard link instead of pushing them.
+            # same filesystem places files there itself (reflink or kernel copy) instead of
+            # pushing them.
             model_cache_dev=cache.directory.stat().st_dev,
             received={"uploads": cache.uploads, "bytes": cache.bytes_received},
             loads=engine.loads,

@@ -1,8 +1,9 @@
 """Building the configured transport (TRANSPORT, ALLOW_FALLBACK) and falling back to HTTP.
 
-``TRANSPORT=auto`` (the default) places files by hard link when the worker's
-cache directory is on this machine's filesystem and pushes over HTTP
-otherwise (``transport_link.py``). ``TRANSPORT=http`` always pushes over HTTP.
+``TRANSPORT=auto`` (the default) places files itself (a reflink, else a kernel
+copy; never a hard link) when the worker's cache directory is on this
+machine's filesystem and pushes over HTTP otherwise (``transport_link.py``).
+``TRANSPORT=http`` always pushes over HTTP.
 ``TRANSPORT=rdma`` pushes over RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA
 failure (pyverbs missing, no device, listener unreachable, error mid-transfer)
 retries the same push over HTTP and logs why, so the ``PushResult`` then says

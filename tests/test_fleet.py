@@ -254,3 +254,99 @@ def test_worker_urls_settings():
     ):
         with pytest.raises(SettingsError, match=message):
             StoreSettings.from_env(bad)
+
+
+def test_each_placement_is_judged_with_its_own_workers_settings(
+    start_worker, start_store, tmp_path
+):
+    """The store estimates a model's memory with the N_CTX and PARALLEL of the worker it is
+    placed on, not the first worker's: the tiny model needs about
+    23.4 MB with one sequence of 2048 tokens and 26.6 MB with four."""
+    one = start_worker(model_cache_dir=tmp_path / "one", parallel=1)
+    four = start_worker(model_cache_dir=tmp_path / "four", parallel=4)
+    store = start_store(
+        worker_urls=(one.url, four.url), max_loaded_bytes=25_000_000, health_interval=3600
+    )
+    assert requests.post(f"{store.url}/workers/0/drain", timeout=30).ok  # only `four` is left
+    r = ask(store, A)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "model_too_large"
+    assert "MAX_LOADED_BYTES" in r.json()["error"]["message"]
+    assert requests.post(f"{store.url}/workers/0/undrain", timeout=30).ok
+    assert requests.post(f"{store.url}/workers/1/drain", timeout=30).ok  # only `one`
+    r = ask(store, A)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Worker"] == one.url
+
+
+def test_a_worker_answering_again_is_re_read_off_the_probe_pool(
+    start_worker, start_store, tmp_path
+):
+    """The health round marks a worker up and goes on; the re-read, which waits for the
+    slot, runs on its own thread (before: inside the probe, stalling every worker's probe
+    and DNS discovery until SWAP_WAIT_TIMEOUT, then marking the worker down again)."""
+    workers = [start_worker(model_cache_dir=tmp_path / f"w{i}") for i in range(2)]
+    store = start_store(
+        worker_urls=tuple(w.url for w in workers), health_interval=3600, swap_wait_timeout=2
+    )
+    placed = host_port(ask(store, A).headers["X-Worker"])
+    fleet = store.app.extensions["swap_service"].fleet
+    node = fleet.find(placed)
+    fleet.mark_down(node, "a test took it down")
+    slot = node.view.hold(A, time.monotonic() + 10)  # a swap on it, as a long push would
+    try:
+        fleet.probe(node)  # what the probe pool runs: it answers, it is up again
+        assert node.healthy and workers_by_id(store)[placed]["state"] == "healthy"
+        assert not node.view.synced
+    finally:
+        slot.commit(hit=False)
+    wait_for(lambda: node.view.synced, what="the re-read after the swap")
+    assert node.healthy
+
+
+def test_a_worker_leaving_discovery_is_never_dropped_under_a_request_placed_on_it(models_dir):
+    """Discovery decides to drop a vanished worker under the lock that placement holds: a
+    request placed on it before it vanished keeps it until its generation is over."""
+    from model_store_server.core.events import Events
+    from model_store_server.core.fleet import Fleet
+    from model_store_server.cost_model import CostModel
+
+    addresses = ["127.0.0.2"]
+    settings = StoreSettings(
+        models_dir=models_dir, worker_url="", discovery="dns+http://workers.test:9"
+    )
+    fleet = Fleet(settings, Events(), CostModel(), resolver=lambda host, port: list(addresses))
+    (node,) = fleet.nodes
+    placed, go, started = threading.Event(), threading.Event(), threading.Event()
+    grants = []
+
+    def request():
+        with fleet.placed(A, 1, lambda node: 0) as chosen:
+            placed.set()
+            go.wait(10)
+            grants.append(chosen.view.admit(A, time.monotonic() + 10))  # its swap starts
+        started.set()
+
+    real_quiet = node.view.quiet
+
+    def quiet():
+        # The moment discovery looks at the view: the request now moves from "placed" to
+        # "started" (it leaves the placement's count as its swap begins).
+        result = real_quiet()
+        go.set()
+        started.wait(2)
+        return result
+
+    node.view.quiet = quiet
+    thread = threading.Thread(target=request)
+    thread.start()
+    assert placed.wait(10)
+    addresses.clear()  # the worker leaves DNS
+    fleet.discover()
+    go.set()
+    thread.join(10)
+    assert node in fleet.nodes  # a request was placed on it: kept, draining
+    assert node.state == "draining"
+    grants[0].abort()
+    fleet.discover()  # nothing placed or running any more: dropped
+    assert node not in fleet.nodes

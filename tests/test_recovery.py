@@ -198,3 +198,25 @@ def test_a_failure_between_the_decision_and_the_swap_gives_the_slot_back(worker,
     status = store_status(store)
     assert not status["swapping"] and status["generating"] == 0
     assert ask(store, B).status_code == 200  # nothing waits for a lost slot
+
+
+def test_a_stale_view_never_holds_up_a_hit_on_another_resident_model(worker, start_store):
+    """Re-reading the worker waits only for the models it must touch: with a long stream on
+    A and the view marked stale (a 404 elsewhere, a failed swap), a hit on the resident B is
+    served; before, the re-read took the worker exclusively and B waited for A's stream until
+    SWAP_WAIT_TIMEOUT, then answered 503."""
+    store = start_store(worker, max_loaded_models=2, swap_wait_timeout=2)
+    assert ask(store, A).status_code == 200
+    assert ask(store, B).status_code == 200
+    view = store.app.extensions["swap_service"].state
+    stream_on_a = view.admit(A, time.monotonic() + 30)  # held by the test: a slow stream
+    try:
+        view.mark_unsynced()
+        r = ask(store, B)
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Cache-Action"] == "already_loaded"
+        assert store_status(store)["synced"]  # re-read while A went on generating
+        assert store_status(store)["generating"] == 1
+    finally:
+        stream_on_a.release()
+    assert sorted(m["name"] for m in store_status(store)["resident"]) == [A, B]

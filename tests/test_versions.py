@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 
 import pytest
 import requests
 
 from model_swap.digest import file_digest
 from model_swap.tiny_models import write_tiny_model
-from tests.conftest import A, B, C, ask, assert_agree, cache_dir, step, worker_status
+from tests.conftest import (
+    A,
+    B,
+    C,
+    ask,
+    assert_agree,
+    cache_dir,
+    step,
+    wait_for,
+    worker_status,
+)
 
 
 def replace(models_dir, name: str, source: str) -> str:
@@ -121,3 +133,31 @@ def test_an_in_place_edit_with_the_old_mtime_is_a_new_version(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
     assert cache.digest(path) == file_digest(path) != old
+
+
+@pytest.mark.parametrize("transport", ["http", "auto"])
+def test_a_file_rewritten_after_it_was_hashed_is_pushed_as_the_new_version(
+    worker, start_store, models_dir, transport
+):
+    """A request hashes A, waits for its turn, and meanwhile ``cp`` rewrites A in place: the
+    worker refuses bytes that do not match the announced digest, and the store retries once
+    with the new version (before: a 502 for a file merely updated)."""
+    store = start_store(worker, transport=transport)
+    assert ask(store, B).status_code == 200
+    view = store.app.extensions["swap_service"].state
+    slot = view.hold(B, time.monotonic() + 30)  # a swap holds the slot: A waits its turn
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.setdefault("r", ask(store, A)))
+    try:
+        thread.start()
+        assert wait_for(lambda: len(view.scheduler) == 1, timeout=30)  # A hashed, waiting
+        with open(models_dir / A, "r+b") as f:  # what `cp tiny-c.gguf tiny-a.gguf` does
+            f.truncate(0)
+            f.write((models_dir / C).read_bytes())
+    finally:
+        slot.commit(hit=False)
+    thread.join(60)
+    r = answer["r"]
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Cache-Action"] == "load_from_store"
+    assert worker_digest(worker, A) == file_digest(models_dir / A)

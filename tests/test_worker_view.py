@@ -401,21 +401,46 @@ def test_a_failed_stream_puts_only_its_model_in_doubt():
     assert s.gate.idle
 
 
-def test_a_failed_swap_is_corrected_only_with_the_worker_held_exclusively():
+def test_a_re_read_waits_only_for_the_models_it_takes_away():
+    """A stale view is re-read holding the slot: generations on A go on, a hit on B is
+    served meanwhile, and only a report that takes A away waits for A's generation."""
     s = state(capacity=3, loaded=2)
-    hit_a = serve(s, "A")  # generating on A
-    swap = begin(s, "B", 1)
-    with pytest.raises(Busy):  # A still generates: nothing may be corrected yet
-        s.escalate(swap, time.monotonic() + 0.05)
-    assert s.gate.slot_free and not s.synced  # the swap was given back, unsynced
-    swap = begin(s, "B", 1)
+    serve(s, "B").release()
+    hit_a = serve(s, "A")  # a long stream on A
+    s.mark_unsynced()
+    slot = s.sync_slot(time.monotonic() + 0.05)  # granted at once: A's stream is no obstacle
+    assert slot is not None and s.gate.slot == "swap"
+    with begin(s, "B", 0.05) as hit_b:  # a hit on B while the slot is held
+        assert hit_b.decision.action is Action.ALREADY_LOADED
+    # The worker holds one model more than MAX_LOADED_MODELS: A, its least recently used,
+    # is to be unloaded, and leaves the view; the re-read waits for A's generation only.
+    report = {"A": 1, "B": 1, "C": 1}
+    assert s.apply_worker_report(report, report) == ([], ["A"])
+    assert s.synced
+    with pytest.raises(Busy):
+        s.wait_ended(["A"], time.monotonic() + 0.05)
+    with begin(s, "B", 0.05) as hit_b:
+        assert hit_b.decision.action is Action.ALREADY_LOADED
     hit_a.release()
-    with s.escalate(swap, time.monotonic() + 1) as exclusive:
-        assert s.gate.slot == "exclusive"
-        with pytest.raises(Busy):
-            begin(s, "A", 0.05)  # no hit while the worker is held
-        exclusive.end(synced=True)
+    s.wait_ended(["A"], time.monotonic() + 1)
+    slot.abort(synced=True)
     assert s.synced and s.gate.idle
+
+
+def test_a_re_read_lets_a_resident_model_pass_while_a_swap_runs():
+    s = state(capacity=3, loaded=2)
+    serve(s, "B").release()
+    swap = begin(s, "C", 1)  # a swap holds the slot
+    assert swap.owns_swap
+    s.mark_unsynced()
+    assert s.sync_slot(time.monotonic() + 0.05, "B") is None  # B is a hit: no re-read needed
+    with pytest.raises(Busy):
+        s.sync_slot(time.monotonic() + 0.05, "D")  # D needs the slot: it waits for the swap
+    swap.abort(synced=True)
+    slot = s.sync_slot(time.monotonic() + 0.05, "D")
+    assert slot is not None
+    slot.abort(synced=False)
+    assert not s.synced and s.gate.slot_free
 
 
 def test_unloading_a_model_that_is_not_resident_changes_nothing():

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from model_store_server.core import events as ev
 from model_store_server.core.fleet import WorkerNode
-from model_store_server.core.gate import Busy
 from model_store_server.core.grants import Hit, Ticket
 from model_store_server.transport import PushResult
 from model_store_server.worker_client import WorkerError, WorkerUnavailable
@@ -29,11 +28,6 @@ class PinRefused(Conflict):
     """Pinning would hold more than a tier can keep."""
 
     type = "pin_conflict"
-
-
-def busy(err: Busy) -> Unavailable:
-    """The 503 for a request whose waits ran past its deadline (retry in a second)."""
-    return Unavailable(f"busy: {err}", retry_after=1, type="busy")
 
 
 def rejected(ticket: Ticket) -> Unavailable:

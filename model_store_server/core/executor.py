@@ -3,9 +3,10 @@
 ``Executor`` is the one loop of effects, used by requests, ``/models``
 control, resync, reset and the idle sweep. It publishes what it did
 (``events``) and reports back to the view only through the grant it holds.
-A failed swap takes the worker exclusively before re-reading and correcting
-it; a file that changed while it was pushed is a 503 with Retry-After; a
-file the store cannot read is a 500 (``files.unreadable``).
+A failed swap keeps its slot to re-read and correct the worker, waiting only
+for the generations on models it must take away; a file that changed while
+it was pushed is a 503 with Retry-After; a file the store cannot read is a
+500 (``files.unreadable``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_store_server.core import events as ev
-from model_store_server.core.gate import Busy
+from model_store_server.core.gate import Busy, busy
 from model_store_server.core.grants import Exclusive, Hit, Swap
 from model_store_server.core.worker_view import WorkerView
 from model_store_server.cost_model import CostModel
@@ -29,8 +30,9 @@ from model_swap.progress import Progress, Transfers
 
 logger = logging.getLogger(__name__)
 
-# After a failed swap, how long to wait for other generations before correcting the worker.
-ESCALATE_SECONDS = 5.0
+# After a failed swap, how long to wait for generations on the models the worker's report
+# takes away before giving the slot back unsynced (the next request re-reads it).
+RECOVER_SECONDS = 5.0
 
 
 def removal_reason(decision: Decision, name: str) -> str:
@@ -178,20 +180,30 @@ class Executor:
             logger.warning("could not delete the unloadable %s from the worker: %s", model, err)
 
     def _recover(self, view: WorkerView, swap: Swap) -> None:
-        """After a failed swap: hold the worker exclusively, re-read and correct it."""
-        try:
-            exclusive = view.escalate(swap, time.monotonic() + ESCALATE_SECONDS)
-        except Busy:
-            logger.warning("the worker is busy; it will be re-read before the next decision")
-            return
-        with exclusive:
-            exclusive.end(synced=self.resync(view) is None)
+        """After a failed swap: with its slot, re-read and correct the worker."""
+        if self.reread(view, swap, time.monotonic() + RECOVER_SECONDS) is not None:
+            logger.warning("the worker could not be re-read; it will be before the next decision")
 
     # -- the worker's truth -----------------------------------------------------------------
+
+    def reread(self, view: WorkerView, slot: Swap, deadline: float) -> ApiError | None:
+        """Re-read the worker holding ``slot`` (``view.sync_slot`` or a failed swap), then
+        give the slot back. Waits, until ``deadline``, only for generations on the models
+        the worker's report takes away; hits on every other model go on. Returns the error
+        that prevented it (the view stays unsynced), or None."""
+        with slot:
+            error = self._adopt_report(
+                view, lambda names: view.wait_ended(names, deadline) if names else None
+            )
+            slot.abort(synced=error is None)
+        return error
 
     def resync(self, view: WorkerView) -> ApiError | None:
         """Read the worker's report, adopt it and restore the bounds (the caller holds the
         worker exclusively). Returns the error that prevented it, or None."""
+        return self._adopt_report(view, lambda names: None)
+
+    def _adopt_report(self, view: WorkerView, wait_ended) -> ApiError | None:
         try:
             report = self.client.status()
             self.worker_n_ctx, self.worker_parallel = report.n_ctx, report.parallel
@@ -200,6 +212,7 @@ class Executor:
                 report.resident,
                 report.digests,
             )
+            wait_ended(sorted({*to_delete, *to_unload}))
             for name in to_delete:
                 self.client.evict(name)
                 self.events.publish(ev.Removed("evicted", name, "resync"))
@@ -209,8 +222,12 @@ class Executor:
                 self.events.publish(ev.Removed("unloaded", name, "resync"))
                 logger.info("unloaded %s from the worker to restore the memory budget", name)
         except Exception as err:
+            view.mark_unsynced()
             self.events.publish(ev.Resynced(False))
             self.events.publish(ev.WorkerFailed(err))
+            if isinstance(err, Busy):
+                logger.warning("could not correct the worker yet: %s", err)
+                return busy(err)
             if isinstance(err, ApiError):
                 logger.warning("could not re-read the worker's state: %s", err.message)
                 return err

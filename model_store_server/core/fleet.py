@@ -209,23 +209,36 @@ class Fleet:
             logger.info("discovered worker %s", url)
             self._add(url)
         for url, node in known.items():
-            node.gone = url not in urls
-            if node.gone and node.view.quiet() and not node.pending:
-                with self._lock:
+            # Under the lock that placement holds: a request is either placed before the node
+            # is gone (and counted pending until its generation has started, so the node is
+            # not quiet) or never placed on it.
+            with self._lock:
+                node.gone = url not in urls
+                drop = node.gone and not node.pending and node.view.quiet()
+                if drop:
                     self._nodes.remove(node)
+            if drop:
                 node.client.close()
                 logger.info("worker %s is no longer in %s: dropped", url, target.hostname)
 
     # -- placement -------------------------------------------------------------------------
 
     @contextmanager
-    def placed(self, model: str, size: int, footprint: int, avoid: frozenset[str] = frozenset()):
+    def placed(
+        self,
+        model: str,
+        size: int,
+        footprint: Callable[[WorkerNode], int],
+        avoid: frozenset[str] = frozenset(),
+    ):
         """The node that serves a request for ``model``, counted as pending there until
-        the block ends (so requests placed meanwhile see the model as coming in)."""
+        the block ends (so requests placed meanwhile see the model as coming in).
+        ``footprint(node)``: the model's estimated memory on that worker (cheap: it is
+        called under the fleet's lock)."""
         with self._lock:
             node = self._choose(model, size, footprint, avoid)
             node.pending[model] += 1
-            node.pending_sizes[model] = (size, footprint)
+            node.pending_sizes[model] = (size, footprint(node))
         try:
             yield node
         finally:
@@ -235,7 +248,9 @@ class Fleet:
                     del node.pending[model]
                     node.pending_sizes.pop(model, None)
 
-    def _choose(self, model: str, size: int, footprint: int, avoid: frozenset[str]) -> WorkerNode:
+    def _choose(
+        self, model: str, size: int, footprint: Callable[[WorkerNode], int], avoid: frozenset[str]
+    ) -> WorkerNode:
         nodes = [node for node in self._nodes if node.id not in avoid]
         if len(self._nodes) == 1 and not self.several:
             return self._nodes[0]  # the one-worker store: everything as before
@@ -256,7 +271,7 @@ class Fleet:
                 node.order,
                 model,
                 size=size,
-                footprint=footprint,
+                footprint=footprint(node),
                 pending=node.pending[model],
                 placed=sum(node.pending.values()),
                 coming=[(m, *node.pending_sizes[m]) for m in node.pending if m != model],

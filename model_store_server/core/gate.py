@@ -16,9 +16,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from model_swap.errors import Unavailable
+
 
 class Busy(Exception):
     """A wait for the slot or for running generations exceeded its deadline."""
+
+
+def busy(err: Busy) -> Unavailable:
+    """The 503 for a request whose waits ran past its deadline (retry in a second)."""
+    return Unavailable(f"busy: {err}", retry_after=1, type="busy")
 
 
 class WorkerDown(Exception):
@@ -121,17 +128,6 @@ class Gate:
             self.wait(lambda: not self._active, deadline, "running generations to finish")
         except Busy:
             self.release()
-            raise
-
-    def upgrade(self, deadline: float) -> None:
-        """The swap holding the slot takes the worker exclusively (after a failure, before
-        re-reading and correcting the worker); Busy at ``deadline`` keeps it a swap."""
-        self._slot = Gate.EXCLUSIVE
-        try:
-            self.wait(lambda: not self._active, deadline, "running generations to finish")
-        except Busy:
-            self._slot = Gate.SWAP
-            self.cond.notify_all()
             raise
 
     def release(self, *, changed: bool = True) -> None:

@@ -24,13 +24,12 @@ from model_store_server.core.attempt import (
     Attempt,
     ModelTooLarge,
     PinRefused,
-    busy,
     is_drift,
     is_worker_lost,
     rejected,
 )
 from model_store_server.core.fleet import Fleet, WorkerNode, resolve_ipv4
-from model_store_server.core.gate import Busy, WorkerDown
+from model_store_server.core.gate import Busy, WorkerDown, busy
 from model_store_server.core.grants import Hit, Swap, Ticket
 from model_store_server.core.streams import Served, close_generation, relay, stream_error_marker
 from model_store_server.core.syncing import Syncing
@@ -119,32 +118,29 @@ class SwapService(Syncing):
         """Place ``model`` on a worker, get it resident and ``start(node, hit)`` there.
 
         Retries once on drift (the worker lost what the store believed it
-        held), and places the request once more elsewhere when its worker is
-        lost before the generation starts. ``attempt`` is filled in as it goes
+        held) or when the model's file changed while it was pushed (then
+        with the new version), and places the request once more elsewhere
+        when its worker is lost before the generation starts. ``attempt`` is filled in as it goes
         (the last attempt's worker, decision and what the worker did), also
         when this raises. On success ``attempt.hit`` holds the generation,
         which the caller releases.
         """
         path = self.files.path(model)
-        version = self.files.version(path)
-        self.files.check_loadable(path, version)  # before anything is decided or evicted
-        size = self.files.size(path)
-        # The memory estimate reads the file's header (~70 ms for a 250 MB model, once per
-        # version): only a memory byte budget needs it before the load; otherwise the
-        # worker's own figure is taken from the load's answer.
-        n_ctx, n_seq = self.executor.worker_n_ctx, self.executor.worker_parallel
-        footprint = (
-            self.files.footprint(path, n_ctx, n_seq) if self.settings.max_loaded_bytes else 0
-        )
         avoid: set[str] = set()  # a worker lost on the way: the request goes elsewhere once
         number = 0
         while True:
             number += 1
             attempt.reset()
-            with self.fleet.placed(model, size, footprint, frozenset(avoid)) as node:
+            version = self.files.version(path)
+            self.files.check_loadable(path, version)  # before anything is decided or evicted
+            size = self.files.size(path)
+            footprints = self._footprints(path)
+            with self.fleet.placed(model, size, footprints, frozenset(avoid)) as node:
                 attempt.node = node
                 try:
-                    self.ensure_synced(deadline, node)
+                    self.ensure_synced(deadline, node, model, version)
+                    # Judged with this worker's own N_CTX and PARALLEL, known once synced.
+                    footprint = self._footprint(path, node)
                     check(node)  # the request against what this worker reported
                     if node.view.is_suspect(model):
                         node.executor.confirm(node.view, model, deadline)
@@ -172,10 +168,37 @@ class SwapService(Syncing):
                     if is_drift(err) and number < ATTEMPTS:
                         logger.warning("the worker no longer holds %s as expected; retrying", model)
                         continue
+                    if number < ATTEMPTS and self._changed(path, version):
+                        logger.warning("%s changed while it was pushed; retrying", model)
+                        continue
                     attempt.headers_for(err)
                     raise
                 except Busy as err:
                     raise busy(err) from None
+
+    def _changed(self, path: Path, version: str) -> bool:
+        """Whether ``path`` is another version now (an operator wrote it during the push:
+        the worker refused bytes that did not match the announced digest)."""
+        try:
+            return self.files.version(path) != version
+        except ApiError:
+            return False
+
+    def _footprint(self, path: Path, node: WorkerNode) -> int:
+        """``path``'s estimated memory on ``node`` (its N_CTX and PARALLEL as it reported
+        them). The estimate reads the file's header (~70 ms for a 250 MB model, once per
+        version and worker settings): only a memory byte budget needs it before the load;
+        otherwise the worker's own figure is taken from the load's answer."""
+        if not self.settings.max_loaded_bytes:
+            return 0
+        executor = node.executor
+        return self.files.footprint(path, executor.worker_n_ctx, executor.worker_parallel)
+
+    def _footprints(self, path: Path) -> Callable[[WorkerNode], int]:
+        """Each worker's estimate of ``path`` for placement, computed before the fleet's
+        lock is taken (the first estimate of a version reads the file)."""
+        known = {node.id: self._footprint(path, node) for node in self.fleet.nodes}
+        return lambda node: known.get(node.id) or self._footprint(path, node)
 
     def _carry_on(self, node, grant: Hit | Swap, path: Path, attempt: Attempt, on_decided, start):
         """From the grant to ``start(hit)``; whatever fails on the way gives the grant back."""

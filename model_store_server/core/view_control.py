@@ -89,6 +89,41 @@ class ViewControl:
             decision = Decision(model, Action.ALREADY_LOADED)
             return Swap(Ticket(decision, True, 0.0), self._commit, self._abort)
 
+    def sync_slot(
+        self, deadline: float, model: str | None = None, version: str | None = None
+    ) -> Swap | None:
+        """The slot, to re-read the worker (``Executor.reread``); waits only for another
+        swap to finish, never for generations: hits on resident models go on while it is
+        held. Returns None, having taken nothing, once the view is synced meanwhile or, with
+        ``model``, once ``model`` can be served as a hit without it (a stale view is then
+        corrected by the worker's 404, which the request retries after a re-read). Busy at
+        ``deadline``. End it with ``abort(synced=...)``."""
+        with self._cond:
+            self.gate.wait(
+                lambda: (
+                    self._synced
+                    or self.gate.slot_free
+                    or (model is not None and self._hit(model, version))
+                ),
+                deadline,
+                "another model swap to finish",
+            )
+            if self._synced or not self.gate.slot_free:
+                return None
+            self.gate.take_swap()
+            decision = Decision("", Action.ALREADY_LOADED)  # changes no model by itself
+            return Swap(Ticket(decision, True, 0.0), self._commit, self._abort)
+
+    def wait_ended(self, models: list[str], deadline: float) -> None:
+        """Wait (the caller holds the slot) until no generation runs on ``models``, which
+        the view no longer holds: no new ones start. Busy at ``deadline``."""
+        with self._cond:
+            self.gate.wait(
+                lambda: not any(self.gate.generating(m) for m in models),
+                deadline,
+                f"running generations on {','.join(models)} to finish",
+            )
+
     def unpin(self, model: str) -> bool:
         """Unpin ``model`` in both tiers; False if the worker does not hold it."""
         with self._cond:

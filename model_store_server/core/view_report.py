@@ -71,11 +71,13 @@ class ViewReport:
         resident: dict[str, int],
         digests: dict[str, str | None] | None = None,
     ) -> tuple[list[str], list[str]]:
-        """Adopt the worker's report (caller holds the worker exclusively).
+        """Adopt the worker's report (the caller holds the slot, or the worker exclusively):
+        from now on the view is synced, and no model is suspect.
 
         ``cached`` maps files to sizes, ``resident`` loaded models (least
         recently used first) to estimated bytes, ``digests`` the versions.
-        Returns (files to delete, models to unload) to restore the bounds.
+        Returns (files to delete, models to unload) to restore the bounds;
+        the view no longer holds them, so no new generation starts on them.
         """
         with self._cond:
             self._versions = {name: (digests or {}).get(name) for name in cached}
@@ -83,6 +85,8 @@ class ViewReport:
             for name in list(self._keep):
                 if name not in self.resident:
                     self._forget_keep(name)
+            self._synced = True
+            self._suspect.clear()
             return to_delete, to_unload
 
     def confirm(self, model: str, cached: Iterable[str], resident: Iterable[str]) -> None:

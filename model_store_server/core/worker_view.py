@@ -327,20 +327,6 @@ class WorkerView(ViewReport, ViewControl):
             self.gate.take_exclusive(deadline)
         return Exclusive(self._end_exclusive)
 
-    def escalate(self, swap: Swap, deadline: float) -> Exclusive:
-        """Turn a failed ``swap`` into the worker held exclusively (to re-read and correct
-        it). On Busy the swap is aborted unsynced and Busy raised."""
-        with self._cond:
-            try:
-                self.gate.upgrade(deadline)
-            except Busy:
-                swap.abort(synced=False)
-                raise
-            swap.detach()  # the slot lives on as the Exclusive
-            self._synced = False
-            self._forget(swap.decision.touches)
-        return Exclusive(self._end_exclusive)
-
     def _end_exclusive(self, synced: bool | None) -> None:
         with self._cond:
             if synced is not None:
