@@ -86,7 +86,7 @@ def start_store(servers, models_dir) -> Callable[..., ServerThread]:
         worker: ServerThread | None = None, *, clock=None, resolver=None, **overrides
     ) -> ServerThread:
         # Tests push over HTTP unless they ask for another transport: the worker's cache is on
-        # this filesystem, so TRANSPORT=auto would place files by link (tests/test_link.py);
+        # this filesystem, so TRANSPORT=auto would place files itself (tests/test_link.py);
         # the smoke scripts and the CLI's tests run the default.
         overrides.setdefault("transport", "http")
         settings = StoreSettings(

@@ -221,13 +221,15 @@ class Executor:
                 self.client.unload(name)
                 self.events.publish(ev.Removed("unloaded", name, "resync"))
                 logger.info("unloaded %s from the worker to restore the memory budget", name)
+        except Busy as err:  # a generation on a model to take away outlasted the deadline
+            view.mark_unsynced()
+            self.events.publish(ev.Resynced(False))
+            logger.warning("could not restore the worker's bounds yet: %s", err)
+            return busy(err)
         except Exception as err:
             view.mark_unsynced()
             self.events.publish(ev.Resynced(False))
             self.events.publish(ev.WorkerFailed(err))
-            if isinstance(err, Busy):
-                logger.warning("could not correct the worker yet: %s", err)
-                return busy(err)
             if isinstance(err, ApiError):
                 logger.warning("could not re-read the worker's state: %s", err.message)
                 return err
