@@ -120,9 +120,9 @@ class SwapService(Syncing):
         Retries once on drift (the worker lost what the store believed it
         held) or when the model's file changed while it was pushed (then
         with the new version), and places the request once more elsewhere
-        when its worker is lost before the generation starts. ``attempt`` is filled in as it goes
-        (the last attempt's worker, decision and what the worker did), also
-        when this raises. On success ``attempt.hit`` holds the generation,
+        when its worker is lost before the generation starts. ``attempt`` is
+        filled in as it goes (the last attempt's worker, decision and what
+        the worker did), also when this raises. On success ``attempt.hit`` holds the generation,
         which the caller releases.
         """
         path = self.files.path(model)
