@@ -1,0 +1,249 @@
+"""No single request or probe can silence a service served by the front server
+(model_swap/http_front.py): heads llhttp refuses are 4xx, the loop survives its own
+failures, ``GET /health`` is answered by the loop while every thread is busy, the
+request queue is bounded, and a client that reads too slowly is cut."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+import requests
+
+from model_swap.http_front import FrontLimits
+from model_swap.serving import FrontThread
+from tests.conftest import A, wait_for
+
+
+def answer_of(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection; what comes back until the server closes it,
+    or until ``timeout`` passes without a byte."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        got = b""
+        # A reset (the server closed with our bytes unread) or a timeout ends the answer.
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+            while chunk := sock.recv(65536):
+                got += chunk
+        return got
+
+
+def status_of(answer: bytes) -> int | None:
+    if not answer.startswith(b"HTTP/1.1 "):
+        return None
+    return int(answer[9:12])
+
+
+def still_serving(url: str) -> bool:
+    """A fresh connection gets the app's answer and the loop's."""
+    return requests.get(f"{url}/healthz", timeout=5).status_code == 200 and requests.get(
+        f"{url}/health", timeout=5
+    ).json() == {"ok": True}
+
+
+@pytest.fixture
+def start_front_services(models_dir, tmp_path):
+    """Start a real worker (with ``worker_settings``) and a real store in this process,
+    each served by the front server; returns {"store": FrontThread, "worker": ...}."""
+    from inference_worker.app import create_app as create_worker_app
+    from inference_worker.config import WorkerSettings
+    from model_store_server.app import create_app as create_store_app
+    from model_store_server.config import StoreSettings
+
+    started = []
+
+    def start(**worker_settings):
+        worker_app = create_worker_app(
+            WorkerSettings(
+                worker_host="127.0.0.1",
+                worker_port=0,
+                model_cache_dir=tmp_path / "wc",
+                **worker_settings,
+            )
+        )
+        worker = FrontThread(worker_app, FrontLimits(threads=4, io_timeout=10)).start()
+        started.append((worker, worker_app))
+        store_app = create_store_app(
+            StoreSettings(
+                models_dir=models_dir,
+                worker_url=worker.url,
+                store_host="127.0.0.1",
+                store_port=0,
+                transport="http",
+            )
+        )
+        store = FrontThread(store_app, FrontLimits(threads=4, io_timeout=10)).start()
+        started.append((store, store_app))
+        return {"store": store, "worker": worker}
+
+    yield start
+    for server, app in reversed(started):
+        server.stop()
+        stop = app.extensions.get("stop")
+        if stop is not None:
+            stop()
+
+
+@pytest.fixture
+def front_services(start_front_services):
+    return start_front_services()
+
+
+@pytest.mark.parametrize("service", ["store", "worker"])
+@pytest.mark.parametrize(
+    "length",
+    [b"\xb2", b"9" * 5000, b"\xd9\xa3", b"1_0", b" +5", b"0x10", b"18446744073709551616"],
+    ids=["superscript-two", "5000-digits", "arabic-indic", "underscore", "plus", "hex", "2**64"],
+)
+def test_a_content_length_int_refuses_is_a_400_and_the_service_keeps_serving(
+    front_services, service, length
+):
+    server = front_services[service]
+    head = b"POST /user_request HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n"
+    answer = answer_of(server.port, head)
+    assert status_of(answer) == 400, answer[:200]
+    assert b'"invalid_request_error"' in answer
+    assert still_serving(server.url)
+    assert server.server.loop_restarts == 0  # refused by the parser, not survived
+
+
+def test_a_failure_inside_the_loop_is_survived_and_counted(monkeypatch):
+    def hello(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    with FrontThread(hello) as server:
+        front = server.server
+        real_expire = front._expire
+        failures = []
+
+        def expire_failing_once(now):
+            if not failures:
+                failures.append(now)
+                raise RuntimeError("a bug in the loop")
+            real_expire(now)
+
+        monkeypatch.setattr(front, "_expire", expire_failing_once)
+        assert wait_for(lambda: failures, timeout=5)
+        assert requests.get(server.url, timeout=5).text == "hello"
+        assert front.loop_restarts == 1
+
+
+def test_an_exception_while_serving_one_connection_closes_only_it(monkeypatch):
+    def hello(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    with FrontThread(hello) as server:
+        front = server.server
+        real = front._read_head
+
+        def failing_for_marked_heads(conn):
+            if b"X-Fail" in conn.buffer:
+                raise RuntimeError("a bug for this connection")
+            return real(conn)
+
+        monkeypatch.setattr(front, "_read_head", failing_for_marked_heads)
+        answer = answer_of(server.port, b"GET / HTTP/1.1\r\nX-Fail: 1\r\n\r\n")
+        assert answer == b""  # closed
+        assert requests.get(server.url, timeout=5).text == "hello"
+        assert front.loop_restarts == 0
+
+
+class Gate:
+    """A WSGI app whose requests to /block wait until ``release``; others answer at once."""
+
+    def __init__(self):
+        self.entered = threading.Semaphore(0)
+        self.open = threading.Event()
+
+    def __call__(self, environ, start_response):
+        if environ["PATH_INFO"] == "/block":
+            self.entered.release()
+            self.open.wait(30)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+
+def test_health_is_answered_by_the_loop_and_the_queue_is_bounded():
+    gate = Gate()
+    limits = FrontLimits(threads=2, max_queued=2)
+    with FrontThread(gate, limits) as server:
+        results: list[int] = []
+
+        def blocked():
+            results.append(requests.get(f"{server.url}/block", timeout=30).status_code)
+
+        holders = [threading.Thread(target=blocked) for _ in range(4)]
+        for thread in holders[:2]:
+            thread.start()
+        for _ in range(2):
+            assert gate.entered.acquire(timeout=10)  # both threads are held
+        for thread in holders[2:]:
+            thread.start()
+        assert wait_for(lambda: server.server.queued_requests() == 2, timeout=10)
+        for _ in range(20):
+            started = time.monotonic()
+            r = requests.get(f"{server.url}/health", timeout=2)
+            assert r.status_code == 200 and r.json() == {"ok": True}
+            assert time.monotonic() - started < 1.0  # never behind the pool (not a timing claim)
+        r = requests.get(f"{server.url}/anything", timeout=5)
+        assert r.status_code == 503
+        assert r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["type"] == "server_error"
+        assert server.server.refused_queue_full == 1
+        gate.open.set()
+        for thread in holders:
+            thread.join(30)
+        assert results == [200] * 4
+        assert requests.get(f"{server.url}/anything", timeout=5).status_code == 200
+
+
+def test_health_pipelined_with_app_requests_answers_each_in_order():
+    gate = Gate()
+    with FrontThread(gate) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.count(b"HTTP/1.1 200 OK") == 4
+        assert data.index(b'{"ok":true}') < data.index(b"/one") < data.rindex(b'{"ok":true}')
+        assert data.rindex(b'{"ok":true}') < data.index(b"/two")
+
+
+def test_a_stream_holding_every_thread_does_not_delay_health(start_front_services):
+    """Real streams on the worker, each from a client that stopped reading, hold all of
+    its threads; /health still answers, from the loop."""
+    services = start_front_services(n_ctx=16384)
+    worker, store = services["worker"], services["store"]
+    assert requests.post(
+        f"{store.url}/user_request", json={"prompt": "hi", "model": A, "max_tokens": 1}, timeout=60
+    ).ok
+    held = []
+    body = b'{"prompt": "hello", "model": "%s", "max_tokens": 16000}' % A.encode()
+    for _ in range(4):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", store.port))
+        sock.sendall(
+            b"POST /user_request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        held.append(sock)  # and never read
+    try:
+        assert wait_for(lambda: len(store.server.busy_connections()) == 4, timeout=20)
+        for service in (store, worker):
+            r = requests.get(f"{service.url}/health", timeout=2)
+            assert r.status_code == 200 and r.json() == {"ok": True}
+    finally:
+        for sock in held:
+            sock.close()
