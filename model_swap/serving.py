@@ -114,6 +114,8 @@ class ServeOptions:
     keepalive_timeout: float = 5.0  # seconds an idle connection is kept between requests
     max_connections: int = 4096  # open connections; one more is answered 503
     min_upload_rate: float = 1_000_000.0  # bytes/s a body must keep up over 30 s
+    min_download_rate: float = 1000.0  # bytes/s a response must be read at (30 s of waiting)
+    max_queued: int = 256  # requests waiting for a thread; one more is answered 503
 
     def limits(self) -> FrontLimits:
         return FrontLimits(
@@ -123,6 +125,8 @@ class ServeOptions:
             max_connections=self.max_connections,
             min_upload_rate=self.min_upload_rate,
             io_timeout=self.write_timeout,
+            max_queued=self.max_queued,
+            min_download_rate=self.min_download_rate,
         )
 
 

@@ -14,8 +14,9 @@ import pytest
 import requests
 
 from model_swap.http_front import FrontLimits
+from model_swap.http_send import Sender, SlowDownload
 from model_swap.serving import FrontThread
-from tests.conftest import A, wait_for
+from tests.conftest import A, store_status, wait_for, worker_status
 
 
 def answer_of(port: int, data: bytes, timeout: float = 5.0) -> bytes:
@@ -55,7 +56,8 @@ def start_front_services(models_dir, tmp_path):
 
     started = []
 
-    def start(**worker_settings):
+    def start(limits: FrontLimits | None = None, **worker_settings):
+        limits = limits or FrontLimits(threads=4, io_timeout=10)
         worker_app = create_worker_app(
             WorkerSettings(
                 worker_host="127.0.0.1",
@@ -64,7 +66,7 @@ def start_front_services(models_dir, tmp_path):
                 **worker_settings,
             )
         )
-        worker = FrontThread(worker_app, FrontLimits(threads=4, io_timeout=10)).start()
+        worker = FrontThread(worker_app, limits).start()
         started.append((worker, worker_app))
         store_app = create_store_app(
             StoreSettings(
@@ -75,7 +77,7 @@ def start_front_services(models_dir, tmp_path):
                 transport="http",
             )
         )
-        store = FrontThread(store_app, FrontLimits(threads=4, io_timeout=10)).start()
+        store = FrontThread(store_app, limits).start()
         started.append((store, store_app))
         return {"store": store, "worker": worker}
 
@@ -247,3 +249,61 @@ def test_a_stream_holding_every_thread_does_not_delay_health(start_front_service
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_reader_slower_than_min_download_rate_is_cut_and_its_model_released(
+    start_front_services,
+):
+    limits = FrontLimits(threads=4, io_timeout=30, min_download_rate=20_000, download_rate_window=1)
+    services = start_front_services(limits, n_ctx=16384)
+    store, worker = services["store"], services["worker"]
+    body = b'{"prompt": "hello", "model": "%s", "max_tokens": 16000}' % A.encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", store.port))
+        sock.sendall(
+            b"POST /user_request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        sock.settimeout(0.1)
+        received, started = 0, time.monotonic()
+        while time.monotonic() - started < 30:  # read 200 bytes every 0.1 s: 2 KB/s
+            try:
+                chunk = sock.recv(200)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+            time.sleep(0.1)
+            if store.server.slow_readers_cut:
+                break
+        assert store.server.slow_readers_cut == 1
+        # Still connected: the generation ended and the model is free.
+        assert wait_for(lambda: store_status(store)["generating"] == 0, timeout=30)
+        assert wait_for(lambda: worker_status(worker)["sequences_running"] == 0, timeout=30)
+        tokens = (worker_status(worker)["last_generation"] or {}).get("tokens", 0)
+        assert 0 < tokens < 16000
+    r = requests.post(
+        f"{store.url}/user_request", json={"prompt": "hi", "model": A, "max_tokens": 2}, timeout=60
+    )
+    assert r.status_code == 200
+
+
+def test_the_download_rate_counts_only_time_spent_waiting_for_the_reader():
+    """A slow writer (a slow generation) to a fast reader is never cut; a reader that
+    stops keeping up is."""
+    left, right = socket.socketpair()
+    with left, right:
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        right.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sender = Sender(left, io_timeout=10, min_rate=1_000_000, window=0.3)
+        for _ in range(8):  # 10 bytes every 0.1 s: far below the rate, but never waiting
+            sender.sendall(b"x" * 10)
+            assert right.recv(100) == b"x" * 10
+            time.sleep(0.1)
+        with pytest.raises(SlowDownload, match="MIN_DOWNLOAD_RATE"):
+            for _ in range(1000):  # nobody reads: the buffers fill, then sends wait
+                sender.sendall(b"y" * 4096)
