@@ -47,7 +47,7 @@ from model_swap.http_parse import HEAD_END, BadHead, RequestParser
 from model_swap.http_request import (
     MAX_HEAD_BYTES,
     build_environ,
-    health_response,
+    probe_response,
     run_wsgi,
     simple_response,
 )
@@ -67,8 +67,9 @@ ACCEPT_PAUSE_SECONDS = 0.1
 LOOP_RESTART_PAUSE = 0.05
 # What a client refused for a full request queue is told to wait (seconds).
 RETRY_AFTER_SECONDS = 1
-# The liveness path the loop answers itself.
-HEALTH_PATH = "/health"
+# The probes the loop answers itself: liveness, and readiness when the app has a
+# ``readiness`` extension (a quick, non-blocking callable: () -> (ready, details)).
+HEALTH_PATH, READY_PATH = "/health", "/ready"
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ class FrontServer:
         self.loop_restarts = 0
         self.refused_queue_full = 0
         self.slow_readers_cut = 0
-        self.health_answered = 0
+        self.probes_answered = 0
+        self._app_readiness = getattr(app, "extensions", {}).get("readiness")
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
 
     # ---- control (any thread) ----
@@ -330,7 +332,7 @@ class FrontServer:
             except BadHead as err:
                 self._reject(conn, err.status, str(err))
                 return
-            if self._answer_health(conn) and conn.buffer:
+            if self._answer_probe(conn) and conn.buffer:
                 continue
         if conn.head is None:
             return
@@ -366,22 +368,37 @@ class FrontServer:
                 conn.head, conn.head_end = head, stop
         return conn.head is not None
 
-    def _answer_health(self, conn: _Conn) -> bool:
-        """Answer ``GET /health`` (or HEAD) without a body from the loop; True if it did
-        (the connection then holds whatever followed that request, or is closed)."""
+    def _readiness(self) -> tuple[int, dict]:
+        if self._draining.is_set():
+            return 503, {"ready": False, "reason": "draining"}
+        if self.queued_requests() >= self.limits.max_queued:
+            return 503, {"ready": False, "reason": "request queue full"}
+        try:
+            ready, details = self._app_readiness()
+        except Exception:
+            logger.exception("%s: the readiness check failed", self.name)
+            return 503, {"ready": False, "reason": "readiness check failed"}
+        return (200 if ready else 503), {"ready": bool(ready), **details}
+
+    def _answer_probe(self, conn: _Conn) -> bool:
+        """Answer ``GET /health`` (and ``/ready``) without a body from the loop; True if it
+        did (the connection then holds whatever followed that request, or is closed)."""
         head = conn.head
+        path = head.target.partition("?")[0]
         if (
             head.method not in ("GET", "HEAD")
-            or head.target.partition("?")[0] != HEALTH_PATH
+            or path not in (HEALTH_PATH, READY_PATH)
+            or (path == READY_PATH and self._app_readiness is None)
             or head.chunked
             or head.content_length
         ):
             return False
         keep = head.keep_alive and not self._draining.is_set()
-        data = health_response(keep, head.method == "HEAD")
+        status, payload = (200, {"ok": True}) if path == HEALTH_PATH else self._readiness()
+        data = probe_response(status, payload, keep, head.method == "HEAD")
         del conn.buffer[: conn.head_end]
         conn.head, conn.parser, conn.fed = None, None, 0
-        self.health_answered += 1
+        self.probes_answered += 1
         try:
             sent = conn.sock.send(data)
         except (BlockingIOError, InterruptedError):

@@ -18,7 +18,7 @@ from email.utils import formatdate
 from model_swap.http_parse import BadHead, Head
 from model_swap.http_send import Sender
 
-__all__ = ["BadHead", "Head", "build_environ", "health_response", "run_wsgi", "simple_response"]
+__all__ = ["BadHead", "Head", "build_environ", "probe_response", "run_wsgi", "simple_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +71,14 @@ def simple_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def health_response(keep_alive: bool, head_only: bool = False) -> bytes:
-    """The answer to ``GET /health`` that the front server's loop sends itself: the body the
-    services' own route gives (``{"ok": true}``), for liveness probes."""
-    body = b'{"ok":true}\n'
+def probe_response(status: int, payload: dict, keep_alive: bool, head_only: bool = False) -> bytes:
+    """An answer the front server's loop sends itself (``GET /health``, ``GET /ready``):
+    ``payload`` as JSON, the way the services' own routes give it (``{"ok":true}``)."""
+    import json
+
+    body = json.dumps(payload, separators=(",", ":")).encode() + b"\n"
     lines = [
-        "HTTP/1.1 200 OK",
+        f"HTTP/1.1 {status} {_reason(status)}",
         f"Server: {SERVER_NAME}",
         f"Date: {formatdate(usegmt=True)}",
         "Content-Type: application/json",

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 from werkzeug.serving import make_server
 
+from model_swap.front_metrics import register_front_metrics
 from model_swap.http_front import FrontLimits, FrontServer
 
 logger = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ def serve_production(name: str, build_app: Callable[[], object], options: ServeO
 
         limits = replace(limits, max_connections=allowed)
     server = FrontServer(app, listener, limits, name).start()
+    register_front_metrics(app, server)
     stopper = Stopper(server, options.shutdown_grace, name)
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, _frame: stopper.signal(signum))
@@ -291,6 +293,7 @@ class FrontThread:
 
     def __init__(self, app, limits: FrontLimits | None = None, host: str = "127.0.0.1"):
         self._server = FrontServer(app, bind(host, 0), limits or FrontLimits(), "test")
+        register_front_metrics(app, self._server)
         self.host = host
         self.port = self._server.address[1]
         self.url = f"http://{host}:{self.port}"

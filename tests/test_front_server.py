@@ -56,7 +56,7 @@ def start_front_services(models_dir, tmp_path):
 
     started = []
 
-    def start(limits: FrontLimits | None = None, **worker_settings):
+    def start(limits: FrontLimits | None = None, store_settings=None, **worker_settings):
         limits = limits or FrontLimits(threads=4, io_timeout=10)
         worker_app = create_worker_app(
             WorkerSettings(
@@ -75,6 +75,7 @@ def start_front_services(models_dir, tmp_path):
                 store_host="127.0.0.1",
                 store_port=0,
                 transport="http",
+                **(store_settings or {}),
             )
         )
         store = FrontThread(store_app, limits).start()
@@ -307,3 +308,42 @@ def test_the_download_rate_counts_only_time_spent_waiting_for_the_reader():
         with pytest.raises(SlowDownload, match="MIN_DOWNLOAD_RATE"):
             for _ in range(1000):  # nobody reads: the buffers fill, then sends wait
                 sender.sendall(b"y" * 4096)
+
+
+def test_ready_says_whether_each_service_can_do_its_job(start_front_services):
+    from model_swap.probes import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    services = start_front_services(store_settings={"health_interval": 0.2})
+    worker = services["worker"]
+    store_with_two = services["store"]
+    store_with_two.stop()  # a store in front of the worker and a dead address instead
+    services = start_front_services(
+        store_settings={"health_interval": 0.2, "worker_urls": (worker.url, dead)}
+    )
+    store = services["store"]
+    r = requests.get(f"{worker.url}/ready", timeout=5)
+    assert r.status_code == 200 and r.json() == {"ready": True}
+
+    def ready():
+        return requests.get(f"{store.url}/ready", timeout=5)
+
+    assert wait_for(lambda: ready().json()["workers"] == {"healthy": 1, "down": 1}, timeout=30)
+    assert ready().status_code == 200 and ready().json()["ready"] is True
+    assert store.server.probes_answered >= 1  # by the loop, not the app
+    worker.stop()  # no worker left: the store cannot do its job
+    assert wait_for(lambda: ready().status_code == 503, timeout=30)
+    assert ready().json() == {"ready": False, "workers": {"down": 2}}
+    assert requests.get(f"{store.url}/health", timeout=5).status_code == 200  # still alive
+
+
+def test_the_front_servers_counters_are_in_each_services_metrics(front_services):
+    for service in ("store", "worker"):
+        server = front_services[service]
+        requests.get(f"{server.url}/health", timeout=5)
+        text = requests.get(f"{server.url}/metrics", timeout=5).text
+        assert "model_swap_http_loop_restarts_total 0.0" in text
+        assert 'model_swap_http_refused_total{reason="queue_full"} 0.0' in text
+        assert "model_swap_http_slow_readers_cut_total 0.0" in text
+        assert "model_swap_http_queued_requests" in text
+        assert "model_swap_http_probes_answered_total" in text
