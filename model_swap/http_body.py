@@ -13,6 +13,8 @@ import io
 import socket
 import time
 
+from werkzeug.exceptions import BadRequest
+
 from model_swap.http_parse import BadFraming, chunk_size
 
 MAX_CHUNK_LINE = 8190  # longest chunk-size or trailer line
@@ -22,6 +24,14 @@ UPLOAD_RATE_WINDOW = 30.0
 
 class SlowUpload(ConnectionError):
     """A request body arrived slower than MIN_UPLOAD_RATE over UPLOAD_RATE_WINDOW."""
+
+
+class MalformedBody(BadRequest, ValueError):
+    """A chunked body whose framing was refused: the app's 400 (werkzeug's BadRequest), and
+    a ValueError for code that reads bodies without Flask."""
+
+    def __init__(self, message: str):
+        BadRequest.__init__(self, message)
 
 
 class Body(io.RawIOBase):
@@ -180,9 +190,9 @@ class ChunkedBody(Body):
         if not self.done and not self._left:
             try:
                 self._next_chunk()
-            except (BadFraming, ValueError):
+            except ValueError as err:
                 self.broken = True
-                raise
+                raise MalformedBody(str(err)) from None
         if self.done:
             return 0
         view = memoryview(buffer).cast("B")
