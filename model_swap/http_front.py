@@ -40,18 +40,20 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from model_swap.http_body import UPLOAD_RATE_WINDOW, ChunkedBody, SizedBody
-from model_swap.http_parse import HEAD_END, BadHead, RequestParser
+from model_swap.http_body import ChunkedBody, SizedBody
+from model_swap.http_conn import Conn, FrontLimits
+from model_swap.http_parse import BadHead
+from model_swap.http_probes import probe_answer, probe_path
 from model_swap.http_request import (
-    MAX_HEAD_BYTES,
     build_environ,
     probe_response,
     run_wsgi,
     simple_response,
 )
-from model_swap.http_send import DOWNLOAD_RATE_WINDOW, Sender, SlowDownload
+from model_swap.http_send import Sender, SlowDownload
+
+__all__ = ["FrontLimits", "FrontServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,54 +69,6 @@ ACCEPT_PAUSE_SECONDS = 0.1
 LOOP_RESTART_PAUSE = 0.05
 # What a client refused for a full request queue is told to wait (seconds).
 RETRY_AFTER_SECONDS = 1
-# The probes the loop answers itself: liveness, and readiness when the app has a
-# ``readiness`` extension (a quick, non-blocking callable: () -> (ready, details)).
-HEALTH_PATH, READY_PATH = "/health", "/ready"
-
-
-@dataclass(frozen=True)
-class FrontLimits:
-    """The front server's bounds (from the service's settings)."""
-
-    threads: int = 64
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 5.0
-    max_connections: int = 4096
-    min_upload_rate: float = 1_000_000.0
-    io_timeout: float = 60.0
-    upload_rate_window: float = UPLOAD_RATE_WINDOW  # seconds min_upload_rate is judged over
-    max_queued: int = 256  # requests waiting for a thread; one more is answered 503
-    min_download_rate: float = 1000.0  # bytes/s a response must be read at (0: off)
-    download_rate_window: float = DOWNLOAD_RATE_WINDOW  # seconds of waiting it is judged over
-
-
-class _Conn:
-    """One client connection. The loop owns it while ``busy`` is False, a thread while True."""
-
-    __slots__ = (
-        "sock",
-        "peer",
-        "buffer",
-        "deadline",
-        "busy",
-        "head",
-        "head_end",
-        "continued",
-        "parser",
-        "fed",
-    )
-
-    def __init__(self, sock: socket.socket, peer, deadline: float):
-        self.sock = sock
-        self.peer = peer
-        self.buffer = bytearray()
-        self.deadline = deadline
-        self.busy = False
-        self.head = None
-        self.head_end = 0
-        self.continued = False
-        self.parser: RequestParser | None = None  # the request being read
-        self.fed = 0  # bytes of ``buffer`` fed to ``parser``
 
 
 class FrontServer:
@@ -131,8 +85,8 @@ class FrontServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._returned: queue.SimpleQueue[_Conn] = queue.SimpleQueue()
-        self._conns: set[_Conn] = set()
+        self._returned: queue.SimpleQueue[Conn] = queue.SimpleQueue()
+        self._conns: set[Conn] = set()
         self._lock = threading.Lock()  # guards _conns (the loop adds, threads and loop remove)
         self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"{name}-http")
         self._draining = threading.Event()
@@ -164,7 +118,7 @@ class FrontServer:
         with self._lock:
             return self._queued
 
-    def busy_connections(self) -> list[_Conn]:
+    def busy_connections(self) -> list[Conn]:
         with self._lock:
             return [conn for conn in self._conns if conn.busy]
 
@@ -249,7 +203,7 @@ class FrontServer:
                     self._accept_paused_until = 0.0
                     self._selector.register(self._listener, selectors.EVENT_READ, "listener")
 
-    def _guarded(self, step, conn: _Conn) -> None:
+    def _guarded(self, step, conn: Conn) -> None:
         """Run one step of the loop for ``conn``; any failure closes that connection only."""
         try:
             step(conn)
@@ -287,7 +241,7 @@ class FrontServer:
                 return
             with self._lock:
                 full = len(self._conns) >= self.limits.max_connections
-                conn = None if full else _Conn(sock, peer, now + self.limits.header_timeout)
+                conn = None if full else Conn(sock, peer, now + self.limits.header_timeout)
                 if conn is not None:
                     self._conns.add(conn)
             if conn is None:
@@ -307,7 +261,7 @@ class FrontServer:
             sock.send(simple_response(503, message))
         sock.close()
 
-    def _readable(self, conn: _Conn) -> None:
+    def _readable(self, conn: Conn) -> None:
         try:
             data = conn.sock.recv(64 * 1024)
         except (BlockingIOError, InterruptedError):
@@ -322,12 +276,12 @@ class FrontServer:
         conn.buffer += data
         self._advance(conn)
 
-    def _advance(self, conn: _Conn) -> None:
+    def _advance(self, conn: Conn) -> None:
         """Parse what ``conn`` has received; hand it to a thread once the request is ready
         (``GET /health`` is answered here, and the requests pipelined after it parsed)."""
         while conn.head is None:
             try:
-                if not self._read_head(conn):
+                if not conn.read_head():
                     return  # the head is not complete yet
             except BadHead as err:
                 self._reject(conn, err.status, str(err))
@@ -347,54 +301,18 @@ class FrontServer:
             return  # the loop waits for the small body
         self._dispatch(conn)
 
-    def _read_head(self, conn: _Conn) -> bool:
-        """Feed llhttp the new bytes of the head (never a byte past it); True once
-        ``conn.head`` is set. Raises BadHead."""
-        if conn.parser is None:
-            skip = len(conn.buffer) - len(conn.buffer.lstrip(b"\r\n"))
-            if skip:  # empty lines before a request are ignored (RFC 9112, 2.2)
-                del conn.buffer[:skip]
-            if not conn.buffer:
-                return False
-            conn.parser, conn.fed = RequestParser(), 0
-        end = conn.buffer.find(HEAD_END, max(conn.fed - 3, 0))
-        stop = len(conn.buffer) if end < 0 else end + len(HEAD_END)
-        if stop > MAX_HEAD_BYTES:
-            raise BadHead("request head is too large", 431)
-        if stop > conn.fed:
-            head = conn.parser.feed_head(bytes(conn.buffer[conn.fed : stop]), end >= 0)
-            conn.fed = stop
-            if head is not None:
-                conn.head, conn.head_end = head, stop
-        return conn.head is not None
-
-    def _readiness(self) -> tuple[int, dict]:
-        if self._draining.is_set():
-            return 503, {"ready": False, "reason": "draining"}
-        if self.queued_requests() >= self.limits.max_queued:
-            return 503, {"ready": False, "reason": "request queue full"}
-        try:
-            ready, details = self._app_readiness()
-        except Exception:
-            logger.exception("%s: the readiness check failed", self.name)
-            return 503, {"ready": False, "reason": "readiness check failed"}
-        return (200 if ready else 503), {"ready": bool(ready), **details}
-
-    def _answer_probe(self, conn: _Conn) -> bool:
+    def _answer_probe(self, conn: Conn) -> bool:
         """Answer ``GET /health`` (and ``/ready``) without a body from the loop; True if it
         did (the connection then holds whatever followed that request, or is closed)."""
         head = conn.head
-        path = head.target.partition("?")[0]
-        if (
-            head.method not in ("GET", "HEAD")
-            or path not in (HEALTH_PATH, READY_PATH)
-            or (path == READY_PATH and self._app_readiness is None)
-            or head.chunked
-            or head.content_length
-        ):
+        path = probe_path(head, self._app_readiness is not None)
+        if path is None:
             return False
         keep = head.keep_alive and not self._draining.is_set()
-        status, payload = (200, {"ok": True}) if path == HEALTH_PATH else self._readiness()
+        full = self.queued_requests() >= self.limits.max_queued
+        status, payload = probe_answer(
+            path, self._draining.is_set(), full, self._app_readiness, self.name
+        )
         data = probe_response(status, payload, keep, head.method == "HEAD")
         del conn.buffer[: conn.head_end]
         conn.head, conn.parser, conn.fed = None, None, 0
@@ -414,12 +332,12 @@ class FrontServer:
         )
         return True
 
-    def _reject(self, conn: _Conn, status: int, message: str, extra: tuple = ()) -> None:
+    def _reject(self, conn: Conn, status: int, message: str, extra: tuple = ()) -> None:
         with contextlib.suppress(OSError):
             conn.sock.send(simple_response(status, message, extra=extra))
         self._close(conn)
 
-    def _dispatch(self, conn: _Conn) -> None:
+    def _dispatch(self, conn: Conn) -> None:
         with self._lock:
             full = self._queued >= self.limits.max_queued
             if not full:
@@ -436,7 +354,7 @@ class FrontServer:
         conn.busy = True
         self._pool.submit(self._handle, conn)
 
-    def _take_back(self, conn: _Conn) -> None:
+    def _take_back(self, conn: Conn) -> None:
         """A thread finished a request on ``conn`` and the connection may serve another."""
         if self._drain_begun:
             self._close(conn)
@@ -464,7 +382,7 @@ class FrontServer:
                 logger.debug("%s: closing %s: request head too slow", self.name, conn.peer)
             self._close(conn)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Conn) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
         with contextlib.suppress(OSError):
@@ -474,7 +392,7 @@ class FrontServer:
 
     # ---- a pool thread ----
 
-    def _handle(self, conn: _Conn) -> None:
+    def _handle(self, conn: Conn) -> None:
         with self._lock:
             self._queued -= 1
         keep = False
@@ -498,7 +416,7 @@ class FrontServer:
                 with self._lock:
                     self._conns.discard(conn)
 
-    def _serve_one(self, conn: _Conn) -> bool:
+    def _serve_one(self, conn: Conn) -> bool:
         head, sock, parser = conn.head, conn.sock, conn.parser
         sock.setblocking(True)
         sock.settimeout(self.limits.io_timeout)

@@ -142,14 +142,14 @@ def test_an_exception_while_serving_one_connection_closes_only_it(monkeypatch):
 
     with FrontThread(hello) as server:
         front = server.server
-        real = front._read_head
+        real = front._answer_probe
 
         def failing_for_marked_heads(conn):
             if b"X-Fail" in conn.buffer:
                 raise RuntimeError("a bug for this connection")
             return real(conn)
 
-        monkeypatch.setattr(front, "_read_head", failing_for_marked_heads)
+        monkeypatch.setattr(front, "_answer_probe", failing_for_marked_heads)
         answer = answer_of(server.port, b"GET / HTTP/1.1\r\nX-Fail: 1\r\n\r\n")
         assert answer == b""  # closed
         assert requests.get(server.url, timeout=5).text == "hello"
