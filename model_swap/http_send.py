@@ -46,6 +46,7 @@ class Sender:
         self._waited = 0.0  # seconds blocked in send in the current window
         self._bytes = 0  # bytes sent in the current window
         self.sent = 0
+        self._armed = False
 
     def sendall(self, data: bytes) -> None:
         """Send all of ``data``; raises TimeoutError, SlowDownload or another OSError."""
@@ -53,29 +54,26 @@ class Sender:
             self._sock.sendall(data)
             self.sent += len(data)
             return
+        if not self._armed:
+            # One send blocks at most a window, so a stalled reader is judged in time. Set
+            # once, at the first write (a timeout per send costs a system call each), after
+            # the app has usually read its request body with the socket's own timeout.
+            self._sock.settimeout(min(self._io_timeout, self._window))
+            self._armed = True
         view = memoryview(data).cast("B")
         stalled_since = None
-        try:
-            self._send(view, stalled_since)
-        finally:
-            self._sock.settimeout(self._io_timeout)
-
-    def _send(self, view: memoryview, stalled_since: float | None) -> None:
         while view:
-            budget = max(self._window - self._waited, 0.001)
-            self._sock.settimeout(min(self._io_timeout, budget))
             start = self._clock()
             try:
                 count = self._sock.send(view)
-            except TimeoutError:
+            except TimeoutError:  # blocked for a whole window: judged below
                 count = 0
             now = self._clock()
             self._waited += now - start
             self._bytes += count
             self.sent += count
-            view = view[count:]
             if count:
-                stalled_since = None
+                view, stalled_since = view[count:], None
             elif stalled_since is None:
                 stalled_since = start
             if stalled_since is not None and now - stalled_since >= self._io_timeout:
