@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -142,6 +143,12 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     app.extensions["engine"] = engine
     metrics = WorkerMetrics(engine, cache)
     app.extensions["metrics"] = metrics
+    # GET /ready, answered by the front server's loop (quick, never waits): the worker
+    # accepts work while its model cache directory is there and writable.
+    app.extensions["readiness"] = lambda: (
+        os.access(cache.directory, os.W_OK | os.X_OK),
+        {},
+    )
     if settings.worker_rdma:
         listener = RdmaListener(
             cache,
@@ -382,5 +389,10 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     @app.get("/health")  # what Kubernetes probes and load generators ask for
     def healthz():
         return jsonify(ok=True)
+
+    @app.get("/ready")  # the front server's loop answers it first
+    def ready():
+        is_ready, details = app.extensions["readiness"]()
+        return jsonify(ready=is_ready, **details), 200 if is_ready else 503
 
     return app

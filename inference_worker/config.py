@@ -57,6 +57,10 @@ DEFAULTS = {
     "KEEPALIVE_TIMEOUT": 5.0,
     "MAX_CONNECTIONS": 4096,
     "MIN_UPLOAD_RATE": 1_000_000.0,
+    # Bytes/s a response must be read at, judged over 30 s of waiting for the client (0:
+    # off); requests waiting for a thread beyond which one more is answered 503.
+    "MIN_DOWNLOAD_RATE": 1000.0,
+    "MAX_QUEUED_REQUESTS": 256,
     # Pushes received over RDMA at once; a further offer is refused (the store falls back).
     "WORKER_RDMA_MAX_OFFERS": 2,
     # Which RDMA device, port (from 1) and GID index to use; ""/0/-1 = the first active port
@@ -123,6 +127,8 @@ class WorkerSettings:
     keepalive_timeout: float = DEFAULTS["KEEPALIVE_TIMEOUT"]
     max_connections: int = DEFAULTS["MAX_CONNECTIONS"]
     min_upload_rate: float = DEFAULTS["MIN_UPLOAD_RATE"]
+    min_download_rate: float = DEFAULTS["MIN_DOWNLOAD_RATE"]
+    max_queued_requests: int = DEFAULTS["MAX_QUEUED_REQUESTS"]
     worker_rdma: bool = DEFAULTS["WORKER_RDMA"]
     worker_rdma_port: int = DEFAULTS["WORKER_RDMA_PORT"]
     worker_rdma_max_offers: int = DEFAULTS["WORKER_RDMA_MAX_OFFERS"]

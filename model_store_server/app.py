@@ -15,6 +15,7 @@ from model_store_server.config import StoreSettings
 from model_store_server.control import ModelControl
 from model_store_server.core.orchestrator import SwapService
 from model_store_server.metrics import StoreMetrics
+from model_store_server.readiness import store_readiness
 from model_store_server.routes.models import models
 from model_store_server.routes.observability import DASHBOARD_PATHS, observability
 from model_store_server.routes.ollama import ollama
@@ -46,6 +47,8 @@ def create_app(settings: StoreSettings | None = None, *, clock=None, resolver=No
     control = ModelControl(service)
     app.extensions["model_control"] = control
     app.extensions["stop"] = control.stop
+    # GET /ready: answered by the front server's loop (and by routes/seed.py elsewhere).
+    app.extensions["readiness"] = lambda: store_readiness(service.fleet)
     control.start(settings.preload_models)
     register_error_handlers(app)
     install_request_ids(app)

@@ -97,6 +97,10 @@ DEFAULTS = {
     "KEEPALIVE_TIMEOUT": 5.0,
     "MAX_CONNECTIONS": 4096,
     "MIN_UPLOAD_RATE": 1_000_000.0,
+    # Bytes/s a response must be read at, judged over 30 s of waiting for the client (0:
+    # off); requests waiting for a thread beyond which one more is answered 503.
+    "MIN_DOWNLOAD_RATE": 1000.0,
+    "MAX_QUEUED_REQUESTS": 256,
 }
 
 
@@ -149,6 +153,8 @@ class StoreSettings:
     keepalive_timeout: float = DEFAULTS["KEEPALIVE_TIMEOUT"]
     max_connections: int = DEFAULTS["MAX_CONNECTIONS"]
     min_upload_rate: float = DEFAULTS["MIN_UPLOAD_RATE"]
+    min_download_rate: float = DEFAULTS["MIN_DOWNLOAD_RATE"]
+    max_queued_requests: int = DEFAULTS["MAX_QUEUED_REQUESTS"]
 
     def __post_init__(self) -> None:
         if not self.worker_urls and not self.discovery:

@@ -1,6 +1,7 @@
 """Bearer-token access control, the same way for both services.
 
-A service configured with tokens refuses every request except ``GET /healthz`` and ``GET /health``
+A service configured with tokens refuses every request except ``GET /healthz``, ``GET /health``
+and ``GET /ready``
 unless it carries ``Authorization: Bearer <token>`` with one of them. Tokens
 are compared in constant time.
 """
@@ -14,7 +15,7 @@ from flask import Flask, request
 
 from model_swap.errors import Unauthorized
 
-OPEN_PATHS = frozenset({"/healthz", "/health"})
+OPEN_PATHS = frozenset({"/healthz", "/health", "/ready"})
 
 
 def _presented_token() -> str | None:

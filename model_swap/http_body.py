@@ -2,7 +2,8 @@
 
 ``SizedBody`` (Content-Length) and ``ChunkedBody`` hand out the bytes already
 received with the head first, then ``recv_into`` the caller's buffer straight
-from the socket (an upload is not copied on the way), and cut a body that
+from the socket (an upload is not copied on the way; llhttp checks a chunked
+body's framing, model_swap/http_parse.py), and cut a body that
 arrives slower than ``MIN_UPLOAD_RATE`` over a window (``SlowUpload``).
 """
 
@@ -12,14 +13,25 @@ import io
 import socket
 import time
 
+from werkzeug.exceptions import BadRequest
+
+from model_swap.http_parse import BadFraming, chunk_size
+
 MAX_CHUNK_LINE = 8190  # longest chunk-size or trailer line
-MAX_TRAILERS = 100
 # A slow upload is judged over windows of this many seconds (MIN_UPLOAD_RATE).
 UPLOAD_RATE_WINDOW = 30.0
 
 
 class SlowUpload(ConnectionError):
     """A request body arrived slower than MIN_UPLOAD_RATE over UPLOAD_RATE_WINDOW."""
+
+
+class MalformedBody(BadRequest, ValueError):
+    """A chunked body whose framing was refused: the app's 400 (werkzeug's BadRequest), and
+    a ValueError for code that reads bodies without Flask."""
+
+    def __init__(self, message: str):
+        BadRequest.__init__(self, message)
 
 
 class Body(io.RawIOBase):
@@ -136,41 +148,41 @@ class SizedBody(Body):
 
 
 class ChunkedBody(Body):
-    """A chunked body: chunk data goes straight to the caller, framing is parsed here."""
+    """A chunked body: llhttp checks the framing (``RequestParser.feed_body``), chunk data
+    goes straight to the caller. ``parser`` is the one that read this request's head."""
 
-    def __init__(self, sock, held: bytes, min_rate: float, on_first_read=None, **kw):
+    def __init__(self, sock, held: bytes, min_rate: float, on_first_read=None, *, parser, **kw):
         super().__init__(sock, held, min_rate, on_first_read, **kw)
+        self._parser = parser
         self._left = 0
         self._started = False
 
     def _line(self) -> bytes:
+        """The next framing line (without its CRLF), fed to the parser."""
         while (end := self._held.find(b"\r\n")) < 0:
             if len(self._held) > MAX_CHUNK_LINE:
-                raise ValueError("chunked body: a framing line is too long")
+                raise BadFraming("chunked body: a framing line is too long")
             if self._on_first_read is not None:
                 self._on_first_read()
                 self._on_first_read = None
             more = bytearray(64 * 1024)
             count = self._recv(memoryview(more), len(more))
             self._held += more[:count]
+        if end > MAX_CHUNK_LINE:
+            raise BadFraming("chunked body: a framing line is too long")
         line = bytes(self._held[:end])
         del self._held[: end + 2]
+        self._parser.feed_body(line + b"\r\n")
         return line
 
     def _next_chunk(self) -> None:
-        if self._started and self._line() != b"":
-            raise ValueError("chunked body: chunk data is not followed by CRLF")
+        if self._started:
+            self._line()  # the CRLF after chunk data (the parser refuses anything else)
         self._started = True
-        size_field = self._line().split(b";", 1)[0].strip()
-        if not size_field or not all(c in b"0123456789abcdefABCDEF" for c in size_field):
-            raise ValueError("chunked body: bad chunk size")
-        size = int(size_field, 16)
+        size = chunk_size(self._line())
         if size == 0:
-            for _ in range(MAX_TRAILERS + 1):
-                if not self._line():
-                    break
-            else:
-                raise ValueError("chunked body: too many trailer lines")
+            while not self._parser.complete:  # trailers, then the empty line
+                self._line()
             self.done = True
         self._left = size
 
@@ -178,11 +190,17 @@ class ChunkedBody(Body):
         if not self.done and not self._left:
             try:
                 self._next_chunk()
-            except ValueError:
+            except ValueError as err:
                 self.broken = True
-                raise
+                raise MalformedBody(str(err)) from None
         if self.done:
             return 0
-        count = self._take(memoryview(buffer).cast("B"), min(len(buffer), self._left))
+        view = memoryview(buffer).cast("B")
+        count = self._take(view, min(len(view), self._left))
+        try:
+            self._parser.feed_body(view[:count])  # counted by llhttp, not copied
+        except BadFraming:  # pragma: no cover - data within a chunk's size is never refused
+            self.broken = True
+            raise
         self._left -= count
         return count

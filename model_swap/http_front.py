@@ -10,12 +10,23 @@ the loop. The loop (``selectors``, level-triggered) enforces:
   many seconds of the connection opening or of its first byte; a connection
   that dawdles is closed, whatever it sends meanwhile (slowloris);
 - ``keepalive_timeout``: an idle connection between requests is closed after this;
-- ``max_connections``: a connection beyond the cap is answered 503 and closed.
+- ``max_connections``: a connection beyond the cap is answered 503 and closed;
+- ``max_queued``: a request that finds this many requests already waiting for a
+  thread of the pool is answered 503 with ``Retry-After`` and closed.
+
+Request heads are parsed by llhttp (model_swap/http_parse.py): a head it
+refuses is that connection's 4xx. ``GET /health`` (liveness) is answered by
+the loop itself, never queued behind the pool. Any exception while the loop
+serves one connection closes that connection and is logged; if the loop itself
+ever fails, a supervisor logs it, counts it (``loop_restarts``) and runs it
+again.
 
 Large bodies (a model upload) are read by the app's thread straight from the
 socket, and cut when they arrive slower than ``min_upload_rate`` (``Body``).
 Every blocking read or write of a thread on a client connection fails after
-``io_timeout`` seconds (STREAM_WRITE_TIMEOUT). Thread-safe where documented.
+``io_timeout`` seconds (STREAM_WRITE_TIMEOUT), and a response read slower than
+``min_download_rate`` over a window of waiting is cut (model_swap/http_send.py).
+Thread-safe where documented.
 """
 
 from __future__ import annotations
@@ -29,17 +40,20 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from model_swap.http_body import UPLOAD_RATE_WINDOW, ChunkedBody, SizedBody
+from model_swap.http_body import ChunkedBody, SizedBody
+from model_swap.http_conn import Conn, FrontLimits
+from model_swap.http_parse import BadHead
+from model_swap.http_probes import probe_answer, probe_path
 from model_swap.http_request import (
-    MAX_HEAD_BYTES,
-    BadHead,
     build_environ,
-    parse_head,
+    probe_response,
     run_wsgi,
     simple_response,
 )
+from model_swap.http_send import Sender, SlowDownload
+
+__all__ = ["FrontLimits", "FrontServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,35 +65,10 @@ SEND_BUFFER_BYTES = 16 * 1024
 TICK_SECONDS = 0.1
 # After accept(2) fails for want of file descriptors, wait this long before the next try.
 ACCEPT_PAUSE_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class FrontLimits:
-    """The front server's bounds (from the service's settings)."""
-
-    threads: int = 64
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 5.0
-    max_connections: int = 4096
-    min_upload_rate: float = 1_000_000.0
-    io_timeout: float = 60.0
-    upload_rate_window: float = UPLOAD_RATE_WINDOW  # seconds min_upload_rate is judged over
-
-
-class _Conn:
-    """One client connection. The loop owns it while ``busy`` is False, a thread while True."""
-
-    __slots__ = ("sock", "peer", "buffer", "deadline", "busy", "head", "head_end", "continued")
-
-    def __init__(self, sock: socket.socket, peer, deadline: float):
-        self.sock = sock
-        self.peer = peer
-        self.buffer = bytearray()
-        self.deadline = deadline
-        self.busy = False
-        self.head = None
-        self.head_end = 0
-        self.continued = False
+# After the loop failed, wait this long before running it again.
+LOOP_RESTART_PAUSE = 0.05
+# What a client refused for a full request queue is told to wait (seconds).
+RETRY_AFTER_SECONDS = 1
 
 
 class FrontServer:
@@ -96,14 +85,22 @@ class FrontServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._returned: queue.SimpleQueue[_Conn] = queue.SimpleQueue()
-        self._conns: set[_Conn] = set()
+        self._returned: queue.SimpleQueue[Conn] = queue.SimpleQueue()
+        self._conns: set[Conn] = set()
         self._lock = threading.Lock()  # guards _conns (the loop adds, threads and loop remove)
         self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"{name}-http")
         self._draining = threading.Event()
         self._stopped = threading.Event()
         self._accept_paused_until = 0.0
-        self._thread = threading.Thread(target=self._loop, name=f"{name}-loop", daemon=True)
+        self._drain_begun = False
+        self._queued = 0  # requests handed to the pool that no thread has taken yet
+        # Counters (read by model_swap/front_metrics.py); written by the loop or under _lock.
+        self.loop_restarts = 0
+        self.refused_queue_full = 0
+        self.slow_readers_cut = 0
+        self.probes_answered = 0
+        self._app_readiness = getattr(app, "extensions", {}).get("readiness")
+        self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
 
     # ---- control (any thread) ----
 
@@ -117,7 +114,11 @@ class FrontServer:
         with self._lock:
             return len(self._conns)
 
-    def busy_connections(self) -> list[_Conn]:
+    def queued_requests(self) -> int:
+        with self._lock:
+            return self._queued
+
+    def busy_connections(self) -> list[Conn]:
         with self._lock:
             return [conn for conn in self._conns if conn.busy]
 
@@ -162,12 +163,22 @@ class FrontServer:
 
     # ---- the loop thread ----
 
+    def _run(self) -> None:
+        """The supervisor: runs the loop until ``stop``, again after any failure."""
+        while not self._stopped.is_set():
+            try:
+                self._loop()
+            except Exception:
+                self.loop_restarts += 1
+                logger.exception("%s: the event loop failed; running it again", self.name)
+                time.sleep(LOOP_RESTART_PAUSE)
+        self._selector.close()
+
     def _loop(self) -> None:
-        draining = False
         next_expiry = 0.0
         while not self._stopped.is_set():
-            if self._draining.is_set() and not draining:
-                draining = True
+            if self._draining.is_set() and not self._drain_begun:
+                self._drain_begun = True
                 self._begin_drain()
             for key, _ in self._selector.select(TICK_SECONDS):
                 if key.data == "listener":
@@ -176,21 +187,29 @@ class FrontServer:
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(4096)
                 else:
-                    self._readable(key.data)
+                    self._guarded(self._readable, key.data)
             while True:
                 try:
                     conn = self._returned.get_nowait()
                 except queue.Empty:
                     break
-                self._take_back(conn, draining)
+                self._guarded(self._take_back, conn)
             now = time.monotonic()
             if now >= next_expiry:
                 next_expiry = now + TICK_SECONDS
                 self._expire(now)
-                if self._accept_paused_until and now >= self._accept_paused_until and not draining:
+                paused = self._accept_paused_until
+                if paused and now >= paused and not self._drain_begun:
                     self._accept_paused_until = 0.0
                     self._selector.register(self._listener, selectors.EVENT_READ, "listener")
-        self._selector.close()
+
+    def _guarded(self, step, conn: Conn) -> None:
+        """Run one step of the loop for ``conn``; any failure closes that connection only."""
+        try:
+            step(conn)
+        except Exception:
+            logger.exception("%s: closing connection %s after an error", self.name, conn.peer)
+            self._close(conn)
 
     def _begin_drain(self) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -222,7 +241,7 @@ class FrontServer:
                 return
             with self._lock:
                 full = len(self._conns) >= self.limits.max_connections
-                conn = None if full else _Conn(sock, peer, now + self.limits.header_timeout)
+                conn = None if full else Conn(sock, peer, now + self.limits.header_timeout)
                 if conn is not None:
                     self._conns.add(conn)
             if conn is None:
@@ -242,7 +261,7 @@ class FrontServer:
             sock.send(simple_response(503, message))
         sock.close()
 
-    def _readable(self, conn: _Conn) -> None:
+    def _readable(self, conn: Conn) -> None:
         try:
             data = conn.sock.recv(64 * 1024)
         except (BlockingIOError, InterruptedError):
@@ -257,23 +276,20 @@ class FrontServer:
         conn.buffer += data
         self._advance(conn)
 
-    def _advance(self, conn: _Conn) -> None:
-        """Parse what ``conn`` has received; hand it to a thread once the request is ready."""
-        if conn.head is None:
-            end = conn.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(conn.buffer) > MAX_HEAD_BYTES:
-                    self._reject(conn, 431, "request head is too large")
-                return
-            if end > MAX_HEAD_BYTES:
-                self._reject(conn, 431, "request head is too large")
-                return
+    def _advance(self, conn: Conn) -> None:
+        """Parse what ``conn`` has received; hand it to a thread once the request is ready
+        (``GET /health`` is answered here, and the requests pipelined after it parsed)."""
+        while conn.head is None:
             try:
-                conn.head = parse_head(bytes(conn.buffer[:end]))
+                if not conn.read_head():
+                    return  # the head is not complete yet
             except BadHead as err:
                 self._reject(conn, err.status, str(err))
                 return
-            conn.head_end = end + 4
+            if self._answer_probe(conn) and conn.buffer:
+                continue
+        if conn.head is None:
+            return
         head = conn.head
         length = head.content_length or 0
         small = not head.chunked and length <= SMALL_BODY_BYTES
@@ -285,19 +301,62 @@ class FrontServer:
             return  # the loop waits for the small body
         self._dispatch(conn)
 
-    def _reject(self, conn: _Conn, status: int, message: str) -> None:
+    def _answer_probe(self, conn: Conn) -> bool:
+        """Answer ``GET /health`` (and ``/ready``) without a body from the loop; True if it
+        did (the connection then holds whatever followed that request, or is closed)."""
+        head = conn.head
+        path = probe_path(head, self._app_readiness is not None)
+        if path is None:
+            return False
+        keep = head.keep_alive and not self._draining.is_set()
+        full = self.queued_requests() >= self.limits.max_queued
+        status, payload = probe_answer(
+            path, self._draining.is_set(), full, self._app_readiness, self.name
+        )
+        data = probe_response(status, payload, keep, head.method == "HEAD")
+        del conn.buffer[: conn.head_end]
+        conn.head, conn.parser, conn.fed = None, None, 0
+        self.probes_answered += 1
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1
+        if sent != len(data) or not keep:
+            self._close(conn)  # a client that does not read its probe's answer is let go
+            conn.buffer.clear()
+            return True
+        conn.deadline = time.monotonic() + (
+            self.limits.header_timeout if conn.buffer else self.limits.keepalive_timeout
+        )
+        return True
+
+    def _reject(self, conn: Conn, status: int, message: str, extra: tuple = ()) -> None:
         with contextlib.suppress(OSError):
-            conn.sock.send(simple_response(status, message))
+            conn.sock.send(simple_response(status, message, extra=extra))
         self._close(conn)
 
-    def _dispatch(self, conn: _Conn) -> None:
+    def _dispatch(self, conn: Conn) -> None:
+        with self._lock:
+            full = self._queued >= self.limits.max_queued
+            if not full:
+                self._queued += 1
+        if full:
+            self.refused_queue_full += 1
+            message = (
+                f"{self._queued} requests are waiting for the server's "
+                f"{self.limits.threads} threads; retry later"
+            )
+            self._reject(conn, 503, message, (f"Retry-After: {RETRY_AFTER_SECONDS}",))
+            return
         self._selector.unregister(conn.sock)
         conn.busy = True
         self._pool.submit(self._handle, conn)
 
-    def _take_back(self, conn: _Conn, draining: bool) -> None:
+    def _take_back(self, conn: Conn) -> None:
         """A thread finished a request on ``conn`` and the connection may serve another."""
-        if draining:
+        if self._drain_begun:
             self._close(conn)
             return
         conn.busy = False
@@ -323,21 +382,30 @@ class FrontServer:
                 logger.debug("%s: closing %s: request head too slow", self.name, conn.peer)
             self._close(conn)
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Conn) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
-        conn.sock.close()
+        with contextlib.suppress(OSError):
+            conn.sock.close()
         with self._lock:
             self._conns.discard(conn)
 
     # ---- a pool thread ----
 
-    def _handle(self, conn: _Conn) -> None:
+    def _handle(self, conn: Conn) -> None:
+        with self._lock:
+            self._queued -= 1
         keep = False
         try:
             keep = self._serve_one(conn)
-        except Exception as err:  # the client went away, a timeout, a broken body
+        except SlowDownload as err:
+            with self._lock:
+                self.slow_readers_cut += 1
+            logger.info("%s: cut connection %s: %s", self.name, conn.peer, err)
+        except (OSError, ValueError) as err:  # the client went away, a timeout, a broken body
             logger.debug("%s: connection %s ended: %r", self.name, conn.peer, err)
+        except Exception:
+            logger.exception("%s: closing connection %s after an error", self.name, conn.peer)
         finally:
             if keep and not self._draining.is_set():
                 self._returned.put(conn)
@@ -348,13 +416,13 @@ class FrontServer:
                 with self._lock:
                     self._conns.discard(conn)
 
-    def _serve_one(self, conn: _Conn) -> bool:
-        head, sock = conn.head, conn.sock
+    def _serve_one(self, conn: Conn) -> bool:
+        head, sock, parser = conn.head, conn.sock, conn.parser
         sock.setblocking(True)
         sock.settimeout(self.limits.io_timeout)
         held = bytes(conn.buffer[conn.head_end :])
         conn.buffer.clear()
-        conn.head = None
+        conn.head, conn.parser, conn.fed = None, None, 0
         send_continue = None
         if head.expect_continue and not conn.continued:
 
@@ -364,14 +432,18 @@ class FrontServer:
         conn.continued = False
         rate, window = self.limits.min_upload_rate, self.limits.upload_rate_window
         if head.chunked:
-            body = ChunkedBody(sock, held, rate, send_continue, window=window)
+            body = ChunkedBody(sock, held, rate, send_continue, parser=parser, window=window)
         else:
             length = head.content_length or 0
             body = SizedBody(sock, held[:length], length, rate, send_continue, window=window)
             conn.buffer += held[length:]  # a pipelined request that followed a sized body
         environ = build_environ(head, body, self.address, conn.peer)
         keep_alive = head.keep_alive and not self._draining.is_set()
-        keep = run_wsgi(self.app, sock, head, body, environ, keep_alive)
+        limits = self.limits
+        sender = Sender(
+            sock, limits.io_timeout, limits.min_download_rate, limits.download_rate_window
+        )
+        keep = run_wsgi(self.app, sender, head, body, environ, keep_alive)
         if head.chunked and keep:
             conn.buffer += body.leftover()
         return keep and body.done

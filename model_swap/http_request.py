@@ -1,107 +1,31 @@
 """One HTTP/1.1 request on a connection of the front server (model_swap/http_front.py).
 
 Owns the parts of HTTP that do not depend on how connections are watched:
-parsing a request head (``parse_head``) and running a
-WSGI app for one request and writing its response (``run_wsgi``): each chunk
-the app yields is sent at once (a token stream is one chunk per token),
-chunked transfer encoding when the app gives no length. Request bodies are
-model_swap/http_body.py.
+running a WSGI app for one request and writing its response (``run_wsgi``):
+each chunk the app yields is sent at once (a token stream is one chunk per
+token), chunked transfer encoding when the app gives no length. Request heads
+are parsed by llhttp (model_swap/http_parse.py), bodies are
+model_swap/http_body.py, and responses are sent through a ``Sender``
+(model_swap/http_send.py: STREAM_WRITE_TIMEOUT and MIN_DOWNLOAD_RATE).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import sys
-from dataclasses import dataclass
 from email.utils import formatdate
+
+from model_swap.http_parse import BadHead, Head
+from model_swap.http_send import Sender
+
+__all__ = ["BadHead", "Head", "build_environ", "probe_response", "run_wsgi", "simple_response"]
 
 logger = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
-MAX_HEADERS = 100
 SERVER_NAME = "model-swap"
 # A body the app left unread is read and dropped up to this size to keep the connection.
 DISCARD_LIMIT = 64 * 1024
-_METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
-_TOKEN_CHARS = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-
-
-class BadHead(ValueError):
-    """A request head that is not valid HTTP/1.x; ``status`` is the answer (400, 431, 501...)."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Head:
-    """A parsed request head."""
-
-    method: str
-    target: str
-    version: str  # "HTTP/1.1" or "HTTP/1.0"
-    headers: list[tuple[str, str]]  # names lower-cased, in order
-    content_length: int | None = None
-    chunked: bool = False
-    keep_alive: bool = True
-    expect_continue: bool = False
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-
-def parse_head(raw: bytes) -> Head:
-    """Parse a request head (without its final empty line); raises BadHead."""
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-        raise BadHead("undecodable request head") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3:
-        raise BadHead("malformed request line")
-    method, target, version = parts
-    if not method or not set(method.encode()) <= _METHOD_CHARS:
-        raise BadHead("malformed request method")
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise BadHead(f"unsupported protocol {version[:20]!r}", 505)
-    if not target or any(ch <= " " or ch == "\x7f" for ch in target):
-        raise BadHead("malformed request target")
-    if len(lines) - 1 > MAX_HEADERS:
-        raise BadHead(f"more than {MAX_HEADERS} header lines", 431)
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or not set(name.encode("latin-1")) <= _TOKEN_CHARS:
-            raise BadHead("malformed header line")  # also obsolete line folding
-        value = value.strip(" \t")
-        if any(ch in value for ch in "\r\n\0"):
-            raise BadHead("malformed header value")
-        headers.append((name.lower(), value))
-    head = Head(method, target, version, headers)
-    lengths = {value for key, value in headers if key == "content-length"}
-    codings = [value.lower() for key, value in headers if key == "transfer-encoding"]
-    if codings:
-        if lengths:
-            raise BadHead("both Content-Length and Transfer-Encoding")
-        if ",".join(codings).replace(" ", "") != "chunked" or version != "HTTP/1.1":
-            raise BadHead("unsupported Transfer-Encoding", 501)
-        head.chunked = True
-    elif lengths:
-        if len(lengths) > 1 or not next(iter(lengths)).isdigit():
-            raise BadHead("invalid Content-Length")
-        head.content_length = int(next(iter(lengths)))
-    tokens = {t.strip().lower() for v in (head.header("connection") or "").split(",") for t in [v]}
-    head.keep_alive = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
-    head.expect_continue = (head.header("expect") or "").lower() == "100-continue"
-    return head
 
 
 class _Response:
@@ -125,9 +49,11 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-def simple_response(status: int, message: str, *, close: bool = True) -> bytes:
+def simple_response(
+    status: int, message: str, *, close: bool = True, extra: tuple[str, ...] = ()
+) -> bytes:
     """A complete JSON error response in the services' envelope (for the server's own
-    refusals: a bad head, a full server)."""
+    refusals: a bad head, a full server); ``extra`` header lines are added."""
     import json
 
     kind = "invalid_request_error" if status < 500 else "server_error"
@@ -138,10 +64,30 @@ def simple_response(status: int, message: str, *, close: bool = True) -> bytes:
         f"Date: {formatdate(usegmt=True)}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
+        *extra,
     ]
     if close:
         lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def probe_response(status: int, payload: dict, keep_alive: bool, head_only: bool = False) -> bytes:
+    """An answer the front server's loop sends itself (``GET /health``, ``GET /ready``):
+    ``payload`` as JSON, the way the services' own routes give it (``{"ok":true}``)."""
+    import json
+
+    body = json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+    lines = [
+        f"HTTP/1.1 {status} {_reason(status)}",
+        f"Server: {SERVER_NAME}",
+        f"Date: {formatdate(usegmt=True)}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ]
+    if not keep_alive:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + body
 
 
 def build_environ(head: Head, body, server: tuple[str, int], peer) -> dict:
@@ -184,10 +130,10 @@ def build_environ(head: Head, body, server: tuple[str, int], peer) -> dict:
     return environ
 
 
-def run_wsgi(app, sock: socket.socket, head: Head, body, environ: dict, keep_alive: bool) -> bool:
-    """Run ``app`` for one request and send its response on ``sock`` (blocking, with the
-    socket's timeout); True if the connection can serve another request. Raises
-    OSError when the client is gone (the app's iterable is closed first)."""
+def run_wsgi(app, sock: Sender, head: Head, body, environ: dict, keep_alive: bool) -> bool:
+    """Run ``app`` for one request and send its response with ``sock`` (blocking: see
+    Sender); True if the connection can serve another request. Raises OSError when
+    the client is gone or too slow (the app's iterable is closed first)."""
     response = _Response()
 
     def start_response(status, headers, exc_info=None):

@@ -41,6 +41,8 @@ def run_service(
         keepalive_timeout=settings.keepalive_timeout,
         max_connections=settings.max_connections,
         min_upload_rate=settings.min_upload_rate,
+        min_download_rate=settings.min_download_rate,
+        max_queued=settings.max_queued_requests,
     )
 
     try:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 from werkzeug.serving import make_server
 
+from model_swap.front_metrics import register_front_metrics
 from model_swap.http_front import FrontLimits, FrontServer
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class ServeOptions:
     keepalive_timeout: float = 5.0  # seconds an idle connection is kept between requests
     max_connections: int = 4096  # open connections; one more is answered 503
     min_upload_rate: float = 1_000_000.0  # bytes/s a body must keep up over 30 s
+    min_download_rate: float = 1000.0  # bytes/s a response must be read at (30 s of waiting)
+    max_queued: int = 256  # requests waiting for a thread; one more is answered 503
 
     def limits(self) -> FrontLimits:
         return FrontLimits(
@@ -123,6 +126,8 @@ class ServeOptions:
             max_connections=self.max_connections,
             min_upload_rate=self.min_upload_rate,
             io_timeout=self.write_timeout,
+            max_queued=self.max_queued,
+            min_download_rate=self.min_download_rate,
         )
 
 
@@ -261,6 +266,7 @@ def serve_production(name: str, build_app: Callable[[], object], options: ServeO
 
         limits = replace(limits, max_connections=allowed)
     server = FrontServer(app, listener, limits, name).start()
+    register_front_metrics(app, server)
     stopper = Stopper(server, options.shutdown_grace, name)
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda signum, _frame: stopper.signal(signum))
@@ -287,6 +293,7 @@ class FrontThread:
 
     def __init__(self, app, limits: FrontLimits | None = None, host: str = "127.0.0.1"):
         self._server = FrontServer(app, bind(host, 0), limits or FrontLimits(), "test")
+        register_front_metrics(app, self._server)
         self.host = host
         self.port = self._server.address[1]
         self.url = f"http://{host}:{self.port}"

@@ -209,17 +209,23 @@ def rdma_port_choice(env: EnvReader, defaults: Mapping[str, object]) -> dict:
 def serving_options(env: EnvReader, defaults: Mapping[str, object]) -> dict:
     """The front server's settings (both services, model_swap/serving.py): SERVER_THREADS,
     SHUTDOWN_GRACE_SECONDS, STREAM_WRITE_TIMEOUT, HEADER_TIMEOUT, KEEPALIVE_TIMEOUT,
-    MAX_CONNECTIONS and MIN_UPLOAD_RATE."""
-    min_rate = env.number("MIN_UPLOAD_RATE", defaults["MIN_UPLOAD_RATE"], positive=False)
-    if min_rate < 0:
-        raise SettingsError(
-            f"MIN_UPLOAD_RATE: {min_rate:g} is not valid (valid: bytes/s >= 0; 0 turns it off)"
-        )
+    MAX_CONNECTIONS, MAX_QUEUED_REQUESTS, MIN_UPLOAD_RATE and MIN_DOWNLOAD_RATE."""
+    rates = {}
+    for name in ("MIN_UPLOAD_RATE", "MIN_DOWNLOAD_RATE"):
+        rate = env.number(name, defaults[name], positive=False)
+        if rate < 0:
+            raise SettingsError(
+                f"{name}: {rate:g} is not valid (valid: bytes/s >= 0; 0 turns it off)"
+            )
+        rates[name.lower()] = rate
     return {
+        **rates,
+        "max_queued_requests": env.integer(
+            "MAX_QUEUED_REQUESTS", defaults["MAX_QUEUED_REQUESTS"], minimum=1
+        ),
         "header_timeout": env.number("HEADER_TIMEOUT", defaults["HEADER_TIMEOUT"]),
         "keepalive_timeout": env.number("KEEPALIVE_TIMEOUT", defaults["KEEPALIVE_TIMEOUT"]),
         "max_connections": env.integer("MAX_CONNECTIONS", defaults["MAX_CONNECTIONS"], minimum=1),
-        "min_upload_rate": min_rate,
         "server_threads": env.integer("SERVER_THREADS", defaults["SERVER_THREADS"], minimum=1),
         "shutdown_grace_seconds": env.number(
             "SHUTDOWN_GRACE_SECONDS", defaults["SHUTDOWN_GRACE_SECONDS"]

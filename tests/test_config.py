@@ -191,6 +191,9 @@ def test_serving_settings(settings_class):
         100,
         0,
     )
+    assert (defaults.min_download_rate, defaults.max_queued_requests) == (1000, 256)
+    s = settings_class.from_env({"MIN_DOWNLOAD_RATE": "0", "MAX_QUEUED_REQUESTS": "8"})
+    assert (s.min_download_rate, s.max_queued_requests) == (0, 8)
 
 
 @pytest.mark.parametrize("settings_class", [StoreSettings, WorkerSettings])
@@ -207,6 +210,8 @@ def test_serving_settings(settings_class):
         ("MAX_CONNECTIONS", "0"),
         ("MIN_UPLOAD_RATE", "-5"),
         ("MIN_UPLOAD_RATE", "nan"),
+        ("MIN_DOWNLOAD_RATE", "-1"),
+        ("MAX_QUEUED_REQUESTS", "0"),
     ],
 )
 def test_bad_serving_setting_is_named(settings_class, name, value):

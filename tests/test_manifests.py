@@ -214,11 +214,12 @@ def test_the_example_secrets_placeholders_stop_both_services():
         StoreSettings.from_env({"API_KEYS": secret["stringData"]["API_KEYS"]})
 
 
-def test_readiness_and_liveness_probes_ask_for_health(store, statefulset):
+def test_liveness_asks_for_health_and_readiness_for_ready(store, statefulset):
+    # /health: the process's loop answers (never queued); /ready: it can do its job.
     for workload in (store, statefulset):
         container = _container(workload)
-        for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"]["path"] == "/health", probe
+        for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
+            assert container[probe]["httpGet"]["path"] == path, probe
             assert container[probe]["httpGet"]["port"] == "http"
         assert [p["name"] for p in container["ports"]] == ["http"]
 

@@ -19,6 +19,7 @@ def test_settings_error_while_building_the_app_is_one_line_and_exit_code(tmp_pat
         settings = SimpleNamespace(
             log_level="INFO", server_threads=2, shutdown_grace_seconds=1, stream_write_timeout=5,
             header_timeout=10, keepalive_timeout=5, max_connections=64, min_upload_rate=1e6,
+            min_download_rate=1000, max_queued_requests=256,
         )
 
         def create_app(_settings):

@@ -64,3 +64,9 @@ def status():
 @seed.get("/health")  # what Kubernetes probes and load generators (guidellm) ask for
 def healthz():
     return jsonify(ok=True)
+
+
+@seed.get("/ready")  # the front server's loop answers it first (model_store_server/readiness.py)
+def ready():
+    is_ready, details = current_app.extensions["readiness"]()
+    return jsonify(ready=is_ready, **details), 200 if is_ready else 503
