@@ -18,7 +18,7 @@ largest client count), streamed ``/v1/completions`` through the store.
 llama-server: built from the llama.cpp that llama-cpp-python vendors
 (``scripts/build_llama_server.sh``; found at ``$LLAMA_SERVER_BIN`` or
 ``.peer/bin/llama-server``), started per client count with ``-np N`` and
-``N x N_CTX`` context cells, the same thread count, flash attention off (as the
+``N x N_CTX`` context cells, its default thread count, flash attention off (as the
 worker runs it) and ``cache_prompt`` false (every request evaluates its whole
 prompt, as the worker does); streamed ``/completion``. It is skipped, with a
 line saying so, when it is not built. Medians over ``--rounds`` rounds; the
@@ -51,8 +51,6 @@ from harness import (  # noqa: E402
     start_process,
     stop_process,
 )
-
-from inference_worker.batch import default_threads  # noqa: E402
 
 CLIENTS = (1, 2, 4, 8)
 # llama-server's -ngl for the worker's default N_GPU_LAYERS=-1 (all layers; no effect on a CPU
@@ -157,7 +155,6 @@ def measure_ours(tmp: Path, models: Path, model: str, args) -> dict[int, dict]:
 
 
 def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict[int, dict]:
-    threads, threads_batch = (str(n) for n in default_threads())
     results = {}
     for n in CLIENTS:
         port = free_port()
@@ -166,7 +163,7 @@ def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict[int, dict]:
             [
                 str(binary),
                 *("-m", str(path), "--host", "127.0.0.1", "--port", str(port)),
-                *("-np", str(n), "-c", str(n * N_CTX), "-t", threads, "-tb", threads_batch),
+                *("-np", str(n), "-c", str(n * N_CTX)),
                 *("-fa", "off", "-ngl", PEER_GPU_LAYERS),
             ],
             {},
@@ -224,8 +221,8 @@ def note(model: str, args, peer_line: str) -> str:
     return (
         f"{model}, greedy, at most {args.tokens} tokens per request, distinct prompts; "
         f"median aggregate tok/s over {args.rounds} rounds after a warm-up round, TTFT "
-        f"percentiles over all their requests; threads (one token / batches) "
-        f"{'/'.join(str(n) for n in default_threads())} each. "
+        f"percentiles over all their requests; threads: the worker's per-step rule "
+        f"(inference_worker/threads.py), llama-server's own default. "
         f"model-swap: PARALLEL={max(CLIENTS)}, N_CTX={N_CTX}, streamed /v1/completions "
         f"through the store. {peer_line}"
     )
