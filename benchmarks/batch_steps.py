@@ -12,7 +12,10 @@ The measurements behind two choices of ``inference_worker/batch.py``:
   [3,2,1,0], [0,2,4,6] after out-of-order finishes), with one KV stream per
   sequence (what the worker runs) and with llama.cpp's unified KV cache;
 - threads (``inference_worker/threads.py``): a one-token step, steps of 2, 4
-  and 8 sequences, and prompt chunks of 32 and 256 tokens at 1..N threads.
+  and 8 sequences, and prompt chunks of 32 and 256 tokens at 1..N threads;
+- two resident tiny models in one engine: a hit (8 greedy tokens) repeated on
+  one model against hits alternating between the two, with the worker's thread
+  rule.
 
 Each figure is the median of ``--repeats`` steps in ms, every sequence holding
 a 64-token prompt; the step's tokens are removed after each timing so every
@@ -134,6 +137,45 @@ def measure(path: Path, args) -> list[str]:
     return lines
 
 
+def alternation(tmp: Path, repeats: int) -> list[str]:
+    """Hits repeated on one resident tiny model against hits alternating between two."""
+    from inference_worker.engine import Engine
+    from inference_worker.generation import Job
+    from model_swap.generation import Sampling
+    from model_swap.tiny_models import write_tiny_model
+
+    engine = Engine(n_ctx=256, parallel=4)
+    names = ["tiny-alt-a.gguf", "tiny-alt-b.gguf"]
+    for name in names:
+        engine.load(name, write_tiny_model(tmp / name))
+    job = Job(prompt="hello world", max_tokens=8, sampling=Sampling(temperature=0.0))
+
+    def hit(name: str) -> float:
+        started = time.perf_counter()
+        generation = engine.begin(name, job)
+        try:
+            "".join(generation.tokens())
+        finally:
+            generation.close()
+        return time.perf_counter() - started
+
+    repeated, alternating = [], []
+    for _ in range(repeats * 4):
+        repeated += [hit(names[0]), hit(names[0])]
+        alternating += [hit(names[0]), hit(names[1])]
+    for name in names:
+        engine.unload(name)
+    one, two = statistics.median(repeated) * 1000, statistics.median(alternating) * 1000
+    return [
+        "",
+        f"## Two resident tiny models: a hit of 8 tokens (median of {len(repeated)})",
+        "",
+        "| repeated on one model | alternating A, B, A, B | difference |",
+        "|---|---|---|",
+        f"| {one:.2f} ms | {two:.2f} ms | {two - one:+.2f} ms |",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model, 5 repeats")
@@ -155,7 +197,7 @@ def main() -> int:
                 models, model = standalone_models(Path(name), args.quick)
                 path = models / model
             load = os.getloadavg()[0]
-            lines = measure(path, args)
+            lines = measure(path, args) + alternation(Path(name), args.repeats)
     finally:
         for process in spinners:
             process.kill()

@@ -167,3 +167,36 @@ def test_close_returns_when_the_loop_died_with_a_sequence_open(llm):
     assert not closer.is_alive()
     assert isinstance(scheduler.next_item(seq), Exception)
     assert scheduler.release(seq)
+
+
+def test_alternating_resident_models_get_their_texts_on_one_thread_each(models_dir):
+    """Two resident tiny models, hits alternating A, B, A, B: each gets the text a repeated
+    hit gets, and each model's steps ran on one thread (a tiny model's steps gain nothing
+    from a second one, and an idle team spinning would cost the other model's loop)."""
+    from inference_worker.batch import BatchScheduler as Scheduler
+    from inference_worker.engine import Engine
+    from inference_worker.generation import Job
+    from tests.conftest import B
+
+    engine = Engine(n_ctx=256, parallel=2)
+    for name in (A, B):
+        engine.load(name, models_dir / name)
+
+    def hit(name: str) -> str:
+        generation = engine.begin(name, Job(prompt="hello world", max_tokens=12, sampling=GREEDY))
+        try:
+            return "".join(generation.tokens())
+        finally:
+            generation.close()
+
+    repeated = {name: [hit(name), hit(name)] for name in (A, B)}
+    alternating = {A: [], B: []}
+    for _ in range(2):
+        for name in (A, B):
+            alternating[name].append(hit(name))
+    assert alternating == repeated
+    assert repeated[A][0] != repeated[B][0]
+    schedulers = [engine._models[name].scheduler for name in (A, B)]
+    assert all(isinstance(s, Scheduler) and s.threads == 1 for s in schedulers)
+    for name in (A, B):
+        assert engine.unload(name)
