@@ -51,7 +51,8 @@ class Steps:
 
     def __init__(self, llm, unified: bool):
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = SLOTS * 1024
+        self.n_ctx_seq = 2048  # the worker's default N_CTX
+        params.n_ctx = SLOTS * self.n_ctx_seq
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = SLOTS
         params.kv_unified = unified
@@ -91,6 +92,17 @@ class Steps:
                 llama_cpp.llama_memory_seq_rm(self.memory, slot, PROMPT, -1)
         return statistics.median(times[1:]) * 1000
 
+    def time_move(self, threads: int, repeats: int) -> float:
+        """Median ms of a one-token step on a sequence just moved to another slot: the
+        scheduler's compaction (llama.cpp copies the KV stream at the next decode)."""
+        entries = [(SLOTS - 2, PROMPT, self.tokens[PROMPT])]
+        times = []
+        for _ in range(repeats + 1):
+            llama_cpp.llama_memory_seq_cp(self.memory, SLOTS - 1, SLOTS - 2, -1, -1)
+            times.append(self._decode(entries, threads))
+            llama_cpp.llama_memory_seq_rm(self.memory, SLOTS - 2, PROMPT, -1)
+        return statistics.median(times[1:]) * 1000
+
     def close(self) -> None:
         llama_cpp.llama_batch_free(self.batch)
         self.context.close()
@@ -124,6 +136,14 @@ def measure(path: Path, args) -> list[str]:
             split = per_stream.time(order, 1, cpus, args.repeats)
             joint = unified.time(order, 1, cpus, args.repeats)
             lines.append(f"| {order} | {split:.1f} | {joint:.1f} |")
+        plain = per_stream.time([SLOTS - 2], 1, cpus, args.repeats)
+        moved = per_stream.time_move(cpus, args.repeats)
+        lines += [
+            "",
+            f"Compaction: a one-token step {plain:.1f} ms; the same step right after its "
+            f"sequence moved to another slot (its KV stream of {per_stream.n_ctx_seq} cells "
+            f"copied first) {moved:.1f} ms.",
+        ]
         lines += ["", "## Threads (ms per step)", ""]
         lines += ["| step | " + " | ".join(f"{t} thread(s)" for t in threads) + " |"]
         lines.append("|---|" + "---|" * len(threads))
