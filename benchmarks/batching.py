@@ -396,7 +396,7 @@ def bench_batching(report, args, tmp: Path, models: Path, model: str) -> None:
     tables, text, data = run(tmp, models, model, found)
     report.data["batching"] = data
     for i, (title, header, table) in enumerate(tables):
-        section = f"11{'ab'[i]}. Continuous batching on one model: {title.lower()}"
+        section = f"11{'ab'[i]}. Continuous batching on one model: {title}"
         report.table(section, header, table, text if i == 0 else "")
 
 
