@@ -30,6 +30,7 @@ from collections.abc import Callable
 import llama_cpp
 from llama_cpp import _internals
 
+from inference_worker.batch_stats import BatchStats
 from inference_worker.sampling import sampler_chain
 from inference_worker.threads import CpuMeter, step_threads, usable_cpus
 from model_swap.generation import Sampling
@@ -40,8 +41,6 @@ logger = logging.getLogger(__name__)
 N_BATCH = 512
 # Seconds an idle loop sleeps before it checks whether its scheduler is still in use.
 IDLE_CHECK = 1.0
-# Tokens per llama_decode call, for the batch size histogram.
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class SchedulerClosed(Exception):
@@ -50,40 +49,6 @@ class SchedulerClosed(Exception):
 
 class DecodeFailed(Exception):
     """llama_decode failed for a batch holding this sequence."""
-
-
-class BatchStats:
-    """Counts of llama_decode calls by batch size, across schedulers. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.buckets = [0] * len(BATCH_BUCKETS)  # calls with <= bound tokens (not cumulative)
-        self.over = 0
-        self.calls = 0
-        self.tokens = 0
-        self.mixed = 0  # calls that carried prompt tokens and decoding sequences' tokens
-
-    def observe(self, n_tokens: int, mixed: bool) -> None:
-        index = bisect.bisect_left(BATCH_BUCKETS, n_tokens)
-        with self._lock:
-            self.calls += 1
-            self.mixed += mixed
-            self.tokens += n_tokens
-            if index < len(self.buckets):
-                self.buckets[index] += 1
-            else:
-                self.over += 1
-
-    def snapshot(self) -> tuple[list[tuple[str, int]], int, int]:
-        """Cumulative ``(le, count)`` pairs ending with ``+Inf``, the call count, the token sum."""
-        with self._lock:
-            counts, over, calls, tokens = list(self.buckets), self.over, self.calls, self.tokens
-        pairs, total = [], 0
-        for bound, count in zip(BATCH_BUCKETS, counts, strict=True):
-            total += count
-            pairs.append((str(float(bound)), total))
-        pairs.append(("+Inf", total + over))
-        return pairs, calls, tokens
 
 
 class Sequence:
