@@ -29,6 +29,7 @@ from inference_worker.chat import ChatTemplate
 from inference_worker.embeddings import Embeddings
 from inference_worker.generation import Generation, Job
 from inference_worker.resident import ResidentInfo, ResidentModel, rss_bytes
+from inference_worker.threads import CpuMeter
 from model_swap import footprint
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class Engine:
         clock=time.monotonic,
     ):
         llama_log.install()
-        self.n_threads = n_threads  # 0: llama.cpp's defaults (batch.default_threads)
+        self.n_threads = n_threads  # 0: chosen per decode step (inference_worker/threads.py)
+        self.cpu_meter = CpuMeter()  # shared by the resident models' batch loops
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
         self.parallel = parallel
@@ -213,6 +215,7 @@ class Engine:
                     n_ctx_seq=self.n_ctx,
                     stats=self.batch_stats,
                     n_threads=self.n_threads,
+                    meter=self.cpu_meter,
                 )
             except Exception as err:
                 llm.close()

@@ -108,7 +108,7 @@ class Generation:
         finish = "length"
         try:
             while True:
-                item = seq.out.get()
+                item = self._scheduler.next_item(seq)
                 if not isinstance(item, int):
                     if isinstance(item, Exception):
                         raise item
