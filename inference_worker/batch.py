@@ -314,7 +314,9 @@ class BatchScheduler:
             if seq.cancelled or seq.fed == len(seq.prompt):
                 continue
             if seq.sampler is None:
-                seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
+                seq.sampler = sampler_chain(
+                    seq.sampling, self._n_vocab, self._vocab, self.n_ctx_seq
+                )
             chunk = seq.prompt[seq.fed : seq.fed + room]
             for offset, token in enumerate(chunk):
                 n = self._add(n, token, seq.fed + offset, seq, False)

@@ -1,11 +1,13 @@
 """One sequence's llama.cpp sampler chain, built from a request's sampling settings.
 
 The chain is the one ``llama_cpp.Llama.generate`` builds (so a request samples
-exactly as it did before batching): repetition penalties over the last 64
-tokens, then greedy for temperature 0, else top-k 40, typical 1.0, top-p
-(default 0.95), min-p 0.05, temperature (default 0.8) and a seeded draw. Each
-sequence owns its chain: its penalties see only its own tokens and its seed
-only its own draws.
+exactly as it did before batching): a grammar when the request has one (JSON
+Schema, tool calls or GBNF: tokens it does not allow are masked first),
+repetition penalties over the last 64 tokens, then greedy for temperature 0,
+Mirostat when asked for, else top-k 40, typical 1.0, top-p (default 0.95),
+min-p 0.05, temperature (default 0.8) and a seeded draw. Each request may set
+every one of these (Ollama's option names). Each sequence owns its chain: its
+grammar and penalties see only its own tokens and its seed only its own draws.
 """
 
 from __future__ import annotations
@@ -22,15 +24,37 @@ TOP_P = 0.95
 MIN_P = 0.05
 TEMPERATURE = 0.8
 PENALTY_LAST_N = 64
+REPEAT_PENALTY = 1.0
+MIROSTAT_TAU = 5.0
+MIROSTAT_ETA = 0.1
+# Candidates Mirostat (v1) estimates s_hat from, as llama.cpp's own sampling uses.
+MIROSTAT_M = 100
 
 
-def sampler_chain(sampling: Sampling, n_vocab: int) -> LlamaSampler:
-    """A new chain for ``sampling``; the caller closes it (``LlamaSampler.close``)."""
+def _or(value, default):
+    return default if value is None else value
+
+
+def sampler_chain(sampling: Sampling, n_vocab: int, vocab=None, n_ctx: int = 0) -> LlamaSampler:
+    """A new chain for ``sampling``; the caller closes it (``LlamaSampler.close``).
+
+    ``vocab`` (the model's ``llama_vocab``) is needed for a grammar, which the
+    worker checked already (``structured.check_grammar``); ``n_ctx`` is what
+    ``repeat_last_n: -1`` covers.
+    """
     chain = LlamaSampler()
+    if sampling.grammar is not None and vocab is not None:
+        grammar = llama_cpp.llama_sampler_init_grammar(
+            vocab, sampling.grammar.encode("utf-8"), b"root"
+        )
+        if not grammar:
+            raise ValueError("llama.cpp could not parse the request's grammar")
+        llama_cpp.llama_sampler_chain_add(chain.sampler, grammar)
+    last_n = _or(sampling.repeat_last_n, PENALTY_LAST_N)
     chain.add_penalties(
         n_vocab=n_vocab,
-        penalty_last_n=PENALTY_LAST_N,
-        penalty_repeat=1.0,
+        penalty_last_n=n_ctx if last_n == -1 else last_n,
+        penalty_repeat=_or(sampling.repeat_penalty, REPEAT_PENALTY),
         penalty_freq=sampling.frequency_penalty,
         penalty_present=sampling.presence_penalty,
     )
@@ -39,11 +63,21 @@ def sampler_chain(sampling: Sampling, n_vocab: int) -> LlamaSampler:
         chain.add_greedy()
         return chain
     seed = llama_cpp.LLAMA_DEFAULT_SEED if sampling.seed is None else sampling.seed
-    top_p = TOP_P if sampling.top_p is None else sampling.top_p
-    chain.add_top_k(TOP_K)
-    chain.add_typical(TYPICAL_P, 1)
-    chain.add_top_p(top_p, 1)
-    chain.add_min_p(MIN_P, 1)
+    tau = _or(sampling.mirostat_tau, MIROSTAT_TAU)
+    eta = _or(sampling.mirostat_eta, MIROSTAT_ETA)
+    if sampling.mirostat == 1:
+        chain.add_temp(temperature)
+        chain.add_mirostat(n_vocab, seed, tau, eta, MIROSTAT_M)
+        return chain
+    if sampling.mirostat == 2:
+        chain.add_temp(temperature)
+        chain.add_mirostat_v2(seed, tau, eta)
+        return chain
+    top_k = _or(sampling.top_k, TOP_K)
+    chain.add_top_k(top_k if top_k > 0 else n_vocab)
+    chain.add_typical(_or(sampling.typical_p, TYPICAL_P), 1)
+    chain.add_top_p(_or(sampling.top_p, TOP_P), 1)
+    chain.add_min_p(_or(sampling.min_p, MIN_P), 1)
     chain.add_temp(temperature)
     chain.add_dist(seed)
     return chain

@@ -161,6 +161,8 @@ def _answer(parsed: OllamaRequest) -> Response:
     else:
         response = jsonify(served.read_whole(lambda s: ollama_api.whole(parsed, s, timing)))
     response.headers.update(served.headers())
+    n_ctx = swap_service().executor.worker_n_ctx
+    response.headers.update(ollama_api.context_headers(parsed.job, n_ctx))
     return response
 
 

@@ -17,7 +17,7 @@ from model_store_server.loading import Loading, serve_streaming, sse_error
 from model_store_server.openai_api import Answer, OpenAIRequest
 from model_store_server.routes.seed import swap_service
 from model_store_server.views import describe_models
-from model_swap.errors import NotFound
+from model_swap.errors import ApiError, NotFound
 from model_swap.requests_json import read_json_object
 
 openai = Blueprint("openai", __name__, url_prefix="/v1")
@@ -79,6 +79,8 @@ def _generate(parsed: OpenAIRequest) -> Response:
         "stream_error": openai_api.error_event,
         "keep_alive": parsed.keep_alive,
     }
+    if parsed.more_jobs:
+        return _generate_many(service, parsed, options)
     try:
         if parsed.stream:
             served = serve_streaming(service, parsed.model, parsed.job, **options)
@@ -98,6 +100,53 @@ def _generate(parsed: OpenAIRequest) -> Response:
     else:
         response = jsonify(served.read_whole(lambda s: openai_api.full_response(answer, s)))
     response.headers.update(served.headers())
+    return response
+
+
+def _serve(service, parsed: OpenAIRequest, job: dict, options: dict):
+    try:
+        return service.serve(parsed.model, job, **options)
+    except NotFound as err:
+        err.message, err.param = f"The model `{parsed.model}` does not exist", "model"
+        raise
+
+
+def _generate_many(service, parsed: OpenAIRequest, options: dict) -> Response:
+    """Completions for a list of prompts: each generated in turn, answered as choices in
+    order (the first one's swap decides the headers)."""
+    first = _serve(service, parsed, parsed.job, options)
+    answer = Answer(parsed, first.model or parsed.model)
+    if parsed.stream:
+
+        def streams():
+            try:
+                yield first.stream
+            finally:
+                first.close()
+            for job in parsed.more_jobs:
+                try:
+                    served = _serve(service, parsed, job, options)
+                except ApiError as err:  # after the first choice went out: end the stream
+                    yield [openai_api.error_event(err)]
+                    return
+                try:
+                    yield served.stream
+                finally:
+                    served.close()
+
+        response = Response(openai_api.sse_many(answer, streams()), mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+    else:
+        choices, total = [], openai_api.Outcome()
+        for index, job in enumerate(parsed.jobs):
+            served = first if index == 0 else _serve(service, parsed, job, options)
+            choice, outcome = served.read_whole(
+                lambda s, i=index: openai_api.read_choice(answer, s, i)
+            )
+            choices.append(choice)
+            total.add(outcome)
+        response = jsonify(answer.whole(choices, total))
+    response.headers.update(first.headers())
     return response
 
 
