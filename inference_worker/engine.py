@@ -428,7 +428,15 @@ class _Prompt:
 
 
 def _prompt(llm, template: ChatTemplate, job: Job) -> _Prompt:
-    """The prompt's tokens and how to sample and read its reply (GrammarError, PromptTooLong)."""
+    """The prompt's tokens and how to sample and read its reply (GrammarError,
+    OutOfVocabulary, ChatTemplateError)."""
+    prompt = _render(llm, template, job)
+    if prompt.sampling.grammar is not None:
+        check_grammar(llm._model.vocab, prompt.sampling.grammar)
+    return prompt
+
+
+def _render(llm, template: ChatTemplate, job: Job) -> _Prompt:
     sampling = job.sampling
     if job.prompt_tokens is not None:
         check_tokens(llm, job.prompt_tokens)
@@ -445,8 +453,6 @@ def _prompt(llm, template: ChatTemplate, job: Job) -> _Prompt:
         grammar = tool_grammar(chat.tool_format, tools, job.tool_choice, job.parallel_tool_calls)
         if grammar is not None:
             sampling = dataclasses.replace(sampling, grammar=grammar)
-    if sampling.grammar is not None:
-        check_grammar(llm._model.vocab, sampling.grammar)
     return _Prompt(tokens, stops, chat.template == "gguf", sampling, chat.tool_format)
 
 

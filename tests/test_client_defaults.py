@@ -236,9 +236,12 @@ def test_completion_token_arrays_and_prompt_lists(store, tokenize):
         for choice in chunk.choices:
             by_index[choice.index] = by_index.get(choice.index, "") + choice.text
     assert sorted(by_index) == [0, 1]
-    assert by_index[0] == client.completions.create(
-        model=A, prompt=hello, max_tokens=4, temperature=0
-    ).choices[0].text
+    assert (
+        by_index[0]
+        == client.completions.create(model=A, prompt=hello, max_tokens=4, temperature=0)
+        .choices[0]
+        .text
+    )
     with pytest.raises(openai.BadRequestError, match="not in this model's vocabulary"):
         client.completions.create(model=A, prompt=[1, 99999], max_tokens=2)
 
