@@ -19,6 +19,9 @@ from llama_cpp.llama_grammar import SchemaConverter
 from model_swap.tool_calls import GENERIC, HERMES, LLAMA3, MISTRAL, REQUIRED, tool_names
 
 ROOT = "root"
+# Calls one reply may make when parallel calls are allowed (a grammar without a bound lets a
+# model that keeps choosing "another call" run out of tokens inside one).
+MAX_PARALLEL_CALLS = 4
 # Any character (GBNF's widest class).
 _ANY = "[\\U00000001-\\U0010FFFF]"
 
@@ -74,16 +77,21 @@ def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool) -> st
     calls = [_call_schema(tool, key) for tool in offered]
     call = _visit(converter, {"anyOf": calls} if len(calls) > 1 else calls[0], "call")
     forced = choice != "auto"
+
+    def repeated(item: str, separator: str) -> str:
+        if not parallel:
+            return item
+        return f"{item} ( {separator} {item} ){{0,{MAX_PARALLEL_CALLS - 1}}}"
+
     if fmt == HERMES:
-        one = f'"<tool_call>\\n" {call} "\\n</tool_call>"'
-        root = f'{one} ( "\\n" {one} )*' if parallel else one
+        root = repeated(f'"<tool_call>\\n" {call} "\\n</tool_call>"', '"\\n"')
     elif fmt == MISTRAL:
-        items = f'{call} ( ", " {call} )*' if parallel else call
+        items = repeated(call, '", "')
         root = f'"[TOOL_CALLS][" {items} "]"'
     elif fmt == LLAMA3:
-        root = f'{call} ( "; " {call} )*' if parallel else call
+        root = repeated(call, '"; "')
     else:
-        items = f'{call} ( ", " {call} )*' if parallel else call
+        items = repeated(call, '", "')
         root = f'"{{\\"tool_calls\\": [" {items} "]}}"'
         if not forced:  # auto: plain text (not starting with "{") or a call
             root = f"{root} | [ \\t\\n]* [^{{ \\t\\n] {_ANY}*"

@@ -29,7 +29,15 @@ from model_swap.errors import BadRequest, WorkerFailed
 from model_swap.generation import EXTRA_SAMPLERS, parse_messages, parse_sampling
 from model_swap.json_schema import check_schema
 from model_swap.requests_json import parse_keep_alive, prompt_text
-from model_swap.tool_calls import AUTO, Call, ReplySplitter, parse_reply, parse_tools
+from model_swap.tool_calls import (
+    AUTO,
+    NONE,
+    Call,
+    ReplySplitter,
+    parse_reply,
+    parse_tool_choice,
+    parse_tools,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +213,11 @@ def parse_chat(body: dict, *, max_prompt_chars: int) -> OllamaRequest:
     job = None
     options = {**parse_options(body.get("options")), **format_job(body.get("format"))}
     tools = parse_tools(body.get("tools"))
-    if tools:
+    # tool_choice is model-swap's extension here (Ollama has none): OpenAI's values.
+    choice = parse_tool_choice(body.get("tool_choice"), tools)
+    if tools and choice != NONE:
         options["tools"] = list(tools)
-        options["tool_choice"] = AUTO
+        options["tool_choice"] = body.get("tool_choice") or AUTO
         if "json_schema" in options:
             raise BadRequest("format cannot be combined with tools", param="format")
     if messages not in (None, []):

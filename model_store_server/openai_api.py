@@ -24,6 +24,7 @@ from model_swap.json_schema import check_schema
 from model_swap.names import InvalidModelName, resolve_alias
 from model_swap.requests_json import parse_keep_alive, prompt_text
 from model_swap.tool_calls import (
+    AUTO,
     NONE,
     Call,
     ReplySplitter,
@@ -142,7 +143,7 @@ def _tools_job(body: dict) -> dict:
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise BadRequest("parallel_tool_calls must be a boolean", param="parallel_tool_calls")
-    job = {"tools": list(tools), "tool_choice": choice}
+    job = {"tools": list(tools), "tool_choice": body.get("tool_choice") or AUTO}
     if parallel is not None:
         job["parallel_tool_calls"] = parallel
     return job
