@@ -1,24 +1,20 @@
-"""Translation between OpenAI's API shapes and the worker's inference call.
+"""OpenAI's requests as the worker's inference call.
 
-Requests: ``parse_chat`` and ``parse_completion`` check a client's body the
-way OpenAI's server does (a 400 naming the field for anything wrong or
-unsupported) and build the worker's ``/infer`` job. Responses: the worker
-streams newline-delimited JSON events (``{"text"}`` per token, then
-``{"finish_reason", "usage"}``); ``sse_stream`` turns them into OpenAI's
-Server-Sent Events chunks and ``full_response`` into one JSON answer. The
-swap service never sees these shapes, and nothing here does I/O.
+``parse_chat`` and ``parse_completion`` check a client's body the way OpenAI's
+server does (a 400 naming the field for anything wrong or unsupported; fields
+that change nothing about the text are ignored with a log line) and build the
+worker's ``/infer`` job: sampling, ``response_format`` as a JSON Schema for the
+worker's grammar, tools, token-array prompts. ``openai_answers`` formats the
+answers. The swap service never sees these shapes, and nothing here does I/O.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from model_swap.errors import ApiError, BadRequest, NotFound, WorkerFailed
+from model_swap.errors import BadRequest, NotFound
 from model_swap.generation import parse_grammar, parse_messages, parse_sampling
 from model_swap.json_schema import check_schema
 from model_swap.names import InvalidModelName, resolve_alias
@@ -26,9 +22,6 @@ from model_swap.requests_json import parse_keep_alive, prompt_text
 from model_swap.tool_calls import (
     AUTO,
     NONE,
-    Call,
-    ReplySplitter,
-    parse_reply,
     parse_tool_choice,
     parse_tools,
 )
@@ -273,221 +266,3 @@ def _prompts(value: object, max_chars: int) -> list[dict]:
                 param="prompt",
             )
     return prompts
-
-
-# -- the worker's events ----------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    """How a generation ended, filled in as the events arrive."""
-
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: dict | None = None
-    tool_format: str | None = None  # the worker offered tools: how the reply writes calls
-
-    def usage(self) -> dict:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-    def add(self, other: Outcome) -> None:
-        """Count ``other``'s tokens too (several prompts in one answer)."""
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-
-
-def error_event(err: ApiError) -> bytes:
-    """The event that ends a worker stream that broke off (the swap service's ``stream_error``).
-
-    It starts on a line of its own: the worker may have died in the middle of one.
-    """
-    body = json.dumps({"error": {"type": err.type, "message": err.message}}).encode()
-    return b"\n" + body + b"\n"
-
-
-def texts(chunks: Iterable[bytes], outcome: Outcome) -> Iterator[str]:
-    """The generated text pieces in ``chunks`` (the worker's events), one per token.
-
-    Fills ``outcome`` from the last event; a stream that ends without one, or
-    with an error event, sets ``outcome.error``.
-    """
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # the rest of a line the worker never finished; an error event follows
-            if "text" in event:
-                yield event["text"]
-            elif "tool_format" in event:
-                outcome.tool_format = event["tool_format"]
-            elif "error" in event:
-                outcome.error = event["error"]
-                return
-            else:
-                outcome.finish_reason = event.get("finish_reason")
-                usage = event.get("usage") or {}
-                outcome.prompt_tokens = usage.get("prompt_tokens", 0)
-                outcome.completion_tokens = usage.get("completion_tokens", 0)
-    if outcome.finish_reason is None and outcome.error is None:
-        outcome.error = {"type": "worker_failed", "message": "the worker's stream ended early"}
-
-
-def finish_reason(outcome: Outcome, calls: list[Call]) -> str | None:
-    return "tool_calls" if calls else outcome.finish_reason
-
-
-class Answer:
-    """The identity of one answer: id, creation time, model and kind."""
-
-    def __init__(self, request: OpenAIRequest, model: str):
-        prefix = "chatcmpl" if request.kind == CHAT else "cmpl"
-        self.request = request
-        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-        self.model = model
-
-    def _envelope(self, obj: str, choices: list, **extra) -> dict:
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
-            **extra,
-        }
-
-    def choice(
-        self,
-        text: str | None,
-        finish_reason: str | None,
-        *,
-        role: bool = False,
-        index: int = 0,
-        calls: list[Call] | None = None,
-    ) -> dict:
-        if self.request.kind == COMPLETION:
-            text = text or ""
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        if self.request.stream:
-            delta = {} if text is None else {"content": text}
-            if role:
-                delta = {"role": "assistant", **delta}
-            if calls:
-                delta["tool_calls"] = [call.openai(i) for i, call in enumerate(calls)]
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        message = {"role": "assistant", "content": text, "refusal": None}
-        if calls:
-            message["content"] = text or None
-            message["tool_calls"] = [
-                {k: v for k, v in call.openai(i).items() if k != "index"}
-                for i, call in enumerate(calls)
-            ]
-        return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
-
-    def chunk(self, choices: list, usage: dict | None = None) -> bytes:
-        obj = "chat.completion.chunk" if self.request.kind == CHAT else COMPLETION
-        extra = {"usage": usage} if self.request.include_usage else {}
-        data = self._envelope(obj, choices, **extra)
-        return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
-
-    def whole(self, choices: list, outcome: Outcome) -> dict:
-        return self._envelope(self.request.kind, choices, usage=outcome.usage())
-
-
-DONE = b"data: [DONE]\n\n"
-
-
-def _error_chunk(outcome: Outcome) -> bytes:
-    error = {"message": outcome.error.get("message"), "type": "server_error", "param": None}
-    error["code"] = outcome.error.get("type")
-    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
-
-
-def sse_choice(
-    answer: Answer, chunks: Iterable[bytes], outcome: Outcome, index: int = 0
-) -> Iterator[bytes]:
-    """One choice's chunks: one per token as it arrives (a tool call once it is whole),
-    then the one with its ``finish_reason``; stops early with ``outcome.error`` set."""
-    splitter: ReplySplitter | None = None
-    for text in texts(chunks, outcome):
-        if outcome.tool_format is not None and answer.request.kind == CHAT:
-            splitter = splitter or ReplySplitter(outcome.tool_format)
-            text = splitter.push(text)
-            if not text:
-                continue
-        yield answer.chunk([answer.choice(text, None, index=index)])
-    if outcome.error is not None:
-        return
-    calls: list[Call] = []
-    if splitter is not None:
-        rest, calls = splitter.finish()
-        if rest:
-            yield answer.chunk([answer.choice(rest, None)])
-        if calls:
-            yield answer.chunk([answer.choice(None, None, calls=calls)])
-    reason = finish_reason(outcome, calls)
-    yield answer.chunk([answer.choice(None, reason, index=index)])
-
-
-def sse_stream(answer: Answer, chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """OpenAI's streaming answer: one chunk per token as it arrives, then ``[DONE]``.
-
-    A generation the worker could not finish ends with an ``error`` event
-    (the OpenAI SDK raises it as an APIError) and no ``[DONE]``.
-    """
-    outcome = Outcome()
-    if answer.request.kind == CHAT:
-        yield answer.chunk([answer.choice("", None, role=True)])
-    yield from sse_choice(answer, chunks, outcome)
-    if outcome.error is not None:
-        yield _error_chunk(outcome)
-        return
-    if answer.request.include_usage:
-        yield answer.chunk([], usage=outcome.usage())
-    yield DONE
-
-
-def sse_many(answer: Answer, streams: Iterable[Iterable[bytes]]) -> Iterator[bytes]:
-    """A completions answer to several prompts, streamed one choice after another."""
-    total = Outcome()
-    for index, chunks in enumerate(streams):
-        outcome = Outcome()
-        yield from sse_choice(answer, chunks, outcome, index)
-        if outcome.error is not None:
-            yield _error_chunk(outcome)
-            return
-        total.add(outcome)
-    if answer.request.include_usage:
-        yield answer.chunk([], usage=total.usage())
-    yield DONE
-
-
-def read_choice(answer: Answer, chunks: Iterable[bytes], index: int = 0) -> tuple[dict, Outcome]:
-    """One whole choice and its outcome; raises WorkerFailed if the worker broke off."""
-    outcome = Outcome()
-    text = "".join(texts(chunks, outcome))
-    if outcome.error is not None:
-        raise WorkerFailed(str(outcome.error.get("message")))
-    calls: list[Call] = []
-    if outcome.tool_format is not None and answer.request.kind == CHAT:
-        text, calls = parse_reply(text, outcome.tool_format)
-    reason = finish_reason(outcome, calls)
-    return answer.choice(text, reason, index=index, calls=calls), outcome
-
-
-def full_response(answer: Answer, chunks: Iterable[bytes]) -> dict:
-    """OpenAI's non-streaming answer; raises WorkerFailed if the worker broke off."""
-    choice, outcome = read_choice(answer, chunks)
-    return answer.whole([choice], outcome)
