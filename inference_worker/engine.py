@@ -335,6 +335,12 @@ class Engine:
                 raise PromptTooLong(
                     f"prompt is {len(prompt_tokens)} tokens; the context holds {n_ctx}"
                     + (" (the request's num_ctx)" if n_ctx < self.n_ctx else "")
+                    + (
+                        f" (the {len(job.tools)} tools offered are part of the prompt: "
+                        "offer fewer, or raise the worker's N_CTX)"
+                        if prompt.tool_format is not None
+                        else ""
+                    )
                 )
             budget = min(_max_tokens(job, prompt.own_template), room)
             generation = Generation(

@@ -103,7 +103,10 @@ def generic_system_prompt(tools: list[dict], choice: str) -> str:
     """The system message that offers ``tools`` to a model whose template has none."""
     lines = [
         "You can call these tools (JSON Schema of each one's arguments):",
-        *(json.dumps(tool["function"], ensure_ascii=False) for tool in tools),
+        *(
+            json.dumps(tool["function"], ensure_ascii=False, separators=(",", ":"))
+            for tool in tools
+        ),
         'To call tools, reply with only a JSON object: {"tool_calls": [{"name": <tool name>, '
         '"arguments": {<arguments>}}]}.',
     ]

@@ -363,3 +363,9 @@ def test_replies_are_read_in_each_format(fmt, text, content, calls):
     assert [(c.name, c.arguments) for c in streamed_calls] == calls
     if calls:
         assert "tool_call" not in shown and "{" not in shown.replace(content, "")
+
+
+def test_a_prompt_too_long_for_its_tools_says_so(store):
+    client = ollama.Client(host=store.url)
+    with pytest.raises(ollama.ResponseError, match="the 2 tools offered are part of the prompt"):
+        client.chat("tiny-a", messages=ASK, tools=TOOLS, options={"num_ctx": 100})
