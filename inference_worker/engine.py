@@ -456,9 +456,10 @@ def _render(llm, template: ChatTemplate, job: Job) -> _Prompt:
     tokens = llm.tokenize(text, add_bos=not chat.has_bos, special=True)
     stops = sampling.stop + tuple(s for s in chat.stop if s not in sampling.stop)
     if chat.tool_format is not None:
-        grammar = tool_grammar(chat.tool_format, tools, job.tool_choice, job.parallel_tool_calls)
-        if grammar is not None:
-            sampling = dataclasses.replace(sampling, grammar=grammar)
+        grammar, trigger = tool_grammar(
+            chat.tool_format, tools, job.tool_choice, job.parallel_tool_calls
+        )
+        sampling = dataclasses.replace(sampling, grammar=grammar, grammar_trigger=trigger)
     return _Prompt(tokens, stops, chat.template == "gguf", sampling, chat.tool_format)
 
 

@@ -2,7 +2,8 @@
 
 The chain is the one ``llama_cpp.Llama.generate`` builds (so a request samples
 exactly as it did before batching): a grammar when the request has one (JSON
-Schema, tool calls or GBNF: tokens it does not allow are masked first),
+Schema, tool calls or GBNF: tokens it does not allow are masked first; a lazy
+one for tools with ``auto``, applied once the reply starts a call),
 repetition penalties over the last 64 tokens, then greedy for temperature 0,
 Mirostat when asked for, else top-k 40, typical 1.0, top-p (default 0.95),
 min-p 0.05, temperature (default 0.8) and a seeded draw. Each request may set
@@ -11,6 +12,8 @@ grammar and penalties see only its own tokens and its seed only its own draws.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import llama_cpp
 from llama_cpp._internals import LlamaSampler
@@ -31,6 +34,17 @@ MIROSTAT_ETA = 0.1
 MIROSTAT_M = 100
 
 
+def _grammar_sampler(vocab, sampling: Sampling):
+    text = sampling.grammar.encode("utf-8")
+    if sampling.grammar_trigger is None:
+        return llama_cpp.llama_sampler_init_grammar(vocab, text, b"root")
+    patterns = (ctypes.c_char_p * 1)(sampling.grammar_trigger.encode("utf-8"))
+    no_tokens = (llama_cpp.llama_token * 0)()
+    return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+        vocab, text, b"root", patterns, 1, no_tokens, 0
+    )
+
+
 def _or(value, default):
     return default if value is None else value
 
@@ -44,9 +58,7 @@ def sampler_chain(sampling: Sampling, n_vocab: int, vocab=None, n_ctx: int = 0) 
     """
     chain = LlamaSampler()
     if sampling.grammar is not None and vocab is not None:
-        grammar = llama_cpp.llama_sampler_init_grammar(
-            vocab, sampling.grammar.encode("utf-8"), b"root"
-        )
+        grammar = _grammar_sampler(vocab, sampling)
         if not grammar:
             raise ValueError("llama.cpp could not parse the request's grammar")
         llama_cpp.llama_sampler_chain_add(chain.sampler, grammar)

@@ -22,8 +22,6 @@ ROOT = "root"
 # Calls one reply may make when parallel calls are allowed (a grammar without a bound lets a
 # model that keeps choosing "another call" run out of tokens inside one).
 MAX_PARALLEL_CALLS = 4
-# Any character (GBNF's widest class).
-_ANY = "[\\U00000001-\\U0010FFFF]"
 
 
 class GrammarError(ValueError):
@@ -62,21 +60,27 @@ def _call_schema(tool: dict, arguments_key: str) -> dict:
     }
 
 
-def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool) -> str | None:
-    """The grammar a reply must follow for ``choice`` (``required``, a function's name, or
-    ``auto``); None where the model is free (``auto`` with a native format)."""
-    if choice not in (REQUIRED, *tool_names(tools)) and fmt != GENERIC:
-        return None
-    offered = (
-        tools
-        if choice not in tool_names(tools)
-        else [tool for tool in tools if tool["function"]["name"] == choice]
-    )
+# Where a call starts in a reply, per format (llama.cpp matches the whole text so far; the
+# first group starts what the grammar constrains). Used for ``auto``: text before it is free.
+TRIGGERS = {
+    HERMES: r"[\s\S]*?(<tool_call>)[\s\S]*",
+    MISTRAL: r"[\s\S]*?(\[TOOL_CALLS\])[\s\S]*",
+    LLAMA3: r"\s*(\{)[\s\S]*",
+    GENERIC: r"\s*(\{)[\s\S]*",
+}
+
+
+def tool_grammar(
+    fmt: str, tools: list[dict], choice: str, parallel: bool
+) -> tuple[str, str | None]:
+    """The grammar of calls (of the named function, for a named ``choice``) in ``fmt``, and
+    for ``auto`` the trigger after which it applies (None: from the first token)."""
+    names = tool_names(tools)
+    offered = [tool for tool in tools if tool["function"]["name"] == choice] or tools
     key = "parameters" if fmt == LLAMA3 else "arguments"
     converter = _converter()
     calls = [_call_schema(tool, key) for tool in offered]
     call = _visit(converter, {"anyOf": calls} if len(calls) > 1 else calls[0], "call")
-    forced = choice != "auto"
 
     def repeated(item: str, separator: str) -> str:
         if not parallel:
@@ -93,10 +97,8 @@ def tool_grammar(fmt: str, tools: list[dict], choice: str, parallel: bool) -> st
     else:
         items = repeated(call, '", "')
         root = f'"{{\\"tool_calls\\": [" {items} "]}}"'
-        if not forced:  # auto: plain text (not starting with "{") or a call
-            root = f"{root} | [ \\t\\n]* [^{{ \\t\\n] {_ANY}*"
-    rules = converter.format_grammar()
-    return f"{ROOT} ::= {root}\n{rules}"
+    trigger = None if choice == REQUIRED or choice in names else TRIGGERS[fmt]
+    return f"{ROOT} ::= {root}\n{converter.format_grammar()}", trigger
 
 
 def generic_system_prompt(tools: list[dict], choice: str) -> str:

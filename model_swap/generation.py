@@ -60,6 +60,10 @@ class Sampling:
     mirostat_eta: float | None = None
     # GBNF text every sampled token must follow (llama.cpp's grammar sampler).
     grammar: str | None = None
+    # Set by the worker for tools with ``auto``: the grammar applies only once the text
+    # matches this regex (llama.cpp's lazy grammar; its first group starts the constrained
+    # part), so a plain-text reply costs no grammar work. Never read from a request.
+    grammar_trigger: str | None = None
 
     def to_json(self) -> dict:
         """The fields that differ from the defaults, as the worker's /infer body takes them."""

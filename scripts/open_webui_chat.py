@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--chromium", required=True)
     parser.add_argument("--screenshot", required=True)
     parser.add_argument("--message", default="Write one sentence about Paris.")
-    parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
 
     with sync_playwright() as playwright:

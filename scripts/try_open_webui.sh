@@ -85,6 +85,7 @@ echo "starting Open WebUI on :$OWUI_PORT (offline)" >&2
         RAG_EMBEDDING_MODEL_AUTO_UPDATE=False RAG_RERANKING_MODEL_AUTO_UPDATE=False \
         WHISPER_MODEL_AUTO_UPDATE=False
     mkdir -p "$DATA_DIR"
+    cd "$WORK"  # it writes .webui_secret_key into its working directory
     exec "$OWUI_HOME/venv/bin/open-webui" serve --host 127.0.0.1 --port "$OWUI_PORT"
 ) >"$WORK/open-webui.log" 2>&1 &
 PIDS+=($!)
