@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 from playwright.sync_api import sync_playwright
 
-# What Open WebUI shows in the answer's place when the backend refused the request.
-ERROR_MARKERS = ("is not supported", "Error:", "400", "Ollama: ", "the context holds")
+# What Open WebUI shows in the answer's place when model-swap refused the request.
+ERROR_MARKERS = ("is not supported by", "the context holds", "not found, try pulling", "Ollama: 4")
 ANSWER = "#response-content-container, .chat-assistant"
 
 
