@@ -342,7 +342,7 @@ class BatchScheduler:
         for seq in active:
             if seq.row < 0:
                 continue
-            token = llama_cpp.llama_sampler_sample(seq.sampler.sampler, self._ctx, seq.row)
+            token = seq.sampler.sample(self._ctx, seq.row)
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 self._end(seq, "stop")
                 continue

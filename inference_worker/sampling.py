@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 
 import llama_cpp
+import numpy as np
 from llama_cpp._internals import LlamaSampler
 
 from model_swap.generation import Sampling
@@ -32,6 +33,8 @@ MIROSTAT_TAU = 5.0
 MIROSTAT_ETA = 0.1
 # Candidates Mirostat (v1) estimates s_hat from, as llama.cpp's own sampling uses.
 MIROSTAT_M = 100
+# llama_token_data as a numpy record, to build a candidate array without a Python loop.
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
 def _grammar_sampler(vocab, sampling: Sampling):
@@ -49,19 +52,79 @@ def _or(value, default):
     return default if value is None else value
 
 
-def sampler_chain(sampling: Sampling, n_vocab: int, vocab=None, n_ctx: int = 0) -> LlamaSampler:
-    """A new chain for ``sampling``; the caller closes it (``LlamaSampler.close``).
+class SequenceSampler:
+    """One sequence's sampling: its chain, and its grammar kept apart from the chain.
+
+    Like llama.cpp's own ``common_sampler``, ``sample`` draws from the chain first
+    and asks the grammar only about the drawn token; only when the grammar refuses
+    it does it mask every candidate and draw again. Masking a large vocabulary at
+    every step is what makes grammar sampling slow, and most tokens a model draws
+    already fit. Not thread-safe: the scheduler's thread owns it.
+    """
+
+    def __init__(self, chain: LlamaSampler, grammar, n_vocab: int):
+        self.chain = chain
+        self._grammar = grammar  # a llama_sampler pointer, or None
+        self._n_vocab = n_vocab
+        self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA) if grammar else None
+        if self._data is not None:
+            self._data["id"] = np.arange(n_vocab, dtype=np.int32)
+        self._one = (llama_cpp.llama_token_data * 1)()
+
+    def _candidates(self, ctx, row: int) -> llama_cpp.llama_token_data_array:
+        logits = llama_cpp.llama_get_logits_ith(ctx, row)
+        self._data["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        self._data["p"] = 0.0
+        pointer = self._data.ctypes.data_as(llama_cpp.llama_token_data_p)
+        return llama_cpp.llama_token_data_array(pointer, self._n_vocab, -1, False)
+
+    def sample(self, ctx, row: int) -> int:
+        """The next token from logits row ``row`` of ``ctx``, accepted by the chain (and
+        the grammar)."""
+        if self._grammar is None:
+            return llama_cpp.llama_sampler_sample(self.chain.sampler, ctx, row)
+        cur = self._candidates(ctx, row)
+        llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
+        token = int(cur.data[cur.selected].id)
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
+        one = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(one))
+        if self._one[0].logit == float("-inf"):  # the grammar refuses it: mask, draw again
+            self._data["id"] = np.arange(self._n_vocab, dtype=np.int32)
+            cur = self._candidates(ctx, row)
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(cur))
+            llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
+            token = int(cur.data[cur.selected].id)
+        # Samplers may reorder the candidates in place: put the ids back in order.
+        self._data["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain.sampler, token)
+        return token
+
+    def close(self) -> None:
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
+        self.chain.close()
+
+
+def sampler_chain(sampling: Sampling, n_vocab: int, vocab=None, n_ctx: int = 0) -> SequenceSampler:
+    """A new sampler for ``sampling``; the caller closes it (``SequenceSampler.close``).
 
     ``vocab`` (the model's ``llama_vocab``) is needed for a grammar, which the
     worker checked already (``structured.check_grammar``); ``n_ctx`` is what
     ``repeat_last_n: -1`` covers.
     """
-    chain = LlamaSampler()
+    grammar = None
     if sampling.grammar is not None and vocab is not None:
         grammar = _grammar_sampler(vocab, sampling)
         if not grammar:
             raise ValueError("llama.cpp could not parse the request's grammar")
-        llama_cpp.llama_sampler_chain_add(chain.sampler, grammar)
+    return SequenceSampler(_chain(sampling, n_vocab, n_ctx), grammar, n_vocab)
+
+
+def _chain(sampling: Sampling, n_vocab: int, n_ctx: int) -> LlamaSampler:
+    chain = LlamaSampler()
     last_n = _or(sampling.repeat_last_n, PENALTY_LAST_N)
     chain.add_penalties(
         n_vocab=n_vocab,
