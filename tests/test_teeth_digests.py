@@ -1,0 +1,64 @@
+"""The store's file version key: a file rewritten in place with the same size (same path,
+same inode) is a new version with a new digest; an untouched file is hashed once.
+The other tests always rename a new file into place, which changes the inode."""
+
+from __future__ import annotations
+
+import os
+
+from model_store_server.digests import DigestCache, PerVersionCache
+from model_swap.digest import file_digest
+
+
+def rewrite_in_place(path, data: bytes, mtime_step_ns: int = 1_000_000) -> None:
+    """``cp new path`` over an existing file: same inode, same size, a later mtime."""
+    before = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(data)
+    # Two writes within one clock tick can share an mtime; a real cp comes later.
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + mtime_step_ns))
+
+
+def test_an_in_place_rewrite_of_the_same_size_is_a_new_digest(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"A" * 4096)
+    cache = DigestCache()
+    first = cache.digest(path)
+    assert first == file_digest(path)
+    inode = os.stat(path).st_ino
+    rewrite_in_place(path, b"B" * 4096)
+    assert os.stat(path).st_ino == inode and os.stat(path).st_size == 4096
+    second = cache.digest(path)
+    assert second == file_digest(path) != first
+    assert cache.sha256(path) == file_digest(path, "sha256").partition(":")[2]
+
+
+def test_an_untouched_file_is_computed_once_per_key(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"x" * 100)
+    cache = PerVersionCache()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    assert cache.get(path, "k", compute) == 1
+    assert cache.get(path, "k", compute) == 1
+    rewrite_in_place(path, b"y" * 100)
+    assert cache.get(path, "k", compute) == 2
+    assert cache.get(path, "k", compute) == 2
+    assert cache.get(path, "other", compute) == 3  # another key is another value
+    assert cache.get(path, "k", compute) == 2  # ... and keeps this version's others
+
+
+def test_a_size_change_alone_is_a_new_version(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"x" * 100)
+    cache = DigestCache()
+    first = cache.digest(path)
+    stat = os.stat(path)
+    with open(path, "ab") as f:
+        f.write(b"x")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime, one byte more
+    assert cache.digest(path) == file_digest(path) != first

@@ -1,0 +1,121 @@
+"""Request translation checked value by value: each option a client sends reaches the
+worker's job under its own name with its own value (the end-to-end tests only see that
+some text comes back). Ollama's ``options`` and OpenAI's top-level fields; pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_store_server import ollama_api, openai_api
+from model_swap.errors import BadRequest
+
+LIMIT = 10_000
+# Every sampling value distinct, so a value stored under another name shows.
+SAMPLING = {
+    "temperature": 0.3,
+    "top_p": 0.7,
+    "seed": 4242,
+    "stop": ["END", "\n\n"],
+    "presence_penalty": 0.4,
+    "frequency_penalty": -0.6,
+}
+
+
+def test_ollama_generate_maps_every_option_to_its_own_field():
+    body = {"model": "tiny-a", "prompt": "hi", "options": {**SAMPLING, "num_predict": 17}}
+    request = ollama_api.parse_generate(body, max_prompt_chars=LIMIT)
+    assert request.model == "tiny-a.gguf"
+    assert request.job == {
+        "prompt": "hi",
+        "max_tokens": 17,
+        **SAMPLING,
+        "stream_format": "events",
+    }
+
+
+def test_ollama_chat_maps_every_option_to_its_own_field():
+    body = {
+        "model": "tiny-b:latest",
+        "messages": [{"role": "user", "content": "hi"}],
+        "options": {**SAMPLING, "num_predict": 5},
+    }
+    request = ollama_api.parse_chat(body, max_prompt_chars=LIMIT)
+    assert request.model == "tiny-b.gguf"
+    assert request.job == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 5,
+        **SAMPLING,
+        "stream_format": "events",
+    }
+
+
+@pytest.mark.parametrize("option", sorted(SAMPLING))
+def test_ollama_one_option_alone_sets_only_its_field(option):
+    options = {option: SAMPLING[option]}
+    job = ollama_api.parse_options(options)
+    assert job == {"max_tokens": None, option: SAMPLING[option]}
+
+
+@pytest.mark.parametrize(("predict", "max_tokens"), [(None, None), (-1, None), (-2, None), (1, 1)])
+def test_ollama_num_predict(predict, max_tokens):
+    options = {} if predict is None else {"num_predict": predict}
+    assert ollama_api.parse_options(options)["max_tokens"] == max_tokens
+
+
+@pytest.mark.parametrize("predict", [0, -3, 1.5, True, "8"])
+def test_ollama_bad_num_predict_is_refused(predict):
+    with pytest.raises(BadRequest) as err:
+        ollama_api.parse_options({"num_predict": predict})
+    assert err.value.param == "num_predict"
+
+
+def test_ollama_keep_alive_and_stream_are_read():
+    body = {"model": "tiny-a", "prompt": "hi", "keep_alive": 7, "stream": False}
+    request = ollama_api.parse_generate(body, max_prompt_chars=LIMIT)
+    assert request.keep_alive == 7 and request.stream is False
+    streamed = ollama_api.parse_generate({"model": "tiny-a", "prompt": "hi"}, max_prompt_chars=10)
+    assert streamed.stream is True and streamed.keep_alive is None
+
+
+def test_openai_chat_maps_every_field_to_its_own_field():
+    body = {
+        "model": "tiny-a.gguf",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 9,
+        **SAMPLING,
+    }
+    request = openai_api.parse_chat(body, max_prompt_chars=LIMIT)
+    assert request.job == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 9,
+        **SAMPLING,
+        "stream_format": "events",
+    }
+    assert (request.stream, request.include_usage) == (False, False)
+
+
+def test_openai_max_completion_tokens_wins_over_max_tokens():
+    body = {"model": "m.gguf", "messages": [{"role": "user", "content": "x"}]}
+    both = openai_api.parse_chat(
+        {**body, "max_tokens": 9, "max_completion_tokens": 3}, max_prompt_chars=LIMIT
+    )
+    assert both.job["max_tokens"] == 3
+
+
+def test_openai_completion_maps_every_field_to_its_own_field():
+    body = {
+        "model": "tiny-a.gguf",
+        "prompt": ["once"],
+        "max_tokens": 11,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **SAMPLING,
+    }
+    request = openai_api.parse_completion(body, max_prompt_chars=LIMIT)
+    assert request.job == {
+        "prompt": "once",
+        "max_tokens": 11,
+        **SAMPLING,
+        "stream_format": "events",
+    }
+    assert (request.stream, request.include_usage) == (True, True)
