@@ -153,6 +153,8 @@ class ChunkedBody(Body):
             more = bytearray(64 * 1024)
             count = self._recv(memoryview(more), len(more))
             self._held += more[:count]
+        if end > MAX_CHUNK_LINE:  # the whole line may have arrived in one read
+            raise ValueError("chunked body: a framing line is too long")
         line = bytes(self._held[:end])
         del self._held[: end + 2]
         return line
