@@ -21,8 +21,8 @@ TOP = [3.0, 2.0, 1.5, 1.0]
 LOGITS = np.array(TOP + [-50.0] * (N_VOCAB - len(TOP)), dtype=np.single)
 
 
-def apply(sampling: Sampling, history: tuple[int, ...] = (), draws: int = 1):
-    """Run the chain over LOGITS ``draws`` times (after accepting ``history``); the last
+def apply(sampling: Sampling, history: tuple[int, ...] = (), draws: int = 1, logits=LOGITS):
+    """Run the chain over ``logits`` ``draws`` times (after accepting ``history``); the last
     draw's surviving candidates {id: logit} and every draw's chosen token."""
     chain = sampler_chain(sampling, N_VOCAB)
     try:
@@ -31,7 +31,7 @@ def apply(sampling: Sampling, history: tuple[int, ...] = (), draws: int = 1):
         chosen = []
         for _ in range(draws):
             array = LlamaTokenDataArray(n_vocab=N_VOCAB)
-            array.copy_logits(LOGITS)
+            array.copy_logits(logits)
             llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(array.candidates))
             kept = array.candidates_data[: array.candidates.size]
             chosen.append(int(kept[array.candidates.selected].id))
@@ -88,3 +88,23 @@ def test_presence_and_frequency_penalties_use_their_values():
     assert kept[0] == pytest.approx(3.0 - 0.5 - 2 * 0.25)
     assert kept[1] == pytest.approx(2.0 - 0.5 - 1 * 0.25)
     assert kept[2] == pytest.approx(1.5)
+
+
+def test_no_seed_draws_at_random():
+    """No seed is llama.cpp's "random seed": two requests without one draw differently."""
+    _, first = apply(Sampling(temperature=5.0), draws=40)
+    _, second = apply(Sampling(temperature=5.0), draws=40)
+    assert set(first) <= {0, 1, 2, 3} and first != second
+
+
+def logits(*top: float) -> np.ndarray:
+    return np.array(list(top) + [-50.0] * (N_VOCAB - len(top)), dtype=np.single)
+
+
+def test_min_p_cuts_tokens_far_below_the_best_and_may_keep_one():
+    """min-p 0.05 keeps only the tokens at least 5% as likely as the best (top-p off)."""
+    sampling = Sampling(temperature=1.0, top_p=1.0, seed=1)
+    kept, _ = apply(sampling, logits=logits(10.0, 0.0, 7.5))
+    assert sorted(kept) == [0, 2]  # e^-2.5 = 0.082 of the best stays, e^-10 goes
+    kept, _ = apply(sampling, logits=logits(10.0, 0.0))
+    assert sorted(kept) == [0]
