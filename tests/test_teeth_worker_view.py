@@ -1,11 +1,16 @@
 """An explicit unload under steady traffic: the model being taken away admits no new
-generation, so the unload finishes instead of timing out (real threads, no servers)."""
+generation, so the unload finishes instead of timing out (real threads, no servers);
+then the gate's transitions read back through its public state, and a model being
+swapped in seen by placement as coming in."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
+
+from model_store_server.core.gate import Busy, Gate
 from model_store_server.core.grants import Hit, Swap
 from model_store_server.decision import Action
 from tests.test_worker_view import begin, in_thread, serve, state
@@ -75,3 +80,81 @@ def test_an_explicit_unload_finishes_under_steady_traffic_on_its_model():
         thread.join(5)
     assert not errors
     assert s.snapshot().generating == 0
+
+
+def test_a_swap_changing_a_model_holds_back_hits_on_it_only():
+    gate = Gate()
+    with gate.cond:
+        gate.take_swap()
+        gate.change(frozenset({"a"}))
+        assert gate.changing("a") and not gate.changing("b")
+        assert not gate.admits_hit("a") and gate.admits_hit("b")
+        gate.drain(frozenset({"b"}))
+        assert not gate.admits_hit("b") and gate.admits_hit("c")
+        assert not gate.idle
+        gate.release()
+        assert gate.slot_free and gate.idle
+        assert not gate.changing("a") and gate.admits_hit("a") and gate.admits_hit("b")
+
+
+def test_a_draining_model_keeps_the_gate_busy_even_with_the_slot_free():
+    gate = Gate()
+    with gate.cond:
+        gate.drain(frozenset({"a"}))
+        assert gate.slot_free and not gate.idle
+        gate.drain(frozenset())
+        assert gate.idle
+
+
+def test_an_upgrade_that_times_out_stays_a_swap_and_says_why():
+    gate = Gate()
+    with gate.cond:
+        gate.enter("a")
+        gate.take_swap()
+        with pytest.raises(Busy, match="^timed out waiting for running generations to finish$"):
+            gate.upgrade(time.monotonic() - 1)
+        assert gate.slot == Gate.SWAP and gate.swapping
+        assert gate.leave("a")
+        gate.upgrade(time.monotonic() + 1)
+        assert gate.slot == Gate.EXCLUSIVE and not gate.admits_hit("b")
+
+
+def test_exclusive_that_times_out_takes_nothing_and_says_why():
+    gate = Gate()
+    with gate.cond:
+        gate.enter("a")
+        with pytest.raises(Busy, match="^timed out waiting for running generations to finish$"):
+            gate.take_exclusive(time.monotonic() - 1)
+        assert gate.slot_free
+        gate.take_swap()
+        with pytest.raises(Busy, match="^timed out waiting for another model swap to finish$"):
+            gate.take_exclusive(time.monotonic() - 1)
+        assert gate.slot == Gate.SWAP
+        with pytest.raises(RuntimeError, match="swap"):
+            gate.take_swap()
+
+
+def test_hits_are_counted_per_model():
+    gate = Gate()
+    with gate.cond:
+        gate.enter("a")
+        gate.enter("a")
+        gate.enter("b")
+        assert gate.active() == {"a": 2, "b": 1} and gate.generating("a") == 2
+        assert not gate.leave("a")
+        assert gate.leave("a") and gate.generating("a") == 0 and gate.active() == {"b": 1}
+
+
+def test_a_model_being_swapped_in_is_incoming_for_placement():
+    s = state(capacity=3, loaded=2)
+    swap = begin(s, "A")
+    assert isinstance(swap, Swap)
+
+    def seen(model):
+        return s.candidate(
+            "w", 0, model, size=0, footprint=0, pending=0, placed=0, coming=[]
+        ).incoming
+
+    assert seen("A") and not seen("B")
+    swap.commit().release()
+    assert not seen("A")
