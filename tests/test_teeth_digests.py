@@ -5,6 +5,8 @@ The other tests always rename a new file into place, which changes the inode."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from model_store_server.digests import DigestCache, PerVersionCache
 from model_swap.digest import file_digest
@@ -62,3 +64,39 @@ def test_a_size_change_alone_is_a_new_version(tmp_path):
         f.write(b"x")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime, one byte more
     assert cache.digest(path) == file_digest(path) != first
+
+
+def test_concurrent_requests_for_one_version_compute_it_once(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"x" * 100)
+    cache = PerVersionCache()
+    calls = []
+    start = threading.Barrier(4)
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.2)  # still computing when the others ask
+        return "value"
+
+    results = []
+
+    def ask():
+        start.wait()
+        results.append(cache.get(path, "k", compute))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert results == ["value"] * 4 and len(calls) == 1
+
+
+def test_each_path_has_its_own_versions(tmp_path):
+    one, two = tmp_path / "one.gguf", tmp_path / "two.gguf"
+    one.write_bytes(b"1" * 10)
+    two.write_bytes(b"2" * 10)
+    cache = DigestCache()
+    assert cache.digest(one) == file_digest(one) != cache.digest(two) == file_digest(two)
+    assert cache.digest(one, "sha256") == file_digest(one, "sha256")
+    assert cache.digest(one) == file_digest(one)  # another algorithm kept the first
