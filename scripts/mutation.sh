@@ -38,13 +38,12 @@ MODULES=(
 budget=${MUTATION_BUDGET:-300}
 jobs=${MUTATION_JOBS:-2}
 selected=()
-for module in "${MODULES[@]}"; do
-    if [ $# -eq 0 ]; then
-        selected+=("$module")
-        continue
-    fi
-    for word in "$@"; do
-        [[ "$module" == *"$word"* ]] && selected+=("$module") && break
+if [ $# -eq 0 ]; then
+    selected=("${MODULES[@]}")
+fi
+for word in "$@"; do # in the order given
+    for module in "${MODULES[@]}"; do
+        [[ "$module" == *"$word"* && " ${selected[*]} " != *" $module "* ]] && selected+=("$module")
     done
 done
 if [ ${#selected[@]} -eq 0 ]; then
