@@ -100,3 +100,43 @@ def test_each_path_has_its_own_versions(tmp_path):
     assert cache.digest(one) == file_digest(one) != cache.digest(two) == file_digest(two)
     assert cache.digest(one, "sha256") == file_digest(one, "sha256")
     assert cache.digest(one) == file_digest(one)  # another algorithm kept the first
+
+
+def test_several_files_keep_their_values_side_by_side(tmp_path):
+    paths = [tmp_path / f"m{i}.gguf" for i in range(3)]
+    for i, path in enumerate(paths):
+        path.write_bytes(bytes([i]) * 64)
+    cache = PerVersionCache()
+    calls = []
+
+    def compute_for(path):
+        def compute():
+            calls.append(path.name)
+            return path.name
+
+        return compute
+
+    for _ in range(2):
+        assert [cache.get(p, "k", compute_for(p)) for p in paths] == [p.name for p in paths]
+    assert calls == [p.name for p in paths]  # each once, none forgotten for another
+
+
+def test_computing_one_file_does_not_hold_up_another(tmp_path):
+    slow, fast = tmp_path / "slow.gguf", tmp_path / "fast.gguf"
+    slow.write_bytes(b"s" * 10)
+    fast.write_bytes(b"f" * 10)
+    cache = PerVersionCache()
+    fast_done = threading.Event()
+
+    def compute_slow():
+        # Done only once the other file's value came in meanwhile.
+        return fast_done.wait(5)
+
+    thread = threading.Thread(target=lambda: results.append(cache.get(slow, "k", compute_slow)))
+    results: list[bool] = []
+    thread.start()
+    time.sleep(0.1)  # the slow computation is under way
+    assert cache.get(fast, "k", lambda: "fast") == "fast"
+    fast_done.set()
+    thread.join(5)
+    assert results == [True]
