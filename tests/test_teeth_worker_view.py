@@ -158,3 +158,23 @@ def test_a_model_being_swapped_in_is_incoming_for_placement():
     assert seen("A") and not seen("B")
     swap.commit().release()
     assert not seen("A")
+
+
+def test_a_wait_uses_its_whole_deadline():
+    """A wait with less than a second left still waits for the condition to come true."""
+    gate = Gate()
+    with gate.cond:
+        gate.enter("a")
+
+    def end_generation():
+        with gate.cond:
+            gate.leave("a")
+
+    ended = threading.Timer(0.1, end_generation)
+    ended.start()
+    with gate.cond:
+        gate.wait(lambda: not gate.generating("a"), time.monotonic() + 0.8, "the generation")
+    ended.join()
+    with gate.cond, pytest.raises(Busy, match="^timed out waiting for the generation$"):
+        gate.enter("a")
+        gate.wait(lambda: not gate.generating("a"), time.monotonic() + 0.05, "the generation")
