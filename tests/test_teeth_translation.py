@@ -119,3 +119,91 @@ def test_openai_completion_maps_every_field_to_its_own_field():
         "stream_format": "events",
     }
     assert (request.stream, request.include_usage) == (True, True)
+
+
+# -- Ollama: what is refused is named, with its parameter -------------------------------------
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def refused(parse, body: dict) -> BadRequest:
+    with pytest.raises(BadRequest) as err:
+        parse(body, max_prompt_chars=LIMIT)
+    return err.value
+
+
+@pytest.mark.parametrize(
+    "field", ["images", "format", "system", "template", "context", "suffix", "think", "logprobs"]
+)
+def test_ollama_generate_refuses_each_field_it_cannot_honour(field):
+    err = refused(ollama_api.parse_generate, {"model": "m", "prompt": "hi", field: "x"})
+    assert err.param == field
+    assert err.message == f"{field} is not supported by model-swap's /api/generate"
+
+
+@pytest.mark.parametrize("field", ["tools", "format", "think", "logprobs"])
+def test_ollama_chat_refuses_each_field_it_cannot_honour(field):
+    err = refused(ollama_api.parse_chat, {"model": "m", "messages": HI, field: ["x"]})
+    assert err.param == field
+    assert err.message == f"{field} is not supported by model-swap's /api/chat"
+
+
+@pytest.mark.parametrize("empty", [None, False, "", [], {}])
+def test_ollama_empty_values_of_those_fields_are_accepted(empty):
+    body = {"model": "m", "prompt": "hi", "images": empty, "format": empty}
+    assert ollama_api.parse_generate(body, max_prompt_chars=LIMIT).job["prompt"] == "hi"
+
+
+@pytest.mark.parametrize("field", ["images", "tool_calls", "thinking"])
+def test_ollama_chat_refuses_message_fields_it_cannot_honour(field):
+    messages = [*HI, {"role": "assistant", "content": "x", field: ["y"]}]
+    err = refused(ollama_api.parse_chat, {"model": "m", "messages": messages})
+    assert err.param == f"messages[1].{field}"
+    assert err.message == f"messages[1].{field} is not supported by model-swap"
+
+
+def test_ollama_options_stream_and_raw_must_have_their_types():
+    err = refused(ollama_api.parse_generate, {"model": "m", "prompt": "x", "options": [1]})
+    assert (err.param, err.message) == ("options", "options must be an object")
+    err = refused(ollama_api.parse_generate, {"model": "m", "prompt": "x", "stream": "yes"})
+    assert (err.param, err.message) == ("stream", "stream must be a boolean")
+    err = refused(ollama_api.parse_generate, {"model": "m", "prompt": "x", "raw": "yes"})
+    assert (err.param, err.message) == ("raw", "raw must be a boolean")
+    for raw in (None, True, False):
+        ollama_api.parse_generate({"model": "m", "prompt": "x", "raw": raw}, max_prompt_chars=10)
+    err = refused(ollama_api.parse_generate, {"model": "m", "prompt": "x", "options": {"top_k": 1}})
+    assert err.param == "options.top_k"
+    assert err.message.startswith("option top_k is not supported by model-swap (supported: ")
+    assert "temperature, top_p, seed, num_predict, stop, presence_penalty" in err.message
+    err = refused(
+        ollama_api.parse_generate, {"model": "m", "prompt": "x", "options": {"b": 1, "a": 1}}
+    )
+    assert err.param == "options.a"  # the first in order
+    err = refused(ollama_api.parse_generate, {"model": "m", "options": {"num_predict": 0}})
+    assert err.message == "options.num_predict must be a positive integer, -1 or -2"
+
+
+def test_ollama_requests_carry_their_kind_name_stream_and_keep_alive():
+    chat = ollama_api.parse_chat(
+        {"model": "tiny-b:latest", "messages": HI, "stream": False, "keep_alive": "5m"},
+        max_prompt_chars=LIMIT,
+    )
+    assert (chat.kind, chat.name, chat.model) == ("chat", "tiny-b:latest", "tiny-b.gguf")
+    assert chat.stream is False and chat.keep_alive == 300.0
+    generate = ollama_api.parse_generate(
+        {"model": "tiny-a", "prompt": "hi", "stream": None}, max_prompt_chars=LIMIT
+    )
+    assert (generate.kind, generate.name, generate.stream) == ("generate", "tiny-a", True)
+    streamed = ollama_api.parse_chat({"model": "m", "messages": HI}, max_prompt_chars=LIMIT)
+    assert streamed.stream is True
+
+
+def test_ollama_an_empty_prompt_or_no_messages_only_loads_but_still_checks_options():
+    for body in ({"model": "m"}, {"model": "m", "prompt": ""}):
+        assert ollama_api.parse_generate(body, max_prompt_chars=LIMIT).job is None
+    for messages in (None, []):
+        request = ollama_api.parse_chat({"model": "m", "messages": messages}, max_prompt_chars=9)
+        assert request.job is None
+    for parse in (ollama_api.parse_generate, ollama_api.parse_chat):
+        err = refused(parse, {"model": "m", "options": {"num_predict": 0}})
+        assert err.param == "num_predict"
