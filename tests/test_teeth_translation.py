@@ -4,10 +4,12 @@ some text comes back). Ollama's ``options`` and OpenAI's top-level fields; pure.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from model_store_server import ollama_api, openai_api
-from model_swap.errors import BadRequest
+from model_swap.errors import BadRequest, WorkerFailed
 
 LIMIT = 10_000
 # Every sampling value distinct, so a value stored under another name shows.
@@ -207,3 +209,72 @@ def test_ollama_an_empty_prompt_or_no_messages_only_loads_but_still_checks_optio
     for parse in (ollama_api.parse_generate, ollama_api.parse_chat):
         err = refused(parse, {"model": "m", "options": {"num_predict": 0}})
         assert err.param == "num_predict"
+
+
+# -- Ollama answers from the worker's events ---------------------------------------------------
+
+EVENTS = [
+    b'{"text": "Hel"}\n{"text": "lo"}\n',
+    b'{"finish_reason": "length", "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n',
+]
+
+
+def answers(kind: str):
+    body = {"model": "tiny-a:latest", "prompt": "hi", "messages": HI}
+    parse = ollama_api.parse_chat if kind == "chat" else ollama_api.parse_generate
+    if kind == "chat":
+        body.pop("prompt")
+    else:
+        body.pop("messages")
+    return parse(body, max_prompt_chars=LIMIT)
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat"])
+def test_ollama_stream_is_one_object_per_token_then_the_done_object(kind):
+    request = answers(kind)
+    timing = ollama_api.Timing(started=0, ready=5)
+    lines = [json.loads(line) for line in ollama_api.ndjson(request, iter(EVENTS), timing)]
+    assert len(lines) == 3
+    key = "message" if kind == "chat" else "response"
+
+    def text(line):
+        return line[key]["content"] if kind == "chat" else line[key]
+
+    assert [text(line) for line in lines] == ["Hel", "lo", ""]
+    assert [line["done"] for line in lines] == [False, False, True]
+    assert all(line["model"] == "tiny-a:latest" and "created_at" in line for line in lines)
+    if kind == "chat":
+        assert lines[0]["message"]["role"] == "assistant"
+    done = lines[-1]
+    assert done["done_reason"] == "length"
+    assert (done["prompt_eval_count"], done["eval_count"]) == (3, 2)
+    assert done["load_duration"] == 5 and done["total_duration"] > 5
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat"])
+def test_ollama_whole_answer_joins_the_tokens(kind):
+    request = answers(kind)
+    answer = ollama_api.whole(request, iter(EVENTS), ollama_api.Timing(started=0, ready=7))
+    text = answer["message"]["content"] if kind == "chat" else answer["response"]
+    assert text == "Hello" and answer["done"] is True and answer["done_reason"] == "length"
+    assert (answer["prompt_eval_count"], answer["eval_count"], answer["load_duration"]) == (3, 2, 7)
+
+
+def test_ollama_a_broken_stream_ends_with_an_error():
+    request = answers("generate")
+    broken = [b'{"text": "a"}\n', b'{"error": {"type": "worker_failed", "message": "boom"}}\n']
+    timing = ollama_api.Timing(started=0, ready=0)
+    lines = [json.loads(line) for line in ollama_api.ndjson(request, iter(broken), timing)]
+    assert lines[-1] == {"error": "boom"} and lines[0]["response"] == "a"
+    with pytest.raises(WorkerFailed, match="^boom$"):
+        ollama_api.whole(request, iter(broken), timing)
+    cut = [b'{"text": "a"}\n']  # no final event: the worker went away
+    lines = [json.loads(line) for line in ollama_api.ndjson(request, iter(cut), timing)]
+    assert lines[-1] == {"error": "the worker's stream ended early"}
+
+
+def test_ollama_no_finish_reason_is_stop():
+    request = answers("generate")
+    events = [b'{"text": "a"}\n{"finish_reason": "", "usage": {}}\n']
+    answer = ollama_api.whole(request, iter(events), ollama_api.Timing(started=0, ready=0))
+    assert answer["done_reason"] == "stop" and answer["eval_count"] == 0
