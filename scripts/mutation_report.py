@@ -98,13 +98,16 @@ def main() -> None:
         checked = sum(counts.values()) - counts["not run"]  # "no tests" count as not killed
         caught = counts["killed"] + counts["timeout"]
         denominator = checked - equivalent
-        score = 100.0 * caught / denominator if denominator else 100.0
+        if denominator:
+            score = 100.0 * caught / denominator
+            shown = f"{score:.1f}%{'' if score >= TARGET else ' (below target)'}"
+        else:
+            shown = "none checked"
         seconds, state = runs[module]
         rows.append(
             f"| `{module}` | {len(codes)} | {counts['killed']} | {counts['survived']} "
             f"({equivalent} equivalent) | {counts['timeout']} | {counts['no tests']} "
-            f"| {counts['not run']} | {score:.1f}%{'' if score >= TARGET else ' (below target)'} "
-            f"| {state}, {seconds} s |"
+            f"| {counts['not run']} | {shown} | {state}, {seconds} s |"
         )
         if lines or counts["no tests"] or counts["suspicious"]:
             details.append(f"### `{module}`\n")
