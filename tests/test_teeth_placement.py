@@ -98,7 +98,8 @@ def test_a_refused_candidate_carries_the_requests_numbers():
     too_big_to_store = candidate("w", cache, resident, "m", size=120, footprint=10, **numbers)
     assert too_big_to_load == expected and too_big_to_store == expected
     fits = candidate("w", cache, resident, "m", size=100, footprint=50, **numbers)
-    assert not fits.refused and (fits.order, fits.queue, fits.model_queue) == (3, 4, 2)
+    assert not fits.refused
+    assert (fits.order, fits.queue, fits.model_queue, fits.busy_models) == (3, 4, 2, 1)
 
 
 def test_candidate_defaults_are_a_free_model_of_no_size():
@@ -127,6 +128,27 @@ def test_the_victims_priority_is_read_from_the_tier_that_gives_each_up():
     resident.touch("b")  # now "b" was used just now in memory: "a" (idle 60 s) is the dearest
     c = candidate("w", cache, resident, "c", size=1, footprint=1)
     assert c.victim_priority == max(cache.priority("a"), resident.priority("b")) == 0.0
+    cache, resident = lru_tiers(clock, cache_count=2, loaded_count=1)
+    resident.admit("r", 1)
+    clock.advance(20)
+    cache.admit("a", 1)
+    clock.advance(10)
+    cache.admit("b", 1)
+    clock.advance(10)
+    # The file evicted ("a", idle 20 s) is dearer than the model unloaded ("r", 40 s).
+    c = candidate("w", cache, resident, "c", size=1, footprint=1)
+    assert c.victim_priority == cache.priority("a") == -20.0
+
+
+def test_a_model_coming_is_that_model_not_just_its_size():
+    clock = FakeClock()
+    cache, resident = lru_tiers(clock, cache_count=2, loaded_count=1)
+    cache.admit("x", 1)
+    cache.admit("y", 1)
+    resident.admit("x", 1)
+    # "y" is cached: coming in only loads it (unloading "x"); "x" stays on disk.
+    c = candidate("w", cache, resident, "x", size=1, footprint=1, coming=[("y", 1, 1)])
+    assert (c.cached, c.resident, c.taken_away) == (True, False, 1)
 
 
 def test_models_placed_but_not_yet_in_are_taken_as_admitted_first():
