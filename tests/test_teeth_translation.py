@@ -5,6 +5,7 @@ some text comes back). Ollama's ``options`` and OpenAI's top-level fields; pure.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -232,7 +233,8 @@ def answers(kind: str):
 @pytest.mark.parametrize("kind", ["generate", "chat"])
 def test_ollama_stream_is_one_object_per_token_then_the_done_object(kind):
     request = answers(kind)
-    timing = ollama_api.Timing(started=0, ready=5)
+    started = time.perf_counter_ns() - 10**9  # a second ago
+    timing = ollama_api.Timing(started=started, ready=started + 5)
     lines = [json.loads(line) for line in ollama_api.ndjson(request, iter(EVENTS), timing)]
     assert len(lines) == 3
     key = "message" if kind == "chat" else "response"
@@ -248,7 +250,7 @@ def test_ollama_stream_is_one_object_per_token_then_the_done_object(kind):
     done = lines[-1]
     assert done["done_reason"] == "length"
     assert (done["prompt_eval_count"], done["eval_count"]) == (3, 2)
-    assert done["load_duration"] == 5 and done["total_duration"] > 5
+    assert done["load_duration"] == 5 and 10**9 <= done["total_duration"] < 60 * 10**9
 
 
 @pytest.mark.parametrize("kind", ["generate", "chat"])
@@ -278,3 +280,52 @@ def test_ollama_no_finish_reason_is_stop():
     events = [b'{"text": "a"}\n{"finish_reason": "", "usage": {}}\n']
     answer = ollama_api.whole(request, iter(events), ollama_api.Timing(started=0, ready=0))
     assert answer["done_reason"] == "stop" and answer["eval_count"] == 0
+
+
+def test_ollama_lines_keep_non_ascii_text_as_utf8():
+    request = answers("generate")
+    events = [b'{"text": "\xc3\xa9t\xc3\xa9"}\n{"finish_reason": ""}\n']
+    lines = list(ollama_api.ndjson(request, iter(events), ollama_api.Timing(started=0, ready=0)))
+    assert '"response": "été"'.encode() in lines[0]
+    assert json.loads(lines[-1])["done_reason"] == "stop"
+
+
+def test_ollama_embed_requests():
+    embed = ollama_api.parse_embed(
+        {
+            "model": "tiny-a",
+            "input": ["a", "b"],
+            "truncate": True,
+            "keep_alive": 9,
+            "dimensions": 4,
+        },
+        max_prompt_chars=LIMIT,
+    )
+    assert (embed.model, embed.inputs, embed.dimensions, embed.keep_alive) == (
+        "tiny-a.gguf",
+        ("a", "b"),
+        4,
+        9.0,
+    )
+    assert embed.encoding_format == "float"
+    legacy = ollama_api.parse_legacy_embeddings(
+        {"model": "tiny-a:latest", "prompt": "a", "keep_alive": "1m"}, max_prompt_chars=LIMIT
+    )
+    assert (legacy.model, legacy.inputs, legacy.dimensions, legacy.keep_alive) == (
+        "tiny-a.gguf",
+        ("a",),
+        None,
+        60.0,
+    )
+    for parse, body in (
+        (ollama_api.parse_embed, {"model": "m", "input": "a"}),
+        (ollama_api.parse_legacy_embeddings, {"model": "m", "prompt": "a"}),
+    ):
+        assert parse({**body, "options": {}}, max_prompt_chars=LIMIT).inputs == ("a",)
+        err = refused(parse, {**body, "options": {"temperature": 1}})
+        assert err.param == "options"
+        assert err.message == "options are not supported for embeddings by model-swap"
+    err = refused(ollama_api.parse_embed, {"model": "m", "input": "a", "truncate": "no"})
+    assert (err.param, err.message) == ("truncate", "truncate must be a boolean")
+    err = refused(ollama_api.parse_legacy_embeddings, {"model": "m", "prompt": ["a"]})
+    assert (err.param, err.message) == ("prompt", "prompt must be a string")
