@@ -6,6 +6,7 @@ value raises ``SettingsError`` naming the variable and what is valid.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ DEFAULTS = {
     # resolves to is a worker, re-resolved every DISCOVERY_INTERVAL seconds). Empty: WORKER_URL.
     "WORKER_URLS": (),
     "DISCOVERY_INTERVAL": 10.0,
+    # CIDRs a dns+ WORKER_URLS may resolve into (loopback always); addresses outside are
+    # refused. Most workers discovery adds (the rest are refused and logged).
+    "WORKER_NETWORKS": (),
+    "MAX_DISCOVERED_WORKERS": 32,
     # Seconds between health probes (GET /health) of each worker when there are several.
     "HEALTH_INTERVAL": 2.0,
     # Requests for one model in flight on each worker holding it (running or waiting) from
@@ -113,6 +118,8 @@ class StoreSettings:
     worker_urls: tuple[str, ...] = DEFAULTS["WORKER_URLS"]
     discovery: str = ""  # dns+http://NAME:PORT when the workers are discovered
     discovery_interval: float = DEFAULTS["DISCOVERY_INTERVAL"]
+    worker_networks: tuple[str, ...] = DEFAULTS["WORKER_NETWORKS"]
+    max_discovered_workers: int = DEFAULTS["MAX_DISCOVERED_WORKERS"]
     health_interval: float = DEFAULTS["HEALTH_INTERVAL"]
     replicate_after: int = DEFAULTS["REPLICATE_AFTER"]
     max_cache_size: int = DEFAULTS["MAX_CACHE_SIZE"]
@@ -210,6 +217,10 @@ class StoreSettings:
             worker_url=env.url("WORKER_URL", DEFAULTS["WORKER_URL"]),
             **worker_list(env),
             discovery_interval=env.number("DISCOVERY_INTERVAL", DEFAULTS["DISCOVERY_INTERVAL"]),
+            worker_networks=networks(env),
+            max_discovered_workers=env.integer(
+                "MAX_DISCOVERED_WORKERS", DEFAULTS["MAX_DISCOVERED_WORKERS"], minimum=1
+            ),
             health_interval=env.number("HEALTH_INTERVAL", DEFAULTS["HEALTH_INTERVAL"]),
             replicate_after=env.integer("REPLICATE_AFTER", DEFAULTS["REPLICATE_AFTER"], minimum=0),
             max_cache_size=env.integer("MAX_CACHE_SIZE", DEFAULTS["MAX_CACHE_SIZE"], minimum=1),
@@ -259,6 +270,20 @@ class StoreSettings:
             ollama_api=env.flag("OLLAMA_API", DEFAULTS["OLLAMA_API"]),
             **serving_options(env, DEFAULTS),
         )
+
+
+def networks(env: EnvReader) -> tuple[str, ...]:
+    """WORKER_NETWORKS: comma-separated CIDRs (``10.0.0.0/8``), each checked."""
+    value = env.optional_text("WORKER_NETWORKS", "")
+    found = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"WORKER_NETWORKS: {part!r} is not a network (valid: CIDRs like 10.0.0.0/8)"
+            ) from None
+    return tuple(found)
 
 
 def worker_list(env: EnvReader) -> dict:

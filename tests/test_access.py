@@ -67,7 +67,9 @@ def test_store_with_a_wrong_token_gets_a_clear_error(start_worker, start_store):
     worker = start_worker(worker_token=TOKEN)
     store = start_store(worker, worker_token="not-the-right-one-0000")
     r = ask(store, A)
-    assert r.status_code == 502
+    # The worker refuses the store's signature, so it never proves itself: nothing is sent.
+    assert r.status_code == 503
+    assert r.json()["error"]["type"] == "worker_unproven"
     assert "401" in r.json()["error"]["message"]
 
 
