@@ -83,6 +83,12 @@ DEFAULTS = {
     "WORKER_TOKEN": "",
     # Comma-separated keys clients must present as bearer tokens (empty: no check).
     "API_KEYS": (),
+    # Keys for the administrative routes (/models/*, /workers/*, /reset); with only
+    # API_KEYS set, nobody may administer. Host names the store answers to when no keys
+    # are set (besides its addresses, localhost and STORE_HOST): DNS rebinding.
+    "ADMIN_KEYS": (),
+    "DRAIN_KEYS": (),  # keys that may only POST /workers/<id>/drain (a preStop hook's)
+    "ALLOWED_HOSTS": (),
     "LOG_LEVEL": "INFO",
     # text: the seed's lines; json: one JSON object per line (with the request id).
     "LOG_FORMAT": "text",
@@ -149,6 +155,9 @@ class StoreSettings:
     max_prompt_chars: int = DEFAULTS["MAX_PROMPT_CHARS"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     api_keys: tuple[str, ...] = field(default=DEFAULTS["API_KEYS"], repr=False)
+    admin_keys: tuple[str, ...] = field(default=DEFAULTS["ADMIN_KEYS"], repr=False)
+    drain_keys: tuple[str, ...] = field(default=DEFAULTS["DRAIN_KEYS"], repr=False)
+    allowed_hosts: tuple[str, ...] = DEFAULTS["ALLOWED_HOSTS"]
     log_level: str = DEFAULTS["LOG_LEVEL"]
     log_format: str = DEFAULTS["LOG_FORMAT"]
     metrics_public: bool = DEFAULTS["METRICS_PUBLIC"]
@@ -262,6 +271,13 @@ class StoreSettings:
             ),
             worker_token=env.secret("WORKER_TOKEN"),
             api_keys=env.secret_list("API_KEYS"),
+            admin_keys=env.secret_list("ADMIN_KEYS"),
+            drain_keys=env.secret_list("DRAIN_KEYS"),
+            allowed_hosts=tuple(
+                h.strip().lower()
+                for h in env.optional_text("ALLOWED_HOSTS", "").split(",")
+                if h.strip()
+            ),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),

@@ -21,7 +21,7 @@ from model_swap.errors import BadRequest, Unauthorized
 OPEN_PATHS = frozenset({"/healthz", "/health", "/ready"})
 
 
-def _presented_token() -> str | None:
+def presented_token() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -55,7 +55,7 @@ def require_bearer(
     def _check_token():
         if is_open(request.path):
             return None
-        presented = _presented_token()
+        presented = presented_token()
         if presented is None or not _matches(presented, accepted):
             raise Unauthorized(
                 "missing or invalid bearer token",
@@ -94,7 +94,7 @@ def require_worker_auth(
             return None
         signature = request.headers.get(worker_auth.SIGNATURE_HEADER)
         if signature is None:
-            presented = _presented_token()
+            presented = presented_token()
             if presented is None or not _matches(presented, bearer):
                 refuse("missing or invalid request signature")
             if not worker_auth.is_loopback(request.remote_addr):

@@ -74,7 +74,7 @@ def test_store_with_a_wrong_token_gets_a_clear_error(start_worker, start_store):
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("POST", "/user_request"), ("GET", "/status"), ("POST", "/reset")]
+    ("method", "path"), [("POST", "/user_request"), ("GET", "/status"), ("GET", "/v1/models")]
 )
 def test_store_api_keys_guard_user_endpoints(worker, start_store, method, path):
     store = start_store(worker, api_keys=(KEY, "second-key-0123456789x"))
