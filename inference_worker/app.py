@@ -31,7 +31,7 @@ from model_swap.errors import (
     PayloadInvalid,
     register_error_handlers,
 )
-from model_swap.generation import parse_messages, parse_sampling
+from model_swap.generation import check_message_count, parse_messages, parse_sampling
 from model_swap.logs import install_request_ids
 from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.rdma_verbs import PortChoice, VerbsEndpoints
@@ -106,6 +106,7 @@ def _parse_job(body: dict, settings: WorkerSettings, *, events: bool) -> Job:
         if "prompt" in body:
             raise BadRequest("give either prompt or messages, not both")
         prompt = None
+        check_message_count(body["messages"], settings.max_messages)
         messages = parse_messages(body["messages"], max_chars=settings.max_request_bytes)
     else:
         prompt = prompt_text(body, max_chars=settings.max_request_bytes)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from model_store_server.cache_policy import POLICIES, Tier
 from model_store_server.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
+from model_swap.generation import MAX_MESSAGES
 from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
@@ -78,6 +79,8 @@ DEFAULTS = {
     "WORKER_POOL_SIZE": 8,
     # Largest /user_request body accepted (bytes) and longest prompt (characters).
     "MAX_REQUEST_BYTES": 1024 * 1024,
+    # Messages in one chat request; refused (400) before any is read or rendered.
+    "MAX_MESSAGES": MAX_MESSAGES,
     "MAX_PROMPT_CHARS": 32768,
     # Shared secret sent to the worker (must match the worker's WORKER_TOKEN).
     "WORKER_TOKEN": "",
@@ -153,6 +156,7 @@ class StoreSettings:
     worker_pool_size: int = DEFAULTS["WORKER_POOL_SIZE"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     max_prompt_chars: int = DEFAULTS["MAX_PROMPT_CHARS"]
+    max_messages: int = DEFAULTS["MAX_MESSAGES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     api_keys: tuple[str, ...] = field(default=DEFAULTS["API_KEYS"], repr=False)
     admin_keys: tuple[str, ...] = field(default=DEFAULTS["ADMIN_KEYS"], repr=False)
@@ -263,6 +267,7 @@ class StoreSettings:
             worker_pool_size=env.integer(
                 "WORKER_POOL_SIZE", DEFAULTS["WORKER_POOL_SIZE"], minimum=0
             ),
+            max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),

@@ -145,8 +145,27 @@ def _content(value: object, param: str) -> str:
     return "".join(pieces)
 
 
+# Default of the MAX_MESSAGES setting (store and worker): messages in one chat request.
+MAX_MESSAGES = 1024
+# What a chat template adds around one message, at most, in characters (role markers and
+# separators: ChatML's is 26, Gemma's 33 on its first turn). Counted with the content so an
+# empty message is not free: the sum bounds the rendered prompt before any template runs.
+MESSAGE_MARKUP_CHARS = 32
+
+
+def check_message_count(value: object, limit: int) -> None:
+    """Refuse more than ``limit`` messages before any of them is read (``len`` only)."""
+    if isinstance(value, list) and len(value) > limit:
+        raise BadRequest(
+            f"messages holds {len(value)} messages; the limit is MAX_MESSAGES={limit}",
+            param="messages",
+        )
+
+
 def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
-    """``messages``: a non-empty list of system/user/assistant messages with text content."""
+    """``messages``: a non-empty list of system/user/assistant messages with text content.
+    Their characters plus MESSAGE_MARKUP_CHARS each (an upper bound of the rendered
+    prompt's) must not exceed ``max_chars``."""
     if not isinstance(value, list) or not value:
         raise BadRequest("messages must be a non-empty list", param="messages")
     messages = []
@@ -166,10 +185,12 @@ def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
         if role == "assistant" and item.get("tool_calls"):
             raise BadRequest("tool calls are not supported", param=f"{where}.tool_calls")
         content = _content(item.get("content"), f"{where}.content")
-        total += len(content)
+        total += len(content) + (MESSAGE_MARKUP_CHARS if index else 0)
+        if total > max_chars:
+            raise BadRequest(
+                f"messages hold at least {total} characters with their markup; "
+                f"the limit is {max_chars}",
+                param="messages",
+            )
         messages.append(Message(role, content))
-    if total > max_chars:
-        raise BadRequest(
-            f"messages hold {total} characters; the limit is {max_chars}", param="messages"
-        )
     return tuple(messages)
