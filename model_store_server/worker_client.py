@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit
 from model_swap import worker_auth
 from model_swap.errors import Unavailable, WorkerFailed
 from model_swap.logs import current_request_id
+from model_swap.names import InvalidModelName, validate_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -407,12 +408,15 @@ class WorkerClient:
     def status(self) -> WorkerReport:
         data = self._json("GET", "/status")
         try:
-            entries = data["cached"]
-            loaded = data["loaded"]
+            entries = [e for e in data["cached"] if _valid_name(e["name"])]
+            loaded = (
+                data["loaded"] if data["loaded"] is None or _valid_name(data["loaded"]) else None
+            )
             if "resident" in data:
                 resident = {
                     entry["name"]: int(entry.get("estimated_bytes") or 0)
                     for entry in data["resident"]
+                    if _valid_name(entry["name"])
                 }
             else:  # a worker that holds one model
                 resident = {loaded: 0} if loaded else {}
@@ -505,6 +509,17 @@ STREAM_READ_BYTES = 64 * 1024
 POOL_IDLE_SECONDS = 2.0
 # A push is sent in steps of this size, so its progress can be reported between them.
 SENDFILE_STEP_BYTES = 16 * 1024 * 1024
+
+
+def _valid_name(name: object) -> bool:
+    """Whether a name the worker reports is a model name; one that is not (it could forge
+    a log line or markup) is left out of the report, and logged escaped."""
+    try:
+        validate_model_name(name)
+    except InvalidModelName:
+        logger.warning("the worker reported an invalid model name %r: ignored", name)
+        return False
+    return True
 
 
 def _still_open(conn: http.client.HTTPConnection) -> bool:
