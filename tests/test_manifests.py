@@ -88,6 +88,8 @@ def test_the_manifests_are_found():
             "Deployment",
             "Kustomization",
             "Namespace",
+            "NetworkPolicy",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "Secret",
             "Service",
@@ -250,7 +252,7 @@ def test_each_worker_gets_a_gpu_and_its_own_cache_volume(statefulset):
 def test_the_store_mounts_its_models_volume_at_models_dir(store):
     pod = store["spec"]["template"]["spec"]
     mounts = {m["name"]: m["mountPath"] for m in _container(store)["volumeMounts"]}
-    (volume,) = pod["volumes"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert mounts[volume["name"]] == _configmap(store)["MODELS_DIR"]
     claim = volume["persistentVolumeClaim"]["claimName"]
     assert _one("PersistentVolumeClaim", claim)
