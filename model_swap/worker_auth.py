@@ -37,6 +37,7 @@ DIGEST_HEADER = "X-Model-Digest"
 IDENTITY_PATH = "/identity"
 WINDOW = 30.0  # seconds a signature is accepted either side of the worker's clock
 _PROOF_LABEL = b"model-swap-identity\n"
+MAX_NONCES = 100_000  # nonces remembered against replays (about 1,600 requests/s for 60 s)
 
 
 def body_digest(content_type: str, body: bytes | None, declared: str | None) -> str:
@@ -107,8 +108,13 @@ class Verifier:
         if not hmac.compare_digest(expected, mac):
             return "invalid signature"
         with self._lock:
-            if len(self._seen) >= 1024:  # forget the nonces whose signatures have expired
-                self._seen = {n: t for n, t in self._seen.items() if t >= now}
+            # Forget nonces whose signatures have expired, oldest first (insertion order), and
+            # beyond MAX_NONCES the oldest anyway (the time window still refuses those).
+            while self._seen:
+                oldest = next(iter(self._seen))
+                if self._seen[oldest] >= now and len(self._seen) < MAX_NONCES:
+                    break
+                del self._seen[oldest]
             if nonce in self._seen:
                 return "replayed signature"
             self._seen[nonce] = now + 2 * WINDOW

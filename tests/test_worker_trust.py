@@ -190,3 +190,24 @@ def test_a_worker_proves_the_token_on_a_nonce():
     assert worker_auth.proof_matches(TOKEN, nonce, worker_auth.proof(TOKEN, nonce))
     assert not worker_auth.proof_matches(TOKEN, nonce, worker_auth.proof("x" * 22, nonce))
     assert not worker_auth.proof_matches(TOKEN, nonce, None)
+
+
+def test_the_verifier_forgets_expired_nonces():
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731
+    verifier = worker_auth.Verifier(TOKEN, clock=clock)
+    digest = worker_auth.body_digest("application/json", b"{}", None)
+    first = worker_auth.sign(TOKEN, "POST", "/infer", digest, clock=clock)
+    assert verifier.check(first, "POST", "/infer", digest) is None
+    assert verifier.check(first, "POST", "/infer", digest) == "replayed signature"
+    for _ in range(50):
+        value = worker_auth.sign(TOKEN, "POST", "/infer", digest, clock=clock)
+        assert verifier.check(value, "POST", "/infer", digest) is None
+    assert len(verifier._seen) == 51
+    now[0] += 3 * worker_auth.WINDOW  # every one of them has expired
+    fresh = worker_auth.sign(TOKEN, "POST", "/infer", digest, clock=clock)
+    assert verifier.check(fresh, "POST", "/infer", digest) is None
+    assert len(verifier._seen) == 1
+    assert verifier.check(first, "POST", "/infer", digest) == (
+        "signature outside the accepted time window"
+    )
