@@ -35,15 +35,15 @@ def validate_model_name(name: object) -> str:
         raise InvalidModelName("model name must consist of printable ASCII characters")
     if name != name.strip():
         raise InvalidModelName("model name must not start or end with whitespace")
-    if not NAME_CHARACTERS.issuperset(name):
-        raise InvalidModelName(
-            "model name may hold only letters, digits and ._-+@:,()[] (no spaces, '=', "
-            "quotes or markup)"
-        )
     if "/" in name or "\\" in name:
         raise InvalidModelName("model name must be a plain file name (no path separators)")
     if name in (".", "..") or name.startswith("."):
         raise InvalidModelName("model name must not start with '.'")
     if not name.endswith(SUFFIX) or len(name) == len(SUFFIX):
         raise InvalidModelName(f"model name must end in {SUFFIX}")
+    if not NAME_CHARACTERS.issuperset(name):
+        raise InvalidModelName(
+            "model name may hold only letters, digits and ._-+@:,()[] (no spaces, '=', "
+            "quotes or markup)"
+        )
     return name

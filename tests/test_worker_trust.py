@@ -16,7 +16,7 @@ import pytest
 from inference_worker.app import create_app as create_worker_app
 from inference_worker.config import WorkerSettings
 from model_store_server.config import StoreSettings
-from model_store_server.core.fleet import admissible
+from model_store_server.core.admission import admissible
 from model_swap import worker_auth
 from model_swap.probes import free_port
 from model_swap.serving import ServerThread

@@ -18,19 +18,18 @@ placed elsewhere. A node that answers again is handed to ``on_recovered``
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from model_store_server.config import StoreSettings
 from model_store_server.core import events as ev
+from model_store_server.core.admission import Resolver, admissible, resolve_ipv4
 from model_store_server.core.executor import Executor
 from model_store_server.core.worker_view import WorkerView
 from model_store_server.cost_model import CostModel
@@ -50,30 +49,6 @@ class WorkerNotFound(NotFound):
     """No worker has that id, URL or index."""
 
     type = "worker_not_found"
-
-
-Resolver = Callable[[str, int], Iterable[str]]
-
-
-def resolve_ipv4(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to now (a headless Service: one per ready pod)."""
-    infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
-
-
-def admissible(addresses: Iterable[str], networks: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Pure: (admitted, refused) of ``addresses`` by ``networks`` (CIDRs; loopback always)."""
-    nets = [ipaddress.ip_network(net) for net in networks]
-    admitted, refused = [], []
-    for address in addresses:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            refused.append(address)
-            continue
-        ok = ip.is_loopback or any(ip.version == net.version and ip in net for net in nets)
-        (admitted if ok else refused).append(address)
-    return admitted, refused
 
 
 def worker_id(url: str) -> str:
@@ -229,12 +204,7 @@ class Fleet:
             return
         addresses, refused = admissible(addresses, self.settings.worker_networks)
         if refused:
-            logger.warning(
-                "%s resolved to %d addresses outside WORKER_NETWORKS, refused: %s",
-                target.hostname,
-                len(refused),
-                ", ".join(refused[:8]),
-            )
+            logger.warning("%s: refused outside WORKER_NETWORKS: %s", target.hostname, refused[:8])
         urls = {f"{target.scheme}://{address}:{target.port}" for address in addresses}
         known = {node.url: node for node in self.nodes}
         fresh = sorted(urls - known.keys())
