@@ -3,22 +3,30 @@
     uv run python benchmarks/batching.py                          # Gemma 3 270M
     uv run python benchmarks/batching.py --quick                  # a tiny model, 1 round
     uv run python benchmarks/batching.py --out benchmarks/BATCHING.md
+    uv run python benchmarks/batching.py --model path/to/model.gguf     # any model file
 
-Also section 11 of ``benchmarks/suite.py``. For 1, 2, 4 and 8 clients at once,
-each client streams one completion (its own prompt, greedy, ``--tokens``
-tokens at most) and the figures are:
+Also section 11 of ``benchmarks/suite.py``. Three kinds of traffic, each
+request streaming one completion (its own prompt, greedy, ``--tokens`` tokens
+at most):
 
-- aggregate tokens/s: every client's completion tokens over the time from the
-  first request sent to the last stream ended;
-- TTFT p50 / p95: time from a request sent to its first text chunk, over all
-  requests of all rounds.
+- bursts: 1, 2, 4 and 8 clients at once, one request each;
+- staggered closed loop: ``STAGGERED`` clients, client i starting i x
+  ``--stagger`` seconds after the first, each sending its next request as soon
+  as the previous one ended, ``--loops`` requests each;
+- open loop: requests at Poisson arrival times (seeded, the same times for both
+  servers) at 50% and 90% of llama-server's saturated request rate (its
+  8-client burst; model-swap's own where llama-server is not built).
+
+The figures: aggregate tokens/s (every completion token over the time from the
+first request sent to the last stream ended; median over rounds) and TTFT p50
+/ p95 (a request sent to its first text chunk, over all requests of all rounds).
 
 model-swap: the store and the worker as separate processes (``PARALLEL`` = the
 largest client count), streamed ``/v1/completions`` through the store.
 llama-server: built from the llama.cpp that llama-cpp-python vendors
 (``scripts/build_llama_server.sh``; found at ``$LLAMA_SERVER_BIN`` or
 ``.peer/bin/llama-server``), started per client count with ``-np N`` and
-``N x N_CTX`` context cells, the same thread count, flash attention off (as the
+``N x N_CTX`` context cells, its default thread count, flash attention off (as the
 worker runs it) and ``cache_prompt`` false (every request evaluates its whole
 prompt, as the worker does); streamed ``/completion``. It is skipped, with a
 line saying so, when it is not built. Medians over ``--rounds`` rounds; the
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -52,9 +61,10 @@ from harness import (  # noqa: E402
     stop_process,
 )
 
-from inference_worker.batch import default_threads  # noqa: E402
-
 CLIENTS = (1, 2, 4, 8)
+STAGGERED = 6
+LOADS = (0.5, 0.9)
+SEED = 27
 # llama-server's -ngl for the worker's default N_GPU_LAYERS=-1 (all layers; no effect on a CPU
 # build), or the N_GPU_LAYERS set in the environment (which the worker reads too).
 PEER_GPU_LAYERS = (
@@ -147,18 +157,89 @@ def measure(one, url: str, clients: int, tokens: int, rounds: int) -> dict:
     }
 
 
-def measure_ours(tmp: Path, models: Path, model: str, args) -> dict[int, dict]:
+def staggered(one, url: str, args) -> dict:
+    """STAGGERED closed-loop clients, client i starting i x args.stagger s after the first."""
+    rates, ttfts = [], []
+    for round_ in range(args.rounds + 1):
+        started = time.perf_counter()
+
+        def client(i: int, round_: int = round_) -> list[tuple[float, int]]:
+            time.sleep(i * args.stagger)
+            first = 100 + 1000 * round_ + i * args.loops
+            return [one(url, first + k, args.tokens) for k in range(args.loops)]
+
+        with ThreadPoolExecutor(STAGGERED) as pool:
+            results = [r for found in pool.map(client, range(STAGGERED)) for r in found]
+        elapsed = time.perf_counter() - started
+        if round_ == 0:
+            continue  # warm-up
+        rates.append(sum(count for _, count in results) / elapsed)
+        ttfts += [ttft for ttft, _ in results]
+    return {
+        "tps": statistics.median(rates),
+        "p50": percentile(ttfts, 50),
+        "p95": percentile(ttfts, 95),
+    }
+
+
+def arrivals(rate: float, count: int, seed: int) -> list[float]:
+    """``count`` Poisson arrival times (seconds from the start) at ``rate`` requests/s."""
+    rng = random.Random(seed)
+    at, times = 0.0, []
+    for _ in range(count):
+        at += rng.expovariate(rate)
+        times.append(at)
+    return times
+
+
+def open_loop(one, url: str, times: list[float], tokens: int) -> dict:
+    """One request at each of ``times``, whatever the others are doing; TTFT percentiles."""
+    started = time.perf_counter()
+
+    def send(i: int) -> tuple[float, int]:
+        time.sleep(max(0.0, started + times[i] - time.perf_counter()))
+        return one(url, 5000 + i, tokens)
+
+    with ThreadPoolExecutor(len(times)) as pool:
+        results = list(pool.map(send, range(len(times))))
+    elapsed = time.perf_counter() - started
+    ttfts = [ttft for ttft, _ in results]
+    return {
+        "tps": sum(count for _, count in results) / elapsed,
+        "p50": percentile(ttfts, 50),
+        "p95": percentile(ttfts, 95),
+    }
+
+
+def steady(one, url: str, args, rate: float) -> dict:
+    """The staggered clients, and the open loop at each of LOADS x ``rate`` requests/s."""
+    found = {"staggered": staggered(one, url, args), "rate": rate}
+    for load in LOADS:
+        times = arrivals(load * rate, args.requests, SEED + int(load * 100))
+        found[load] = open_loop(one, url, times, args.tokens)
+    return found
+
+
+def saturated_rate(burst: dict[int, dict], tokens: int) -> float:
+    """Requests/s of the largest burst: its tok/s over one request's tokens."""
+    return burst[max(CLIENTS)]["tps"] / tokens
+
+
+def measure_ours(tmp: Path, models: Path, model: str, args, rate: float | None) -> dict:
+    """Bursts, then the steady traffic at ``rate`` (None: at our own saturated rate)."""
     services = Services(tmp, models, PARALLEL=str(max(CLIENTS)), N_CTX=str(N_CTX))
     one = partial(ours_one, model=model)
     try:
-        return {n: measure(one, services.store_url, n, args.tokens, args.rounds) for n in CLIENTS}
+        burst = {n: measure(one, services.store_url, n, args.tokens, args.rounds) for n in CLIENTS}
+        rate = rate or saturated_rate(burst, args.tokens)
+        return {"burst": burst, "steady": steady(one, services.store_url, args, rate)}
     finally:
         services.stop()
 
 
-def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict[int, dict]:
-    threads, threads_batch = (str(n) for n in default_threads())
-    results = {}
+def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict:
+    """Bursts on ``-np N`` for each N; the steady traffic on ``-np 8`` (the worker's PARALLEL)."""
+    burst, found = {}, {}
     for n in CLIENTS:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -166,7 +247,7 @@ def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict[int, dict]:
             [
                 str(binary),
                 *("-m", str(path), "--host", "127.0.0.1", "--port", str(port)),
-                *("-np", str(n), "-c", str(n * N_CTX), "-t", threads, "-tb", threads_batch),
+                *("-np", str(n), "-c", str(n * N_CTX)),
                 *("-fa", "off", "-ngl", PEER_GPU_LAYERS),
             ],
             {},
@@ -174,13 +255,16 @@ def measure_peer(binary: Path, tmp: Path, path: Path, args) -> dict[int, dict]:
             f"{url}/health",
         )
         try:
-            results[n] = measure(peer_one, url, n, args.tokens, args.rounds)
+            burst[n] = measure(peer_one, url, n, args.tokens, args.rounds)
+            if n == max(CLIENTS):
+                found = steady(peer_one, url, args, saturated_rate(burst, args.tokens))
         finally:
             stop_process(process)
-    return results
+    return {"burst": burst, "steady": found}
 
 
 def rows(ours: dict[int, dict], peer: dict[int, dict] | None) -> list[list[str]]:
+    """The bursts' table."""
     table = []
     single = ours[1]["tps"]
     for n in CLIENTS:
@@ -206,26 +290,61 @@ def rows(ours: dict[int, dict], peer: dict[int, dict] | None) -> list[list[str]]
     return table
 
 
-def target_text(n: int, tps_ratio: float, ttft_ratio: float) -> str:
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**not met**"
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
 
-    if n == 1:
-        return f"tok/s >= 0.95x: {verdict(tps_ratio >= 0.95)}"
-    if n == 8:
-        return (
-            f"tok/s >= 0.9x: {verdict(tps_ratio >= 0.9)}; "
-            f"TTFT p50 <= 1.5x: {verdict(ttft_ratio <= 1.5)}"
-        )
-    return "-"
+
+def target_text(n: int, tps_ratio: float, ttft_ratio: float) -> str:
+    return (
+        f"tok/s >= 0.95x: {verdict(tps_ratio >= 0.95)}; "
+        f"TTFT p50 <= 1.2x: {verdict(ttft_ratio <= 1.2)}"
+    )
+
+
+STEADY_HEADER = [
+    "traffic",
+    "model-swap tok/s",
+    "llama-server tok/s",
+    "ratio",
+    "model-swap TTFT p50 / p95",
+    "llama-server TTFT p50 / p95",
+    "TTFT p50 / p95 ratio",
+    "target",
+]
+
+
+def steady_rows(ours: dict, peer: dict | None, args) -> list[list[str]]:
+    def ms(found: dict) -> str:
+        return f"{found['p50'] * 1000:.0f} / {found['p95'] * 1000:.0f} ms"
+
+    labels = [("staggered", f"{STAGGERED} closed-loop clients, {args.stagger} s apart")]
+    labels += [
+        (load, f"Poisson {load:.0%} ({load * ours['rate']:.2f} req/s, {args.requests} requests)")
+        for load in LOADS
+    ]
+    table = []
+    for key, label in labels:
+        o = ours[key]
+        if not peer:
+            table.append([label, f"{o['tps']:.1f}", "-", "-", ms(o), "-", "-", "-"])
+            continue
+        p = peer[key]
+        tps, p50, p95 = o["tps"] / p["tps"], o["p50"] / p["p50"], o["p95"] / p["p95"]
+        if key == "staggered":
+            target = f"tok/s >= 0.95x: {verdict(tps >= 0.95)}"
+        else:
+            target = f"TTFT p50 and p95 <= 1.2x: {verdict(p50 <= 1.2 and p95 <= 1.2)}"
+        cells = [label, f"{o['tps']:.1f}", f"{p['tps']:.1f}", f"{tps:.2f}x", ms(o), ms(p)]
+        table.append(cells + [f"{p50:.2f}x / {p95:.2f}x", target])
+    return table
 
 
 def note(model: str, args, peer_line: str) -> str:
     return (
         f"{model}, greedy, at most {args.tokens} tokens per request, distinct prompts; "
         f"median aggregate tok/s over {args.rounds} rounds after a warm-up round, TTFT "
-        f"percentiles over all their requests; threads (one token / batches) "
-        f"{'/'.join(str(n) for n in default_threads())} each. "
+        f"percentiles over all their requests; threads: the worker's per-step rule "
+        f"(inference_worker/threads.py), llama-server's own default. "
         f"model-swap: PARALLEL={max(CLIENTS)}, N_CTX={N_CTX}, streamed /v1/completions "
         f"through the store. {peer_line}"
     )
@@ -239,36 +358,58 @@ SKIPPED_LINE = (
 )
 
 
-def run(tmp: Path, models: Path, model: str, args) -> tuple[list[list[str]], str, dict]:
-    ours = measure_ours(tmp, models, model, args)
+def run(tmp: Path, models: Path, model: str, args) -> tuple[list[tuple], str, dict]:
+    """Both servers on the same traffic: [(title, header, rows)], the note, the raw figures."""
     binary = llama_server_bin()
+    peer, line = None, SKIPPED_LINE
     if binary is None:
         print(SKIPPED_LINE)
-        peer, line = None, SKIPPED_LINE
     else:
         peer, line = measure_peer(binary, tmp, models / model, args), PEER_LINE.format(n_ctx=N_CTX)
-    return rows(ours, peer), note(model, args, line), {"ours": ours, "peer": peer}
+    rate = saturated_rate(peer["burst"], args.tokens) if peer else None
+    ours = measure_ours(tmp, models, model, args, rate)
+    tables = [
+        ("Bursts: N clients at once", HEADER, rows(ours["burst"], peer and peer["burst"])),
+        (
+            "Steady traffic",
+            STEADY_HEADER,
+            steady_rows(ours["steady"], peer and peer["steady"], args),
+        ),
+    ]
+    return tables, note(model, args, line), {"ours": ours, "peer": peer}
+
+
+def options(tokens: int, rounds: int, quick: bool) -> argparse.Namespace:
+    """The steady sections' sizes: smaller with ``quick``."""
+    return argparse.Namespace(
+        tokens=tokens,
+        rounds=rounds,
+        stagger=0.2 if quick else 0.5,
+        loops=2 if quick else 4,
+        requests=8 if quick else 24,
+    )
 
 
 def bench_batching(report, args, tmp: Path, models: Path, model: str) -> None:
     """The suite's section 11."""
-    options = argparse.Namespace(tokens=32 if args.quick else 64, rounds=max(args.repeats, 1))
-    table, text, data = run(tmp, models, model, options)
+    found = options(32 if args.quick else 64, max(args.repeats, 1), args.quick)
+    tables, text, data = run(tmp, models, model, found)
     report.data["batching"] = data
-    report.table("11. Concurrent streams on one model: continuous batching", HEADER, table, text)
+    for i, (title, header, table) in enumerate(tables):
+        section = f"11{'ab'[i]}. Continuous batching on one model: {title}"
+        report.table(section, header, table, text if i == 0 else "")
 
 
-def markdown(table: list[list[str]], text: str) -> str:
+def markdown(tables: list[tuple], text: str, command: str) -> str:
     lines = [
         "# Continuous batching: concurrent streams on one model",
         "",
-        f"Produced by `uv run python benchmarks/batching.py --out benchmarks/BATCHING.md` on "
-        f"{os.cpu_count()} CPU cores. {text}",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
+        f"Produced by `{command}` on {os.cpu_count()} CPU cores. {text}",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in table]
+    for title, header, table in tables:
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |"]
+        lines += ["|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in table]
     return "\n".join(lines) + "\n"
 
 
@@ -277,15 +418,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny model, one round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64, help="max tokens per request")
-    parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument("--model", type=Path, help="a .gguf file instead of the default model")
+    parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.tokens = 1, min(args.tokens, 32)
+    found = options(args.tokens, args.rounds, args.quick)
     with tempfile.TemporaryDirectory(prefix="model-swap-batching-") as name:
         tmp = Path(name)
-        models, model = standalone_models(tmp, args.quick)
-        table, text, _ = run(tmp, models, model, args)
-    out = markdown(table, text)
+        if args.model:
+            models, model = args.model.resolve().parent, args.model.name
+        else:
+            models, model = standalone_models(tmp, args.quick)
+        tables, text, _ = run(tmp, models, model, found)
+    out = markdown(
+        tables, text, "uv run python " + " ".join(["benchmarks/batching.py", *sys.argv[1:]])
+    )
     print(out)
     if args.out:
         args.out.write_text(out)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# GPU check for the worker (issue 17). UNVERIFIED: written where no GPU was available and
-# never run on one; expect to fix small things the first time.
+# GPU check for the worker (issue 17). The GPU path is UNVERIFIED on a GPU (written where none
+# was available); every step after the CUDA build also runs without one (`run --cpu`, covered
+# by tests/test_benchmarks.py), so only the build and nvidia-smi are new on the day a GPU is lent.
 #
-#   benchmarks/gpu_check.sh pack [BUNDLE]   # where PyPI is reachable, from the repository root
-#   benchmarks/gpu_check.sh run  [BUNDLE]   # on the GPU machine (no network), repository root
+#   benchmarks/gpu_check.sh pack [BUNDLE]            # where PyPI is reachable, repository root
+#   benchmarks/gpu_check.sh run [--quick] [BUNDLE]   # on the GPU machine (no network)
+#   benchmarks/gpu_check.sh run --cpu [--quick] [BUNDLE]
+#       no GPU: skips the CUDA build and the bundle's virtual environment and runs the same
+#       steps with the CPU llama-cpp-python installed here ($PYTHON, default .venv/bin/python;
+#       llama-server from $LLAMA_SERVER_BIN or .peer/bin when built, else skipped)
+#   --quick: a tiny model instead of Gemma 3 270M and one round of each benchmark (minutes)
 #
 # BUNDLE (default .gpu-bundle/, git-ignored) carries everything the GPU machine needs:
 #   src/          llama-cpp-python 0.3.36's sdist, unpacked, without vendor/llama.cpp/models
@@ -18,13 +24,28 @@
 #   1. offload.txt   llama.cpp's log lines saying how many layers went to the GPU
 #   2. swaps.md      cold / warm swap and hit through the store against bare llama-cpp-python
 #                    (load + first token), and VRAM used by the worker against the estimate
-#   3. BATCHING.md   benchmarks/batching.py: 1/2/4/8 streams, model-swap vs llama-server -np N
+#   3. BATCHING.md   benchmarks/batching.py: 1/2/4/8 streams, staggered closed-loop clients
+#                    and Poisson arrivals, model-swap vs llama-server
 # Budget: about 10 minutes on 16 cores (the CUDA build is most of it).
 set -euo pipefail
 
 mode="${1:-}"
+shift || true
+cpu=0
+quick=0
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+    --cpu) cpu=1 ;;
+    --quick) quick=1 ;;
+    *)
+        echo "error: unknown option $1" >&2
+        exit 2
+        ;;
+    esac
+    shift
+done
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-bundle="$(mkdir -p "${2:-$repo/.gpu-bundle}" && cd "${2:-$repo/.gpu-bundle}" && pwd)"
+bundle="$(mkdir -p "${1:-$repo/.gpu-bundle}" && cd "${1:-$repo/.gpu-bundle}" && pwd)"
 version=0.3.36
 
 pack() {
@@ -50,18 +71,16 @@ pack() {
     echo "bundle ready: $bundle (copy it with the repository; then: $0 run)"
 }
 
-run() {
-    cd "$repo"
-    command -v nvidia-smi >/dev/null || { echo "error: no nvidia-smi" >&2; exit 2; }
+# 1-2 on a GPU: one CUDA build of the vendored llama.cpp, and a virtual environment.
+setup_gpu() {
+    command -v nvidia-smi >/dev/null || { echo "error: no nvidia-smi (or: run --cpu)" >&2; exit 2; }
     command -v nvcc >/dev/null || { echo "error: no nvcc (CUDA toolkit)" >&2; exit 2; }
-    local want have arch jobs report
+    local want have arch jobs report="$bundle/report"
     want="$(cat "$bundle/python-version")"
     have="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     [[ "$want" == "$have" ]] || { echo "error: wheels are for Python $want, python3 is $have" >&2; exit 2; }
     arch="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d ' .')"
     jobs="$(nproc)"
-    report="$bundle/report"
-    mkdir -p "$report"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$report/gpu.txt"
     echo "CUDA architecture: $arch"
 
@@ -86,12 +105,47 @@ run() {
     export PYTHONPATH="$repo:$bundle/src"
     export LLAMA_CPP_LIB_PATH="$build/bin" MTMD_CPP_LIB="$build/bin"
     export LLAMA_SERVER_BIN="$build/bin/llama-server" N_GPU_LAYERS=-1
-    local models="$bundle/models"
+}
+
+# Without a GPU: the CPU llama-cpp-python installed here, and the peer where it was built.
+setup_cpu() {
+    local py="${PYTHON:-$repo/.venv/bin/python}"
+    [[ -x "$py" ]] || { echo "error: no Python at $py (uv sync, or set PYTHON)" >&2; exit 2; }
+    mkdir -p "$bundle/bin"
+    printf '#!/bin/sh\nexec "%s" "$@"\n' "$py" >"$bundle/bin/python"  # a venv's python: not a link
+    chmod +x "$bundle/bin/python"
+    export PATH="$bundle/bin:$PATH"
+    export PYTHONPATH="$repo"
+    export N_GPU_LAYERS=0
+    python -c 'import llama_cpp; print("CPU run, llama-cpp-python", llama_cpp.__version__)' \
+        | tee "$bundle/report/gpu.txt"
+}
+
+run() {
+    cd "$repo"
+    local report="$bundle/report"
+    mkdir -p "$report"
+    if ((cpu)); then
+        setup_cpu
+    else
+        setup_gpu
+    fi
+    local models="$bundle/models" gemma repeats=3 quick_flag=()
     mkdir -p "$models"
-    python -c "from model_swap.cli import ensure_default_model; import sys; \
-print(ensure_default_model(__import__('pathlib').Path(sys.argv[1])))" "$models"
-    local gemma
-    gemma="$(ls "$models"/*.gguf | head -n 1)"
+    if ((quick)); then
+        repeats=1
+        quick_flag=(--quick)
+    fi
+    # Both imports run either way, so the quick run proves the full run's import too.
+    gemma="$(python - "$models" "$quick" <<'EOF'
+import sys
+from pathlib import Path
+from model_swap.tiny_models import write_tiny_model
+from model_swap_cli.cli import ensure_default_model
+models = Path(sys.argv[1])
+print(write_tiny_model(models / "tiny-check.gguf") if sys.argv[2] == "1" else ensure_default_model(models))
+EOF
+)"
 
     # 3. Layers on the GPU, in llama.cpp's own words.
     python - "$gemma" >"$report/offload.txt" 2>&1 <<'EOF' || true
@@ -100,13 +154,15 @@ from llama_cpp import Llama
 llm = Llama(sys.argv[1], n_gpu_layers=-1, n_ctx=2048, verbose=True)
 llm.close()
 EOF
-    grep -Ei "offload|CUDA0|using device" "$report/offload.txt" | tee "$report/offload-summary.txt"
+    grep -Ei "offload|CUDA0|using device" "$report/offload.txt" | tee "$report/offload-summary.txt" \
+        || echo "no offload lines (no GPU backend)" | tee "$report/offload-summary.txt"
 
     # 4. Swaps and VRAM through the real services.
-    python benchmarks/gpu_swaps.py "$models" "$(basename "$gemma")" | tee "$report/swaps.md"
+    python benchmarks/gpu_swaps.py "$models" "$(basename "$gemma")" --repeats "$repeats" \
+        | tee "$report/swaps.md"
 
-    # 5. The batching benchmark, both servers on the GPU.
-    python benchmarks/batching.py --out "$report/BATCHING.md"
+    # 5. The batching benchmark, both servers on the same device.
+    python benchmarks/batching.py "${quick_flag[@]}" --model "$gemma" --out "$report/BATCHING.md"
     echo "report: $report"
 }
 
@@ -114,7 +170,7 @@ case "$mode" in
 pack) pack ;;
 run) run ;;
 *)
-    echo "usage: $0 pack|run [BUNDLE]" >&2
+    echo "usage: $0 pack [BUNDLE] | run [--cpu] [--quick] [BUNDLE]" >&2
     exit 2
     ;;
 esac

@@ -28,13 +28,17 @@ OTHER = "gpu-other.gguf"
 
 
 def vram_mib(pid: int) -> float | None:
-    """GPU memory (MiB) ``pid`` uses, as nvidia-smi reports it; None if it is not listed."""
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    """GPU memory (MiB) ``pid`` uses, as nvidia-smi reports it; None if it is not listed
+    or there is no nvidia-smi (``gpu_check.sh run --cpu``)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except FileNotFoundError:
+        return None
     for line in out.splitlines():
         listed, _, used = line.partition(",")
         if listed.strip() == str(pid):

@@ -23,6 +23,11 @@ names (``sched-a``, ``sched-b``, ``sched-c``) and ``MAX_LOADED_MODELS=1``:
   ``SCHEDULER_MAX_WAIT=0``: pushes and p95 latency.
 - hit latency: ``/user_request`` (max_tokens 1) on the resident model through the
   store against the worker's own ``/infer``: median time to the first byte.
+- timelines: the default store's burst and the router's at each of
+  ``--timeline-tokens`` (16 and 48), every request on one time axis: arrival, the
+  swap it carried out, prefill start (from the services' JSON log lines under the
+  request's ``X-Request-Id``), first and last token (as the client saw them), and
+  where the wall time went (swapping, generating, neither) against the router's.
 
 Results go to stdout; with ``--out FILE`` also to a markdown file.
 """
@@ -38,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,6 +64,13 @@ from harness import (  # noqa: E402
     stop_process,
     stream_timing,
 )
+from timeline import (  # noqa: E402
+    TIMELINE_HEADER,
+    client_timeline,
+    timeline,
+    timeline_rows,
+    where_the_time_goes,
+)
 
 NAMES = ("sched-a.gguf", "sched-b.gguf", "sched-c.gguf")
 SOAK_NAMES = ("soak-a.gguf", "soak-b.gguf", "soak-c.gguf")
@@ -65,11 +78,14 @@ PROMPT = "Once upon a time"
 
 
 def first_token_stream(url: str, model: str, tokens: int, field: str) -> dict:
-    """One streamed completion: seconds to the first text chunk, total seconds, model."""
-    started = time.perf_counter()
+    """One streamed completion: seconds to the first text chunk, total seconds, model,
+    the wall time it was sent and its request id (``X-Request-Id``, for the timeline)."""
+    rid = uuid.uuid4().hex
+    sent, started = time.time(), time.perf_counter()
     body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "stream": True}
     first, answered = None, None
-    with requests.post(url, json=body, stream=True, timeout=600) as response:
+    headers = {"X-Request-Id": rid}
+    with requests.post(url, json=body, stream=True, timeout=600, headers=headers) as response:
         response.raise_for_status()
         answered = response.headers.get("X-Model")
         for line in response.iter_lines():
@@ -81,7 +97,8 @@ def first_token_stream(url: str, model: str, tokens: int, field: str) -> dict:
             if first is None and chunk.get("choices"):
                 first = time.perf_counter() - started
             answered = answered or chunk.get(field)
-    return {"ttft": first, "total": time.perf_counter() - started, "model": answered}
+    total = time.perf_counter() - started
+    return {"ttft": first, "total": total, "model": answered, "sent": sent, "id": rid}
 
 
 def burst(url: str, names: list[str], clients: int, tokens: int, strip_ext: bool) -> dict:
@@ -100,7 +117,10 @@ def burst(url: str, names: list[str], clients: int, tokens: int, strip_ext: bool
     wall = time.perf_counter() - started
     ttfts = [r["ttft"] for r in results]
     right = sum(1 for r, model in zip(results, asked, strict=True) if r["model"] == model)
+    for r, model in zip(results, asked, strict=True):
+        r["asked"] = model.removesuffix(".gguf")
     return {
+        "results": results,
         "wall": wall,
         "p50": percentile(ttfts, 50),
         "p95": percentile(ttfts, 95),
@@ -125,9 +145,16 @@ def checkout(source: Path | None):
 
 
 def store_burst(
-    tmp: Path, models: Path, names: list[str], args, max_wait: str, source: Path | None = None
+    tmp: Path,
+    models: Path,
+    names: list[str],
+    args,
+    max_wait: str,
+    source: Path | None = None,
+    tokens: int | None = None,
 ) -> dict:
-    work = tmp / f"sched-store-{max_wait}{'-before' if source else ''}"
+    tokens = tokens or args.tokens
+    work = tmp / f"sched-store-{max_wait}-{tokens}{'-before' if source else ''}"
     work.mkdir()
     with checkout(source):
         services = Services(
@@ -137,6 +164,8 @@ def store_burst(
             MAX_LOADED_MODELS="1",
             SCHEDULER_MAX_WAIT=max_wait,
             LOADING_COMMENTS_AFTER="600",
+            LOG_FORMAT="json",  # the timeline reads its lines by request id
+            LOG_LEVEL="INFO",
         )
     try:
         for name in names:  # every file on the worker's disk; nothing resident
@@ -146,15 +175,16 @@ def store_burst(
         loads = services.worker_status()["loads"]
         try:
             result = burst(
-                f"{services.store_url}/v1/completions", names, args.clients, args.tokens, False
+                f"{services.store_url}/v1/completions", names, args.clients, tokens, False
             )
         except Exception:
             print((work / "store.log").read_text()[-4000:], file=sys.stderr)
             raise
         result["loads"] = services.worker_status()["loads"] - loads
-        return result
     finally:
         services.stop()
+    result["timeline"] = timeline(result.pop("results"), work)
+    return result
 
 
 def peer_binary(quick: bool) -> str | None:
@@ -165,14 +195,17 @@ def peer_binary(quick: bool) -> str | None:
     return str(binary) if binary else None
 
 
-def router_burst(tmp: Path, models: Path, names: list[str], args, binary: str) -> dict:
+def router_burst(
+    tmp: Path, models: Path, names: list[str], args, binary: str, tokens: int | None = None
+) -> dict:
     """llama-server in router mode over a directory holding only ``names``."""
-    directory = tmp / "sched-router-models"
+    tokens = tokens or args.tokens
+    directory = tmp / f"sched-router-models-{tokens}"
     directory.mkdir()
     for name in names:
         os.link(models / name, directory / name)
     port = free_port()
-    log = tmp / "sched-router.log"
+    log = tmp / f"sched-router-{tokens}.log"
     process = start_process(
         [
             binary,
@@ -193,10 +226,11 @@ def router_burst(tmp: Path, models: Path, names: list[str], args, binary: str) -
     )
     try:
         url = f"http://127.0.0.1:{port}/v1/completions"
-        result = burst(url, names, args.clients, args.tokens, True)
+        result = burst(url, names, args.clients, tokens, True)
     finally:
         stop_process(process)
     result["loads"] = len(re.findall(r"spawning server instance with name=", log.read_text()))
+    result["timeline"] = client_timeline(result.pop("results"))
     return result
 
 
@@ -276,6 +310,15 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
         )
     else:
         results["router"] = router_burst(tmp, models, names, args, binary)
+    results["timelines"] = {
+        args.tokens: {"ours": results["scheduler"], "router": results["router"]}
+    }
+    for tokens in args.timeline_tokens:
+        if tokens not in results["timelines"] and not args.quick:
+            results["timelines"][tokens] = {
+                "ours": store_burst(tmp, models, names, args, "2", tokens=tokens),
+                "router": binary and router_burst(tmp, models, names, args, binary, tokens),
+            }
     if args.quick:  # the suite's test run: the bursts only (section 2 measures hits)
         results["soak"] = results["hits"] = None
         return results
@@ -373,12 +416,35 @@ def verdicts(results: dict) -> list[str]:
         lines.append(
             f"wall time <= 0.67x router's: {ratio:.2f}x -> {'met' if ratio <= 0.67 else 'not met'}"
         )
+        for tokens, pair in sorted(results.get("timelines", {}).items()):
+            if tokens == 48 and pair["router"]:
+                ratio = pair["ours"]["wall"] / pair["router"]["wall"]
+                verdict = "met" if ratio <= 0.8 else "not met"
+                lines.append(f"wall time at 48 tokens <= 0.8x router's: {ratio:.2f}x -> {verdict}")
     else:
         lines.append("wall time against the router: not measured (llama-server not built)")
     if results["hits"]:
         over = (results["hits"]["store"] - results["hits"]["worker"]) * 1000
         verdict = "met" if over <= 1 else "not met"
         lines.append(f"hit overhead <= +1 ms: {over:+.2f} ms -> {verdict}")
+    return lines
+
+
+def timeline_sections(results: dict) -> list[str]:
+    lines = []
+    for tokens, pair in sorted(results["timelines"].items()):
+        ours, router = pair["ours"], pair["router"]
+        lines += [
+            f"## Timeline: the burst at {tokens} tokens",
+            "",
+            where_the_time_goes(tokens, ours, router),
+            "",
+        ]
+        lines += ["model-swap (default store), seconds from the first request sent:", ""]
+        lines += [table(TIMELINE_HEADER, timeline_rows(ours["timeline"])), ""]
+        if router:
+            lines += ["llama-server router, as its clients saw it:", ""]
+            lines += [table(TIMELINE_HEADER, timeline_rows(router["timeline"])), ""]
     return lines
 
 
@@ -417,6 +483,7 @@ def markdown(results: dict, args) -> str:
             table(BURST_HEADER, burst_rows),
             "",
             *more,
+            *timeline_sections(results),
             "## Targets",
             "",
             *[f"- {line}" for line in verdicts(results)],
@@ -455,6 +522,12 @@ def scheduler_options(quick: bool, argv: list[str] | None = None) -> argparse.Na
     parser.add_argument("--out", type=Path, help="also write the results as markdown here")
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument(
+        "--timeline-tokens",
+        type=lambda text: [int(t) for t in text.split(",")],
+        default=[16, 48],
+        help="the bursts' token counts with a timeline (comma-separated; --quick: --tokens)",
+    )
     parser.add_argument("--soak-clients", type=int, default=None)
     parser.add_argument("--soak-requests", type=int, default=None)
     parser.add_argument("--hits", type=int, default=None)

@@ -33,7 +33,8 @@ regenerates the committed ones. Sections:
    connection; ``benchmarks/slowloris.py``).
 11. 1 / 2 / 4 / 8 concurrent streams on one model (continuous batching): aggregate
    tokens/s and TTFT against our single stream and against llama-server ``-np N``
-   built from the llama.cpp llama-cpp-python vendors (``benchmarks/batching.py``).
+   built from the llama.cpp llama-cpp-python vendors (11a), and steady traffic:
+   staggered closed-loop clients and Poisson arrivals (11b; ``benchmarks/batching.py``).
 
 Everything runs on 127.0.0.1 and is bounded in count and time.
 """

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import queue
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 import llama_cpp
 from llama_cpp import _internals
 
+from inference_worker.batch_stats import BatchStats
 from inference_worker.sampling import sampler_chain
+from inference_worker.threads import CpuMeter, step_threads, usable_cpus
 from model_swap.generation import Sampling
 
 logger = logging.getLogger(__name__)
@@ -39,21 +41,6 @@ logger = logging.getLogger(__name__)
 N_BATCH = 512
 # Seconds an idle loop sleeps before it checks whether its scheduler is still in use.
 IDLE_CHECK = 1.0
-# Tokens per llama_decode call, for the batch size histogram.
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-def default_threads(n_threads: int = 0) -> tuple[int, int]:
-    """llama.cpp's threads for one-token steps and for larger batches: ``n_threads`` for
-    both (N_THREADS), else llama_cpp.Llama's defaults (half the CPUs this process may use,
-    all of them), which this worker has always used."""
-    if n_threads:
-        return n_threads, n_threads
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(cpus // 2, 1), cpus
 
 
 class SchedulerClosed(Exception):
@@ -62,40 +49,6 @@ class SchedulerClosed(Exception):
 
 class DecodeFailed(Exception):
     """llama_decode failed for a batch holding this sequence."""
-
-
-class BatchStats:
-    """Counts of llama_decode calls by batch size, across schedulers. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.buckets = [0] * len(BATCH_BUCKETS)  # calls with <= bound tokens (not cumulative)
-        self.over = 0
-        self.calls = 0
-        self.tokens = 0
-        self.mixed = 0  # calls that carried prompt tokens and decoding sequences' tokens
-
-    def observe(self, n_tokens: int, mixed: bool) -> None:
-        index = bisect.bisect_left(BATCH_BUCKETS, n_tokens)
-        with self._lock:
-            self.calls += 1
-            self.mixed += mixed
-            self.tokens += n_tokens
-            if index < len(self.buckets):
-                self.buckets[index] += 1
-            else:
-                self.over += 1
-
-    def snapshot(self) -> tuple[list[tuple[str, int]], int, int]:
-        """Cumulative ``(le, count)`` pairs ending with ``+Inf``, the call count, the token sum."""
-        with self._lock:
-            counts, over, calls, tokens = list(self.buckets), self.over, self.calls, self.tokens
-        pairs, total = [], 0
-        for bound, count in zip(BATCH_BUCKETS, counts, strict=True):
-            total += count
-            pairs.append((str(float(bound)), total))
-        pairs.append(("+Inf", total + over))
-        return pairs, calls, tokens
 
 
 class Sequence:
@@ -141,8 +94,12 @@ class BatchScheduler:
         n_ctx_seq: int,
         stats: BatchStats,
         n_threads: int = 0,
+        meter: CpuMeter | None = None,
+        on_batch: Callable[[list[int]], None] | None = None,
     ):
         self.name = name
+        self._on_batch = on_batch  # tests: called with each batch's sequence ids, in order
+        self.moves = 0  # sequences moved to a lower slot to keep the slots compact
         self.parallel = parallel
         self.n_ctx_seq = n_ctx_seq
         self._stats = stats
@@ -156,7 +113,12 @@ class BatchScheduler:
         # As llama_cpp.Llama runs it (and the footprint estimate assumes): the same numbers,
         # so the same texts, as before batching.
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.n_threads, params.n_threads_batch = default_threads(n_threads)
+        # Set again before every llama_decode (inference_worker/threads.py); N_THREADS fixes it.
+        self._fixed_threads = n_threads
+        self._meter = meter or CpuMeter()
+        self._cpus = usable_cpus()
+        self._model_bytes = llama_cpp.llama_model_size(llm._model.model)
+        self.threads = params.n_threads = params.n_threads_batch = n_threads or 1
         params.no_perf = True
         self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._ctx = self._context.ctx
@@ -166,7 +128,7 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._waiting: deque[Sequence] = deque()
         self._active: list[Sequence] = []  # holding a slot, in admission order
-        self._free = list(range(parallel))
+        self._free = list(range(parallel))  # sorted; always the slots above the running ones
         self._open = 0  # submitted and not released
         self._admitted_open = 0  # of those, admitted to a slot
         self._closing = False
@@ -234,13 +196,37 @@ class BatchScheduler:
             self._cond.notify_all()
         return True
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop thread still runs (it ends after close, or if a bug kills it)."""
+        return self._thread.is_alive()
+
+    def next_item(self, seq: Sequence):
+        """``seq``'s next token id or final item, blocking; DecodeFailed if the loop died.
+
+        Waits as long as the loop runs (a long prompt may take a while), checking every
+        IDLE_CHECK seconds that it still does.
+        """
+        while True:
+            try:
+                return seq.out.get(timeout=IDLE_CHECK)
+            except queue.Empty:
+                if not self.alive:
+                    return DecodeFailed(f"the batch loop of {self.name} stopped")
+
     def close(self) -> None:
-        """Take no new sequences, wait until every submitted one is released, free the context."""
+        """Take no new sequences, wait until every submitted one is released, free the context.
+
+        If the loop thread died, waits no longer: nothing can run on the context any more,
+        and a reader waiting on it gets DecodeFailed (``next_item``).
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            while self._open:
-                self._cond.wait()
+            while self._open and self.alive:
+                self._cond.wait(IDLE_CHECK)
+            if self._open:
+                logger.error("closing %s: its batch loop died (%d open)", self.name, self._open)
         self._thread.join()
         self._free_context()
 
@@ -296,34 +282,50 @@ class BatchScheduler:
             self._active.append(seq)
 
     def _step(self, active: list[Sequence]) -> None:
-        """One llama_decode: every decoding sequence's next token, then prompt chunks."""
-        batch = self._batch
-        n = 0
+        """One llama_decode: every decoding sequence's next token and prompt chunks, in slot order.
+
+        With one KV stream per sequence llama.cpp puts sequences in one pass only when
+        their ids follow each other in batch order; slots are kept compact (``_end``), so
+        laying the batch out by slot makes one pass of every step whatever the order in
+        which requests arrived and finished. Prompt room goes by admission order.
+        """
         for seq in active:
             seq.row = -1
             if seq.cancelled:
                 self._end(seq, "cancelled")
-            elif seq.pending is not None:
-                n = self._add(n, seq.pending, len(seq.prompt) + seq.generated - 1, seq, True)
-                seq.row = n - 1
-        decoding = n
-        for seq in active:
-            room = self._n_batch - n
+        live = [seq for seq in active if seq.slot >= 0]
+        decoding = sum(seq.pending is not None for seq in live)
+        room = self._n_batch - decoding
+        chunks: dict[int, list[int]] = {}
+        for seq in live:
             if room == 0:
                 break
-            if seq.cancelled or seq.fed == len(seq.prompt):
+            if seq.pending is None and seq.fed < len(seq.prompt):
+                chunks[id(seq)] = seq.prompt[seq.fed : seq.fed + room]
+                room -= len(chunks[id(seq)])
+        n = 0
+        for seq in sorted(live, key=_slot):
+            if seq.pending is not None:
+                n = self._add(n, seq.pending, len(seq.prompt) + seq.generated - 1, seq, True)
+                seq.row = n - 1
+                continue
+            chunk = chunks.get(id(seq))
+            if chunk is None:
                 continue
             if seq.sampler is None:
-                seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
-            chunk = seq.prompt[seq.fed : seq.fed + room]
+                seq.sampler = sampler_chain(
+                    seq.sampling, self._n_vocab, self._vocab, self.n_ctx_seq
+                )
             for offset, token in enumerate(chunk):
                 n = self._add(n, token, seq.fed + offset, seq, False)
             seq.fed += len(chunk)
             if seq.fed == len(seq.prompt):
-                batch.logits[n - 1] = True
+                self._batch.logits[n - 1] = True
                 seq.row = n - 1
         if n:
-            self._decode(active, n, 0 < decoding < n)
+            if self._on_batch is not None:
+                self._on_batch([self._batch.seq_id[i][0] for i in range(n)])
+            self._decode(live, n, 0 < decoding < n)
         self.kv_tokens = sum(
             llama_cpp.llama_memory_seq_pos_max(self._memory, slot) + 1
             for slot in range(self.parallel)
@@ -333,14 +335,25 @@ class BatchScheduler:
         """Decode the batch's ``n`` tokens and sample every sequence that has a row."""
         batch = self._batch
         batch.n_tokens = n
-        status = llama_cpp.llama_decode(self._ctx, batch)
+        threads = step_threads(
+            tokens=n,
+            model_bytes=self._model_bytes,
+            cpus=self._cpus,
+            spare=self._meter.spare(),
+            fixed=self._fixed_threads,
+        )
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+            self.threads = threads
+        with self._meter.decoding():
+            status = llama_cpp.llama_decode(self._ctx, batch)
         self._stats.observe(n, mixed)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         for seq in active:
             if seq.row < 0:
                 continue
-            token = llama_cpp.llama_sampler_sample(seq.sampler.sampler, self._ctx, seq.row)
+            token = seq.sampler.sample(self._ctx, seq.row)
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 self._end(seq, "stop")
                 continue
@@ -360,16 +373,33 @@ class BatchScheduler:
         return n + 1
 
     def _end(self, seq: Sequence, outcome) -> None:
-        """Free ``seq``'s slot and KV cells and tell its reader (loop thread)."""
+        """Free ``seq``'s slot and KV cells and tell its reader (loop thread).
+
+        Keeps the slots compact: the running sequence in the highest slot above the
+        freed one moves into it (llama.cpp copies its KV stream), so the running
+        sequences always hold slots 0..k-1 and the lowest free slot is k.
+        """
         if seq.slot < 0:
             return
-        llama_cpp.llama_memory_seq_rm(self._memory, seq.slot, -1, -1)
+        slot = seq.slot
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
         with self._cond:
             self._active.remove(seq)
-            bisect.insort(self._free, seq.slot)
+            last = max(self._active, key=_slot, default=None)
+            if last is not None and last.slot > slot:
+                # Copied at the start of the next llama_decode, before anything is written.
+                llama_cpp.llama_memory_seq_cp(self._memory, last.slot, slot, -1, -1)
+                llama_cpp.llama_memory_seq_rm(self._memory, last.slot, -1, -1)
+                last.slot, slot = slot, last.slot
+                self.moves += 1
+            bisect.insort(self._free, slot)
             seq.slot, seq.row = -1, -1
             self._cond.notify_all()
         seq.out.put(outcome)
+
+
+def _slot(seq: Sequence) -> int:
+    return seq.slot

@@ -29,9 +29,9 @@ DEFAULTS = {
     # with N_CTX tokens of KV cache; more concurrent requests wait first come, first served.
     # 1 serves one generation at a time per model.
     "PARALLEL": 4,
-    # llama.cpp threads per model (0: half the CPUs this process may use for one-token
-    # steps, all of them for prompt batches), and the CPUs the worker process may use
-    # (comma-separated ids or ranges, e.g. "0" or "0-3,8"; empty: every CPU).
+    # llama.cpp threads for every decode step (0: chosen per step from the CPUs other
+    # processes left idle, inference_worker/threads.py), and the CPUs the worker process may
+    # use (comma-separated ids or ranges, e.g. "0" or "0-3,8"; empty: every CPU).
     "N_THREADS": 0,
     "CPU_AFFINITY": (),
     # Largest /infer body accepted (bytes); uploads are bounded by the disk instead.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,29 @@ def test_suite_runs_on_tiny_sizes(tmp_path):
     ):
         assert f"## {section}" in results
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_after_the_build_on_the_cpu(tmp_path):
+    """``gpu_check.sh run --cpu --quick``: the steps a GPU machine runs after its CUDA build
+    (model, offload log, swaps through the services, the batching benchmark with its steady
+    traffic) work with the CPU llama-cpp-python, so the script cannot rot unnoticed."""
+    bundle = tmp_path / "bundle"
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "run", "--cpu", "--quick", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = bundle / "report"
+    assert "CPU run" in (report / "gpu.txt").read_text()
+    assert (report / "offload-summary.txt").read_text()
+    swaps = (report / "swaps.md").read_text()
+    for case in ("cold swap", "warm swap", "hit"):
+        assert f"| {case} |" in swaps
+    batching = (report / "BATCHING.md").read_text()
+    assert "## Bursts: N clients at once" in batching
+    assert "## Steady traffic" in batching
+    assert "closed-loop clients" in batching and "Poisson 90%" in batching

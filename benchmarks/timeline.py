@@ -1,0 +1,179 @@
+"""A burst's requests on one time axis, from the client's times and the services' log lines.
+
+Used by ``benchmarks/scheduler.py``: the store and the worker log JSON lines
+(``LOG_FORMAT=json``) under each request's ``X-Request-Id``, which the client
+chose; the executor's lines are the swap a request carried out, the worker's
+``[infer] TTFT`` line less its TTFT is when its prefill started. The router
+(llama-server) is seen from the client's side only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def log_events(path: Path) -> dict[str, list[tuple[float, str, str]]]:
+    """A service's JSON log lines by request id: (wall time, logger, message)."""
+    found: dict[str, list[tuple[float, str, str]]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        rid = entry.get("request_id") if isinstance(entry, dict) else None
+        if not rid:
+            continue
+        at = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        found.setdefault(rid, []).append((at.timestamp(), entry["logger"], entry["message"]))
+    return found
+
+
+TTFT_LINE = re.compile(r"\[infer\] TTFT: ([0-9.]+)s")
+LOAD_LINE = re.compile(r"loaded \S+ in ([0-9.]+)s")
+
+
+def timeline(results: list[dict], work: Path) -> list[dict]:
+    """Each request of a burst on one time axis (seconds from the first request sent):
+    arrival, the swap it carried out (the store's executor lines under its request id;
+    none if it rode on another's), prefill start (the worker's first-token line less its
+    TTFT), first and last token as the client saw them."""
+    store, worker = log_events(work / "store.log"), log_events(work / "worker.log")
+    origin = min(r["sent"] for r in results)
+    rows = []
+    for r in results:
+        swap = [at for at, logger, _ in store.get(r["id"], ()) if logger.endswith("executor")]
+        swap_start = None
+        if swap:  # from its first action (an unload, a push, a load) to its last line
+            swap_start = min(swap)
+            for at, logger, message in worker.get(r["id"], ()):
+                if not logger.endswith("engine"):
+                    continue
+                if message.startswith("unloaded"):
+                    swap_start = min(swap_start, at)
+                loaded = LOAD_LINE.match(message)
+                if loaded:
+                    swap_start = min(swap_start, at - float(loaded.group(1)))
+            swap_start -= origin
+        prefill = None
+        for at, _, message in worker.get(r["id"], ()):
+            match = TTFT_LINE.search(message)
+            if match:
+                prefill = at - float(match.group(1)) - origin
+        rows.append(
+            {
+                "model": r["asked"],
+                "arrival": r["sent"] - origin,
+                "swap": None if swap_start is None else (swap_start, max(swap) - origin),
+                "prefill": prefill,
+                "first": r["sent"] + r["ttft"] - origin,
+                "last": r["sent"] + r["total"] - origin,
+            }
+        )
+    return sorted(rows, key=lambda row: row["first"])
+
+
+def union(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by ``intervals``."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def breakdown(rows: list[dict]) -> dict:
+    """Where a burst's wall time went: swapping, generating (prefill to last token, not
+    during a swap), and neither (waiting on HTTP, the scheduler's decisions)."""
+    wall = max(row["last"] for row in rows)
+    swaps = [row["swap"] for row in rows if row["swap"]]
+    running = [(row["prefill"] or row["first"], row["last"]) for row in rows]
+    swapping = union(swaps)
+    busy = union(swaps + running)
+    return {
+        "wall": wall,
+        "swaps": len(swaps),
+        "swapping": swapping,
+        "generating": busy - swapping,
+        "idle": wall - busy,
+    }
+
+
+def router_breakdown(rows: list[dict]) -> dict:
+    """The router's burst from the client's side: the wall time, and for each model in
+    the order served, when its first token came and its last one went."""
+    phases = {}
+    for row in rows:
+        first, last = phases.get(row["model"], (float("inf"), 0.0))
+        phases[row["model"]] = (min(first, row["first"]), max(last, row["last"]))
+    return {
+        "wall": max(row["last"] for row in rows),
+        "phases": sorted(phases.items(), key=lambda p: p[1]),
+    }
+
+
+def timeline_rows(rows: list[dict]) -> list[list[str]]:
+    def at(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return [
+        [
+            row["model"],
+            at(row["arrival"]),
+            "-" if row["swap"] is None else f"{row['swap'][0]:.2f}-{row['swap'][1]:.2f}",
+            at(row["prefill"]),
+            at(row["first"]),
+            at(row["last"]),
+        ]
+        for row in rows
+    ]
+
+
+TIMELINE_HEADER = [
+    "model",
+    "arrival",
+    "swap (start-end)",
+    "prefill start",
+    "first token",
+    "last token",
+]
+
+
+def where_the_time_goes(tokens: int, ours: dict, router: dict | None) -> str:
+    b = breakdown(ours["timeline"])
+    text = (
+        f"At {tokens} tokens model-swap's wall time {b['wall']:.2f} s: {b['swaps']} swaps "
+        f"covering {b['swapping']:.2f} s, generation (prefill to last token) outside them "
+        f"{b['generating']:.2f} s, neither {b['idle']:.2f} s."
+    )
+    if router:
+        r = router_breakdown(router["timeline"])
+        phases = "; ".join(
+            f"{model} first token {first:.2f} s, last {last:.2f} s"
+            for model, (first, last) in r["phases"]
+        )
+        text += (
+            f" The router's {r['wall']:.2f} s (ratio {b['wall'] / r['wall']:.2f}x), by model in "
+            f"the order served: {phases}."
+        )
+    return text
+
+
+def client_timeline(results: list[dict]) -> list[dict]:
+    """A burst's requests as the client saw them (no server lines: the router's)."""
+    origin = min(r["sent"] for r in results)
+    rows = [
+        {
+            "model": r["asked"],
+            "arrival": r["sent"] - origin,
+            "swap": None,
+            "prefill": None,
+            "first": r["sent"] + r["ttft"] - origin,
+            "last": r["sent"] + r["total"] - origin,
+        }
+        for r in results
+    ]
+    return sorted(rows, key=lambda row: row["first"])
