@@ -29,7 +29,7 @@ from inference_worker.metrics import WorkerMetrics
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
 from inference_worker.rdma_listener import RdmaListener
 from inference_worker.structured import GrammarError
-from model_swap.auth import require_bearer
+from model_swap.auth import require_worker_auth
 from model_swap.digest import InvalidDigest, parse_digest
 from model_swap.errors import (
     BadRequest,
@@ -142,9 +142,9 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         app.extensions["rdma_listener"] = listener.start()
     register_error_handlers(app)
     install_request_ids(app)
-    require_bearer(
+    require_worker_auth(
         app,
-        [settings.worker_token],
+        settings.worker_token,
         realm="inference-worker",
         open_paths=("/metrics",) if settings.metrics_public else (),
     )

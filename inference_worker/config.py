@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_swap.generation import MAX_MESSAGES
 from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
@@ -35,6 +36,8 @@ DEFAULTS = {
     "CPU_AFFINITY": (),
     # Largest /infer body accepted (bytes); uploads are bounded by the disk instead.
     "MAX_REQUEST_BYTES": 1024 * 1024,
+    # Messages in one chat request; refused (400) before any is read or rendered.
+    "MAX_MESSAGES": MAX_MESSAGES,
     # Shared secret every request (but GET /healthz) must present as a bearer token.
     "WORKER_TOKEN": "",
     "LOG_LEVEL": "INFO",
@@ -116,6 +119,7 @@ class WorkerSettings:
     n_threads: int = DEFAULTS["N_THREADS"]
     cpu_affinity: tuple[int, ...] = DEFAULTS["CPU_AFFINITY"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
+    max_messages: int = DEFAULTS["MAX_MESSAGES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     log_level: str = DEFAULTS["LOG_LEVEL"]
     log_format: str = DEFAULTS["LOG_FORMAT"]
@@ -152,6 +156,7 @@ class WorkerSettings:
             parallel=_parallel(env),
             n_threads=env.integer("N_THREADS", DEFAULTS["N_THREADS"], minimum=0),
             cpu_affinity=_cpu_list(env.optional_text("CPU_AFFINITY", "")),
+            max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),

@@ -16,7 +16,7 @@ from inference_worker.config import WorkerSettings
 from inference_worker.generation import Job
 from inference_worker.structured import GrammarError, schema_grammar
 from model_swap.errors import BadRequest
-from model_swap.generation import parse_messages, parse_sampling
+from model_swap.generation import check_message_count, parse_messages, parse_sampling
 from model_swap.json_schema import check_schema
 from model_swap.requests_json import positive_int, prompt_text
 from model_swap.tool_calls import NONE, parse_tool_choice, parse_tools
@@ -43,6 +43,7 @@ def parse_job(body: dict, settings: WorkerSettings, *, events: bool) -> Job:
         raise BadRequest(f"give one of prompt, prompt_tokens or messages, not {given}")
     prompt = messages = tokens = None
     if "messages" in body:
+        check_message_count(body["messages"], settings.max_messages)
         messages = parse_messages(body["messages"], max_chars=settings.max_request_bytes)
     elif "prompt_tokens" in body:
         tokens = _prompt_tokens(body["prompt_tokens"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from model_store_server.access import install_access
 from model_store_server.config import StoreSettings
 from model_store_server.control import ModelControl
 from model_store_server.core.orchestrator import SwapService
@@ -23,7 +24,6 @@ from model_store_server.routes.openai import openai
 from model_store_server.routes.seed import seed
 from model_store_server.routes.workers import workers
 from model_store_server.views import LogLines
-from model_swap.auth import require_bearer
 from model_swap.errors import register_error_handlers
 from model_swap.logs import install_request_ids
 
@@ -53,7 +53,7 @@ def create_app(settings: StoreSettings | None = None, *, clock=None, resolver=No
     register_error_handlers(app)
     install_request_ids(app)
     open_paths = (*DASHBOARD_PATHS, *(("/metrics",) if settings.metrics_public else ()))
-    require_bearer(app, settings.api_keys, realm="model-store", open_paths=open_paths)
+    install_access(app, settings, open_paths)
     app.register_blueprint(seed)
     app.register_blueprint(openai)
     app.register_blueprint(models)

@@ -6,6 +6,7 @@ value raises ``SettingsError`` naming the variable and what is valid.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 from model_store_server.cache_policy import POLICIES, Tier
 from model_store_server.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
+from model_swap.generation import MAX_MESSAGES
 from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
@@ -27,6 +29,10 @@ DEFAULTS = {
     # resolves to is a worker, re-resolved every DISCOVERY_INTERVAL seconds). Empty: WORKER_URL.
     "WORKER_URLS": (),
     "DISCOVERY_INTERVAL": 10.0,
+    # CIDRs a dns+ WORKER_URLS may resolve into (loopback always); addresses outside are
+    # refused. Most workers discovery adds (the rest are refused and logged).
+    "WORKER_NETWORKS": (),
+    "MAX_DISCOVERED_WORKERS": 32,
     # Seconds between health probes (GET /health) of each worker when there are several.
     "HEALTH_INTERVAL": 2.0,
     # Requests for one model in flight on each worker holding it (running or waiting) from
@@ -73,11 +79,19 @@ DEFAULTS = {
     "WORKER_POOL_SIZE": 8,
     # Largest /user_request body accepted (bytes) and longest prompt (characters).
     "MAX_REQUEST_BYTES": 1024 * 1024,
+    # Messages in one chat request; refused (400) before any is read or rendered.
+    "MAX_MESSAGES": MAX_MESSAGES,
     "MAX_PROMPT_CHARS": 32768,
     # Shared secret sent to the worker (must match the worker's WORKER_TOKEN).
     "WORKER_TOKEN": "",
     # Comma-separated keys clients must present as bearer tokens (empty: no check).
     "API_KEYS": (),
+    # Keys for the administrative routes (/models/*, /workers/*, /reset); with only
+    # API_KEYS set, nobody may administer. Host names the store answers to when no keys
+    # are set (besides its addresses, localhost and STORE_HOST): DNS rebinding.
+    "ADMIN_KEYS": (),
+    "DRAIN_KEYS": (),  # keys that may only POST /workers/<id>/drain (a preStop hook's)
+    "ALLOWED_HOSTS": (),
     "LOG_LEVEL": "INFO",
     # text: the seed's lines; json: one JSON object per line (with the request id).
     "LOG_FORMAT": "text",
@@ -113,6 +127,8 @@ class StoreSettings:
     worker_urls: tuple[str, ...] = DEFAULTS["WORKER_URLS"]
     discovery: str = ""  # dns+http://NAME:PORT when the workers are discovered
     discovery_interval: float = DEFAULTS["DISCOVERY_INTERVAL"]
+    worker_networks: tuple[str, ...] = DEFAULTS["WORKER_NETWORKS"]
+    max_discovered_workers: int = DEFAULTS["MAX_DISCOVERED_WORKERS"]
     health_interval: float = DEFAULTS["HEALTH_INTERVAL"]
     replicate_after: int = DEFAULTS["REPLICATE_AFTER"]
     max_cache_size: int = DEFAULTS["MAX_CACHE_SIZE"]
@@ -140,8 +156,12 @@ class StoreSettings:
     worker_pool_size: int = DEFAULTS["WORKER_POOL_SIZE"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     max_prompt_chars: int = DEFAULTS["MAX_PROMPT_CHARS"]
+    max_messages: int = DEFAULTS["MAX_MESSAGES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     api_keys: tuple[str, ...] = field(default=DEFAULTS["API_KEYS"], repr=False)
+    admin_keys: tuple[str, ...] = field(default=DEFAULTS["ADMIN_KEYS"], repr=False)
+    drain_keys: tuple[str, ...] = field(default=DEFAULTS["DRAIN_KEYS"], repr=False)
+    allowed_hosts: tuple[str, ...] = DEFAULTS["ALLOWED_HOSTS"]
     log_level: str = DEFAULTS["LOG_LEVEL"]
     log_format: str = DEFAULTS["LOG_FORMAT"]
     metrics_public: bool = DEFAULTS["METRICS_PUBLIC"]
@@ -210,6 +230,10 @@ class StoreSettings:
             worker_url=env.url("WORKER_URL", DEFAULTS["WORKER_URL"]),
             **worker_list(env),
             discovery_interval=env.number("DISCOVERY_INTERVAL", DEFAULTS["DISCOVERY_INTERVAL"]),
+            worker_networks=networks(env),
+            max_discovered_workers=env.integer(
+                "MAX_DISCOVERED_WORKERS", DEFAULTS["MAX_DISCOVERED_WORKERS"], minimum=1
+            ),
             health_interval=env.number("HEALTH_INTERVAL", DEFAULTS["HEALTH_INTERVAL"]),
             replicate_after=env.integer("REPLICATE_AFTER", DEFAULTS["REPLICATE_AFTER"], minimum=0),
             max_cache_size=env.integer("MAX_CACHE_SIZE", DEFAULTS["MAX_CACHE_SIZE"], minimum=1),
@@ -243,6 +267,7 @@ class StoreSettings:
             worker_pool_size=env.integer(
                 "WORKER_POOL_SIZE", DEFAULTS["WORKER_POOL_SIZE"], minimum=0
             ),
+            max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),
             max_request_bytes=env.integer(
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),
@@ -251,6 +276,13 @@ class StoreSettings:
             ),
             worker_token=env.secret("WORKER_TOKEN"),
             api_keys=env.secret_list("API_KEYS"),
+            admin_keys=env.secret_list("ADMIN_KEYS"),
+            drain_keys=env.secret_list("DRAIN_KEYS"),
+            allowed_hosts=tuple(
+                h.strip().lower()
+                for h in env.optional_text("ALLOWED_HOSTS", "").split(",")
+                if h.strip()
+            ),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
@@ -259,6 +291,20 @@ class StoreSettings:
             ollama_api=env.flag("OLLAMA_API", DEFAULTS["OLLAMA_API"]),
             **serving_options(env, DEFAULTS),
         )
+
+
+def networks(env: EnvReader) -> tuple[str, ...]:
+    """WORKER_NETWORKS: comma-separated CIDRs (``10.0.0.0/8``), each checked."""
+    value = env.optional_text("WORKER_NETWORKS", "")
+    found = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        try:
+            found.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"WORKER_NETWORKS: {part!r} is not a network (valid: CIDRs like 10.0.0.0/8)"
+            ) from None
+    return tuple(found)
 
 
 def worker_list(env: EnvReader) -> dict:

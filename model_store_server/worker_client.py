@@ -19,7 +19,9 @@ import http.client
 import json
 import logging
 import os
+import secrets
 import select
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from model_swap.auth import bearer_header
+from model_swap import worker_auth
 from model_swap.errors import Unavailable, WorkerFailed
 from model_swap.logs import current_request_id
+from model_swap.names import InvalidModelName, validate_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,13 @@ class WorkerUnavailable(Unavailable):
 
     def __init__(self, message: str):
         super().__init__(message, retry_after=1, type="worker_unavailable")
+
+
+class WorkerUnproven(Unavailable):
+    """The worker could not prove it holds WORKER_TOKEN: nothing is sent to it."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retry_after=1, type="worker_unproven")
 
 
 class WorkerError(WorkerFailed):
@@ -104,7 +114,13 @@ class InferenceStream:
 
 class WorkerClient:
     """HTTP calls to one worker over pooled keep-alive connections (http.client: little
-    per-call overhead). Thread-safe: a connection is used by one call at a time."""
+    per-call overhead). Thread-safe: a connection is used by one call at a time.
+
+    With ``token`` every request is signed (``model_swap.worker_auth``) and no call
+    but the identity challenge reaches the worker before it has proved it holds
+    the token; a worker that cannot is ``WorkerUnproven``. ``tls_name``: the name
+    an ``https`` worker's certificate is verified against (default: the URL's host).
+    """
 
     def __init__(
         self,
@@ -114,10 +130,14 @@ class WorkerClient:
         read_timeout: float,
         token: str | None = None,
         pool_size: int = 0,
+        tls_name: str | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
-        self._auth = bearer_header(token)
+        self._token = token or ""
+        self._tls_name = tls_name
+        self._proven = not self._token
+        self._prove_lock = threading.Lock()
         self.pool_size = pool_size
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # and when given back
         self._pool_lock = threading.Lock()
@@ -159,12 +179,16 @@ class WorkerClient:
         for conn, _ in idle:
             conn.close()
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
         parts = urlsplit(self.base_url)
-        connection_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        if parts.scheme != "https":
+            return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        return _NamedHTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, server_name=self._tls_name
         )
-        conn = connection_class(parts.hostname, parts.port, timeout=self.timeout[0])
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn = self._connection(self.timeout[0])
         try:
             conn.connect()
         except OSError as err:
@@ -175,10 +199,64 @@ class WorkerClient:
         self.connections_opened += 1
         return conn
 
-    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
-        """Auth, the request's id (so the worker's log lines join the store's), ``extra``."""
+    def _headers(
+        self, extra: dict[str, str], method: str, path: str, body: bytes | None
+    ) -> dict[str, str]:
+        """The request's id (so the worker's log lines join the store's), ``extra``, and
+        the signature over them and ``body``."""
         request_id = current_request_id()
-        return {**self._auth, **({"X-Request-Id": request_id} if request_id else {}), **extra}
+        headers = {**({"X-Request-Id": request_id} if request_id else {}), **extra}
+        if self._token:
+            digest = worker_auth.body_digest(
+                headers.get("Content-Type", ""), body, headers.get(worker_auth.DIGEST_HEADER)
+            )
+            headers[worker_auth.SIGNATURE_HEADER] = worker_auth.sign(
+                self._token, method, path, digest
+            )
+        return headers
+
+    # -- proving the worker -------------------------------------------------------------------
+
+    @property
+    def proven(self) -> bool:
+        return self._proven
+
+    def forget_proof(self) -> None:
+        """The worker went away: whatever answers at its address next proves itself again."""
+        if self._token:
+            self._proven = False
+
+    def prove(self) -> None:
+        """Make the worker answer a fresh nonce with an HMAC of it under WORKER_TOKEN
+        (once; again after ``forget_proof``). Raises WorkerUnproven, WorkerUnavailable."""
+        if self._proven:
+            return
+        with self._prove_lock:
+            if self._proven:
+                return
+            nonce = secrets.token_hex(16)
+            body = json.dumps({"nonce": nonce}).encode()
+            path = worker_auth.IDENTITY_PATH
+            try:
+                conn, response = self._send(
+                    "POST", path, body, {"Content-Type": "application/json"}, idempotent=True
+                )
+            except WorkerError as err:
+                raise WorkerUnproven(
+                    f"worker at {self.base_url} refused the identity challenge "
+                    f"({err.worker_status})"
+                ) from None
+            try:
+                answer = json.loads(response.read()).get("proof")
+            except (OSError, http.client.HTTPException, ValueError, AttributeError):
+                answer = None
+            finally:
+                self._checkin(conn, response)
+            if not worker_auth.proof_matches(self._token, nonce, answer):
+                logger.warning("worker at %s failed the identity challenge", self.base_url)
+                raise WorkerUnproven(f"worker at {self.base_url} does not hold WORKER_TOKEN")
+            self._proven = True
+            logger.info("worker at %s proved it holds WORKER_TOKEN", self.base_url)
 
     def _checked(
         self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, what: str
@@ -210,11 +288,24 @@ class WorkerClient:
         """One request on a pooled connection; the caller reads the response, then gives
         the connection back with ``_checkin``. A reused connection that breaks is retried
         once on a fresh one where safe (see the module docstring)."""
+        self.prove()
+        return self._send(method, path, body, headers, idempotent=idempotent)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        idempotent: bool = False,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         what = f"{method} {path}"
+        what_sent = (method, path, body)
         conn, reused = self._checkout()
         sent = False
         try:
-            conn.request(method, path, body=body, headers=self._headers(headers))
+            conn.request(method, path, body=body, headers=self._headers(headers, *what_sent))
             sent = True
             response = conn.getresponse()
         except (OSError, http.client.HTTPException, UnicodeError) as err:
@@ -224,7 +315,7 @@ class WorkerClient:
             logger.info("a pooled connection to the worker was closed; retrying %s", what)
             conn = self._connect()
             try:
-                conn.request(method, path, body=body, headers=self._headers(headers))
+                conn.request(method, path, body=body, headers=self._headers(headers, *what_sent))
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException, UnicodeError) as again:
                 conn.close()
@@ -250,6 +341,7 @@ class WorkerClient:
         SourceChanged midway); worker problems map to
         WorkerUnavailable/WorkerError like ``request``.
         """
+        self.prove()
         with open(source, "rb") as file:
             size = os.fstat(file.fileno()).st_size
             conn = self._connect()
@@ -262,7 +354,10 @@ class WorkerClient:
                             **headers,
                             "Content-Type": "application/octet-stream",
                             "Content-Length": str(size),
-                        }
+                        },
+                        "POST",
+                        path,
+                        None,
                     ).items():
                         conn.putheader(key, value)
                     conn.endheaders()
@@ -313,12 +408,15 @@ class WorkerClient:
     def status(self) -> WorkerReport:
         data = self._json("GET", "/status")
         try:
-            entries = data["cached"]
-            loaded = data["loaded"]
+            entries = [e for e in data["cached"] if _valid_name(e["name"])]
+            loaded = (
+                data["loaded"] if data["loaded"] is None or _valid_name(data["loaded"]) else None
+            )
             if "resident" in data:
                 resident = {
                     entry["name"]: int(entry.get("estimated_bytes") or 0)
                     for entry in data["resident"]
+                    if _valid_name(entry["name"])
                 }
             else:  # a worker that holds one model
                 resident = {loaded: 0} if loaded else {}
@@ -338,16 +436,14 @@ class WorkerClient:
     def health(self, timeout: float) -> None:
         """Probe ``GET /health`` on a fresh connection bounded by ``timeout`` seconds;
         raises WorkerUnavailable (unreachable, or silent for ``timeout``) or WorkerError."""
-        parts = urlsplit(self.base_url)
-        connection_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
-        conn = connection_class(parts.hostname, parts.port, timeout=timeout)
+        self.prove()
+        conn = self._connection(timeout)
         try:
-            conn.request("GET", "/health", headers=self._headers({}))
+            conn.request("GET", "/health", headers=self._headers({}, "GET", "/health", None))
             response = conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException) as err:
+            self.forget_proof()
             raise WorkerUnavailable(f"worker at {self.base_url} is unreachable ({err!r})") from err
         finally:
             conn.close()
@@ -415,6 +511,17 @@ POOL_IDLE_SECONDS = 2.0
 SENDFILE_STEP_BYTES = 16 * 1024 * 1024
 
 
+def _valid_name(name: object) -> bool:
+    """Whether a name the worker reports is a model name; one that is not (it could forge
+    a log line or markup) is left out of the report, and logged escaped."""
+    try:
+        validate_model_name(name)
+    except InvalidModelName:
+        logger.warning("the worker reported an invalid model name %r: ignored", name)
+        return False
+    return True
+
+
 def _still_open(conn: http.client.HTTPConnection) -> bool:
     """An idle keep-alive connection has nothing to read; if it has (EOF), the worker
     closed it."""
@@ -426,6 +533,19 @@ def _still_open(conn: http.client.HTTPConnection) -> bool:
     except (OSError, ValueError):
         return False
     return not readable
+
+
+class _NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address whose certificate is verified against ``server_name`` (a
+    discovered worker is dialled by IP; its certificate names the Service)."""
+
+    def __init__(self, host, port, *, timeout: float, server_name: str | None):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._server_name = server_name or host
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
 
 
 class SourceChanged(OSError):

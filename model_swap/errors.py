@@ -50,6 +50,11 @@ class Unauthorized(ApiError):
     type = "unauthorized"
 
 
+class Forbidden(ApiError):
+    status = 403
+    type = "forbidden"
+
+
 class NotFound(ApiError):
     status = 404
     type = "not_found"

@@ -222,9 +222,28 @@ def _content(value: object, param: str) -> str:
     return "".join(pieces)
 
 
+# Default of the MAX_MESSAGES setting (store and worker): messages in one chat request.
+MAX_MESSAGES = 1024
+# What a chat template adds around one message, at most, in characters (role markers and
+# separators: ChatML's is 26, Gemma's 33 on its first turn). Counted with the content so an
+# empty message is not free: the sum bounds the rendered prompt before any template runs.
+MESSAGE_MARKUP_CHARS = 32
+
+
+def check_message_count(value: object, limit: int) -> None:
+    """Refuse more than ``limit`` messages before any of them is read (``len`` only)."""
+    if isinstance(value, list) and len(value) > limit:
+        raise BadRequest(
+            f"messages holds {len(value)} messages; the limit is MAX_MESSAGES={limit}",
+            param="messages",
+        )
+
+
 def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
     """``messages``: a non-empty list of system/user/assistant/tool messages with text content
-    (an assistant message may carry ``tool_calls`` instead)."""
+    (an assistant message may carry ``tool_calls`` instead). Their characters plus
+    MESSAGE_MARKUP_CHARS for each message after the first (an upper bound of the rendered
+    prompt's) must not exceed ``max_chars``."""
     if not isinstance(value, list) or not value:
         raise BadRequest("messages must be a non-empty list", param="messages")
     messages = []
@@ -257,10 +276,12 @@ def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
         name = (item.get("name") or item.get("tool_name")) if role == "tool" else None
         if name is not None and not isinstance(name, str):
             raise BadRequest(f"{where}.name must be a string", param=f"{where}.name")
-        total += len(content)
+        total += len(content) + (MESSAGE_MARKUP_CHARS if index else 0)
+        if total > max_chars:
+            raise BadRequest(
+                f"messages hold at least {total} characters with their markup; "
+                f"the limit is {max_chars}",
+                param="messages",
+            )
         messages.append(Message(role, content, calls, call_id if role == "tool" else None, name))
-    if total > max_chars:
-        raise BadRequest(
-            f"messages hold {total} characters; the limit is {max_chars}", param="messages"
-        )
     return tuple(messages)

@@ -1,7 +1,9 @@
 """The one rule for what a model name may be, shared by the store and the worker.
 
-A model name is a plain file name ending in ``.gguf``, made of printable ASCII
-characters: it never contains a path separator, a parent reference or a
+A model name is a plain file name ending in ``.gguf``, made of ASCII letters,
+digits and ``._-+@:,()[]`` (``NAME_CHARACTERS``): no space, ``=``, quote,
+``<`` or ``&``, so a name can neither forge a field in a log line nor markup
+in a page. It never contains a path separator, a parent reference or a
 control character, so joining it to a directory can never point outside that
 directory, and it travels unchanged in an HTTP header (``X-Model-Name``) and a
 URL path. Non-ASCII names are refused rather than normalised, so look-alike
@@ -11,6 +13,9 @@ Unicode names cannot alias each other.
 from __future__ import annotations
 
 MAX_NAME_BYTES = 255
+NAME_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-+@:,()[]"
+)
 SUFFIX = ".gguf"
 
 
@@ -36,6 +41,11 @@ def validate_model_name(name: object) -> str:
         raise InvalidModelName("model name must not start with '.'")
     if not name.endswith(SUFFIX) or len(name) == len(SUFFIX):
         raise InvalidModelName(f"model name must end in {SUFFIX}")
+    if not NAME_CHARACTERS.issuperset(name):
+        raise InvalidModelName(
+            "model name may hold only letters, digits and ._-+@:,()[] (no spaces, '=', "
+            "quotes or markup)"
+        )
     return name
 
 

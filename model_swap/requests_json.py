@@ -105,4 +105,15 @@ def parse_keep_alive(value: object) -> float | None:
         )
     if not math.isfinite(seconds):
         raise BadRequest("keep_alive must be finite", param="keep_alive")
+    if seconds > MAX_KEEP_ALIVE_SECONDS:
+        raise BadRequest(
+            f"keep_alive must be at most {MAX_KEEP_ALIVE_SECONDS} seconds (1 year); "
+            "use -1 to keep the model until capacity needs its place",
+            param="keep_alive",
+        )
     return -1.0 if seconds < 0 else seconds
+
+
+# The longest keep_alive (1 year): an expiry time that far ahead still fits every clock and
+# date the store computes (1e15 s overflowed /api/ps's expires_at for everyone).
+MAX_KEEP_ALIVE_SECONDS = 365 * 24 * 3600

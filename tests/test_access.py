@@ -67,12 +67,14 @@ def test_store_with_a_wrong_token_gets_a_clear_error(start_worker, start_store):
     worker = start_worker(worker_token=TOKEN)
     store = start_store(worker, worker_token="not-the-right-one-0000")
     r = ask(store, A)
-    assert r.status_code == 502
+    # The worker refuses the store's signature, so it never proves itself: nothing is sent.
+    assert r.status_code == 503
+    assert r.json()["error"]["type"] == "worker_unproven"
     assert "401" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("POST", "/user_request"), ("GET", "/status"), ("POST", "/reset")]
+    ("method", "path"), [("POST", "/user_request"), ("GET", "/status"), ("GET", "/v1/models")]
 )
 def test_store_api_keys_guard_user_endpoints(worker, start_store, method, path):
     store = start_store(worker, api_keys=(KEY, "second-key-0123456789x"))

@@ -239,7 +239,7 @@ def test_a_stream_holding_every_thread_does_not_delay_health(start_front_service
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", store.port))
         sock.sendall(
-            b"POST /user_request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /user_request HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         held.append(sock)  # and never read
@@ -264,7 +264,7 @@ def test_a_reader_slower_than_min_download_rate_is_cut_and_its_model_released(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", store.port))
         sock.sendall(
-            b"POST /user_request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /user_request HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         sock.settimeout(0.1)

@@ -60,7 +60,7 @@ def test_fuzzed_requests_never_silence_a_service(running, service):
 def test_a_bad_chunked_body_is_a_400_not_a_500(running):
     store = running["store"]
     data = (
-        b"POST /user_request HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /user_request HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n"
     )
     assert try_case(store.port, data) == [400]

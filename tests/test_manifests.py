@@ -88,6 +88,8 @@ def test_the_manifests_are_found():
             "Deployment",
             "Kustomization",
             "Namespace",
+            "NetworkPolicy",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "Secret",
             "Service",
@@ -186,8 +188,9 @@ def test_the_configmaps_values_are_accepted_by_the_services(store, statefulset):
 
 
 def test_secrets_reach_the_settings_that_read_them(store, statefulset):
-    # The workers' API_KEYS is for the preStop hook (the store's API), not a worker setting.
-    hook_only = {"API_KEYS"}
+    # The workers' DRAIN_KEYS is for the preStop hook (the store's API), not a worker setting;
+    # the workers never receive the client keys.
+    hook_only = {"DRAIN_KEYS"}
     for workload, settings, extra in (
         (store, STORE_DEFAULTS, set()),
         (statefulset, WORKER_DEFAULTS, hook_only),
@@ -201,7 +204,8 @@ def test_secrets_reach_the_settings_that_read_them(store, statefulset):
         assert set(refs) <= set(settings) | extra, set(refs) - set(settings)
         for name, ref in refs.items():
             assert (ref["name"], ref["key"]) == ("model-swap-secrets", name)
-    assert "API_KEYS" in _prestop_script(statefulset)
+    assert "DRAIN_KEYS" in _prestop_script(statefulset)
+    assert "API_KEYS" not in _env(statefulset) and "ADMIN_KEYS" not in _env(statefulset)
 
 
 def test_the_example_secrets_placeholders_stop_both_services():
@@ -248,7 +252,7 @@ def test_each_worker_gets_a_gpu_and_its_own_cache_volume(statefulset):
 def test_the_store_mounts_its_models_volume_at_models_dir(store):
     pod = store["spec"]["template"]["spec"]
     mounts = {m["name"]: m["mountPath"] for m in _container(store)["volumeMounts"]}
-    (volume,) = pod["volumes"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert mounts[volume["name"]] == _configmap(store)["MODELS_DIR"]
     claim = volume["persistentVolumeClaim"]["claimName"]
     assert _one("PersistentVolumeClaim", claim)
@@ -307,19 +311,19 @@ def drain_recorder():
 
 
 @pytest.mark.parametrize(
-    "api_keys, authorization",
+    "drain_key, authorization",
     [
-        ("first-key-0123456789,second-key-0123456789", "Bearer first-key-0123456789"),
+        ("drain-key-0123456789", "Bearer drain-key-0123456789"),
         (None, None),
     ],
 )
 def test_the_prestop_hook_asks_the_store_to_drain_this_worker(
-    statefulset, drain_recorder, api_keys, authorization
+    statefulset, drain_recorder, drain_key, authorization
 ):
     url, seen = drain_recorder
     env = {"PATH": os.environ["PATH"], "STORE_URL": url, "POD_IP": "10.1.2.3"}
-    if api_keys:
-        env["API_KEYS"] = api_keys
+    if drain_key:
+        env["DRAIN_KEYS"] = drain_key
     done = subprocess.run(
         [sys.executable, "-c", _prestop_script(statefulset)],
         env=env,

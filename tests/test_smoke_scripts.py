@@ -149,9 +149,16 @@ def test_script_without_a_store_says_how_to_start_one():
 
 
 def test_scripts_work_with_api_keys_and_worker_token(start_worker, start_store):
-    token, key = "worker-secret-0123456789", "client-key-0123456789abc"
+    # The scripts reset the store (an admin route), so they present an admin key.
+    token, client, key = (
+        "worker-secret-0123456789",
+        "client-key-0123456789abc",
+        "admin-key-0123456789abcd",
+    )
     worker = start_worker(worker_token=token)
-    store = start_store(worker, cache_policy="no-evict", worker_token=token, api_keys=(key,))
+    store = start_store(
+        worker, cache_policy="no-evict", worker_token=token, api_keys=(client,), admin_keys=(key,)
+    )
     refused = run_script("test_no_evict_smoke.sh", store.url)
     assert refused.returncode == 2  # without the key the status read is refused
     result = run_script("test_no_evict_smoke.sh", store.url, API_KEY=key, WORKER_TOKEN=token)

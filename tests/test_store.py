@@ -191,12 +191,17 @@ def test_worker_down_is_503_with_cause(start_store, models_dir):
 
 
 def test_health_and_admin_reset_aliases(worker, start_store):
-    store = start_store(worker, api_keys=("client-key-0123456789abcdef",))
+    store = start_store(
+        worker,
+        api_keys=("client-key-0123456789abcdef",),
+        admin_keys=("admin-key-0123456789abcdef",),
+    )
     for service in (store, worker):
         r = requests.get(f"{service.url}/health", timeout=10)  # open, like /healthz
         assert r.status_code == 200 and r.json() == {"ok": True}
     auth = {"Authorization": "Bearer client-key-0123456789abcdef"}
     assert ask(store, A, headers=auth).status_code == 200
-    r = requests.post(f"{store.url}/admin/reset", headers=auth, timeout=30)
+    admin = {"Authorization": "Bearer admin-key-0123456789abcdef"}
+    r = requests.post(f"{store.url}/admin/reset", headers=admin, timeout=30)
     assert r.status_code == 200
     assert r.json()["evicted"] == [A]

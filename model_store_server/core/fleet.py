@@ -7,7 +7,10 @@ asks ``policies.placement`` which one serves a request (each node described
 by its own view), and, when there are several workers or they are
 discovered, runs one background thread that probes each worker's
 ``/health`` every HEALTH_INTERVAL and re-resolves a ``dns+`` WORKER_URLS
-every DISCOVERY_INTERVAL. A node that fails a probe or a call is marked
+every DISCOVERY_INTERVAL. Discovery admits only addresses inside
+WORKER_NETWORKS (or loopback), at most MAX_DISCOVERED_WORKERS of them, and
+only once the worker at the address has proved it holds WORKER_TOKEN
+(``WorkerClient.prove``): an impostor is never a node. A node that fails a probe or a call is marked
 down: the requests waiting at its view leave it (``WorkerDown``) and are
 placed elsewhere. A node that answers again is handed to ``on_recovered``
 (the orchestrator re-reads it from its own ``/status``).
@@ -16,17 +19,17 @@ placed elsewhere. A node that answers again is handed to ``on_recovered``
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from model_store_server.config import StoreSettings
 from model_store_server.core import events as ev
+from model_store_server.core.admission import Resolver, admissible, resolve_ipv4
 from model_store_server.core.executor import Executor
 from model_store_server.core.worker_view import WorkerView
 from model_store_server.cost_model import CostModel
@@ -46,15 +49,6 @@ class WorkerNotFound(NotFound):
     """No worker has that id, URL or index."""
 
     type = "worker_not_found"
-
-
-Resolver = Callable[[str, int], Iterable[str]]
-
-
-def resolve_ipv4(host: str, port: int) -> list[str]:
-    """The addresses ``host`` resolves to now (a headless Service: one per ready pod)."""
-    infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
 
 
 def worker_id(url: str) -> str:
@@ -158,9 +152,10 @@ class Fleet:
         for node in nodes:
             callback(node)
 
-    def _add(self, url: str) -> WorkerNode:
+    def _add(self, url: str, node: WorkerNode | None = None) -> WorkerNode:
         with self._lock:
-            node = self._build(url, self._added)
+            node = node or self._build(url, self._added)
+            node.order = self._added
             self._added += 1
             self._nodes.append(node)
             callbacks = list(self._on_added)
@@ -178,6 +173,10 @@ class Fleet:
             read_timeout=settings.worker_read_timeout,
             token=settings.worker_token,
             pool_size=settings.worker_pool_size,
+            # dns+https: dialled by address, verified against the name it was found under.
+            tls_name=urlsplit(settings.discovery.removeprefix("dns+")).hostname
+            if settings.discovery
+            else None,
         )
         executor = Executor(client, build_transport(settings, client), self.events, self.cost_model)
         executor.transfers = self.transfers
@@ -203,11 +202,32 @@ class Fleet:
         except OSError as err:
             logger.warning("could not resolve %s: %s", target.hostname, err)
             return
+        addresses, refused = admissible(addresses, self.settings.worker_networks)
+        if refused:
+            logger.warning("%s: refused outside WORKER_NETWORKS: %s", target.hostname, refused[:8])
         urls = {f"{target.scheme}://{address}:{target.port}" for address in addresses}
         known = {node.url: node for node in self.nodes}
-        for url in sorted(urls - known.keys()):
+        fresh = sorted(urls - known.keys())
+        room = max(0, self.settings.max_discovered_workers - len(known))
+        if len(fresh) > room:
+            logger.warning(
+                "%s resolved to %d new workers; MAX_DISCOVERED_WORKERS=%d leaves room for %d",
+                target.hostname,
+                len(fresh),
+                self.settings.max_discovered_workers,
+                room,
+            )
+            fresh = fresh[:room]
+        for url in fresh:
+            node = self._build(url, -1)
+            try:
+                node.client.prove()
+            except ApiError as err:
+                node.client.close()
+                logger.warning("discovered %s is not admitted: %s", url, err.message)
+                continue
             logger.info("discovered worker %s", url)
-            self._add(url)
+            self._add(url, node)
         for url, node in known.items():
             # Under the lock that placement holds: a request is either placed before the node
             # is gone (and counted pending until its generation has started, so the node is

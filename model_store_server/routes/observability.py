@@ -78,7 +78,8 @@ def dashboard():
             "activity": current_app.extensions["metrics"].activity(),
             "models": model_list(service),
         }
-        data = json.dumps(initial).replace("</", "<\\/")  # cannot end the script element
+        # No "<" at all: neither "</script>" nor "<!--" can change how the page parses.
+        data = json.dumps(initial).replace("<", "\\u003c")
         page = page.replace(
             INITIAL_DATA, f'<script id="initial-data" type="application/json">{data}</script>'
         )

@@ -28,6 +28,7 @@ from model_store_server.views import store_status
 from model_store_server.worker_events import error_event
 from model_swap.errors import ApiError, NotFound
 from model_swap.footprint import FootprintError, read_header
+from model_swap.generation import check_message_count
 from model_swap.requests_json import read_json_object
 
 ollama = Blueprint("ollama", __name__, url_prefix="/api")
@@ -135,7 +136,9 @@ def generate():
 
 @ollama.post("/chat")
 def chat():
-    return _answer(ollama_api.parse_chat(read_json_object(request), max_prompt_chars=_limit()))
+    body = read_json_object(request)
+    check_message_count(body.get("messages"), swap_service().settings.max_messages)
+    return _answer(ollama_api.parse_chat(body, max_prompt_chars=_limit()))
 
 
 def _answer(parsed: OllamaRequest) -> Response:

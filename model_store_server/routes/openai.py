@@ -20,6 +20,7 @@ from model_store_server.routes.seed import swap_service
 from model_store_server.views import describe_models
 from model_store_server.worker_events import Outcome, error_event
 from model_swap.errors import ApiError, NotFound
+from model_swap.generation import check_message_count
 from model_swap.requests_json import read_json_object
 
 openai = Blueprint("openai", __name__, url_prefix="/v1")
@@ -156,8 +157,10 @@ def _generate_many(service, parsed: OpenAIRequest, options: dict) -> Response:
 
 @openai.post("/chat/completions")
 def chat_completions():
-    limit = swap_service().settings.max_prompt_chars
-    return _generate(openai_api.parse_chat(read_json_object(request), max_prompt_chars=limit))
+    settings = swap_service().settings
+    body = read_json_object(request)
+    check_message_count(body.get("messages"), settings.max_messages)
+    return _generate(openai_api.parse_chat(body, max_prompt_chars=settings.max_prompt_chars))
 
 
 @openai.post("/completions")
