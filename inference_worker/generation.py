@@ -94,6 +94,7 @@ class Generation:
         self._hide_markup = job.hide_markup
         self.prompt_token_count = prompt_token_count
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens found in kept KV cells (set once admitted)
         self.finish_reason: str | None = None
         self.queue_seconds: float | None = None
         self.ttft_seconds: float | None = None
@@ -116,6 +117,7 @@ class Generation:
                     break
                 count += 1
                 if count == 1:
+                    self.cached_tokens = seq.reused
                     now = time.perf_counter()
                     self.queue_seconds = seq.admitted - seq.submitted
                     self.ttft_seconds = now - seq.admitted
