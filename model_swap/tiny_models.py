@@ -76,11 +76,14 @@ def _weights(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> 
     return block.reshape(shape)
 
 
-def write_tiny_model(path: str | os.PathLike, *, size_mb: float | None = None) -> Path:
+def write_tiny_model(
+    path: str | os.PathLike, *, size_mb: float | None = None, chat_template: str | None = None
+) -> Path:
     """Write one tiny model to ``path`` (atomically) and return the path.
 
     The model's GGUF ``general.name`` is the file's stem, and its weights are
-    seeded from the stem, so models with different names differ.
+    seeded from the stem, so models with different names differ. ``chat_template``
+    (Jinja) is written as ``tokenizer.chat_template``; without it the file has none.
     """
     from gguf import GGUFWriter
 
@@ -113,6 +116,8 @@ def write_tiny_model(path: str | os.PathLike, *, size_mb: float | None = None) -
         writer.add_bos_token_id(1)
         writer.add_eos_token_id(2)
         writer.add_add_bos_token(True)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
 
         ones = np.ones(N_EMBD, dtype=np.float32)
         writer.add_tensor("token_embd.weight", _weights(rng, (n_vocab, N_EMBD), 1.0))

