@@ -10,7 +10,7 @@ with the others' decoding), calls ``llama_decode`` once, and samples each
 sequence from its own logits row with its own sampler chain.
 
 Prefix reuse: a finished or cancelled sequence's slot keeps its KV cells and
-the token ids they hold (``_cached``). A new request goes to the free slot
+the token ids they hold (``KeptCells``). A new request goes to the free slot
 whose cached tokens share the longest prefix with its prompt; the cells past
 that prefix are removed (``llama_memory_seq_rm``) and only the rest of the
 prompt is evaluated (always its last token, for the logits). Moving a
@@ -39,7 +39,7 @@ import llama_cpp
 from llama_cpp import _internals
 
 from inference_worker.batch_stats import BatchStats
-from inference_worker.prefix import best_prefix, kv_streams
+from inference_worker.prefix import KeptCells, kv_streams
 from inference_worker.sampling import sampler_chain
 from inference_worker.threads import CpuMeter, step_threads, usable_cpus
 from model_swap.generation import Sampling
@@ -137,6 +137,7 @@ class BatchScheduler:
         self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._ctx = self._context.ctx
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._kept = KeptCells(self._memory, parallel, self.kv_streams)
         self._n_batch = params.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._cond = threading.Condition()
@@ -148,8 +149,6 @@ class BatchScheduler:
         self._closing = False
         self.kv_tokens = 0  # cells the running sequences hold, as llama.cpp reports them
         self.cached_tokens = 0  # cells free slots keep for prefix reuse
-        # Per slot: the token ids whose KV cells its stream holds, in position order.
-        self._cached: list[list[int]] = [[] for _ in range(parallel)]
         self.prompt_tokens = 0  # prompt tokens of the admitted sequences
         self.reused_tokens = 0  # of those, found in a slot's cells instead of evaluated
         self._llm = llm  # the model outlives this context
@@ -294,19 +293,15 @@ class BatchScheduler:
     def _admit(self) -> None:
         """Give free slots to waiting sequences in arrival order (under _cond, loop thread).
 
-        Each goes to the free slot whose cached tokens share the longest prefix with
-        its prompt. The running sequences hold slots 0..k-1, so it runs in slot k: a
-        better cache in a higher slot is moved there (k's own cache is dropped).
+        Each goes to the free slot whose kept tokens share the longest prefix with its
+        prompt. The running sequences hold slots 0..k-1, so it runs in slot k: kept
+        cells in a higher free slot swap with k's.
         """
         while self._waiting and self._free:
             seq = self._waiting.popleft()
             slot = self._free.pop(0)
-            best, common = slot, 0
-            if self.reuse:
-                best, common = best_prefix(self._cached, self._free, slot, seq.prompt)
-            if best != slot:
-                self._swap(best, slot)
-            self._trim(slot, common)
+            common, moved = self._kept.place(slot, self._free, seq.prompt, self.reuse)
+            self.moves += moved
             seq.slot = slot
             seq.fed = seq.reused = common
             seq.admitted = time.perf_counter()
@@ -315,35 +310,6 @@ class BatchScheduler:
             self._stats.observe_prompt(len(seq.prompt), common)
             self._admitted_open += 1
             self._active.append(seq)
-
-    def _swap(self, a: int, b: int) -> None:
-        """Exchange the KV streams and cached tokens of slots ``a`` and ``b`` (loop thread).
-
-        llama.cpp copies the streams at the start of the next llama_decode, in the order
-        asked, before anything is written; without a spare stream ``b`` just moves to ``a``.
-        """
-        memory, spare = self._memory, self.kv_streams - 1
-        if self._cached[a] and spare >= self.parallel:
-            llama_cpp.llama_memory_seq_cp(memory, a, spare, -1, -1)
-            llama_cpp.llama_memory_seq_cp(memory, b, a, -1, -1)
-            llama_cpp.llama_memory_seq_cp(memory, spare, b, -1, -1)
-            llama_cpp.llama_memory_seq_rm(memory, spare, -1, -1)
-        else:
-            llama_cpp.llama_memory_seq_cp(memory, b, a, -1, -1)
-            llama_cpp.llama_memory_seq_rm(memory, b, -1, -1)
-            self._cached[a] = []
-        self._cached[a], self._cached[b] = self._cached[b], self._cached[a]
-        self.moves += 1
-
-    def _trim(self, slot: int, keep: int) -> None:
-        """Keep the first ``keep`` cells of ``slot`` (all of them go if llama.cpp cannot)."""
-        cached = self._cached[slot]
-        if len(cached) <= keep:
-            return
-        if not llama_cpp.llama_memory_seq_rm(self._memory, slot, keep, -1):
-            llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-            keep = 0  # a memory that cannot drop a tail (recurrent): evaluate it all
-        del cached[keep:]
 
     def _step(self, active: list[Sequence]) -> None:
         """One llama_decode: every decoding sequence's next token and prompt chunks, in slot order.
@@ -394,7 +360,7 @@ class BatchScheduler:
             for slot in range(self.parallel)
             if slot not in free
         )
-        self.cached_tokens = sum(len(self._cached[slot]) for slot in free)
+        self.cached_tokens = sum(len(self._kept.tokens[slot]) for slot in free)
 
     def _decode(self, active: list[Sequence], n: int, mixed: bool) -> None:
         """Decode the batch's ``n`` tokens and sample every sequence that has a row."""
@@ -435,7 +401,7 @@ class BatchScheduler:
         batch.n_seq_id[n] = 1
         batch.seq_id[n][0] = seq.slot
         batch.logits[n] = logits
-        self._cached[seq.slot].append(token)
+        self._kept.tokens[seq.slot].append(token)
         return n + 1
 
     def _end(self, seq: Sequence, outcome) -> None:
@@ -443,7 +409,7 @@ class BatchScheduler:
 
         Its KV cells stay for prefix reuse (unless ``reuse`` is off or a decode failed).
         Keeps the slots compact: the running sequence in the highest slot above the
-        freed one moves into it (``_swap``: the two slots exchange their KV streams
+        freed one moves into it (``KeptCells.swap``: the two slots exchange their KV streams
         and cached tokens), so the running sequences always hold slots 0..k-1 and the
         lowest free slot is k.
         """
@@ -451,8 +417,7 @@ class BatchScheduler:
             return
         slot = seq.slot
         if not self.reuse or isinstance(outcome, Exception):
-            llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-            self._cached[slot] = []
+            self._kept.drop(slot)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
@@ -460,7 +425,8 @@ class BatchScheduler:
             self._active.remove(seq)
             last = max(self._active, key=_slot, default=None)
             if last is not None and last.slot > slot:
-                self._swap(slot, last.slot)  # the freed slot's kept cells go up with it
+                self._kept.swap(slot, last.slot)  # the freed slot's kept cells go up with it
+                self.moves += 1
                 last.slot, slot = slot, last.slot
             bisect.insort(self._free, slot)
             seq.slot, seq.row = -1, -1
