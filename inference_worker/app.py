@@ -17,10 +17,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from inference_worker.chat import ChatTemplateError
 from inference_worker.config import WorkerSettings
 from inference_worker.embedding_call import embed_response
-from inference_worker.engine import Engine, Job, ModelLoadError, NotLoaded, PromptTooLong
+from inference_worker.engine import (
+    Engine,
+    ModelLoadError,
+    NotLoaded,
+    OutOfVocabulary,
+    PromptTooLong,
+)
+from inference_worker.jobs import parse_job
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
 from inference_worker.rdma_listener import RdmaListener
+from inference_worker.structured import GrammarError
 from model_swap.auth import require_bearer
 from model_swap.digest import InvalidDigest, parse_digest
 from model_swap.errors import (
@@ -31,15 +39,12 @@ from model_swap.errors import (
     PayloadInvalid,
     register_error_handlers,
 )
-from model_swap.generation import parse_messages, parse_sampling
 from model_swap.logs import install_request_ids
 from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.rdma_verbs import PortChoice, VerbsEndpoints
-from model_swap.requests_json import positive_int, prompt_text, read_json_object
+from model_swap.requests_json import read_json_object
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_TOKENS = 512
 
 
 def _model_name_header() -> str:
@@ -94,30 +99,6 @@ def _stream_format(body: dict) -> str:
     if value not in STREAM_FORMATS:
         raise BadRequest(f"stream_format must be one of {', '.join(STREAM_FORMATS)}")
     return value
-
-
-def _parse_job(body: dict, settings: WorkerSettings, *, events: bool) -> Job:
-    """The /infer body: ``prompt`` or chat ``messages``, ``max_tokens``, sampling fields.
-
-    ``max_tokens`` defaults to 512; ``null`` means until the turn ends or the context is full.
-    The ``events`` stream format (the OpenAI API's) leaves out markup tokens.
-    """
-    if "messages" in body:
-        if "prompt" in body:
-            raise BadRequest("give either prompt or messages, not both")
-        prompt = None
-        messages = parse_messages(body["messages"], max_chars=settings.max_request_bytes)
-    else:
-        prompt = prompt_text(body, max_chars=settings.max_request_bytes)
-        messages = None
-    max_tokens = None
-    if body.get("max_tokens", 0) is not None:
-        max_tokens = positive_int(body, "max_tokens", default=DEFAULT_MAX_TOKENS)
-        if max_tokens > settings.n_ctx:
-            raise BadRequest(
-                f"max_tokens {max_tokens} exceeds the context size N_CTX={settings.n_ctx}"
-            )
-    return Job(prompt, messages, max_tokens, parse_sampling(body), hide_markup=events)
 
 
 def _event(data: dict) -> bytes:
@@ -313,17 +294,19 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         if "embed" in body:
             return embed_response(engine, body, model)
         events = _stream_format(body) == "events"
-        job = _parse_job(body, settings, events=events)
+        job = parse_job(body, settings, events=events)
         try:
             generation = engine.begin(model, job)
         except NotLoaded as err:
             raise Conflict(str(err)) from None
-        except (PromptTooLong, ChatTemplateError) as err:
+        except (PromptTooLong, ChatTemplateError, GrammarError, OutOfVocabulary) as err:
             raise BadRequest(str(err)) from None
 
         def stream():
             first = True
             try:
+                if events and generation.tool_format is not None:
+                    yield _event({"tool_format": generation.tool_format})
                 for piece in generation.tokens():
                     if first:
                         metrics.queue_wait.observe(generation.queue_seconds)

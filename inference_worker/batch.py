@@ -343,7 +343,9 @@ class BatchScheduler:
             if chunk is None:
                 continue
             if seq.sampler is None:
-                seq.sampler = sampler_chain(seq.sampling, self._n_vocab)
+                seq.sampler = sampler_chain(
+                    seq.sampling, self._n_vocab, self._vocab, self.n_ctx_seq
+                )
             for offset, token in enumerate(chunk):
                 n = self._add(n, token, seq.fed + offset, seq, False)
             seq.fed += len(chunk)
@@ -384,7 +386,7 @@ class BatchScheduler:
         for seq in active:
             if seq.row < 0:
                 continue
-            token = llama_cpp.llama_sampler_sample(seq.sampler.sampler, self._ctx, seq.row)
+            token = seq.sampler.sample(self._ctx, seq.row)
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 self._end(seq, "stop")
                 continue

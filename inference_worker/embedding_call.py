@@ -17,11 +17,19 @@ from model_swap.errors import BadRequest, Conflict
 from model_swap.requests_json import positive_int
 
 
-def _inputs(body: dict) -> tuple[list[str], int | None]:
-    """An /infer body's ``embed`` (a list of strings) and optional ``dimensions``."""
+def _is_input(item: object) -> bool:
+    if isinstance(item, str):
+        return True
+    return isinstance(item, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in item
+    )
+
+
+def _inputs(body: dict) -> tuple[list[str | list[int]], int | None]:
+    """An /infer body's ``embed`` (a list of strings or token arrays) and ``dimensions``."""
     texts = body["embed"]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("embed must be a list of strings")
+    if not isinstance(texts, list) or not all(_is_input(t) for t in texts):
+        raise BadRequest("embed must be a list of strings or token arrays")
     dimensions = body.get("dimensions")
     if dimensions is not None:
         dimensions = positive_int(body, "dimensions", default=1)

@@ -101,7 +101,9 @@ class Embeddings:
             slot = self._contexts.get(llm)
         return slot.bytes if slot is not None else 0
 
-    def embed(self, llm, texts: list[str], *, dimensions: int | None = None) -> Embedded:
+    def embed(
+        self, llm, texts: list[str | list[int]], *, dimensions: int | None = None
+    ) -> Embedded:
         """Embed ``texts`` on ``llm`` (blocks while another request embeds on it).
 
         Raises EmbeddingError (an input longer than the context, ``dimensions``
@@ -123,8 +125,19 @@ class Embeddings:
                     f"{size} dimensions (leave dimensions out or give {size})"
                 )
             tokens = [
-                llm.tokenize(text.encode("utf-8"), add_bos=True, special=False) for text in texts
+                list(text)
+                if isinstance(text, list)
+                else llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+                for text in texts
             ]
+            n_vocab = llm.n_vocab()
+            for index, ids in enumerate(tokens):
+                bad = next((t for t in ids if not 0 <= t < n_vocab), None)
+                if bad is not None:
+                    raise EmbeddingError(
+                        f"input {index}: token {bad} is not in this model's vocabulary "
+                        f"(ids 0 to {n_vocab - 1})"
+                    )
             for index, ids in enumerate(tokens):
                 if len(ids) > self.max_tokens:
                     raise EmbeddingError(

@@ -13,6 +13,7 @@ does no HTTP and knows nothing about the cache directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -30,8 +31,10 @@ from inference_worker.embeddings import Embeddings
 from inference_worker.generation import Generation, Job
 from inference_worker.prefix import kv_streams
 from inference_worker.resident import ResidentInfo, ResidentModel, rss_bytes
+from inference_worker.structured import check_grammar, tool_grammar
 from inference_worker.threads import CpuMeter
 from model_swap import footprint
+from model_swap.generation import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ class NotLoaded(Exception):
 
 class PromptTooLong(Exception):
     """The prompt does not fit the context window (or is empty)."""
+
+
+class OutOfVocabulary(ValueError):
+    """A prompt given as token ids holds an id the model's vocabulary does not have."""
 
 
 @dataclass(frozen=True)
@@ -326,18 +333,29 @@ class Engine:
                 raise NotLoaded(f"{resident.name} is not loaded ({err})") from None
             llm, template = resident.llm, resident.template
         try:
-            prompt_tokens, stops, own_template = _prompt(llm, template, job)
+            prompt = _prompt(llm, template, job)
+            prompt_tokens = prompt.tokens
             if not prompt_tokens:
                 raise PromptTooLong("the prompt is empty")
-            room = self.n_ctx - len(prompt_tokens)
+            # A request's num_ctx (Ollama's option) narrows its context, never widens it.
+            n_ctx = min(self.n_ctx, job.num_ctx or self.n_ctx)
+            room = n_ctx - len(prompt_tokens)
             if room < 1:
                 raise PromptTooLong(
-                    f"prompt is {len(prompt_tokens)} tokens; the context holds {self.n_ctx}"
+                    f"prompt is {len(prompt_tokens)} tokens; the context holds {n_ctx}"
+                    + (" (the request's num_ctx)" if n_ctx < self.n_ctx else "")
+                    + (
+                        f" (the {len(job.tools)} tools offered are part of the prompt: "
+                        "offer fewer, or raise the worker's N_CTX)"
+                        if prompt.tool_format is not None
+                        else ""
+                    )
                 )
-            budget = min(_max_tokens(job, own_template), room)
+            budget = min(_max_tokens(job, prompt.own_template), room)
             generation = Generation(
-                self, resident, llm, scheduler, seq, len(prompt_tokens), budget, stops, job
+                self, resident, llm, scheduler, seq, len(prompt_tokens), budget, prompt.stops, job
             )
+            generation.tool_format = prompt.tool_format
         except BaseException:
             scheduler.release(seq)
             raise
@@ -345,7 +363,7 @@ class Engine:
             if self._models.get(resident.name) is resident:
                 self._models.move_to_end(resident.name)
             resident.last_active = self._clock()
-        scheduler.start(seq, prompt_tokens, budget, job.sampling)
+        scheduler.start(seq, prompt_tokens, budget, prompt.sampling)
         return generation
 
     def _current(self, resident: ResidentModel) -> bool:
@@ -415,14 +433,51 @@ def _max_tokens(job: Job, own_template: bool) -> int | float:
     return float("inf")
 
 
-def _prompt(llm, template: ChatTemplate, job: Job) -> tuple[list[int], tuple[str, ...], bool]:
-    """The prompt's tokens, the stop sequences (the request's plus the template's), and
-    whether a chat was rendered by the model's own template (True for raw prompts)."""
+@dataclass(frozen=True)
+class _Prompt:
+    tokens: list[int]
+    stops: tuple[str, ...]  # the request's plus the template's
+    own_template: bool  # a chat rendered by the model's own template (True for raw prompts)
+    sampling: Sampling  # the request's, with the grammar a tool call needs
+    tool_format: str | None
+
+
+def _prompt(llm, template: ChatTemplate, job: Job) -> _Prompt:
+    """The prompt's tokens and how to sample and read its reply (GrammarError,
+    OutOfVocabulary, ChatTemplateError)."""
+    prompt = _render(llm, template, job)
+    if prompt.sampling.grammar is not None:
+        check_grammar(llm._model.vocab, prompt.sampling.grammar)
+    return prompt
+
+
+def _render(llm, template: ChatTemplate, job: Job) -> _Prompt:
+    sampling = job.sampling
+    if job.prompt_tokens is not None:
+        check_tokens(llm, job.prompt_tokens)
+        return _Prompt(list(job.prompt_tokens), sampling.stop, True, sampling, None)
     if job.messages is None:
         tokens = llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=False)
-        return tokens, job.sampling.stop, True
-    chat = template.render([m.to_json() for m in job.messages])
+        return _Prompt(tokens, sampling.stop, True, sampling, None)
+    tools = [dict(tool) for tool in job.tools]
+    chat = template.render([m.to_json() for m in job.messages], tools, job.tool_choice)
     text = chat.text.encode("utf-8")
     tokens = llm.tokenize(text, add_bos=not chat.has_bos, special=True)
-    stops = job.sampling.stop + tuple(s for s in chat.stop if s not in job.sampling.stop)
-    return tokens, stops, chat.template == "gguf"
+    stops = sampling.stop + tuple(s for s in chat.stop if s not in sampling.stop)
+    if chat.tool_format is not None:
+        grammar, trigger = tool_grammar(
+            chat.tool_format, tools, job.tool_choice, job.parallel_tool_calls
+        )
+        sampling = dataclasses.replace(sampling, grammar=grammar, grammar_trigger=trigger)
+    return _Prompt(tokens, stops, chat.template == "gguf", sampling, chat.tool_format)
+
+
+def check_tokens(llm, tokens: tuple[int, ...]) -> None:
+    """Raise OutOfVocabulary unless every id is in the model's vocabulary."""
+    n_vocab = llm.n_vocab()
+    for index, token in enumerate(tokens):
+        if not 0 <= token < n_vocab:
+            raise OutOfVocabulary(
+                f"token {token} (at {index}) is not in this model's vocabulary "
+                f"(ids 0 to {n_vocab - 1})"
+            )

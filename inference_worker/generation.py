@@ -65,6 +65,14 @@ class Job:
     # Leave out markup tokens the vocabulary marks user-defined, such as Gemma's
     # ``<start_of_image>``: a chat answer is text. The seed's raw path keeps them.
     hide_markup: bool = False
+    # A raw prompt given as the model's token ids (OpenAI's token arrays).
+    prompt_tokens: tuple[int, ...] | None = None
+    # A context smaller than the worker's N_CTX for this request (Ollama's num_ctx).
+    num_ctx: int | None = None
+    # Tools offered to a chat (``model_swap.tool_calls``) and how the reply may use them.
+    tools: tuple[dict, ...] = ()
+    tool_choice: str = "none"
+    parallel_tool_calls: bool = True
 
 
 class Generation:
@@ -107,6 +115,7 @@ class Generation:
         self.finish_reason: str | None = None
         self.queue_seconds: float | None = None
         self.ttft_seconds: float | None = None
+        self.tool_format: str | None = None  # the call format the reply is read in (tools)
         self._closed = False
 
     def tokens(self) -> Iterator[str]:

@@ -35,7 +35,7 @@ class EmbeddingRequest:
     """A checked embedding request: model, inputs and how to answer."""
 
     model: str
-    inputs: tuple[str, ...]
+    inputs: tuple[str | list[int], ...]  # texts, or token arrays (the model's ids)
     encoding_format: str = "float"
     dimensions: int | None = None
     keep_alive: float | None = None
@@ -48,9 +48,22 @@ class EmbeddingRequest:
         return job
 
 
-def parse_inputs(value: object, field: str, *, max_chars: int) -> tuple[str, ...]:
-    """A string or a non-empty list of non-empty strings (token arrays refused)."""
-    texts = [value] if isinstance(value, str) else value
+def _token_array(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
+
+
+def parse_inputs(
+    value: object, field: str, *, max_chars: int, tokens: bool = False
+) -> tuple[str | list[int], ...]:
+    """A string or a non-empty list of non-empty strings; with ``tokens``, also a token
+    array or a list of them (OpenAI's; the ids are the model's, checked on the worker)."""
+    if isinstance(value, str) or (tokens and value and _token_array(value)):
+        texts = [value]
+        single = True
+    else:
+        texts, single = value, False
     if not isinstance(texts, list) or not texts:
         raise BadRequest(f"{field} must be a string or a non-empty list of strings", param=field)
     if len(texts) > MAX_INPUTS:
@@ -59,9 +72,16 @@ def parse_inputs(value: object, field: str, *, max_chars: int) -> tuple[str, ...
         )
     total = 0
     for index, text in enumerate(texts):
-        where = field if isinstance(value, str) else f"{field}[{index}]"
+        where = field if single else f"{field}[{index}]"
+        if tokens and _token_array(text):
+            if not text:
+                raise BadRequest(f"{where} must not be empty", param=field)
+            total += len(text)
+            continue
         if isinstance(text, int | list) and not isinstance(text, bool):
-            raise BadRequest(f"{where}: token arrays are not supported; send text", param=field)
+            raise BadRequest(
+                f"{where}: token arrays are not supported here; send text", param=field
+            )
         if not isinstance(text, str):
             raise BadRequest(f"{where} must be a string", param=field)
         if not text:
@@ -85,7 +105,7 @@ def parse_dimensions(body: dict) -> int | None:
 def parse_openai(body: dict, *, max_prompt_chars: int) -> EmbeddingRequest:
     """A ``POST /v1/embeddings`` body; raises BadRequest or NotFound."""
     model = parse_model(body)
-    inputs = parse_inputs(body.get("input"), "input", max_chars=max_prompt_chars)
+    inputs = parse_inputs(body.get("input"), "input", max_chars=max_prompt_chars, tokens=True)
     encoding = body.get("encoding_format")
     if encoding is None:
         encoding = "float"

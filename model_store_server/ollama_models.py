@@ -15,9 +15,19 @@ from datetime import UTC, datetime, timedelta
 from gguf import LlamaFileType
 
 from model_swap.errors import NotFound
-from model_swap.names import SUFFIX, InvalidModelName, validate_model_name
+from model_swap.names import SUFFIX, InvalidModelName, resolve_alias
 
 TAG = ":latest"
+# Architectures that only encode (embedding models): no completion, no tools.
+ENCODERS = (
+    "bert",
+    "nomic-bert",
+    "nomic-bert-moe",
+    "jina-bert-v2",
+    "modern-bert",
+    "neo-bert",
+    "t5encoder",
+)
 # An expiry Ollama's clients can parse for a model kept until capacity needs its place.
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -33,11 +43,8 @@ def model_file(name: object) -> str:
     """The store's file name for an Ollama model name; ModelMissing if none can be."""
     if not isinstance(name, str) or not name:
         raise ModelMissing(str(name or ""))
-    base = name[: -len(TAG)] if name.endswith(TAG) else name
-    if not base.endswith(SUFFIX):
-        base += SUFFIX
     try:
-        return validate_model_name(base)
+        return resolve_alias(name)
     except InvalidModelName:
         raise ModelMissing(name) from None
 
@@ -89,6 +96,14 @@ class Header:
         }
         info["general.parameter_count"] = self.parameters
         return dict(sorted(info.items()))
+
+    def capabilities(self) -> list[str]:
+        """What model-swap serves on this model: every model embeds; a generative one also
+        completes and calls tools (natively when its template takes them, else in the
+        generic format); an encoder (BERT and kin) only embeds."""
+        if self.architecture in ENCODERS:
+            return ["embedding"]
+        return ["completion", "tools", "embedding"]
 
     @property
     def template(self) -> str:
@@ -159,7 +174,7 @@ def ps_entry(
 
 def show_body(header: Header, mtime: float) -> dict:
     """``/api/show``: details, the header's keys, the chat template if any."""
-    capabilities = ["completion", "embedding"]
+    capabilities = header.capabilities()
     return {
         "modelfile": "",
         "parameters": "",

@@ -13,12 +13,27 @@ import math
 from dataclasses import dataclass
 
 from model_swap.errors import BadRequest
+from model_swap.tool_calls import parse_message_tool_calls
 
 # llama.cpp seeds are below this (its 0xFFFFFFFF means "pick a random seed").
 SEED_MODULUS = 2**32 - 1
 # At most this many stop sequences (OpenAI's limit).
 MAX_STOP_SEQUENCES = 4
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+# Sampling fields beyond OpenAI's, in Ollama's names: (field, kind, low, high).
+SAMPLER_RANGES = (
+    ("top_k", int, 0, 1_000_000),
+    ("min_p", float, 0.0, 1.0),
+    ("typical_p", float, 0.0, 1.0),
+    ("repeat_penalty", float, 0.0, 10.0),
+    ("repeat_last_n", int, -1, 1_000_000),
+    ("mirostat", int, 0, 2),
+    ("mirostat_tau", float, 0.0, 100.0),
+    ("mirostat_eta", float, 0.0, 10.0),
+)
+EXTRA_SAMPLERS = tuple(field for field, *_ in SAMPLER_RANGES)
+# The longest grammar (GBNF text) a request may carry.
+MAX_GRAMMAR_CHARS = 200_000
 # OpenAI's newer name for the system role; rendered as ``system``.
 ROLE_ALIASES = {"developer": "system"}
 
@@ -33,11 +48,27 @@ class Sampling:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # llama.cpp's other samplers (Ollama's option names; also accepted on /v1, as
+    # llama-server and vLLM do). None: the chain's default (``inference_worker/sampling.py``).
+    top_k: int | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None  # -1: the whole context, 0: off
+    mirostat: int | None = None  # 0 off, 1 Mirostat, 2 Mirostat 2.0
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    # GBNF text every sampled token must follow (llama.cpp's grammar sampler).
+    grammar: str | None = None
+    # Set by the worker for tools with ``auto``: the grammar applies only once the text
+    # matches this regex (llama.cpp's lazy grammar; its first group starts the constrained
+    # part), so a plain-text reply costs no grammar work. Never read from a request.
+    grammar_trigger: str | None = None
 
     def to_json(self) -> dict:
         """The fields that differ from the defaults, as the worker's /infer body takes them."""
         body: dict = {}
-        for name in ("temperature", "top_p", "seed"):
+        for name in ("temperature", "top_p", "seed", *EXTRA_SAMPLERS, "grammar"):
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
@@ -52,13 +83,28 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Message:
-    """One chat message with its content flattened to text."""
+    """One chat message with its content flattened to text.
+
+    An assistant message may carry the tool calls it made (``{"id", "type": "function",
+    "function": {"name", "arguments": <object>}}``, arguments decoded, as chat templates
+    take them); a ``tool`` message answers the call named by ``tool_call_id``.
+    """
 
     role: str
     content: str
+    tool_calls: tuple[dict, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
     def to_json(self) -> dict:
-        return {"role": self.role, "content": self.content}
+        body: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            body["tool_calls"] = [dict(call) for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            body["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            body["name"] = self.name
+        return body
 
 
 def _number(body: dict, field: str, low: float, high: float) -> float | None:
@@ -70,6 +116,30 @@ def _number(body: dict, field: str, low: float, high: float) -> float | None:
     if not low <= value <= high:
         raise BadRequest(f"{field} must be between {low:g} and {high:g}", param=field)
     return float(value)
+
+
+def _integer(body: dict, field: str, low: int, high: int) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON clients that write every number as a float
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{field} must be an integer", param=field)
+    if not low <= value <= high:
+        raise BadRequest(f"{field} must be between {low} and {high}", param=field)
+    return value
+
+
+def parse_grammar(value: object, field: str = "grammar") -> str | None:
+    """A GBNF grammar's text (checked by llama.cpp on the worker); None when absent."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string (GBNF)", param=field)
+    if len(value) > MAX_GRAMMAR_CHARS:
+        raise BadRequest(f"{field} is longer than {MAX_GRAMMAR_CHARS} characters", param=field)
+    return check_text(value, field)
 
 
 def _stop(body: dict) -> tuple[str, ...]:
@@ -106,6 +176,13 @@ def parse_sampling(body: dict) -> Sampling:
         stop=_stop(body),
         presence_penalty=_number(body, "presence_penalty", -2.0, 2.0) or 0.0,
         frequency_penalty=_number(body, "frequency_penalty", -2.0, 2.0) or 0.0,
+        **{
+            field: (
+                _integer(body, field, low, high) if kind is int else _number(body, field, low, high)
+            )
+            for field, kind, low, high in SAMPLER_RANGES
+        },
+        grammar=parse_grammar(body.get("grammar")),
     )
 
 
@@ -146,7 +223,8 @@ def _content(value: object, param: str) -> str:
 
 
 def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
-    """``messages``: a non-empty list of system/user/assistant messages with text content."""
+    """``messages``: a non-empty list of system/user/assistant/tool messages with text content
+    (an assistant message may carry ``tool_calls`` instead)."""
     if not isinstance(value, list) or not value:
         raise BadRequest("messages must be a non-empty list", param="messages")
     messages = []
@@ -163,11 +241,24 @@ def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
                 f"{where}.role must be one of {', '.join(CHAT_ROLES)} (got {role!r})",
                 param=f"{where}.role",
             )
+        calls = ()
         if role == "assistant" and item.get("tool_calls"):
-            raise BadRequest("tool calls are not supported", param=f"{where}.tool_calls")
-        content = _content(item.get("content"), f"{where}.content")
+            calls = parse_message_tool_calls(item["tool_calls"], f"{where}.tool_calls")
+        raw = item.get("content")
+        content = (
+            "" if raw is None and (calls or role == "tool") else _content(raw, f"{where}.content")
+        )
+        call_id = item.get("tool_call_id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise BadRequest(
+                f"{where}.tool_call_id must be a string", param=f"{where}.tool_call_id"
+            )
+        # Ollama names a tool result's function ``tool_name``.
+        name = (item.get("name") or item.get("tool_name")) if role == "tool" else None
+        if name is not None and not isinstance(name, str):
+            raise BadRequest(f"{where}.name must be a string", param=f"{where}.name")
         total += len(content)
-        messages.append(Message(role, content))
+        messages.append(Message(role, content, calls, call_id if role == "tool" else None, name))
     if total > max_chars:
         raise BadRequest(
             f"messages hold {total} characters; the limit is {max_chars}", param="messages"

@@ -72,7 +72,10 @@ class Conn:
             self.parser, self.fed = RequestParser(), 0
         end = self.buffer.find(HEAD_END, max(self.fed - 3, 0))
         stop = len(self.buffer) if end < 0 else end + len(HEAD_END)
-        if stop > MAX_HEAD_BYTES:
+        # The limit counts the request line and header lines, not the empty line after
+        # them; an unfinished head may end in up to 3 bytes of that terminator.
+        size = end if end >= 0 else len(self.buffer) - (len(HEAD_END) - 1)
+        if size > MAX_HEAD_BYTES:
             raise BadHead("request head is too large", 431)
         if stop > self.fed:
             head = self.parser.feed_head(bytes(self.buffer[self.fed : stop]), end >= 0)

@@ -37,3 +37,18 @@ def validate_model_name(name: object) -> str:
     if not name.endswith(SUFFIX) or len(name) == len(SUFFIX):
         raise InvalidModelName(f"model name must end in {SUFFIX}")
     return name
+
+
+# Ollama's tag for the one version of a model (``tiny-a:latest``).
+LATEST_TAG = ":latest"
+
+
+def resolve_alias(name: object) -> str:
+    """The file name a client means: ``tiny-a``, ``tiny-a:latest`` and ``tiny-a.gguf`` are
+    all ``tiny-a.gguf`` (Ollama's way of naming models). Raises InvalidModelName."""
+    if not isinstance(name, str):
+        raise InvalidModelName("model must be a string")
+    base = name.removesuffix(LATEST_TAG)
+    if base and not base.endswith(SUFFIX):
+        base += SUFFIX
+    return validate_model_name(base)

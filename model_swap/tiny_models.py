@@ -83,7 +83,7 @@ def write_tiny_model(
 
     The model's GGUF ``general.name`` is the file's stem, and its weights are
     seeded from the stem, so models with different names differ. ``chat_template``
-    (Jinja) is written as ``tokenizer.chat_template``; without it the file has none.
+    becomes its ``tokenizer.chat_template`` (none by default).
     """
     from gguf import GGUFWriter
 

@@ -119,6 +119,9 @@ class _ChunkedBody(_DirectBody):
             more = bytearray(64 * 1024)
             count = self._recv_into(memoryview(more), len(more))
             self._held += more[:count]
+        if end > self.MAX_LINE:  # the whole line may have arrived in one read
+            self._body.failed = True
+            raise ValueError("chunked body: a framing line is too long")
         line = bytes(self._held[:end])
         del self._held[: end + 2]
         return line

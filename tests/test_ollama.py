@@ -167,17 +167,20 @@ def test_unknown_models_and_unsupported_fields_are_ollama_errors(client, store):
     assert 'model "nope" not found' in missing.value.error
     for call, field in [
         (lambda: client.generate("tiny-a", "hi", images=["aGk="]), "images"),
-        (lambda: client.generate("tiny-a", "hi", format="json"), "format"),
+        (
+            lambda: client.generate("tiny-a", "hi", format={"type": "integer", "minimum": 1}),
+            "minimum",
+        ),
         (lambda: client.generate("tiny-a", "hi", system="be brief"), "system"),
         (
             lambda: client.chat(
                 "tiny-a",
                 messages=[{"role": "user", "content": "hi"}],
-                tools=[{"type": "function", "function": {"name": "f"}}],
+                tools=[{"type": "function", "function": {"name": "a b"}}],
             ),
             "tools",
         ),
-        (lambda: client.generate("tiny-a", "hi", options={"top_k": 5}), "top_k"),
+        (lambda: client.generate("tiny-a", "hi", options={"top_k": -5}), "top_k"),
         (lambda: client.embed("nope", input="x"), "not found"),
     ]:
         with pytest.raises(ollama.ResponseError) as refused:

@@ -195,8 +195,14 @@ def test_stop_sequence_ends_the_answer(store):
     [
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format"),
         ({"temperature": 3}, "temperature"),
         ({"top_p": "x"}, "top_p"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
@@ -207,7 +213,7 @@ def test_stop_sequence_ends_the_answer(store):
         ({"model": ""}, "model"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
             "messages[0].content[0].type",
@@ -230,10 +236,10 @@ def test_unknown_harmless_fields_are_ignored(store):
     assert answer.choices[0].message.content is not None
 
 
-def test_completion_prompt_batches_are_refused(store):
+def test_completion_prompts_of_the_wrong_kind_are_refused(store):
     client = client_for(store)
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model=A, prompt=["a", "b"], max_tokens=2)
+        client.completions.create(model=A, prompt=[{"text": "a"}], max_tokens=2)
     assert err.value.body["param"] == "prompt"
 
 

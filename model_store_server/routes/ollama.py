@@ -22,10 +22,10 @@ from model_store_server.digests import PerVersionCache
 from model_store_server.embeddings_api import EmbeddingRequest
 from model_store_server.ollama_api import OllamaRequest, Timing
 from model_store_server.ollama_models import Header, ModelMissing
-from model_store_server.openai_api import error_event
 from model_store_server.routes.openai import serve_embeddings
 from model_store_server.routes.seed import swap_service
 from model_store_server.views import store_status
+from model_store_server.worker_events import error_event
 from model_swap.errors import ApiError, NotFound
 from model_swap.footprint import FootprintError, read_header
 from model_swap.requests_json import read_json_object
@@ -161,6 +161,8 @@ def _answer(parsed: OllamaRequest) -> Response:
     else:
         response = jsonify(served.read_whole(lambda s: ollama_api.whole(parsed, s, timing)))
     response.headers.update(served.headers())
+    n_ctx = swap_service().executor.worker_n_ctx
+    response.headers.update(ollama_api.context_headers(parsed.job, n_ctx))
     return response
 
 

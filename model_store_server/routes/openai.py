@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from model_store_server import embeddings_api, openai_api
+from model_store_server import embeddings_api, openai_answers, openai_api
 from model_store_server.embeddings_api import EmbeddingRequest, Vectors
 from model_store_server.loading import Loading, serve_streaming, sse_error
-from model_store_server.openai_api import Answer, OpenAIRequest
+from model_store_server.openai_answers import Answer
+from model_store_server.openai_api import OpenAIRequest
 from model_store_server.routes.seed import swap_service
 from model_store_server.views import describe_models
-from model_swap.errors import NotFound
+from model_store_server.worker_events import Outcome, error_event
+from model_swap.errors import ApiError, NotFound
 from model_swap.requests_json import read_json_object
 
 openai = Blueprint("openai", __name__, url_prefix="/v1")
@@ -63,7 +65,7 @@ def _loading_response(parsed: OpenAIRequest, pending: Loading) -> Response:
             yield sse_error(pending.error)
             return
         answer = Answer(parsed, pending.served.model or parsed.model)
-        yield from openai_api.sse_stream(answer, pending.served.stream)
+        yield from openai_answers.sse_stream(answer, pending.served.stream)
 
     response = Response(events(), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
@@ -76,9 +78,11 @@ def _generate(parsed: OpenAIRequest) -> Response:
     service = swap_service()
     options = {
         "route": request.path,
-        "stream_error": openai_api.error_event,
+        "stream_error": error_event,
         "keep_alive": parsed.keep_alive,
     }
+    if parsed.more_jobs:
+        return _generate_many(service, parsed, options)
     try:
         if parsed.stream:
             served = serve_streaming(service, parsed.model, parsed.job, **options)
@@ -91,13 +95,62 @@ def _generate(parsed: OpenAIRequest) -> Response:
         raise
     answer = Answer(parsed, served.model or parsed.model)
     if parsed.stream:
-        events = openai_api.sse_stream(answer, served.stream)
+        events = openai_answers.sse_stream(answer, served.stream)
         response = Response(events, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.call_on_close(served.close)
     else:
-        response = jsonify(served.read_whole(lambda s: openai_api.full_response(answer, s)))
+        response = jsonify(served.read_whole(lambda s: openai_answers.full_response(answer, s)))
     response.headers.update(served.headers())
+    return response
+
+
+def _serve(service, parsed: OpenAIRequest, job: dict, options: dict):
+    try:
+        return service.serve(parsed.model, job, **options)
+    except NotFound as err:
+        err.message, err.param = f"The model `{parsed.model}` does not exist", "model"
+        raise
+
+
+def _generate_many(service, parsed: OpenAIRequest, options: dict) -> Response:
+    """Completions for a list of prompts: each generated in turn, answered as choices in
+    order (the first one's swap decides the headers)."""
+    first = _serve(service, parsed, parsed.job, options)
+    answer = Answer(parsed, first.model or parsed.model)
+    if parsed.stream:
+
+        def streams():
+            try:
+                yield first.stream
+            finally:
+                first.close()
+            for job in parsed.more_jobs:
+                try:
+                    served = _serve(service, parsed, job, options)
+                except ApiError as err:  # after the first choice went out: end the stream
+                    yield [error_event(err)]
+                    return
+                try:
+                    yield served.stream
+                finally:
+                    served.close()
+
+        response = Response(
+            openai_answers.sse_many(answer, streams()), mimetype="text/event-stream"
+        )
+        response.headers["Cache-Control"] = "no-cache"
+    else:
+        choices, total = [], Outcome()
+        for index, job in enumerate(parsed.jobs):
+            served = first if index == 0 else _serve(service, parsed, job, options)
+            choice, outcome = served.read_whole(
+                lambda s, i=index: openai_answers.read_choice(answer, s, i)
+            )
+            choices.append(choice)
+            total.add(outcome)
+        response = jsonify(answer.whole(choices, total))
+    response.headers.update(first.headers())
     return response
 
 
@@ -121,7 +174,7 @@ def serve_embeddings(request_: EmbeddingRequest, route: str) -> tuple[Vectors, d
             request_.model,
             request_.job(),
             route=route,
-            stream_error=openai_api.error_event,
+            stream_error=error_event,
             keep_alive=request_.keep_alive,
         )
     except NotFound as err:

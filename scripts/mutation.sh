@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules where a wrong value is silent (mutmut; the modules and
+# the tests it runs are [tool.mutmut] in pyproject.toml), module by module within a time
+# budget, under nice; then writes benchmarks/MUTATION.md (scripts/mutation_report.py).
+# Not part of CI: run it on the final code of a change to one of these modules.
+#
+#   scripts/mutation.sh                      every module below, fresh
+#   scripts/mutation.sh adaptive sampling    modules whose name contains these words
+#
+# Environment: MUTATION_BUDGET seconds per module (default 300; a module cut short is
+# reported as such, with what it finished), MUTATION_JOBS parallel mutants (default 2),
+# MUTATION_KEEP=1 keeps earlier results in mutants/ (only the named modules are rerun).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+MODULES=(
+    model_store_server.core.gate
+    model_store_server.core.scheduler
+    model_store_server.core.view_control
+    model_store_server.core.worker_view
+    model_store_server.core.fleet
+    model_store_server.decision
+    model_store_server.cache_policy
+    model_store_server.policy_base
+    model_store_server.greedy_dual
+    model_store_server.policies.placement
+    model_store_server.adaptive
+    model_store_server.digests
+    model_store_server.openai_api
+    model_store_server.ollama_api
+    model_swap.generation
+    model_swap.requests_json
+    model_swap.http_request
+    model_swap.http_body
+    inference_worker.sampling
+)
+
+budget=${MUTATION_BUDGET:-300}
+jobs=${MUTATION_JOBS:-2}
+selected=()
+if [ $# -eq 0 ]; then
+    selected=("${MODULES[@]}")
+fi
+for word in "$@"; do # in the order given
+    for module in "${MODULES[@]}"; do
+        [[ "$module" == *"$word"* && " ${selected[*]} " != *" $module "* ]] && selected+=("$module")
+    done
+done
+if [ ${#selected[@]} -eq 0 ]; then
+    echo "no module matches: $*" >&2
+    exit 2
+fi
+
+if [ "${MUTATION_KEEP:-0}" != 1 ]; then
+    rm -rf mutants
+fi
+mkdir -p mutants
+runs=mutants/runs.tsv
+touch "$runs"
+for module in "${selected[@]}"; do
+    echo "== $module (budget ${budget}s)"
+    started=$(date +%s)
+    # SIGINT lets mutmut stop its workers and keep every result it has.
+    timeout --signal=INT --kill-after=30 "$budget" \
+        nice -n 10 uv run mutmut run --max-children "$jobs" "$module.*" \
+        >"mutants/log-$module.txt" 2>&1
+    rc=$?
+    seconds=$(($(date +%s) - started))
+    case $rc in
+        0) state=complete ;;
+        124 | 130 | 137) state="budget of ${budget}s reached" ;;
+        *) state="mutmut failed (exit $rc, see mutants/log-$module.txt)" ;;
+    esac
+    grep -v "^$module	" "$runs" >"$runs.new"
+    printf '%s\t%s\t%s\n' "$module" "$seconds" "$state" >>"$runs.new"
+    mv "$runs.new" "$runs"
+    echo "   $state in ${seconds}s"
+done
+
+uv run python scripts/mutation_report.py --runs "$runs" --out benchmarks/MUTATION.md \
+    --command "scripts/mutation.sh $* (MUTATION_BUDGET=$budget MUTATION_JOBS=$jobs)" \
+    "${MODULES[@]}"

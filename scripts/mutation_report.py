@@ -1,0 +1,157 @@
+"""Write benchmarks/MUTATION.md from mutmut's results in mutants/ (run by scripts/mutation.sh).
+
+Per module: mutants, killed, survived, timed out, without a covering test, not run, and
+the score (killed or timed out, over the mutants checked, those no selected test calls
+among them, less the survivors explained as equivalent). Every survivor is listed with
+its change and a one-line reason, read from benchmarks/mutation_reasons.toml by module
+and changed line (mutant numbers shift when the code changes; the line does not); a
+survivor without one is marked UNEXPLAINED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tomllib
+from collections import Counter
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+REASONS = Path("benchmarks/mutation_reasons.toml")
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
+STATUS |= {36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+TARGET = 85.0  # percent of non-equivalent mutants killed, per module
+
+
+def status(code: int | None) -> str:
+    if code is None:
+        return "not run"
+    return STATUS.get(code, "suspicious")
+
+
+def change(name: str, path: Path) -> str:
+    """The mutant's change as one line: its added lines (or the removed ones)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    diff = get_diff_for_mutant(name, path=path).splitlines()
+    added = [line[1:].strip() for line in diff if line.startswith("+") and line[:3] != "+++"]
+    removed = [line[1:].strip() for line in diff if line.startswith("-") and line[:3] != "---"]
+    if added:
+        return " / ".join(added)
+    return "removed: " + " / ".join(removed)
+
+
+def load_reasons() -> dict[tuple[str, str], dict]:
+    if not REASONS.exists():
+        return {}
+    entries = tomllib.loads(REASONS.read_text())["survivor"]
+    return {(e["module"], e["change"]): e for e in entries}
+
+
+def module_path(module: str) -> Path:
+    return Path("mutants") / (module.replace(".", "/") + ".py.meta")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="+")
+    parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--command", default="scripts/mutation.sh")
+    args = parser.parse_args()
+
+    runs = {}
+    if args.runs.exists():
+        for line in args.runs.read_text().splitlines():
+            module, seconds, state = line.split("\t")
+            runs[module] = (int(seconds), state)
+    reasons = load_reasons()
+    used: set[tuple[str, str]] = set()
+    rows, details, unexplained = [], [], 0
+    for module in args.modules:
+        meta = module_path(module)
+        if module not in runs or not meta.exists():
+            rows.append(f"| `{module}` | | | | | | | | not run |")
+            continue
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        counts = Counter(status(code) for code in codes.values())
+        survivors = sorted(
+            (name for name, code in codes.items() if status(code) == "survived"),
+            key=lambda n: int(n.rpartition("_")[2]),
+        )
+        equivalent = 0
+        lines = []
+        for name in survivors:
+            what = change(name, Path(module.replace(".", "/") + ".py"))
+            entry = reasons.get((module, what))
+            if entry is None:
+                unexplained += 1
+                reason = "**UNEXPLAINED**: needs a test or a reason in " + str(REASONS)
+            else:
+                used.add((module, what))
+                equivalent += entry["kind"] == "equivalent"
+                reason = f"{entry['kind']}: {entry['reason']}"
+            short = name.rpartition(".")[2].replace("\u01c1", ".").strip(".")
+            lines.append(f"- `{short}` `{what}`: {reason}")
+        checked = sum(counts.values()) - counts["not run"]  # "no tests" count as not killed
+        caught = counts["killed"] + counts["timeout"]
+        denominator = checked - equivalent
+        if denominator:
+            score = 100.0 * caught / denominator
+            shown = f"{score:.1f}%{'' if score >= TARGET else ' (below target)'}"
+        else:
+            shown = "none checked"
+        seconds, state = runs[module]
+        rows.append(
+            f"| `{module}` | {len(codes)} | {counts['killed']} | {counts['survived']} "
+            f"({equivalent} equivalent) | {counts['timeout']} | {counts['no tests']} "
+            f"| {counts['not run']} | {shown} | {state}, {seconds} s |"
+        )
+        if lines or counts["no tests"] or counts["suspicious"]:
+            details.append(f"### `{module}`\n")
+            if counts["no tests"]:
+                details.append(
+                    f"{counts['no tests']} mutants in code no selected test calls (see the "
+                    "module's notes in docs/development.md).\n"
+                )
+            if counts["suspicious"]:
+                details.append(f"{counts['suspicious']} mutants ended oddly (suspicious).\n")
+            details.extend(lines)
+            details.append("")
+    stale = sorted(set(reasons) - used)
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = [
+        "# Mutation testing",
+        "",
+        f"Generated by `{args.command}` on {now} with mutmut {version('mutmut')}, "
+        f"Python {platform.python_version()}, on a machine shared with other jobs (mutants "
+        "that hit their CPU-time limit count as timed out). Do not edit: rerun the script. "
+        "Reasons for survivors live in `benchmarks/mutation_reasons.toml`.",
+        "",
+        "Score: killed or timed out, over the mutants checked less the survivors explained "
+        f'as equivalent (target: {TARGET:g}% per module). "No test": mutants in code that '
+        'none of the selected tests calls; they count as not killed. "Not run": mutants '
+        "the module's budget did not reach; they are not counted.",
+        "",
+        "| module | mutants | killed | survived | timed out | no test | not run | score | run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        *rows,
+        "",
+        f"Unexplained survivors: {unexplained}.",
+        "",
+        "## Survivors",
+        "",
+        *details,
+    ]
+    if stale:
+        out += ["## Reasons no survivor matched (code changed, or the mutant is killed)", ""]
+        out += [f"- `{module}` `{what}`" for module, what in stale]
+        out.append("")
+    args.out.write_text("\n".join(out))
+    print(f"wrote {args.out}: {unexplained} unexplained survivors")
+
+
+if __name__ == "__main__":
+    main()

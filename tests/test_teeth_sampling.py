@@ -1,0 +1,110 @@
+"""The worker's sampler chain applied to hand-made logits: each request setting reaches
+the chain with its value (temperature, top_p, seed, penalties), not only "a seed repeats".
+llama.cpp's own samplers run on a candidates array; no model is needed."""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp
+import numpy as np
+import pytest
+from llama_cpp._internals import LlamaTokenDataArray
+
+from inference_worker import sampling as chain_module
+from inference_worker.sampling import sampler_chain
+from model_swap.generation import Sampling
+
+N_VOCAB = 16
+# Four likely tokens (softmax over them: 0.57, 0.21, 0.13, 0.08), the rest out of reach.
+TOP = [3.0, 2.0, 1.5, 1.0]
+LOGITS = np.array(TOP + [-50.0] * (N_VOCAB - len(TOP)), dtype=np.single)
+
+
+def apply(sampling: Sampling, history: tuple[int, ...] = (), draws: int = 1, logits=LOGITS):
+    """Run the chain over ``logits`` ``draws`` times (after accepting ``history``); the last
+    draw's surviving candidates {id: logit} and every draw's chosen token."""
+    chain = sampler_chain(sampling, N_VOCAB)
+    try:
+        for token in history:
+            llama_cpp.llama_sampler_accept(chain.chain.sampler, token)
+        chosen = []
+        for _ in range(draws):
+            array = LlamaTokenDataArray(n_vocab=N_VOCAB)
+            array.copy_logits(logits)
+            llama_cpp.llama_sampler_apply(chain.chain.sampler, ctypes.byref(array.candidates))
+            kept = array.candidates_data[: array.candidates.size]
+            chosen.append(int(kept[array.candidates.selected].id))
+        return {int(c.id): float(c.logit) for c in kept}, chosen
+    finally:
+        chain.close()
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.8, 1.0, 2.0])
+def test_the_requests_temperature_scales_the_logits(temperature):
+    kept, _ = apply(Sampling(temperature=temperature, seed=1))
+    assert sorted(kept) == [0, 1, 2, 3]
+    for token, logit in kept.items():
+        assert logit == pytest.approx(TOP[token] / temperature, rel=1e-5)
+
+
+def test_no_temperature_is_llama_cpps_default():
+    kept, _ = apply(Sampling(seed=1))
+    assert chain_module.TEMPERATURE == 0.8
+    assert kept[0] == pytest.approx(3.0 / 0.8, rel=1e-5)
+
+
+def test_temperature_zero_is_greedy():
+    kept, chosen = apply(Sampling(temperature=0.0, seed=5), draws=5)
+    assert chosen == [0] * 5
+    assert kept[0] == pytest.approx(3.0)  # nothing rescaled
+
+
+@pytest.mark.parametrize(("top_p", "survivors"), [(0.5, [0]), (0.75, [0, 1]), (0.85, [0, 1, 2])])
+def test_the_requests_top_p_keeps_the_smallest_set_over_it(top_p, survivors):
+    kept, _ = apply(Sampling(temperature=1.0, top_p=top_p, seed=1))
+    assert sorted(kept) == survivors
+
+
+def test_no_top_p_is_0_95():
+    # 0.57 + 0.21 + 0.13 = 0.91 < 0.95: all four stay (and min-p 0.05 keeps the 0.08 one).
+    kept, _ = apply(Sampling(temperature=1.0, seed=1))
+    assert sorted(kept) == [0, 1, 2, 3]
+
+
+def test_the_seed_decides_the_draws():
+    hot = Sampling(temperature=5.0, seed=1234)
+    _, first = apply(hot, draws=40)
+    _, again = apply(hot, draws=40)
+    _, other = apply(Sampling(temperature=5.0, seed=99), draws=40)
+    assert first == again
+    assert first != other
+    assert len(set(first)) > 1  # a hot draw really varies
+
+
+def test_presence_and_frequency_penalties_use_their_values():
+    sampling = Sampling(temperature=1.0, seed=1, presence_penalty=0.5, frequency_penalty=0.25)
+    kept, _ = apply(sampling, history=(0, 0, 1))
+    assert kept[0] == pytest.approx(3.0 - 0.5 - 2 * 0.25)
+    assert kept[1] == pytest.approx(2.0 - 0.5 - 1 * 0.25)
+    assert kept[2] == pytest.approx(1.5)
+
+
+def test_no_seed_draws_at_random():
+    """No seed is llama.cpp's "random seed": two requests without one draw differently."""
+    _, first = apply(Sampling(temperature=5.0), draws=40)
+    _, second = apply(Sampling(temperature=5.0), draws=40)
+    assert set(first) <= {0, 1, 2, 3} and first != second
+
+
+def logits(*top: float) -> np.ndarray:
+    return np.array(list(top) + [-50.0] * (N_VOCAB - len(top)), dtype=np.single)
+
+
+def test_min_p_cuts_tokens_far_below_the_best_and_may_keep_one():
+    """min-p 0.05 keeps only the tokens at least 5% as likely as the best (top-p off)."""
+    sampling = Sampling(temperature=1.0, top_p=1.0, seed=1)
+    kept, _ = apply(sampling, logits=logits(10.0, 0.0, 7.5))
+    assert sorted(kept) == [0, 2]  # e^-2.5 = 0.082 of the best stays, e^-10 goes
+    kept, _ = apply(sampling, logits=logits(10.0, 0.0))
+    assert sorted(kept) == [0]
