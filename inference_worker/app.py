@@ -114,6 +114,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         n_gpu_layers=settings.n_gpu_layers,
         n_ctx=settings.n_ctx,
         parallel=settings.parallel,
+        prefix_cache=settings.prefix_cache,
         embedding_tokens=settings.embedding_tokens,
         n_threads=settings.n_threads,
     )
@@ -319,6 +320,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
                         "finish_reason": generation.finish_reason,
                         "usage": {
                             "prompt_tokens": generation.prompt_token_count,
+                            "cached_tokens": generation.cached_tokens,
                             "completion_tokens": generation.completion_tokens,
                         },
                     }
@@ -359,6 +361,9 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             n_ctx=settings.n_ctx,
             embedding_tokens=engine.embeddings.max_tokens,
             parallel=settings.parallel,
+            prefix_cache=settings.prefix_cache,
+            # KV sequences of N_CTX per resident model (the store's memory estimate).
+            kv_streams=engine.kv_streams,
             sequences_running=sum(info["generating"] for info in resident),
             queue_depth=sum(info["queued"] for info in resident),
             receiving=cache.transfers.describe(),  # uploads running now: bytes done and total

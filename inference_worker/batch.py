@@ -7,9 +7,17 @@ thread. At every step that thread admits waiting requests into free sequences
 plus chunks of newly admitted prompts into one ``llama_batch`` (at most
 ``n_batch`` tokens, so a long prompt enters over several steps interleaved
 with the others' decoding), calls ``llama_decode`` once, and samples each
-sequence from its own logits row with its own sampler chain. A finished or
-cancelled sequence's KV cells are removed at once and its slot is free for the
-next request.
+sequence from its own logits row with its own sampler chain.
+
+Prefix reuse: a finished or cancelled sequence's slot keeps its KV cells and
+the token ids they hold (``KeptCells``). A new request goes to the free slot
+whose cached tokens share the longest prefix with its prompt; the cells past
+that prefix are removed (``llama_memory_seq_rm``) and only the rest of the
+prompt is evaluated (always its last token, for the logits). Moving a
+sequence between slots swaps two KV streams through one more, spare stream
+(``kv_streams`` is ``parallel + 1``), so no slot's kept cells are lost to the
+compaction. With ``reuse=False`` there is no spare stream and a finished
+sequence's cells are removed at once.
 
 The scheduler hands out token ids only: turning them into text, stop
 sequences and streaming happen in the caller's thread
@@ -31,6 +39,7 @@ import llama_cpp
 from llama_cpp import _internals
 
 from inference_worker.batch_stats import BatchStats
+from inference_worker.prefix import KeptCells, kv_streams
 from inference_worker.sampling import sampler_chain
 from inference_worker.threads import CpuMeter, step_threads, usable_cpus
 from model_swap.generation import Sampling
@@ -70,7 +79,8 @@ class Sequence:
         self.cancelled = False
         self.released = False
         self.slot = -1
-        self.fed = 0  # prompt tokens decoded so far
+        self.fed = 0  # prompt tokens decoded so far (or reused)
+        self.reused = 0  # prompt tokens whose KV cells were found in its slot (prefix reuse)
         self.generated = 0
         self.pending: int | None = None  # the last sampled token, decoded at the next step
         self.row = -1  # its logits row in the current batch, or -1
@@ -96,8 +106,10 @@ class BatchScheduler:
         n_threads: int = 0,
         meter: CpuMeter | None = None,
         on_batch: Callable[[list[int]], None] | None = None,
+        reuse: bool = True,
     ):
         self.name = name
+        self.reuse = reuse  # keep finished sequences' cells for a prompt sharing their prefix
         self._on_batch = on_batch  # tests: called with each batch's sequence ids, in order
         self.moves = 0  # sequences moved to a lower slot to keep the slots compact
         self.parallel = parallel
@@ -106,9 +118,11 @@ class BatchScheduler:
         self._vocab = llm._model.vocab
         self._n_vocab = llm._model.n_vocab()
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = parallel * n_ctx_seq
+        # The spare stream (the last one) holds a slot's cells while two slots swap.
+        self.kv_streams = kv_streams(parallel, reuse)
+        params.n_ctx = self.kv_streams * n_ctx_seq
         params.n_batch = params.n_ubatch = min(N_BATCH, params.n_ctx)
-        params.n_seq_max = parallel
+        params.n_seq_max = self.kv_streams
         params.kv_unified = False  # one KV stream per sequence: its numbers do not depend on others
         # As llama_cpp.Llama runs it (and the footprint estimate assumes): the same numbers,
         # so the same texts, as before batching.
@@ -123,6 +137,7 @@ class BatchScheduler:
         self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._ctx = self._context.ctx
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._kept = KeptCells(self._memory, parallel, self.kv_streams)
         self._n_batch = params.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._cond = threading.Condition()
@@ -132,7 +147,10 @@ class BatchScheduler:
         self._open = 0  # submitted and not released
         self._admitted_open = 0  # of those, admitted to a slot
         self._closing = False
-        self.kv_tokens = 0  # cells the sequences hold, as llama.cpp reports them
+        self.kv_tokens = 0  # cells the running sequences hold, as llama.cpp reports them
+        self.cached_tokens = 0  # cells free slots keep for prefix reuse
+        self.prompt_tokens = 0  # prompt tokens of the admitted sequences
+        self.reused_tokens = 0  # of those, found in a slot's cells instead of evaluated
         self._llm = llm  # the model outlives this context
         self._thread = threading.Thread(
             target=self._loop, args=(weakref.ref(self),), name=f"batch-{name}", daemon=True
@@ -273,11 +291,23 @@ class BatchScheduler:
         return True
 
     def _admit(self) -> None:
-        """Give free slots to waiting sequences in arrival order (under _cond)."""
+        """Give free slots to waiting sequences in arrival order (under _cond, loop thread).
+
+        Each goes to the free slot whose kept tokens share the longest prefix with its
+        prompt. The running sequences hold slots 0..k-1, so it runs in slot k: kept
+        cells in a higher free slot swap with k's.
+        """
         while self._waiting and self._free:
             seq = self._waiting.popleft()
-            seq.slot = self._free.pop(0)
+            slot = self._free.pop(0)
+            common, moved = self._kept.place(slot, self._free, seq.prompt, self.reuse)
+            self.moves += moved
+            seq.slot = slot
+            seq.fed = seq.reused = common
             seq.admitted = time.perf_counter()
+            self.prompt_tokens += len(seq.prompt)
+            self.reused_tokens += common
+            self._stats.observe_prompt(len(seq.prompt), common)
             self._admitted_open += 1
             self._active.append(seq)
 
@@ -326,10 +356,13 @@ class BatchScheduler:
             if self._on_batch is not None:
                 self._on_batch([self._batch.seq_id[i][0] for i in range(n)])
             self._decode(live, n, 0 < decoding < n)
+        free = set(self._free)  # only this thread changes it
         self.kv_tokens = sum(
             llama_cpp.llama_memory_seq_pos_max(self._memory, slot) + 1
             for slot in range(self.parallel)
+            if slot not in free
         )
+        self.cached_tokens = sum(len(self._kept.tokens[slot]) for slot in free)
 
     def _decode(self, active: list[Sequence], n: int, mixed: bool) -> None:
         """Decode the batch's ``n`` tokens and sample every sequence that has a row."""
@@ -370,19 +403,23 @@ class BatchScheduler:
         batch.n_seq_id[n] = 1
         batch.seq_id[n][0] = seq.slot
         batch.logits[n] = logits
+        self._kept.tokens[seq.slot].append(token)
         return n + 1
 
     def _end(self, seq: Sequence, outcome) -> None:
-        """Free ``seq``'s slot and KV cells and tell its reader (loop thread).
+        """Free ``seq``'s slot and tell its reader (loop thread).
 
+        Its KV cells stay for prefix reuse (unless ``reuse`` is off or a decode failed).
         Keeps the slots compact: the running sequence in the highest slot above the
-        freed one moves into it (llama.cpp copies its KV stream), so the running
-        sequences always hold slots 0..k-1 and the lowest free slot is k.
+        freed one moves into it (``KeptCells.swap``: the two slots exchange their KV streams
+        and cached tokens), so the running sequences always hold slots 0..k-1 and the
+        lowest free slot is k.
         """
         if seq.slot < 0:
             return
         slot = seq.slot
-        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        if not self.reuse or isinstance(outcome, Exception):
+            self._kept.drop(slot)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
@@ -390,11 +427,9 @@ class BatchScheduler:
             self._active.remove(seq)
             last = max(self._active, key=_slot, default=None)
             if last is not None and last.slot > slot:
-                # Copied at the start of the next llama_decode, before anything is written.
-                llama_cpp.llama_memory_seq_cp(self._memory, last.slot, slot, -1, -1)
-                llama_cpp.llama_memory_seq_rm(self._memory, last.slot, -1, -1)
-                last.slot, slot = slot, last.slot
+                self._kept.swap(slot, last.slot)  # the freed slot's kept cells go up with it
                 self.moves += 1
+                last.slot, slot = slot, last.slot
             bisect.insort(self._free, slot)
             seq.slot, seq.row = -1, -1
             self._cond.notify_all()

@@ -1,4 +1,4 @@
-"""Counts of llama_decode calls by batch size, across a worker's batch schedulers.
+"""Counts of llama_decode calls by batch size and of prompt tokens reused, across schedulers.
 
 ``inference_worker/batch.py`` observes every call; ``/metrics`` reads the
 histogram (``model_swap_worker_batch_tokens``).
@@ -23,6 +23,8 @@ class BatchStats:
         self.calls = 0
         self.tokens = 0
         self.mixed = 0  # calls that carried prompt tokens and decoding sequences' tokens
+        self.prompt_tokens = 0  # prompt tokens of admitted sequences
+        self.reused_prompt_tokens = 0  # of those, found in kept KV cells (prefix reuse)
 
     def observe(self, n_tokens: int, mixed: bool) -> None:
         index = bisect.bisect_left(BATCH_BUCKETS, n_tokens)
@@ -34,6 +36,11 @@ class BatchStats:
                 self.buckets[index] += 1
             else:
                 self.over += 1
+
+    def observe_prompt(self, tokens: int, reused: int) -> None:
+        with self._lock:
+            self.prompt_tokens += tokens
+            self.reused_prompt_tokens += reused
 
     def snapshot(self) -> tuple[list[tuple[str, int]], int, int]:
         """Cumulative ``(le, count)`` pairs ending with ``+Inf``, the call count, the token sum."""

@@ -29,6 +29,11 @@ DEFAULTS = {
     # with N_CTX tokens of KV cache; more concurrent requests wait first come, first served.
     # 1 serves one generation at a time per model.
     "PARALLEL": 4,
+    # Prefix reuse: a finished sequence keeps its KV cells, and a new request whose prompt
+    # shares their prefix (a chat's next turn, a repeated prompt, a shared system prompt)
+    # evaluates only the rest. Costs one more sequence of KV cache per model (the spare
+    # stream two sequences swap through, inference_worker/batch.py) when PARALLEL > 1.
+    "PREFIX_CACHE": True,
     # llama.cpp threads for every decode step (0: chosen per step from the CPUs other
     # processes left idle, inference_worker/threads.py), and the CPUs the worker process may
     # use (comma-separated ids or ranges, e.g. "0" or "0-3,8"; empty: every CPU).
@@ -116,6 +121,7 @@ class WorkerSettings:
     n_ctx: int = DEFAULTS["N_CTX"]
     embedding_tokens: int = DEFAULTS["EMBEDDING_TOKENS"]
     parallel: int = DEFAULTS["PARALLEL"]
+    prefix_cache: bool = DEFAULTS["PREFIX_CACHE"]
     n_threads: int = DEFAULTS["N_THREADS"]
     cpu_affinity: tuple[int, ...] = DEFAULTS["CPU_AFFINITY"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
@@ -154,6 +160,7 @@ class WorkerSettings:
                 "EMBEDDING_TOKENS", DEFAULTS["EMBEDDING_TOKENS"], minimum=16
             ),
             parallel=_parallel(env),
+            prefix_cache=env.flag("PREFIX_CACHE", DEFAULTS["PREFIX_CACHE"]),
             n_threads=env.integer("N_THREADS", DEFAULTS["N_THREADS"], minimum=0),
             cpu_affinity=_cpu_list(env.optional_text("CPU_AFFINITY", "")),
             max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),

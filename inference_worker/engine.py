@@ -29,6 +29,7 @@ from inference_worker.batch import BatchScheduler, BatchStats, SchedulerClosed
 from inference_worker.chat import ChatTemplate
 from inference_worker.embeddings import Embeddings
 from inference_worker.generation import Generation, Job
+from inference_worker.prefix import kv_streams
 from inference_worker.resident import ResidentInfo, ResidentModel, rss_bytes
 from inference_worker.structured import check_grammar, tool_grammar
 from inference_worker.threads import CpuMeter
@@ -86,6 +87,7 @@ class Engine:
         n_gpu_layers: int = -1,
         n_ctx: int = 2048,
         parallel: int = 4,
+        prefix_cache: bool = True,
         embedding_tokens: int | None = None,
         n_threads: int = 0,
         clock=time.monotonic,
@@ -96,6 +98,9 @@ class Engine:
         self.n_gpu_layers = n_gpu_layers
         self.n_ctx = n_ctx
         self.parallel = parallel
+        self.prefix_cache = prefix_cache
+        # KV sequences of n_ctx each per resident model (a spare one for prefix reuse).
+        self.kv_streams = kv_streams(parallel, prefix_cache)
         self._clock = clock
         # Guards the table and every counter; held only briefly (waits release it).
         self._state = threading.Lock()
@@ -169,17 +174,17 @@ class Engine:
                 return result
 
     def _estimate(self, path: Path) -> int:
-        """``path``'s footprint estimate with the KV of ``parallel`` sequences of N_CTX.
+        """``path``'s footprint estimate with the KV of ``kv_streams`` sequences of N_CTX.
 
         Cached per file version.
         """
         try:
             st = path.stat()
-            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.n_ctx, self.parallel)
+            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.n_ctx, self.kv_streams)
             with self._state:
                 if key in self._estimates:
                     return self._estimates[key]
-            estimated = footprint.estimate(path, self.n_ctx, n_seq=self.parallel).total_bytes
+            estimated = footprint.estimate(path, self.n_ctx, n_seq=self.kv_streams).total_bytes
         except (footprint.FootprintError, OSError) as err:  # llama.cpp reads it: unlikely
             logger.warning("no footprint estimate for %s (%s); counting its file size", path, err)
             return path.stat().st_size
@@ -223,6 +228,7 @@ class Engine:
                     stats=self.batch_stats,
                     n_threads=self.n_threads,
                     meter=self.cpu_meter,
+                    reuse=self.prefix_cache,
                 )
             except Exception as err:
                 llm.close()

@@ -42,6 +42,15 @@ def _is_markup(llm, token: int) -> bool:
     return bool(_MARKUP.fullmatch(llm._model.token_get_text(token)))
 
 
+def unglued(before: str, piece: str) -> str:
+    """``piece``, the first text after hidden tokens that followed ``before``: with a space in
+    front when neither side has whitespace there, so hiding a token never glues two words
+    (``Say hello.<start_of_turn>user`` reads ``Say hello. user``, not ``hello.user``)."""
+    if before and piece and not before[-1].isspace() and not piece[0].isspace():
+        return " " + piece
+    return piece
+
+
 @dataclass(frozen=True)
 class Job:
     """What to generate: a raw ``prompt`` or chat ``messages``, a token budget, sampling.
@@ -102,6 +111,7 @@ class Generation:
         self._hide_markup = job.hide_markup
         self.prompt_token_count = prompt_token_count
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens found in kept KV cells (set once admitted)
         self.finish_reason: str | None = None
         self.queue_seconds: float | None = None
         self.ttft_seconds: float | None = None
@@ -115,6 +125,8 @@ class Generation:
         scanner = StopScanner(self._stops)
         count = 0
         finish = "length"
+        last = ""  # the last text decoded (for ``unglued``)
+        gap = False  # tokens were hidden since ``last``
         try:
             while True:
                 item = self._scheduler.next_item(seq)
@@ -125,12 +137,22 @@ class Generation:
                     break
                 count += 1
                 if count == 1:
+                    self.cached_tokens = seq.reused
                     now = time.perf_counter()
                     self.queue_seconds = seq.admitted - seq.submitted
                     self.ttft_seconds = now - seq.admitted
                     CONSOLE.info("[infer] TTFT: %.3fs", self.ttft_seconds)
-                hidden = self._hide_markup and _is_markup(llm, item)
-                text = "" if hidden else scanner.push(decoder.decode(llm.detokenize([item])))
+                raw = llm.detokenize([item])
+                # A chat answer is text: markup tokens and control tokens (which detokenize
+                # to nothing, such as a stray ``<start_of_turn>``) leave a gap, not glue.
+                if self._hide_markup and (not raw or _is_markup(llm, item)):
+                    gap = gap or bool(last)
+                    continue
+                piece = decoder.decode(raw)
+                if gap and piece:
+                    piece, gap = unglued(last, piece), False
+                last = piece or last
+                text = scanner.push(piece)
                 if text:
                     yield text
                 if scanner.stopped:

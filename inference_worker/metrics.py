@@ -169,6 +169,21 @@ class _WorkerCollector:
             value=self.engine.batch_stats.mixed,
         )
         yield CounterMetricFamily(
+            "model_swap_worker_prompt_tokens",
+            "Prompt tokens of the generations admitted to a sequence",
+            value=self.engine.batch_stats.prompt_tokens,
+        )
+        yield CounterMetricFamily(
+            "model_swap_worker_prompt_reused_tokens",
+            "Prompt tokens found in a sequence's kept KV cells instead of evaluated",
+            value=self.engine.batch_stats.reused_prompt_tokens,
+        )
+        yield GaugeMetricFamily(
+            "model_swap_worker_kv_cached_tokens",
+            "KV cells free sequences keep for prefix reuse",
+            value=sum(info.cached_tokens for info in resident),
+        )
+        yield CounterMetricFamily(
             "model_swap_worker_received_bytes",
             "Upload body bytes read, complete or not",
             value=self.cache.bytes_received,

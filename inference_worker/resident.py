@@ -38,7 +38,10 @@ class ResidentInfo:
     generating: int  # generations holding one of its sequences
     queued: int  # generations waiting for a free sequence, and callers waiting for a reload
     parallel: int  # its sequences
-    kv_tokens: int  # KV cells its sequences hold now (llama.cpp's count)
+    kv_tokens: int  # KV cells its running sequences hold now (llama.cpp's count)
+    cached_tokens: int  # KV cells its free sequences keep for prefix reuse
+    prompt_tokens: int  # prompt tokens of the generations admitted since it was loaded
+    reused_tokens: int  # of those, found in kept KV cells instead of evaluated
     last_generation: dict | None  # tokens and timing of its latest generation
 
 
@@ -82,5 +85,8 @@ class ResidentModel:
             queued=(scheduler.queued if scheduler else 0) + self.waiting,
             parallel=scheduler.parallel if scheduler else 0,
             kv_tokens=scheduler.kv_tokens if scheduler else 0,
+            cached_tokens=scheduler.cached_tokens if scheduler else 0,
+            prompt_tokens=scheduler.prompt_tokens if scheduler else 0,
+            reused_tokens=scheduler.reused_tokens if scheduler else 0,
             last_generation=self.last_generation,
         )

@@ -314,7 +314,8 @@ def _line(data: dict) -> bytes:
 def _stats(outcome: Outcome, timing: Timing) -> dict:
     return {
         **timing.durations(),
-        "prompt_eval_count": outcome.prompt_tokens,
+        # Only the prompt tokens evaluated: those found in kept KV cells cost nothing.
+        "prompt_eval_count": outcome.prompt_tokens - outcome.cached_tokens,
         "eval_count": outcome.completion_tokens,
     }
 

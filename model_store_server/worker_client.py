@@ -424,7 +424,8 @@ class WorkerClient:
                 cached=[entry["name"] for entry in entries],
                 loaded=loaded,
                 n_ctx=data.get("n_ctx"),
-                parallel=int(data.get("parallel") or 1),
+                # KV sequences per model (PARALLEL, plus prefix reuse's spare one).
+                parallel=int(data.get("kv_streams") or data.get("parallel") or 1),
                 digests={entry["name"]: entry.get("digest") for entry in entries},
                 sizes={entry["name"]: int(entry.get("size") or 0) for entry in entries},
                 resident=resident,

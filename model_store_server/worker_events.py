@@ -23,6 +23,8 @@ class Outcome:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Prompt tokens the worker found in kept KV cells (prefix reuse) instead of evaluating.
+    cached_tokens: int = 0
     error: dict | None = None
     tool_format: str | None = None  # the worker offered tools: how the reply writes calls
 
@@ -31,6 +33,7 @@ class Outcome:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
 
     def add(self, other: Outcome) -> None:
@@ -77,5 +80,6 @@ def texts(chunks: Iterable[bytes], outcome: Outcome) -> Iterator[str]:
                 usage = event.get("usage") or {}
                 outcome.prompt_tokens = usage.get("prompt_tokens", 0)
                 outcome.completion_tokens = usage.get("completion_tokens", 0)
+                outcome.cached_tokens = usage.get("cached_tokens", 0)
     if outcome.finish_reason is None and outcome.error is None:
         outcome.error = {"type": "worker_failed", "message": "the worker's stream ended early"}

@@ -89,7 +89,7 @@ def test_eight_concurrent_requests_overlap_and_each_gets_its_text_alone(start_wo
     assert metrics['model_swap_worker_batch_tokens_bucket{le="4.0"}'] < calls_alone + calls
     status = worker_status(worker)
     assert status["parallel"] == 8 and status["sequences_running"] == 0
-    assert status["resident"][0]["kv_tokens"] == 0  # every finished sequence's cells are gone
+    assert status["resident"][0]["kv_tokens"] == 0  # no running sequence holds cells
 
 
 def test_same_text_as_bare_llama_cpp_python_with_parallel_one(start_worker, models_dir):

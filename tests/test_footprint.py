@@ -13,9 +13,9 @@ from tests.conftest import A
 TOLERANCE = 0.10
 
 
-def loaded_sizes(path, n_ctx: int, parallel: int = 1):
+def loaded_sizes(path, n_ctx: int, parallel: int = 1, prefix_cache: bool = True):
     """(estimated_bytes, llama_bytes) of ``path`` loaded by the worker's engine."""
-    engine = Engine(n_ctx=n_ctx, parallel=parallel)
+    engine = Engine(n_ctx=n_ctx, parallel=parallel, prefix_cache=prefix_cache)
     engine.load(path.name, path)
     try:
         (info,) = engine.resident()
@@ -93,15 +93,19 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path, content):
 
 @pytest.mark.parametrize("n_ctx", [256, 2048])
 def test_estimate_counts_the_kv_cache_of_parallel_sequences(tiny_models_dir, n_ctx):
-    """The worker sizes PARALLEL sequences of N_CTX each: the estimate for PARALLEL x N_CTX."""
+    """The worker sizes PARALLEL sequences of N_CTX each (one more, the spare stream, with
+    prefix reuse): the estimate for that many x N_CTX."""
     path = tiny_models_dir / A
-    estimated, actual = loaded_sizes(path, n_ctx, parallel=4)
+    estimated, actual = loaded_sizes(path, n_ctx, parallel=4, prefix_cache=False)
     assert estimated == estimate(path, n_ctx, n_seq=4).total_bytes
     assert_close(estimated, actual)
     assert estimated > estimate(path, n_ctx).total_bytes
+    reusing, actual = loaded_sizes(path, n_ctx, parallel=4)
+    assert reusing == estimate(path, n_ctx, n_seq=5).total_bytes > estimated
+    assert_close(reusing, actual)
 
 
 def test_estimate_for_gemma_with_four_sequences(gemma_path):
     estimated, actual = loaded_sizes(gemma_path, 2048, parallel=4)
-    assert estimated == estimate(gemma_path, 2048, n_seq=4).total_bytes
+    assert estimated == estimate(gemma_path, 2048, n_seq=5).total_bytes  # and prefix reuse's spare
     assert_close(estimated, actual)

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from inference_worker.config import WorkerSettings
+from inference_worker.prefix import kv_streams
 from model_store_server.decision import Action
 from model_swap.footprint import estimate
 from tests.conftest import (
@@ -35,8 +36,10 @@ def worker(start_worker):
 @pytest.fixture
 def footprint(models_dir) -> int:
     """The estimated memory of one tiny model (all three have the same shape), with the KV
-    cache of the worker's PARALLEL sequences of N_CTX tokens."""
-    return estimate(models_dir / A, N_CTX, n_seq=WorkerSettings().parallel).total_bytes
+    cache of the worker's PARALLEL sequences of N_CTX tokens (and prefix reuse's spare one)."""
+    settings = WorkerSettings()
+    n_seq = kv_streams(settings.parallel, settings.prefix_cache)
+    return estimate(models_dir / A, N_CTX, n_seq=n_seq).total_bytes
 
 
 def resident(server) -> list[str]:
