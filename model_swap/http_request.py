@@ -58,17 +58,7 @@ def simple_response(
 
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = json.dumps({"error": {"message": message, "type": kind}}).encode()
-    lines = [
-        f"HTTP/1.1 {status} {_reason(status)}",
-        f"Server: {SERVER_NAME}",
-        f"Date: {formatdate(usegmt=True)}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        *extra,
-    ]
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return _json_head(status, len(body), extra, close) + body
 
 
 def probe_response(status: int, payload: dict, keep_alive: bool, head_only: bool = False) -> bytes:
@@ -77,17 +67,23 @@ def probe_response(status: int, payload: dict, keep_alive: bool, head_only: bool
     import json
 
     body = json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+    head = _json_head(status, len(body), (), not keep_alive)
+    return head if head_only else head + body
+
+
+def _json_head(status: int, length: int, extra, close: bool) -> bytes:
+    """The head of a JSON response the front server writes itself."""
     lines = [
         f"HTTP/1.1 {status} {_reason(status)}",
         f"Server: {SERVER_NAME}",
         f"Date: {formatdate(usegmt=True)}",
         "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
+        f"Content-Length: {length}",
+        *extra,
     ]
-    if not keep_alive:
+    if close:
         lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def build_environ(head: Head, body, server: tuple[str, int], peer) -> dict:

@@ -16,7 +16,11 @@ PORT = 8080
 
 
 def discovered(addresses: list[str]) -> Fleet:
-    settings = StoreSettings(worker_url="", discovery=f"dns+http://workers.test:{PORT}")
+    settings = StoreSettings(
+        worker_url="",
+        discovery=f"dns+http://workers.test:{PORT}",
+        worker_networks=("10.0.0.0/8",),  # discovery admits only listed networks
+    )
     return Fleet(
         settings,
         ev.Events(),
