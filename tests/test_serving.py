@@ -179,7 +179,8 @@ def stalled_client(port: int, path: str, body: dict):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", port))
         sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n".encode()
+            f"POST {path} HTTP/1.1\r\nHost: localhost\r\n".encode()
+            + b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(data)}\r\n\r\n".encode()
             + data
         )
