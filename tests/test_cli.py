@@ -278,8 +278,9 @@ def test_model_swap_up_needs_fixed_ports(tmp_path):
 
 
 def test_model_swap_up_with_two_workers_spreads_models_and_survives_one(up_env):
+    taken = {int(up_env["STORE_PORT"]), int(up_env["WORKER_PORT"])}
     port = free_port()
-    while listening(port + 1):
+    while listening(port + 1) or {port, port + 1} & taken:  # the store's port is chosen too
         port = free_port()
     env = {**up_env, "WORKER_PORT": str(port)}
     process = spawn([sys.executable, "-m", "model_swap_cli.cli", "up", "--workers", "2"], env)
