@@ -11,7 +11,7 @@ Two measurements, both in the same run, on the filesystem of ``--dir``
    filesystem's free space before and after: a reflink shares its blocks).
 2. Each way of placing a model file in a directory on this filesystem,
    alone: a hard link (the former choice, shown for reference: it shares the
-   operator's inode, see ``model_store_server/transport_link.py``), a
+   operator's inode, see ``model_store_server/transport/link.py``), a
    reflink, the kernel's ``copy_file_range``, and a copy through user space;
    the seconds to place the file and the disk space it took, or "not
    offered" where the filesystem refuses.
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Services, emit, median, standalone_models  # noqa: E402
 
-from model_store_server.transport_link import FICLONE  # noqa: E402
+from model_store_server.transport.link import FICLONE  # noqa: E402
 
 
 def free_bytes(directory: Path) -> int:

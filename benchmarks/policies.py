@@ -10,7 +10,7 @@ markdown there, with its plots beside it)::
    processes, CACHE_POLICY=lru, MAX_CACHE_SIZE=2) in front of copies of
    Gemma 3 270M (``--quick``: tiny models). A first trace calibrates the
    cost model (the rates the store learned, from ``/status``'s
-   ``explain.cost_model``: the defaults in ``model_store_server/cost_model.py``
+   ``explain.cost_model``: the defaults in ``model_store_server/policies/cost_model.py``
    come from this section); a second trace (another seed) is replayed with
    one client and simulated with the default cost model and with the learned
    rates, and the action counts and swap seconds are compared.
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.policies_calibration import live_agreement  # noqa: E402
-from model_store_server.cache_policy import POLICIES  # noqa: E402
+from model_store_server.policies import POLICIES  # noqa: E402
 from model_swap_lab.generate import (  # noqa: E402
     PRESETS,
     assign_sizes,
@@ -325,8 +325,8 @@ def main() -> int:
     out = [
         "# Cache policies on generated traces",
         "",
-        f"Made by `{command}`; cost model: model_store_server/cost_model.py defaults unless "
-        "said otherwise; FREQ_HALF_LIFE at its default.",
+        f"Made by `{command}`; cost model: model_store_server/policies/cost_model.py defaults "
+        "unless said otherwise; FREQ_HALF_LIFE at its default.",
         "",
     ]
     if not args.no_live:

@@ -3,7 +3,7 @@
 A worker and a store (separate processes, CACHE_POLICY=lru, MAX_CACHE_SIZE=2)
 serve copies of Gemma 3 270M (``quick``: two tiny models). A first trace
 calibrates (the rates the store learns, ``/status`` -> explain.cost_model,
-are the defaults in ``model_store_server/cost_model.py``); a second is
+are the defaults in ``model_store_server/policies/cost_model.py``); a second is
 replayed with one client and simulated with the default cost model and with
 the learned rates, and the action counts and swap seconds are compared.
 """

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from inference_worker.app import create_app  # noqa: E402
 from inference_worker.config import WorkerSettings  # noqa: E402
-from model_store_server.transport import HttpTransport, Transport  # noqa: E402
-from model_store_server.transport_factory import FallbackTransport  # noqa: E402
-from model_store_server.transport_rdma import RdmaTransport  # noqa: E402
+from model_store_server.transport.factory import FallbackTransport  # noqa: E402
+from model_store_server.transport.http import HttpTransport, Transport  # noqa: E402
+from model_store_server.transport.rdma import RdmaTransport  # noqa: E402
 from model_store_server.worker_client import WorkerClient  # noqa: E402
 from model_swap.digest import file_digest  # noqa: E402
 from model_swap.probes import free_port  # noqa: E402

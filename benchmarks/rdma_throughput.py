@@ -29,8 +29,8 @@ from harness import raw_sendfile_seconds  # noqa: E402
 
 from inference_worker.config import WorkerSettings  # noqa: E402
 from inference_worker.rdma_listener import RdmaListener  # noqa: E402
-from model_store_server.transport import HttpTransport  # noqa: E402
-from model_store_server.transport_rdma import RdmaTransport  # noqa: E402
+from model_store_server.transport.http import HttpTransport  # noqa: E402
+from model_store_server.transport.rdma import RdmaTransport  # noqa: E402
 from model_store_server.worker_client import WorkerClient  # noqa: E402
 from model_swap.digest import file_digest  # noqa: E402
 from model_swap.rdma_protocol import DEFAULT_CHUNK_BYTES, RING_SLOTS  # noqa: E402

@@ -81,7 +81,7 @@ from slowloris import percentile as slow_percentile  # noqa: E402
 from slowloris import run as run_slowloris  # noqa: E402
 
 from model_store_server.digests import DigestCache  # noqa: E402
-from model_store_server.transport import HttpTransport  # noqa: E402
+from model_store_server.transport.http import HttpTransport  # noqa: E402
 from model_store_server.worker_client import WorkerClient  # noqa: E402
 from model_swap.digest import hasher  # noqa: E402
 from model_swap.tiny_models import write_tiny_model  # noqa: E402

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 TEMP_SUFFIX = ".part"
 
 # Files a store on the same filesystem places in the cache directory itself (a reflink or
-# kernel copy of its model file, never a hard link, see model_store_server/transport_link.py) before
+# kernel copy of its model file, never a hard link, see model_store_server/transport/link.py) before
 # asking the worker to adopt them, and the probe files it proves the directory with. Both
 # end in TEMP_SUFFIX, so a leftover is removed at the next start like a broken upload.
 PLACED_NAME = re.compile(r"\.(link|probe)-[0-9a-f]{32}" + re.escape(TEMP_SUFFIX))

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from model_store_server.cache_policy import POLICIES, Tier
-from model_store_server.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
+from model_store_server.policies import POLICIES, Tier
+from model_store_server.policies.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
 from model_swap.generation import MAX_MESSAGES
 from model_swap.logs import LOG_FORMATS
 from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
 
-# How model bytes reach the worker (model_store_server/transport_factory.py).
+# How model bytes reach the worker (model_store_server/transport/factory.py).
 TRANSPORTS = ("auto", "http", "rdma")
 
 DEFAULTS = {

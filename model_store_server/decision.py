@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from model_store_server.cache_policy import CacheFull, CachePolicy
+from model_store_server.policies import CacheFull, CachePolicy
 
 
 class Action(StrEnum):

@@ -27,7 +27,7 @@ from model_store_server.worker_client import WorkerError, WorkerUnavailable
 if TYPE_CHECKING:
     from model_store_server.core.grants import Ticket
     from model_store_server.core.orchestrator import SwapService
-    from model_store_server.transport import PushResult
+    from model_store_server.transport.http import PushResult
 
 SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 RATE_BUCKETS = (1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9, 5e9, 1e10, 2.5e10)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import requests as http
 
-from model_store_server.cost_model import CostModel
+from model_store_server.policies.cost_model import CostModel
 from model_swap_lab.simulate import SimConfig, simulate
 from model_swap_lab.trace import Request
 

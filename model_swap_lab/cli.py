@@ -122,7 +122,7 @@ def cmd_azure(args) -> int:
 
 
 def _cost_model(args):
-    from model_store_server.cost_model import CostModel
+    from model_store_server.policies.cost_model import CostModel
 
     return CostModel(
         push_bytes_per_s=args.push_mb_per_s * 1e6,
@@ -220,7 +220,7 @@ def cmd_replay(args) -> int:
 def add_lab_commands(commands) -> None:
     """Add ``trace``, ``simulate`` and ``replay`` to ``model-swap``'s subparsers."""
     from model_store_server.config import DEFAULTS
-    from model_store_server.cost_model import (
+    from model_store_server.policies.cost_model import (
         DEFAULT_CALL_OVERHEAD_S,
         DEFAULT_LOAD_BYTES_PER_S,
         DEFAULT_LOAD_OVERHEAD_S,

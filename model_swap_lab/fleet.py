@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from model_store_server.cost_model import CostModel
+from model_store_server.policies.cost_model import CostModel
 from model_store_server.policies.placement import candidate, place
 from model_swap_lab.simulate import (
     SimClock,

@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from model_store_server.cache_policy import POLICIES, RecencyPolicy, Tier
 from model_store_server.config import StoreSettings
-from model_store_server.cost_model import CostModel
 from model_store_server.decision import Action, decide
+from model_store_server.policies import POLICIES, RecencyPolicy, Tier
+from model_store_server.policies.cost_model import CostModel
 from model_store_server.policies.tiers import build_tiers
 from model_swap_lab.report import summarize
 from model_swap_lab.trace import Request

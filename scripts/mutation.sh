@@ -20,14 +20,15 @@ MODULES=(
     model_store_server.core.worker_view
     model_store_server.core.fleet
     model_store_server.decision
-    model_store_server.cache_policy
-    model_store_server.policy_base
-    model_store_server.greedy_dual
+    model_store_server.policies.recency
+    model_store_server.policies.registry
+    model_store_server.policies.base
+    model_store_server.policies.greedy_dual
     model_store_server.policies.placement
-    model_store_server.adaptive
+    model_store_server.policies.adaptive
     model_store_server.digests
-    model_store_server.openai_api
-    model_store_server.ollama_api
+    model_store_server.api.openai
+    model_store_server.api.ollama
     model_swap.generation
     model_swap.requests_json
     model_swap.http_request

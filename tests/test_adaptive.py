@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from model_store_server.adaptive import EXPERTS
-from model_store_server.cache_policy import AdaptivePolicy, CacheFull, Tier, create_policy
-from model_store_server.cost_model import CostModel
+from model_store_server.policies import AdaptivePolicy, CacheFull, Tier, create_policy
+from model_store_server.policies.adaptive import EXPERTS
+from model_store_server.policies.cost_model import CostModel
 from model_swap_lab.generate import assign_sizes, generate, model_names, spec_for
 from tests.conftest import FakeClock
 

@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from model_store_server.cache_policy import (
+from model_store_server.policies import (
     POLICIES,
     AdaptivePolicy,
     CacheFull,
@@ -17,7 +17,7 @@ from model_store_server.cache_policy import (
     Tier,
     create_policy,
 )
-from model_store_server.cache_policy import (
+from model_store_server.policies import (
     GreedyDualPolicy as GreedyDual,
 )
 from tests.conftest import FakeClock
@@ -487,7 +487,7 @@ def test_lfu_da_trace_frequency_then_aging():
 
 
 def test_gdsf_byte_budget_keeps_what_is_dear_per_byte():
-    from model_store_server.cost_model import CostModel
+    from model_store_server.policies.cost_model import CostModel
 
     gib = 1024**3
     # 1 GiB/s push and load, 1 s overhead each: a 1 GiB model costs 4 s (4 s/GiB),
@@ -515,7 +515,7 @@ def test_gdsf_byte_budget_keeps_what_is_dear_per_byte():
 
 
 def test_gdsf_resident_tier_costs_only_the_load():
-    from model_store_server.cost_model import CostModel
+    from model_store_server.policies.cost_model import CostModel
 
     cost = CostModel(push_overhead_s=5, load_overhead_s=1)
     cache = create_policy("gdsf", capacity=2, ttl=TTL, cost_model=cost)

@@ -127,7 +127,7 @@ def test_langchain_ollama_embeddings_null_options_are_skipped(store):
 
 
 def test_unhonourable_ollama_options_are_ignored_with_one_log_line(store, caplog):
-    caplog.set_level(logging.INFO, logger="model_store_server.ollama_api")
+    caplog.set_level(logging.INFO, logger="model_store_server.api.ollama")
     client = ollama.Client(host=store.url)
     answer = client.generate(
         "tiny-a",

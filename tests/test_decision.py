@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model_store_server.cache_policy import POLICIES, Tier, create_policy
 from model_store_server.decision import Action, decide, reconcile
+from model_store_server.policies import POLICIES, Tier, create_policy
 from tests.conftest import FakeClock
 
 

@@ -309,7 +309,7 @@ def test_a_worker_leaving_discovery_is_never_dropped_under_a_request_placed_on_i
     request placed on it before it vanished keeps it until its generation is over."""
     from model_store_server.core.events import Events
     from model_store_server.core.fleet import Fleet
-    from model_store_server.cost_model import CostModel
+    from model_store_server.policies.cost_model import CostModel
 
     addresses = ["127.0.0.2"]
     settings = StoreSettings(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from model_store_server.transport_link import place_file
+from model_store_server.transport.link import place_file
 from model_swap.digest import file_digest
 from model_swap.probes import free_port, wait_until_healthy
 from tests.conftest import A, B, C, ask, start_generation

@@ -3,7 +3,7 @@ docstring on hand-made candidates, then ``candidate`` on real tiers. No server."
 
 from __future__ import annotations
 
-from model_store_server.cache_policy import Tier, create_policy
+from model_store_server.policies import Tier, create_policy
 from model_store_server.policies.placement import Candidate, candidate, place
 
 

@@ -16,9 +16,9 @@ import resource
 import pytest
 
 from inference_worker.rdma_listener import RdmaListener
-from model_store_server.transport import HttpTransport
-from model_store_server.transport_factory import FallbackTransport
-from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
+from model_store_server.transport.factory import FallbackTransport
+from model_store_server.transport.http import HttpTransport
+from model_store_server.transport.rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
 from model_swap.digest import file_digest
 from model_swap.rdma_fake import FakeFabric, FakeFaults

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_store_server.cache_policy import Tier, create_policy
 from model_store_server.core.gate import Busy
 from model_store_server.core.grants import Hit, Swap
 from model_store_server.core.scheduler import Scheduler
 from model_store_server.core.worker_view import Rejected, WorkerView
 from model_store_server.decision import Action
+from model_store_server.policies import Tier, create_policy
 
 
 def test_a_group_is_every_request_for_the_next_model_within_max_wait():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from model_store_server.transport import HttpTransport, PushResult
+from model_store_server.transport.http import HttpTransport, PushResult
 from model_store_server.worker_client import SourceChanged
 from tests.conftest import A, B, C, ask, assert_agree, store_status, worker_status
 

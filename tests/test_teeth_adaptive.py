@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from model_store_server.adaptive import EXPERTS
-from model_store_server.cache_policy import AdaptivePolicy, create_policy
-from model_store_server.cost_model import CostModel
+from model_store_server.policies import AdaptivePolicy, create_policy
+from model_store_server.policies.adaptive import EXPERTS
+from model_store_server.policies.cost_model import CostModel
 from tests.conftest import FakeClock
 
 COST = CostModel()

@@ -10,7 +10,7 @@ from model_store_server.config import StoreSettings
 from model_store_server.core import events as ev
 from model_store_server.core.fleet import DRAINING, HEALTHY, Fleet
 from model_store_server.core.grants import Swap
-from model_store_server.cost_model import CostModel
+from model_store_server.policies.cost_model import CostModel
 
 PORT = 8080
 

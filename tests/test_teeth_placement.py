@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_store_server.cache_policy import Tier, create_policy
+from model_store_server.policies import Tier, create_policy
 from model_store_server.policies.placement import Candidate, candidate, place
 from tests.conftest import FakeClock
 

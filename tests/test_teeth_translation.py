@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from model_store_server import ollama_api, openai_api
+from model_store_server.api import ollama as ollama_api
+from model_store_server.api import openai as openai_api
 from model_swap.errors import BadRequest, WorkerFailed
 
 LIMIT = 10_000

@@ -17,10 +17,10 @@ import pytest
 
 from inference_worker.config import WorkerSettings
 from model_store_server.config import StoreSettings
-from model_store_server.transport import HttpTransport
-from model_store_server.transport_factory import FallbackTransport, build_transport
-from model_store_server.transport_link import LinkTransport
-from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
+from model_store_server.transport.factory import FallbackTransport, build_transport
+from model_store_server.transport.http import HttpTransport
+from model_store_server.transport.link import LinkTransport
+from model_store_server.transport.rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
 from model_swap.digest import file_digest, file_sha256
 from model_swap.probes import free_port

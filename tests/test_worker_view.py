@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from model_store_server.cache_policy import Tier, create_policy
 from model_store_server.core.gate import Busy
 from model_store_server.core.grants import Hit, Swap
 from model_store_server.core.view_control import PinConflict
 from model_store_server.core.worker_view import Rejected, TooLarge, WorkerView
 from model_store_server.decision import Action
+from model_store_server.policies import Tier, create_policy
 from tests.conftest import FakeClock
 
 

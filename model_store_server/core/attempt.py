@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from model_store_server.core import events as ev
 from model_store_server.core.fleet import WorkerNode
 from model_store_server.core.grants import Hit, Ticket
-from model_store_server.transport import PushResult
+from model_store_server.transport.http import PushResult
 from model_store_server.worker_client import WorkerError, WorkerUnavailable
 from model_swap.errors import ApiError, BadRequest, Conflict, Unavailable
 

@@ -21,7 +21,7 @@ from model_store_server.core.grants import Ticket
 from model_store_server.decision import Decision
 
 if TYPE_CHECKING:
-    from model_store_server.transport import PushResult
+    from model_store_server.transport.http import PushResult
 
 logger = logging.getLogger(__name__)
 

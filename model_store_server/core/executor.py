@@ -20,10 +20,10 @@ from model_store_server.core import events as ev
 from model_store_server.core.gate import Busy, busy
 from model_store_server.core.grants import Exclusive, Hit, Swap
 from model_store_server.core.worker_view import WorkerView
-from model_store_server.cost_model import CostModel
 from model_store_server.decision import Action, Decision
 from model_store_server.files import ModelUnloadable, unreadable
-from model_store_server.transport import PushResult, Transport
+from model_store_server.policies.cost_model import CostModel
+from model_store_server.transport.http import PushResult, Transport
 from model_store_server.worker_client import SourceChanged, WorkerClient, WorkerError
 from model_swap.errors import ApiError, Unavailable
 from model_swap.progress import Progress, Transfers

@@ -32,10 +32,10 @@ from model_store_server.core import events as ev
 from model_store_server.core.admission import Resolver, admissible, resolve_ipv4
 from model_store_server.core.executor import Executor
 from model_store_server.core.worker_view import WorkerView
-from model_store_server.cost_model import CostModel
+from model_store_server.policies.cost_model import CostModel
 from model_store_server.policies.placement import place
 from model_store_server.policies.tiers import build_tiers
-from model_store_server.transport_factory import build_transport
+from model_store_server.transport.factory import build_transport
 from model_store_server.worker_client import WorkerClient
 from model_swap.errors import ApiError, NotFound, Unavailable
 from model_swap.progress import Transfers

@@ -35,8 +35,8 @@ from model_store_server.core.streams import Served, close_generation, relay, str
 from model_store_server.core.syncing import Syncing
 from model_store_server.core.view_control import PinConflict
 from model_store_server.core.worker_view import Rejected, TooLarge, WorkerView
-from model_store_server.cost_model import CostModel
 from model_store_server.files import ModelFiles, ModelUnloadable
+from model_store_server.policies.cost_model import CostModel
 from model_store_server.worker_client import InferenceStream
 from model_swap.errors import ApiError, BadRequest, Unavailable
 

@@ -15,7 +15,7 @@ from typing import TypeVar
 from model_store_server.core import events as ev
 from model_store_server.core.grants import Hit
 from model_store_server.decision import Decision
-from model_store_server.transport import PushResult
+from model_store_server.transport.http import PushResult
 from model_store_server.worker_client import InferenceStream, WorkerError
 from model_swap.errors import ApiError
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from model_store_server.cache_policy import CachePolicy
 from model_store_server.decision import reconcile
+from model_store_server.policies import CachePolicy
 from model_store_server.policies.placement import Candidate, candidate
 
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from model_store_server.cache_policy import CachePolicy
 from model_store_server.core.gate import Busy, Gate, WorkerDown
 from model_store_server.core.grants import Exclusive, Hit, Swap, Ticket
 from model_store_server.core.scheduler import Scheduler, Waiter
 from model_store_server.core.view_control import ViewControl
 from model_store_server.core.view_report import Member, Snapshot, ViewReport
 from model_store_server.decision import LOADS, Action, Decision, Outcome, decide
+from model_store_server.policies import CachePolicy
 
 __all__ = ["Busy", "Member", "Rejected", "Snapshot", "TooLarge", "WorkerDown", "WorkerView"]
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from model_store_server.cache_policy import CachePolicy
 from model_store_server.decision import Action, decide
+from model_store_server.policies import CachePolicy
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from model_store_server.cache_policy import CachePolicy, Tier, create_policy
-from model_store_server.cost_model import CostModel
+from model_store_server.policies import CachePolicy, Tier, create_policy
+from model_store_server.policies.cost_model import CostModel
 
 if TYPE_CHECKING:
     from model_store_server.config import StoreSettings

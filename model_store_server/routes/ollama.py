@@ -17,15 +17,16 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from model_store_server import ollama_api, ollama_models
+from model_store_server.api import ollama as ollama_api
+from model_store_server.api import ollama_models
+from model_store_server.api.embeddings import EmbeddingRequest
+from model_store_server.api.ollama import OllamaRequest, Timing
+from model_store_server.api.ollama_models import Header, ModelMissing
+from model_store_server.api.worker_events import error_event
 from model_store_server.digests import PerVersionCache
-from model_store_server.embeddings_api import EmbeddingRequest
-from model_store_server.ollama_api import OllamaRequest, Timing
-from model_store_server.ollama_models import Header, ModelMissing
 from model_store_server.routes.openai import serve_embeddings
 from model_store_server.routes.seed import swap_service
 from model_store_server.views import store_status
-from model_store_server.worker_events import error_event
 from model_swap.errors import ApiError, NotFound
 from model_swap.footprint import FootprintError, read_header
 from model_swap.generation import check_message_count

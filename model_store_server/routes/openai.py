@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from model_store_server import embeddings_api, openai_answers, openai_api
-from model_store_server.embeddings_api import EmbeddingRequest, Vectors
+from model_store_server.api import embeddings as embeddings_api
+from model_store_server.api import openai as openai_api
+from model_store_server.api import openai_answers
+from model_store_server.api.embeddings import EmbeddingRequest, Vectors
+from model_store_server.api.openai import OpenAIRequest
+from model_store_server.api.openai_answers import Answer
+from model_store_server.api.worker_events import Outcome, error_event
 from model_store_server.loading import Loading, serve_streaming, sse_error
-from model_store_server.openai_answers import Answer
-from model_store_server.openai_api import OpenAIRequest
 from model_store_server.routes.seed import swap_service
 from model_store_server.views import describe_models
-from model_store_server.worker_events import Outcome, error_event
 from model_swap.errors import ApiError, NotFound
 from model_swap.generation import check_message_count
 from model_swap.requests_json import read_json_object

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_store_server.openai_api import parse_model
+from model_store_server.api.openai import parse_model
 from model_swap.errors import BadRequest, WorkerFailed
 from model_swap.generation import check_text
 from model_swap.requests_json import parse_keep_alive

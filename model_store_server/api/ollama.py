@@ -22,9 +22,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from model_store_server.embeddings_api import EmbeddingRequest, parse_dimensions, parse_inputs
-from model_store_server.ollama_models import model_file, now
-from model_store_server.worker_events import Outcome, texts
+from model_store_server.api.embeddings import EmbeddingRequest, parse_dimensions, parse_inputs
+from model_store_server.api.ollama_models import model_file, now
+from model_store_server.api.worker_events import Outcome, texts
 from model_swap.errors import BadRequest, WorkerFailed
 from model_swap.generation import EXTRA_SAMPLERS, parse_messages, parse_sampling
 from model_swap.json_schema import check_schema

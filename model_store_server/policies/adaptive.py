@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 
-from model_store_server.cost_model import CostModel
-from model_store_server.policy_base import CacheFull, RecencyPolicy, Tier
+from model_store_server.policies.base import CacheFull, RecencyPolicy, Tier
+from model_store_server.policies.cost_model import CostModel
 
 EXPERTS = ("gdsf", "lru", "lfu-da", "gdsf-aged")  # the first leads until the window says
 DEFAULT_WINDOW = 400  # requests

@@ -15,8 +15,8 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 
-from model_store_server.openai_api import CHAT, COMPLETION, OpenAIRequest
-from model_store_server.worker_events import Outcome, texts
+from model_store_server.api.openai import CHAT, COMPLETION, OpenAIRequest
+from model_store_server.api.worker_events import Outcome, texts
 from model_swap.errors import WorkerFailed
 from model_swap.tool_calls import Call, ReplySplitter, parse_reply
 

@@ -33,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-from model_store_server.transport import HttpTransport, PushResult, Transport
+from model_store_server.transport.http import HttpTransport, PushResult, Transport
 from model_store_server.worker_client import (
     SourceChanged,
     WorkerClient,

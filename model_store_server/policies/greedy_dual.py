@@ -13,8 +13,8 @@ Pure, like every policy.
 
 from __future__ import annotations
 
-from model_store_server.cost_model import CostModel
-from model_store_server.policy_base import RecencyPolicy, Tier
+from model_store_server.policies.base import RecencyPolicy, Tier
+from model_store_server.policies.cost_model import CostModel
 
 GIB = 1024**3
 # gdsf-aged's half-life of a use, in seconds of the policy's clock (FREQ_HALF_LIFE);

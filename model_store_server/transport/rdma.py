@@ -27,7 +27,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from model_store_server.transport import PushResult, Transport
+from model_store_server.transport.http import PushResult, Transport
 from model_store_server.worker_client import WorkerClient, WorkerError
 from model_swap.errors import cause
 from model_swap.progress import current_progress

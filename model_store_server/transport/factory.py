@@ -2,7 +2,7 @@
 
 ``TRANSPORT=auto`` (the default) places files itself (a reflink, else a kernel
 copy; never a hard link) when the worker's cache directory is on this
-machine's filesystem and pushes over HTTP otherwise (``transport_link.py``).
+machine's filesystem and pushes over HTTP otherwise (``link.py``).
 ``TRANSPORT=http`` always pushes over HTTP.
 ``TRANSPORT=rdma`` pushes over RDMA verbs; with ``ALLOW_FALLBACK=1`` any RDMA
 failure (pyverbs missing, no device, listener unreachable, error mid-transfer)
@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 
 from model_store_server.config import StoreSettings
-from model_store_server.transport import HttpTransport, PushResult, Transport
-from model_store_server.transport_link import LinkTransport
-from model_store_server.transport_rdma import RdmaPushFailed, RdmaTransport
+from model_store_server.transport.http import HttpTransport, PushResult, Transport
+from model_store_server.transport.link import LinkTransport
+from model_store_server.transport.rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
 from model_swap.rdma_protocol import RdmaUnavailable
 from model_swap.rdma_verbs import PortChoice, VerbsEndpoints

@@ -4,8 +4,8 @@
 cache it or to cache and load it, and blocks until the worker confirms size
 and digest. ``HttpTransport`` (here) streams the file as one sized request
 body that goes from the page cache to the socket by sendfile(2), so the store
-never holds a model in memory; ``RdmaTransport`` (``transport_rdma.py``)
-sends it over RDMA verbs, and ``transport_factory.py`` builds the configured
+never holds a model in memory; ``RdmaTransport`` (``rdma.py``)
+sends it over RDMA verbs, and ``factory.py`` builds the configured
 one, with HTTP as the fallback.
 """
 
