@@ -392,3 +392,30 @@ def test_an_unread_body_does_not_eat_the_next_request_on_the_connection(
     assert len(lines) == 2, lines
     assert lines[0].startswith((b"HTTP/1.1 400", b"HTTP/1.1 401")), lines
     assert lines[1] == b"HTTP/1.1 200 OK", lines
+
+
+def test_a_one_worker_stores_ready_follows_its_worker(worker_process, store_process, tmp_path):
+    """GET /ready on a store with one worker: 503 once the worker is killed, 200 again once
+    a worker is back on its address (re-read first: the view is synced before it says so)."""
+    cache = tmp_path / "ready-cache"
+    worker = worker_process(cache_dir=cache)
+    store = store_process(worker.url, HEALTH_INTERVAL="0.2")
+
+    def ready() -> requests.Response:
+        return requests.get(f"{store.url}/ready", timeout=5)
+
+    assert wait_for(lambda: ready().status_code == 200, timeout=30, interval=0.05)
+    assert ready().json() == {"ready": True, "workers": {"healthy": 1}}
+    assert ask(store, A).status_code == 200  # serving, and still ready after it
+    assert ready().status_code == 200
+
+    worker.kill()
+    assert wait_for(lambda: ready().status_code == 503, timeout=30, interval=0.05)
+    assert ready().json() == {"ready": False, "workers": {"down": 1}}
+    assert requests.get(f"{store.url}/health", timeout=5).status_code == 200  # alive, not ready
+
+    worker = worker_process(port=worker.port, cache_dir=cache)  # a worker back on its address
+    assert wait_for(lambda: ready().status_code == 200, timeout=30, interval=0.05)
+    status = store_status(store)
+    assert status["synced"] is True  # re-read before it was called ready, without a request
+    assert ask(store, A).status_code == 200

@@ -4,16 +4,16 @@ A ``WorkerNode`` is everything the store keeps for one worker: its view
 (tiers, versions, gate, queues), its HTTP client and its executor, plus
 whether it is healthy, down or draining. ``Fleet`` owns the list of nodes,
 asks ``policies.placement`` which one serves a request (each node described
-by its own view), and, when there are several workers or they are
-discovered, runs one background thread that probes each worker's
-``/health`` every HEALTH_INTERVAL and re-resolves a ``dns+`` WORKER_URLS
-every DISCOVERY_INTERVAL. Discovery admits only addresses inside
-WORKER_NETWORKS (or loopback), at most MAX_DISCOVERED_WORKERS of them, and
-only once the worker at the address has proved it holds WORKER_TOKEN
-(``WorkerClient.prove``): an impostor is never a node. A node that fails a probe or a call is marked
-down: the requests waiting at its view leave it (``WorkerDown``) and are
-placed elsewhere. A node that answers again is handed to ``on_recovered``
-(the orchestrator re-reads it from its own ``/status``).
+by its own view), and runs one background thread that probes each worker's
+``/health`` every HEALTH_INTERVAL (a lone worker too, for ``GET /ready``)
+and re-resolves a ``dns+`` WORKER_URLS every DISCOVERY_INTERVAL. Discovery
+admits only addresses inside WORKER_NETWORKS (or loopback), at most
+MAX_DISCOVERED_WORKERS of them, and only once the worker at the address has
+proved it holds WORKER_TOKEN (``WorkerClient.prove``): an impostor is never a
+node. A node that fails a probe or a call is marked down: the requests
+waiting at its view leave it (``WorkerDown``) and are placed elsewhere. A
+node that answers again is handed to ``on_recovered`` (the orchestrator
+re-reads it from its own ``/status``).
 """
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ class WorkerNode:
         self.healthy = True
         self.draining = False
         self.gone = False  # no longer in the discovered addresses
+        # Whether its last probe or call reached it; for a lone worker this is all that
+        # changes (``healthy`` stays True: there is nowhere else to place), and GET /ready
+        # reads it (model_store_server/readiness.py).
+        self.reachable = True
+        self.rereading = threading.Lock()  # held while a re-read of it runs off a request
         self.last_error: str | None = None
         self.changed_at = time.time()  # when it was last marked down or up (wall clock)
         # Requests placed here and not yet granted, per model, and those models' (size,
@@ -307,6 +312,7 @@ class Fleet:
         """``node`` failed a call or a probe: no placements, its waiting requests leave."""
         message = error.message if isinstance(error, ApiError) else str(error)
         node.last_error = message
+        node.reachable = False
         if not self.several:
             return  # one worker: nothing else to place on; its view re-reads it as before
         if node.healthy:
@@ -331,11 +337,19 @@ class Fleet:
         except ApiError as err:
             self.mark_down(node, err)
             return
-        self.mark_up(node)
+        node.reachable = True
+        if self.several:
+            self.mark_up(node)
+        elif not node.view.synced:
+            # A lone worker answers but the view is stale (it was down at start, came
+            # back, or contradicted the view): re-read it now rather than at the next
+            # request, so GET /ready turns true again without traffic.
+            self.on_recovered(node)
 
     def start(self) -> None:
-        """Probe and discover in the background (only with several or discovered workers)."""
-        if not self.several or self._thread is not None:
+        """Probe (and discover) in the background. A lone worker is probed too, for
+        GET /ready and to re-read it when it comes back; nothing else changes for it."""
+        if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="store-fleet", daemon=True)
         self._thread.start()

@@ -65,11 +65,16 @@ class Syncing:
         """A worker answers again: re-read it now (its disk cache is reused as it is), on a
         thread of its own, so the health probes and discovery never wait for it."""
 
+        if not node.rereading.acquire(blocking=False):
+            return  # one re-read at a time (a lone worker's probes ask again while stale)
+
         def reread() -> None:
             try:
                 self.ensure_synced(node=node)
             except ApiError as err:
                 self.fleet.mark_down(node, err)
+            finally:
+                node.rereading.release()
 
         threading.Thread(target=reread, name=f"store-reread-{node.id}", daemon=True).start()
 
