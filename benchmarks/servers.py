@@ -8,9 +8,9 @@ take turns (each round's figure being itself a median):
 - hit TTFB: ``/user_request`` for the already-loaded model with max_tokens=1,
   time to the first body byte, median of ``--requests``;
 - push: a ``--push-mb`` MiB model POSTed to the worker's ``/cache_model`` the
-  way the store pushes (chunked body sent with sendfile(2), sha256 verified),
-  and the same as a sized body (Content-Length, no chunked framing), median
-  MB/s of ``--pushes`` each;
+  way the store pushes (``WorkerClient.upload_file``: a sized body sent with
+  sendfile(2), verified with the default digest, blake3), and the same body
+  sent by a bare ``http.client`` connection, median MB/s of ``--pushes`` each;
 - streaming: ``/user_request`` with max_tokens=``--stream-tokens``; tokens
   (the worker's own count) over the time from the first to the last byte, and
   how many separate reads the client saw per token (about 1 when every token
@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import free_port, start_process, stop_process  # noqa: E402
+from model_swap.digest import TRANSFER_ALGORITHM  # noqa: E402
 from model_swap.tiny_models import write_tiny_model  # noqa: E402
 
 THREADS = 16
@@ -222,7 +223,8 @@ def _sized_upload(url: str, path: Path, headers: dict[str, str]) -> None:
 
 
 def push_mb_per_s(pair: Pair, path: Path, count: int) -> tuple[float, float]:
-    """Median MB/s of (the store's chunked push, a sized push), both sha256-verified."""
+    """Median MB/s of (the store's push, a bare sized POST), both verified with the default
+    digest (blake3, ``X-Model-Digest``) as the store's pushes are."""
     from model_store_server.digests import DigestCache
     from model_store_server.worker_client import WorkerClient
 
@@ -231,7 +233,7 @@ def push_mb_per_s(pair: Pair, path: Path, count: int) -> tuple[float, float]:
     headers = {
         "X-Model-Name": path.name,
         "X-Model-Size": str(size),
-        "X-Model-Sha256": DigestCache().sha256(path),
+        "X-Model-Digest": DigestCache().digest(path, TRANSFER_ALGORITHM),
     }
     chunked, sized = [], []
     for _ in range(count):
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     base = results[BASELINE]
     print(f"\nmedians of {args.rounds} rounds")
     print(
-        f"| server | hit TTFB ms (x {BASELINE}) | push MB/s, chunked (x) "
+        f"| server | hit TTFB ms (x {BASELINE}) | push MB/s, store's client (x) "
         "| push MB/s, sized body (x) | stream tok/s (x) | reads/token |"
     )
     print("|---|---|---|---|---|---|")
