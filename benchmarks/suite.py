@@ -797,6 +797,10 @@ def push_only(args) -> int:
         end = text.index("\n## ", start) + 1
         results.write_text(text[:start] + section + "\n\n" + text[end:])
         print(f"\nreplaced section 1 of {results}")
+    else:  # nothing to splice into: the section on its own
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        results.write_text(section + "\n")
+        print(f"\nwrote section 1 alone to {results}")
     return 0
 
 
