@@ -1,19 +1,16 @@
 """The store's workers: one ``WorkerNode`` each, placement among them, health, discovery.
 
-A ``WorkerNode`` is everything the store keeps for one worker: its view
-(tiers, versions, gate, queues), its HTTP client and its executor, plus
-whether it is healthy, down or draining. ``Fleet`` owns the list of nodes,
-asks ``policies.placement`` which one serves a request (each node described
-by its own view), and runs one background thread that probes each worker's
-``/health`` every HEALTH_INTERVAL (a lone worker too, for ``GET /ready``)
-and re-resolves a ``dns+`` WORKER_URLS every DISCOVERY_INTERVAL. Discovery
-admits only addresses inside WORKER_NETWORKS (or loopback), at most
-MAX_DISCOVERED_WORKERS of them, and only once the worker at the address has
-proved it holds WORKER_TOKEN (``WorkerClient.prove``): an impostor is never a
-node. A node that fails a probe or a call is marked down: the requests
-waiting at its view leave it (``WorkerDown``) and are placed elsewhere. A
-node that answers again is handed to ``on_recovered`` (the orchestrator
-re-reads it from its own ``/status``).
+A ``WorkerNode`` is everything the store keeps for one worker: its view (tiers, versions,
+gate, queues), its HTTP client and its executor, plus whether it is healthy, down or
+draining. ``Fleet`` owns the nodes, asks ``policies.placement`` which one serves a request,
+and runs one thread that probes each worker's ``/health`` every HEALTH_INTERVAL and
+re-resolves a ``dns+`` WORKER_URLS every DISCOVERY_INTERVAL. Discovery admits only
+addresses inside WORKER_NETWORKS (or loopback), at most MAX_DISCOVERED_WORKERS, and only
+once the worker there has proved it holds WORKER_TOKEN (``WorkerClient.prove``). A node
+that fails a probe or a call is marked down: the requests waiting at its view leave it
+(``WorkerDown``) and are placed elsewhere; one that answers again is re-read
+(``on_recovered``). A lone worker is never marked down (nowhere else to place), only
+re-read; its ``reachable`` is what the store's ``GET /ready`` reads.
 """
 
 from __future__ import annotations
@@ -71,11 +68,8 @@ class WorkerNode:
         self.healthy = True
         self.draining = False
         self.gone = False  # no longer in the discovered addresses
-        # Whether its last probe or call reached it; for a lone worker this is all that
-        # changes (``healthy`` stays True: there is nowhere else to place), and GET /ready
-        # reads it (model_store_server/readiness.py).
-        self.reachable = True
-        self.rereading = threading.Lock()  # held while a re-read of it runs off a request
+        self.reachable = True  # its last probe or call reached it (the store's GET /ready)
+        self.rereading = threading.Lock()  # held while a re-read runs off a request
         self.last_error: str | None = None
         self.changed_at = time.time()  # when it was last marked down or up (wall clock)
         # Requests placed here and not yet granted, per model, and those models' (size,
@@ -322,6 +316,8 @@ class Fleet:
         node.view.set_down(True)
 
     def mark_up(self, node: WorkerNode) -> None:
+        if not self.several:  # a lone worker with a stale view: re-read it now, not at a request
+            return None if node.view.synced else self.on_recovered(node)
         if node.healthy:
             return
         node.view.mark_unsynced()  # re-read from its own /status before any decision
@@ -338,17 +334,10 @@ class Fleet:
             self.mark_down(node, err)
             return
         node.reachable = True
-        if self.several:
-            self.mark_up(node)
-        elif not node.view.synced:
-            # A lone worker answers but the view is stale (it was down at start, came
-            # back, or contradicted the view): re-read it now rather than at the next
-            # request, so GET /ready turns true again without traffic.
-            self.on_recovered(node)
+        self.mark_up(node)
 
     def start(self) -> None:
-        """Probe (and discover) in the background. A lone worker is probed too, for
-        GET /ready and to re-read it when it comes back; nothing else changes for it."""
+        """Probe (a lone worker too) and discover in the background."""
         if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="store-fleet", daemon=True)
