@@ -43,11 +43,11 @@ from model_swap.rdma_protocol import (
     Offer,
     ProtocolError,
     RdmaError,
-    RdmaUnavailable,
     Refuse,
     TransferFailed,
     check_gid_types,
 )
+from model_swap.rdma_setup import check_start
 from model_swap.rdma_verbs import VerbsEndpoints
 from model_swap.serving import BackgroundServer
 from model_swap.settings import SettingsError
@@ -283,21 +283,16 @@ class RdmaListener(BackgroundServer):
         """Start serving; raises SettingsError if RDMA is usable here but RLIMIT_MEMLOCK
         cannot pin ``max_offers`` rings of the default chunk size."""
         try:
-            usable, where = self.endpoints.check_start(
+            check_start(
+                self.endpoints,
                 self.max_offers * RING_SLOTS * DEFAULT_CHUNK_BYTES,
-                f"the RDMA listener (WORKER_RDMA_MAX_OFFERS={self.max_offers})",
+                f"the RDMA listener on {self.host}:{self.port} "
+                f"(WORKER_RDMA_MAX_OFFERS={self.max_offers})",
+                "WORKER_RDMA=1",
+                unusable=f"the listener on {self.host}:{self.port} refuses every push with "
+                "this reason",
             )
-        except RdmaUnavailable as err:
+        except SettingsError:
             self.stop()
-            raise SettingsError(f"WORKER_RDMA=1: {err}") from err
-        if usable:
-            logger.info("RDMA listener on %s:%d using %s", self.host, self.port, where)
-        else:
-            logger.warning(
-                "RDMA listener on %s:%d, but RDMA is not usable here (%s): every push "
-                "will be refused with this reason",
-                self.host,
-                self.port,
-                where,
-            )
+            raise
         return super().start()
