@@ -39,11 +39,6 @@ class ModelControl:
     def _watch(self, node: WorkerNode) -> None:
         node.view.on_idle = self._wake.set
 
-    @property
-    def state(self):
-        """The first worker's view (the seed's one worker)."""
-        return self.service.state
-
     def _published(
         self,
         operation: str,

@@ -112,8 +112,9 @@ def test_a_push_wraps_the_ring_and_lands_verified(worker, listen, fabric, models
 
 def test_the_store_serves_a_model_pushed_over_the_fake(worker, listen, fabric, start_store):
     store = start_store(worker)
-    service = store.app.extensions["swap_service"]
-    service.transport = rdma(worker, listen(), fabric)
+    store.app.extensions["swap_service"].fleet.first().executor.transport = rdma(
+        worker, listen(), fabric
+    )
     r = ask(store, A)
     assert r.status_code == 200, r.text
     assert (r.headers["X-Transport"], r.headers["X-Model"]) == ("rdma", A)
@@ -205,7 +206,7 @@ def test_any_exception_from_the_workers_verbs_is_a_refusal_or_a_nack(
 
 def test_without_fallback_the_store_answers_502_rdma_failed(worker, listen, fabric, start_store):
     store = start_store(worker)
-    store.app.extensions["swap_service"].transport = rdma(
+    store.app.extensions["swap_service"].fleet.first().executor.transport = rdma(
         worker, listen(), fabric, FakeFaults(raises={"post_send": TypeError("bad SGE")})
     )
     r = ask(store, A)
@@ -221,7 +222,8 @@ def test_with_fallback_the_store_serves_over_http(worker, listen, fabric, start_
     store = start_store(worker)
     primary = rdma(worker, listen(), fabric, FakeFaults(raises={"poll": AttributeError("wc")}))
     http = HttpTransport(client_for(worker))
-    store.app.extensions["swap_service"].transport = FallbackTransport(primary, http)
+    executor = store.app.extensions["swap_service"].fleet.first().executor
+    executor.transport = FallbackTransport(primary, http)
     r = ask(store, A)
     assert r.status_code == 200, r.text
     assert r.headers["X-Transport"] == "http"
