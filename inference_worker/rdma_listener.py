@@ -21,7 +21,6 @@ arrives (and once at start, to log which port pushes will use).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socketserver
 import threading
@@ -45,12 +44,15 @@ from model_swap.rdma_protocol import (
     RdmaError,
     Refuse,
     TransferFailed,
+    answer_offer,
     check_gid_types,
+    check_offer,
 )
 from model_swap.rdma_setup import check_start
 from model_swap.rdma_verbs import VerbsEndpoints
 from model_swap.serving import BackgroundServer
 from model_swap.settings import SettingsError
+from model_swap.worker_auth import Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +146,21 @@ def serve_push(
     token: str = "",
     endpoints: EndpointFactory | None = None,
     offers: threading.BoundedSemaphore | None = None,
+    verifier: Verifier | None = None,
 ) -> Received | None:
     """Handle one control connection from offer to ack; returns what was received, if anything.
 
-    With ``token`` set, an offer must carry the same token (compared in
-    constant time). ``offers`` bounds the pushes served at once: an offer that
-    finds it exhausted is refused.
+    With ``token`` set, an offer must be signed with it (``check_offer``: not
+    older than the signature window, not replayed; ``verifier`` remembers the
+    nonces) and the accept carries the worker's proof. ``offers`` bounds the
+    pushes served at once: an offer that finds it exhausted is refused.
     """
     try:
         offer = channel.receive(OFFER_TIMEOUT)
         if not isinstance(offer, Offer):
             raise ProtocolError(f"expected an offer, got {offer.type}")
-        if token and not hmac.compare_digest(offer.token.encode(), token.encode()):
-            raise ProtocolError("unauthorized: missing or invalid token")
+        if token:
+            check_offer(offer, verifier or Verifier(token))
     except ProtocolError as err:
         logger.warning("refused an RDMA push from %s: %s", peer, err)
         channel.send_quietly(Refuse(str(err)))
@@ -170,7 +174,7 @@ def serve_push(
         channel.send_quietly(Refuse(reason))
         return None
     try:
-        return _receive(channel, cache, peer, offer, endpoints or VerbsEndpoints())
+        return _receive(channel, cache, peer, offer, endpoints or VerbsEndpoints(), token)
     finally:
         if offers is not None:
             offers.release()
@@ -183,7 +187,7 @@ def _refuse(channel: ControlChannel, offer: Offer, peer: str, err: BaseException
 
 
 def _receive(
-    channel: ControlChannel, cache: ModelCache, peer: str, offer: Offer, endpoints
+    channel: ControlChannel, cache: ModelCache, peer: str, offer: Offer, endpoints, token: str
 ) -> Received | None:
     try:
         endpoint = endpoints(RING_SLOTS, offer.chunk_bytes)
@@ -200,7 +204,7 @@ def _receive(
         except Exception as err:  # noqa: BLE001 - as above
             _refuse(channel, offer, peer, err)
             return None
-        channel.send(Accept(local, RING_SLOTS))
+        channel.send(Accept(local, RING_SLOTS, proof=answer_offer(offer, token)))
         source = RingReader(ring_blocks(endpoint, channel, offer.size))
         received = answer_push(channel, cache, offer, source)
         # Tearing the queue pair down at once could drop the transport ACKs of the last
@@ -225,7 +229,13 @@ class _Handler(socketserver.BaseRequestHandler):
         with ControlChannel(self.request, timeout=IDLE_TIMEOUT) as channel:
             try:
                 serve_push(
-                    channel, server.cache, peer, server.token, server.endpoints, server.offers
+                    channel,
+                    server.cache,
+                    peer,
+                    server.token,
+                    server.endpoints,
+                    server.offers,
+                    server.verifier,
                 )
             except RdmaError as err:
                 logger.warning("RDMA push from %s failed: %s", peer, err)
@@ -247,6 +257,7 @@ class _Server(socketserver.ThreadingTCPServer):
     ):
         self.cache = cache
         self.token = token
+        self.verifier = Verifier(token) if token else None  # one nonce memory: no replays
         self.endpoints = endpoints
         self.offers = threading.BoundedSemaphore(max_offers)
         super().__init__(address, _Handler)

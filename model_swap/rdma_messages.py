@@ -9,15 +9,17 @@ are the two decisions both sides share. No sockets, no verbs: see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
+from model_swap import worker_auth
 from model_swap.digest import InvalidDigest, parse_digest
 from model_swap.names import InvalidModelName, validate_model_name
 
-PROTOCOL = 2
+PROTOCOL = 3  # 3: the offer carries a signature, the accept its proof (no token)
 MAX_FRAME_BYTES = 64 * 1024
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
@@ -120,8 +122,8 @@ class Offer:
     digest: str  # "algorithm:hex", see model_swap.digest
     chunk_bytes: int
     endpoint: Endpoint
-    # The worker's WORKER_TOKEN, when it has one (never shown in reprs or logs).
-    token: str = field(default="", repr=False)
+    # With WORKER_TOKEN: the store's signature over the rest (``sign_offer``); never the token.
+    signature: str = field(default="", repr=False)
     type = "offer"
 
     @classmethod
@@ -136,7 +138,7 @@ class Offer:
             digest=_digest(data),
             chunk_bytes=_int(data, "chunk_bytes", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES),
             endpoint=Endpoint.from_wire(data.get("endpoint")),
-            token=_optional_text(data, "token"),
+            signature=_optional_text(data, "signature"),
         )
 
 
@@ -146,6 +148,8 @@ class Accept:
 
     endpoint: Endpoint
     credits: int
+    # With WORKER_TOKEN: the worker's proof that it holds it (``answer_offer``).
+    proof: str = field(default="", repr=False)
     type = "accept"
 
     @classmethod
@@ -153,6 +157,7 @@ class Accept:
         return cls(
             endpoint=Endpoint.from_wire(data.get("endpoint")),
             credits=_int(data, "credits", 1, MAX_CREDITS),
+            proof=_optional_text(data, "proof"),
         )
 
 
@@ -264,3 +269,52 @@ def check_gid_types(local: Endpoint, remote: Endpoint) -> None:
             f"GID types differ: this side uses {local.gid_type}, the peer {remote.gid_type} "
             "(choose matching GIDs with RDMA_GID_INDEX on both sides)"
         )
+
+
+# -- proving WORKER_TOKEN (model_swap.worker_auth) -----------------------------------
+# The offer is signed like an HTTP request to the worker (method OFFER_METHOD, the model
+# as the path, its size, digest, chunk size and the store's queue pair as the body), so
+# the listener refuses a store without the token and a replayed offer; the worker's
+# accept answers the signature with a proof, so the store sends no byte to a listener
+# without it. The token itself never crosses the connection.
+
+OFFER_METHOD = "RDMA-OFFER"
+
+
+def offer_claims(offer: Offer) -> tuple[str, str, str]:
+    """(method, path, body digest) that an offer's signature covers."""
+    claims = {
+        "size": offer.size,
+        "digest": offer.digest,
+        "chunk_bytes": offer.chunk_bytes,
+        "endpoint": asdict(offer.endpoint),
+    }
+    body = json.dumps(claims, sort_keys=True, separators=(",", ":"))
+    return OFFER_METHOD, offer.model, "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
+def sign_offer(offer: Offer, token: str) -> Offer:
+    """``offer`` signed with ``token`` (unchanged without one)."""
+    if not token:
+        return offer
+    return replace(offer, signature=worker_auth.sign(token, *offer_claims(offer)))
+
+
+def check_offer(offer: Offer, verifier: worker_auth.Verifier | None) -> None:
+    """ProtocolError unless ``offer`` is signed with the worker's token (no token: any)."""
+    if verifier is None:
+        return
+    why = verifier.check(offer.signature, *offer_claims(offer)) if offer.signature else None
+    if not offer.signature or why:
+        raise ProtocolError(f"unauthorized: {why or 'the offer is not signed'}")
+
+
+def answer_offer(offer: Offer, token: str) -> str:
+    """The worker's proof for its accept (empty without a token)."""
+    return worker_auth.proof(token, offer.signature) if token else ""
+
+
+def check_accept(offer: Offer, accept: Accept, token: str) -> None:
+    """RdmaUnavailable unless the worker proved it holds ``token`` (no token: any)."""
+    if token and not worker_auth.proof_matches(token, offer.signature, accept.proof):
+        raise RdmaUnavailable("the RDMA listener did not prove it holds WORKER_TOKEN")

@@ -7,11 +7,15 @@ data. One push, one connection:
 
 1. store -> worker ``offer``: model name, size, digest (``blake3:<hex>``, see
    ``model_swap.digest``), chunk size, and the store's queue pair address
-   (``Endpoint``: LID, GID, GID type, QPN, PSN, MTU);
-2. worker -> store ``accept`` with the worker's ``Endpoint`` and its number of
-   receive credits (posted receive buffers of one chunk each), or ``refuse``
-   with the reason (bad offer, a GID type that differs from the worker's, no
-   RDMA on the worker, too many offers at once);
+   (``Endpoint``: LID, GID, GID type, QPN, PSN, MTU); with WORKER_TOKEN, a
+   signature over all of it (``sign_offer``, as ``model_swap.worker_auth``
+   signs HTTP requests: an HMAC of the token, a timestamp and a nonce);
+2. worker -> store ``accept`` with the worker's ``Endpoint``, its number of
+   receive credits (posted receive buffers of one chunk each) and, with
+   WORKER_TOKEN, its proof (an HMAC of the offer's signature), or ``refuse``
+   with the reason (bad or unsigned offer, a GID type that differs from the
+   worker's, no RDMA on the worker, too many offers at once). The store sends
+   nothing to a worker whose proof does not hold;
 3. the store SENDs the file in chunks over the queue pair, at most one chunk
    per credit; the worker answers each chunk it has written to disk with a
    ``credit`` once it has reposted that buffer. The store may ``abort``;
@@ -53,10 +57,15 @@ from model_swap.rdma_messages import (
     RdmaUnavailable,
     Refuse,
     TransferFailed,
+    answer_offer,
+    check_accept,
     check_ack,
     check_gid_types,
+    check_offer,
     decode,
     encode,
+    offer_claims,
+    sign_offer,
 )
 
 __all__ = [
@@ -85,8 +94,13 @@ __all__ = [
     "RdmaUnavailable",
     "Refuse",
     "TransferFailed",
+    "answer_offer",
+    "check_accept",
     "check_ack",
     "check_gid_types",
+    "check_offer",
     "decode",
     "encode",
+    "offer_claims",
+    "sign_offer",
 ]

@@ -47,8 +47,10 @@ from model_swap.rdma_protocol import (
     RdmaError,
     RdmaUnavailable,
     TransferFailed,
+    check_accept,
     check_ack,
     check_gid_types,
+    sign_offer,
 )
 from model_swap.rdma_verbs import VerbsEndpoints
 
@@ -136,11 +138,13 @@ class RdmaTransport(Transport):
             self._endpoint() as endpoint,
         ):
             local = endpoint.local()
-            channel.send(Offer(model, size, digest, self.chunk_bytes, local, token=self._token))
+            offer = sign_offer(Offer(model, size, digest, self.chunk_bytes, local), self._token)
+            channel.send(offer)
             reply = channel.receive()
             if not isinstance(reply, Accept):
                 reason = getattr(reply, "reason", f"unexpected {reply.type}")
                 raise RdmaUnavailable(f"the worker refused the push: {reason}")
+            check_accept(offer, reply, self._token)
             try:
                 check_gid_types(local, reply.endpoint)
                 endpoint.connect(reply.endpoint)
