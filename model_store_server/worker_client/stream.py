@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 from collections.abc import Callable, Iterator
 
-from model_store_server.worker_errors import broke_off
+from model_store_server.worker_client.errors import broke_off
 
 STREAM_READ_BYTES = 64 * 1024
 

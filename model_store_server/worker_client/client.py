@@ -1,12 +1,12 @@
-"""How the store talks to its inference worker over HTTP (control calls and inference).
+"""``WorkerClient``: the store's HTTP calls to one inference worker (control and inference).
 
 Every call maps transport failures onto the store's errors
-(``worker_errors``): an unreachable worker is ``WorkerUnavailable`` (503), a
+(``errors``): an unreachable worker is ``WorkerUnavailable`` (503), a
 worker that answers with an error is ``WorkerError`` (502) carrying the
 worker's status and message.
 
 Control calls and inference reuse keep-alive connections from a bounded pool
-(``worker_pool``, WORKER_POOL_SIZE idle connections). A call that still
+(``pool``, WORKER_POOL_SIZE idle connections). A call that still
 breaks on a reused connection is retried once on a fresh one, only where
 that is safe: the call is idempotent (status, unload, evict) or sending it
 failed, so the worker never read it. Pushes always use a fresh connection.
@@ -24,30 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from model_store_server.worker_errors import (
+from model_store_server.worker_client.errors import (
     SourceChanged,
     WorkerError,
     WorkerUnavailable,
     WorkerUnproven,
     broke_off,
 )
-from model_store_server.worker_pool import ConnectionPool
-from model_store_server.worker_report import WorkerReport, read_report
-from model_store_server.worker_stream import InferenceStream
+from model_store_server.worker_client.pool import ConnectionPool
+from model_store_server.worker_client.report import WorkerReport, read_report
+from model_store_server.worker_client.stream import InferenceStream
 from model_swap import worker_auth
 from model_swap.logs import current_request_id
 
-__all__ = [
-    "InferenceStream",
-    "SourceChanged",
-    "WorkerClient",
-    "WorkerError",
-    "WorkerReport",
-    "WorkerUnavailable",
-    "WorkerUnproven",
-]
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("model_store_server.worker_client")
 
 # A push is sent in steps of this size, so its progress can be reported between them.
 SENDFILE_STEP_BYTES = 16 * 1024 * 1024

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from model_store_server.worker_errors import WorkerError
+from model_store_server.worker_client.errors import WorkerError
 from model_swap.names import InvalidModelName, validate_model_name
 
 logger = logging.getLogger("model_store_server.worker_client")

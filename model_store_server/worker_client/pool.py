@@ -17,7 +17,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from model_store_server.worker_errors import WorkerUnavailable
+from model_store_server.worker_client.errors import WorkerUnavailable
 
 logger = logging.getLogger("model_store_server.worker_client")
 
