@@ -12,6 +12,9 @@ size and digest only once it is in place. Any failure, an unexpected
 exception from pyverbs included, answers ``nack`` (or ``refuse`` before the
 transfer) and keeps nothing. At most WORKER_RDMA_MAX_OFFERS pushes run at
 once; a further offer is refused, so the store falls back or fails at once.
+With WORKER_TOKEN, an offer must be signed with it (a replayed or altered
+offer is refused before any queue pair is set up) and the accept carries the
+worker's proof of it; the token itself never crosses the connection.
 
 Where RDMA cannot work (pyverbs missing, no device) the listener still runs
 and refuses each offer with that reason, so the store can say why (and fall

@@ -11,7 +11,9 @@ worker's acknowledgement names the size and digest that were sent; such an
 ack is final, whatever the queue pair reports after it (a lost transport ACK
 can fail the last send's completion although the data arrived). To load, it
 then calls the worker's HTTP ``POST /load_model_from_local_store``; control
-calls stay HTTP.
+calls stay HTTP. With WORKER_TOKEN the offer is signed with it and the worker's
+accept must prove it holds the token before a byte is sent
+(``model_swap.rdma_messages``).
 
 This backend owns its failures: any exception from the RDMA session, an
 unexpected ``TypeError`` from pyverbs included, leaves ``push`` as
