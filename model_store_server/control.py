@@ -135,7 +135,7 @@ class ModelControl:
         deadline = service.deadline()
         failure = None
         try:
-            service.ensure_synced(deadline, node)
+            service.ensure_synced(deadline, node=node)
             try:
                 swap = node.view.take_away(model, action, deadline)
             except Busy as err:

@@ -119,7 +119,7 @@ class SwapService(Syncing):
             with self.fleet.placed(model, size, footprints, frozenset(avoid)) as node:
                 attempt.node = node
                 try:
-                    self.ensure_synced(deadline, node, model, version)
+                    self.ensure_synced(deadline, node=node, model=model, version=version)
                     # Judged with this worker's own N_CTX and PARALLEL, known once synced.
                     footprint = self._footprint(path, node)
                     check(node)  # the request against what this worker reported
