@@ -41,7 +41,7 @@ from model_swap.errors import (
 )
 from model_swap.logs import install_request_ids
 from model_swap.names import InvalidModelName, validate_model_name
-from model_swap.rdma_verbs import PortChoice, VerbsEndpoints
+from model_swap.rdma_setup import endpoints_for
 from model_swap.requests_json import read_json_object
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             settings.worker_host,
             settings.worker_rdma_port,
             token=settings.worker_token,
-            endpoints=VerbsEndpoints(PortChoice.from_settings(settings)),
+            endpoints=endpoints_for(settings),
             max_offers=settings.worker_rdma_max_offers,
         )
         app.extensions["rdma_listener"] = listener.start()

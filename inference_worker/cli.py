@@ -6,27 +6,23 @@ import os
 import sys
 
 from inference_worker.config import WorkerSettings
-from model_swap.service_main import run_service
+from model_swap.service_main import service_command
 
 
-def create_app(settings: WorkerSettings):
+def pin_cpus(settings: WorkerSettings) -> None:
+    """CPU_AFFINITY, in the serving process before llama.cpp starts its threads (they
+    inherit it)."""
     if settings.cpu_affinity:
-        # In the serving process, before llama.cpp starts its threads (they inherit it).
         os.sched_setaffinity(0, settings.cpu_affinity)
-    # Imported here: settings are checked (and an error reported) before the app
-    # module and what it needs (llama.cpp, on the worker) are loaded.
-    from inference_worker.app import create_app
-
-    return create_app(settings)
 
 
-def main() -> int:
-    return run_service(
-        "inference-worker",
-        WorkerSettings.from_env,
-        create_app,
-        lambda s: (s.worker_host, s.worker_port),
-    )
+main = service_command(
+    "inference-worker",
+    WorkerSettings.from_env,
+    "inference_worker.app",
+    lambda s: (s.worker_host, s.worker_port),
+    prepare=pin_cpus,
+)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_swap.generation import MAX_MESSAGES
-from model_swap.logs import LOG_FORMATS
-from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
+from model_swap.settings import EnvReader, SettingsError, shared_options
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -163,21 +162,9 @@ class WorkerSettings:
             prefix_cache=env.flag("PREFIX_CACHE", DEFAULTS["PREFIX_CACHE"]),
             n_threads=env.integer("N_THREADS", DEFAULTS["N_THREADS"], minimum=0),
             cpu_affinity=_cpu_list(env.optional_text("CPU_AFFINITY", "")),
-            max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),
-            max_request_bytes=env.integer(
-                "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
-            ),
-            worker_token=env.secret("WORKER_TOKEN"),
-            log_level=env.choice(
-                "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
-            ),
-            log_format=env.choice("LOG_FORMAT", DEFAULTS["LOG_FORMAT"], LOG_FORMATS),
-            metrics_public=env.flag("METRICS_PUBLIC", DEFAULTS["METRICS_PUBLIC"]),
             worker_rdma=env.flag("WORKER_RDMA", DEFAULTS["WORKER_RDMA"]),
-            worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
-            **serving_options(env, DEFAULTS),
+            **shared_options(env, DEFAULTS),
             worker_rdma_max_offers=env.integer(
                 "WORKER_RDMA_MAX_OFFERS", DEFAULTS["WORKER_RDMA_MAX_OFFERS"], minimum=1
             ),
-            **rdma_port_choice(env, DEFAULTS),
         )

@@ -2,7 +2,7 @@
 
 Checks the body, asks the engine for the resident model and
 ``inference_worker.embeddings`` for the vectors, and answers with one JSON
-object (the store's ``embeddings_api.read_answer`` reads it).
+object (the store's ``model_store_server.api.embeddings.read_answer`` reads it).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ size and digest only once it is in place. Any failure, an unexpected
 exception from pyverbs included, answers ``nack`` (or ``refuse`` before the
 transfer) and keeps nothing. At most WORKER_RDMA_MAX_OFFERS pushes run at
 once; a further offer is refused, so the store falls back or fails at once.
+With WORKER_TOKEN, an offer must be signed with it (a replayed or altered
+offer is refused before any queue pair is set up) and the accept carries the
+worker's proof of it; the token itself never crosses the connection.
 
 Where RDMA cannot work (pyverbs missing, no device) the listener still runs
 and refuses each offer with that reason, so the store can say why (and fall
@@ -21,7 +24,6 @@ arrives (and once at start, to log which port pushes will use).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socketserver
 import threading
@@ -43,14 +45,17 @@ from model_swap.rdma_protocol import (
     Offer,
     ProtocolError,
     RdmaError,
-    RdmaUnavailable,
     Refuse,
     TransferFailed,
+    answer_offer,
     check_gid_types,
+    check_offer,
 )
+from model_swap.rdma_setup import check_start
 from model_swap.rdma_verbs import VerbsEndpoints
 from model_swap.serving import BackgroundServer
 from model_swap.settings import SettingsError
+from model_swap.worker_auth import Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +149,21 @@ def serve_push(
     token: str = "",
     endpoints: EndpointFactory | None = None,
     offers: threading.BoundedSemaphore | None = None,
+    verifier: Verifier | None = None,
 ) -> Received | None:
     """Handle one control connection from offer to ack; returns what was received, if anything.
 
-    With ``token`` set, an offer must carry the same token (compared in
-    constant time). ``offers`` bounds the pushes served at once: an offer that
-    finds it exhausted is refused.
+    With ``token`` set, an offer must be signed with it (``check_offer``: not
+    older than the signature window, not replayed; ``verifier`` remembers the
+    nonces) and the accept carries the worker's proof. ``offers`` bounds the
+    pushes served at once: an offer that finds it exhausted is refused.
     """
     try:
         offer = channel.receive(OFFER_TIMEOUT)
         if not isinstance(offer, Offer):
             raise ProtocolError(f"expected an offer, got {offer.type}")
-        if token and not hmac.compare_digest(offer.token.encode(), token.encode()):
-            raise ProtocolError("unauthorized: missing or invalid token")
+        if token:
+            check_offer(offer, verifier or Verifier(token))
     except ProtocolError as err:
         logger.warning("refused an RDMA push from %s: %s", peer, err)
         channel.send_quietly(Refuse(str(err)))
@@ -170,7 +177,7 @@ def serve_push(
         channel.send_quietly(Refuse(reason))
         return None
     try:
-        return _receive(channel, cache, peer, offer, endpoints or VerbsEndpoints())
+        return _receive(channel, cache, peer, offer, endpoints or VerbsEndpoints(), token)
     finally:
         if offers is not None:
             offers.release()
@@ -183,7 +190,7 @@ def _refuse(channel: ControlChannel, offer: Offer, peer: str, err: BaseException
 
 
 def _receive(
-    channel: ControlChannel, cache: ModelCache, peer: str, offer: Offer, endpoints
+    channel: ControlChannel, cache: ModelCache, peer: str, offer: Offer, endpoints, token: str
 ) -> Received | None:
     try:
         endpoint = endpoints(RING_SLOTS, offer.chunk_bytes)
@@ -200,7 +207,7 @@ def _receive(
         except Exception as err:  # noqa: BLE001 - as above
             _refuse(channel, offer, peer, err)
             return None
-        channel.send(Accept(local, RING_SLOTS))
+        channel.send(Accept(local, RING_SLOTS, proof=answer_offer(offer, token)))
         source = RingReader(ring_blocks(endpoint, channel, offer.size))
         received = answer_push(channel, cache, offer, source)
         # Tearing the queue pair down at once could drop the transport ACKs of the last
@@ -225,7 +232,13 @@ class _Handler(socketserver.BaseRequestHandler):
         with ControlChannel(self.request, timeout=IDLE_TIMEOUT) as channel:
             try:
                 serve_push(
-                    channel, server.cache, peer, server.token, server.endpoints, server.offers
+                    channel,
+                    server.cache,
+                    peer,
+                    server.token,
+                    server.endpoints,
+                    server.offers,
+                    server.verifier,
                 )
             except RdmaError as err:
                 logger.warning("RDMA push from %s failed: %s", peer, err)
@@ -247,6 +260,7 @@ class _Server(socketserver.ThreadingTCPServer):
     ):
         self.cache = cache
         self.token = token
+        self.verifier = Verifier(token) if token else None  # one nonce memory: no replays
         self.endpoints = endpoints
         self.offers = threading.BoundedSemaphore(max_offers)
         super().__init__(address, _Handler)
@@ -283,21 +297,16 @@ class RdmaListener(BackgroundServer):
         """Start serving; raises SettingsError if RDMA is usable here but RLIMIT_MEMLOCK
         cannot pin ``max_offers`` rings of the default chunk size."""
         try:
-            usable, where = self.endpoints.check_start(
+            check_start(
+                self.endpoints,
                 self.max_offers * RING_SLOTS * DEFAULT_CHUNK_BYTES,
-                f"the RDMA listener (WORKER_RDMA_MAX_OFFERS={self.max_offers})",
+                f"the RDMA listener on {self.host}:{self.port} "
+                f"(WORKER_RDMA_MAX_OFFERS={self.max_offers})",
+                "WORKER_RDMA=1",
+                unusable=f"the listener on {self.host}:{self.port} refuses every push with "
+                "this reason",
             )
-        except RdmaUnavailable as err:
+        except SettingsError:
             self.stop()
-            raise SettingsError(f"WORKER_RDMA=1: {err}") from err
-        if usable:
-            logger.info("RDMA listener on %s:%d using %s", self.host, self.port, where)
-        else:
-            logger.warning(
-                "RDMA listener on %s:%d, but RDMA is not usable here (%s): every push "
-                "will be refused with this reason",
-                self.host,
-                self.port,
-                where,
-            )
+            raise
         return super().start()

@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 from model_store_server.policies import POLICIES, Tier
 from model_store_server.policies.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
 from model_swap.generation import MAX_MESSAGES
-from model_swap.logs import LOG_FORMATS
-from model_swap.settings import EnvReader, SettingsError, rdma_port_choice, serving_options
+from model_swap.settings import EnvReader, SettingsError, shared_options
 
 # How model bytes reach the worker (model_store_server/transport/factory.py).
 TRANSPORTS = ("auto", "http", "rdma")
@@ -252,8 +251,6 @@ class StoreSettings:
             transport=env.choice("TRANSPORT", DEFAULTS["TRANSPORT"], TRANSPORTS),
             allow_fallback=env.flag("ALLOW_FALLBACK", DEFAULTS["ALLOW_FALLBACK"]),
             worker_rdma_host=env.text("WORKER_RDMA_HOST", DEFAULTS["WORKER_RDMA_HOST"]),
-            worker_rdma_port=env.port("WORKER_RDMA_PORT", DEFAULTS["WORKER_RDMA_PORT"]),
-            **rdma_port_choice(env, DEFAULTS),
             store_host=env.text("STORE_HOST", DEFAULTS["STORE_HOST"]),
             store_port=env.port("STORE_PORT", DEFAULTS["STORE_PORT"]),
             worker_connect_timeout=env.number(
@@ -267,14 +264,9 @@ class StoreSettings:
             worker_pool_size=env.integer(
                 "WORKER_POOL_SIZE", DEFAULTS["WORKER_POOL_SIZE"], minimum=0
             ),
-            max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),
-            max_request_bytes=env.integer(
-                "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
-            ),
             max_prompt_chars=env.integer(
                 "MAX_PROMPT_CHARS", DEFAULTS["MAX_PROMPT_CHARS"], minimum=1
             ),
-            worker_token=env.secret("WORKER_TOKEN"),
             api_keys=env.secret_list("API_KEYS"),
             admin_keys=env.secret_list("ADMIN_KEYS"),
             drain_keys=env.secret_list("DRAIN_KEYS"),
@@ -283,13 +275,8 @@ class StoreSettings:
                 for h in env.optional_text("ALLOWED_HOSTS", "").split(",")
                 if h.strip()
             ),
-            log_level=env.choice(
-                "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
-            ),
-            log_format=env.choice("LOG_FORMAT", DEFAULTS["LOG_FORMAT"], LOG_FORMATS),
-            metrics_public=env.flag("METRICS_PUBLIC", DEFAULTS["METRICS_PUBLIC"]),
             ollama_api=env.flag("OLLAMA_API", DEFAULTS["OLLAMA_API"]),
-            **serving_options(env, DEFAULTS),
+            **shared_options(env, DEFAULTS),
         )
 
 

@@ -39,11 +39,6 @@ class ModelControl:
     def _watch(self, node: WorkerNode) -> None:
         node.view.on_idle = self._wake.set
 
-    @property
-    def state(self):
-        """The first worker's view (the seed's one worker)."""
-        return self.service.state
-
     def _published(
         self,
         operation: str,
@@ -140,7 +135,7 @@ class ModelControl:
         deadline = service.deadline()
         failure = None
         try:
-            service.ensure_synced(deadline, node)
+            service.ensure_synced(deadline, node=node)
             try:
                 swap = node.view.take_away(model, action, deadline)
             except Busy as err:

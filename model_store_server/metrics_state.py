@@ -28,10 +28,11 @@ class StateCollector:
 
     def collect(self):
         service = self.service
-        snapshot = service.state.snapshot()
+        view = service.fleet.first().view
+        snapshot = view.snapshot()
         tiers = {
-            "cache": (service.state.cache, snapshot.cached),
-            "resident": (service.state.resident, snapshot.resident),
+            "cache": (view.cache, snapshot.cached),
+            "resident": (view.resident, snapshot.resident),
         }
         models = GaugeMetricFamily(
             "model_swap_models", "Models held in each tier (cache: worker disk)", labels=["tier"]

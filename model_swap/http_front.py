@@ -41,17 +41,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from model_swap.http_body import ChunkedBody, SizedBody
 from model_swap.http_conn import Conn, FrontLimits
+from model_swap.http_exchange import serve_exchange
 from model_swap.http_parse import BadHead
-from model_swap.http_probes import probe_answer, probe_path
-from model_swap.http_request import (
-    build_environ,
-    probe_response,
-    run_wsgi,
-    simple_response,
-)
-from model_swap.http_send import Sender, SlowDownload
+from model_swap.http_probes import answer_probe
+from model_swap.http_request import simple_response
+from model_swap.http_send import SlowDownload
 
 __all__ = ["FrontLimits", "FrontServer"]
 
@@ -304,32 +299,16 @@ class FrontServer:
     def _answer_probe(self, conn: Conn) -> bool:
         """Answer ``GET /health`` (and ``/ready``) without a body from the loop; True if it
         did (the connection then holds whatever followed that request, or is closed)."""
-        head = conn.head
-        path = probe_path(head, self._app_readiness is not None)
-        if path is None:
-            return False
-        keep = head.keep_alive and not self._draining.is_set()
         full = self.queued_requests() >= self.limits.max_queued
-        status, payload = probe_answer(
-            path, self._draining.is_set(), full, self._app_readiness, self.name
+        answered = answer_probe(
+            conn, self.limits, self._draining.is_set(), full, self._app_readiness, self.name
         )
-        data = probe_response(status, payload, keep, head.method == "HEAD")
-        del conn.buffer[: conn.head_end]
-        conn.head, conn.parser, conn.fed = None, None, 0
+        if answered is None:
+            return False
         self.probes_answered += 1
-        try:
-            sent = conn.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = -1
-        if sent != len(data) or not keep:
+        if not answered:
             self._close(conn)  # a client that does not read its probe's answer is let go
             conn.buffer.clear()
-            return True
-        conn.deadline = time.monotonic() + (
-            self.limits.header_timeout if conn.buffer else self.limits.keepalive_timeout
-        )
         return True
 
     def _reject(self, conn: Conn, status: int, message: str, extra: tuple = ()) -> None:
@@ -397,7 +376,9 @@ class FrontServer:
             self._queued -= 1
         keep = False
         try:
-            keep = self._serve_one(conn)
+            keep = serve_exchange(
+                conn, self.app, self.limits, self.address, not self._draining.is_set()
+            )
         except SlowDownload as err:
             with self._lock:
                 self.slow_readers_cut += 1
@@ -415,35 +396,3 @@ class FrontServer:
                     conn.sock.close()
                 with self._lock:
                     self._conns.discard(conn)
-
-    def _serve_one(self, conn: Conn) -> bool:
-        head, sock, parser = conn.head, conn.sock, conn.parser
-        sock.setblocking(True)
-        sock.settimeout(self.limits.io_timeout)
-        held = bytes(conn.buffer[conn.head_end :])
-        conn.buffer.clear()
-        conn.head, conn.parser, conn.fed = None, None, 0
-        send_continue = None
-        if head.expect_continue and not conn.continued:
-
-            def send_continue():
-                sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-        conn.continued = False
-        rate, window = self.limits.min_upload_rate, self.limits.upload_rate_window
-        if head.chunked:
-            body = ChunkedBody(sock, held, rate, send_continue, parser=parser, window=window)
-        else:
-            length = head.content_length or 0
-            body = SizedBody(sock, held[:length], length, rate, send_continue, window=window)
-            conn.buffer += held[length:]  # a pipelined request that followed a sized body
-        environ = build_environ(head, body, self.address, conn.peer)
-        keep_alive = head.keep_alive and not self._draining.is_set()
-        limits = self.limits
-        sender = Sender(
-            sock, limits.io_timeout, limits.min_download_rate, limits.download_rate_window
-        )
-        keep = run_wsgi(self.app, sender, head, body, environ, keep_alive)
-        if head.chunked and keep:
-            conn.buffer += body.leftover()
-        return keep and body.done

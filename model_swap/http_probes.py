@@ -10,8 +10,10 @@ extension has its own ``/ready`` route answer through the pool.
 from __future__ import annotations
 
 import logging
+import time
 
 from model_swap.http_parse import Head
+from model_swap.http_request import probe_response
 
 logger = logging.getLogger(__name__)
 
@@ -44,3 +46,31 @@ def probe_answer(
         logger.exception("%s: the readiness check failed", name)
         return 503, {"ready": False, "reason": "readiness check failed"}
     return (200 if ready else 503), {"ready": bool(ready), **details}
+
+
+def answer_probe(conn, limits, draining: bool, queue_full: bool, readiness, name: str):
+    """Answer the probe whose head ``conn`` holds, from the loop: None if it is not a
+    probe, True once answered (the connection keeps what followed it, with a new
+    deadline), False if the connection should be closed (answer not taken, or no
+    keep-alive)."""
+    head = conn.head
+    path = probe_path(head, readiness is not None)
+    if path is None:
+        return None
+    keep = head.keep_alive and not draining
+    status, payload = probe_answer(path, draining, queue_full, readiness, name)
+    data = probe_response(status, payload, keep, head.method == "HEAD")
+    del conn.buffer[: conn.head_end]
+    conn.head, conn.parser, conn.fed = None, None, 0
+    try:
+        sent = conn.sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        sent = -1
+    if sent != len(data) or not keep:
+        return False
+    conn.deadline = time.monotonic() + (
+        limits.header_timeout if conn.buffer else limits.keepalive_timeout
+    )
+    return True

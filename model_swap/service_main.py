@@ -8,6 +8,7 @@ until SIGTERM, SIGINT or SIGHUP; exit 0 after a clean stop.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,32 @@ from typing import Any
 from model_swap.logs import configure_logging
 from model_swap.serving import ServeOptions, serve_production
 from model_swap.settings import SettingsError
+
+
+def service_command(
+    name: str,
+    load_settings: Callable[[], Any],
+    app_module: str,
+    address: Callable[[Any], tuple[str, int]],
+    prepare: Callable[[Any], None] | None = None,
+) -> Callable[[], int]:
+    """A service's command-line ``main``: ``run_service`` with the app built by
+    ``app_module``'s ``create_app(settings)``, after ``prepare(settings)`` if given.
+
+    The app module is imported in the serving process, once the settings are
+    checked, so a bad setting is reported before the app and what it needs
+    (llama.cpp, on the worker) are loaded.
+    """
+
+    def create_app(settings):
+        if prepare is not None:
+            prepare(settings)
+        return importlib.import_module(app_module).create_app(settings)
+
+    def main() -> int:
+        return run_service(name, load_settings, create_app, address)
+
+    return main
 
 
 def run_service(

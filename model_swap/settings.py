@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from model_swap.logs import LOG_FORMATS
 from model_swap.names import InvalidModelName, validate_model_name
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -193,6 +194,30 @@ class EnvReader:
                 "(valid: scheme, host and port only)"
             )
         return value.rstrip("/")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def shared_options(env: EnvReader, defaults: Mapping[str, object]) -> dict:
+    """The settings both services read the same way, as settings fields: logging
+    (LOG_LEVEL, LOG_FORMAT), METRICS_PUBLIC, the request bounds (MAX_MESSAGES,
+    MAX_REQUEST_BYTES), WORKER_TOKEN, the RDMA listener's port and device
+    (WORKER_RDMA_PORT, ``rdma_port_choice``) and the front server's
+    (``serving_options``). Each service's ``config.py`` keeps their defaults."""
+    return {
+        "max_messages": env.integer("MAX_MESSAGES", defaults["MAX_MESSAGES"], minimum=1),
+        "max_request_bytes": env.integer(
+            "MAX_REQUEST_BYTES", defaults["MAX_REQUEST_BYTES"], minimum=1024
+        ),
+        "worker_token": env.secret("WORKER_TOKEN"),
+        "log_level": env.choice("LOG_LEVEL", defaults["LOG_LEVEL"], LOG_LEVELS),
+        "log_format": env.choice("LOG_FORMAT", defaults["LOG_FORMAT"], LOG_FORMATS),
+        "metrics_public": env.flag("METRICS_PUBLIC", defaults["METRICS_PUBLIC"]),
+        "worker_rdma_port": env.port("WORKER_RDMA_PORT", defaults["WORKER_RDMA_PORT"]),
+        **rdma_port_choice(env, defaults),
+        **serving_options(env, defaults),
+    }
 
 
 def rdma_port_choice(env: EnvReader, defaults: Mapping[str, object]) -> dict:

@@ -29,6 +29,9 @@ from model_swap.rdma_protocol import (
     Endpoint,
     Offer,
     RdmaUnavailable,
+    Refuse,
+    encode,
+    sign_offer,
 )
 from model_swap.rdma_verbs import check_memlock
 from tests.conftest import (
@@ -54,11 +57,17 @@ def fabric() -> FakeFabric:
 def listen(worker, fabric, request):
     """Start an RdmaListener on ``worker``'s cache over the fake fabric; returns it."""
 
-    def start(faults: FakeFaults | None = None, gid_type: str = "roce-v2", max_offers: int = 2):
+    def start(
+        faults: FakeFaults | None = None,
+        gid_type: str = "roce-v2",
+        max_offers: int = 2,
+        token: str = "",
+    ):
         listener = RdmaListener(
             worker.app.extensions["model_cache"],
             "127.0.0.1",
             0,
+            token=token,
             endpoints=fabric.endpoints(gid_type=gid_type, faults=faults),
             max_offers=max_offers,
         ).start()
@@ -72,7 +81,7 @@ def client_for(worker) -> WorkerClient:
     return WorkerClient(worker.url, connect_timeout=5, read_timeout=30)
 
 
-def rdma(worker, listener, fabric, faults=None, gid_type="roce-v2", read_timeout=30.0):
+def rdma(worker, listener, fabric, faults=None, gid_type="roce-v2", read_timeout=30.0, token=""):
     return RdmaTransport(
         client_for(worker),
         "127.0.0.1",
@@ -80,6 +89,7 @@ def rdma(worker, listener, fabric, faults=None, gid_type="roce-v2", read_timeout
         connect_timeout=5,
         read_timeout=read_timeout,
         chunk_bytes=CHUNK,
+        token=token,
         endpoints=fabric.endpoints(gid_type=gid_type, faults=faults),
     )
 
@@ -112,8 +122,9 @@ def test_a_push_wraps_the_ring_and_lands_verified(worker, listen, fabric, models
 
 def test_the_store_serves_a_model_pushed_over_the_fake(worker, listen, fabric, start_store):
     store = start_store(worker)
-    service = store.app.extensions["swap_service"]
-    service.transport = rdma(worker, listen(), fabric)
+    store.app.extensions["swap_service"].fleet.first().executor.transport = rdma(
+        worker, listen(), fabric
+    )
     r = ask(store, A)
     assert r.status_code == 200, r.text
     assert (r.headers["X-Transport"], r.headers["X-Model"]) == ("rdma", A)
@@ -205,7 +216,7 @@ def test_any_exception_from_the_workers_verbs_is_a_refusal_or_a_nack(
 
 def test_without_fallback_the_store_answers_502_rdma_failed(worker, listen, fabric, start_store):
     store = start_store(worker)
-    store.app.extensions["swap_service"].transport = rdma(
+    store.app.extensions["swap_service"].fleet.first().executor.transport = rdma(
         worker, listen(), fabric, FakeFaults(raises={"post_send": TypeError("bad SGE")})
     )
     r = ask(store, A)
@@ -221,7 +232,8 @@ def test_with_fallback_the_store_serves_over_http(worker, listen, fabric, start_
     store = start_store(worker)
     primary = rdma(worker, listen(), fabric, FakeFaults(raises={"poll": AttributeError("wc")}))
     http = HttpTransport(client_for(worker))
-    store.app.extensions["swap_service"].transport = FallbackTransport(primary, http)
+    executor = store.app.extensions["swap_service"].fleet.first().executor
+    executor.transport = FallbackTransport(primary, http)
     r = ask(store, A)
     assert r.status_code == 200, r.text
     assert r.headers["X-Transport"] == "http"
@@ -272,3 +284,66 @@ def test_the_fake_is_named_as_a_fake(fabric):
     endpoint = fabric.endpoints(gid_type="ib")(4, CHUNK)
     assert isinstance(endpoint.local(), Endpoint) and endpoint.local().gid_type == "ib"
     endpoint.close()
+
+
+# -- WORKER_TOKEN over the handshake (issue 32) ------------------------------------------
+
+TOKEN = "worker-secret-0123456789"
+
+
+def test_with_the_token_on_both_sides_a_signed_push_lands(worker, listen, fabric, models_dir):
+    transport = rdma(worker, listen(token=TOKEN), fabric, token=TOKEN)
+    path = models_dir / B
+    result = transport.push(B, path, digest=file_digest(path), load=False)
+    assert (result.transport, result.nbytes) == ("rdma", path.stat().st_size)
+    assert files_on_disk(worker) == [B]
+
+
+@pytest.mark.parametrize("store_token", ["", "another-secret-0123456789"])
+def test_a_worker_with_the_token_takes_no_push_from_a_store_without_it(
+    worker, listen, fabric, models_dir, store_token, caplog
+):
+    transport = rdma(worker, listen(token=TOKEN), fabric, token=store_token)
+    path = models_dir / B
+    with pytest.raises(RdmaPushFailed, match="refused the push: unauthorized"):
+        transport.push(B, path, digest=file_digest(path), load=False)
+    assert files_on_disk(worker) == []
+    assert received(worker) == {"uploads": 0, "bytes": 0}
+    # Refused at the offer: the worker never set up a queue pair for it.
+    assert len(fabric.created) == 1  # the store's
+    assert "refused an RDMA push" in caplog.text
+
+
+def test_a_listener_without_the_token_is_sent_no_byte(worker, listen, fabric, models_dir):
+    """An impostor's listener (no WORKER_TOKEN) accepts anything: the store sends it
+    nothing, because its accept proves nothing."""
+    transport = rdma(worker, listen(token=""), fabric, token=TOKEN)
+    path = models_dir / B
+    with pytest.raises(RdmaPushFailed, match="did not prove it holds WORKER_TOKEN"):
+        transport.push(B, path, digest=file_digest(path), load=False)
+    assert all(endpoint._sends == 0 for endpoint in fabric.created)
+    assert nothing_kept(worker)
+    assert received(worker) == {"uploads": 0, "bytes": 0}
+
+
+def test_a_replayed_signed_offer_is_refused(worker, listen, fabric, models_dir):
+    """What crosses the control connection is a signature, never the token, and a
+    recorded offer cannot be sent again."""
+    listener = listen(token=TOKEN)
+    path = models_dir / B
+    store_side = fabric.endpoints()(4, CHUNK)
+    offer = sign_offer(
+        Offer(B, path.stat().st_size, file_digest(path), CHUNK, store_side.local()), TOKEN
+    )
+    assert TOKEN.encode() not in encode(offer)
+    replies = []
+    for _ in range(2):
+        with ControlChannel.connect(
+            "127.0.0.1", listener.port, connect_timeout=5, timeout=10
+        ) as channel:
+            channel.send(offer)
+            replies.append(channel.receive())
+            channel.send_quietly(Abort("test"))
+    assert isinstance(replies[0], Accept) and replies[0].proof
+    assert replies[1] == Refuse("unauthorized: replayed signature")
+    store_side.close()

@@ -10,6 +10,7 @@ nack naming why nothing was kept. Pushes over a ring run in
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from model_swap.rdma_protocol import (
     TransferFailed,
     check_ack,
     encode,
+    sign_offer,
 )
 from tests.conftest import A
 from tests.rdma_support import RDMA_PROBLEM, joined_channels, start_rdma_worker, without_rdma
@@ -74,7 +76,7 @@ def test_an_offer_is_refused_naming_why_rdma_is_unusable(rdma_worker, models_dir
     ("frame", "complaint"),
     [
         (frame(b"hello"), "not a JSON message"),
-        (frame(b'{"type":"ack","protocol":2}'), "size must be an integer"),
+        (frame(b'{"type":"ack","protocol":3}'), "size must be an integer"),
         (encode(Nack("x")), "expected an offer, got nack"),
         (frame(b'{"type":"offer","protocol":0}'), "protocol version 0"),
     ],
@@ -194,20 +196,25 @@ def test_a_transfer_that_breaks_off_is_nacked_and_leaves_nothing(
     assert list(cache.directory.iterdir()) == []
 
 
-def test_with_a_worker_token_an_offer_without_it_is_refused(start_worker, request, models_dir):
+def test_with_a_worker_token_an_offer_not_signed_with_it_is_refused(
+    start_worker, request, models_dir
+):
     token = "worker-secret-0123456789"
     worker = start_rdma_worker(start_worker, request, worker_token=token)
     path = models_dir / A
     offer = Offer(A, path.stat().st_size, file_digest(path), 1 << 20, STORE_ENDPOINT)
-    for presented in ("", "wrong-secret-0123456789"):
+    for presented, why in (
+        (offer, "the offer is not signed"),
+        (sign_offer(offer, "wrong-secret-0123456789"), "invalid signature"),
+        (replace(sign_offer(offer, token), size=1), "invalid signature"),  # altered after
+    ):
         with connect(worker) as channel:
-            channel.send(Offer(**{**offer.__dict__, "token": presented}))
+            channel.send(presented)
             reply = channel.receive()
-        assert reply == Refuse("unauthorized: missing or invalid token")
-    with connect(worker) as channel:  # with the token the offer gets past the check
-        channel.send(Offer(**{**offer.__dict__, "token": token}))
+        assert reply == Refuse(f"unauthorized: {why}")
+    with connect(worker) as channel:  # signed with the token the offer gets past the check
+        channel.send(sign_offer(offer, token))
         reply = channel.receive()
     assert isinstance(reply, Refuse) and "unauthorized" not in reply.reason
-    assert token not in repr(offer) and "token" not in repr(
-        Offer(**{**offer.__dict__, "token": token})
-    )
+    signed = sign_offer(offer, token)
+    assert token not in repr(signed) and token.encode() not in encode(signed)

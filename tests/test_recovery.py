@@ -193,7 +193,7 @@ def test_a_failure_between_the_decision_and_the_swap_gives_the_slot_back(worker,
             pass
         else:
             raise AssertionError("on_decided's error was swallowed")
-        assert service.state.gate.idle
+        assert service.fleet.first().view.gate.idle
         ask(store, A)
     status = store_status(store)
     assert not status["swapping"] and status["generating"] == 0
@@ -208,7 +208,7 @@ def test_a_stale_view_never_holds_up_a_hit_on_another_resident_model(worker, sta
     store = start_store(worker, max_loaded_models=2, swap_wait_timeout=2)
     assert ask(store, A).status_code == 200
     assert ask(store, B).status_code == 200
-    view = store.app.extensions["swap_service"].state
+    view = store.app.extensions["swap_service"].fleet.first().view
     stream_on_a = view.admit(A, time.monotonic() + 30)  # held by the test: a slow stream
     try:
         view.mark_unsynced()

@@ -305,7 +305,7 @@ def test_parallel_generations_on_two_resident_models(start_store, worker):
 def test_a_hit_completes_while_another_model_swaps_in(start_store, worker):
     store = start_store(worker, max_cache_size=3, max_loaded_models=2)
     ask(store, A)
-    state = store.app.extensions["swap_service"].state
+    state = store.app.extensions["swap_service"].fleet.first().view
     pending = state.admit(B, time.monotonic() + 5)  # B's swap holds the slot, as a push would
     assert pending.owns_swap and pending.decision.action is Action.LOAD_FROM_STORE
     try:

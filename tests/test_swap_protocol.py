@@ -42,9 +42,9 @@ class TypeErrorBeforePush(HttpTransport):
 
 def use_transport(store, transport_class) -> HttpTransport:
     """Register ``transport_class`` as the store's transport, through its app."""
-    service = store.app.extensions["swap_service"]
-    original = service.transport
-    service.transport = transport_class(service.client)
+    node = store.app.extensions["swap_service"].fleet.first()
+    original = node.executor.transport
+    node.executor.transport = transport_class(node.client)
     return original
 
 

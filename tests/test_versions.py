@@ -144,7 +144,7 @@ def test_a_file_rewritten_after_it_was_hashed_is_pushed_as_the_new_version(
     with the new version (before: a 502 for a file merely updated)."""
     store = start_store(worker, transport=transport)
     assert ask(store, B).status_code == 200
-    view = store.app.extensions["swap_service"].state
+    view = store.app.extensions["swap_service"].fleet.first().view
     slot = view.hold(B, time.monotonic() + 30)  # a swap holds the slot: A waits its turn
     answer = {}
     thread = threading.Thread(target=lambda: answer.setdefault("r", ask(store, A)))

@@ -6,7 +6,7 @@ does (a 400 naming the field for anything wrong or unsupported) and
 the inputs, one request for the whole batch). ``read_answer`` reads the
 worker's answer (unit vectors as little-endian float32) and ``openai_body``
 formats OpenAI's answer, as floats or base64. The Ollama surface
-(``ollama_api``) reuses ``parse_inputs`` and ``read_answer``. Nothing here
+(``api/ollama.py``) reuses ``parse_inputs`` and ``read_answer``. Nothing here
 does I/O.
 """
 

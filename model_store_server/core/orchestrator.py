@@ -34,7 +34,7 @@ from model_store_server.core.grants import Hit, Swap, Ticket
 from model_store_server.core.streams import Served, close_generation, relay, stream_error_marker
 from model_store_server.core.syncing import Syncing
 from model_store_server.core.view_control import PinConflict
-from model_store_server.core.worker_view import Rejected, TooLarge, WorkerView
+from model_store_server.core.worker_view import Rejected, TooLarge
 from model_store_server.files import ModelFiles, ModelUnloadable
 from model_store_server.policies.cost_model import CostModel
 from model_store_server.worker_client import InferenceStream
@@ -53,8 +53,9 @@ T = TypeVar("T")
 class SwapService(Syncing):
     """Everything the store's routes call, for its workers (``fleet``). Thread-safe.
 
-    ``state``, ``client``, ``executor`` and ``transport`` are the first
-    worker's (the seed's one worker; ``/status``'s top-level fields).
+    Each worker's view, client, executor and transport are its ``WorkerNode``'s:
+    ``fleet.nodes``, ``fleet.find(id or url)``, or ``fleet.first()`` for the one
+    ``/status``'s top-level fields describe (the seed's one worker).
     """
 
     def __init__(self, settings: StoreSettings, *, clock=time.monotonic, resolver=resolve_ipv4):
@@ -67,26 +68,6 @@ class SwapService(Syncing):
         self.models_dir = self.files.models_dir
         self.model_path = self.files.path
         self.available = self.files.available
-
-    @property
-    def state(self) -> WorkerView:
-        return self.fleet.first().view
-
-    @property
-    def client(self):
-        return self.fleet.first().client
-
-    @property
-    def executor(self):
-        return self.fleet.first().executor
-
-    @property
-    def transport(self):
-        return self.executor.transport
-
-    @transport.setter
-    def transport(self, transport) -> None:
-        self.executor.transport = transport
 
     @property
     def transfers(self):
@@ -138,7 +119,7 @@ class SwapService(Syncing):
             with self.fleet.placed(model, size, footprints, frozenset(avoid)) as node:
                 attempt.node = node
                 try:
-                    self.ensure_synced(deadline, node, model, version)
+                    self.ensure_synced(deadline, node=node, model=model, version=version)
                     # Judged with this worker's own N_CTX and PARALLEL, known once synced.
                     footprint = self._footprint(path, node)
                     check(node)  # the request against what this worker reported

@@ -27,7 +27,8 @@ class Syncing:
     def ensure_synced(
         self,
         deadline: float | None = None,
-        node: WorkerNode | None = None,
+        *,
+        node: WorkerNode,
         model: str | None = None,
         version: str | None = None,
     ) -> None:
@@ -37,9 +38,8 @@ class Syncing:
         for generations on the models the report takes away. With ``model``
         (a request's, at ``version``) it returns without re-reading as soon
         as that model can be served as a hit: a swap running elsewhere never
-        holds up a resident model. ``node``: which worker (default: the first).
+        holds up a resident model. ``node``: which worker.
         """
-        node = node or self.fleet.first()
         view = node.view
         if view.synced:
             return

@@ -4,7 +4,7 @@
 last-use time, size, pin and time-to-live), the admission and victim logic
 under count and byte budgets, and one hook, ``_eviction_order``, through
 which a policy orders its victims. ``CachePolicy`` is the interface the
-store, the simulator and the replay tool use; ``cache_policy.py`` registers
+store, the simulator and the replay tool use; ``registry.py`` registers
 the concrete policies. Pure: no I/O, no logging, an injected clock.
 """
 

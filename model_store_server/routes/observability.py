@@ -49,13 +49,15 @@ def activity():
 
 
 def probe_worker(service) -> dict:
-    """Whether the worker answers ``GET /status`` now, and what it says it holds."""
+    """Whether the first worker (the dashboard's) answers ``GET /status`` now, and what it
+    says it holds."""
+    first = service.fleet.first()
     try:
-        report = service.client.status()
+        report = first.client.status()
     except ApiError as err:
-        return {"url": service.settings.worker_url, "reachable": False, "error": err.message}
+        return {"url": first.url, "reachable": False, "error": err.message}
     return {
-        "url": service.settings.worker_url,
+        "url": first.url,
         "reachable": True,
         "resident": list(report.resident),
         "cached": report.cached,

@@ -101,7 +101,8 @@ def tags():
 @ollama.get("/ps")
 def ps():
     service = swap_service()
-    status = store_status(service)
+    status = store_status(service)  # its top-level fields describe the first worker
+    n_ctx = service.fleet.first().executor.worker_n_ctx
     ttl = status["budgets"]["resident"]["ttl_seconds"]
     models = []
     for entry in status["resident"]:
@@ -111,7 +112,6 @@ def ps():
         except OSError:
             digest = ""
         header = _header(path) if digest else None
-        n_ctx = service.executor.worker_n_ctx
         models.append(ollama_models.ps_entry(entry, ttl, digest, header, n_ctx))
     return jsonify(models=models)
 
@@ -165,9 +165,14 @@ def _answer(parsed: OllamaRequest) -> Response:
     else:
         response = jsonify(served.read_whole(lambda s: ollama_api.whole(parsed, s, timing)))
     response.headers.update(served.headers())
-    n_ctx = swap_service().executor.worker_n_ctx
+    n_ctx = _n_ctx_of(served.worker)
     response.headers.update(ollama_api.context_headers(parsed.job, n_ctx))
     return response
+
+
+def _n_ctx_of(url: str) -> int | None:
+    """N_CTX of the worker at ``url`` as it last reported (None: unknown, or gone)."""
+    return next((n.executor.worker_n_ctx for n in swap_service().fleet.nodes if n.url == url), None)
 
 
 def _load_or_unload(parsed: OllamaRequest) -> Response:

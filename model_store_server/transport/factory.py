@@ -20,9 +20,7 @@ from model_store_server.transport.http import HttpTransport, PushResult, Transpo
 from model_store_server.transport.link import LinkTransport
 from model_store_server.transport.rdma import RdmaPushFailed, RdmaTransport
 from model_store_server.worker_client import WorkerClient
-from model_swap.rdma_protocol import RdmaUnavailable
-from model_swap.rdma_verbs import PortChoice, VerbsEndpoints
-from model_swap.settings import SettingsError
+from model_swap.rdma_setup import check_start, endpoints_for
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +66,14 @@ def build_transport(settings: StoreSettings, client: WorkerClient) -> Transport:
         connect_timeout=settings.worker_connect_timeout,
         read_timeout=settings.worker_read_timeout,
         token=settings.worker_token,
-        endpoints=VerbsEndpoints(PortChoice.from_settings(settings)),
+        endpoints=endpoints_for(settings),
     )
-    try:
-        usable, where = rdma.endpoints.check_start(
-            rdma.slots * rdma.chunk_bytes, "the store's RDMA transport (one push's ring)"
-        )
-    except RdmaUnavailable as err:
-        if not settings.allow_fallback:
-            raise SettingsError(f"TRANSPORT=rdma: {err}") from err
-        logger.warning("TRANSPORT=rdma, but every push will fall back to HTTP: %s", err)
-    else:
-        if usable:
-            logger.info("TRANSPORT=rdma using %s", where)
-        else:
-            logger.warning("TRANSPORT=rdma, but RDMA is not usable here: %s", where)
+    check_start(
+        rdma.endpoints,
+        rdma.slots * rdma.chunk_bytes,
+        "the store's RDMA transport (one push's ring)",
+        "TRANSPORT=rdma",
+        unusable="every push falls back to HTTP" if settings.allow_fallback else "every push fails",
+        fallback="every push will fall back to HTTP" if settings.allow_fallback else "",
+    )
     return FallbackTransport(rdma, http) if settings.allow_fallback else rdma

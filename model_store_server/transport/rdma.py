@@ -11,7 +11,9 @@ worker's acknowledgement names the size and digest that were sent; such an
 ack is final, whatever the queue pair reports after it (a lost transport ACK
 can fail the last send's completion although the data arrived). To load, it
 then calls the worker's HTTP ``POST /load_model_from_local_store``; control
-calls stay HTTP.
+calls stay HTTP. With WORKER_TOKEN the offer is signed with it and the worker's
+accept must prove it holds the token before a byte is sent
+(``model_swap.rdma_messages``).
 
 This backend owns its failures: any exception from the RDMA session, an
 unexpected ``TypeError`` from pyverbs included, leaves ``push`` as
@@ -47,8 +49,10 @@ from model_swap.rdma_protocol import (
     RdmaError,
     RdmaUnavailable,
     TransferFailed,
+    check_accept,
     check_ack,
     check_gid_types,
+    sign_offer,
 )
 from model_swap.rdma_verbs import VerbsEndpoints
 
@@ -136,11 +140,13 @@ class RdmaTransport(Transport):
             self._endpoint() as endpoint,
         ):
             local = endpoint.local()
-            channel.send(Offer(model, size, digest, self.chunk_bytes, local, token=self._token))
+            offer = sign_offer(Offer(model, size, digest, self.chunk_bytes, local), self._token)
+            channel.send(offer)
             reply = channel.receive()
             if not isinstance(reply, Accept):
                 reason = getattr(reply, "reason", f"unexpected {reply.type}")
                 raise RdmaUnavailable(f"the worker refused the push: {reason}")
+            check_accept(offer, reply, self._token)
             try:
                 check_gid_types(local, reply.endpoint)
                 endpoint.connect(reply.endpoint)

@@ -1,16 +1,15 @@
-"""How the store talks to its inference worker over HTTP (control calls and inference).
+"""``WorkerClient``: the store's HTTP calls to one inference worker (control and inference).
 
-Every call maps transport failures onto the store's errors: an unreachable
-worker is ``WorkerUnavailable`` (503), a worker that answers with an error is
-``WorkerError`` (502) carrying the worker's status and message.
+Every call maps transport failures onto the store's errors
+(``errors``): an unreachable worker is ``WorkerUnavailable`` (503), a
+worker that answers with an error is ``WorkerError`` (502) carrying the
+worker's status and message.
 
 Control calls and inference reuse keep-alive connections from a bounded pool
-(WORKER_POOL_SIZE idle connections). A pooled connection the worker closed
-meanwhile (it restarted, or its keep-alive ran out) is noticed before use
-when possible; a call that still breaks on a reused connection is retried
-once on a fresh one, only where that is safe: the call is idempotent (status,
-unload, evict) or sending it failed, so the worker never read it. Pushes
-always use a fresh connection.
+(``pool``, WORKER_POOL_SIZE idle connections). A call that still
+breaks on a reused connection is retried once on a fresh one, only where
+that is safe: the call is idempotent (status, unload, evict) or sending it
+failed, so the worker never read it. Pushes always use a fresh connection.
 """
 
 from __future__ import annotations
@@ -20,96 +19,28 @@ import json
 import logging
 import os
 import secrets
-import select
-import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+from model_store_server.worker_client.errors import (
+    SourceChanged,
+    WorkerError,
+    WorkerUnavailable,
+    WorkerUnproven,
+    broke_off,
+)
+from model_store_server.worker_client.pool import ConnectionPool
+from model_store_server.worker_client.report import WorkerReport, read_report
+from model_store_server.worker_client.stream import InferenceStream
 from model_swap import worker_auth
-from model_swap.errors import Unavailable, WorkerFailed
 from model_swap.logs import current_request_id
-from model_swap.names import InvalidModelName, validate_model_name
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("model_store_server.worker_client")
 
-
-class WorkerUnavailable(Unavailable):
-    """The worker could not be reached (connection refused or timed out)."""
-
-    def __init__(self, message: str):
-        super().__init__(message, retry_after=1, type="worker_unavailable")
-
-
-class WorkerUnproven(Unavailable):
-    """The worker could not prove it holds WORKER_TOKEN: nothing is sent to it."""
-
-    def __init__(self, message: str):
-        super().__init__(message, retry_after=1, type="worker_unproven")
-
-
-class WorkerError(WorkerFailed):
-    """The worker answered with an error status."""
-
-    def __init__(self, message: str, *, worker_status: int | None = None, worker_message: str = ""):
-        super().__init__(message)
-        self.worker_status = worker_status
-        self.worker_message = worker_message or message
-
-
-def _broke_off(what: str, err: BaseException) -> WorkerError:
-    """The client's fixed message for a call that failed in transit; the detail is logged."""
-    logger.warning("worker call %s failed: %r", what, err)
-    return WorkerError(f"the worker connection broke off during {what}")
-
-
-@dataclass(frozen=True)
-class WorkerReport:
-    """What the worker says it holds (its ``GET /status``)."""
-
-    cached: list[str]
-    loaded: str | None
-    n_ctx: int | None = None
-    parallel: int = 1  # sequences per resident model, each with n_ctx tokens of KV cache
-    # The digest each cached file was verified against (None: the worker does not know).
-    digests: dict[str, str | None] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)  # each cached file's bytes
-    # Loaded models, least recently used first, with their estimated memory in bytes.
-    resident: dict[str, int] = field(default_factory=dict)
-
-
-class InferenceStream:
-    """A streaming inference response from the worker; iterate for text, then ``close``."""
-
-    def __init__(
-        self,
-        connection: http.client.HTTPConnection,
-        response: http.client.HTTPResponse,
-        checkin: Callable[[http.client.HTTPConnection, http.client.HTTPResponse], None],
-    ):
-        self._connection: http.client.HTTPConnection | None = connection
-        self._response = response
-        self._checkin = checkin
-        self.model = response.getheader("X-Model")
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            # read1 returns what has arrived (one token's chunk) instead of waiting for more.
-            while chunk := self._response.read1(STREAM_READ_BYTES):
-                yield chunk
-        except (OSError, http.client.HTTPException) as err:
-            raise _broke_off("POST /infer (streaming)", err) from err
-
-    def close(self) -> None:
-        """A stream read to its end gives its connection back to the pool; one left
-        midway closes it (the worker sees the disconnect and stops generating).
-        Idempotent: the connection is given back once."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            self._checkin(connection, self._response)
+# A push is sent in steps of this size, so its progress can be reported between them.
+SENDFILE_STEP_BYTES = 16 * 1024 * 1024
 
 
 class WorkerClient:
@@ -135,69 +66,25 @@ class WorkerClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self._token = token or ""
-        self._tls_name = tls_name
         self._proven = not self._token
         self._prove_lock = threading.Lock()
+        self._pool = ConnectionPool(
+            self.base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            pool_size=pool_size,
+            tls_name=tls_name,
+        )
         self.pool_size = pool_size
-        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # and when given back
-        self._pool_lock = threading.Lock()
-        self.connections_opened = 0  # fresh connections so far (tests, benchmarks)
 
-    # -- the pool ---------------------------------------------------------------------------
-
-    def _checkout(self) -> tuple[http.client.HTTPConnection, bool]:
-        """An idle pooled connection that still looks open, else a fresh one; (conn, reused)."""
-        while True:
-            with self._pool_lock:
-                conn, since = self._idle.pop() if self._idle else (None, 0.0)
-            if conn is None:
-                return self._connect(), False
-            # Idle for long, the worker may be closing it right now (its keep-alive is 5 s):
-            # a request sent into that close could not be retried unless idempotent.
-            if time.monotonic() - since < POOL_IDLE_SECONDS and _still_open(conn):
-                return conn, True
-            conn.close()
-
-    def _checkin(
-        self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse
-    ) -> None:
-        """Keep ``conn`` for the next call if its response was read to the end and neither
-        side asked to close; else close it."""
-        reusable = self.pool_size > 0 and response.isclosed() and not response.will_close
-        if reusable:
-            with self._pool_lock:
-                if len(self._idle) < self.pool_size:
-                    self._idle.append((conn, time.monotonic()))
-                    return
-        response.close()
-        conn.close()
+    @property
+    def connections_opened(self) -> int:
+        """Fresh connections so far (tests, benchmarks)."""
+        return self._pool.connections_opened
 
     def close(self) -> None:
         """Close the idle pooled connections."""
-        with self._pool_lock:
-            idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            conn.close()
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        parts = urlsplit(self.base_url)
-        if parts.scheme != "https":
-            return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        return _NamedHTTPSConnection(
-            parts.hostname, parts.port, timeout=timeout, server_name=self._tls_name
-        )
-
-    def _connect(self) -> http.client.HTTPConnection:
-        conn = self._connection(self.timeout[0])
-        try:
-            conn.connect()
-        except OSError as err:
-            conn.close()
-            logger.warning("worker at %s is unreachable: %r", self.base_url, err)
-            raise WorkerUnavailable(f"worker at {self.base_url} is unreachable") from err
-        conn.sock.settimeout(self.timeout[1])
-        self.connections_opened += 1
-        return conn
+        self._pool.close()
 
     def _headers(
         self, extra: dict[str, str], method: str, path: str, body: bytes | None
@@ -251,7 +138,7 @@ class WorkerClient:
             except (OSError, http.client.HTTPException, ValueError, AttributeError):
                 answer = None
             finally:
-                self._checkin(conn, response)
+                self._pool.checkin(conn, response)
             if not worker_auth.proof_matches(self._token, nonce, answer):
                 logger.warning("worker at %s failed the identity challenge", self.base_url)
                 raise WorkerUnproven(f"worker at {self.base_url} does not hold WORKER_TOKEN")
@@ -302,7 +189,7 @@ class WorkerClient:
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         what = f"{method} {path}"
         what_sent = (method, path, body)
-        conn, reused = self._checkout()
+        conn, reused = self._pool.checkout()
         sent = False
         try:
             conn.request(method, path, body=body, headers=self._headers(headers, *what_sent))
@@ -311,15 +198,15 @@ class WorkerClient:
         except (OSError, http.client.HTTPException, UnicodeError) as err:
             conn.close()
             if not (reused and (idempotent or not sent)) or isinstance(err, UnicodeError):
-                raise _broke_off(what, err) from err
+                raise broke_off(what, err) from err
             logger.info("a pooled connection to the worker was closed; retrying %s", what)
-            conn = self._connect()
+            conn = self._pool.connect()
             try:
                 conn.request(method, path, body=body, headers=self._headers(headers, *what_sent))
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException, UnicodeError) as again:
                 conn.close()
-                raise _broke_off(what, again) from again
+                raise broke_off(what, again) from again
         return conn, self._checked(conn, response, what)
 
     def upload_file(
@@ -344,7 +231,7 @@ class WorkerClient:
         self.prove()
         with open(source, "rb") as file:
             size = os.fstat(file.fileno()).st_size
-            conn = self._connect()
+            conn = self._pool.connect()
             what = f"POST {path}"
             try:
                 try:
@@ -378,14 +265,14 @@ class WorkerClient:
                     try:
                         response = conn.getresponse()
                     except (OSError, http.client.HTTPException):
-                        raise _broke_off(what, err) from err
+                        raise broke_off(what, err) from err
                 else:
                     response = conn.getresponse()
                 return json.loads(self._checked(conn, response, what).read() or b"{}")
             except SourceChanged:
                 raise
             except (OSError, http.client.HTTPException, ValueError) as err:
-                raise _broke_off(what, err) from err
+                raise broke_off(what, err) from err
             finally:
                 conn.close()
 
@@ -398,47 +285,21 @@ class WorkerClient:
         try:
             return json.loads(response.read())
         except (OSError, http.client.HTTPException) as err:
-            raise _broke_off(f"{method} {path}", err) from err
+            raise broke_off(f"{method} {path}", err) from err
         except ValueError as err:
             logger.warning("worker answer to %s %s is not JSON: %r", method, path, err)
             raise WorkerError(f"the worker's answer to {method} {path} is not JSON") from err
         finally:
-            self._checkin(conn, response)
+            self._pool.checkin(conn, response)
 
     def status(self) -> WorkerReport:
-        data = self._json("GET", "/status")
-        try:
-            entries = [e for e in data["cached"] if _valid_name(e["name"])]
-            loaded = (
-                data["loaded"] if data["loaded"] is None or _valid_name(data["loaded"]) else None
-            )
-            if "resident" in data:
-                resident = {
-                    entry["name"]: int(entry.get("estimated_bytes") or 0)
-                    for entry in data["resident"]
-                    if _valid_name(entry["name"])
-                }
-            else:  # a worker that holds one model
-                resident = {loaded: 0} if loaded else {}
-            return WorkerReport(
-                cached=[entry["name"] for entry in entries],
-                loaded=loaded,
-                n_ctx=data.get("n_ctx"),
-                # KV sequences per model (PARALLEL, plus prefix reuse's spare one).
-                parallel=int(data.get("kv_streams") or data.get("parallel") or 1),
-                digests={entry["name"]: entry.get("digest") for entry in entries},
-                sizes={entry["name"]: int(entry.get("size") or 0) for entry in entries},
-                resident=resident,
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            logger.warning("worker sent an unreadable status (%r): %.200r", err, data)
-            raise WorkerError("the worker's answer to GET /status is not a status report") from None
+        return read_report(self._json("GET", "/status"))
 
     def health(self, timeout: float) -> None:
         """Probe ``GET /health`` on a fresh connection bounded by ``timeout`` seconds;
         raises WorkerUnavailable (unreachable, or silent for ``timeout``) or WorkerError."""
         self.prove()
-        conn = self._connection(timeout)
+        conn = self._pool.connection(timeout)
         try:
             conn.request("GET", "/health", headers=self._headers({}, "GET", "/health", None))
             response = conn.getresponse()
@@ -500,54 +361,4 @@ class WorkerClient:
         """Start a generation on ``model``; ``job`` is the rest of the /infer body."""
         body = json.dumps({"model": model, **job}).encode()
         conn, response = self._call("POST", "/infer", body, {"Content-Type": "application/json"})
-        return InferenceStream(conn, response, self._checkin)
-
-
-STREAM_READ_BYTES = 64 * 1024
-# A pooled connection idle longer than this is closed rather than reused: well below the
-# worker's keep-alive (5 s, model_swap/serving.py), so the worker never closes one as the
-# store sends on it.
-POOL_IDLE_SECONDS = 2.0
-# A push is sent in steps of this size, so its progress can be reported between them.
-SENDFILE_STEP_BYTES = 16 * 1024 * 1024
-
-
-def _valid_name(name: object) -> bool:
-    """Whether a name the worker reports is a model name; one that is not (it could forge
-    a log line or markup) is left out of the report, and logged escaped."""
-    try:
-        validate_model_name(name)
-    except InvalidModelName:
-        logger.warning("the worker reported an invalid model name %r: ignored", name)
-        return False
-    return True
-
-
-def _still_open(conn: http.client.HTTPConnection) -> bool:
-    """An idle keep-alive connection has nothing to read; if it has (EOF), the worker
-    closed it."""
-    sock = conn.sock
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
-
-
-class _NamedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to an address whose certificate is verified against ``server_name`` (a
-    discovered worker is dialled by IP; its certificate names the Service)."""
-
-    def __init__(self, host, port, *, timeout: float, server_name: str | None):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._server_name = server_name or host
-
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
-
-
-class SourceChanged(OSError):
-    """The file being pushed changed size while it was sent."""
+        return InferenceStream(conn, response, self._pool.checkin)

@@ -1,0 +1,175 @@
+"""The scheduler benchmark's report: the burst, soak and hit tables, the verdicts and the
+timelines, as markdown (see scheduler.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timeline import (  # noqa: E402
+    TIMELINE_HEADER,
+    timeline_rows,
+    where_the_time_goes,
+)
+
+BURST_HEADER = [
+    "server",
+    "loads",
+    "wall time",
+    "TTFT p50",
+    "TTFT p95",
+    "right model",
+    "wall vs router",
+]
+
+
+def rows(results: dict, args) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    router = results["router"]
+    burst_rows = []
+    for label, key in (
+        ("model-swap, SCHEDULER_MAX_WAIT=2 (default)", "scheduler"),
+        ("model-swap, SCHEDULER_MAX_WAIT=0 (arrival order)", "arrival"),
+        ("llama-server router, --models-max 1", "router"),
+        (f"model-swap from {args.baseline_src} (before)", "before"),
+    ):
+        if key not in results:
+            continue
+        r = results[key]
+        if r is None:
+            burst_rows.append([label, "skipped: llama-server not found", "", "", "", "", ""])
+            continue
+        ratio = f"{r['wall'] / router['wall']:.2f}x" if router else "n/a"
+        burst_rows.append(
+            [
+                label,
+                str(r["loads"]),
+                f"{r['wall']:.2f} s",
+                f"{r['p50']:.2f} s",
+                f"{r['p95']:.2f} s",
+                f"{r['right']}/{r['count']}",
+                ratio,
+            ]
+        )
+    soak_rows = []
+    for label, key in (("SCHEDULER_MAX_WAIT=2", "scheduler"), ("SCHEDULER_MAX_WAIT=0", "arrival")):
+        if results["soak"] is None:
+            break
+        r = results["soak"][key]
+        soak_rows.append(
+            [
+                label,
+                str(r["pushes"]),
+                f"{r['p50'] * 1000:.0f} ms",
+                f"{r['p95'] * 1000:.0f} ms",
+                f"{r['wall']:.1f} s",
+                str(r["count"]),
+            ]
+        )
+    hit_rows = [
+        [
+            label,
+            f"{hits['store'] * 1000:.2f} ms",
+            f"{hits['worker'] * 1000:.2f} ms",
+            f"{(hits['store'] - hits['worker']) * 1000:+.2f} ms",
+        ]
+        for label, hits in (("this code", results["hits"]), ("before", results.get("hits_before")))
+        if hits
+    ]
+    return burst_rows, soak_rows, hit_rows
+
+
+SOAK_HEADER = ["store", "pushes", "p50", "p95", "wall time", "requests"]
+
+
+HIT_HEADER = ["code", "store /user_request", "worker /infer", "overhead"]
+
+
+def verdicts(results: dict) -> list[str]:
+    s, router = results["scheduler"], results["router"]
+    lines = [
+        f"loads <= distinct models + 2 (5): {s['loads']} -> "
+        + ("met" if s["loads"] <= 5 else "not met")
+    ]
+    if router:
+        ratio = s["wall"] / router["wall"]
+        lines.append(
+            f"wall time <= 0.67x router's: {ratio:.2f}x -> {'met' if ratio <= 0.67 else 'not met'}"
+        )
+        for tokens, pair in sorted(results.get("timelines", {}).items()):
+            if tokens == 48 and pair["router"]:
+                ratio = pair["ours"]["wall"] / pair["router"]["wall"]
+                verdict = "met" if ratio <= 0.8 else "not met"
+                lines.append(f"wall time at 48 tokens <= 0.8x router's: {ratio:.2f}x -> {verdict}")
+    else:
+        lines.append("wall time against the router: not measured (llama-server not built)")
+    if results["hits"]:
+        over = (results["hits"]["store"] - results["hits"]["worker"]) * 1000
+        verdict = "met" if over <= 1 else "not met"
+        lines.append(f"hit overhead <= +1 ms: {over:+.2f} ms -> {verdict}")
+    return lines
+
+
+def timeline_sections(results: dict) -> list[str]:
+    lines = []
+    for tokens, pair in sorted(results["timelines"].items()):
+        ours, router = pair["ours"], pair["router"]
+        lines += [
+            f"## Timeline: the burst at {tokens} tokens",
+            "",
+            where_the_time_goes(tokens, ours, router),
+            "",
+        ]
+        lines += ["model-swap (default store), seconds from the first request sent:", ""]
+        lines += [table(TIMELINE_HEADER, timeline_rows(ours["timeline"])), ""]
+        if router:
+            lines += ["llama-server router, as its clients saw it:", ""]
+            lines += [table(TIMELINE_HEADER, timeline_rows(router["timeline"])), ""]
+    return lines
+
+
+def table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def markdown(results: dict, args) -> str:
+    burst_rows, soak_rows, hit_rows = rows(results, args)
+    more = []
+    if soak_rows:
+        more = [
+            f"## Thrash soak: {args.soak_clients} clients x {args.soak_requests} requests over "
+            "three tiny models, MAX_CACHE_SIZE=1",
+            "",
+            table(SOAK_HEADER, soak_rows),
+            "",
+            f"## Hit latency: time to first byte, median of {args.hits}, max_tokens=1",
+            "",
+            table(HIT_HEADER, hit_rows),
+            "",
+        ]
+    return "\n".join(
+        [
+            "# Scheduler benchmark",
+            "",
+            f"Produced by `uv run python benchmarks/scheduler.py{' --quick' if args.quick else ''}"
+            f"{f' --baseline-src {args.baseline_src}' if args.baseline_src else ''} "
+            f"--out ...` on {os.cpu_count()} CPU cores, no GPU. Model: three copies of "
+            f"{results['source']} under three names; MAX_LOADED_MODELS=1.",
+            "",
+            f"## Burst: {args.clients} concurrent streamed /v1/completions, "
+            f"{args.tokens} tokens each",
+            "",
+            table(BURST_HEADER, burst_rows),
+            "",
+            *more,
+            *timeline_sections(results),
+            "## Targets",
+            "",
+            *[f"- {line}" for line in verdicts(results)],
+            "",
+        ]
+    )
