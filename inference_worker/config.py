@@ -45,6 +45,9 @@ DEFAULTS = {
     "MAX_MESSAGES": MAX_MESSAGES,
     # Shared secret every request (but GET /healthz) must present as a bearer token.
     "WORKER_TOKEN": "",
+    # Without WORKER_TOKEN: host names the worker answers to besides IP addresses,
+    # localhost and WORKER_HOST (any other Host is refused: DNS rebinding).
+    "ALLOWED_HOSTS": (),
     "LOG_LEVEL": "INFO",
     # text: the seed's lines; json: one JSON object per line (with the request id).
     "LOG_FORMAT": "text",
@@ -127,6 +130,7 @@ class WorkerSettings:
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     max_messages: int = DEFAULTS["MAX_MESSAGES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
+    allowed_hosts: tuple[str, ...] = DEFAULTS["ALLOWED_HOSTS"]
     log_level: str = DEFAULTS["LOG_LEVEL"]
     log_format: str = DEFAULTS["LOG_FORMAT"]
     metrics_public: bool = DEFAULTS["METRICS_PUBLIC"]
@@ -168,6 +172,7 @@ class WorkerSettings:
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),
             worker_token=env.secret("WORKER_TOKEN"),
+            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),

@@ -278,11 +278,7 @@ class StoreSettings:
             api_keys=env.secret_list("API_KEYS"),
             admin_keys=env.secret_list("ADMIN_KEYS"),
             drain_keys=env.secret_list("DRAIN_KEYS"),
-            allowed_hosts=tuple(
-                h.strip().lower()
-                for h in env.optional_text("ALLOWED_HOSTS", "").split(",")
-                if h.strip()
-            ),
+            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
