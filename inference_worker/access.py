@@ -6,11 +6,11 @@ one it is as open as the store with no keys, and applies the store's rule
 
 - DNS rebinding: a ``Host`` that is not an IP address, ``localhost``, WORKER_HOST
   or in ``ALLOWED_HOSTS`` gets 403.
-- A state-changing request with a body must be ``application/json`` or
-  ``application/octet-stream`` (415 otherwise), but for the uploads, which may carry
-  any type: they refuse a request without ``X-Model-Name``, a header a page cannot
-  send across sites without a CORS preflight, which the worker never grants.
 - A state-changing request from another site's page (its ``Origin``) gets 403.
+- A body must be ``application/json`` or ``application/octet-stream`` (or untyped
+  from no browser; 415 otherwise), but for the uploads, which may carry any type:
+  they refuse a request without ``X-Model-Name``, a header a page cannot send
+  across sites without a CORS preflight, which the worker never grants.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flask import Flask, request
 from inference_worker.config import WorkerSettings
 from model_swap import browsers
 from model_swap.auth import OPEN_PATHS
-from model_swap.errors import Forbidden, UnsupportedMediaType
+from model_swap.errors import Forbidden
 
 BODY_TYPES = frozenset({"application/json", "application/octet-stream"})
 # Routes that refuse a request without X-Model-Name (no page sends it unpreflighted).
@@ -39,17 +39,5 @@ def install_browser_guard(app: Flask, settings: WorkerSettings) -> None:
             return None
         if not browsers.host_allowed(request.host, names):
             raise Forbidden(f"Host {request.host!r} is not this worker's (add it to ALLOWED_HOSTS)")
-        if request.method in browsers.SAFE_METHODS:
-            return None
-        if (
-            browsers.has_body(request)
-            and request.mimetype not in BODY_TYPES
-            and request.path not in UPLOAD_PATHS
-        ):
-            raise UnsupportedMediaType(
-                f"{request.method} {request.path} needs Content-Type: application/json"
-            )
-        origin = request.headers.get("Origin")
-        if browsers.is_foreign_origin(origin, request.host):
-            raise Forbidden(f"cross-site {request.method} {request.path} from {origin!r} refused")
+        browsers.refuse_web_pages(request, BODY_TYPES, UPLOAD_PATHS)
         return None

@@ -8,10 +8,10 @@
   nothing else (a worker pod's preStop hook holds one, not a client key). With
   no key at all the store is as open as before (it listens on loopback by
   default).
-- No cross-site driving: a request with a body must be ``application/json``
-  (415 otherwise; a browser's cross-site form or ``no-cors`` fetch cannot send
-  that type without a preflight); a bodiless state-changing request from a
-  browser (it carries ``Origin``) must come from the store's own origin.
+- No cross-site driving (``model_swap.browsers``): a state-changing request from
+  a browser (it carries ``Origin``) must come from the store's own origin (403),
+  and a body must be ``application/json`` (415; a cross-site form or ``no-cors``
+  fetch cannot send that type without a preflight), or untyped from no browser.
 - DNS rebinding: with no keys, a ``Host`` that is not an IP address,
   ``localhost``, STORE_HOST or in ``ALLOWED_HOSTS`` is refused (403).
 """
@@ -25,12 +25,12 @@ from flask import Flask, request
 from model_store_server.config import StoreSettings
 from model_swap import browsers
 from model_swap.auth import OPEN_PATHS, presented_token, require_bearer
-from model_swap.errors import Forbidden, UnsupportedMediaType
+from model_swap.errors import Forbidden
 
 # Administrative routes: exact paths, and prefixes that open everything under them.
 ADMIN_EXACT = frozenset({"/reset", "/admin/reset"})
 ADMIN_PREFIXES = ("/models/", "/workers/")
-SAFE_METHODS = browsers.SAFE_METHODS
+JSON_ONLY = frozenset({"application/json"})
 
 
 def is_admin_path(path: str) -> bool:
@@ -70,16 +70,7 @@ def install_access(app: Flask, settings: StoreSettings, open_paths: tuple[str, .
             raise Forbidden(
                 "this route needs an admin key (ADMIN_KEYS); client keys may not administer"
             )
-        if request.method in SAFE_METHODS:
-            return None
-        has_body = browsers.has_body(request)
-        if has_body and request.mimetype != "application/json":
-            raise UnsupportedMediaType(
-                f"{request.method} {path} needs Content-Type: application/json"
-            )
-        origin = request.headers.get("Origin")
-        if not has_body and browsers.is_foreign_origin(origin, request.host):
-            raise Forbidden(f"cross-site {request.method} {path} from {origin!r} refused")
+        browsers.refuse_web_pages(request, JSON_ONLY)
         return None
 
 

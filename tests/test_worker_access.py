@@ -23,11 +23,11 @@ def test_a_tokenless_worker_refuses_cross_site_driving(worker, models_dir):
     body = json.dumps({"prompt": "hello", "max_tokens": 2})
     r = requests.post(f"{worker.url}/infer", data=body, headers=FORM, timeout=30)
     assert r.status_code == 415 and r.json()["error"]["type"] == "unsupported_media_type"
-    # A body with no type at all (a no-cors fetch of an untyped Blob) likewise.
-    r = requests.post(f"{worker.url}/infer", data=body.encode(), timeout=30)
-    assert r.status_code == 415
-    # A bodiless no-cors POST from another site carries its Origin.
+    # A body with no type (a no-cors fetch of an untyped Blob) names the page's Origin.
     evil = {"Origin": "http://evil.test"}
+    r = requests.post(f"{worker.url}/infer", data=body.encode(), headers=evil, timeout=30)
+    assert r.status_code == 403
+    # A bodiless no-cors POST from another site carries its Origin too.
     r = requests.post(f"{worker.url}/models/{A}/unload", headers=evil, timeout=30)
     assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden"
     # DNS rebinding: the page's own name in Host, for reads too.
@@ -41,6 +41,8 @@ def test_a_tokenless_worker_refuses_cross_site_driving(worker, models_dir):
     # The store's own calls and an operator's curl still work: JSON, a named upload
     # (any type: X-Model-Name needs a preflight), localhost or an address in Host.
     r = requests.post(f"{worker.url}/infer", json={"prompt": "hello", "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{worker.url}/infer", data=body.encode(), timeout=30)  # untyped, no page
     assert r.status_code == 200, r.text
     r = requests.get(f"{worker.url}/status", headers={"Host": f"localhost:{worker.port}"})
     assert r.status_code == 200
