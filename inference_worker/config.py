@@ -165,6 +165,7 @@ class WorkerSettings:
             ),
             parallel=_parallel(env),
             prefix_cache=env.flag("PREFIX_CACHE", DEFAULTS["PREFIX_CACHE"]),
+            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
             n_threads=env.integer("N_THREADS", DEFAULTS["N_THREADS"], minimum=0),
             cpu_affinity=_cpu_list(env.optional_text("CPU_AFFINITY", "")),
             max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),
@@ -172,7 +173,6 @@ class WorkerSettings:
                 "MAX_REQUEST_BYTES", DEFAULTS["MAX_REQUEST_BYTES"], minimum=1024
             ),
             worker_token=env.secret("WORKER_TOKEN"),
-            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),

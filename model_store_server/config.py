@@ -248,6 +248,9 @@ class StoreSettings:
             ),
             max_loaded_bytes=env.byte_size("MAX_LOADED_BYTES", DEFAULTS["MAX_LOADED_BYTES"]),
             preload_models=env.model_list("PRELOAD_MODELS"),
+            embedding_token_ids=env.choice(
+                "EMBEDDING_TOKEN_IDS", DEFAULTS["EMBEDDING_TOKEN_IDS"], TOKEN_ID_READINGS
+            ),
             loading_comments_after=env.number(
                 "LOADING_COMMENTS_AFTER", DEFAULTS["LOADING_COMMENTS_AFTER"], positive=False
             ),
@@ -279,14 +282,15 @@ class StoreSettings:
             max_prompt_chars=env.integer(
                 "MAX_PROMPT_CHARS", DEFAULTS["MAX_PROMPT_CHARS"], minimum=1
             ),
-            embedding_token_ids=env.choice(
-                "EMBEDDING_TOKEN_IDS", DEFAULTS["EMBEDDING_TOKEN_IDS"], TOKEN_ID_READINGS
-            ),
             worker_token=env.secret("WORKER_TOKEN"),
             api_keys=env.secret_list("API_KEYS"),
             admin_keys=env.secret_list("ADMIN_KEYS"),
             drain_keys=env.secret_list("DRAIN_KEYS"),
-            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
+            allowed_hosts=tuple(
+                h.strip().lower()
+                for h in env.optional_text("ALLOWED_HOSTS", "").split(",")
+                if h.strip()
+            ),
             log_level=env.choice(
                 "LOG_LEVEL", DEFAULTS["LOG_LEVEL"], ("DEBUG", "INFO", "WARNING", "ERROR")
             ),
