@@ -160,12 +160,12 @@ class WorkerSettings:
             model_cache_dir=env.path("MODEL_CACHE_DIR", DEFAULTS["MODEL_CACHE_DIR"]),
             n_gpu_layers=env.integer("N_GPU_LAYERS", DEFAULTS["N_GPU_LAYERS"], minimum=-1),
             n_ctx=env.integer("N_CTX", DEFAULTS["N_CTX"], minimum=16),
+            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
             embedding_tokens=env.integer(
                 "EMBEDDING_TOKENS", DEFAULTS["EMBEDDING_TOKENS"], minimum=16
             ),
             parallel=_parallel(env),
             prefix_cache=env.flag("PREFIX_CACHE", DEFAULTS["PREFIX_CACHE"]),
-            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
             n_threads=env.integer("N_THREADS", DEFAULTS["N_THREADS"], minimum=0),
             cpu_affinity=_cpu_list(env.optional_text("CPU_AFFINITY", "")),
             max_messages=env.integer("MAX_MESSAGES", DEFAULTS["MAX_MESSAGES"], minimum=1),
