@@ -14,6 +14,7 @@ import os
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inference_worker.access import install_browser_guard
 from inference_worker.chat import ChatTemplateError
 from inference_worker.config import WorkerSettings
 from inference_worker.embedding_call import embed_response
@@ -149,6 +150,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         realm="inference-worker",
         open_paths=("/metrics",) if settings.metrics_public else (),
     )
+    install_browser_guard(app, settings)
 
     def receive(name: str):
         try:

@@ -44,6 +44,9 @@ DEFAULTS = {
     "MAX_MESSAGES": MAX_MESSAGES,
     # Shared secret every request (but GET /healthz) must present as a bearer token.
     "WORKER_TOKEN": "",
+    # Without WORKER_TOKEN: host names the worker answers to besides IP addresses,
+    # localhost and WORKER_HOST (any other Host is refused: DNS rebinding).
+    "ALLOWED_HOSTS": (),
     "LOG_LEVEL": "INFO",
     # text: the seed's lines; json: one JSON object per line (with the request id).
     "LOG_FORMAT": "text",
@@ -126,6 +129,7 @@ class WorkerSettings:
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     max_messages: int = DEFAULTS["MAX_MESSAGES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
+    allowed_hosts: tuple[str, ...] = DEFAULTS["ALLOWED_HOSTS"]
     log_level: str = DEFAULTS["LOG_LEVEL"]
     log_format: str = DEFAULTS["LOG_FORMAT"]
     metrics_public: bool = DEFAULTS["METRICS_PUBLIC"]
@@ -155,6 +159,7 @@ class WorkerSettings:
             model_cache_dir=env.path("MODEL_CACHE_DIR", DEFAULTS["MODEL_CACHE_DIR"]),
             n_gpu_layers=env.integer("N_GPU_LAYERS", DEFAULTS["N_GPU_LAYERS"], minimum=-1),
             n_ctx=env.integer("N_CTX", DEFAULTS["N_CTX"], minimum=16),
+            allowed_hosts=env.host_list("ALLOWED_HOSTS"),
             embedding_tokens=env.integer(
                 "EMBEDDING_TOKENS", DEFAULTS["EMBEDDING_TOKENS"], minimum=16
             ),

@@ -8,10 +8,10 @@
   nothing else (a worker pod's preStop hook holds one, not a client key). With
   no key at all the store is as open as before (it listens on loopback by
   default).
-- No cross-site driving: a request with a body must be ``application/json``
-  (415 otherwise; a browser's cross-site form or ``no-cors`` fetch cannot send
-  that type without a preflight); a bodiless state-changing request from a
-  browser (it carries ``Origin``) must come from the store's own origin.
+- No cross-site driving (``model_swap.browsers``): a state-changing request from
+  a browser (it carries ``Origin``) must come from the store's own origin (403),
+  and a body must be ``application/json`` (415; a cross-site form or ``no-cors``
+  fetch cannot send that type without a preflight), or untyped from no browser.
 - DNS rebinding: with no keys, a ``Host`` that is not an IP address,
   ``localhost``, STORE_HOST or in ``ALLOWED_HOSTS`` is refused (403).
 """
@@ -19,24 +19,18 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
-from urllib.parse import urlsplit
 
 from flask import Flask, request
 
 from model_store_server.config import StoreSettings
+from model_swap import browsers
 from model_swap.auth import OPEN_PATHS, presented_token, require_bearer
-from model_swap.errors import ApiError, Forbidden
+from model_swap.errors import Forbidden
 
 # Administrative routes: exact paths, and prefixes that open everything under them.
 ADMIN_EXACT = frozenset({"/reset", "/admin/reset"})
 ADMIN_PREFIXES = ("/models/", "/workers/")
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class UnsupportedMediaType(ApiError):
-    status = 415
-    type = "unsupported_media_type"
+JSON_ONLY = frozenset({"application/json"})
 
 
 def is_admin_path(path: str) -> bool:
@@ -46,16 +40,7 @@ def is_admin_path(path: str) -> bool:
 
 def host_allowed(host: str, settings: StoreSettings) -> bool:
     """Pure: whether a ``Host`` header names this store (not a rebound DNS name)."""
-    name = urlsplit(f"//{host}").hostname or ""
-    if not name:
-        return True  # no Host (HTTP/1.0): not a browser, which always names the site
-    if name in ("localhost", settings.store_host) or name in settings.allowed_hosts:
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True  # a page's own DNS name is what rebinding needs; an address is no name
+    return browsers.host_allowed(host, ("localhost", settings.store_host, *settings.allowed_hosts))
 
 
 def install_access(app: Flask, settings: StoreSettings, open_paths: tuple[str, ...]) -> None:
@@ -85,18 +70,7 @@ def install_access(app: Flask, settings: StoreSettings, open_paths: tuple[str, .
             raise Forbidden(
                 "this route needs an admin key (ADMIN_KEYS); client keys may not administer"
             )
-        if request.method in SAFE_METHODS:
-            return None
-        has_body = bool(request.content_length) or "chunked" in (
-            request.headers.get("Transfer-Encoding", "").lower()
-        )
-        if has_body and request.mimetype != "application/json":
-            raise UnsupportedMediaType(
-                f"{request.method} {path} needs Content-Type: application/json"
-            )
-        origin = request.headers.get("Origin")
-        if not has_body and origin is not None and urlsplit(origin).netloc != request.host:
-            raise Forbidden(f"cross-site {request.method} {path} from {origin!r} refused")
+        browsers.refuse_web_pages(request, JSON_ONLY)
         return None
 
 

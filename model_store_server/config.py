@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from model_store_server.api.tiktoken_ids import TOKEN_ID_READINGS
 from model_store_server.policies import POLICIES, Tier
 from model_store_server.policies.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
 from model_swap.generation import MAX_MESSAGES
@@ -81,6 +82,9 @@ DEFAULTS = {
     # Messages in one chat request; refused (400) before any is read or rendered.
     "MAX_MESSAGES": MAX_MESSAGES,
     "MAX_PROMPT_CHARS": 32768,
+    # How /v1/embeddings reads token arrays: "tiktoken" (cl100k_base ids, what LangChain's
+    # OpenAIEmbeddings sends, decoded to text) or "model" (the model's own ids).
+    "EMBEDDING_TOKEN_IDS": "tiktoken",
     # Shared secret sent to the worker (must match the worker's WORKER_TOKEN).
     "WORKER_TOKEN": "",
     # Comma-separated keys clients must present as bearer tokens (empty: no check).
@@ -155,6 +159,7 @@ class StoreSettings:
     worker_pool_size: int = DEFAULTS["WORKER_POOL_SIZE"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
     max_prompt_chars: int = DEFAULTS["MAX_PROMPT_CHARS"]
+    embedding_token_ids: str = DEFAULTS["EMBEDDING_TOKEN_IDS"]
     max_messages: int = DEFAULTS["MAX_MESSAGES"]
     worker_token: str = field(default=DEFAULTS["WORKER_TOKEN"], repr=False)
     api_keys: tuple[str, ...] = field(default=DEFAULTS["API_KEYS"], repr=False)
@@ -242,6 +247,9 @@ class StoreSettings:
             ),
             max_loaded_bytes=env.byte_size("MAX_LOADED_BYTES", DEFAULTS["MAX_LOADED_BYTES"]),
             preload_models=env.model_list("PRELOAD_MODELS"),
+            embedding_token_ids=env.choice(
+                "EMBEDDING_TOKEN_IDS", DEFAULTS["EMBEDDING_TOKEN_IDS"], TOKEN_ID_READINGS
+            ),
             loading_comments_after=env.number(
                 "LOADING_COMMENTS_AFTER", DEFAULTS["LOADING_COMMENTS_AFTER"], positive=False
             ),

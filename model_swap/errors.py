@@ -55,6 +55,11 @@ class Forbidden(ApiError):
     type = "forbidden"
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+    type = "unsupported_media_type"
+
+
 class NotFound(ApiError):
     status = 404
     type = "not_found"

@@ -61,6 +61,11 @@ class EnvReader:
         value = self._raw(name)
         return default if value is None else value
 
+    def host_list(self, name: str) -> tuple[str, ...]:
+        """Comma-separated host names, lower-cased (empty when unset)."""
+        raw = self.optional_text(name, "")
+        return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+
     def secret(self, name: str, *, min_length: int = 16) -> str:
         """An optional secret (empty when unset); short ones are refused."""
         value = self._raw(name)

@@ -27,7 +27,11 @@ from model_swap.errors import BadRequest
 HERMES, LLAMA3, MISTRAL, GENERIC = "hermes", "llama3", "mistral", "generic"
 FORMATS = (HERMES, LLAMA3, MISTRAL, GENERIC)
 AUTO, NONE, REQUIRED = "auto", "none", "required"
+# Most tools in one request, and most bytes of them as compact JSON (what the template or
+# the generic system message renders, and what becomes a grammar): both are refused (400)
+# before any tool is read, on the store and on the worker.
 MAX_TOOLS = 128
+MAX_TOOLS_BYTES = 256 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -87,6 +91,11 @@ def parse_tools(value: object, param: str = "tools") -> tuple[dict, ...]:
         raise BadRequest(f"{param} must be a list", param=param)
     if len(value) > MAX_TOOLS:
         raise BadRequest(f"{param} holds {len(value)} tools; the limit is {MAX_TOOLS}", param=param)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_TOOLS_BYTES:
+        raise BadRequest(
+            f"{param} takes {size} bytes as JSON; the limit is {MAX_TOOLS_BYTES}", param=param
+        )
     tools, names = [], set()
     for index, item in enumerate(value):
         where = f"{param}[{index}]"

@@ -3,19 +3,27 @@
 Each request body below is what the client sent (captured), so a change that breaks one of
 these clients fails here: llama-index's ``Ollama`` (``num_ctx`` always), LangChain's
 ``OllamaEmbeddings`` (an ``options`` object of nulls), LangChain's ``OpenAIEmbeddings``
-(token arrays), Open WebUI's chat (``num_ctx``/``repeat_penalty`` and its built-in tools),
-and ``/v1`` model ids written as Ollama writes them.
+(tiktoken's token ids, run as the real client), Open WebUI's chat
+(``num_ctx``/``repeat_penalty`` and its built-in tools), and ``/v1`` model ids written as
+Ollama writes them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import ollama
 import openai
 import pytest
 import requests
 
+from model_store_server.api import tiktoken_ids
 from tests.conftest import A
 from tests.test_openai import client_for
 
@@ -182,8 +190,9 @@ def test_open_webui_chat_with_its_tools_and_advanced_params(store):
     assert '"done": true' in last
 
 
-def test_openai_embeddings_token_arrays_are_the_models_ids(store, tokenize):
-    client = client_for(store)
+def test_openai_embeddings_token_arrays_are_the_models_ids(worker, start_store, tokenize):
+    # EMBEDDING_TOKEN_IDS=model: the ids are the model's own (vLLM's, llama-server's reading).
+    client = client_for(start_store(worker, embedding_token_ids="model"))
     hello = tokenize("hello world")
     text = client.embeddings.create(model=A, input="hello world", encoding_format="float")
     ids = client.embeddings.create(model=A, input=hello, encoding_format="float")
@@ -191,15 +200,83 @@ def test_openai_embeddings_token_arrays_are_the_models_ids(store, tokenize):
     assert ids.usage.prompt_tokens == text.usage.prompt_tokens == len(hello)
     assert ids.data[0].embedding == pytest.approx(text.data[0].embedding, abs=1e-5)
     assert [d.index for d in both.data] == [0, 1]
+    with pytest.raises(openai.BadRequestError, match="not in this model's vocabulary"):
+        client.embeddings.create(model=A, input=[[1, 2, 100000]])
 
 
-def test_langchain_openai_embeddings_sends_tiktoken_ids(store):
-    # langchain-openai's OpenAIEmbeddings tokenizes with tiktoken (cl100k) and sends the ids:
-    # the model's vocabulary decides; ids beyond it are a 400 that says so.
-    body = {"input": [[15339, 1917]], "model": "tiny-a", "encoding_format": "base64"}
+@pytest.fixture
+def cl100k(monkeypatch):
+    """tiktoken's cl100k_base, offline: the copy litellm ships (a dev dependency), where
+    tiktoken would otherwise download it (both LangChain and the store read it)."""
+    spec = importlib.util.find_spec("litellm")
+    tokenizers = Path(spec.submodule_search_locations[0]) / "litellm_core_utils" / "tokenizers"
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tokenizers))
+    tiktoken_ids.load.cache_clear()
+    yield
+    tiktoken_ids.load.cache_clear()
+
+
+# What langchain-openai 1.8.1's OpenAIEmbeddings sent for embed_documents(["hello world"]).
+LANGCHAIN_OPENAI_EMBEDDINGS = {
+    "input": [[15339, 1917]],
+    "model": "tiny-a",
+    "encoding_format": "base64",
+}
+
+
+def test_langchain_openai_embeddings_on_its_defaults(store, cl100k):
+    from langchain_openai import OpenAIEmbeddings
+
+    texts = ["hello world", "model swap serves more models than fit"]
+    expected = [
+        d.embedding for d in client_for(store).embeddings.create(model="tiny-a", input=texts).data
+    ]
+    # The real client, no setting changed: it sends tiktoken ids, the store reads them
+    # as the text they encode, so the vectors are the text's.
+    langchain = OpenAIEmbeddings(model="tiny-a", base_url=f"{store.url}/v1", api_key="unused")
+    vectors = langchain.embed_documents(texts)
+    assert len(vectors) == 2
+    # Each is its text's vector (up to llama.cpp's batch arithmetic), not the other's.
+    assert cosine(vectors[0], expected[0]) > 0.9999 and cosine(vectors[1], expected[1]) > 0.9999
+    assert cosine(vectors[0], expected[1]) < 0.99
+    assert cosine(langchain.embed_query(texts[0]), expected[0]) > 0.9999
+    # Its request body, replayed.
+    response = post(store, "/v1/embeddings", LANGCHAIN_OPENAI_EMBEDDINGS)
+    assert response.status_code == 200, response.text
+    # An id cl100k_base lacks is a 400 that names the reading.
+    body = {**LANGCHAIN_OPENAI_EMBEDDINGS, "input": [[15339, 10**6]]}
     response = post(store, "/v1/embeddings", body)
-    assert response.status_code == 400
-    assert "not in this model's vocabulary" in response.json()["error"]["message"]
+    assert response.status_code == 400 and "cl100k_base" in response.json()["error"]["message"]
+
+
+def test_token_arrays_without_tiktoken_say_how_to_send_text(models_dir, tmp_path):
+    # A fresh process (tiktoken keeps a loaded encoding for good) with no cl100k_base file
+    # in its cache and no way to download one.
+    script = f"""
+from model_store_server.app import create_app
+from model_store_server.config import StoreSettings
+client = create_app(StoreSettings(models_dir={str(models_dir)!r})).test_client()
+body = {LANGCHAIN_OPENAI_EMBEDDINGS!r}
+r = client.post("/v1/embeddings", json=body)
+print(r.status_code, r.json["error"]["message"])
+"""
+    env = {
+        **os.environ,
+        "TIKTOKEN_CACHE_DIR": str(tmp_path),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.startswith("400 "), done.stdout + done.stderr
+    assert "check_embedding_ctx_length=False" in done.stdout
+    assert "EMBEDDING_TOKEN_IDS=model" in done.stdout
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def test_v1_model_aliases(store):

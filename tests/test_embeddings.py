@@ -123,8 +123,6 @@ def test_embedding_tokens_bounds_inputs_and_batches(start_store, start_worker):
 def test_unknown_model_is_a_404_and_bad_input_a_400(client):
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.embeddings.create(model="nope.gguf", input="x")
-    with pytest.raises(openai.BadRequestError, match="not in this model's vocabulary"):
-        client.embeddings.create(model=A, input=[[1, 2, 100000]])
     with pytest.raises(openai.BadRequestError, match="must not be empty"):
         client.embeddings.create(model=A, input="")
     with pytest.raises(openai.BadRequestError, match="encoding_format"):

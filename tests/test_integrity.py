@@ -74,7 +74,7 @@ def test_truncated_chunked_upload_is_400_and_leaves_nothing(worker):
     parts = urlsplit(worker.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(
-            f"POST /cache_model HTTP/1.1\r\nHost: x\r\nX-Model-Name: {A}\r\n"
+            f"POST /cache_model HTTP/1.1\r\nHost: localhost\r\nX-Model-Name: {A}\r\n"
             "Transfer-Encoding: chunked\r\n\r\n1000\r\nGGUF".encode()
         )
         sock.shutdown(socket.SHUT_WR)
@@ -148,7 +148,7 @@ def test_truncated_upload_leaves_nothing(worker, models_dir):
     parts = urlsplit(worker.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         head = (
-            f"POST /load_model_from_store HTTP/1.1\r\nHost: x\r\nX-Model-Name: {A}\r\n"
+            f"POST /load_model_from_store HTTP/1.1\r\nHost: localhost\r\nX-Model-Name: {A}\r\n"
             f"Content-Length: {len(data)}\r\n\r\n"
         ).encode()
         sock.sendall(head + data[: len(data) // 2])

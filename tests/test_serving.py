@@ -135,7 +135,7 @@ def test_stop_during_an_upload_leaves_no_temporary_file(worker_process, tmp_path
     size = 8 * 1024 * 1024
     with socket.create_connection(("127.0.0.1", worker.port), timeout=30) as sock:
         sock.sendall(
-            b"POST /cache_model HTTP/1.1\r\nHost: x\r\nX-Model-Name: stalled.gguf\r\n"
+            b"POST /cache_model HTTP/1.1\r\nHost: localhost\r\nX-Model-Name: stalled.gguf\r\n"
             + f"Content-Length: {size}\r\n\r\n".encode()
             + b"GGUF"
             + bytes(1024 * 1024)
@@ -373,7 +373,7 @@ def test_an_unread_body_does_not_eat_the_next_request_on_the_connection(
     worker = worker_process()
     if service == "worker":  # 400: no X-Model-Name, body never read
         port, first = worker.port, b"POST /load_model_from_local_store HTTP/1.1\r\n"
-        extra = b""
+        extra = b"Content-Type: application/json\r\n"
     else:  # 401: no key, body never read
         store = store_process(worker.url, API_KEYS="k" * 24)
         port, first = store.port, b"POST /v1/chat/completions HTTP/1.1\r\n"
@@ -382,7 +382,7 @@ def test_an_unread_body_does_not_eat_the_next_request_on_the_connection(
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(
             first
-            + b"Host: x\r\n"
+            + b"Host: localhost\r\n"
             + extra
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body

@@ -126,7 +126,7 @@ def test_a_slow_upload_is_cut_and_leaves_no_file(tmp_path):
     with FrontThread(app, limits) as server:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         sock.sendall(
-            b"POST /cache_model HTTP/1.1\r\nHost: x\r\nX-Model-Name: m.gguf\r\n"
+            b"POST /cache_model HTTP/1.1\r\nHost: localhost\r\nX-Model-Name: m.gguf\r\n"
             + f"Content-Length: {len(data)}\r\n\r\n".encode()
             + data[:70_000]  # more than the loop reads itself: a thread takes the body
         )

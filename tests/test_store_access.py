@@ -67,6 +67,12 @@ def test_no_cross_site_driving_without_keys(worker, start_store):
     # A bodiless no-cors fetch from another site carries its Origin.
     r = requests.post(f"{store.url}/reset", headers={"Origin": "http://evil.test"}, timeout=30)
     assert r.status_code == 403
+    # So does one with an untyped body (a Blob): no page may send it; no Origin, no page.
+    untyped = json.dumps({"model": A, "prompt": "hi"}).encode()
+    r = requests.post(
+        f"{store.url}/user_request", data=untyped, headers={"Origin": "http://evil.test"}
+    )
+    assert r.status_code == 403
     # DNS rebinding: the page's own name in Host.
     r = requests.get(f"{store.url}/status", headers={"Host": "evil.test:8000"}, timeout=30)
     assert r.status_code == 403

@@ -102,7 +102,7 @@ def chunked_upload(name: str, data: bytes, size_line_length: int = 0, trailers=(
         size_line += b";x=" + b"a" * (size_line_length - len(size_line) - 3)
         assert len(size_line) == size_line_length
     return (
-        b"POST /cache_model HTTP/1.1\r\nHost: x\r\nX-Model-Name: " + name.encode() + b"\r\n"
+        b"POST /cache_model HTTP/1.1\r\nHost: localhost\r\nX-Model-Name: " + name.encode() + b"\r\n"
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         + size_line
         + b"\r\n"

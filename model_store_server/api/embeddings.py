@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model_store_server.api import tiktoken_ids
 from model_store_server.api.openai import parse_model
 from model_swap.errors import BadRequest, WorkerFailed
 from model_swap.generation import check_text
@@ -102,10 +103,16 @@ def parse_dimensions(body: dict) -> int | None:
     return value
 
 
-def parse_openai(body: dict, *, max_prompt_chars: int) -> EmbeddingRequest:
-    """A ``POST /v1/embeddings`` body; raises BadRequest or NotFound."""
+def parse_openai(
+    body: dict, *, max_prompt_chars: int, token_ids: str = "tiktoken"
+) -> EmbeddingRequest:
+    """A ``POST /v1/embeddings`` body; raises BadRequest or NotFound. Token arrays are
+    tiktoken's cl100k_base ids, decoded to text, or with ``token_ids="model"`` the
+    model's own (``tiktoken_ids``)."""
     model = parse_model(body)
     inputs = parse_inputs(body.get("input"), "input", max_chars=max_prompt_chars, tokens=True)
+    if token_ids == "tiktoken":
+        inputs = tiktoken_ids.as_text(inputs)
     encoding = body.get("encoding_format")
     if encoding is None:
         encoding = "float"

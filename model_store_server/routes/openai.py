@@ -190,8 +190,12 @@ def serve_embeddings(request_: EmbeddingRequest, route: str) -> tuple[Vectors, d
 
 @openai.post("/embeddings")
 def embeddings():
-    limit = swap_service().settings.max_prompt_chars
-    parsed = embeddings_api.parse_openai(read_json_object(request), max_prompt_chars=limit)
+    settings = swap_service().settings
+    parsed = embeddings_api.parse_openai(
+        read_json_object(request),
+        max_prompt_chars=settings.max_prompt_chars,
+        token_ids=settings.embedding_token_ids,
+    )
     vectors, headers = serve_embeddings(parsed, request.path)
     response = jsonify(embeddings_api.openai_body(parsed, vectors, vectors.model or parsed.model))
     response.headers.update(headers)
