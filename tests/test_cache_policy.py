@@ -7,7 +7,13 @@ import math
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from model_store_server.policies import (
     POLICIES,
@@ -20,7 +26,7 @@ from model_store_server.policies import (
 from model_store_server.policies import (
     GreedyDualPolicy as GreedyDual,
 )
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, example_counts
 
 CAPACITY = 2
 TTL = 5.0
@@ -465,8 +471,12 @@ class PolicyMachine(RuleBasedStateMachine):
             assert times == sorted(times)
 
 
-TestPolicyMachine = PolicyMachine.TestCase
-TestPolicyMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+@example_counts(50, 500)
+def test_policy_machine(max_examples):
+    run_state_machine_as_test(
+        PolicyMachine,
+        settings=settings(max_examples=max_examples, stateful_step_count=40, deadline=None),
+    )
 
 
 # -- traces: the GreedyDual family (lfu-da, gdsf) -----------------------------------------------

@@ -15,6 +15,7 @@ from model_store_server.core.scheduler import Scheduler
 from model_store_server.core.worker_view import Rejected, WorkerView
 from model_store_server.decision import Action
 from model_store_server.policies import Tier, create_policy
+from tests.conftest import example_counts
 
 
 def test_a_group_is_every_request_for_the_next_model_within_max_wait():
@@ -170,48 +171,52 @@ class Boom(BaseException):
     """Not even an Exception."""
 
 
-@settings(max_examples=150, deadline=None)
-@given(OPS, st.sampled_from([0.0, 2.0]))
-def test_no_sequence_of_grants_and_failures_leaks_the_slot_or_a_hit(ops, max_wait):
-    v = view(capacity=2, loaded=2, max_wait=max_wait)
-    held: list[Hit] = []
-    for op, model in ops:
-        deadline = time.monotonic() + 0.01
-        try:
-            if op == "release-one":
-                if held:
-                    held.pop().release()
-                continue
-            if op == "exclusive-raise":
-                with v.exclusive(deadline):
-                    raise Boom()
-            if op == "unload":
-                swap = v.take_away(model, Action.UNLOAD, deadline)
-                if swap is not None:
-                    with swap:
-                        swap.commit(hit=False)
-                continue
-            if op == "sweep":
-                swap = v.sweep()
-                if swap is not None:
-                    with swap:
+@example_counts(50, 600)
+def test_no_sequence_of_grants_and_failures_leaks_the_slot_or_a_hit(max_examples):
+    @settings(max_examples=max_examples, deadline=None)
+    @given(OPS, st.sampled_from([0.0, 2.0]))
+    def check(ops, max_wait):
+        v = view(capacity=2, loaded=2, max_wait=max_wait)
+        held: list[Hit] = []
+        for op, model in ops:
+            deadline = time.monotonic() + 0.01
+            try:
+                if op == "release-one":
+                    if held:
+                        held.pop().release()
+                    continue
+                if op == "exclusive-raise":
+                    with v.exclusive(deadline):
                         raise Boom()
-                continue
-            grant = v.admit(model, deadline)
-            if isinstance(grant, Hit):
-                held.append(grant)
-                continue
-            with grant:
-                if op == "swap-raise":
-                    raise Boom()
-                if op in ("swap-commit", "hit"):
-                    held.append(grant.commit())
-        except (Boom, Busy, Rejected):
-            pass
-        assert v.gate.slot_free, (op, model)
-    for hit in held:
-        hit.release()
-    assert v.gate.idle and v.snapshot().generating == 0 and not v.snapshot().queues
+                if op == "unload":
+                    swap = v.take_away(model, Action.UNLOAD, deadline)
+                    if swap is not None:
+                        with swap:
+                            swap.commit(hit=False)
+                    continue
+                if op == "sweep":
+                    swap = v.sweep()
+                    if swap is not None:
+                        with swap:
+                            raise Boom()
+                    continue
+                grant = v.admit(model, deadline)
+                if isinstance(grant, Hit):
+                    held.append(grant)
+                    continue
+                with grant:
+                    if op == "swap-raise":
+                        raise Boom()
+                    if op in ("swap-commit", "hit"):
+                        held.append(grant.commit())
+            except (Boom, Busy, Rejected):
+                pass
+            assert v.gate.slot_free, (op, model)
+        for hit in held:
+            hit.release()
+        assert v.gate.idle and v.snapshot().generating == 0 and not v.snapshot().queues
+
+    check()
 
 
 def test_status_shows_the_scheduler_and_its_queues(worker, start_store):
