@@ -255,7 +255,7 @@ def chunked_body(sock, held: bytes) -> ChunkedBody:
 
 
 @pytest.mark.parametrize("held", [True, False], ids=["in-one-read", "from-the-socket"])
-def test_a_chunked_body_gives_its_data_and_leaves_the_next_request(pair, held):
+def test_a_chunk_of_size_zero_ends_the_body(pair, held):
     ours, theirs = pair
     data = chunked_parts(b"hello ", b"", b"wor", b"ld", trailers=[b"X-T: 1"], extension=b";e=1")
     following = b"GET /next HTTP/1.1\r\n\r\n"
