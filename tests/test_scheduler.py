@@ -3,6 +3,7 @@ hits bypass; and the gate's grants under random operation sequences (Hypothesis)
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -95,6 +96,39 @@ def test_describe_shows_per_model_waiting_and_oldest_wait():
         "a": {"waiting": 2, "oldest_wait_s": 3.0},
         "b": {"waiting": 1, "oldest_wait_s": 1.0},
     }
+
+
+def test_a_group_takes_requests_strictly_before_the_next_models_oldest_plus_max_wait():
+    s = Scheduler(max_wait=2.0)
+    a1, _ = s.arrive("a", 0.0), s.arrive("b", 1.0)
+    a2, a3 = s.arrive("a", 2.75), s.arrive("a", 3.0)  # 3.0 is b1's 1.0 plus 2.0: not before
+    assert s.group("a", 3.0) == [a1, a2]
+    assert not s.in_group(a3, 3.0) and s.in_group(a2, 3.0)
+
+
+def test_a_max_wait_under_a_second_still_groups_within_it():
+    s = Scheduler(max_wait=0.5)
+    a1, _, a2 = s.arrive("a", 0.0), s.arrive("b", 0.125), s.arrive("a", 0.5)
+    a3 = s.arrive("a", 0.75)  # past b1 plus 0.5
+    assert s.group("a", 1.0) == [a1, a2] and not s.in_group(a3, 1.0)
+    assert s.may_hit("a", 1.0, a2)  # a queued member of the group is served as a hit
+    assert not s.may_hit("a", 1.0, a3)  # b has waited past max_wait: a3 waits for b
+
+
+def test_nothing_waiting_has_no_next_model_and_no_next_change():
+    s = Scheduler(max_wait=2.0)
+    assert s.next_model() is None and s.group("a", 0.0) == [] and len(s) == 0
+    assert s.next_change(0.0) == math.inf
+    s.arrive("b", 10.0)
+    assert s.next_change(10.5) == 1.5
+    assert s.next_change(12.0) == math.inf  # it reached max_wait now: nothing is ahead
+    assert s.next_change(13.0) == math.inf
+
+
+def test_describe_rounds_waits_to_the_millisecond():
+    s = Scheduler(max_wait=2.0)
+    s.arrive("a", 1.0)
+    assert s.describe(1.123456) == {"a": {"waiting": 1, "oldest_wait_s": 0.123}}
 
 
 def test_bad_max_wait_is_refused():
