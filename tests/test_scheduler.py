@@ -132,8 +132,9 @@ def test_describe_rounds_waits_to_the_millisecond():
 
 
 def test_bad_max_wait_is_refused():
-    with pytest.raises(ValueError):
-        Scheduler(max_wait=-1)
+    with pytest.raises(ValueError, match=r"^max_wait must be >= 0$"):
+        Scheduler(max_wait=-0.5)
+    assert Scheduler(max_wait=0).max_wait == 0
 
 
 # -- the view: a group is served before the next swap ------------------------------------
