@@ -13,6 +13,7 @@ from model_store_server.core.grants import Swap
 from model_store_server.core.worker_view import WorkerDown
 from model_store_server.policies.cost_model import CostModel
 from model_swap.errors import Unavailable
+from tests.conftest import wait_for
 
 PORT = 8080
 
@@ -126,6 +127,17 @@ def test_find_by_id_url_or_index_and_an_unknown_key_names_the_workers():
             raise AssertionError(f"{key} found")
 
 
+def test_with_no_worker_find_says_none_and_first_is_the_first():
+    try:
+        discovered([]).find("0")
+    except WorkerNotFound as err:
+        assert err.message == "no worker '0' (workers: none)"
+    else:
+        raise AssertionError("found a worker in an empty fleet")
+    fleet = listed("http://127.0.0.1:9", "http://127.0.0.1:10")
+    assert fleet.first() is fleet.nodes[0]
+
+
 def test_several_means_discovery_or_more_than_one_url():
     assert not listed(CLOSED).several
     assert listed(CLOSED, "http://127.0.0.1:10").several
@@ -139,6 +151,7 @@ def test_before_any_worker_is_discovered_first_is_a_down_stand_in():
     assert stand_in.state == DOWN and not stand_in.placeable
     assert stand_in.last_error == "no worker discovered yet"
     assert stand_in.id == f"workers.test:{PORT}"
+    assert stand_in.url == f"http://workers.test:{PORT}"
 
 
 def test_on_added_sees_the_workers_there_and_those_discovered_later():
@@ -207,7 +220,8 @@ def test_a_failed_probe_marks_one_of_several_down_and_its_waiting_requests_leave
         assert chosen is other
 
 
-def test_mark_up_brings_a_worker_back_once_and_re_reads_it():
+def test_mark_up_brings_a_worker_back_once_and_re_reads_it(caplog):
+    caplog.set_level("INFO", logger="model_store_server.core.fleet")
     fleet = listed(CLOSED, "http://127.0.0.1:10")
     node = fleet.nodes[0]
     recovered = []
@@ -218,6 +232,10 @@ def test_mark_up_brings_a_worker_back_once_and_re_reads_it():
     assert node.state == DOWN and node.last_error == "gone"
     fleet.mark_up(node)
     assert node.state == HEALTHY and recovered == [node]
+    assert caplog.messages == [
+        "worker 127.0.0.1:9 is down: gone",
+        "worker 127.0.0.1:9 answers again",
+    ]
     assert not node.view.snapshot().synced
     with node.view.admit("m.gguf", time.monotonic() + 1):  # up again: admitted (a swap)
         pass
@@ -259,3 +277,32 @@ def test_with_every_worker_down_one_not_draining_is_tried_and_none_left_is_a_503
         assert err.type == "worker_unavailable"
         assert err.headers == {"Retry-After": "1"}
         assert err.message == "no worker is available (all down, draining or none discovered)"
+
+
+def test_the_background_round_probes_every_worker_and_discovers_new_ones():
+    addresses = ["127.0.0.1"]
+    settings = StoreSettings(
+        worker_url="",
+        discovery="dns+http://workers.test:9",
+        discovery_interval=0.05,
+        health_interval=0.05,
+    )
+    fleet = Fleet(settings, ev.Events(), CostModel(), resolver=lambda _h, _p: list(addresses))
+    fleet.start()
+    try:
+        assert wait_for(lambda: fleet.nodes[0].state == DOWN)  # port 9 refuses: probed
+        addresses.append("127.0.0.2")
+        assert wait_for(lambda: len(fleet.nodes) == 2)  # re-resolved in the background
+        assert wait_for(lambda: fleet.nodes[1].state == DOWN)
+    finally:
+        fleet.stop()
+
+
+def test_one_listed_worker_has_no_background_round():
+    fleet = listed(CLOSED, health_interval=0.05)
+    fleet.start()
+    try:
+        time.sleep(0.3)
+        assert fleet.nodes[0].last_error is None  # never probed
+    finally:
+        fleet.stop()
