@@ -4,6 +4,7 @@ A ``Fleet`` with a resolver the test controls; no worker is called."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from model_store_server.config import StoreSettings
@@ -306,3 +307,69 @@ def test_one_listed_worker_has_no_background_round():
         assert fleet.nodes[0].last_error is None  # never probed
     finally:
         fleet.stop()
+
+
+class HealthServer:
+    """A worker that answers only ``GET /health`` (200), or accepts and never answers."""
+
+    def __init__(self, silent: bool = False):
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.silent = silent
+        self.stopped = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        held = []
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.silent:
+                held.append(conn)  # read nothing, answer nothing
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"ok":true}\n')
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+
+
+def test_a_probe_that_fails_names_the_error_and_one_that_answers_brings_the_worker_back():
+    server = HealthServer()
+    try:
+        fleet = listed(server.url, CLOSED)
+        node, closed = fleet.nodes
+        fleet.probe(closed)
+        assert closed.last_error == (
+            "worker at http://127.0.0.1:9 is unreachable "
+            "(ConnectionRefusedError(111, 'Connection refused'))"
+        )
+        fleet.mark_down(node, "gone")
+        recovered = []
+        fleet.on_recovered = recovered.append
+        fleet.probe(node)
+        assert node.state == HEALTHY and recovered == [node]
+        fleet.probe(node)  # already up: nothing more
+        assert recovered == [node]
+    finally:
+        server.close()
+
+
+def test_a_probe_of_a_silent_worker_gives_up_after_a_second_at_least():
+    server = HealthServer(silent=True)
+    try:
+        fleet = listed(server.url, CLOSED, health_interval=0.05)
+        node = fleet.nodes[0]
+        started = time.monotonic()
+        fleet.probe(node)  # bounded by max(1 s, HEALTH_INTERVAL)
+        assert time.monotonic() - started >= 1.0
+        assert node.state == DOWN and node.last_error
+    finally:
+        server.close()
