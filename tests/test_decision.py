@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_store_server.decision import Action, decide, reconcile
+from model_store_server.decision import Action, Decision, decide, reconcile
 from model_store_server.policies import POLICIES, Tier, create_policy
 from tests.conftest import FakeClock
 
@@ -177,6 +177,15 @@ def test_headers_name_both_tiers():
         "X-Cache-Action": "load_from_store",
         "X-Evicted": "",
         "X-Unloaded": "A",
+    }
+
+
+def test_headers_list_several_models_comma_separated_in_order():
+    decision = Decision("C", Action.LOAD_FROM_STORE, evicted=("A", "B"), unloaded=("D", "E"))
+    assert decision.headers() == {
+        "X-Cache-Action": "load_from_store",
+        "X-Evicted": "A,B",
+        "X-Unloaded": "D,E",
     }
 
 
