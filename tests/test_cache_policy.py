@@ -594,3 +594,67 @@ def test_gdsf_aged_lets_yesterdays_favourite_go():
         policy.touch("new")
     assert plain.admit("next") == ["new"]  # gdsf: 21 uses outrank today's 2
     assert aged.admit("next") == ["old"]
+
+
+# -- what /status says about each member, word for word ----------------------------------------
+
+GIB = 1024**3
+EXPLAINED = {
+    "lru": [
+        ("b", -5.5, "next victim, lowest in order: least recently used (idle 5.5s)"),
+        ("a", -3.0, "after b: least recently used (idle 3.0s)"),
+    ],
+    "no-evict": [
+        ("b", -5.5, "no-evict never evicts to make room; new models are refused when full"),
+        ("a", -3.0, "no-evict never evicts to make room; new models are refused when full"),
+    ],
+    "ttl": [
+        ("b", -5.5, "idle past its time-to-live: removed at the next sweep"),
+        ("a", -3.0, "no count or byte bound: leaves only when idle past its time-to-live"),
+    ],
+    "lfu-da": [
+        ("b", 1.0, "next victim, lowest in order: priority 1 = L 0 at its last use + 1 use(s) x 1"),
+        ("a", 2.0, "after b: priority 2 = L 0 at its last use + 2 use(s) x 1"),
+    ],
+    "gdsf": [
+        (
+            "b",
+            6.0,
+            "next victim, lowest in order: priority 6 = L 0 at its last use"
+            " + 1 use(s) x cost 6s / 1 slot",
+        ),
+        ("a", 8.0, "after b: priority 8 = L 0 at its last use + 2 use(s) x cost 4s / 1 slot"),
+    ],
+    "gdsf-bytes": [
+        (
+            "b",
+            3.0,
+            "next victim, lowest in order: priority 3 = L 0 at its last use"
+            " + 1 use(s) x cost 6s / 2 GiB",
+        ),
+        ("a", 8.0, "after b: priority 8 = L 0 at its last use + 2 use(s) x cost 4s / 1 GiB"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPLAINED))
+def test_explain_gives_each_members_priority_idle_time_and_reason(case):
+    from model_store_server.policies.cost_model import CostModel
+
+    cost = CostModel(
+        push_bytes_per_s=GIB, load_bytes_per_s=GIB, push_overhead_s=1, load_overhead_s=1
+    )
+    name, extra = case, {}
+    if case.startswith("gdsf"):
+        name, extra = "gdsf", {"max_bytes": 8 * GIB} if case == "gdsf-bytes" else {}
+    clock = FakeClock()
+    policy = create_policy(name, capacity=3, ttl=5.0, clock=clock, cost_model=cost, **extra)
+    policy.admit("a", GIB)
+    clock.advance(1.25)
+    policy.admit("b", 2 * GIB)
+    clock.advance(2.5)
+    policy.touch("a")
+    clock.advance(3)
+    rows = policy.explain()
+    assert [(r["name"], r["priority"], r["reason"]) for r in rows] == EXPLAINED[case]
+    assert [r["idle_seconds"] for r in rows] == [5.5, 3.0]
