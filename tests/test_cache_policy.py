@@ -658,3 +658,35 @@ def test_explain_gives_each_members_priority_idle_time_and_reason(case):
     rows = policy.explain()
     assert [(r["name"], r["priority"], r["reason"]) for r in rows] == EXPLAINED[case]
     assert [r["idle_seconds"] for r in rows] == [5.5, 3.0]
+
+
+def test_next_expiry_is_the_soonest_member_not_pinned_nor_kept_forever():
+    clock = FakeClock()
+    ttl = create_policy("ttl", capacity=5, ttl=5.0, clock=clock)
+    assert ttl.next_expiry() is None  # no member yet
+    ttl.admit("old")
+    clock.advance(1)
+    ttl.admit("kept")
+    ttl.admit("young")
+    clock.advance(1)
+    assert ttl.next_expiry() == 3.0  # old: 5 s after its use, 2 s ago
+    ttl.pin("old")  # pinned, first in order: skipped, and the others still count
+    assert ttl.next_expiry() == 4.0
+    ttl.set_ttl("kept", math.inf)
+    ttl.set_ttl("young", 10.0)
+    assert ttl.next_expiry() == 9.0
+    clock.advance(20)
+    assert ttl.next_expiry() == 0.0  # already past: 0, never negative
+    lru = create_policy("lru", capacity=5, ttl=5.0, clock=clock)
+    lru.admit("a")
+    assert lru.next_expiry() is None  # no time bound and no keep_alive
+    lru.admit("b")
+    lru.set_ttl("b", 2.0)
+    assert lru.next_expiry() == 2.0  # a (no ttl) is skipped, b counts
+
+
+def test_resize_of_a_stranger_names_it():
+    policy = create_policy("lru", capacity=2, ttl=5.0)
+    with pytest.raises(KeyError) as err:
+        policy.resize("x.gguf", 5)
+    assert err.value.args == ("x.gguf",)
