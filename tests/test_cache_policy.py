@@ -690,3 +690,9 @@ def test_resize_of_a_stranger_names_it():
     with pytest.raises(KeyError) as err:
         policy.resize("x.gguf", 5)
     assert err.value.args == ("x.gguf",)
+
+
+def test_a_policy_shows_its_bounds_and_members():
+    policy = create_policy("lru-ttl", capacity=2, ttl=5.0, max_bytes=100)
+    policy.admit("a", 10)
+    assert repr(policy) == "LRUTTLPolicy(capacity=2, max_bytes=100, ttl=5.0, members=['a'])"
