@@ -99,7 +99,9 @@ def main() -> None:
         checked = sum(counts.values()) - counts["not run"]  # "no tests" count as not killed
         caught = counts["killed"] + counts["timeout"]
         denominator = checked - equivalent
-        if denominator:
+        if not codes:
+            shown = "no mutants"
+        elif denominator:
             score = 100.0 * caught / denominator
             shown = f"{score:.1f}%{'' if score >= TARGET else ' (below target)'}"
         else:
