@@ -564,6 +564,11 @@ def test_openai_completion_grammar_or_response_format_and_keep_alive():
     assert completion(prompt="p", keep_alive="5m").keep_alive == 300.0
     assert chat(keep_alive=0).keep_alive == 0.0 and chat().keep_alive is None
     assert completion(prompt="p").kind == openai_api.COMPLETION and chat().kind == openai_api.CHAT
+    assert completion(prompt="p").model == "m.gguf" and chat().model == "m.gguf"
+    alias = openai_api.parse_completion({"model": "tiny-b", "prompt": "p"}, max_prompt_chars=9)
+    assert alias.model == "tiny-b.gguf"
+    formatted = completion(prompt="p", response_format={"type": "json_object"})
+    assert formatted.job["json_schema"] == {"type": "object"} and "grammar" not in formatted.job
 
 
 # -- request bodies: prompts, positive integers, keep_alive, nesting --------------------------
