@@ -335,6 +335,8 @@ def test_simple_responses_carry_the_envelope_and_close():
 def test_probe_responses():
     first, headers, body = parse_answer(http_request.probe_response(200, {"ok": True}, True))
     assert first == "HTTP/1.1 200 OK" and body == b'{"ok":true}\n'
+    two = parse_answer(http_request.probe_response(200, {"ok": True, "n": 1}, True))[2]
+    assert two == b'{"ok":true,"n":1}\n'
     assert headers["Content-Length"] == "12" and "Connection" not in headers
     data = http_request.probe_response(503, {"ok": False}, False, head_only=True)
     first, headers, body = parse_answer(data)
@@ -368,6 +370,17 @@ def test_the_environ_of_a_request():
     assert env["HTTP_AUTHORIZATION"] == "Bearer k"
     assert "HTTP_X_FORWARDED_FOR" not in env and "HTTP_CONTENT_TYPE" not in env
     assert "HTTP_CONTENT_LENGTH" not in env
+    assert env["SCRIPT_NAME"] == "" and env["REQUEST_URI"] == head.target
+    assert env["wsgi.version"] == (1, 0) and env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.input_terminated"] and env["wsgi.multithread"]
+    assert not env["wsgi.multiprocess"] and not env["wsgi.run_once"]
+    for target, path in [
+        ("https://example.test/x%E9?q", "/x\xe9"),  # percent-escapes as Latin-1 (PEP 3333)
+        ("http://example.test/v1", "/v1"),
+        ("http://example.test/", "/"),
+    ]:
+        env = http_request.build_environ(Head("GET", target, "HTTP/1.1", []), None, ("h", 1), None)
+        assert env["PATH_INFO"] == path
     short = Head("GET", "http://example.test", "HTTP/1.0", [])
     env = http_request.build_environ(short, None, ("h", 1), "unix")
     assert env["PATH_INFO"] == "/" and "CONTENT_LENGTH" not in env
