@@ -80,13 +80,19 @@ echo "   done in $(($(date +%s) - started))s"
 for module in "${selected[@]}"; do
     echo "== $module (budget ${budget}s)"
     started=$(date +%s)
-    # SIGINT lets mutmut stop its workers and keep every result it has.
-    timeout --signal=INT --kill-after=30 "$budget" \
-        nice -n 10 uv run mutmut run --max-children "$jobs" "$module.*" \
-        >"mutants/log-$module.txt" 2>&1
-    rc=$?
+    meta="mutants/${module//.//}.py.meta"
+    if grep -q '"exit_code_by_key": {}' "$meta" 2>/dev/null; then
+        rc=nothing # no mutant (only declarations): a run would run every selected test instead
+    else
+        # SIGINT lets mutmut stop its workers and keep every result it has.
+        timeout --signal=INT --kill-after=30 "$budget" \
+            nice -n 10 uv run mutmut run --max-children "$jobs" "$module.*" \
+            >"mutants/log-$module.txt" 2>&1
+        rc=$?
+    fi
     seconds=$(($(date +%s) - started))
     case $rc in
+        nothing) state="nothing to mutate" ;;
         0) state=complete ;;
         124 | 130 | 137) state="budget of ${budget}s reached" ;;
         *) state="mutmut failed (exit $rc, see mutants/log-$module.txt)" ;;
