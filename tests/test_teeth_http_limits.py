@@ -13,7 +13,9 @@ A refused upload leaves no file; the connection's server keeps serving others.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import socket
 import threading
 
@@ -196,7 +198,8 @@ def test_a_body_slower_than_min_upload_rate_is_cut_when_its_window_ends(pair):
     with pytest.raises(SlowUpload) as err:
         read_all(body)
     assert "below MIN_UPLOAD_RATE (1000 bytes/s)" in str(err.value)
-    assert str(err.value).startswith("request body arrived at ")
+    rate = re.match(r"request body arrived at (\d+) bytes/s over \d+ s", str(err.value))
+    assert rate and 1 <= int(rate.group(1)) <= 10  # 2 bytes over at least 0.2 s
 
 
 def test_a_body_at_its_rate_is_read_across_windows(pair):
@@ -227,6 +230,25 @@ def test_the_first_read_past_the_held_bytes_asks_for_the_body_once(pair):
     body = SizedBody(ours, b"abc", 6, min_rate=0, on_first_read=send_continue)
     assert not body.discard(100)  # never asked for: the connection cannot go on
     assert read_all(body, 2) == b"abcdef" and asked == [1]
+
+
+def test_a_body_is_a_readable_stream(pair):
+    ours, theirs = pair
+    theirs.sendall(b"def")
+    body = SizedBody(ours, b"abc", 6, min_rate=0)
+    assert body.readable()
+    assert io.BufferedReader(body).read() == b"abcdef"
+
+
+def test_discard_reads_a_rest_of_several_reads_and_not_a_broken_one(pair):
+    ours, theirs = pair
+    theirs.sendall(b"z" * 40_000)  # more than one read of the scratch buffer
+    body = SizedBody(ours, b"", 40_000, min_rate=0)
+    assert body.discard(64 * 1024) and body.done
+    theirs.sendall(b"abc")
+    theirs.shutdown(socket.SHUT_WR)
+    broken = SizedBody(ours, b"", 10, min_rate=0)
+    assert not broken.discard(64 * 1024) and not broken.done
 
 
 def test_discard_reads_the_rest_within_its_limit(pair):
