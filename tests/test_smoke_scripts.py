@@ -15,6 +15,9 @@ from tests.conftest import B
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("lru", "no-evict", "ttl", "lru-ttl")
+# The first test to use run_all_output waits for run_all.sh (eight processes, four charts):
+# beyond pytest's 120 s on a busy machine, within the script's own 300 s.
+RUN_ALL_TIMEOUT = 360
 
 
 def run_script(name: str, store_url: str, **env) -> subprocess.CompletedProcess:
@@ -75,6 +78,7 @@ def script_output(worker, start_store) -> Callable[..., str]:
     ("policy", "steps"), [("lru", 5), ("no-evict", 3), ("ttl", 3), ("lru-ttl", 4)]
 )
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_ALL_TIMEOUT)
 def test_each_policy_script_passes_against_fresh_servers(run_all_output, policy, steps):
     text = (run_all_output / f"{policy}.txt").read_text()
     assert text.count("\n=== ") == steps
@@ -118,6 +122,7 @@ def test_lru_ttl_shows_both_eviction_paths(script_output):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_ALL_TIMEOUT)
 def test_run_all_outputs_have_timing_lines_and_both_paths(run_all_output):
     check_timing_lines((run_all_output / "lru.txt").read_text())
     check_no_evict((run_all_output / "no-evict.txt").read_text())
@@ -126,6 +131,7 @@ def test_run_all_outputs_have_timing_lines_and_both_paths(run_all_output):
 
 @pytest.mark.parametrize(("policy", "bars"), [("lru", 5), ("no-evict", 3)])
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_ALL_TIMEOUT)
 def test_charts_have_one_bar_per_step(run_all_output, tmp_path, policy, bars):
     png = run_all_output / f"{policy}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
