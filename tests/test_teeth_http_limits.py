@@ -204,17 +204,17 @@ def test_a_body_slower_than_min_upload_rate_is_cut_when_its_window_ends(pair):
 
 def test_a_body_at_its_rate_is_read_across_windows(pair):
     ours, theirs = pair
-    body = SizedBody(ours, b"", 6, min_rate=1, window=0.05)
+    body = SizedBody(ours, b"", 60, min_rate=1, window=0.2)
 
-    def drip():
-        for piece in (b"ab", b"cd", b"ef"):
-            theirs.sendall(piece)
-            threading.Event().wait(0.06)  # each piece in a later window
+    def drip():  # 60 bytes over about 0.6 s: three windows, each with bytes in it
+        for _ in range(60):
+            theirs.sendall(b"x")
+            threading.Event().wait(0.01)
 
     sender = threading.Thread(target=drip)
     sender.start()
     try:
-        assert read_all(body) == b"abcdef"
+        assert read_all(body) == b"x" * 60
     finally:
         sender.join()
 
