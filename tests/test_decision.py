@@ -315,3 +315,30 @@ def test_reconcile_unloads_a_model_whose_file_the_worker_lost():
     assert tiers.cache.members() == [] and tiers.resident.members() == []
     to_delete, to_unload = reconcile(tiers.cache, tiers.resident, {}, {"X": 5})
     assert (to_delete, to_unload) == ([], ["X"])
+
+
+def test_reconcile_keeps_every_refused_file_while_admitting_later_ones():
+    tiers = Tiers("no-evict", capacity=5, cache_bytes=100)
+    to_delete, _ = reconcile(tiers.cache, tiers.resident, {"A": 60, "B": 60, "C": 30}, {})
+    assert to_delete == ["B"]  # C fits beside A after B was refused
+    assert tiers.cache.members() == ["A", "C"]
+
+
+def test_reconcile_unloads_a_model_that_does_not_fit_beside_pinned_ones():
+    tiers = Tiers("lru", capacity=3, loaded=3, loaded_bytes=100)
+    tiers.cache.admit("P", 1)
+    tiers.resident.admit("P", 50)
+    tiers.resident.pin("P")
+    to_delete, to_unload = reconcile(
+        tiers.cache, tiers.resident, {"P": 1, "A": 1}, {"P": 50, "A": 60}
+    )
+    assert (to_delete, to_unload) == ([], ["A"])
+    assert tiers.resident.members() == ["P"]
+
+
+def test_reconcile_keeps_the_tiers_own_order_for_models_they_hold():
+    tiers = Tiers(capacity=3, loaded=2)
+    tiers("A")
+    tiers("B")  # A is the least recently used here
+    reconcile(tiers.cache, tiers.resident, {"A": 1, "B": 1}, {"B": 1, "A": 1})
+    assert tiers.resident.members() == ["A", "B"]
