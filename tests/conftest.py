@@ -34,6 +34,18 @@ class FakeClock:
         self.now += seconds
 
 
+def example_counts(fast: int, thorough: int):
+    """Parametrize a property test by how many examples Hypothesis draws: ``fast`` in the
+    fast suite (``uv run pytest``), ``thorough`` in its twin marked slow (``-m slow``)."""
+    return pytest.mark.parametrize(
+        "max_examples",
+        [
+            pytest.param(fast, id=f"{fast}-examples"),
+            pytest.param(thorough, id=f"{thorough}-examples", marks=pytest.mark.slow),
+        ],
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """Three tiny models (tiny-a/b/c.gguf), written once per test session."""

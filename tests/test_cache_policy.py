@@ -7,7 +7,13 @@ import math
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from model_store_server.policies import (
     POLICIES,
@@ -20,7 +26,7 @@ from model_store_server.policies import (
 from model_store_server.policies import (
     GreedyDualPolicy as GreedyDual,
 )
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, example_counts
 
 CAPACITY = 2
 TTL = 5.0
@@ -465,8 +471,12 @@ class PolicyMachine(RuleBasedStateMachine):
             assert times == sorted(times)
 
 
-TestPolicyMachine = PolicyMachine.TestCase
-TestPolicyMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+@example_counts(50, 500)
+def test_policy_machine(max_examples):
+    run_state_machine_as_test(
+        PolicyMachine,
+        settings=settings(max_examples=max_examples, stateful_step_count=40, deadline=None),
+    )
 
 
 # -- traces: the GreedyDual family (lfu-da, gdsf) -----------------------------------------------
@@ -584,3 +594,105 @@ def test_gdsf_aged_lets_yesterdays_favourite_go():
         policy.touch("new")
     assert plain.admit("next") == ["new"]  # gdsf: 21 uses outrank today's 2
     assert aged.admit("next") == ["old"]
+
+
+# -- what /status says about each member, word for word ----------------------------------------
+
+GIB = 1024**3
+EXPLAINED = {
+    "lru": [
+        ("b", -5.5, "next victim, lowest in order: least recently used (idle 5.5s)"),
+        ("a", -3.0, "after b: least recently used (idle 3.0s)"),
+    ],
+    "no-evict": [
+        ("b", -5.5, "no-evict never evicts to make room; new models are refused when full"),
+        ("a", -3.0, "no-evict never evicts to make room; new models are refused when full"),
+    ],
+    "ttl": [
+        ("b", -5.5, "idle past its time-to-live: removed at the next sweep"),
+        ("a", -3.0, "no count or byte bound: leaves only when idle past its time-to-live"),
+    ],
+    "lfu-da": [
+        ("b", 1.0, "next victim, lowest in order: priority 1 = L 0 at its last use + 1 use(s) x 1"),
+        ("a", 2.0, "after b: priority 2 = L 0 at its last use + 2 use(s) x 1"),
+    ],
+    "gdsf": [
+        (
+            "b",
+            6.0,
+            "next victim, lowest in order: priority 6 = L 0 at its last use"
+            " + 1 use(s) x cost 6s / 1 slot",
+        ),
+        ("a", 8.0, "after b: priority 8 = L 0 at its last use + 2 use(s) x cost 4s / 1 slot"),
+    ],
+    "gdsf-bytes": [
+        (
+            "b",
+            3.0,
+            "next victim, lowest in order: priority 3 = L 0 at its last use"
+            " + 1 use(s) x cost 6s / 2 GiB",
+        ),
+        ("a", 8.0, "after b: priority 8 = L 0 at its last use + 2 use(s) x cost 4s / 1 GiB"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPLAINED))
+def test_explain_gives_each_members_priority_idle_time_and_reason(case):
+    from model_store_server.policies.cost_model import CostModel
+
+    cost = CostModel(
+        push_bytes_per_s=GIB, load_bytes_per_s=GIB, push_overhead_s=1, load_overhead_s=1
+    )
+    name, extra = case, {}
+    if case.startswith("gdsf"):
+        name, extra = "gdsf", {"max_bytes": 8 * GIB} if case == "gdsf-bytes" else {}
+    clock = FakeClock()
+    policy = create_policy(name, capacity=3, ttl=5.0, clock=clock, cost_model=cost, **extra)
+    policy.admit("a", GIB)
+    clock.advance(1.25)
+    policy.admit("b", 2 * GIB)
+    clock.advance(2.5)
+    policy.touch("a")
+    clock.advance(3)
+    rows = policy.explain()
+    assert [(r["name"], r["priority"], r["reason"]) for r in rows] == EXPLAINED[case]
+    assert [r["idle_seconds"] for r in rows] == [5.5, 3.0]
+
+
+def test_next_expiry_is_the_soonest_member_not_pinned_nor_kept_forever():
+    clock = FakeClock()
+    ttl = create_policy("ttl", capacity=5, ttl=5.0, clock=clock)
+    assert ttl.next_expiry() is None  # no member yet
+    ttl.admit("old")
+    clock.advance(1)
+    ttl.admit("kept")
+    ttl.admit("young")
+    clock.advance(1)
+    assert ttl.next_expiry() == 3.0  # old: 5 s after its use, 2 s ago
+    ttl.pin("old")  # pinned, first in order: skipped, and the others still count
+    assert ttl.next_expiry() == 4.0
+    ttl.set_ttl("kept", math.inf)
+    ttl.set_ttl("young", 10.0)
+    assert ttl.next_expiry() == 9.0
+    clock.advance(20)
+    assert ttl.next_expiry() == 0.0  # already past: 0, never negative
+    lru = create_policy("lru", capacity=5, ttl=5.0, clock=clock)
+    lru.admit("a")
+    assert lru.next_expiry() is None  # no time bound and no keep_alive
+    lru.admit("b")
+    lru.set_ttl("b", 2.0)
+    assert lru.next_expiry() == 2.0  # a (no ttl) is skipped, b counts
+
+
+def test_resize_of_a_stranger_names_it():
+    policy = create_policy("lru", capacity=2, ttl=5.0)
+    with pytest.raises(KeyError) as err:
+        policy.resize("x.gguf", 5)
+    assert err.value.args == ("x.gguf",)
+
+
+def test_a_policy_shows_its_bounds_and_members():
+    policy = create_policy("lru-ttl", capacity=2, ttl=5.0, max_bytes=100)
+    policy.admit("a", 10)
+    assert repr(policy) == "LRUTTLPolicy(capacity=2, max_bytes=100, ttl=5.0, members=['a'])"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_store_server.decision import Action, decide, reconcile
+from model_store_server.decision import Action, Decision, decide, reconcile
 from model_store_server.policies import POLICIES, Tier, create_policy
 from tests.conftest import FakeClock
 
@@ -180,6 +180,15 @@ def test_headers_name_both_tiers():
     }
 
 
+def test_headers_list_several_models_comma_separated_in_order():
+    decision = Decision("C", Action.LOAD_FROM_STORE, evicted=("A", "B"), unloaded=("D", "E"))
+    assert decision.headers() == {
+        "X-Cache-Action": "load_from_store",
+        "X-Evicted": "A,B",
+        "X-Unloaded": "D,E",
+    }
+
+
 # -- reconciling with the worker's report ----------------------------------------------
 
 
@@ -235,3 +244,101 @@ def test_a_new_version_of_a_pinned_model_stays_pinned():
     tiers.resident.pin("A")
     d = tiers("A", stale=True)
     assert d.evicted == ("A",) and tiers.cache.is_pinned("A") and tiers.resident.is_pinned("A")
+
+
+def test_a_stale_copy_in_memory_is_loaded_again_and_an_unpinned_one_stays_unpinned():
+    tiers = Tiers(capacity=2, loaded=2)
+    tiers("A")
+    d = tiers("A", stale=True)
+    assert d.action is Action.LOAD_FROM_STORE and d.evicted == ("A",) and d.unloaded == ()
+    assert tiers.resident.members() == ["A"]
+    assert not tiers.cache.is_pinned("A") and not tiers.resident.is_pinned("A")
+
+
+def test_a_file_evicted_for_room_leaves_memory_too():
+    tiers = Tiers(capacity=1, loaded=2)
+    tiers("A")
+    d = tiers("B")
+    assert d.evicted == ("A",) and d.unloaded == ()  # listed once, as evicted
+    assert tiers.cache.members() == ["B"] and tiers.resident.members() == ["B"]
+
+
+def test_expired_lists_files_and_memory_whose_time_was_up():
+    tiers = Tiers("lru-ttl", capacity=3, loaded=3, ttl=5.0)
+    tiers("A")
+    tiers.clock.advance(3)
+    tiers("B")
+    tiers.resident.set_ttl("B", 1.0)  # B's keep_alive: 1 s in memory
+    tiers.clock.advance(3)  # A's file idle 6 s (past 5), B idle in memory 3 s (past 1)
+    d = tiers("C")
+    assert d.evicted == ("A",) and d.unloaded == ("B",)
+    assert d.expired == ("A", "B")
+    assert tiers.cache.members() == ["B", "C"] and tiers.resident.members() == ["C"]
+
+
+def test_sizes_default_to_nothing():
+    tiers = Tiers(capacity=3, loaded=3, cache_bytes=1, loaded_bytes=1)
+    for model in ("A", "B"):
+        outcome = decide(tiers.cache, tiers.resident, model)
+        tiers.cache, tiers.resident = outcome.cache, outcome.resident
+        assert outcome.decision.evicted == () and outcome.decision.unloaded == ()
+    assert tiers.cache.members() == ["A", "B"] and tiers.resident.members() == ["A", "B"]
+
+
+def test_reconcile_adopts_files_by_their_sizes_within_the_byte_budget():
+    tiers = Tiers("no-evict", capacity=3, cache_bytes=100)
+    to_delete, to_unload = reconcile(tiers.cache, tiers.resident, {"A": 60, "B": 60}, {})
+    assert to_delete == ["B"] and to_unload == []  # B does not fit beside A: refused
+    assert tiers.cache.members() == ["A"] and tiers.cache.size_of("A") == 60
+    tiers = Tiers("lru", capacity=3, cache_bytes=100)
+    to_delete, _ = reconcile(tiers.cache, tiers.resident, {"A": 60, "B": 30}, {})
+    assert to_delete == [] and [tiers.cache.size_of(m) for m in ("A", "B")] == [60, 30]
+
+
+def test_reconcile_adopts_memory_by_its_footprint_within_the_byte_budget():
+    tiers = Tiers("lru", capacity=3, loaded=3, loaded_bytes=100)
+    tiers.cache.admit("P", 1)
+    tiers.resident.admit("P", 50)
+    tiers.resident.pin("P")  # cannot be unloaded to make room
+    to_delete, to_unload = reconcile(
+        tiers.cache, tiers.resident, {"P": 1, "A": 1, "B": 1}, {"P": 50, "A": 40, "B": 20}
+    )
+    assert to_delete == [] and to_unload == ["A"]  # 50 + 40 + 20 > 100: A is the oldest
+    assert tiers.resident.members() == ["P", "B"] and tiers.resident.size_of("B") == 20
+
+
+def test_reconcile_unloads_a_model_whose_file_the_worker_lost():
+    tiers = Tiers(capacity=2, loaded=2)
+    tiers("A")
+    to_delete, to_unload = reconcile(tiers.cache, tiers.resident, {}, {"A": 1})
+    assert (to_delete, to_unload) == ([], ["A"])
+    assert tiers.cache.members() == [] and tiers.resident.members() == []
+    to_delete, to_unload = reconcile(tiers.cache, tiers.resident, {}, {"X": 5})
+    assert (to_delete, to_unload) == ([], ["X"])
+
+
+def test_reconcile_keeps_every_refused_file_while_admitting_later_ones():
+    tiers = Tiers("no-evict", capacity=5, cache_bytes=100)
+    to_delete, _ = reconcile(tiers.cache, tiers.resident, {"A": 60, "B": 60, "C": 30}, {})
+    assert to_delete == ["B"]  # C fits beside A after B was refused
+    assert tiers.cache.members() == ["A", "C"]
+
+
+def test_reconcile_unloads_a_model_that_does_not_fit_beside_pinned_ones():
+    tiers = Tiers("lru", capacity=3, loaded=3, loaded_bytes=100)
+    tiers.cache.admit("P", 1)
+    tiers.resident.admit("P", 50)
+    tiers.resident.pin("P")
+    to_delete, to_unload = reconcile(
+        tiers.cache, tiers.resident, {"P": 1, "A": 1}, {"P": 50, "A": 60}
+    )
+    assert (to_delete, to_unload) == ([], ["A"])
+    assert tiers.resident.members() == ["P"]
+
+
+def test_reconcile_keeps_the_tiers_own_order_for_models_they_hold():
+    tiers = Tiers(capacity=3, loaded=2)
+    tiers("A")
+    tiers("B")  # A is the least recently used here
+    reconcile(tiers.cache, tiers.resident, {"A": 1, "B": 1}, {"B": 1, "A": 1})
+    assert tiers.resident.members() == ["A", "B"]

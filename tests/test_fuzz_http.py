@@ -1,7 +1,7 @@
 """Hostile bytes against both services' front server (benchmarks/fuzz.py's strategies):
 each input gets a 4xx (or a valid answer, or a closed connection), never a 500, and a
-fresh connection afterwards gets its answer. Bounded to a few seconds; run
-``benchmarks/fuzz.py`` for thousands of cases."""
+fresh connection afterwards gets its answer. A few seconds in the fast suite (hundreds of
+cases under ``-m slow``); run ``benchmarks/fuzz.py`` for thousands of cases."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 
 from benchmarks.fuzz import request_bytes, services, still_serving, try_case
 from model_swap.tiny_models import write_tiny_models
-
-CASES = 100  # per service; a few seconds each
+from tests.conftest import example_counts
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +37,12 @@ ISSUE_CASES = [
 
 
 @pytest.mark.parametrize("service", ["store", "worker"])
-def test_fuzzed_requests_never_silence_a_service(running, service):
+@example_counts(40, 400)  # per service
+def test_fuzzed_requests_never_silence_a_service(running, service, max_examples):
     server = running[service]
 
     @settings(
-        max_examples=CASES,
+        max_examples=max_examples,
         deadline=None,
         database=None,
         derandomize=True,

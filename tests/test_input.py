@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference_worker.app import create_app as create_worker_app
 from inference_worker.config import WorkerSettings
 from model_store_server.app import create_app as create_store_app
 from model_store_server.config import StoreSettings
-from tests.conftest import A, ask, worker_status
+from tests.conftest import A, ask, example_counts, worker_status
 
 BAD_NAMES = [
     "../tiny-a.gguf",
@@ -157,37 +157,43 @@ def fuzz_apps(tmp_path_factory):
     return root, worker_app.test_client(), store_app.test_client()
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(body=request_bodies)
-def test_fuzz_store_user_request(fuzz_apps, body):
+@example_counts(40, 600)
+def test_fuzz_store_user_request(fuzz_apps, max_examples):
     root, _, store = fuzz_apps
-    before = _tree(root)
-    r = store.post("/user_request", data=body, content_type="application/json")
-    assert r.status_code < 500 or r.json["error"]["type"] == "worker_unavailable"
-    assert r.json["error"]["message"]
-    assert _tree(root) == before
+
+    @settings(max_examples=max_examples, deadline=None)
+    @given(body=request_bodies)
+    def check(body):
+        before = _tree(root)
+        r = store.post("/user_request", data=body, content_type="application/json")
+        assert r.status_code < 500 or r.json["error"]["type"] == "worker_unavailable"
+        assert r.json["error"]["message"]
+        assert _tree(root) == before
+
+    check()
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(name=names, body=st.binary(max_size=64))
-def test_fuzz_worker_names_and_bodies(fuzz_apps, name, body):
+@example_counts(40, 600)
+def test_fuzz_worker_names_and_bodies(fuzz_apps, max_examples):
     root, worker, _ = fuzz_apps
-    before = _tree(root)
-    try:
-        headers = {"X-Model-Name": name}
-        for path in ("/cache_model", "/load_model_from_store", "/load_model_from_local_store"):
-            r = worker.post(path, data=body, headers=headers)
-            assert r.status_code < 500, (path, name, r.json)
-    except ValueError:
-        pass  # the test client refuses header values with newlines, like any HTTP client
-    r = worker.delete(f"/models/{requests.utils.quote(name, safe='')}")
-    assert r.status_code < 500
-    r = worker.post("/infer", data=body, content_type="application/json")
-    assert r.status_code < 500
-    new = _tree(root) - before
-    # Only a well-formed upload can add a file, and only inside the cache directory.
-    assert all(p.startswith("cache/") for p in new), new
+
+    @settings(max_examples=max_examples, deadline=None)
+    @given(name=names, body=st.binary(max_size=64))
+    def check(name, body):
+        before = _tree(root)
+        try:
+            headers = {"X-Model-Name": name}
+            for path in ("/cache_model", "/load_model_from_store", "/load_model_from_local_store"):
+                r = worker.post(path, data=body, headers=headers)
+                assert r.status_code < 500, (path, name, r.json)
+        except ValueError:
+            pass  # the test client refuses header values with newlines, like any HTTP client
+        r = worker.delete(f"/models/{requests.utils.quote(name, safe='')}")
+        assert r.status_code < 500
+        r = worker.post("/infer", data=body, content_type="application/json")
+        assert r.status_code < 500
+        new = _tree(root) - before
+        # Only a well-formed upload can add a file, and only inside the cache directory.
+        assert all(p.startswith("cache/") for p in new), new
+
+    check()

@@ -3,6 +3,7 @@ hits bypass; and the gate's grants under random operation sequences (Hypothesis)
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from model_store_server.core.scheduler import Scheduler
 from model_store_server.core.worker_view import Rejected, WorkerView
 from model_store_server.decision import Action
 from model_store_server.policies import Tier, create_policy
+from tests.conftest import example_counts
 
 
 def test_a_group_is_every_request_for_the_next_model_within_max_wait():
@@ -96,9 +98,43 @@ def test_describe_shows_per_model_waiting_and_oldest_wait():
     }
 
 
+def test_a_group_takes_requests_strictly_before_the_next_models_oldest_plus_max_wait():
+    s = Scheduler(max_wait=2.0)
+    a1, _ = s.arrive("a", 0.0), s.arrive("b", 1.0)
+    a2, a3 = s.arrive("a", 2.75), s.arrive("a", 3.0)  # 3.0 is b1's 1.0 plus 2.0: not before
+    assert s.group("a", 3.0) == [a1, a2]
+    assert not s.in_group(a3, 3.0) and s.in_group(a2, 3.0)
+
+
+def test_a_max_wait_under_a_second_still_groups_within_it():
+    s = Scheduler(max_wait=0.5)
+    a1, _, a2 = s.arrive("a", 0.0), s.arrive("b", 0.125), s.arrive("a", 0.5)
+    a3 = s.arrive("a", 0.75)  # past b1 plus 0.5
+    assert s.group("a", 1.0) == [a1, a2] and not s.in_group(a3, 1.0)
+    assert s.may_hit("a", 1.0, a2)  # a queued member of the group is served as a hit
+    assert not s.may_hit("a", 1.0, a3)  # b has waited past max_wait: a3 waits for b
+
+
+def test_nothing_waiting_has_no_next_model_and_no_next_change():
+    s = Scheduler(max_wait=2.0)
+    assert s.next_model() is None and s.group("a", 0.0) == [] and len(s) == 0
+    assert s.next_change(0.0) == math.inf
+    s.arrive("b", 10.0)
+    assert s.next_change(10.5) == 1.5
+    assert s.next_change(12.0) == math.inf  # it reached max_wait now: nothing is ahead
+    assert s.next_change(13.0) == math.inf
+
+
+def test_describe_rounds_waits_to_the_millisecond():
+    s = Scheduler(max_wait=2.0)
+    s.arrive("a", 1.0)
+    assert s.describe(1.123456) == {"a": {"waiting": 1, "oldest_wait_s": 0.123}}
+
+
 def test_bad_max_wait_is_refused():
-    with pytest.raises(ValueError):
-        Scheduler(max_wait=-1)
+    with pytest.raises(ValueError, match=r"^max_wait must be >= 0$"):
+        Scheduler(max_wait=-0.5)
+    assert Scheduler(max_wait=0).max_wait == 0
 
 
 # -- the view: a group is served before the next swap ------------------------------------
@@ -170,48 +206,52 @@ class Boom(BaseException):
     """Not even an Exception."""
 
 
-@settings(max_examples=150, deadline=None)
-@given(OPS, st.sampled_from([0.0, 2.0]))
-def test_no_sequence_of_grants_and_failures_leaks_the_slot_or_a_hit(ops, max_wait):
-    v = view(capacity=2, loaded=2, max_wait=max_wait)
-    held: list[Hit] = []
-    for op, model in ops:
-        deadline = time.monotonic() + 0.01
-        try:
-            if op == "release-one":
-                if held:
-                    held.pop().release()
-                continue
-            if op == "exclusive-raise":
-                with v.exclusive(deadline):
-                    raise Boom()
-            if op == "unload":
-                swap = v.take_away(model, Action.UNLOAD, deadline)
-                if swap is not None:
-                    with swap:
-                        swap.commit(hit=False)
-                continue
-            if op == "sweep":
-                swap = v.sweep()
-                if swap is not None:
-                    with swap:
+@example_counts(50, 600)
+def test_no_sequence_of_grants_and_failures_leaks_the_slot_or_a_hit(max_examples):
+    @settings(max_examples=max_examples, deadline=None)
+    @given(OPS, st.sampled_from([0.0, 2.0]))
+    def check(ops, max_wait):
+        v = view(capacity=2, loaded=2, max_wait=max_wait)
+        held: list[Hit] = []
+        for op, model in ops:
+            deadline = time.monotonic() + 0.01
+            try:
+                if op == "release-one":
+                    if held:
+                        held.pop().release()
+                    continue
+                if op == "exclusive-raise":
+                    with v.exclusive(deadline):
                         raise Boom()
-                continue
-            grant = v.admit(model, deadline)
-            if isinstance(grant, Hit):
-                held.append(grant)
-                continue
-            with grant:
-                if op == "swap-raise":
-                    raise Boom()
-                if op in ("swap-commit", "hit"):
-                    held.append(grant.commit())
-        except (Boom, Busy, Rejected):
-            pass
-        assert v.gate.slot_free, (op, model)
-    for hit in held:
-        hit.release()
-    assert v.gate.idle and v.snapshot().generating == 0 and not v.snapshot().queues
+                if op == "unload":
+                    swap = v.take_away(model, Action.UNLOAD, deadline)
+                    if swap is not None:
+                        with swap:
+                            swap.commit(hit=False)
+                    continue
+                if op == "sweep":
+                    swap = v.sweep()
+                    if swap is not None:
+                        with swap:
+                            raise Boom()
+                    continue
+                grant = v.admit(model, deadline)
+                if isinstance(grant, Hit):
+                    held.append(grant)
+                    continue
+                with grant:
+                    if op == "swap-raise":
+                        raise Boom()
+                    if op in ("swap-commit", "hit"):
+                        held.append(grant.commit())
+            except (Boom, Busy, Rejected):
+                pass
+            assert v.gate.slot_free, (op, model)
+        for hit in held:
+            hit.release()
+        assert v.gate.idle and v.snapshot().generating == 0 and not v.snapshot().queues
+
+    check()
 
 
 def test_status_shows_the_scheduler_and_its_queues(worker, start_store):

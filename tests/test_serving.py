@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,23 @@ def store_process(processes, tmp_path, models_dir):
     return start
 
 
+@pytest.fixture(scope="module")
+def shared_worker(tmp_path_factory) -> Iterator[ServiceProcess]:
+    """One worker process for this module's tests that neither stop it nor depend on what
+    its cache holds (each checks its own files: nothing else writes them)."""
+    root = tmp_path_factory.mktemp("shared-worker")
+    settings = {
+        "WORKER_HOST": "127.0.0.1",
+        "WORKER_PORT": "",
+        "MODEL_CACHE_DIR": str(root / "cache"),
+    }
+    process = ServiceProcess("inference_worker.cli", settings, "WORKER_PORT", root / "worker.log")
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+
+
 def raw_response_head(url: str, path: str = "/healthz") -> tuple[int, dict[str, str]]:
     """Status and headers exactly as sent (what ``curl -i`` shows)."""
     host, port = url.removeprefix("http://").split(":")
@@ -87,8 +105,8 @@ def exit_code(service: ServiceProcess, timeout: float = 60) -> int:
     return service.process.wait(timeout=timeout)
 
 
-def test_both_services_answer_with_the_production_server(worker_process, store_process):
-    worker = worker_process()
+def test_both_services_answer_with_the_production_server(shared_worker, store_process):
+    worker = shared_worker
     store = store_process(worker.url)
     for service in (worker, store):
         status, headers = raw_response_head(service.url)
@@ -315,9 +333,9 @@ def test_chunked_framing_of_any_shape_reaches_the_disk_intact(worker_process, mo
     [b"zz\r\nGGUF\r\n0\r\n\r\n", b"4\r\nGGUFxx0\r\n\r\n", b"4\r\nGGUF\r\n" + b"1" * 9000],
     ids=["bad-size", "no-crlf-after-data", "endless-size-line"],
 )
-def test_broken_chunked_framing_is_refused_and_leaves_nothing(worker_process, tmp_path, broken):
-    cache = tmp_path / "cache"
-    worker = worker_process(cache_dir=cache)
+def test_broken_chunked_framing_is_refused_and_leaves_nothing(shared_worker, broken):
+    worker = shared_worker
+    cache = Path(worker.env["MODEL_CACHE_DIR"])
     # Refused at once: not after MIN_UPLOAD_RATE's 30 s window (the broken framing once made
     # the server drain the rest of the body until that cut it).
     conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
@@ -366,11 +384,11 @@ def _status_lines(sock: socket.socket, count: int) -> list[bytes]:
 
 @pytest.mark.parametrize("service", ["worker", "store"])
 def test_an_unread_body_does_not_eat_the_next_request_on_the_connection(
-    worker_process, store_process, service
+    shared_worker, store_process, service
 ):
     """A request answered without reading its body (400, 401) leaves a keep-alive
     connection usable: the next request on it is read intact."""
-    worker = worker_process()
+    worker = shared_worker
     if service == "worker":  # 400: no X-Model-Name, body never read
         port, first = worker.port, b"POST /load_model_from_local_store HTTP/1.1\r\n"
         extra = b"Content-Type: application/json\r\n"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ from tests.conftest import B
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("lru", "no-evict", "ttl", "lru-ttl")
+# The first test to use run_all_output waits for run_all.sh (eight processes, four charts):
+# beyond pytest's 120 s on a busy machine, within the script's own 300 s.
+RUN_ALL_TIMEOUT = 360
 
 
 def run_script(name: str, store_url: str, **env) -> subprocess.CompletedProcess:
@@ -55,10 +60,25 @@ def run_all_output(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def script_output(worker, start_store) -> Callable[..., str]:
+    """Run one smoke script against an in-process worker and store with the settings it
+    asks for (seconds, where run_all.sh starts two processes per script); its stdout."""
+
+    def run(script: str, **store_settings) -> str:
+        store = start_store(worker, max_cache_size=2, **store_settings)
+        result = run_script(script, store.url)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    return run
+
+
 @pytest.mark.parametrize(
     ("policy", "steps"), [("lru", 5), ("no-evict", 3), ("ttl", 3), ("lru-ttl", 4)]
 )
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_ALL_TIMEOUT)
 def test_each_policy_script_passes_against_fresh_servers(run_all_output, policy, steps):
     text = (run_all_output / f"{policy}.txt").read_text()
     assert text.count("\n=== ") == steps
@@ -66,31 +86,52 @@ def test_each_policy_script_passes_against_fresh_servers(run_all_output, policy,
     assert f"PASS: all {steps} steps matched" in text
 
 
-def test_timing_lines_have_the_seed_format(run_all_output):
-    import re
-
-    pattern = re.compile(
-        r"^\[http \d{3} \| tcp_connect=\d+\.\d{3}s  time_to_first_byte=\d+\.\d{3}s  "
-        r"generation=\d+\.\d{3}s  total=\d+\.\d{3}s \| throughput=~\d+ bytes/s\]$",
-        re.M,
-    )
-    assert len(pattern.findall((run_all_output / "lru.txt").read_text())) == 5
+# Each check below runs twice: fast, on one script against in-process servers, and slow,
+# on run_all.sh's output (every script against fresh processes).
+TIMING_LINE = re.compile(
+    r"^\[http \d{3} \| tcp_connect=\d+\.\d{3}s  time_to_first_byte=\d+\.\d{3}s  "
+    r"generation=\d+\.\d{3}s  total=\d+\.\d{3}s \| throughput=~\d+ bytes/s\]$",
+    re.M,
+)
 
 
-def test_no_evict_script_checks_zero_bytes_for_the_refused_model(run_all_output):
-    text = (run_all_output / "no-evict.txt").read_text()
+def check_timing_lines(text: str) -> None:
+    assert len(TIMING_LINE.findall(text)) == 5
+
+
+def check_no_evict(text: str) -> None:
     assert "actual: action=rejected evicted=[]" in text
     assert "bytes the worker received for the refused model: expected 0, got 0" in text
 
 
-def test_lru_ttl_shows_both_eviction_paths(run_all_output):
-    text = (run_all_output / "lru-ttl.txt").read_text()
+def check_lru_ttl(text: str) -> None:
     assert "actual: action=load_from_store evicted=[tiny-a.gguf]" in text
     assert "actual: action=load_from_store evicted=[tiny-b.gguf,tiny-c.gguf]" in text
 
 
+def test_timing_lines_have_the_seed_format(script_output):
+    check_timing_lines(script_output("test_cache_smoke.sh", cache_policy="lru"))
+
+
+def test_no_evict_script_checks_zero_bytes_for_the_refused_model(script_output):
+    check_no_evict(script_output("test_no_evict_smoke.sh", cache_policy="no-evict"))
+
+
+def test_lru_ttl_shows_both_eviction_paths(script_output):
+    check_lru_ttl(script_output("test_lru_ttl_smoke.sh", cache_policy="lru-ttl", ttl_seconds=1))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_ALL_TIMEOUT)
+def test_run_all_outputs_have_timing_lines_and_both_paths(run_all_output):
+    check_timing_lines((run_all_output / "lru.txt").read_text())
+    check_no_evict((run_all_output / "no-evict.txt").read_text())
+    check_lru_ttl((run_all_output / "lru-ttl.txt").read_text())
+
+
 @pytest.mark.parametrize(("policy", "bars"), [("lru", 5), ("no-evict", 3)])
 @pytest.mark.slow
+@pytest.mark.timeout(RUN_ALL_TIMEOUT)
 def test_charts_have_one_bar_per_step(run_all_output, tmp_path, policy, bars):
     png = run_all_output / f"{policy}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,15 +141,17 @@ def test_charts_have_one_bar_per_step(run_all_output, tmp_path, policy, bars):
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
-def test_plot_reads_stdin(run_all_output, tmp_path):
+def test_plot_reads_stdin(script_output, tmp_path):
+    text = script_output("test_no_evict_smoke.sh", cache_policy="no-evict")
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "plot_run.py"), "-o", str(tmp_path / "s.png")],
-        input=(run_all_output / "ttl.txt").read_text(),
+        input=text,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0 and "(3 bars)" in result.stdout
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_without_timing_lines_exits_1(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 
 from model_store_server.api import ollama as ollama_api
 from model_store_server.api import openai as openai_api
-from model_swap.errors import BadRequest, WorkerFailed
+from model_swap import requests_json
+from model_swap.errors import BadRequest, NotFound, WorkerFailed
 
 LIMIT = 10_000
 # Every sampling value distinct, so a value stored under another name shows.
@@ -343,3 +344,298 @@ def test_ollama_embed_requests():
     assert (err.param, err.message) == ("truncate", "truncate must be a boolean")
     err = refused(ollama_api.parse_legacy_embeddings, {"model": "m", "prompt": ["a"]})
     assert (err.param, err.message) == ("prompt", "prompt must be a string")
+
+
+# -- OpenAI: each check at its value and one step past it (nothing here does I/O) ------------
+
+
+MSGS = [{"role": "user", "content": "x"}]
+
+
+def chat(**fields):
+    return openai_api.parse_chat(
+        {"model": "m.gguf", "messages": MSGS, **fields}, max_prompt_chars=LIMIT
+    )
+
+
+def completion(limit: int = LIMIT, **fields):
+    return openai_api.parse_completion({"model": "m.gguf", **fields}, max_prompt_chars=limit)
+
+
+def bad(call, *args, **kwargs) -> BadRequest:
+    with pytest.raises(BadRequest) as err:
+        call(*args, **kwargs)
+    return err.value
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "model is required"),
+        ({"model": ""}, "model is required"),
+        ({"model": 3}, "model must be a string"),
+    ],
+)
+def test_openai_model_missing_or_not_a_string(body, message):
+    err = bad(openai_api.parse_model, body)
+    assert (err.message, err.param, err.status) == (message, "model", 400)
+
+
+def test_openai_model_aliases_and_an_impossible_name():
+    assert openai_api.parse_model({"model": "tiny-a"}) == "tiny-a.gguf"
+    assert openai_api.parse_model({"model": "tiny-a:latest"}) == "tiny-a.gguf"
+    assert openai_api.parse_model({"model": "tiny-a.gguf"}) == "tiny-a.gguf"
+    with pytest.raises(NotFound) as err:
+        openai_api.parse_model({"model": "../x"})
+    assert (err.value.message, err.value.param) == ("The model `../x` does not exist", "model")
+
+
+@pytest.mark.parametrize(
+    ("name", "harmless", "asks"),
+    [
+        ("n", 1, 2),
+        ("best_of", 1, 2),
+        ("logprobs", False, True),
+        ("top_logprobs", None, 0),
+        ("echo", False, True),
+        ("suffix", None, ""),
+        ("logit_bias", {}, {"50256": -100}),
+        ("functions", [], [{"name": "f"}]),
+        ("function_call", "none", "auto"),
+        ("modalities", ["text"], ["text", "audio"]),
+        ("audio", None, {}),
+        ("prediction", None, {}),
+    ],
+)
+def test_openai_unsupported_fields_are_refused_only_when_they_ask_for_something(
+    name, harmless, asks
+):
+    for parse in (chat, completion):
+        fields = {"prompt": "p"} if parse is completion else {}
+        parse(**fields, **{name: harmless})  # the value that asks for nothing passes
+        err = bad(parse, **fields, **{name: asks})
+        assert (err.message, err.param) == (f"{name} is not supported by this server", name)
+
+
+def test_openai_ignored_fields_are_logged_by_name(caplog):
+    with caplog.at_level("INFO", logger="model_store_server.api.openai"):
+        chat(user="u", store=False, metadata=None, service_tier="auto")
+    assert caplog.messages == [
+        "ignored OpenAI fields model-swap cannot honour: user, store, service_tier"
+    ]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="model_store_server.api.openai"):
+        chat(metadata=None)
+    assert caplog.messages == []
+
+
+def test_openai_response_formats():
+    job = openai_api.response_format_job
+    assert job(None) == {} and job({"type": "text"}) == {}
+    assert job({"type": "json_object"}) == {"json_schema": {"type": "object"}}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert job({"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}) == {
+        "json_schema": schema
+    }
+    assert job({"type": "json_schema", "json_schema": {"name": "n"}}) == {"json_schema": {}}
+    for value in ({"type": "xml"}, "json_object", {}):
+        err = bad(job, value, "fmt")
+        assert (err.message, err.param) == (
+            "fmt.type must be one of text, json_object, json_schema",
+            "fmt",
+        )
+    for spec in (None, {"schema": schema}, {"name": 1}):
+        err = bad(job, {"type": "json_schema", "json_schema": spec})
+        assert (
+            err.message == "response_format.json_schema must be an object with a name and a schema"
+        )
+        assert err.param == "response_format"
+    assert chat(response_format={"type": "json_object"}).job["json_schema"] == {"type": "object"}
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def test_openai_tools_choice_and_parallel_calls():
+    assert "tools" not in chat().job
+    assert "tools" not in chat(tools=[TOOL], tool_choice="none").job
+    job = chat(tools=[TOOL]).job
+    assert (
+        job["tools"] == [{**TOOL, "function": {**TOOL["function"], "description": ""}}]
+        and job["tool_choice"] == "auto"
+        and "parallel_tool_calls" not in job
+    )
+    job = chat(tools=[TOOL], tool_choice="required", parallel_tool_calls=False).job
+    assert job["tool_choice"] == "required" and job["parallel_tool_calls"] is False
+    err = bad(chat, tools=[TOOL], parallel_tool_calls="no")
+    assert (err.message, err.param) == (
+        "parallel_tool_calls must be a boolean",
+        "parallel_tool_calls",
+    )
+    err = bad(chat, tools=[TOOL], response_format={"type": "json_object"})
+    assert (err.message, err.param) == (
+        "response_format cannot be combined with tools",
+        "response_format",
+    )
+
+
+def test_openai_stream_and_its_options():
+    assert (chat(stream=None).stream, chat(stream=None).include_usage) == (False, False)
+    assert (chat(stream=True).stream, chat(stream=True).include_usage) == (True, False)
+    assert chat(stream=True, stream_options={}).include_usage is False
+    assert chat(stream=True, stream_options={"include_usage": True}).include_usage is True
+    cases = [
+        ({"stream": "yes"}, "stream must be a boolean", "stream"),
+        ({"stream": 1}, "stream must be a boolean", "stream"),
+        (
+            {"stream_options": {}},
+            "stream_options is only allowed when stream is true",
+            "stream_options",
+        ),
+        (
+            {"stream": True, "stream_options": []},
+            "stream_options must be an object",
+            "stream_options",
+        ),
+        (
+            {"stream": True, "stream_options": {"include_usage": 1}},
+            "stream_options.include_usage must be a boolean",
+            "stream_options.include_usage",
+        ),
+    ]
+    for fields, message, param in cases:
+        err = bad(chat, **fields)
+        assert (err.message, err.param) == (message, param)
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.0, "3"])
+def test_openai_max_tokens_must_be_a_positive_integer(value):
+    assert chat(max_tokens=1).job["max_tokens"] == 1
+    assert chat().job["max_tokens"] is None
+    for name in ("max_tokens", "max_completion_tokens"):
+        err = bad(chat, **{name: value})
+        assert (err.message, err.param) == (f"{name} must be a positive integer", name)
+    err = bad(completion, prompt="p", max_tokens=value)
+    assert err.param == "max_tokens"
+
+
+def test_openai_completion_prompts_in_order_up_to_the_limit():
+    request = completion(prompt=["a", [1, 2], "c"])
+    assert [j.get("prompt") or j.get("prompt_tokens") for j in request.jobs] == ["a", [1, 2], "c"]
+    assert request.job == {
+        "prompt": "a",
+        "max_tokens": None,
+        "stream_format": "events",
+        **request.job,
+    }
+    assert request.more_jobs[0]["prompt_tokens"] == [1, 2] and "prompt" not in request.more_jobs[0]
+    assert completion(prompt=[5, 6]).jobs == ({**completion(prompt=[5, 6]).job},)
+    assert completion(prompt=[5, 6]).job["prompt_tokens"] == [5, 6]
+    assert len(completion(prompt=["p"] * openai_api.MAX_PROMPTS).jobs) == 16
+    err = bad(completion, prompt=["p"] * 17)
+    assert (err.message, err.param) == ("prompt holds 17 prompts; the limit is 16", "prompt")
+
+
+def test_openai_completion_token_prompts_at_their_limit():
+    assert completion(limit=3, prompt=[1, 2, 3]).job["prompt_tokens"] == [1, 2, 3]
+    err = bad(completion, limit=3, prompt=[1, 2, 3, 4])
+    assert (err.message, err.param) == ("prompt is 4 tokens; the limit is 3", "prompt")
+    err = bad(completion, prompt=[[]])
+    assert (err.message, err.param) == ("a token array prompt must not be empty", "prompt")
+    # A list holding a boolean is not a token array: it is a list of prompts, and True is none.
+    for prompt in ([True, 1], None, 3, [None]):
+        err = bad(completion, prompt=prompt)
+        assert err.message == (
+            "prompt must be a string, a token array, or a list of strings or token arrays"
+        )
+    assert completion(limit=3, prompt="abc").job["prompt"] == "abc"
+    err = bad(completion, limit=3, prompt="abcd")
+    assert (err.message, err.param) == ("prompt is 4 characters; the limit is 3", "prompt")
+
+
+def test_openai_completion_grammar_or_response_format_and_keep_alive():
+    err = bad(
+        completion, prompt="p", grammar='root ::= "a"', response_format={"type": "json_object"}
+    )
+    assert (err.message, err.param) == (
+        "give either grammar or response_format, not both",
+        "grammar",
+    )
+    assert completion(prompt="p", keep_alive="5m").keep_alive == 300.0
+    assert chat(keep_alive=0).keep_alive == 0.0 and chat().keep_alive is None
+    assert completion(prompt="p").kind == openai_api.COMPLETION and chat().kind == openai_api.CHAT
+    assert completion(prompt="p").model == "m.gguf" and chat().model == "m.gguf"
+    alias = openai_api.parse_completion({"model": "tiny-b", "prompt": "p"}, max_prompt_chars=9)
+    assert alias.model == "tiny-b.gguf"
+    formatted = completion(prompt="p", response_format={"type": "json_object"})
+    assert formatted.job["json_schema"] == {"type": "object"} and "grammar" not in formatted.job
+
+
+# -- request bodies: prompts, positive integers, keep_alive, nesting --------------------------
+
+
+def test_prompt_text_at_its_limit():
+    assert requests_json.prompt_text({"prompt": "ab"}, max_chars=2) == "ab"
+    cases = [
+        ({"prompt": "abc"}, "prompt is 3 characters; the limit is 2"),
+        ({"prompt": "  "}, "prompt must not be empty"),
+        ({"prompt": ""}, "prompt must not be empty"),
+        ({}, "prompt must be a string"),
+        ({"prompt": 1}, "prompt must be a string"),
+    ]
+    for body, message in cases:
+        err = bad(requests_json.prompt_text, body, max_chars=2)
+        assert (err.message, err.param) == (message, "prompt")
+
+
+def test_positive_int_default_and_its_refusals():
+    assert requests_json.positive_int({}, "n", default=7) == 7
+    assert requests_json.positive_int({"n": 1}, "n", default=7) == 1
+    for value in (0, -2, True, 1.0, "2", None):
+        err = bad(requests_json.positive_int, {"n": value}, "n", default=7)
+        assert (err.message, err.param) == ("n must be a positive integer", "n")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, None),
+        (0, 0.0),
+        (-1, -1.0),
+        (2.5, 2.5),
+        ("30", 30.0),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        (" -2m ", -1.0),  # any negative: kept until capacity needs the place
+        ("1.5h", 5400.0),
+        (31_536_000, 31_536_000.0),
+    ],
+)
+def test_keep_alive_values(value, seconds):
+    assert requests_json.parse_keep_alive(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value", [True, "5 minutes", "m", "", "1d", [], float("inf"), float("nan"), 31_536_001]
+)
+def test_keep_alive_refusals(value):
+    err = bad(requests_json.parse_keep_alive, value)
+    assert err.param == "keep_alive"
+
+
+def test_json_nesting_at_the_depth_limit():
+    depth = requests_json.MAX_JSON_DEPTH
+
+    def nested(levels):
+        value = 0
+        for i in range(levels):
+            value = [value] if i % 2 else {"k": value}
+        return value
+
+    assert not requests_json._depth_exceeds(nested(depth), depth)
+    assert requests_json._depth_exceeds(nested(depth + 1), depth)
+    assert not requests_json._depth_exceeds("x" * 10_000, 1)
+    assert requests_json._depth_exceeds({"a": 1, "b": [[]]}, 2)
+    assert not requests_json._depth_exceeds({"a": [1], "b": {"c": 2}}, 2)
