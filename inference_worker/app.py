@@ -25,6 +25,7 @@ from inference_worker.engine import (
     PromptTooLong,
 )
 from inference_worker.jobs import parse_job
+from inference_worker.kv_disk import KvDisk
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
 from inference_worker.rdma_listener import RdmaListener
@@ -110,6 +111,12 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     """Build a worker app with its own cache and engine (no global state)."""
     settings = settings or WorkerSettings.from_env()
     cache = ModelCache(settings.model_cache_dir)
+    kv_disk = KvDisk(
+        cache.directory / ".kv",
+        settings.kv_disk_bytes,
+        version=lambda path: cache.digest(path.name),
+    )
+    kv_disk.prune({f.name for f in cache.files()})
     engine = Engine(
         n_gpu_layers=settings.n_gpu_layers,
         n_ctx=settings.n_ctx,
@@ -117,6 +124,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         prefix_cache=settings.prefix_cache,
         embedding_tokens=settings.embedding_tokens,
         n_threads=settings.n_threads,
+        kv_cache_bytes=settings.kv_cache_bytes,
+        kv_disk=kv_disk,
     )
 
     app = Flask(__name__)
@@ -275,6 +284,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         name = _model_name_arg(name)
         unloaded = engine.unload(name)
         deleted = cache.delete(name)
+        kv_disk.remove(name)  # its saved prompt states go with the file (and an unload's)
         if not (deleted or unloaded):
             raise NotFound(f"{name} is not on this worker")
         if unloaded:
@@ -364,6 +374,9 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             prefix_cache=settings.prefix_cache,
             # KV sequences of N_CTX per resident model (the store's memory estimate).
             kv_streams=engine.kv_streams,
+            # Host memory each resident model's prompt cache may hold (in estimated_bytes).
+            kv_cache_bytes=engine.kv_cache_bytes,
+            kv_disk=kv_disk.describe(),
             sequences_running=sum(info["generating"] for info in resident),
             queue_depth=sum(info["queued"] for info in resident),
             receiving=cache.transfers.describe(),  # uploads running now: bytes done and total

@@ -74,6 +74,7 @@ class WorkerReport:
     loaded: str | None
     n_ctx: int | None = None
     parallel: int = 1  # sequences per resident model, each with n_ctx tokens of KV cache
+    kv_cache_bytes: int = 0  # host memory each resident model's prompt cache may hold
     # The digest each cached file was verified against (None: the worker does not know).
     digests: dict[str, str | None] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # each cached file's bytes
@@ -426,6 +427,7 @@ class WorkerClient:
                 n_ctx=data.get("n_ctx"),
                 # KV sequences per model (PARALLEL, plus prefix reuse's spare one).
                 parallel=int(data.get("kv_streams") or data.get("parallel") or 1),
+                kv_cache_bytes=int(data.get("kv_cache_bytes") or 0),
                 digests={entry["name"]: entry.get("digest") for entry in entries},
                 sizes={entry["name"]: int(entry.get("size") or 0) for entry in entries},
                 resident=resident,
