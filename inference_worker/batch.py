@@ -241,7 +241,7 @@ class BatchScheduler(Admission):
         seq.placed = True
         self.prompt_tokens += len(seq.prompt)
         self.reused_tokens += common
-        self._stats.observe_prompt(len(seq.prompt), common)
+        self._stats.observe_prompt(len(seq.prompt), common, restored)
 
     def _flush(self) -> None:
         """Run the stream copies llama.cpp queued (they run at the start of a decode): one

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
+import zlib
 from pathlib import Path
 
 import requests
 
+from inference_worker import kv_disk
+from inference_worker.config import WorkerSettings
+from inference_worker.prefix import kv_streams
 from tests.conftest import A, B, worker_status
 from tests.test_engine_residency import load, unload
 
@@ -139,3 +143,49 @@ def test_saved_states_go_with_their_model_file(worker, models_dir):
     assert requests.delete(f"{worker.url}/models/{A}", timeout=60).status_code == 200
     assert kv_files(worker) == []
     assert worker_status(worker)["kv_disk"]["prompts"] == 0
+
+
+def test_a_state_llama_cpp_refuses_falls_back_to_evaluation(worker, models_dir, caplog):
+    """A file whose checksum holds but whose state llama.cpp cannot read (cut short, header
+    rewritten to match): the restore fails, the prompt is evaluated, the request succeeds."""
+    history, _ = saved_conversation(worker, models_dir)
+    (saved,) = kv_files(worker)
+    raw = saved.read_bytes()
+    magic, rest = raw[: len(kv_disk.MAGIC)], raw[len(kv_disk.MAGIC) :]
+    (length,) = kv_disk._LENGTH.unpack(rest[:4])
+    header, data = json.loads(rest[4 : 4 + length]), rest[4 + length :]
+    data = data[: len(data) // 2]
+    header.update(nbytes=len(data), crc32=zlib.crc32(data))
+    encoded = json.dumps(header).encode()
+    saved.write_bytes(magic + kv_disk._LENGTH.pack(len(encoded)) + encoded + data)
+    reload(worker)
+    text, usage = run(worker, history + " and then")
+    assert text and usage["cached_tokens"] == 0
+    assert "could not restore a kept prompt" in caplog.text
+    assert resident_a(worker)["kept_prompts"] == 0  # forgotten
+
+
+def test_the_store_counts_the_workers_prompt_cache_in_a_models_memory(
+    start_worker, start_store, models_dir, tmp_path
+):
+    """MAX_LOADED_BYTES fits two models' footprints but not with their KV_CACHE_BYTES: the
+    store keeps one resident, where it kept two with no prompt cache."""
+    from model_swap.footprint import estimate
+    from tests.conftest import ask, store_status
+
+    settings = WorkerSettings()
+    n_seq = kv_streams(settings.parallel, settings.prefix_cache)
+    footprint = estimate(models_dir / A, 512, n_seq=n_seq).total_bytes
+    kv = 64 * 1024 * 1024
+    for kv_cache_bytes, resident in ((0, 2), (kv, 1)):
+        worker = start_worker(
+            n_ctx=512, kv_cache_bytes=kv_cache_bytes, model_cache_dir=tmp_path / str(resident)
+        )
+        store = start_store(
+            worker, max_loaded_models=3, max_loaded_bytes=2 * footprint + kv, max_cache_size=3
+        )
+        for model in (A, B):
+            assert ask(store, model).status_code == 200
+        status = store_status(store)
+        assert len(status["resident"]) == resident, status["resident"]
+        assert status["resident"][-1]["estimated_bytes"] == footprint + kv_cache_bytes
