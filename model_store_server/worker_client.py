@@ -66,6 +66,11 @@ def _broke_off(what: str, err: BaseException) -> WorkerError:
     return WorkerError(f"the worker connection broke off during {what}")
 
 
+def _kv_counters(entry: dict) -> dict:
+    keys = ("kept_prompts", "kept_bytes", "reused_tokens", "restored_tokens", "prompt_tokens")
+    return {key: int(entry.get(key) or 0) for key in keys}
+
+
 @dataclass(frozen=True)
 class WorkerReport:
     """What the worker says it holds (its ``GET /status``)."""
@@ -75,6 +80,8 @@ class WorkerReport:
     n_ctx: int | None = None
     parallel: int = 1  # sequences per resident model, each with n_ctx tokens of KV cache
     kv_cache_bytes: int = 0  # host memory each resident model's prompt cache may hold
+    # Kept prompts: per resident model its worker counters, and the states saved on disk.
+    kv: dict = field(default_factory=dict)
     # The digest each cached file was verified against (None: the worker does not know).
     digests: dict[str, str | None] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # each cached file's bytes
@@ -428,6 +435,10 @@ class WorkerClient:
                 # KV sequences per model (PARALLEL, plus prefix reuse's spare one).
                 parallel=int(data.get("kv_streams") or data.get("parallel") or 1),
                 kv_cache_bytes=int(data.get("kv_cache_bytes") or 0),
+                kv={
+                    "resident": {e["name"]: _kv_counters(e) for e in data.get("resident", [])},
+                    "disk": data.get("kv_disk"),
+                },
                 digests={entry["name"]: entry.get("digest") for entry in entries},
                 sizes={entry["name"]: int(entry.get("size") or 0) for entry in entries},
                 resident=resident,
