@@ -231,7 +231,8 @@ class BatchScheduler(Admission):
     def _place(self, seq: Sequence) -> None:
         """Ready ``seq``'s slot: the kept cells it starts from (loop thread). Left for after
         the next decode when a state copy must wait for a queued stream copy."""
-        placed = self._kept.place(seq.slot, self._free, seq.prompt, self.reuse)
+        running = [s.slot for s in self._active if s is not seq and s.slot >= 0 and s.placed]
+        placed = self._kept.place(seq.slot, self._free, seq.prompt, self.reuse, running)
         if placed is None:
             return
         common, moved, restored = placed

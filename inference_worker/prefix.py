@@ -38,28 +38,35 @@ class KeptCells:
         self.cache = cache
         self.pending: set[int] = set()  # streams with a copy queued until the next decode
         self.load = None  # reads a disk-only entry's bytes (inference_worker/kv_disk.py)
+        self.copied = 0  # prompts started from a running sequence's cells
 
     def place(
-        self, slot: int, free: list[int], prompt: list[int], reuse: bool
+        self, slot: int, free: list[int], prompt: list[int], reuse: bool, running=()
     ) -> tuple[int, int, int] | None:
         """Prepare ``slot`` for ``prompt``: the kept cells sharing its longest prefix (from
-        ``slot``, swapped in from one of the ``free`` slots, or restored from the prompt
-        cache), trimmed to that prefix. Returns the prompt tokens it holds, the swaps made
-        (0 or 1) and the tokens restored from the cache; None when it must wait for the
-        next decode (a state copy into or out of a slot with a queued stream copy)."""
+        ``slot``, swapped in from one of the ``free`` slots, restored from the prompt cache,
+        or copied from one of the ``running`` slots), trimmed to that prefix. Returns the
+        prompt tokens it holds, the swaps made (0 or 1) and the tokens restored from the
+        cache; None when it must wait for the next decode (a state copy into or out of a
+        slot with a queued stream copy)."""
         if not reuse:
             return self.trim(slot, 0), 0, 0
         best, common = best_prefix(self.tokens, free, slot, prompt)
         cache = self.cache
-        if cache is not None:
-            entry, kept = cache.best(prompt)
-            if entry is not None and should_restore(kept, common, len(entry.tokens)):
-                if slot in self.pending:
-                    return None
-                restored = self._restore(slot, entry, kept)
-                if restored:
-                    return restored, 0, restored
-                best, common = slot, 0  # the slot was emptied: evaluate the prompt
+        entry, kept = cache.best(prompt) if cache is not None else (None, 0)
+        if running and self.spare is not None:
+            src, shared = best_prefix(self.tokens, list(running[1:]), running[0], prompt)
+            # A copy between streams moves a whole stream (n_ctx cells), whatever it holds.
+            stream = llama_cpp.llama_n_ctx_seq(self._ctx)
+            if shared > kept and should_restore(shared, common, stream):
+                return self._copy(slot, src, shared)
+        if entry is not None and should_restore(kept, common, len(entry.tokens)):
+            if slot in self.pending:
+                return None
+            restored = self._restore(slot, entry, kept)
+            if restored:
+                return restored, 0, restored
+            best, common = slot, 0  # the slot was emptied: evaluate the prompt
         if best != slot:
             self.swap(slot, best)
         if cache is not None and worth_keeping(len(self.tokens[slot]) - common):
@@ -67,6 +74,19 @@ class KeptCells:
                 return None
             self.keep(slot)
         return self.trim(slot, common), int(best != slot), 0
+
+    def _copy(self, slot: int, src: int, shared: int) -> tuple[int, int, int] | None:
+        """Start ``slot`` from the first ``shared`` cells of the running sequence in ``src``
+        (its whole stream is copied at the next decode, before this step writes to it)."""
+        if self.cache is not None and worth_keeping(len(self.tokens[slot])):
+            if slot in self.pending:
+                return None
+            self.keep(slot)
+        llama_cpp.llama_memory_seq_cp(self._memory, src, slot, -1, -1)
+        self.pending.add(slot)
+        self.tokens[slot] = list(self.tokens[src])  # what the copy holds, trimmed below
+        self.copied += 1
+        return self.trim(slot, shared), 0, 0
 
     def keep(self, slot: int) -> None:
         """Copy ``slot``'s cells into the prompt cache (its state must not be pending)."""

@@ -114,3 +114,25 @@ def test_many_conversations_on_few_slots_answer_as_without_reuse(llm, sampling):
     finally:
         reusing.close()
         plain.close()
+
+
+def test_a_prompt_sharing_a_running_sequences_prefix_starts_from_a_copy_of_its_cells(llm):
+    """A long shared system prompt: the second request arrives while the first one still
+    generates, and starts from a copy of the first one's cells (llama_memory_seq_cp) instead
+    of evaluating the shared part; both texts are what they are without reuse."""
+    system = tokens(llm, " ".join(f"rule {i} says be kind" for i in range(12)))
+    prompts = [system + tokens(llm, f" question {q}: why")[1:] for q in range(2)]
+    reusing = scheduler_for(llm, 2, True, PromptCache(0))
+    plain = scheduler_for(llm, 2, False, None)
+    try:
+        first = reusing.reserve()
+        reusing.start(first, prompts[0], 64, GREEDY)
+        assert isinstance(first.out.get(timeout=60), int)  # generating now
+        (got,), (reused,) = generate(reusing, [prompts[1]], 12, GREEDY)
+        reusing.release(first)
+        (expected,), _ = generate(plain, [prompts[1]], 12, GREEDY)
+        assert got == expected
+        assert reused >= len(system) - 1 and reusing._kept.copied == 1
+    finally:
+        reusing.close()
+        plain.close()
