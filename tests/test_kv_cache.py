@@ -136,3 +136,15 @@ def test_a_prompt_sharing_a_running_sequences_prefix_starts_from_a_copy_of_its_c
     finally:
         reusing.close()
         plain.close()
+
+
+def test_kv_settings_take_sizes_and_default_inside_the_budget():
+    from inference_worker.config import WorkerSettings
+    from model_swap.settings import SettingsError
+
+    defaults = WorkerSettings.from_env({})
+    assert defaults.kv_cache_bytes == 256 * 2**20 and defaults.kv_disk_bytes == 2**30
+    chosen = WorkerSettings.from_env({"KV_CACHE_BYTES": "64MiB", "KV_DISK_BYTES": "0"})
+    assert chosen.kv_cache_bytes == 64 * 2**20 and chosen.kv_disk_bytes == 0
+    with pytest.raises(SettingsError, match="KV_CACHE_BYTES"):
+        WorkerSettings.from_env({"KV_CACHE_BYTES": "lots"})
