@@ -108,13 +108,16 @@ class Loader:
         return read
 
     def close(self, resident: ResidentModel) -> None:
-        """Free ``resident``'s context once its generations are over, saving its kept prompt
-        states to disk first (with a disk budget); then its model."""
+        """Free ``resident``'s context once its generations are over, its kept prompt states
+        saved to disk first (with a disk budget). The engine closes the model itself."""
         kept = resident.scheduler.close()
         prompts, disk = resident.prompts, self.kv_disk
         if prompts is not None and resident.kv_tag is not None and disk.budget:
             states = [(e.tokens, e.data) for e in prompts.entries() if e.path is None and e.data]
-            disk.save(resident.name, resident.kv_tag, [*states, *kept])
+            try:
+                disk.save(resident.name, resident.kv_tag, [*states, *kept])
+            except Exception:  # the model must close whatever the disk does
+                logger.exception("could not save the prompt states of %s", resident.name)
 
     def _footprint(self, path: Path) -> int:
         """``path``'s footprint estimate with the KV of ``kv_streams`` sequences of N_CTX.
