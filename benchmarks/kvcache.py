@@ -104,7 +104,9 @@ def ours(tmp: Path, models: Path, names: tuple[str, ...], args) -> dict:
         services = Services(work, models, **env)
         try:
             url = services.store_url
-            first_text(f"{url}/v1/completions", {"model": names[0], "prompt": "hi", "max_tokens": 1})
+            first_text(
+                f"{url}/v1/completions", {"model": names[0], "prompt": "hi", "max_tokens": 1}
+            )
             if case == "one":
                 pid = serving_pid(services.worker.pid)
                 status = services.worker_status()
@@ -146,7 +148,10 @@ def peer(binary: Path, tmp: Path, models: Path, names: tuple[str, ...], args) ->
             f"{url}/health",
         )
         try:
-            first_text(f"{url}/v1/completions", {"model": names[0], "prompt": "hi", "max_tokens": 1, **extra})
+            first_text(
+                f"{url}/v1/completions",
+                {"model": names[0], "prompt": "hi", "max_tokens": 1, **extra},
+            )
             if case == "one":
                 found["short"] = hits(url, names[0], "The capital of France", args.hits, extra)
                 found["long"] = hits(url, names[0], filler(7, args.prompt_words), args.hits, extra)
