@@ -189,3 +189,25 @@ def test_the_store_counts_the_workers_prompt_cache_in_a_models_memory(
         status = store_status(store)
         assert len(status["resident"]) == resident, status["resident"]
         assert status["resident"][-1]["estimated_bytes"] == footprint + kv_cache_bytes
+
+
+def test_a_prompt_kept_in_host_memory_is_restored_after_its_slot_was_reused(
+    start_worker, models_dir, tmp_path
+):
+    """One sequence: an unrelated prompt takes the story's cells, which the worker keeps in
+    host memory; the story's next turn restores them (the worker's counters say so) and
+    answers as a worker without reuse does."""
+    worker = start_worker(n_ctx=512, parallel=1)
+    plain = start_worker(n_ctx=512, prefix_cache=False, model_cache_dir=tmp_path / "plain")
+    load(worker, models_dir, A)
+    load(plain, models_dir, A)
+    answer, _ = run(worker, STORY)
+    run(worker, "A completely different question about the sea and its many")
+    assert resident_a(worker)["kept_prompts"] == 1 and resident_a(worker)["kept_bytes"] > 0
+    text, usage = run(worker, STORY + answer + " and then")
+    expected, _ = run(plain, STORY + answer + " and then")
+    assert text == expected
+    assert 0 < usage["cached_tokens"] < usage["prompt_tokens"]
+    status = resident_a(worker)
+    assert status["restored_tokens"] == usage["cached_tokens"]
+    assert status["reused_tokens"] < status["prompt_tokens"]
