@@ -28,6 +28,7 @@ every ratio is against llama-server measured in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         (models / model).unlink()  # the router serves every file in the directory
         binary = llama_server_bin()
         a = ours(tmp, models, names, args)
+        print(json.dumps({"model-swap": a}), file=sys.stderr, flush=True)  # survives a kill
         b = peer(binary, tmp, models, names, args) if binary else None
     return emit(report(a, b, model, args), args.out)
 
