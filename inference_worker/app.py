@@ -26,12 +26,18 @@ from inference_worker.engine import (
     PromptTooLong,
 )
 from inference_worker.jobs import parse_job
+from inference_worker.kv_disk import KvDisk
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.model_cache import ModelCache, NoSpace, UploadRejected
 from inference_worker.rdma_listener import RdmaListener
 from inference_worker.structured import GrammarError
+from inference_worker.upload_headers import (
+    expected_digest,
+    expected_size,
+    model_name_arg,
+    model_name_header,
+)
 from model_swap.auth import require_worker_auth
-from model_swap.digest import InvalidDigest, parse_digest
 from model_swap.errors import (
     BadRequest,
     Conflict,
@@ -41,55 +47,10 @@ from model_swap.errors import (
     register_error_handlers,
 )
 from model_swap.logs import install_request_ids
-from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.rdma_setup import endpoints_for
 from model_swap.requests_json import read_json_object
 
 logger = logging.getLogger(__name__)
-
-
-def _model_name_header() -> str:
-    name = request.headers.get("X-Model-Name")
-    if name is None:
-        raise BadRequest("the X-Model-Name header is required")
-    try:
-        return validate_model_name(name)
-    except InvalidModelName as err:
-        raise BadRequest(f"X-Model-Name: {err}") from None
-
-
-def _model_name_arg(name: str) -> str:
-    try:
-        return validate_model_name(name)
-    except InvalidModelName as err:
-        raise BadRequest(str(err)) from None
-
-
-def _expected_size() -> int | None:
-    raw = request.headers.get("X-Model-Size")
-    if raw is None:
-        return request.content_length
-    try:
-        size = int(raw)
-    except ValueError:
-        raise BadRequest("X-Model-Size must be an integer") from None
-    if size < 0:
-        raise BadRequest("X-Model-Size must not be negative")
-    return size
-
-
-def _expected_digest() -> str | None:
-    """``algorithm:hex`` from X-Model-Digest, or ``sha256:hex`` from X-Model-Sha256."""
-    digest, sha256 = request.headers.get("X-Model-Digest"), request.headers.get("X-Model-Sha256")
-    if digest is not None and sha256 is not None:
-        raise BadRequest("send X-Model-Digest or X-Model-Sha256, not both")
-    if digest is None and sha256 is None:
-        return None
-    header = "X-Model-Digest" if digest is not None else "X-Model-Sha256"
-    try:
-        return parse_digest(digest if digest is not None else f"sha256:{sha256}")
-    except InvalidDigest as err:
-        raise BadRequest(f"{header}: {err}") from None
 
 
 STREAM_FORMATS = ("text", "events")
@@ -111,6 +72,12 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     """Build a worker app with its own cache and engine (no global state)."""
     settings = settings or WorkerSettings.from_env()
     cache = ModelCache(settings.model_cache_dir)
+    kv_disk = KvDisk(
+        cache.directory / ".kv",
+        settings.kv_disk_bytes,
+        version=lambda path: cache.digest(path.name),
+    )
+    kv_disk.prune({f.name for f in cache.files()})
     engine = Engine(
         n_gpu_layers=settings.n_gpu_layers,
         n_ctx=settings.n_ctx,
@@ -118,6 +85,8 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         prefix_cache=settings.prefix_cache,
         embedding_tokens=settings.embedding_tokens,
         n_threads=settings.n_threads,
+        kv_cache_bytes=settings.kv_cache_bytes,
+        kv_disk=kv_disk,
     )
 
     app = Flask(__name__)
@@ -154,7 +123,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     def receive(name: str):
         try:
-            received = cache.receive(name, request.stream, _expected_size(), _expected_digest())
+            received = cache.receive(name, request.stream, expected_size(), expected_digest())
         except UploadRejected as err:
             metrics.uploads.labels("rejected").inc()
             raise BadRequest(f"upload of {name} refused: {err}") from None
@@ -188,7 +157,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.post("/load_model_from_store")
     def load_model_from_store():
-        name = _model_name_header()
+        name = model_name_header()
         received = receive(name)
         loaded = load(name)
         return jsonify(
@@ -201,7 +170,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.post("/cache_model")
     def cache_model():
-        name = _model_name_header()
+        name = model_name_header()
         received = receive(name)
         return jsonify(
             model=name, bytes=received.nbytes, receive_seconds=round(received.seconds, 6)
@@ -210,15 +179,15 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
     @app.post("/adopt_model")
     def adopt_model():
         """Take a file the store placed in the cache directory (same filesystem, no copy)."""
-        name = _model_name_header()
+        name = model_name_header()
         placed = request.headers.get("X-Placed-Name")
         if placed is None:
             raise BadRequest("the X-Placed-Name header is required")
-        size = _expected_size()
+        size = expected_size()
         if size is None:
             raise BadRequest("the X-Model-Size header is required")
         try:
-            adopted = cache.adopt(name, placed, size, _expected_digest())
+            adopted = cache.adopt(name, placed, size, expected_digest())
         except UploadRejected as err:
             metrics.uploads.labels("rejected").inc()
             raise BadRequest(f"placed file for {name} refused: {err}") from None
@@ -254,7 +223,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.post("/load_model_from_local_store")
     def load_model_from_local_store():
-        name = _model_name_header()
+        name = model_name_header()
         if not cache.contains(name):
             raise NotFound(f"{name} is not in the worker's cache")
         loaded = load(name)
@@ -266,7 +235,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.post("/models/<path:name>/unload")
     def unload(name: str):
-        name = _model_name_arg(name)
+        name = model_name_arg(name)
         if not engine.unload(name):
             raise NotFound(f"{name} is not loaded")
         metrics.unloads.labels("unload").inc()
@@ -274,9 +243,10 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
 
     @app.delete("/models/<path:name>")
     def evict(name: str):
-        name = _model_name_arg(name)
+        name = model_name_arg(name)
         unloaded = engine.unload(name)
         deleted = cache.delete(name)
+        kv_disk.remove(name)  # its saved prompt states go with the file (and an unload's)
         if not (deleted or unloaded):
             raise NotFound(f"{name} is not on this worker")
         if unloaded:
@@ -292,7 +262,7 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
         body = read_json_object(request)
         model = body.get("model")
         if model is not None:
-            model = _model_name_arg(model)
+            model = model_name_arg(model)
         if "embed" in body:
             return embed_response(engine, body, model)
         events = _stream_format(body) == "events"
@@ -366,6 +336,9 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             prefix_cache=settings.prefix_cache,
             # KV sequences of N_CTX per resident model (the store's memory estimate).
             kv_streams=engine.kv_streams,
+            # Host memory each resident model's prompt cache may hold (in estimated_bytes).
+            kv_cache_bytes=engine.kv_cache_bytes,
+            kv_disk=kv_disk.describe(),
             sequences_running=sum(info["generating"] for info in resident),
             queue_depth=sum(info["queued"] for info in resident),
             receiving=cache.transfers.describe(),  # uploads running now: bytes done and total

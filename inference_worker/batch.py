@@ -19,6 +19,11 @@ sequence between slots swaps two KV streams through one more, spare stream
 compaction. With ``reuse=False`` there is no spare stream and a finished
 sequence's cells are removed at once.
 
+A slot about to lose cells worth keeping copies them into the model's host-memory
+prompt cache first, and a prompt a kept state serves better than any slot restores
+it (``inference_worker/kv_cache.py``); on close the free slots' cells are handed
+over the same way (``close`` returns them) to be saved on disk.
+
 The scheduler hands out token ids only: turning them into text, stop
 sequences and streaming happen in the caller's thread
 (``inference_worker/generation.py``), beside the next ``llama_decode``.
@@ -32,17 +37,21 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 
 import llama_cpp
 from llama_cpp import _internals
 
+from inference_worker.admission import Admission
 from inference_worker.batch_stats import BatchStats
+from inference_worker.kv_cache import PromptCache, worth_keeping
+from inference_worker.kv_state import read_state
 from inference_worker.prefix import KeptCells, kv_streams
 from inference_worker.sampling import sampler_chain
+from inference_worker.sequence import DecodeFailed, SchedulerClosed, Sequence
 from inference_worker.threads import CpuMeter, step_threads, usable_cpus
-from model_swap.generation import Sampling
+
+__all__ = ["BatchScheduler", "BatchStats", "DecodeFailed", "SchedulerClosed", "Sequence"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,42 +61,7 @@ N_BATCH = 512
 IDLE_CHECK = 1.0
 
 
-class SchedulerClosed(Exception):
-    """The model is being unloaded: the scheduler takes no new sequences."""
-
-
-class DecodeFailed(Exception):
-    """llama_decode failed for a batch holding this sequence."""
-
-
-class Sequence:
-    """One request's place in a scheduler. Granted by ``BatchScheduler.reserve``.
-
-    ``out`` yields the sampled token ids (ints) in order, then one final item:
-    a finish reason (``"stop"``: end of generation token; ``"length"``: the
-    token budget) or a ``DecodeFailed``. The fields below ``out`` belong to the
-    scheduler's thread.
-    """
-
-    def __init__(self) -> None:
-        self.prompt: list[int] = []
-        self.max_tokens = 0
-        self.sampling = Sampling()
-        self.out: queue.SimpleQueue = queue.SimpleQueue()
-        self.submitted = time.perf_counter()
-        self.admitted: float | None = None  # set when it gets a slot
-        self.cancelled = False
-        self.released = False
-        self.slot = -1
-        self.fed = 0  # prompt tokens decoded so far (or reused)
-        self.reused = 0  # prompt tokens whose KV cells were found in its slot (prefix reuse)
-        self.generated = 0
-        self.pending: int | None = None  # the last sampled token, decoded at the next step
-        self.row = -1  # its logits row in the current batch, or -1
-        self.sampler = None
-
-
-class BatchScheduler:
+class BatchScheduler(Admission):
     """The batch loop of one resident model's context. Thread-safe.
 
     ``reserve`` and ``start`` never block; ``release`` must be called once per
@@ -107,8 +81,9 @@ class BatchScheduler:
         meter: CpuMeter | None = None,
         on_batch: Callable[[list[int]], None] | None = None,
         reuse: bool = True,
+        prompts: PromptCache | None = None,
+        load_state: Callable | None = None,
     ):
-        self.name = name
         self.reuse = reuse  # keep finished sequences' cells for a prompt sharing their prefix
         self._on_batch = on_batch  # tests: called with each batch's sequence ids, in order
         self.moves = 0  # sequences moved to a lower slot to keep the slots compact
@@ -137,82 +112,22 @@ class BatchScheduler:
         self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._ctx = self._context.ctx
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self._kept = KeptCells(self._memory, parallel, self.kv_streams)
+        self._kept = KeptCells(self._ctx, parallel, self.kv_streams, prompts if reuse else None)
+        self._kept.load = load_state
         self._n_batch = params.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
-        self._cond = threading.Condition()
-        self._waiting: deque[Sequence] = deque()
+        super().__init__(name)
         self._active: list[Sequence] = []  # holding a slot, in admission order
         self._free = list(range(parallel))  # sorted; always the slots above the running ones
-        self._open = 0  # submitted and not released
-        self._admitted_open = 0  # of those, admitted to a slot
-        self._closing = False
         self.kv_tokens = 0  # cells the running sequences hold, as llama.cpp reports them
         self.cached_tokens = 0  # cells free slots keep for prefix reuse
         self.prompt_tokens = 0  # prompt tokens of the admitted sequences
-        self.reused_tokens = 0  # of those, found in a slot's cells instead of evaluated
+        self.reused_tokens = 0  # of those, found in kept cells instead of evaluated
         self._llm = llm  # the model outlives this context
         self._thread = threading.Thread(
             target=self._loop, args=(weakref.ref(self),), name=f"batch-{name}", daemon=True
         )
         self._thread.start()
-
-    @property
-    def running(self) -> int:
-        """Released-not-yet sequences that hold or held a slot."""
-        with self._cond:
-            return self._admitted_open
-
-    @property
-    def queued(self) -> int:
-        """Sequences waiting for a free slot."""
-        with self._cond:
-            return len(self._waiting)
-
-    def reserve(self) -> Sequence:
-        """A sequence counted as open (``close`` waits for it) but not queued yet.
-
-        Raises SchedulerClosed while the model is being unloaded. Follow with
-        ``start`` or ``release``.
-        """
-        with self._cond:
-            if self._closing:
-                raise SchedulerClosed(f"{self.name} is being unloaded")
-            self._open += 1
-        return Sequence()
-
-    def start(self, seq: Sequence, prompt: list[int], max_tokens: int, sampling: Sampling) -> None:
-        """Queue ``seq`` for a free slot (first come, first served); never blocks."""
-        seq.prompt, seq.max_tokens, seq.sampling = prompt, max_tokens, sampling
-        with self._cond:
-            if seq.cancelled:
-                return
-            seq.submitted = time.perf_counter()
-            self._waiting.append(seq)
-            self._cond.notify_all()
-
-    def cancel(self, seq: Sequence) -> None:
-        """Stop ``seq`` at the next step (its reader has what it wants); it stays open."""
-        with self._cond:
-            seq.cancelled = True
-            self._cond.notify_all()
-
-    def release(self, seq: Sequence) -> bool:
-        """The reader is done with ``seq``: stop it at the next step if it still runs.
-
-        Idempotent: True the first time, False after.
-        """
-        with self._cond:
-            if seq.released:
-                return False
-            seq.released = seq.cancelled = True
-            if seq in self._waiting:
-                self._waiting.remove(seq)
-            elif seq.admitted is not None:
-                self._admitted_open -= 1
-            self._open -= 1
-            self._cond.notify_all()
-        return True
 
     @property
     def alive(self) -> bool:
@@ -232,11 +147,12 @@ class BatchScheduler:
                 if not self.alive:
                     return DecodeFailed(f"the batch loop of {self.name} stopped")
 
-    def close(self) -> None:
+    def close(self) -> list[tuple[tuple[int, ...], bytearray]]:
         """Take no new sequences, wait until every submitted one is released, free the context.
 
         If the loop thread died, waits no longer: nothing can run on the context any more,
-        and a reader waiting on it gets DecodeFailed (``next_item``).
+        and a reader waiting on it gets DecodeFailed (``next_item``). Returns the states of
+        the slots' kept cells worth keeping (with a prompt cache), to be saved.
         """
         with self._cond:
             self._closing = True
@@ -246,7 +162,14 @@ class BatchScheduler:
             if self._open:
                 logger.error("closing %s: its batch loop died (%d open)", self.name, self._open)
         self._thread.join()
+        kept = []
+        if self._kept.cache is not None and self._batch is not None:
+            self._flush()
+            for slot, tokens in enumerate(self._kept.tokens):
+                if worth_keeping(len(tokens)) and (data := read_state(self._ctx, slot)):
+                    kept.append((tuple(tokens), data))
         self._free_context()
+        return kept
 
     def _free_context(self) -> None:
         if self._batch is not None:
@@ -299,17 +222,50 @@ class BatchScheduler:
         """
         while self._waiting and self._free:
             seq = self._waiting.popleft()
-            slot = self._free.pop(0)
-            common, moved = self._kept.place(slot, self._free, seq.prompt, self.reuse)
-            self.moves += moved
-            seq.slot = slot
-            seq.fed = seq.reused = common
+            seq.slot = self._free.pop(0)
             seq.admitted = time.perf_counter()
-            self.prompt_tokens += len(seq.prompt)
-            self.reused_tokens += common
-            self._stats.observe_prompt(len(seq.prompt), common)
             self._admitted_open += 1
             self._active.append(seq)
+            self._place(seq)
+
+    def _place(self, seq: Sequence) -> None:
+        """Ready ``seq``'s slot: the kept cells it starts from (loop thread). Left for after
+        the next decode when a state copy must wait for a queued stream copy."""
+        running = [s.slot for s in self._active if s is not seq and s.slot >= 0 and s.placed]
+        placed = self._kept.place(seq.slot, self._free, seq.prompt, self.reuse, running)
+        if placed is None:
+            return
+        common, moved, restored = placed
+        self.moves += moved
+        seq.fed = seq.reused = common
+        seq.restored = restored
+        seq.placed = True
+        self.prompt_tokens += len(seq.prompt)
+        self.reused_tokens += common
+        self._stats.observe_prompt(len(seq.prompt), common, restored)
+
+    def _flush(self) -> None:
+        """Run the stream copies llama.cpp queued (they run at the start of a decode): one
+        token decoded into the spare stream, then removed. Then place the sequences
+        that waited for it."""
+        if not self._kept.pending or self._kept.spare is None:
+            return
+        self._batch.n_tokens = 1
+        self._batch.token[0], self._batch.pos[0] = 0, 0
+        self._batch.n_seq_id[0], self._batch.seq_id[0][0] = 1, self._kept.spare
+        self._batch.logits[0] = False
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        llama_cpp.llama_memory_seq_rm(self._memory, self._kept.spare, -1, -1)
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status} applying stream copies")
+        self._applied()
+
+    def _applied(self) -> None:
+        """A decode ran llama.cpp's queued stream copies: place the sequences waiting for it."""
+        self._kept.pending.clear()
+        for seq in self._active:
+            if not seq.placed and seq.slot >= 0:
+                self._place(seq)
 
     def _step(self, active: list[Sequence]) -> None:
         """One llama_decode: every decoding sequence's next token and prompt chunks, in slot order.
@@ -323,7 +279,7 @@ class BatchScheduler:
             seq.row = -1
             if seq.cancelled:
                 self._end(seq, "cancelled")
-        live = [seq for seq in active if seq.slot >= 0]
+        live = [seq for seq in active if seq.slot >= 0 and seq.placed]
         decoding = sum(seq.pending is not None for seq in live)
         room = self._n_batch - decoding
         chunks: dict[int, list[int]] = {}
@@ -356,6 +312,8 @@ class BatchScheduler:
             if self._on_batch is not None:
                 self._on_batch([self._batch.seq_id[i][0] for i in range(n)])
             self._decode(live, n, 0 < decoding < n)
+        elif any(not seq.placed for seq in active if seq.slot >= 0):
+            self._flush()
         free = set(self._free)  # only this thread changes it
         self.kv_tokens = sum(
             llama_cpp.llama_memory_seq_pos_max(self._memory, slot) + 1
@@ -383,6 +341,7 @@ class BatchScheduler:
         self._stats.observe(n, mixed)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
+        self._applied()
         for seq in active:
             if seq.row < 0:
                 continue

@@ -25,6 +25,7 @@ class BatchStats:
         self.mixed = 0  # calls that carried prompt tokens and decoding sequences' tokens
         self.prompt_tokens = 0  # prompt tokens of admitted sequences
         self.reused_prompt_tokens = 0  # of those, found in kept KV cells (prefix reuse)
+        self.restored_prompt_tokens = 0  # of those, restored from a kept prompt state
 
     def observe(self, n_tokens: int, mixed: bool) -> None:
         index = bisect.bisect_left(BATCH_BUCKETS, n_tokens)
@@ -37,10 +38,11 @@ class BatchStats:
             else:
                 self.over += 1
 
-    def observe_prompt(self, tokens: int, reused: int) -> None:
+    def observe_prompt(self, tokens: int, reused: int, restored: int = 0) -> None:
         with self._lock:
             self.prompt_tokens += tokens
             self.reused_prompt_tokens += reused
+            self.restored_prompt_tokens += restored
 
     def snapshot(self) -> tuple[list[tuple[str, int]], int, int]:
         """Cumulative ``(le, count)`` pairs ending with ``+Inf``, the call count, the token sum."""

@@ -33,6 +33,17 @@ DEFAULTS = {
     # evaluates only the rest. Costs one more sequence of KV cache per model (the spare
     # stream two sequences swap through, inference_worker/batch.py) when PARALLEL > 1.
     "PREFIX_CACHE": True,
+    # Host memory per resident model for the prompt cache (inference_worker/kv_cache.py): the
+    # KV states of prompts whose slot was taken by an unrelated one, restored when a later
+    # prompt extends them. Counted in the model's memory estimate, so MAX_LOADED_BYTES stays
+    # honest. 256 MiB holds about 14,000 tokens of Gemma 3 270M's KV (11-18 KiB a token), some
+    # 2,000 of an 8B model's (128 KiB): a few conversations beyond the PARALLEL slots, without
+    # doubling a small model's footprint (llama-server's 8 GiB --cache-ram would). 0: off.
+    "KV_CACHE_BYTES": 256 * 1024 * 1024,
+    # Disk for the prompt states of models that left memory (inference_worker/kv_disk.py), in
+    # MODEL_CACHE_DIR/.kv beside the model files, never counted in MAX_CACHE_SIZE. 1 GiB is
+    # four times KV_CACHE_BYTES: what a few swapped-out models kept. 0: none saved.
+    "KV_DISK_BYTES": 1024 * 1024 * 1024,
     # llama.cpp threads for every decode step (0: chosen per step from the CPUs other
     # processes left idle, inference_worker/threads.py), and the CPUs the worker process may
     # use (comma-separated ids or ranges, e.g. "0" or "0-3,8"; empty: every CPU).
@@ -124,6 +135,8 @@ class WorkerSettings:
     embedding_tokens: int = DEFAULTS["EMBEDDING_TOKENS"]
     parallel: int = DEFAULTS["PARALLEL"]
     prefix_cache: bool = DEFAULTS["PREFIX_CACHE"]
+    kv_cache_bytes: int = DEFAULTS["KV_CACHE_BYTES"]
+    kv_disk_bytes: int = DEFAULTS["KV_DISK_BYTES"]
     n_threads: int = DEFAULTS["N_THREADS"]
     cpu_affinity: tuple[int, ...] = DEFAULTS["CPU_AFFINITY"]
     max_request_bytes: int = DEFAULTS["MAX_REQUEST_BYTES"]
@@ -165,6 +178,8 @@ class WorkerSettings:
             ),
             parallel=_parallel(env),
             prefix_cache=env.flag("PREFIX_CACHE", DEFAULTS["PREFIX_CACHE"]),
+            kv_cache_bytes=env.byte_size("KV_CACHE_BYTES", DEFAULTS["KV_CACHE_BYTES"]),
+            kv_disk_bytes=env.byte_size("KV_DISK_BYTES", DEFAULTS["KV_DISK_BYTES"]),
             n_threads=env.integer("N_THREADS", DEFAULTS["N_THREADS"], minimum=0),
             cpu_affinity=_cpu_list(env.optional_text("CPU_AFFINITY", "")),
             worker_rdma=env.flag("WORKER_RDMA", DEFAULTS["WORKER_RDMA"]),

@@ -13,64 +13,35 @@ does no HTTP and knows nothing about the cache directory.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from llama_cpp import Llama
 
 from inference_worker import llama_log
-from inference_worker.batch import BatchScheduler, BatchStats, SchedulerClosed
-from inference_worker.chat import ChatTemplate
+from inference_worker.batch import BatchStats, SchedulerClosed
 from inference_worker.embeddings import Embeddings
 from inference_worker.generation import Generation, Job
+from inference_worker.kv_disk import KvDisk
+from inference_worker.loader import LOAD_LOCK, Loader, LoadResult, ModelLoadError
 from inference_worker.prefix import kv_streams
-from inference_worker.resident import ResidentInfo, ResidentModel, rss_bytes
-from inference_worker.structured import check_grammar, tool_grammar
+from inference_worker.prompt import OutOfVocabulary, PromptTooLong, max_tokens, render_prompt
+from inference_worker.resident import ResidentInfo, ResidentModel
 from inference_worker.threads import CpuMeter
-from model_swap import footprint
-from model_swap.generation import Sampling
+
+# Raised by Engine methods; defined beside what raises them.
+__all__ = ["Engine", "Job", "LoadResult", "ModelLoadError", "NotLoaded", "OutOfVocabulary"]
+__all__ += ["PromptTooLong"]
 
 logger = logging.getLogger(__name__)
-
-# Reads a model's header for its footprint estimate while llama.cpp loads it (loads run
-# one at a time in the process, so one thread serves every engine).
-_ESTIMATOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="footprint-estimate")
-# The context llama_cpp.Llama creates for itself; the scheduler makes the one that serves,
-# so this one is kept as small as llama.cpp allows and freed right after the load.
-_PLACEHOLDER_CTX = 16
-
-
-class ModelLoadError(Exception):
-    """llama.cpp could not load the file; the message says why."""
 
 
 class NotLoaded(Exception):
     """The requested model is not resident."""
-
-
-class PromptTooLong(Exception):
-    """The prompt does not fit the context window (or is empty)."""
-
-
-class OutOfVocabulary(ValueError):
-    """A prompt given as token ids holds an id the model's vocabulary does not have."""
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    name: str
-    seconds: float
-    estimated_bytes: int
-
-
-# One for the process: two engines in one process (tests) must not measure each other's loads.
-_LOAD_LOCK = threading.Lock()
 
 
 class Engine:
@@ -90,6 +61,8 @@ class Engine:
         prefix_cache: bool = True,
         embedding_tokens: int | None = None,
         n_threads: int = 0,
+        kv_cache_bytes: int = 0,
+        kv_disk: KvDisk | None = None,
         clock=time.monotonic,
     ):
         llama_log.install()
@@ -106,8 +79,20 @@ class Engine:
         self._state = threading.Lock()
         self._changed = threading.Condition(self._state)  # a scheduler was replaced or closed
         self._models: OrderedDict[str, ResidentModel] = OrderedDict()  # most recently used last
-        self._estimates: dict[tuple, int] = {}  # footprint per file version (see _estimate)
         self.batch_stats = BatchStats()
+        self._loader = Loader(
+            n_gpu_layers=n_gpu_layers,
+            n_ctx=n_ctx,
+            parallel=parallel,
+            prefix_cache=prefix_cache,
+            n_threads=n_threads,
+            batch_stats=self.batch_stats,
+            cpu_meter=self.cpu_meter,
+            kv_cache_bytes=kv_cache_bytes,
+            kv_disk=kv_disk,
+        )
+        self.kv_cache_bytes = self._loader.kv_cache_bytes
+        self.kv_disk = kv_disk
         self.loads = 0  # successful loads since start
         self.last_generation: dict | None = None  # tokens and timing of the latest one
         # Embedding contexts on the resident models' weights (see the hook below).
@@ -144,7 +129,7 @@ class Engine:
                 resident = self._models.get(name)
             if resident is None:
                 fresh = ResidentModel(name, self._clock())
-                with _LOAD_LOCK:
+                with LOAD_LOCK:
                     with self._state:
                         if name in self._models:  # loaded meanwhile: reload it
                             continue
@@ -159,7 +144,7 @@ class Engine:
                     resident.reloading = True
                 self._close(resident, "to reload it")
                 try:
-                    with _LOAD_LOCK:
+                    with LOAD_LOCK:
                         result = self._load_into(resident, path)
                 except BaseException:  # the old version is closed already: nothing is left
                     with self._state:
@@ -173,100 +158,16 @@ class Engine:
                     self._changed.notify_all()
                 return result
 
-    def _estimate(self, path: Path) -> int:
-        """``path``'s footprint estimate with the KV of ``kv_streams`` sequences of N_CTX.
-
-        Cached per file version.
-        """
-        try:
-            st = path.stat()
-            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.n_ctx, self.kv_streams)
-            with self._state:
-                if key in self._estimates:
-                    return self._estimates[key]
-            estimated = footprint.estimate(path, self.n_ctx, n_seq=self.kv_streams).total_bytes
-        except (footprint.FootprintError, OSError) as err:  # llama.cpp reads it: unlikely
-            logger.warning("no footprint estimate for %s (%s); counting its file size", path, err)
-            return path.stat().st_size
-        with self._state:
-            # Forget other versions of this path: one entry per file the cache holds.
-            for old in [k for k in self._estimates if k[0] == key[0]]:
-                del self._estimates[old]
-            self._estimates[key] = estimated
-        return estimated
-
     def _load_into(self, resident: ResidentModel, path: Path) -> LoadResult:
-        """Create ``resident``'s model and scheduler from ``path`` (the caller holds _LOAD_LOCK)."""
-        name = resident.name
-        started = time.perf_counter()
-        # The estimate reads the file's header (~70 ms for Gemma 3 270M): once per file
-        # version, and beside llama.cpp's load rather than after it.
-        estimating = _ESTIMATOR.submit(self._estimate, path)
-        before = rss_bytes()
-        with llama_log.collect() as log:
-            try:
-                llm = Llama(
-                    model_path=str(path),
-                    n_gpu_layers=self.n_gpu_layers,
-                    n_ctx=_PLACEHOLDER_CTX,
-                    n_threads=self.n_threads or None,
-                    n_threads_batch=self.n_threads or None,
-                    verbose=False,
-                )
-            except Exception as err:  # llama-cpp-python raises ValueError/RuntimeError
-                estimating.cancel()
-                why = "; ".join(log.errors) or str(err)
-                raise ModelLoadError(f"llama.cpp could not load {name}: {why}") from err
-        llm._ctx.close()  # the placeholder: the scheduler's context serves
-        with llama_log.collect() as context_log:
-            try:
-                scheduler = BatchScheduler(
-                    llm,
-                    name=name,
-                    parallel=self.parallel,
-                    n_ctx_seq=self.n_ctx,
-                    stats=self.batch_stats,
-                    n_threads=self.n_threads,
-                    meter=self.cpu_meter,
-                    reuse=self.prefix_cache,
-                )
-            except Exception as err:
-                llm.close()
-                why = "; ".join(context_log.errors) or str(err)
-                raise ModelLoadError(f"llama.cpp could not create {name}'s context: {why}") from err
-        after = rss_bytes()
-        seconds = time.perf_counter() - started
-        try:
-            estimated = estimating.result()
-            template = ChatTemplate(llm)
-        except BaseException as err:  # never leave the new context behind
-            scheduler.close()
-            llm.close()
-            if isinstance(err, Exception):
-                raise ModelLoadError(f"{name} could not be set up: {err}") from err
-            raise
-        resident.llm, resident.template, resident.scheduler = llm, template, scheduler
-        # The weights and the serving context's buffers (not the placeholder's).
-        llama_bytes = log.model_bytes + context_log.buffer_bytes
-        resident.estimated_bytes, resident.llama_bytes = estimated, llama_bytes
-        resident.rss_load_bytes = None if before is None or after is None else after - before
-        resident.load_seconds = seconds
+        result = self._loader.load_into(resident, path)
         with self._state:
             resident.last_active = self._clock()
             self.loads += 1
-        logger.info(
-            "loaded %s in %.3fs (n_gpu_layers=%d, %d sequences of %d tokens; estimated %.1f MiB, "
-            "llama.cpp %.1f MiB, RSS %+.1f MiB)",
-            name,
-            seconds,
-            self.n_gpu_layers,
-            self.parallel,
-            self.n_ctx,
-            estimated / llama_log.MIB,
-            llama_bytes / llama_log.MIB,
-            (resident.rss_load_bytes or 0) / llama_log.MIB,
-        )
-        return LoadResult(name, seconds, estimated)
+        return result
+
+    def estimate(self, path: Path) -> int:
+        """``path``'s estimated memory once resident here (weights, KV, prompt cache)."""
+        return self._loader.estimate(path)
 
     def unload(self, name: str) -> bool:
         """Close ``name``'s context after its generations; True if it was resident.
@@ -298,7 +199,7 @@ class Engine:
         with self._state:
             resident.waiting += 1
         try:
-            resident.scheduler.close()
+            self._loader.close(resident)
         finally:
             with self._state:
                 resident.waiting -= 1
@@ -333,7 +234,7 @@ class Engine:
                 raise NotLoaded(f"{resident.name} is not loaded ({err})") from None
             llm, template = resident.llm, resident.template
         try:
-            prompt = _prompt(llm, template, job)
+            prompt = render_prompt(llm, template, job)
             prompt_tokens = prompt.tokens
             if not prompt_tokens:
                 raise PromptTooLong("the prompt is empty")
@@ -351,9 +252,18 @@ class Engine:
                         else ""
                     )
                 )
-            budget = min(_max_tokens(job, prompt.own_template), room)
+            budget = min(max_tokens(job, prompt.own_template), room)
             generation = Generation(
-                self, resident, llm, scheduler, seq, len(prompt_tokens), budget, prompt.stops, job
+                resident.name,
+                llm,
+                scheduler,
+                seq,
+                len(prompt_tokens),
+                budget,
+                prompt.stops,
+                job,
+                on_record=functools.partial(self.record_generation, resident),
+                on_end=functools.partial(self.generation_ended, resident),
             )
             generation.tool_format = prompt.tool_format
         except BaseException:
@@ -406,78 +316,15 @@ class Engine:
             raise NotLoaded(f"{model} is not loaded (resident: {names})")
         return resident
 
-    def _record(self, resident: ResidentModel, stats: dict) -> None:
+    def record_generation(self, resident: ResidentModel, stats: dict) -> None:
+        """Tokens and timing of a generation on ``resident`` that produced its last token."""
         with self._state:
             resident.last_generation = self.last_generation = stats
 
-    def _end(self, resident: ResidentModel) -> None:
+    def generation_ended(self, resident: ResidentModel) -> None:
         """A generation on ``resident`` is over (its sequence was released)."""
         with self._state:
             resident.last_active = self._clock()
             # Most recently used by the end of its last generation too, as the store counts it.
             if self._models.get(resident.name) is resident:
                 self._models.move_to_end(resident.name)
-
-
-# A chat without max_tokens on a model without a chat template of its own (a base model,
-# given a built-in format) rarely ends its turn: it is bounded to this many tokens.
-CHAT_WITHOUT_TEMPLATE_MAX_TOKENS = 256
-
-
-def _max_tokens(job: Job, own_template: bool) -> int | float:
-    """The request's budget before the context's room bounds it (inf: no bound)."""
-    if job.max_tokens is not None:
-        return job.max_tokens
-    if job.messages is not None and not own_template:
-        return CHAT_WITHOUT_TEMPLATE_MAX_TOKENS
-    return float("inf")
-
-
-@dataclass(frozen=True)
-class _Prompt:
-    tokens: list[int]
-    stops: tuple[str, ...]  # the request's plus the template's
-    own_template: bool  # a chat rendered by the model's own template (True for raw prompts)
-    sampling: Sampling  # the request's, with the grammar a tool call needs
-    tool_format: str | None
-
-
-def _prompt(llm, template: ChatTemplate, job: Job) -> _Prompt:
-    """The prompt's tokens and how to sample and read its reply (GrammarError,
-    OutOfVocabulary, ChatTemplateError)."""
-    prompt = _render(llm, template, job)
-    if prompt.sampling.grammar is not None:
-        check_grammar(llm._model.vocab, prompt.sampling.grammar)
-    return prompt
-
-
-def _render(llm, template: ChatTemplate, job: Job) -> _Prompt:
-    sampling = job.sampling
-    if job.prompt_tokens is not None:
-        check_tokens(llm, job.prompt_tokens)
-        return _Prompt(list(job.prompt_tokens), sampling.stop, True, sampling, None)
-    if job.messages is None:
-        tokens = llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=False)
-        return _Prompt(tokens, sampling.stop, True, sampling, None)
-    tools = [dict(tool) for tool in job.tools]
-    chat = template.render([m.to_json() for m in job.messages], tools, job.tool_choice)
-    text = chat.text.encode("utf-8")
-    tokens = llm.tokenize(text, add_bos=not chat.has_bos, special=True)
-    stops = sampling.stop + tuple(s for s in chat.stop if s not in sampling.stop)
-    if chat.tool_format is not None:
-        grammar, trigger = tool_grammar(
-            chat.tool_format, tools, job.tool_choice, job.parallel_tool_calls
-        )
-        sampling = dataclasses.replace(sampling, grammar=grammar, grammar_trigger=trigger)
-    return _Prompt(tokens, stops, chat.template == "gguf", sampling, chat.tool_format)
-
-
-def check_tokens(llm, tokens: tuple[int, ...]) -> None:
-    """Raise OutOfVocabulary unless every id is in the model's vocabulary."""
-    n_vocab = llm.n_vocab()
-    for index, token in enumerate(tokens):
-        if not 0 <= token < n_vocab:
-            raise OutOfVocabulary(
-                f"token {token} (at {index}) is not in this model's vocabulary "
-                f"(ids 0 to {n_vocab - 1})"
-            )

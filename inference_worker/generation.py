@@ -12,21 +12,15 @@ from __future__ import annotations
 import codecs
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import llama_cpp
 
 from inference_worker.batch import BatchScheduler, Sequence
-from inference_worker.resident import ResidentModel
 from inference_worker.stops import StopScanner
 from model_swap.generation import Message, Sampling
 from model_swap.logs import CONSOLE
-
-if TYPE_CHECKING:
-    from inference_worker.engine import Engine
-
 
 # Multimodal and control markers written like words joined by underscores, such as
 # Gemma's ``<start_of_image>``; HTML tags (``<table>``, ``</s>``), which vocabularies
@@ -90,8 +84,7 @@ class Generation:
 
     def __init__(
         self,
-        engine: Engine,
-        resident: ResidentModel,
+        model: str,
         llm,
         scheduler: BatchScheduler,
         seq: Sequence,
@@ -99,13 +92,16 @@ class Generation:
         max_tokens: int,
         stops: tuple[str, ...],
         job: Job,
+        *,
+        on_record: Callable[[dict], None] = lambda stats: None,
+        on_end: Callable[[], None] = lambda: None,
     ):
-        self._engine = engine
-        self._resident = resident
+        # The engine's bookkeeping: the timing of a finished stream, and the end of the turn.
+        self._on_record, self._on_end = on_record, on_end
         self._llm = llm
         self._scheduler = scheduler
         self._seq = seq
-        self.model = resident.name
+        self.model = model
         self.max_tokens = max_tokens
         self._stops = stops
         self._hide_markup = job.hide_markup
@@ -167,8 +163,7 @@ class Generation:
             self.completion_tokens = count
             started = seq.admitted if seq.admitted is not None else seq.submitted
             total = time.perf_counter() - started
-            self._engine._record(
-                self._resident,
+            self._on_record(
                 {
                     "model": self.model,
                     "tokens": count,
@@ -185,4 +180,4 @@ class Generation:
 
     def close(self) -> None:
         if self._scheduler.release(self._seq):
-            self._engine._end(self._resident)
+            self._on_end()

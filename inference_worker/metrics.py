@@ -184,6 +184,31 @@ class _WorkerCollector:
             value=sum(info.cached_tokens for info in resident),
         )
         yield CounterMetricFamily(
+            "model_swap_worker_prompt_restored_tokens",
+            "Prompt tokens restored from a kept prompt state (host memory or disk)",
+            value=self.engine.batch_stats.restored_prompt_tokens,
+        )
+        yield GaugeMetricFamily(
+            "model_swap_worker_kept_prompts",
+            "Prompt states the resident models' prompt caches keep (in memory or on disk)",
+            value=sum(info.kept_prompts for info in resident),
+        )
+        yield GaugeMetricFamily(
+            "model_swap_worker_kept_prompt_bytes",
+            "Host memory of the kept prompt states (at most KV_CACHE_BYTES per model)",
+            value=sum(info.kept_bytes for info in resident),
+        )
+        if self.engine.kv_disk is not None:
+            prompts, nbytes = self.engine.kv_disk.usage()
+            yield GaugeMetricFamily(
+                "model_swap_worker_kv_disk_prompts",
+                "Prompt states saved on disk (all models, KV_DISK_BYTES)",
+                value=prompts,
+            )
+            yield GaugeMetricFamily(
+                "model_swap_worker_kv_disk_bytes", "Bytes of prompt states on disk", value=nbytes
+            )
+        yield CounterMetricFamily(
             "model_swap_worker_received_bytes",
             "Upload body bytes read, complete or not",
             value=self.cache.bytes_received,

@@ -42,6 +42,9 @@ class ResidentInfo:
     cached_tokens: int  # KV cells its free sequences keep for prefix reuse
     prompt_tokens: int  # prompt tokens of the generations admitted since it was loaded
     reused_tokens: int  # of those, found in kept KV cells instead of evaluated
+    kept_prompts: int  # prompt states its host-memory prompt cache knows (in memory or on disk)
+    kept_bytes: int  # of those, the bytes held in host memory (at most KV_CACHE_BYTES)
+    restored_tokens: int  # prompt tokens restored from kept states instead of evaluated
     last_generation: dict | None  # tokens and timing of its latest generation
 
 
@@ -61,6 +64,8 @@ class ResidentModel:
         self.llm = None
         self.template = None
         self.scheduler = None
+        self.prompts = None  # its host-memory prompt cache (inference_worker/kv_cache.py)
+        self.kv_tag = None  # what its saved prompt states are tagged with (kv_disk.py)
         self.unloading = False
         self.reloading = False
         self.waiting = 0  # callers blocked on this model: begin during a reload, unload, reload
@@ -72,7 +77,7 @@ class ResidentModel:
         self.last_generation: dict | None = None
 
     def info(self, now: float) -> ResidentInfo:
-        scheduler = self.scheduler
+        scheduler, prompts = self.scheduler, self.prompts
         generating = scheduler.running if scheduler else 0
         return ResidentInfo(
             name=self.name,
@@ -88,5 +93,8 @@ class ResidentModel:
             cached_tokens=scheduler.cached_tokens if scheduler else 0,
             prompt_tokens=scheduler.prompt_tokens if scheduler else 0,
             reused_tokens=scheduler.reused_tokens if scheduler else 0,
+            kept_prompts=len(prompts.entries()) if prompts else 0,
+            kept_bytes=prompts.bytes_in_memory if prompts else 0,
+            restored_tokens=prompts.restored_tokens if prompts else 0,
             last_generation=self.last_generation,
         )

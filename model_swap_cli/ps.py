@@ -72,10 +72,12 @@ def ago(ts: str | None, now: datetime | None = None) -> str:
 
 def collect_ps(store: str, key: str | None = None) -> list[dict]:
     """One dict per model: name, state, size_bytes, idle_seconds, pinned, requests_served,
-    last_swap (ISO time or None), generating."""
+    last_swap (ISO time or None), generating, and for a resident model its kept prompts
+    (``kv``: kept_prompts, kept_bytes, reused_tokens, restored_tokens; the worker's)."""
     models = _get(store, "/v1/models", key)["data"]
     status = _get(store, "/status", key)
-    activity = _get(store, "/activity", key)
+    activity = _get(store, "/activity?probe=worker", key)
+    kv = (activity.get("worker") or {}).get("kv") or {}
     resident = {entry["name"]: entry for entry in status["resident"]}
     cached = {entry["name"]: entry for entry in status["cached"]}
     workers = status.get("workers", [])
@@ -108,6 +110,7 @@ def collect_ps(store: str, key: str | None = None) -> list[dict]:
                 "requests_served": seen.get("requests_served", 0),
                 "last_swap": seen.get("last_swap"),
                 "workers": holders.get(name, []) if len(workers) > 1 else [],
+                "kv": (kv.get("resident") or {}).get(name) if name in resident else None,
             }
         )
     order = {"resident": 0, "cached": 1, "available": 2}
@@ -124,7 +127,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def format_ps(rows: list[dict]) -> str:
-    header = ["NAME", "STATE", "SIZE", "IDLE", "PINNED", "REQUESTS", "LAST SWAP"]
+    header = ["NAME", "STATE", "SIZE", "IDLE", "PINNED", "REQUESTS", "KEPT", "REUSED", "LAST SWAP"]
     several = any(row.get("workers") for row in rows)
     if several:
         header.append("WORKERS")
@@ -136,6 +139,8 @@ def format_ps(rows: list[dict]) -> str:
             human_seconds(row["idle_seconds"]) if row["state"] != "available" else "-",
             "yes" if row["pinned"] else "no",
             str(row["requests_served"]),
+            f"{kv['kept_prompts']} ({human_bytes(kv['kept_bytes'])})" if (kv := row["kv"]) else "-",
+            f"{kv['reused_tokens']} tok" if kv else "-",
             ago(row["last_swap"]),
             *([",".join(row["workers"]) or "-"] if several else []),
         ]
@@ -188,6 +193,16 @@ def format_status(info: dict) -> str:
         f"hits      {info['hits']} of {info['decided']} requests ({ratio}); "
         f"{human_bytes(info['pushed_bytes'])} pushed",
     ]
+    kv = worker.get("kv") or {}
+    if kv:
+        counters = list((kv.get("resident") or {}).values())
+        disk = kv.get("disk") or {}
+        lines.append(
+            f"kept      {sum(c['kept_prompts'] for c in counters)} prompts, "
+            f"{human_bytes(sum(c['kept_bytes'] for c in counters))} in memory, "
+            f"{disk.get('prompts', 0)} on disk ({human_bytes(disk.get('bytes', 0))}); "
+            f"{sum(c['reused_tokens'] for c in counters)} prompt tokens reused"
+        )
     if len(info.get("workers", [])) > 1:
         lines.append("workers")
         for worker in info["workers"]:

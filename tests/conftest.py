@@ -166,7 +166,8 @@ def store_status(store: ServerThread) -> dict:
 
 def files_on_disk(worker: ServerThread) -> list[str]:
     directory = Path(worker_status(worker)["model_cache_dir"])
-    return sorted(p.name for p in directory.iterdir())
+    # Saved prompt states (.kv, inference_worker/kv_disk.py) are not model files.
+    return sorted(p.name for p in directory.iterdir() if p.name != ".kv")
 
 
 def assert_agree(store: ServerThread, worker: ServerThread) -> None:

@@ -182,7 +182,8 @@ def test_cancelled_stream_frees_its_sequence_and_its_kv_cells(start_worker, mode
 
 
 def test_long_prompt_enters_in_chunks_between_the_others_decode_steps(start_worker, models_dir):
-    worker = start_worker(n_ctx=2048, parallel=2)
+    # No prompt cache: the second send must evaluate the prompt again, not restore it.
+    worker = start_worker(n_ctx=2048, parallel=2, kv_cache_bytes=0)
     load(worker, models_dir)
     long_prompt = job(5, prompt=" ".join(f"word{i}" for i in range(130)), max_tokens=8)
     r = requests.post(

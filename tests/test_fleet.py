@@ -262,8 +262,9 @@ def test_each_placement_is_judged_with_its_own_workers_settings(
     """The store estimates a model's memory with the N_CTX and PARALLEL of the worker it is
     placed on, not the first worker's: the tiny model needs about
     23.4 MB with one sequence of 2048 tokens and 26.6 MB with four."""
-    one = start_worker(model_cache_dir=tmp_path / "one", parallel=1)
-    four = start_worker(model_cache_dir=tmp_path / "four", parallel=4)
+    # No prompt cache on either (its KV_CACHE_BYTES would count in both estimates).
+    one = start_worker(model_cache_dir=tmp_path / "one", parallel=1, kv_cache_bytes=0)
+    four = start_worker(model_cache_dir=tmp_path / "four", parallel=4, kv_cache_bytes=0)
     store = start_store(
         worker_urls=(one.url, four.url), max_loaded_bytes=25_000_000, health_interval=3600
     )

@@ -43,6 +43,8 @@ def test_ps_prints_one_row_per_model_with_state_and_requests(worker, start_store
         "IDLE",
         "PINNED",
         "REQUESTS",
+        "KEPT",
+        "REUSED",
         "LAST",
         "SWAP",
     ]
@@ -54,6 +56,23 @@ def test_ps_prints_one_row_per_model_with_state_and_requests(worker, start_store
     data = {row["name"]: row for row in json.loads(out)}
     assert data[A]["requests_served"] == 2 and data[A]["state"] == "cached"
     assert data[B]["pinned"] is True and data[B]["last_swap"]
+    assert data[B]["kv"]["kept_prompts"] == 0 and data[A]["kv"] is None
+
+
+def test_ps_and_status_show_kept_prompts_and_reused_tokens(worker, start_store):
+    store = start_store(worker)
+    prompt = "Once upon a time in a land far away there lived a curious fox who"
+    for _ in range(2):  # the second send reuses the first one's cells
+        assert ask(store, A, prompt=prompt).status_code == 200
+    data = {
+        row["name"]: row for row in json.loads(run_cli("ps", "--store", store.url, "--json")[1])
+    }
+    assert data[A]["kv"]["reused_tokens"] > 0
+    code, out = run_cli("ps", "--store", store.url)
+    row = next(line for line in out.splitlines() if line.startswith(A))
+    assert f"{data[A]['kv']['reused_tokens']} tok" in row
+    code, out = run_cli("status", "--store", store.url)
+    assert "prompt tokens reused" in out and "on disk" in out
 
 
 def test_status_shows_policy_budgets_worker_and_swaps(worker, start_store):

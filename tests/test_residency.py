@@ -36,10 +36,11 @@ def worker(start_worker):
 @pytest.fixture
 def footprint(models_dir) -> int:
     """The estimated memory of one tiny model (all three have the same shape), with the KV
-    cache of the worker's PARALLEL sequences of N_CTX tokens (and prefix reuse's spare one)."""
+    cache of the worker's PARALLEL sequences of N_CTX tokens (and prefix reuse's spare one),
+    and the host memory of its prompt cache (KV_CACHE_BYTES)."""
     settings = WorkerSettings()
     n_seq = kv_streams(settings.parallel, settings.prefix_cache)
-    return estimate(models_dir / A, N_CTX, n_seq=n_seq).total_bytes
+    return estimate(models_dir / A, N_CTX, n_seq=n_seq).total_bytes + settings.kv_cache_bytes
 
 
 def resident(server) -> list[str]:

@@ -12,9 +12,6 @@
 - the import paths users had before policies and transports got packages of their
   own still work, naming the same objects.
 
-``PENDING_*`` list what another open change removes (issue 31 splits the worker's
-engine and batch and removes generation's call up into the engine); each entry must
-still be true, so an entry that is fixed fails here until it is taken out.
 """
 
 from __future__ import annotations
@@ -32,15 +29,6 @@ PACKAGES = (
     "model_swap_cli",
 )
 MAX_LINES = 400
-
-# Issue 31 (the worker's engine, batch and generation) empties these at its merge.
-PENDING_CYCLES = {
-    frozenset({"inference_worker.engine", "inference_worker.generation"}),
-}
-PENDING_LARGE = {
-    "inference_worker/engine.py",
-    "inference_worker/batch.py",
-}
 
 # What each package may import of the five (itself always).
 MAY_IMPORT = {
@@ -123,16 +111,13 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_imports_are_read_wherever_they_are():
     imports = _imports(ROOT / "model_swap" / "service_main.py")
     assert "model_swap.serving" in imports and "model_swap.settings" in imports
-    # engine.py imports generation under TYPE_CHECKING only: still an import.
-    assert "inference_worker.generation" in GRAPH["inference_worker.engine"]
+    # tiers.py imports the store's settings under TYPE_CHECKING only: still an import.
+    assert "model_store_server.config" in GRAPH["model_store_server.policies.tiers"]
 
 
 def test_no_import_cycle_among_the_five_packages():
-    cycles = [frozenset(c) for c in _cycles(GRAPH)]
-    unexpected = [sorted(c) for c in cycles if c not in PENDING_CYCLES]
-    assert not unexpected, f"import cycles: {unexpected}"
-    fixed = [sorted(c) for c in PENDING_CYCLES if c not in cycles]
-    assert not fixed, f"no longer a cycle, take it out of PENDING_CYCLES: {fixed}"
+    cycles = [sorted(c) for c in _cycles(GRAPH)]
+    assert not cycles, f"import cycles: {cycles}"
 
 
 def test_each_package_imports_only_the_floors_below_it():
@@ -148,10 +133,8 @@ def test_no_module_is_over_400_lines():
     sizes = {
         str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in MODULES.values()
     }
-    over = {path: n for path, n in sizes.items() if n > MAX_LINES and path not in PENDING_LARGE}
+    over = {path: n for path, n in sizes.items() if n > MAX_LINES}
     assert not over, over
-    fixed = [path for path in PENDING_LARGE if sizes[path] <= MAX_LINES]
-    assert not fixed, f"no longer over {MAX_LINES} lines, take out of PENDING_LARGE: {fixed}"
 
 
 def test_the_core_does_not_import_presentation_or_metrics():

@@ -73,6 +73,7 @@ class Executor:
         self.transfers = Transfers()  # pushes running now (GET /status, SSE progress)
         self.worker_n_ctx: int | None = None  # from the worker's last report
         self.worker_parallel = 1  # its sequences per model (each N_CTX tokens of KV cache)
+        self.worker_kv_cache_bytes = 0  # its prompt cache per model (KV_CACHE_BYTES)
 
     def carry_out(
         self, view: WorkerView, swap: Swap, path: Path | None, done: dict, *, hit: bool = True
@@ -207,6 +208,7 @@ class Executor:
         try:
             report = self.client.status()
             self.worker_n_ctx, self.worker_parallel = report.n_ctx, report.parallel
+            self.worker_kv_cache_bytes = report.kv_cache_bytes
             to_delete, to_unload = view.apply_worker_report(
                 {name: report.sizes.get(name, 0) for name in report.cached},
                 report.resident,

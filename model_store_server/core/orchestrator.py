@@ -173,7 +173,8 @@ class SwapService(Syncing):
         if not self.settings.max_loaded_bytes:
             return 0
         executor = node.executor
-        return self.files.footprint(path, executor.worker_n_ctx, executor.worker_parallel)
+        footprint = self.files.footprint(path, executor.worker_n_ctx, executor.worker_parallel)
+        return footprint + executor.worker_kv_cache_bytes  # its prompt cache's memory
 
     def _footprints(self, path: Path) -> Callable[[WorkerNode], int]:
         """Each worker's estimate of ``path`` for placement, computed before the fleet's

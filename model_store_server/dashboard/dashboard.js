@@ -97,7 +97,14 @@ function drawBudgets(status) {
   }
 }
 
-function drawModels(models, status, activity) {
+// Kept prompts of a resident model as the worker reports them (GET /activity?probe=worker).
+function kept(kv, name) {
+  const k = kv && kv.resident ? kv.resident[name] : null;
+  if (!k) return "–";
+  return `${k.kept_prompts} (${bytes(k.kept_bytes)}), ${k.reused_tokens} reused`;
+}
+
+function drawModels(models, status, activity, kv) {
   const resident = new Map(status.resident.map((m) => [m.name, m]));
   const cached = new Map(status.cached.map((m) => [m.name, m]));
   const tbody = $("#models tbody");
@@ -118,6 +125,7 @@ function drawModels(models, status, activity) {
       cell(entry && entry.pinned ? "pinned" : ""),
       cell(String(seen.requests_served || 0)),
       cell(ago(seen.last_swap)),
+      cell(kept(kv, name)),
     );
     const actions = document.createElement("td");
     // Only what applies to the model's state: a model that is only available has nothing
@@ -242,7 +250,7 @@ function drawWorkers(status) {
   }
 }
 
-function draw(status, activity, models) {
+function draw(status, activity, models, kv = null) {
   $("#auth").hidden = true;
   $("#summary").textContent =
     `policy ${status.policy} · transport ${status.transport} · ` +
@@ -260,7 +268,7 @@ function draw(status, activity, models) {
   }
   drawBudgets(status);
   drawWorkers(status);
-  drawModels(models.data, status, activity);
+  drawModels(models.data, status, activity, kv);
   drawRequests(activity);
   drawCharts(activity);
   document.body.dataset.updated = String(Date.now());
@@ -268,10 +276,11 @@ function draw(status, activity, models) {
 
 async function refresh() {
   try {
-    const [status, activity, models] = await Promise.all([
+    const [status, activity, models, probe] = await Promise.all([
       call("GET", "/status"), call("GET", "/activity"), call("GET", "/v1/models"),
+      call("GET", "/activity?probe=worker").catch(() => null),
     ]);
-    draw(status, activity, models);
+    draw(status, activity, models, probe && probe.worker ? probe.worker.kv : null);
   } catch (err) {
     $("#summary").textContent = `cannot read the store: ${err.message}`;
   }

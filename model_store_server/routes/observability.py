@@ -61,6 +61,7 @@ def probe_worker(service) -> dict:
         "reachable": True,
         "resident": list(report.resident),
         "cached": report.cached,
+        "kv": report.kv,  # kept prompts per resident model, and states saved on disk
     }
 
 

@@ -23,6 +23,9 @@ class WorkerReport:
     loaded: str | None
     n_ctx: int | None = None
     parallel: int = 1  # sequences per resident model, each with n_ctx tokens of KV cache
+    kv_cache_bytes: int = 0  # host memory each resident model's prompt cache may hold
+    # Kept prompts: per resident model its worker counters, and the states saved on disk.
+    kv: dict = field(default_factory=dict)
     # The digest each cached file was verified against (None: the worker does not know).
     digests: dict[str, str | None] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)  # each cached file's bytes
@@ -49,6 +52,15 @@ def read_report(data: dict) -> WorkerReport:
             n_ctx=data.get("n_ctx"),
             # KV sequences per model (PARALLEL, plus prefix reuse's spare one).
             parallel=int(data.get("kv_streams") or data.get("parallel") or 1),
+            kv_cache_bytes=int(data.get("kv_cache_bytes") or 0),
+            kv={
+                "resident": {
+                    e["name"]: _kv_counters(e)
+                    for e in data.get("resident", [])
+                    if _valid_name(e["name"])
+                },
+                "disk": data.get("kv_disk"),
+            },
             digests={entry["name"]: entry.get("digest") for entry in entries},
             sizes={entry["name"]: int(entry.get("size") or 0) for entry in entries},
             resident=resident,
@@ -56,6 +68,11 @@ def read_report(data: dict) -> WorkerReport:
     except (KeyError, TypeError, ValueError) as err:
         logger.warning("worker sent an unreadable status (%r): %.200r", err, data)
         raise WorkerError("the worker's answer to GET /status is not a status report") from None
+
+
+def _kv_counters(entry: dict) -> dict:
+    keys = ("kept_prompts", "kept_bytes", "reused_tokens", "restored_tokens", "prompt_tokens")
+    return {key: int(entry.get(key) or 0) for key in keys}
 
 
 def _valid_name(name: object) -> bool:
