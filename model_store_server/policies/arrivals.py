@@ -83,6 +83,7 @@ class IdleHistogram:
         self.out_of_range = 0
         self.total_seconds = 0.0  # sum of the in-range gaps (for the mean)
         self.last: float | None = None  # the last request's time
+        self._shape_cache: tuple[str, float | None, float | None] | None = None
 
     @property
     def samples(self) -> int:
@@ -99,6 +100,7 @@ class IdleHistogram:
                 self.total_seconds += gap
             else:
                 self.out_of_range += 1
+            self._shape_cache = None
         self.last = now if self.last is None else max(self.last, now)
 
     def quantile(self, q: float, *, upper: bool = False) -> float | None:
@@ -120,15 +122,24 @@ class IdleHistogram:
         in_range = sum(self.counts.values())
         return self.total_seconds / in_range if in_range else None
 
+    def _judged(self) -> tuple[str, float | None, float | None]:
+        """(why not representative, head, tail), computed once per new idle time."""
+        if self._shape_cache is None:
+            head = self.quantile(self.shape.head_quantile)
+            tail = self.quantile(self.shape.tail_quantile, upper=True)
+            self._shape_cache = (self._why_not(head, tail), head, tail)
+        return self._shape_cache
+
     def why_not(self) -> str:
         """Why this histogram predicts nothing ("" when it is representative)."""
+        return self._judged()[0]
+
+    def _why_not(self, head: float | None, tail: float | None) -> str:
         shape, samples = self.shape, self.samples
         if samples < shape.min_samples:
             return f"too few idle times ({samples} < {shape.min_samples})"
         if self.out_of_range > shape.max_out_of_range * samples:
             return f"too many idle times beyond {shape.range_seconds:g}s ({self.out_of_range})"
-        head = self.quantile(shape.head_quantile)
-        tail = self.quantile(shape.tail_quantile, upper=True)
         if head is None or tail is None:
             return "no idle time in range"
         if tail - head > shape.max_spread * tail:
@@ -137,10 +148,9 @@ class IdleHistogram:
 
     def window(self) -> Window | None:
         """The next request's expected window after the last one; None if not representative."""
-        if self.last is None or self.why_not():
+        why, head, tail = self._judged()
+        if self.last is None or why:
             return None
-        head = self.quantile(self.shape.head_quantile)
-        tail = self.quantile(self.shape.tail_quantile, upper=True)
         return Window(self.last + head, self.last + tail)
 
     def to_dict(self) -> dict:
@@ -165,6 +175,7 @@ class IdleHistogram:
                 histogram.out_of_range += count
         histogram.out_of_range += int(data.get("out_of_range", 0))
         histogram.total_seconds = float(data.get("total_seconds", 0.0))
+        histogram._shape_cache = None
         return histogram
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from model_store_server.decision import Action, Decision, Outcome, decide
@@ -56,6 +56,7 @@ class Plan:
     unload: tuple[str, ...]
     reason: str
     expected_at: float  # when its request is expected (clock time)
+    keep_seconds: float = 0.0  # from now until its window ended ``margin`` seconds ago
 
 
 def next_need(arrivals: Arrivals, model: str, now: float) -> float:
@@ -135,7 +136,8 @@ def choose(
             continue
         plan = _plan(arrivals, cache, resident, model, expected, now, sizes, footprints, busy)
         if plan is not None:
-            return plan
+            keep = arrivals.window(model).end + margin - now
+            return replace(plan, keep_seconds=max(keep, 0.0))
     return None
 
 
@@ -177,7 +179,17 @@ def carry(
 ) -> Outcome:
     """``plan`` as a decision over the tiers (copies, as ``decide`` works): unload its
     victims, then decide the load (MEMORY), or admit the file only (DISK). REJECTED (nothing
-    changed) if the tiers refuse."""
+    changed) if the tiers refuse. Where a tier has a time-to-live, the prewarmed model's
+    is its ``keep_seconds`` (a fixed TTL would let it go before its request)."""
+    outcome = _carry(plan, cache, resident, size=size, footprint=footprint)
+    if outcome.decision.action is not Action.REJECTED and plan.keep_seconds > 0:
+        for tier in (outcome.cache, outcome.resident):
+            if plan.model in tier and tier.ttl is not None and plan.keep_seconds > tier.ttl:
+                tier.set_ttl(plan.model, plan.keep_seconds)
+    return outcome
+
+
+def _carry(plan, cache, resident, *, size, footprint) -> Outcome:
     cache, resident = cache.clone(), resident.clone()
     for name in plan.unload:
         resident.discard(name)
