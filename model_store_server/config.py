@@ -61,7 +61,7 @@ DEFAULTS = {
     # unloads it once its expected window is over); idle times are binned
     # PREWARM_BIN_SECONDS wide. STATE_DIR (empty: none) keeps the histograms over restarts.
     "PREWARM": "off",
-    "PREWARM_MARGIN": 30.0,
+    "PREWARM_MARGIN": 10.0,
     "PREWARM_BIN_SECONDS": 1.0,
     "STATE_DIR": "",
     "TRANSPORT": "auto",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_store_server.config import DEFAULTS
 from model_store_server.decision import Action
 from model_store_server.policies.arrivals import Arrivals, HistogramShape
 from model_store_server.policies.prewarm import Where, carry, choose, keep_alive_over, next_event
@@ -25,8 +26,8 @@ from model_store_server.policies.prewarm import Where, carry, choose, keep_alive
 class PrewarmConfig:
     """The store's PREWARM_MARGIN and PREWARM_BIN_SECONDS."""
 
-    margin: float = 30.0
-    bin_seconds: float = 1.0
+    margin: float = DEFAULTS["PREWARM_MARGIN"]
+    bin_seconds: float = DEFAULTS["PREWARM_BIN_SECONDS"]
 
 
 class SimPrewarm:

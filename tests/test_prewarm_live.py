@@ -173,3 +173,36 @@ def test_no_prewarm_while_a_request_waits_or_over_a_generating_model():
     with view.gate.cond:
         view.scheduler.leave(waiter)
     assert view.background(prewarm_plan(arrivals, clock)) is not None
+
+
+def test_replay_against_a_live_store_reports_prewarm(start_store, worker, models_dir):
+    """``replay`` counts cold starts and the store's prewarms; the simulator, calibrated from
+    the same store's /status, runs with the same PREWARM settings."""
+    from model_swap_lab.calibrate import simulated_vs_live, store_calibration, store_status
+    from model_swap_lab.replay import replay
+    from model_swap_lab.trace import Request, sizes_from_dir
+
+    store = start_store(
+        worker,
+        max_cache_size=2,
+        max_loaded_models=1,
+        prewarm="histogram",
+        prewarm_margin=0.5,
+        prewarm_bin_seconds=0.1,
+    )
+    trace = [Request(float(index), A if index % 2 == 0 else B) for index in range(20)]
+    result = replay(trace, store.url, speed=1.0)
+    assert result["errors"] == 0
+    assert result["prewarm_loads"] >= 5
+    assert result["prewarm_hits"] >= 5
+    assert result["cold_starts"] == result["requests"] - result["already_loaded"]
+    assert result["cold_starts"] <= 14
+    status = store_status(store.url)
+    config, _ = store_calibration(status)
+    assert (config.prewarm, config.prewarm_margin, config.prewarm_bin_seconds) == (
+        "histogram",
+        0.5,
+        0.1,
+    )
+    compared = simulated_vs_live(trace, sizes_from_dir(models_dir), result, status)
+    assert compared["simulated_prewarm_loads"] > 0
