@@ -164,9 +164,12 @@ class Prewarmer:
             return 0.5
         if self._keep_alive(node) or self._prewarm(node):
             return 0.0
+        now = self.clock()
         with self._lock:
             times = next_event(self.arrivals, node.view.resident, self.margin, self._done)
-        now = self.clock()
+            waiting = candidates(self.arrivals, now, self.margin, self._done)
+        if waiting:  # due, but the slot or a generating model was in the way: look again soon
+            return 0.1
         ahead = [t - now for t in times if t > now]
         return max(0.05, min([1.0, *ahead]))
 
