@@ -167,7 +167,11 @@ class Prewarmer:
         now = self.clock()
         with self._lock:
             times = next_event(self.arrivals, node.view.resident, self.margin, self._done)
-            waiting = candidates(self.arrivals, now, self.margin, self._done)
+            waiting = [
+                model
+                for _, model in candidates(self.arrivals, now, self.margin, self._done)
+                if model not in node.view.resident
+            ]
         if waiting:  # due, but the slot or a generating model was in the way: look again soon
             return 0.1
         ahead = [t - now for t in times if t > now]
