@@ -258,6 +258,8 @@ class Prewarmer:
     def _carry(self, node, swap, path, plan) -> None:
         with self._lock:
             self._done[plan.model] = self.arrivals.last(plan.model)
+            # Before the load ends: a request served by it may be decided at once.
+            self._unused[plan.model] = plan.where
         try:
             node.executor.carry_out(
                 node.view,
@@ -269,9 +271,10 @@ class Prewarmer:
             )
         except ApiError as err:
             logger.warning("prewarm of %s failed: %s", plan.model, err)
+            with self._lock:
+                self._unused.pop(plan.model, None)
             return
         with self._lock:
-            self._unused[plan.model] = plan.where
             self._recent.append(
                 {
                     "model": plan.model,
