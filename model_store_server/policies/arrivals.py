@@ -34,7 +34,7 @@ BIN_SECONDS = 1.0
 RANGE_SECONDS = 4 * 3600.0
 HEAD_QUANTILE = 0.05
 TAIL_QUANTILE = 0.99
-MIN_SAMPLES = 4
+MIN_SAMPLES = 6  # 4 let a few Poisson models look periodic by chance (benchmarks: zipf, 30%)
 MAX_OUT_OF_RANGE = 0.25  # share of gaps longer than the range
 MAX_SPREAD = 0.5  # (tail - head) / tail: above it, idle times are too spread to predict
 
