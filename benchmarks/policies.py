@@ -21,6 +21,10 @@ markdown there, with its plots beside it)::
 4. The targets: adaptive against the best single policy in every cell,
    adaptive's bytes against lru's on stationary skewed traffic, gdsf-aged
    against lru on the drift presets; each policy's worst ratio to the best.
+5. Predictive prewarm (``policies_prewarm.py``): every policy with PREWARM=off and
+   histogram on every preset under memory budgets of 10, 30 and 50%, with the
+   issue's targets (timer presets: cold starts and loads against the best
+   reactive policy; the others: no harm).
 
 ``--quick`` runs tiny sizes; ``--no-live`` skips section 1.
 """
@@ -36,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.policies_calibration import live_agreement  # noqa: E402
+from benchmarks.policies_prewarm import section as prewarm_section  # noqa: E402
 from model_store_server.policies import POLICIES  # noqa: E402
 from model_swap_lab.generate import (  # noqa: E402
     PRESETS,
@@ -67,7 +72,10 @@ HALF_LIVES = (15, 30, 45, 60, 120, 300, 600)
 
 
 def workload(preset: str, quick: bool):
-    spec = spec_for(preset, requests=600 if quick else 5000, models=20 if quick else 40)
+    if PRESETS[preset].timer_fraction and not quick:  # timers: the preset's own fleet and day
+        spec = spec_for(preset)
+    else:
+        spec = spec_for(preset, requests=600 if quick else 5000, models=20 if quick else 40)
     names = model_names(spec.models)
     sizes = assign_sizes(names, spec)
     return spec, sizes, generate(spec, names)
@@ -335,11 +343,12 @@ def main() -> int:
             f"live: counts identical={live['same_counts']} sim/live swap={live['swap_ratio']:.2f}",
             file=sys.stderr,
         )
-    presets = ["zipf", "drift"] if args.quick else list(PRESETS)
+    presets = ["zipf", "drift", "periodic"] if args.quick else list(PRESETS)
     all_results = {preset: sweep(preset, args.quick) for preset in presets}
     tables(all_results, out)
     half_life_sweep(presets, args.quick, out)
     targets(all_results, out)
+    prewarm_section({p: workload(p, args.quick)[1:] for p in presets}, out)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for kind in ("count", "bytes"):

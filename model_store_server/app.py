@@ -16,6 +16,7 @@ from model_store_server.config import StoreSettings
 from model_store_server.control import ModelControl
 from model_store_server.core.orchestrator import SwapService
 from model_store_server.metrics import StoreMetrics
+from model_store_server.prewarmer import Prewarmer
 from model_store_server.readiness import store_readiness
 from model_store_server.routes.models import models
 from model_store_server.routes.observability import DASHBOARD_PATHS, observability
@@ -50,6 +51,15 @@ def create_app(settings: StoreSettings | None = None, *, clock=None, resolver=No
     # GET /ready: answered by the front server's loop (and by routes/seed.py elsewhere).
     app.extensions["readiness"] = lambda: store_readiness(service.fleet)
     control.start(settings.preload_models)
+    if settings.prewarm != "off":
+        prewarmer = Prewarmer(
+            service, settings, registry=metrics.registry, **({"clock": clock} if clock else {})
+        )
+        service.events.subscribe(prewarmer.handle)
+        service.explain_extras["prewarm"] = prewarmer.explain
+        app.extensions["prewarmer"] = prewarmer
+        app.extensions["stop"] = lambda: (prewarmer.stop(), control.stop())
+        prewarmer.start()
     register_error_handlers(app)
     install_request_ids(app)
     open_paths = (*DASHBOARD_PATHS, *(("/metrics",) if settings.metrics_public else ()))

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from model_store_server.api.tiktoken_ids import TOKEN_ID_READINGS
 from model_store_server.policies import POLICIES, Tier
 from model_store_server.policies.greedy_dual import DEFAULT_FREQ_HALF_LIFE_S
+from model_store_server.policies.prewarm import MODES as PREWARM_MODES
 from model_swap.generation import MAX_MESSAGES
 from model_swap.settings import EnvReader, SettingsError, shared_options
 
@@ -55,6 +56,14 @@ DEFAULTS = {
     # Seconds after which a use counts half in gdsf-aged's frequencies (and in adaptive's
     # gdsf-aged expert); chosen by the lab's sweep (benchmarks/POLICIES.md).
     "FREQ_HALF_LIFE": DEFAULT_FREQ_HALF_LIFE_S,
+    # Predictive prewarm (docs/policies.md): off, or histogram (each model's idle-time
+    # histogram brings it in PREWARM_MARGIN seconds before its next request is expected and
+    # unloads it once its expected window is over); idle times are binned
+    # PREWARM_BIN_SECONDS wide. STATE_DIR (empty: none) keeps the histograms over restarts.
+    "PREWARM": "off",
+    "PREWARM_MARGIN": 10.0,
+    "PREWARM_BIN_SECONDS": 1.0,
+    "STATE_DIR": "",
     "TRANSPORT": "auto",
     "ALLOW_FALLBACK": False,
     "WORKER_RDMA_HOST": "localhost",
@@ -143,6 +152,10 @@ class StoreSettings:
     ttl_seconds: float = DEFAULTS["TTL_SECONDS"]
     freq_half_life: float = DEFAULTS["FREQ_HALF_LIFE"]
     cache_policy: str = DEFAULTS["CACHE_POLICY"]
+    prewarm: str = DEFAULTS["PREWARM"]
+    prewarm_margin: float = DEFAULTS["PREWARM_MARGIN"]
+    prewarm_bin_seconds: float = DEFAULTS["PREWARM_BIN_SECONDS"]
+    state_dir: str = DEFAULTS["STATE_DIR"]
     transport: str = DEFAULTS["TRANSPORT"]
     allow_fallback: bool = DEFAULTS["ALLOW_FALLBACK"]
     worker_rdma_host: str = DEFAULTS["WORKER_RDMA_HOST"]
@@ -256,6 +269,10 @@ class StoreSettings:
             ttl_seconds=env.number("TTL_SECONDS", DEFAULTS["TTL_SECONDS"]),
             freq_half_life=env.number("FREQ_HALF_LIFE", DEFAULTS["FREQ_HALF_LIFE"]),
             cache_policy=env.choice("CACHE_POLICY", DEFAULTS["CACHE_POLICY"], POLICIES),
+            prewarm=env.choice("PREWARM", DEFAULTS["PREWARM"], PREWARM_MODES),
+            prewarm_margin=env.number("PREWARM_MARGIN", DEFAULTS["PREWARM_MARGIN"]),
+            prewarm_bin_seconds=env.number("PREWARM_BIN_SECONDS", DEFAULTS["PREWARM_BIN_SECONDS"]),
+            state_dir=env.optional_text("STATE_DIR", DEFAULTS["STATE_DIR"]),
             transport=env.choice("TRANSPORT", DEFAULTS["TRANSPORT"], TRANSPORTS),
             allow_fallback=env.flag("ALLOW_FALLBACK", DEFAULTS["ALLOW_FALLBACK"]),
             worker_rdma_host=env.text("WORKER_RDMA_HOST", DEFAULTS["WORKER_RDMA_HOST"]),

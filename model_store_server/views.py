@@ -201,7 +201,13 @@ def _explain(service: SwapService, node) -> dict:
     """Each tier's members in eviction order with their priority under the active policy
     and why each would (or would not) be the next victim, plus the learned swap costs."""
     cache, resident = node.view.explain()
-    return {"cache": cache, "resident": resident, "cost_model": asdict(service.cost_model.rates)}
+    extras = {name: report() for name, report in service.explain_extras.items()}
+    return {
+        "cache": cache,
+        "resident": resident,
+        "cost_model": asdict(service.cost_model.rates),
+        **extras,
+    }
 
 
 def _budget(tier, members) -> dict:

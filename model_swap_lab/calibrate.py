@@ -54,6 +54,7 @@ def store_calibration(status: dict) -> tuple[SimConfig, CostModel]:
             max_loaded_models=budgets["resident"]["max_models"],
             max_loaded_bytes=budgets["resident"]["max_bytes"] or 0,
             ttl_seconds=status["ttl_seconds"],
+            **_prewarm(status["explain"].get("prewarm")),
         )
         rates = status["explain"]["cost_model"]
     except (KeyError, TypeError) as err:
@@ -61,12 +62,24 @@ def store_calibration(status: dict) -> tuple[SimConfig, CostModel]:
     return config, cost_model_from(rates)
 
 
+def _prewarm(explained: dict | None) -> dict:
+    """SimConfig's prewarm fields from ``/status``'s ``explain.prewarm`` (absent: off)."""
+    if not explained:
+        return {}
+    return {
+        "prewarm": explained["mode"],
+        "prewarm_margin": float(explained["margin_s"]),
+        "prewarm_bin_seconds": float(explained["bin_seconds"]),
+    }
+
+
 def simulated_vs_live(
     trace: Sequence[Request], sizes: dict[str, int], live: dict, status: dict
 ) -> dict:
     """The simulator's swap seconds for ``trace`` under the store's settings and learned
-    rates, beside the ``live`` replay's: ``simulated_swap_seconds``,
-    ``simulated_over_live`` (1.0: exact) and ``simulated_actions_match``."""
+    rates (its prewarm included), beside the ``live`` replay's: ``simulated_swap_seconds``,
+    ``simulated_over_live`` (1.0: exact), ``simulated_actions_match``,
+    ``simulated_cold_starts`` and ``simulated_prewarm_loads``."""
     config, cost = store_calibration(status)
     simulated = simulate(trace, sizes, config, cost=cost)
     ratio = simulated["swap_seconds"] / live["swap_seconds"] if live["swap_seconds"] else None
@@ -75,4 +88,6 @@ def simulated_vs_live(
         "simulated_swap_seconds": simulated["swap_seconds"],
         "simulated_over_live": round(ratio, 3) if ratio is not None else None,
         "simulated_actions_match": all(simulated[k] == live[k] for k in keys),
+        "simulated_cold_starts": simulated["cold_starts"],
+        "simulated_prewarm_loads": simulated["prewarm_loads"],
     }

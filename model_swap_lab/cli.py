@@ -155,7 +155,12 @@ def cmd_simulate(args) -> int:
             max_loaded_bytes=args.max_loaded_bytes,
             ttl_seconds=args.ttl_seconds,
             freq_half_life=args.freq_half_life,
+            prewarm=args.prewarm,
+            prewarm_margin=args.prewarm_margin,
+            prewarm_bin_seconds=args.prewarm_bin_seconds,
         )
+        if args.prewarm != "off" and (args.workers != 1 or args.placement != "locality"):
+            raise ValueError("--prewarm is simulated on one worker (--workers 1)")
         footprints = (
             footprints_from_dir(args.models_dir, sizes, args.n_ctx) if args.models_dir else None
         )
@@ -219,7 +224,7 @@ def cmd_replay(args) -> int:
 
 def add_lab_commands(commands) -> None:
     """Add ``trace``, ``simulate`` and ``replay`` to ``model-swap``'s subparsers."""
-    from model_store_server.config import DEFAULTS
+    from model_store_server.config import DEFAULTS, PREWARM_MODES
     from model_store_server.policies.cost_model import (
         DEFAULT_CALL_OVERHEAD_S,
         DEFAULT_LOAD_BYTES_PER_S,
@@ -309,6 +314,14 @@ def add_lab_commands(commands) -> None:
         help="which worker serves a request: the store's placement, or one at random",
     )
     sim.add_argument("--seed", type=int, default=0, help="seeds --placement random")
+    sim.add_argument(
+        "--prewarm",
+        choices=PREWARM_MODES,
+        default=DEFAULTS["PREWARM"],
+        help="bring models in before their predicted requests (the store's PREWARM)",
+    )
+    sim.add_argument("--prewarm-margin", type=float, default=DEFAULTS["PREWARM_MARGIN"])
+    sim.add_argument("--prewarm-bin-seconds", type=float, default=DEFAULTS["PREWARM_BIN_SECONDS"])
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
 

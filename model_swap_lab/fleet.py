@@ -82,6 +82,9 @@ def simulate_fleet(
                 ]
             ).order
         fleet[chosen].serve(request, size, footprint)
+    if requests:
+        for worker in fleet:
+            worker.meter(max(clock.now, requests[-1].timestamp))
     result = result_object(fleet, config, cost)
     result["workers"] = workers
     result["placement"] = placement

@@ -19,12 +19,15 @@ import math
 import random
 from dataclasses import dataclass, replace
 
+from model_swap_lab.periodic import generate_periodic
 from model_swap_lab.trace import Request
 
 GIB = 1024**3
 
 # (fraction of models, size in bytes): a fleet of 0.5-14 GB quantized models.
 DEFAULT_SIZE_MIX = ((0.5, int(0.6 * GIB)), (0.3, int(2.5 * GIB)), (0.2, int(7.5 * GIB)))
+# Serverless-sized models, 200 MB to 2 GB.
+SMALL_SIZE_MIX = ((0.25, int(0.2e9)), (0.25, int(0.5e9)), (0.25, int(1e9)), (0.25, int(2e9)))
 # A wider fleet, 0.2-16 GB: small adapters-sized models up to a 16 GB one.
 WIDE_SIZE_MIX = (
     (0.3, int(0.2e9)),
@@ -55,6 +58,14 @@ class TraceSpec:
     burst_cold: bool = False  # bursts on models of the less popular half only
     max_tokens: int = 8
     seed: int = 0
+    # Timer-driven traces (``periodic.py``): this share of the models are timers; the rest
+    # are Poisson noise at ``rate`` (with the daily cycle). 0: the Poisson generator above.
+    timer_fraction: float = 0.0
+    min_period: float = 60.0  # timers' periods, log-uniform between these (seconds) ...
+    max_period: float = 1800.0
+    jitter: float = 0.03  # ... each gap its period times 1 +/- jitter
+    duration: float = 8 * 3600.0  # seconds of a timer trace (at most ``requests`` requests)
+    diurnal: bool = False  # timers run only in their working hours of each day
 
 
 PRESETS: dict[str, TraceSpec] = {
@@ -88,6 +99,28 @@ PRESETS: dict[str, TraceSpec] = {
         phase_swaps=8,
         burst_probability=0.008,
         burst_cold=True,
+    ),
+    # Timers (Azure Functions' shape): 3/4 of the models on timers of 1-30 minutes with 3%
+    # jitter, the rest Poisson noise; 8 hours, 200 MB-2 GB models.
+    "periodic": TraceSpec(
+        models=32,
+        requests=20000,
+        rate=0.0306,
+        size_mix=SMALL_SIZE_MIX,
+        timer_fraction=0.75,
+    ),
+    # Daily rhythms: timers of 2-30 minutes only in each one's working hours, noise with a
+    # daily cycle; one day.
+    "diurnal": TraceSpec(
+        models=32,
+        requests=20000,
+        rate=0.02,
+        size_mix=SMALL_SIZE_MIX,
+        timer_fraction=0.75,
+        min_period=120.0,
+        duration=86400.0,
+        diurnal=True,
+        daily_amplitude=0.8,
     ),
 }
 
@@ -162,6 +195,14 @@ def validate(spec: TraceSpec) -> TraceSpec:
         f"period must be > 0 seconds, not {spec.period_seconds!r}",
     )
     check(spec.max_tokens >= 1, f"max_tokens must be >= 1, not {spec.max_tokens!r}")
+    probability("timer_fraction")
+    check(
+        finite(spec.min_period) and 0 < spec.min_period <= spec.max_period,
+        f"periods must satisfy 0 < min_period <= max_period, not {spec.min_period!r}",
+    )
+    check(finite(spec.max_period), f"max_period must be finite, not {spec.max_period!r}")
+    check(finite(spec.jitter) and 0 <= spec.jitter < 1, "jitter must be in [0, 1)")
+    check(finite(spec.duration) and spec.duration > 0, "duration must be > 0 seconds")
     return spec
 
 
@@ -173,6 +214,8 @@ def generate(spec: TraceSpec, names: list[str] | None = None) -> list[Request]:
     names = list(names or model_names(spec.models))
     if len(names) < 2:
         raise ValueError("a trace needs at least two models")
+    if spec.timer_fraction > 0:
+        return generate_periodic(spec, names)
     rng = random.Random(spec.seed)
     by_rank = names[:]
     rng.shuffle(by_rank)

@@ -6,7 +6,10 @@ clients. Each answer's ``X-Cache-Action`` and ``X-Evicted`` headers give the
 action counts; the time to the first byte (TTFB) gives the waits: a
 request's swap time is its TTFB minus the median TTFB of the requests that
 were already loaded (the same prompt work without a swap). The result has the
-simulator's keys (``report.summarize``) plus ``ttfb_p50_ms``/``ttfb_p95_ms``.
+simulator's keys (``report.summarize``) plus ``ttfb_p50_ms``/``ttfb_p95_ms``,
+``cold_starts`` (answers other than ``already_loaded``) and, from the store's
+``/metrics`` before and after, ``prewarm_loads``, ``prewarm_hits`` and
+``prewarm_wasted`` (0 with PREWARM=off).
 
 A request that fails on the network (connection reset, broken stream, no
 answer within ``timeout`` seconds) is recorded with status 0 and counted under
@@ -110,6 +113,26 @@ def store_sizes(store: str, timeout: float = 30) -> dict[str, int]:
     return {entry["id"]: int(entry.get("size_bytes") or 0) for entry in answer.json()["data"]}
 
 
+PREWARM_COUNTERS = ("loads", "hits", "wasted")
+
+
+def prewarm_counters(store: str, timeout: float = 30) -> dict[str, float]:
+    """The store's ``model_swap_prewarm_*_total`` counters (summed over labels; 0 when
+    absent: PREWARM=off, or ``/metrics`` not readable without a token)."""
+    totals = dict.fromkeys(PREWARM_COUNTERS, 0.0)
+    try:
+        answer = http.get(f"{store}/metrics", timeout=timeout)
+    except http.RequestException:
+        return totals
+    if answer.status_code != 200:
+        return totals
+    for line in answer.text.splitlines():
+        for key in PREWARM_COUNTERS:
+            if line.startswith(f"model_swap_prewarm_{key}_total"):
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 def replay(
     trace: Sequence[Request],
     store: str,
@@ -137,6 +160,7 @@ def replay(
     store = store.rstrip("/")
     sizes = sizes if sizes is not None else store_sizes(store)
     local = threading.local()
+    before = prewarm_counters(store)
     started = time.perf_counter()
 
     def run(request: Request) -> Answer:
@@ -173,6 +197,10 @@ def replay(
         waits=waits,
     )
     ttfbs = [a.ttfb for a in answers if a.status == 200]
+    result["cold_starts"] = sum(1 for a in answers if a.action != Action.ALREADY_LOADED)
+    after = prewarm_counters(store)
+    for key in PREWARM_COUNTERS:
+        result[f"prewarm_{key}"] = int(after[key] - before[key])
     result.update(
         {
             "ttfb_p50_ms": round(percentile(ttfbs, 50) * 1000, 3),

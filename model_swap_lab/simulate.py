@@ -30,6 +30,7 @@ from model_store_server.decision import Action, decide
 from model_store_server.policies import POLICIES, RecencyPolicy, Tier
 from model_store_server.policies.cost_model import CostModel
 from model_store_server.policies.tiers import build_tiers
+from model_swap_lab.prewarming import PrewarmConfig, SimPrewarm
 from model_swap_lab.report import summarize
 from model_swap_lab.trace import Request
 
@@ -93,6 +94,9 @@ class SimConfig:
     max_loaded_bytes: int = 0
     ttl_seconds: float = 5.0
     freq_half_life: float = StoreSettings.freq_half_life
+    prewarm: str = "off"  # PREWARM: off | histogram
+    prewarm_margin: float = StoreSettings.prewarm_margin
+    prewarm_bin_seconds: float = StoreSettings.prewarm_bin_seconds
 
 
 def next_use_for(config: SimConfig, requests: Sequence[Request]) -> NextUse | None:
@@ -137,6 +141,28 @@ class SimWorker:
         self.actions: list[str] = []
         self.waits: list[float] = []
         self.evicted = self.unloaded = self.pushed = 0
+        self.cold = 0  # requests whose model was not resident on arrival
+        self.memory_byte_seconds = 0.0
+        self._metered_at = 0.0
+        self.prewarm: SimPrewarm | None = None
+        if config.prewarm == "histogram":
+            self.prewarm = SimPrewarm(
+                PrewarmConfig(config.prewarm_margin, config.prewarm_bin_seconds), clock
+            )
+        elif config.prewarm != "off":
+            raise ValueError(f"unknown prewarm {config.prewarm!r} (valid: off, histogram)")
+
+    def advance(self, now: float) -> None:
+        """Move the clock to ``now``, counting the memory held meanwhile."""
+        self.meter(now)
+        self.clock.now = now
+
+    def meter(self, now: float) -> None:
+        """Count the resident bytes held since the last call, until ``now``."""
+        if now > self._metered_at:
+            held = sum(self.resident.size_of(name) for name in self.resident.recency())
+            self.memory_byte_seconds += held * (now - self._metered_at)
+            self._metered_at = now
 
     def serve(
         self,
@@ -146,20 +172,28 @@ class SimWorker:
         on_decision: Callable[[Request, object], None] | None = None,
     ) -> None:
         """Serve ``request`` as the store would, the clock at its timestamp; counts the cost."""
+        self.meter(request.timestamp)
+        extra, own = self.prewarm.wait_at(request) if self.prewarm else (0.0, False)
         cache, resident = self.cache, self.resident
         if not (cache.fits(size) and resident.fits(footprint)):
             self.actions.append(Action.REJECTED)  # the store answers 400 model_too_large
+            self.cold += 1
             return
         outcome = decide(cache, resident, request.model, size=size, footprint=footprint)
         decision = outcome.decision
         if on_decision is not None:
             on_decision(request, decision)
         self.actions.append(decision.action)
+        self.cold += own or decision.action is not Action.ALREADY_LOADED
+        if self.prewarm is not None:
+            self.prewarm.served(request, decision.action)
         if decision.action is Action.REJECTED:
             return
         self.cache, self.resident = outcome.cache, outcome.resident
+        if self.prewarm is not None:
+            self.prewarm.removed((*decision.evicted, *decision.unloaded), self)
         cost = self.cost
-        wait = cost.call_seconds(len(decision.evicted) + len(decision.unloaded))
+        wait = extra + cost.call_seconds(len(decision.evicted) + len(decision.unloaded))
         if decision.action is Action.LOAD_FROM_STORE:
             wait += cost.push_seconds(size) + cost.load_seconds(size)
             self.pushed += size
@@ -179,14 +213,26 @@ class SimWorker:
 
 
 def summarize_workers(workers: Sequence[SimWorker]) -> dict:
-    """``report.summarize`` over every request the ``workers`` served."""
-    return summarize(
+    """``report.summarize`` over every request the ``workers`` served, plus
+    ``cold_starts`` (requests whose model was not resident on arrival), ``prewarm_loads``,
+    ``prewarm_hits``, ``prewarm_wasted``, ``prewarm_dropped``, ``loads`` (every load and
+    push, prewarm included) and ``memory_byte_seconds`` (resident bytes over time)."""
+    result = summarize(
         [action for worker in workers for action in worker.actions],
         evicted=sum(worker.evicted for worker in workers),
         unloaded=sum(worker.unloaded for worker in workers),
         bytes_pushed=sum(worker.pushed for worker in workers),
         waits=[wait for worker in workers for wait in worker.waits],
     )
+    prewarms = [worker.prewarm for worker in workers if worker.prewarm is not None]
+    result["cold_starts"] = sum(worker.cold for worker in workers)
+    for key in ("loads", "hits", "wasted", "dropped"):
+        result[f"prewarm_{key}"] = sum(getattr(p, key) for p in prewarms)
+    result["loads"] = (
+        result["load_from_store"] + result["load_from_local_store"] + result["prewarm_loads"]
+    )
+    result["memory_byte_seconds"] = round(sum(w.memory_byte_seconds for w in workers), 1)
+    return result
 
 
 def simulate(
@@ -212,9 +258,13 @@ def simulate(
     for index, request in enumerate(requests):
         if next_use is not None:
             next_use.index = index
+        if worker.prewarm is not None:
+            worker.prewarm.before(worker, request, sizes, footprints)
         clock.now = request.timestamp
         size = sizes[request.model]
         worker.serve(request, size, footprints.get(request.model, size), on_decision)
+    if requests:
+        worker.meter(max(clock.now, requests[-1].timestamp))
     return result_object([worker], config, cost)
 
 

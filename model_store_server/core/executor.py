@@ -76,9 +76,17 @@ class Executor:
         self.worker_kv_cache_bytes = 0  # its prompt cache per model (KV_CACHE_BYTES)
 
     def carry_out(
-        self, view: WorkerView, swap: Swap, path: Path | None, done: dict, *, hit: bool = True
+        self,
+        view: WorkerView,
+        swap: Swap,
+        path: Path | None,
+        done: dict,
+        *,
+        hit: bool = True,
+        load: bool = True,
     ) -> Done:
         """Carry ``swap``'s decision out, then commit it (with ``hit``: the caller's ``Hit``).
+        ``load=False``: a push leaves the file on the worker's disk without loading it.
 
         Evictions, then unloads, then the load; each is appended to ``done``
         once the worker did it. On any failure the worker is taken
@@ -99,7 +107,7 @@ class Executor:
                     self._removed(done, "unloaded", victim, decision)
                     logger.info("unloaded %s from the worker's memory (file kept)", victim)
                 if decision.action is Action.LOAD_FROM_STORE:
-                    result.push = self._push(decision.model, path, swap.ticket.version)
+                    result.push = self._push(decision.model, path, swap.ticket.version, load)
                     estimated = result.push.estimated_bytes
                 elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
                     estimated = self._load_local(view, decision.model)
@@ -128,18 +136,19 @@ class Executor:
         done[kind].append(name)
         self.events.publish(ev.Removed(kind, name, removal_reason(decision, name)))
 
-    def _push(self, model: str, path: Path, version: str | None) -> PushResult:
+    def _push(self, model: str, path: Path, version: str | None, load: bool = True) -> PushResult:
         progress = Progress(model, path.stat().st_size, logger=logger)
         with self.transfers.track(progress):
-            push = self.transport.push(model, path, digest=version, load=True)
+            push = self.transport.push(model, path, digest=version, load=load)
         self.events.publish(ev.Pushed(push))
         logger.info(
-            "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, loaded",
+            "pushed %s: %d bytes in %.3fs (%.1f MB/s) over %s, %s",
             push.model,
             push.nbytes,
             push.seconds,
             push.mb_per_s,
             push.transport,
+            "loaded" if load else "kept on disk",
         )
         # Teach the cost model what this push (and the load the worker timed) took.
         if push.load_seconds is None:

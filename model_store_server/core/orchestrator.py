@@ -68,6 +68,8 @@ class SwapService(Syncing):
         self.models_dir = self.files.models_dir
         self.model_path = self.files.path
         self.available = self.files.available
+        # More of /status's ``explain`` (name -> report), from what runs beside the core.
+        self.explain_extras: dict[str, Callable[[], dict]] = {}
 
     @property
     def transfers(self):

@@ -155,6 +155,32 @@ class ViewControl:
             self.gate.change(decision.touches)
             return Swap(Ticket(decision, True, 0.0), self._commit, self._abort)
 
+    def background(self, plan, version: str | None = None) -> Swap | None:
+        """A change no request asked for (a prewarm, a keep-alive unload), only while the
+        slot is free, no request waits and the view is synced: it never delays a request
+        that is waiting, nor takes away a model that is generating.
+
+        ``plan(cache, resident, busy)`` (pure; ``busy``: the models generating) returns
+        an ``Outcome`` or None. Returns the ``Swap`` to carry out, or None (nothing changed).
+        ``version``: the digest of the file a load would push (a stale copy: nothing).
+        """
+        with self._cond:
+            if not self.gate.slot_free or not self._synced or self._down or len(self.scheduler):
+                return None
+            self._touch_active()
+            outcome = plan(self.cache, self.resident, frozenset(self.gate.active()))
+            if outcome is None or outcome.decision.action is Action.REJECTED:
+                return None
+            decision = outcome.decision
+            if any(self.gate.generating(name) for name in decision.takes_away):
+                return None
+            if version is not None and self._stale(decision.model, version):
+                return None
+            self.gate.take_swap()
+            self._adopt(outcome)
+            self.gate.change(decision.touches)
+            return Swap(Ticket(decision, True, 0.0, version), self._commit, self._abort)
+
     def next_due(self) -> float | None:
         """Seconds until a resident model's time is up (None: no time bound now)."""
         with self._cond:

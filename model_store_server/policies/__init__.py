@@ -13,7 +13,9 @@ per tier, both of the configured class (``create_policy(..., tier=...)``).
 - ``adaptive``: follows whichever of them would have cost least lately;
 - ``registry``: every policy under its config name, and ``create_policy``;
 - ``tiers``: both tiers' policies assembled, for the store and the lab;
-- ``placement``: which worker of a fleet takes a model.
+- ``placement``: which worker of a fleet takes a model;
+- ``arrivals``: per-model idle-time histograms, and ``prewarm``: which model to
+  bring in before its request is expected, and whose keep-alive is over.
 
 Policies never perform I/O and never log; the store carries out what they
 return. Time comes from an injected clock. The interface is re-exported here

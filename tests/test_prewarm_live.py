@@ -1,0 +1,208 @@
+"""PREWARM=histogram in a live store with a real worker and tiny models, and the view's
+``background`` grant that a prewarm takes (it never delays a request)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from model_store_server.core.worker_view import WorkerView
+from model_store_server.decision import Action
+from model_store_server.policies import Tier, create_policy
+from model_store_server.policies.arrivals import Arrivals, HistogramShape
+from model_store_server.policies.prewarm import carry, choose
+from tests.conftest import ask
+
+A, B = "tiny-a.gguf", "tiny-b.gguf"
+
+
+def metric(store, name: str) -> float:
+    text = requests.get(f"{store.url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_two_models_on_a_fixed_period_are_answered_already_loaded(start_store, worker):
+    """MAX_LOADED_MODELS=1, a and b alternating every second (each every 2 s): after the
+    histograms have learned, most requests find their model already loaded."""
+    store = start_store(
+        worker,
+        max_cache_size=2,
+        max_loaded_models=1,
+        prewarm="histogram",
+        prewarm_margin=0.5,
+        prewarm_bin_seconds=0.1,
+    )
+    step, learning, measured = 1.0, 14, 12
+    actions = []
+    start = time.monotonic()
+    for index in range(learning + measured):
+        time.sleep(max(0.0, start + index * step - time.monotonic()))
+        response = ask(store, A if index % 2 == 0 else B, max_tokens=2)
+        assert response.status_code == 200, response.text
+        actions.append(response.headers["X-Cache-Action"])
+    print("actions:", actions)
+    late = actions[learning:]
+    assert late.count("already_loaded") >= 0.75 * measured, actions
+    assert set(actions) <= {"already_loaded", "load_from_local_store", "load_from_store"}
+    assert metric(store, "model_swap_prewarm_loads_total") >= 0.75 * measured
+    assert metric(store, "model_swap_prewarm_hits_total") >= 0.75 * measured
+    explain = requests.get(f"{store.url}/status", timeout=10).json()["explain"]["prewarm"]
+    assert explain["models"][A]["representative"]
+    assert any("expected in" in entry["reason"] for entry in explain["recent"])
+
+
+def test_prewarm_off_by_default_changes_nothing(start_store, worker):
+    store = start_store(worker, max_cache_size=2, max_loaded_models=1)
+    actions = []
+    for index in range(10):
+        time.sleep(0.3)
+        actions.append(ask(store, A if index % 2 == 0 else B).headers["X-Cache-Action"])
+    assert "already_loaded" not in actions[2:]
+    status = requests.get(f"{store.url}/status", timeout=10).json()
+    assert "prewarm" not in status["explain"]
+    assert "model_swap_prewarm_loads_total" not in requests.get(f"{store.url}/metrics").text
+
+
+def test_histograms_survive_a_restart_in_the_state_directory(start_store, worker, tmp_path):
+    settings = dict(prewarm="histogram", prewarm_bin_seconds=0.1, state_dir=str(tmp_path))
+    store = start_store(worker, **settings)
+    for _ in range(6):
+        ask(store, A, max_tokens=1)
+        time.sleep(0.2)
+    store.app.extensions["stop"]()  # what the server runs at shutdown
+    saved = (tmp_path / "arrivals.json").read_text()
+    assert A in saved
+    again = start_store(worker, **settings)
+    explain = requests.get(f"{again.url}/status", timeout=10).json()["explain"]["prewarm"]
+    assert explain["models"][A]["idle_times"] == 5
+
+
+# -- the grant a prewarm takes (no HTTP) -------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def view_with(resident_models, clock, memory=1):
+    cache = create_policy("lru", capacity=3, ttl=5, clock=clock, tier=Tier.CACHE)
+    resident = create_policy("lru", capacity=memory, ttl=5, clock=clock, tier=Tier.RESIDENT)
+    view = WorkerView(cache, resident, max_wait=2.0, clock=clock)
+    view.apply_worker_report(
+        {name: 100 for name in (*resident_models, "c")}, {name: 100 for name in resident_models}
+    )
+    return view
+
+
+def prewarm_plan(arrivals, clock, model_sizes=100):
+    def plan(cache, resident, busy):
+        found = choose(
+            arrivals,
+            cache,
+            resident,
+            now=clock(),
+            margin=5,
+            sizes=lambda m: model_sizes,
+            footprints=lambda m: model_sizes,
+            busy=busy,
+        )
+        return None if found is None else carry(found, cache, resident, size=100, footprint=100)
+
+    return plan
+
+
+def learned(model: str, clock: FakeClock) -> Arrivals:
+    arrivals = Arrivals(HistogramShape())
+    for k in range(8, 0, -1):
+        arrivals.observe(model, now=clock.now + 3 - 60 * k)  # next expected in ~3 s
+    return arrivals
+
+
+def test_a_request_arriving_during_a_prewarm_of_its_model_waits_for_that_load():
+    clock = FakeClock()
+    view = view_with(["a"], clock, memory=2)
+    swap = view.background(prewarm_plan(learned("c", clock), clock))
+    assert swap is not None and swap.decision.model == "c"
+    assert swap.decision.action is Action.LOAD_FROM_LOCAL_STORE
+    got = {}
+
+    def request():
+        got["grant"] = view.admit("c", time.monotonic() + 10, size=100, footprint=100)
+
+    waiting = threading.Thread(target=request)
+    waiting.start()
+    time.sleep(0.2)
+    assert "grant" not in got  # it waits for the prewarm's load, not for a load of its own
+    # a hit on another resident model is not delayed by the prewarm
+    hit = view.admit("a", time.monotonic() + 0.5)
+    assert hit.decision.action is Action.ALREADY_LOADED
+    hit.release()
+    swap.commit(hit=False)
+    waiting.join(timeout=5)
+    grant = got["grant"]
+    assert grant.decision.action is Action.ALREADY_LOADED  # served by the prewarm's load
+    assert not grant.owns_swap
+    grant.release()
+
+
+def test_no_prewarm_while_a_request_waits_or_over_a_generating_model():
+    clock = FakeClock()
+    view = view_with(["a"], clock, memory=1)
+    arrivals = learned("c", clock)
+    generating = view.admit("a", time.monotonic() + 1)  # a generation runs on a
+    swap = view.background(prewarm_plan(arrivals, clock))
+    # c would need a's memory: never taken from a running generation (disk-only: c's
+    # file is already there, so nothing at all)
+    assert swap is None
+    generating.release()
+    assert view.background(prewarm_plan(arrivals, clock)) is not None  # now it may
+    view = view_with(["a"], clock, memory=1)
+    with view.gate.cond:  # a request for b queued for the slot
+        waiter = view.scheduler.arrive("b", clock())
+    assert view.background(prewarm_plan(arrivals, clock)) is None
+    with view.gate.cond:
+        view.scheduler.leave(waiter)
+    assert view.background(prewarm_plan(arrivals, clock)) is not None
+
+
+def test_replay_against_a_live_store_reports_prewarm(start_store, worker, models_dir):
+    """``replay`` counts cold starts and the store's prewarms; the simulator, calibrated from
+    the same store's /status, runs with the same PREWARM settings."""
+    from model_swap_lab.calibrate import simulated_vs_live, store_calibration, store_status
+    from model_swap_lab.replay import replay
+    from model_swap_lab.trace import Request, sizes_from_dir
+
+    store = start_store(
+        worker,
+        max_cache_size=2,
+        max_loaded_models=1,
+        prewarm="histogram",
+        prewarm_margin=0.5,
+        prewarm_bin_seconds=0.1,
+    )
+    trace = [Request(float(index), A if index % 2 == 0 else B) for index in range(26)]
+    result = replay(trace, store.url, speed=1.0)
+    assert result["errors"] == 0
+    assert result["prewarm_loads"] >= 5
+    assert result["prewarm_hits"] >= 5
+    assert result["cold_starts"] == result["requests"] - result["already_loaded"]
+    assert result["cold_starts"] <= 18
+    status = store_status(store.url)
+    config, _ = store_calibration(status)
+    assert (config.prewarm, config.prewarm_margin, config.prewarm_bin_seconds) == (
+        "histogram",
+        0.5,
+        0.1,
+    )
+    compared = simulated_vs_live(trace, sizes_from_dir(models_dir), result, status)
+    assert compared["simulated_prewarm_loads"] > 0
