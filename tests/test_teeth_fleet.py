@@ -299,12 +299,15 @@ def test_the_background_round_probes_every_worker_and_discovers_new_ones():
         fleet.stop()
 
 
-def test_one_listed_worker_has_no_background_round():
+def test_one_listed_worker_is_probed_for_readiness_but_never_marked_down():
     fleet = listed(CLOSED, health_interval=0.05)
     fleet.start()
     try:
-        time.sleep(0.3)
-        assert fleet.nodes[0].last_error is None  # never probed
+        node = fleet.nodes[0]
+        assert wait_for(lambda: not node.reachable)  # probed in the background: /ready reads it
+        assert "unreachable" in node.last_error
+        time.sleep(0.2)
+        assert node.state != DOWN and node.placeable  # a lone worker is still the one to try
     finally:
         fleet.stop()
 
