@@ -107,7 +107,7 @@ def bench_push(report, args, tmp: Path, services: Services) -> None:
         ],
         rows,
         "The HTTP push is the store's own transport (one sized body sent with sendfile(2)); the "
-        "worker reads it into reused buffers that a second thread hashes and writes to a "
+        "worker reads it into reused buffers that one thread hashes while another writes them to a "
         "temporary file, checks GGUF magic, size and digest, renames. The store announces "
         "`X-Model-Digest: blake3:<hex>` by default; the sha256 column announces "
         "`sha256:<hex>` instead (same code otherwise). The baseline sends the same file over a "

@@ -209,8 +209,8 @@ class ModelCache:
         NoSpace when the announced size exceeds the free disk (before
         writing) or the disk fills up. Thread-safe.
 
-        The calling thread reads into a few reused buffers while another thread
-        hashes and writes them (see ``inference_worker.pipeline``).
+        The calling thread reads into a few reused buffers while one thread
+        hashes them and another writes them (see ``inference_worker.pipeline``).
         """
         target = self.path(name)
         if expected_size is not None and expected_size > self.free_bytes():

@@ -1,10 +1,11 @@
-"""inference_worker/pipeline.py: every block hashed and written in order, a buffer reused only
-after it was written, errors surfacing in the reader's thread."""
+"""inference_worker/pipeline.py: hashing and writing on their own threads, buffers reused only
+after both are done with them, errors surfacing in the reader's thread."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 
 import pytest
@@ -40,6 +41,18 @@ def test_every_block_is_hashed_and_written_in_order_while_the_other_stage_lags()
     _run(blocks, slow_write, slow_hash)
     assert written == blocks
     assert hashed.digest() == hashlib.sha256(b"".join(blocks)).digest()
+
+
+def test_hashing_and_writing_run_on_different_threads_at_once():
+    both = threading.Barrier(2, timeout=5)  # each stage waits for the other to be running
+    threads: set[str] = set()
+
+    def stage(block):
+        threads.add(threading.current_thread().name)
+        both.wait()
+
+    _run(_blocks(3, 64), stage, stage)
+    assert threads == {"upload-write", "upload-hash"}
 
 
 @pytest.mark.parametrize("failing", ["write", "digest"])
