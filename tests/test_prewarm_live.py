@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import requests
 
 from model_store_server.core.worker_view import WorkerView
@@ -27,6 +28,7 @@ def metric(store, name: str) -> float:
     return total
 
 
+@pytest.mark.slow  # a periodic client for about 25 s
 def test_two_models_on_a_fixed_period_are_answered_already_loaded(start_store, worker):
     """MAX_LOADED_MODELS=1, a and b alternating every second (each every 2 s): after the
     histograms have learned, most requests find their model already loaded."""
@@ -175,6 +177,7 @@ def test_no_prewarm_while_a_request_waits_or_over_a_generating_model():
     assert view.background(prewarm_plan(arrivals, clock)) is not None
 
 
+@pytest.mark.slow  # a periodic client for about 25 s
 def test_replay_against_a_live_store_reports_prewarm(start_store, worker, models_dir):
     """``replay`` counts cold starts and the store's prewarms; the simulator, calibrated from
     the same store's /status, runs with the same PREWARM settings."""
