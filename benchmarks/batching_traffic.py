@@ -83,6 +83,15 @@ def peer_one(url: str, i: int, tokens: int) -> tuple[float, int]:
     return ttft if ttft is not None else float("nan"), count
 
 
+def _summary(rates: list[float], ttfts: list[float]) -> dict:
+    """Median aggregate tok/s over the rounds, and TTFT percentiles over all their requests."""
+    return {
+        "tps": statistics.median(rates),
+        "p50": percentile(ttfts, 50),
+        "p95": percentile(ttfts, 95),
+    }
+
+
 def measure(one, url: str, clients: int, tokens: int, rounds: int) -> dict:
     """Aggregate tok/s (median over rounds) and TTFTs (pooled) of ``clients`` at once."""
     rates, ttfts = [], []
@@ -95,11 +104,7 @@ def measure(one, url: str, clients: int, tokens: int, rounds: int) -> dict:
             continue  # warm-up
         rates.append(sum(count for _, count in results) / elapsed)
         ttfts += [ttft for ttft, _ in results]
-    return {
-        "tps": statistics.median(rates),
-        "p50": percentile(ttfts, 50),
-        "p95": percentile(ttfts, 95),
-    }
+    return _summary(rates, ttfts)
 
 
 def staggered(one, url: str, args) -> dict:
@@ -120,11 +125,7 @@ def staggered(one, url: str, args) -> dict:
             continue  # warm-up
         rates.append(sum(count for _, count in results) / elapsed)
         ttfts += [ttft for ttft, _ in results]
-    return {
-        "tps": statistics.median(rates),
-        "p50": percentile(ttfts, 50),
-        "p95": percentile(ttfts, 95),
-    }
+    return _summary(rates, ttfts)
 
 
 def arrivals(rate: float, count: int, seed: int) -> list[float]:
