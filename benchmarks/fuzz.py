@@ -217,33 +217,49 @@ def still_serving(port: int) -> None:
 
 
 @contextlib.contextmanager
-def services(models_dir: Path, cache_dir: Path):
-    """A real worker and store in this process, each behind the front server (short
-    header timeout, so a head left unfinished costs a second, not ten)."""
+def services(
+    models_dir: Path,
+    cache_dir: Path,
+    limits: FrontLimits | None = None,
+    store_settings: dict | None = None,
+    **worker_settings,
+):
+    """A real worker (with ``worker_settings``) and store (with ``store_settings``) in this
+    process, each behind the front server; by default with a short header timeout, so a
+    head left unfinished costs a second, not ten."""
     from inference_worker.app import create_app as create_worker_app
     from inference_worker.config import WorkerSettings
     from model_store_server.app import create_app as create_store_app
     from model_store_server.config import StoreSettings
 
-    limits = FrontLimits(threads=8, header_timeout=1.0, io_timeout=10)
-    worker_app = create_worker_app(
-        WorkerSettings(worker_host="127.0.0.1", worker_port=0, model_cache_dir=cache_dir)
-    )
-    worker = FrontThread(worker_app, limits).start()
-    store_app = create_store_app(
-        StoreSettings(
-            models_dir=models_dir,
-            worker_url=worker.url,
-            store_host="127.0.0.1",
-            store_port=0,
-            transport="http",
-        )
-    )
-    store = FrontThread(store_app, limits).start()
+    limits = limits or FrontLimits(threads=8, header_timeout=1.0, io_timeout=10)
+    started = []
     try:
+        worker_app = create_worker_app(
+            WorkerSettings(
+                worker_host="127.0.0.1",
+                worker_port=0,
+                model_cache_dir=cache_dir,
+                **worker_settings,
+            )
+        )
+        worker = FrontThread(worker_app, limits).start()
+        started.append((worker, worker_app))
+        store_app = create_store_app(
+            StoreSettings(
+                models_dir=models_dir,
+                worker_url=worker.url,
+                store_host="127.0.0.1",
+                store_port=0,
+                transport="http",
+                **(store_settings or {}),
+            )
+        )
+        store = FrontThread(store_app, limits).start()
+        started.append((store, store_app))
         yield {"store": store, "worker": worker}
     finally:
-        for server, app in ((store, store_app), (worker, worker_app)):
+        for server, app in reversed(started):
             server.stop()
             stop = app.extensions.get("stop")
             if stop is not None:

@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 
+from benchmarks.fuzz import services
 from model_swap.http_front import FrontLimits
 from model_swap.http_send import Sender, SlowDownload
 from model_swap.serving import FrontThread
@@ -49,45 +50,20 @@ def still_serving(url: str) -> bool:
 def start_front_services(models_dir, tmp_path):
     """Start a real worker (with ``worker_settings``) and a real store in this process,
     each served by the front server; returns {"store": FrontThread, "worker": ...}."""
-    from inference_worker.app import create_app as create_worker_app
-    from inference_worker.config import WorkerSettings
-    from model_store_server.app import create_app as create_store_app
-    from model_store_server.config import StoreSettings
+    with contextlib.ExitStack() as stack:
 
-    started = []
-
-    def start(limits: FrontLimits | None = None, store_settings=None, **worker_settings):
-        limits = limits or FrontLimits(threads=4, io_timeout=10)
-        worker_app = create_worker_app(
-            WorkerSettings(
-                worker_host="127.0.0.1",
-                worker_port=0,
-                model_cache_dir=tmp_path / "wc",
-                **worker_settings,
+        def start(limits: FrontLimits | None = None, store_settings=None, **worker_settings):
+            return stack.enter_context(
+                services(
+                    models_dir,
+                    tmp_path / "wc",
+                    limits or FrontLimits(threads=4, io_timeout=10),
+                    store_settings,
+                    **worker_settings,
+                )
             )
-        )
-        worker = FrontThread(worker_app, limits).start()
-        started.append((worker, worker_app))
-        store_app = create_store_app(
-            StoreSettings(
-                models_dir=models_dir,
-                worker_url=worker.url,
-                store_host="127.0.0.1",
-                store_port=0,
-                transport="http",
-                **(store_settings or {}),
-            )
-        )
-        store = FrontThread(store_app, limits).start()
-        started.append((store, store_app))
-        return {"store": store, "worker": worker}
 
-    yield start
-    for server, app in reversed(started):
-        server.stop()
-        stop = app.extensions.get("stop")
-        if stop is not None:
-            stop()
+        yield start
 
 
 @pytest.fixture
