@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the subprocess's own limit; a busy machine takes minutes
 def test_suite_runs_on_tiny_sizes(tmp_path):
     result = subprocess.run(
         [
@@ -45,6 +46,7 @@ def test_suite_runs_on_tiny_sizes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_gpu_check_runs_every_step_after_the_build_on_the_cpu(tmp_path):
     """``gpu_check.sh run --cpu --quick``: the steps a GPU machine runs after its CUDA build
     (model, offload log, swaps through the services, the batching benchmark with its steady

@@ -18,7 +18,7 @@ from tests.conftest import A, B, C, ask
 KEY = "dashboard-test-key-0123456789"
 WAIT_MS = 15_000
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dashboard")]  # one browser
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ from model_swap.footprint import FootprintError, estimate, read_metadata
 from model_swap.tiny_models import write_tiny_model
 from tests.conftest import A
 
+# One pytest-xdist process runs this module: Gemma is assembled once per process.
+pytestmark = pytest.mark.xdist_group("footprint")
+
 TOLERANCE = 0.10
 
 

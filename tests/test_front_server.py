@@ -167,7 +167,8 @@ def test_health_is_answered_by_the_loop_and_the_queue_is_bounded():
         for _ in range(20):  # every thread held and the queue full: the loop answers
             r = requests.get(f"{server.url}/health", timeout=5)
             assert r.status_code == 200 and r.json() == {"ok": True}
-        assert server.server.probes_answered == 20
+        # counted after its answer is written: the client can read the 20th first
+        assert wait_for(lambda: server.server.probes_answered == 20, timeout=5)
         r = requests.get(f"{server.url}/ready", timeout=5)  # the app has no readiness check
         assert r.status_code == 503  # so /ready went to the pool, whose queue is full
         r = requests.get(f"{server.url}/anything", timeout=5)

@@ -356,6 +356,7 @@ def test_replay_reports_the_simulators_swap_seconds_and_simulate_calibrates_from
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # the subprocess's own limit
 def test_policies_benchmark_runs_on_tiny_sizes(tmp_path):
     import subprocess
     import sys

@@ -351,6 +351,7 @@ def test_broken_chunked_framing_is_refused_and_leaves_nothing(shared_worker, bro
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # the subprocess's own limit
 def test_server_comparison_benchmark_runs(tmp_path):
     """benchmarks/servers.py keeps working (tiny sizes; no timing is asserted)."""
     result = subprocess.run(

@@ -13,6 +13,9 @@ import pytest
 
 from tests.conftest import B
 
+# One pytest-xdist process runs this module: run_all.sh's output is made once per process.
+pytestmark = pytest.mark.xdist_group("smoke_scripts")
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("lru", "no-evict", "ttl", "lru-ttl")
 # The first test to use run_all_output waits for run_all.sh (eight processes, four charts):
