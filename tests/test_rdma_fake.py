@@ -260,7 +260,16 @@ def test_offers_beyond_the_bound_are_refused(worker, listen, fabric, models_dir)
             rdma(worker, listener, fabric).push(A, path, digest=file_digest(path), load=False)
         first.send(Abort("done holding"))
         first.receive()  # the nack for the aborted push
-    rdma(worker, listener, fabric).push(A, path, digest=file_digest(path), load=False)
+
+    def pushed() -> bool:
+        try:
+            rdma(worker, listener, fabric).push(A, path, digest=file_digest(path), load=False)
+        except RdmaPushFailed as err:  # the slot is freed once the first ring is let go,
+            assert "WORKER_RDMA_MAX_OFFERS" in str(err)  # just after the store hangs up
+            return False
+        return True
+
+    assert wait_for(pushed, timeout=10, interval=0.05)
     assert files_on_disk(worker) == [A]
 
 
