@@ -12,7 +12,8 @@ release the GIL), the hash a few blocks behind at most.
 The mapping covers only bytes this process has already written to its own
 temporary file (a hidden name nobody else writes), so it never reaches past the
 end of the file. On a filesystem that cannot splice into files the bytes are
-copied out of the pipe and written instead (same result, one copy more).
+copied out of the pipe and written instead, and where files cannot be mapped
+the regions are read back to be hashed (same result, one copy more each).
 """
 
 from __future__ import annotations
@@ -97,8 +98,23 @@ class SplicedFile:
 
     def _hash(self, region: tuple[int, int]) -> None:
         offset, length = region
-        with mmap.mmap(self._fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset) as view:
+        try:
+            view = mmap.mmap(self._fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
+        except OSError:  # a filesystem that cannot map files: read the region back
+            self._hash_read(offset, length)
+            return
+        with view:
             self._digest(view)
+
+    def _hash_read(self, offset: int, length: int) -> None:
+        buffer = memoryview(bytearray(min(length, 1024 * 1024)))
+        end = offset + length
+        while offset < end:
+            count = os.preadv(self._fd, [buffer[: end - offset]], offset)
+            if not count:
+                raise OSError(errno.EIO, "the upload's file is shorter than what was written")
+            self._digest(buffer[:count])
+            offset += count
 
     def __enter__(self) -> SplicedFile:
         return self

@@ -186,3 +186,20 @@ def test_the_front_server_hands_a_sized_body_over_for_splicing_and_a_chunked_one
         chunks = (b"x" * 1000 for _ in range(3))
         assert requests.post(server.url, data=chunks, timeout=10).text == "ok"
     assert seen == [True, False]
+
+
+def test_a_file_that_cannot_be_mapped_is_read_back_to_be_hashed(tmp_path, pipe, monkeypatch):
+    import mmap
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    data = os.urandom(HASH_BLOCK + 3 * 1024 * 1024 + 5)
+    hashed = []
+    with (
+        open(tmp_path / "f", "w+b", buffering=0) as out,
+        SplicedFile(out.fileno(), lambda view: hashed.append(bytes(view))) as sink,
+    ):
+        sink.write(memoryview(data))
+    assert b"".join(hashed) == data
