@@ -9,8 +9,11 @@ a raw loopback ``sendfile`` into a file (no HTTP, no hashing: the baseline of
 benchmarks/suite.py section 1) and the store's own HTTP push (``HttpTransport``,
 a sized body sent with sendfile, ``X-Model-Digest`` of ``--digest``) into each
 worker; the order rotates every round. Prints the medians, each push's ratio
-to the raw socket and the worker's CPU seconds per push (user + system, from
-/proc: unlike the wall time, not stretched by other work on the machine).
+to the raw socket and the CPU seconds each costs (user + system, from /proc
+and getrusage: unlike the wall time, not stretched by other work on the
+machine): the worker's and the sending side's (this process: the store's
+``HttpTransport``) per push, and both ends of the raw socket together (they
+run in this process). On a busy machine the wall ratio follows the CPU ratio.
 Nothing is written but temporary files; loopback only.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +43,12 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process (every thread) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def start_worker(checkout: Path, workdir: Path, index: int) -> tuple[subprocess.Popen, str]:
@@ -86,15 +96,19 @@ def main() -> int:
                 digest = file_digest(path, args.digest)
                 seconds: dict[str, list[float]] = {"raw": [], **{name: [] for name in workers}}
                 cpu: dict[str, list[float]] = {name: [] for name in workers}
+                sender: dict[str, list[float]] = {name: [] for name in seconds}
                 names = list(seconds)
                 for round_ in range(args.repeats):
                     for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                        own = own_cpu_seconds()
                         if name == "raw":
                             seconds[name].append(raw_sendfile_seconds(path, tmp))
+                            sender[name].append(own_cpu_seconds() - own)
                             continue
                         process, client, transport = workers[name]
                         before = cpu_seconds(process.pid)
                         result = transport.push(NAME, path, digest=digest, load=False)
+                        sender[name].append(own_cpu_seconds() - own)
                         seconds[name].append(result.seconds)
                         cpu[name].append(cpu_seconds(process.pid) - before)
                         client.evict(NAME)
@@ -104,8 +118,13 @@ def main() -> int:
                 for name, values in seconds.items():
                     wall = median(values)
                     line = f"  {name}: {wall * 1000:.0f} ms ({nbytes / wall / 1e6:.0f} MB/s)"
-                    if name != "raw":
-                        line += f", {raw / wall:.2f}x raw, worker CPU {median(cpu[name]):.2f} s"
+                    if name == "raw":
+                        line += f", CPU {median(sender[name]):.2f} s (both ends)"
+                    else:
+                        line += (
+                            f", {raw / wall:.2f}x raw, CPU: worker {median(cpu[name]):.2f} s"
+                            f" + sender {median(sender[name]):.2f} s"
+                        )
                     print(line + f"  [{', '.join(f'{v * 1000:.0f}' for v in values)}]")
                 path.unlink()
         finally:

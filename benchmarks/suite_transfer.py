@@ -107,8 +107,10 @@ def bench_push(report, args, tmp: Path, services: Services) -> None:
         ],
         rows,
         "The HTTP push is the store's own transport (one sized body sent with sendfile(2)); the "
-        "worker reads it into reused buffers that one thread hashes while another writes them to a "
-        "temporary file, checks GGUF magic, size and digest, renames. The store announces "
+        "worker (its front server) splices it from the socket through a pipe into a temporary "
+        "file, one kernel copy, while a second thread hashes each written region from a "
+        "read-only mapping of the file; it checks GGUF magic, size and digest, renames. The "
+        "store announces "
         "`X-Model-Digest: blake3:<hex>` by default; the sha256 column announces "
         "`sha256:<hex>` instead (same code otherwise). The baseline sends the same file over a "
         "loopback socket with sendfile(2) into a file, with no HTTP, no hashing.",

@@ -19,17 +19,23 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from inference_worker.pipeline import BufferPipeline
+from inference_worker.spliced import can_splice
+from inference_worker.upload_intake import (
+    GGUF_MAGIC,
+    DigestMismatch,
+    IncompleteUpload,
+    Intake,
+    NotGGUF,
+    Readable,
+    UploadRejected,
+    take_buffered,
+    take_spliced,
+)
 from model_swap.digest import file_digest, hasher
 from model_swap.errors import cause
 from model_swap.names import InvalidModelName, validate_model_name
 from model_swap.progress import Progress, Transfers
-
-# An upload is read into BUFFERS reused buffers of BLOCK_BYTES each (bounds memory).
-BLOCK_BYTES = 4 * 1024 * 1024
-BUFFERS = 6
 
 logger = logging.getLogger(__name__)
 
@@ -42,34 +48,11 @@ TEMP_SUFFIX = ".part"
 PLACED_NAME = re.compile(r"\.(link|probe)-[0-9a-f]{32}" + re.escape(TEMP_SUFFIX))
 
 
-GGUF_MAGIC = b"GGUF"
-
-
-class UploadRejected(Exception):
-    """An upload was refused; nothing was kept."""
-
-
-class IncompleteUpload(UploadRejected):
-    """The body ended before the announced size, ran past it, or broke off."""
-
-
-class DigestMismatch(UploadRejected):
-    """The received bytes do not have the digest the sender announced."""
-
-
-class NotGGUF(UploadRejected):
-    """The body does not start with the GGUF magic bytes."""
-
-
 class NoSpace(Exception):
     """The cache's disk cannot hold the upload (checked up front, or it filled up midway)."""
 
 
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-class Readable(Protocol):
-    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -209,8 +192,11 @@ class ModelCache:
         NoSpace when the announced size exceeds the free disk (before
         writing) or the disk fills up. Thread-safe.
 
-        The calling thread reads into a few reused buffers while one thread
-        hashes them and another writes them (see ``inference_worker.pipeline``).
+        A sized body of the front server is spliced from the socket into the
+        file and hashed from a mapping of the file (``inference_worker.spliced``:
+        each byte copied once); any other source is read into a few reused
+        buffers by the calling thread while one thread hashes them and another
+        writes them (``inference_worker.pipeline``).
         """
         target = self.path(name)
         if expected_size is not None and expected_size > self.free_bytes():
@@ -222,37 +208,16 @@ class ModelCache:
         # name plus a suffix would exceed the filesystem's name limit.
         tmp = self.directory / f".upload-{uuid.uuid4().hex}{TEMP_SUFFIX}"
         started = time.perf_counter()
-        written = 0
         digest = hasher(algorithm) if algorithm else None
-        head = b""
+        intake = Intake(name, expected_size, self._count, progress)
         try:
-            with (
-                open(tmp, "wb") as out,
-                BufferPipeline(
-                    out.write, digest.update if digest else None, BUFFERS, BLOCK_BYTES
-                ) as pipeline,
-            ):
-                while True:
-                    buffer = pipeline.take()
-                    try:
-                        count = source.readinto(buffer)
-                    except (OSError, ValueError) as err:  # broken framing, client gone
-                        logger.info("upload of %s broke off: %r", name, err)
-                        raise IncompleteUpload(f"body broke off: {cause(err)}") from err
-                    if not count:
-                        break
-                    if len(head) < len(GGUF_MAGIC):
-                        head += bytes(buffer[: min(count, len(GGUF_MAGIC) - len(head))])
-                        if not GGUF_MAGIC.startswith(head):
-                            raise NotGGUF(f"{name} is not a GGUF file (bad magic bytes)")
-                    written += count
-                    self._count(count)
-                    progress.advance(count)
-                    if expected_size is not None and written > expected_size:
-                        raise IncompleteUpload(
-                            f"body is longer than the announced {expected_size} bytes"
-                        )
-                    pipeline.submit(buffer, count)
+            spliced = can_splice(source)
+            with open(tmp, "w+b" if spliced else "wb", buffering=0 if spliced else -1) as out:
+                if spliced:
+                    take_spliced(source, out.fileno(), digest, intake)
+                else:
+                    take_buffered(source, out, digest, intake)
+            written, head = intake.written, intake.head
             if expected_size is not None and written != expected_size:
                 raise IncompleteUpload(
                     f"body ended after {written} of the announced {expected_size} bytes"

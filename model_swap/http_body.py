@@ -10,6 +10,8 @@ arrives slower than ``MIN_UPLOAD_RATE`` over a window (``SlowUpload``).
 from __future__ import annotations
 
 import io
+import os
+import select
 import socket
 import time
 
@@ -20,6 +22,7 @@ from model_swap.http_parse import BadFraming, chunk_size
 MAX_CHUNK_LINE = 8190  # longest chunk-size or trailer line
 # A slow upload is judged over windows of this many seconds (MIN_UPLOAD_RATE).
 UPLOAD_RATE_WINDOW = 30.0
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
 class SlowUpload(ConnectionError):
@@ -96,25 +99,50 @@ class Body(io.RawIOBase):
         return self._recv(buffer, limit)
 
     def _recv(self, buffer: memoryview, limit: int) -> int:
-        # The socket's timeout ends with the rate window, so a body that stalls is
-        # judged when its window ends, not only when its next bytes arrive.
+        def recv(timeout: float | None) -> int:
+            if timeout is None:  # the socket's own timeout
+                return self._sock.recv_into(buffer, limit)
+            saved = self._sock.gettimeout()
+            self._sock.settimeout(timeout)
+            try:
+                return self._sock.recv_into(buffer, limit)
+            finally:
+                self._sock.settimeout(saved)
+
+        return self._read(recv)
+
+    def _splice(self, pipe: int, limit: int) -> int:
+        def splice(timeout: float | None) -> int:
+            wait = self._sock.gettimeout() if timeout is None else timeout
+            poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN)
+            while True:
+                if not poller.poll(None if wait is None else wait * 1000):
+                    raise TimeoutError("timed out")
+                try:
+                    return os.splice(self._sock.fileno(), pipe, limit, flags=_SPLICE_FLAGS)
+                except BlockingIOError:  # woken without data (the socket is non-blocking)
+                    continue
+
+        return self._read(splice)
+
+    def _read(self, read) -> int:
+        """One ``read(timeout)`` of at least a byte; ``timeout`` None is the socket's own.
+        The timeout ends with the rate window, so a body that stalls is judged when its
+        window ends, not only when its next bytes arrive."""
         if not self._min_rate:  # MIN_UPLOAD_RATE 0: only the socket's own timeout
-            count = self._sock.recv_into(buffer, limit)
+            count = read(None)
             if not count:
                 raise ConnectionError("the request body broke off")
             return count
         now = time.monotonic()
         if now - self._window_start >= self._window:
             self._check_rate(now)
-        saved = self._sock.gettimeout()
-        self._sock.settimeout(max(self._window_start + self._window - now, 0.01))
         try:
-            count = self._sock.recv_into(buffer, limit)
+            count = read(max(self._window_start + self._window - now, 0.01))
         except TimeoutError:
             self._check_rate(time.monotonic())
-            return self._recv(buffer, limit)
-        finally:
-            self._sock.settimeout(saved)
+            return self._read(read)
         if not count:
             raise ConnectionError("the request body broke off")
         self._window_bytes += count
@@ -142,6 +170,25 @@ class SizedBody(Body):
         if self._left <= 0:
             return 0
         count = self._take(memoryview(buffer).cast("B"), min(len(buffer), self._left))
+        self._left -= count
+        self.done = self._left == 0
+        return count
+
+    def splice_into(self, pipe: int, limit: int) -> int:
+        """Move up to ``limit`` bytes of the body into the pipe ``pipe`` (its write end)
+        by splice(2), not through user space; the bytes held with the head go first.
+        0 at the body's end; raises as ``readinto`` does."""
+        limit = min(limit, self._left)
+        if limit <= 0:
+            return 0
+        if self._held:
+            count = os.write(pipe, self._held[:limit])
+            del self._held[:count]
+        else:
+            if self._on_first_read is not None:
+                self._on_first_read()
+                self._on_first_read = None
+            count = self._splice(pipe, limit)
         self._left -= count
         self.done = self._left == 0
         return count
