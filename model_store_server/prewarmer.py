@@ -11,7 +11,9 @@ taking away a model that is generating. The swap is carried out by the
 worker's executor like any other (a request for the model that arrives
 meanwhile waits for that load and is then served as ``already_loaded``). A
 resident model whose predicted window ended ``PREWARM_MARGIN`` seconds ago
-is unloaded the same way (keep-alive from the histogram's tail).
+is unloaded the same way (keep-alive from the histogram's tail); where the
+policy has a time-to-live, a model whose request ended stays loaded until
+its histogram's tail instead (``idle_keep``, the view's hook).
 
 Limits: one worker (with several, the prewarmer stays idle and says so in
 ``/status``); a push or load that has started runs to its end (a request
@@ -45,6 +47,7 @@ from model_store_server.policies.prewarm import (
     candidates,
     carry,
     choose,
+    keep_after_use,
     keep_alive_over,
     next_event,
     next_need,
@@ -130,7 +133,17 @@ class Prewarmer:
 
     # -- acting (the thread) ----------------------------------------------------------------
 
+    def idle_keep(self, model: str) -> float | None:
+        """``WorkerView.idle_keep``: seconds ``model``, whose request just ended, stays
+        loaded where the policy has a time-to-live (``prewarm.keep_after_use``); None with
+        several workers (the prewarmer is idle there) or without a histogram's tail."""
+        if self.service.fleet.several:
+            return None
+        with self._lock:
+            return keep_after_use(self.arrivals, model, now=self.clock(), margin=self.margin)
+
     def start(self) -> None:
+        self.service.fleet.on_added(lambda node: setattr(node.view, "idle_keep", self.idle_keep))
         self._thread = threading.Thread(target=self._run, name="store-prewarm", daemon=True)
         self._thread.start()
 

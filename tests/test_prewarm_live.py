@@ -13,7 +13,7 @@ from model_store_server.core.worker_view import WorkerView
 from model_store_server.decision import Action
 from model_store_server.policies import Tier, create_policy
 from model_store_server.policies.arrivals import Arrivals, HistogramShape
-from model_store_server.policies.prewarm import carry, choose
+from model_store_server.policies.prewarm import carry, choose, keep_after_use
 from tests.conftest import ask
 
 A, B = "tiny-a.gguf", "tiny-b.gguf"
@@ -96,9 +96,9 @@ class FakeClock:
         return self.now
 
 
-def view_with(resident_models, clock, memory=1):
-    cache = create_policy("lru", capacity=3, ttl=5, clock=clock, tier=Tier.CACHE)
-    resident = create_policy("lru", capacity=memory, ttl=5, clock=clock, tier=Tier.RESIDENT)
+def view_with(resident_models, clock, memory=1, policy="lru"):
+    cache = create_policy(policy, capacity=3, ttl=5, clock=clock, tier=Tier.CACHE)
+    resident = create_policy(policy, capacity=memory, ttl=5, clock=clock, tier=Tier.RESIDENT)
     view = WorkerView(cache, resident, max_wait=2.0, clock=clock)
     view.apply_worker_report(
         {name: 100 for name in (*resident_models, "c")}, {name: 100 for name in resident_models}
@@ -175,6 +175,28 @@ def test_no_prewarm_while_a_request_waits_or_over_a_generating_model():
     with view.gate.cond:
         view.scheduler.leave(waiter)
     assert view.background(prewarm_plan(arrivals, clock)) is not None
+
+
+def test_under_a_ttl_a_model_stays_loaded_to_its_histogram_tail():
+    """The view's idle_keep hook (the prewarmer's keep_after_use): once a request ends, a
+    model with a histogram stays until its tail instead of the fixed TTL (5 s here); one
+    asked with a keep_alive keeps that; a model without a histogram keeps the policy's."""
+    clock = FakeClock()
+    view = view_with(["a", "b"], clock, memory=2, policy="ttl")
+    arrivals = learned("a", clock)  # a timer of 60 s, the last request 57 s ago
+    arrivals.observe("a", now=clock.now)
+    view.idle_keep = lambda model: keep_after_use(arrivals, model, now=clock(), margin=5)
+    for model in ("a", "b"):
+        view.admit(model, time.monotonic() + 1).release()
+    assert view.resident.ttl_of("a") == pytest.approx(66)  # 60-61 s ahead, plus the margin
+    assert view.cache.ttl_of("a") == pytest.approx(66)
+    assert view.resident.ttl_of("b") == 5
+    clock.now += 30
+    assert view.resident.expired() == ["b"]
+    view = view_with(["a"], clock, memory=2, policy="ttl")
+    view.idle_keep = lambda model: keep_after_use(arrivals, model, now=clock(), margin=5)
+    view.admit("a", time.monotonic() + 1, keep_alive=2).release()
+    assert view.resident.ttl_of("a") == 2
 
 
 @pytest.mark.slow  # a periodic client for about 25 s

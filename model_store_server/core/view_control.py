@@ -207,6 +207,15 @@ class ViewControl:
             override = (math.inf if keep_alive < 0 else keep_alive) if longer else None
             self.cache.set_ttl(model, override)
 
+    def _keep_longer(self, model: str, seconds: float | None) -> None:
+        """Without a keep_alive asked: where a tier has a time-to-live shorter than
+        ``seconds``, ``model``'s is ``seconds`` (PREWARM's keep-alive from the tail)."""
+        if seconds is None:
+            return
+        for tier in (self.resident, self.cache):
+            if model in tier and tier.ttl is not None and seconds > tier.ttl:
+                tier.set_ttl(model, seconds)
+
     def _check_pin(self, model: str, size: int, footprint: int) -> None:
         tiers = ((self.cache, size, "cache"), (self.resident, footprint, "resident"))
         for tier, need, what in tiers:

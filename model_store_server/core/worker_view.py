@@ -67,6 +67,8 @@ class WorkerView(ViewReport, ViewControl):
         self._versions: dict[str, str | None] = {}
         self._keep: dict[str, float | None] = {}  # the last keep_alive asked per model
         self.on_idle: Callable[[], None] = lambda: None  # called when a generation ends
+        # Seconds a model stays idle where a tier has a time-to-live (PREWARM's keep-alive)
+        self.idle_keep: Callable[[str], float | None] = lambda model: None
         self._down = False  # marked down by the fleet: waiting requests leave
 
     # -- deciding ------------------------------------------------------------------------
@@ -276,6 +278,8 @@ class WorkerView(ViewReport, ViewControl):
                     tier.refresh(model)
             if idle and model in self.resident:
                 self._set_keep(model, hit.keep_alive)
+                if hit.keep_alive is None:
+                    self._keep_longer(model, self.idle_keep(model))
         self.on_idle()
 
     def _commit(self, swap: Swap, hit: bool) -> Hit | None:
