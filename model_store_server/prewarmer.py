@@ -15,10 +15,16 @@ is unloaded the same way (keep-alive from the histogram's tail); where the
 policy has a time-to-live, a model whose request ended stays loaded until
 its histogram's tail instead (``idle_keep``, the view's hook).
 
+A prewarm is *dropped* when a request for another model needs the slot: it
+is not started while one waits, and one under way stops: its push is cut
+at the next step (16 MiB over HTTP; the worker keeps nothing partial) or
+its load is not started; a load already running in llama.cpp (or a push
+whose last byte was sent) cannot be interrupted and runs to its end, after
+which the request goes first. Dropped prewarms are tried again once the
+slot is free (``model_swap_prewarm_dropped_total``).
+
 Limits: one worker (with several, the prewarmer stays idle and says so in
-``/status``); a push or load that has started runs to its end (a request
-for another model that arrives meanwhile waits for it, as behind any swap):
-a prewarm is *dropped*, not started, whenever a request waits for the slot.
+``/status``).
 
 With ``STATE_DIR`` the histograms are written to ``arrivals.json`` there
 (atomically, at most once a minute and at stop) and read at start.
@@ -40,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from model_store_server.config import StoreSettings
 from model_store_server.core import events as ev
+from model_store_server.core.executor import PushStopped
 from model_store_server.decision import Action, Decision, Outcome
 from model_store_server.policies.arrivals import Arrivals, HistogramShape
 from model_store_server.policies.prewarm import (
@@ -95,6 +102,12 @@ class Prewarmer:
         self.hits = Counter(
             "model_swap_prewarm_hits",
             "Requests served from a model that was prewarmed for them",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "model_swap_prewarm_dropped",
+            "Prewarms stopped midway (their push cut, or their load not started) because a "
+            "request needed the slot",
             registry=registry,
         )
         self.wasted = Counter(
@@ -270,6 +283,7 @@ class Prewarmer:
 
     def _carry(self, node, swap, path, plan) -> None:
         with self._lock:
+            previous = self._done.get(plan.model)
             self._done[plan.model] = self.arrivals.last(plan.model)
             # Before the load ends: a request served by it may be decided at once.
             self._unused[plan.model] = plan.where
@@ -282,6 +296,13 @@ class Prewarmer:
                 hit=False,
                 load=plan.where is Where.MEMORY,
             )
+        except PushStopped as err:
+            self.dropped.inc()
+            logger.info("prewarm of %s dropped (%s): a request needs the slot", plan.model, err)
+            with self._lock:
+                self._unused.pop(plan.model, None)
+                self._done[plan.model] = previous  # tried again once the slot is free
+            return
         except ApiError as err:
             logger.warning("prewarm of %s failed: %s", plan.model, err)
             with self._lock:

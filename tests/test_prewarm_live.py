@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,7 +15,8 @@ from model_store_server.decision import Action
 from model_store_server.policies import Tier, create_policy
 from model_store_server.policies.arrivals import Arrivals, HistogramShape
 from model_store_server.policies.prewarm import carry, choose, keep_after_use
-from tests.conftest import ask
+from model_swap.tiny_models import write_tiny_model
+from tests.conftest import ask, temp_files, wait_for, worker_status
 
 A, B = "tiny-a.gguf", "tiny-b.gguf"
 
@@ -85,6 +87,61 @@ def test_histograms_survive_a_restart_in_the_state_directory(start_store, worker
     assert explain["models"][A]["idle_times"] == 5
 
 
+def test_a_request_for_another_model_drops_a_prewarm_being_pushed(
+    start_store, worker, models_dir, monkeypatch
+):
+    """A request for b arrives while a prewarm of big (40 MB) is being pushed: the push
+    stops midway (the worker keeps nothing of big), b is served without big being loaded
+    first, and the drop is counted. The push is held after its first 16 MiB step until b's
+    request is queued (a hook on the store's worker client), so nothing depends on timing."""
+    big = "tiny-big.gguf"
+    write_tiny_model(models_dir / big, size_mb=40)
+    store = start_store(worker, max_loaded_models=1, prewarm="histogram", prewarm_margin=1.0)
+    prewarmer = store.app.extensions["prewarmer"]
+    node = prewarmer.service.fleet.first()
+    assert ask(store, A, max_tokens=1).status_code == 200  # the view is synced
+    pushing, checked, steps = threading.Event(), threading.Event(), []
+    upload = node.client.upload_file
+
+    def held(endpoint, path, headers, on_sent=None):
+        if headers["X-Model-Name"] != big:
+            return upload(endpoint, path, headers, on_sent=on_sent)
+        if steps:  # the dropped prewarm tried again once b is served: after the checks
+            checked.wait(20)
+            return upload(endpoint, path, headers, on_sent=on_sent)
+
+        def step(sent):
+            steps.append(sent)
+            if len(steps) == 1:
+                pushing.set()
+                wait_for(lambda: len(node.view.scheduler) > 0, timeout=20)  # b is queued
+            on_sent(sent)
+
+        return upload(endpoint, path, headers, on_sent=step)
+
+    monkeypatch.setattr(node.client, "upload_file", held)
+    try:
+        now = prewarmer.clock()
+        for k in range(8, 0, -1):  # big every 2 s, the last 2 s ago: its next request is due
+            prewarmer.arrivals.observe(big, now=now - 2 * k)
+        prewarmer._wake.set()
+        assert pushing.wait(20), "no prewarm of big started"
+        response = ask(store, B, max_tokens=1)
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Cache-Action"] == "load_from_store"
+        assert metric(store, "model_swap_prewarm_dropped_total") == 1
+        assert metric(store, "model_swap_prewarm_loads_total") == 0  # big was never loaded
+        assert len(steps) == 1  # cut after its first step, not sent to its end
+        report = worker_status(worker)
+        cache = Path(report["model_cache_dir"])
+        assert wait_for(lambda: not temp_files(cache), timeout=10)
+        assert big not in [entry["name"] for entry in report["cached"]]
+        assert not (cache / big).exists()
+        assert report["loaded"] == B
+    finally:
+        checked.set()
+
+
 # -- the grant a prewarm takes (no HTTP) -------------------------------------------------
 
 
@@ -143,8 +200,9 @@ def test_a_request_arriving_during_a_prewarm_of_its_model_waits_for_that_load():
 
     waiting = threading.Thread(target=request)
     waiting.start()
-    time.sleep(0.2)
+    assert wait_for(lambda: len(view.scheduler) == 1, timeout=5)
     assert "grant" not in got  # it waits for the prewarm's load, not for a load of its own
+    assert not swap.stopping.is_set()  # its own model's prewarm goes on
     # a hit on another resident model is not delayed by the prewarm
     hit = view.admit("a", time.monotonic() + 0.5)
     assert hit.decision.action is Action.ALREADY_LOADED
@@ -155,6 +213,26 @@ def test_a_request_arriving_during_a_prewarm_of_its_model_waits_for_that_load():
     assert grant.decision.action is Action.ALREADY_LOADED  # served by the prewarm's load
     assert not grant.owns_swap
     grant.release()
+
+
+def test_a_request_for_another_model_stops_the_prewarm_and_is_decided_first():
+    clock = FakeClock()
+    view = view_with(["a"], clock, memory=1)
+    swap = view.background(prewarm_plan(learned("c", clock), clock))
+    assert swap.decision.model == "c" and swap.decision.unloaded == ("a",)
+    got = {}
+    waiting = threading.Thread(
+        target=lambda: got.update(grant=view.admit("b", time.monotonic() + 10, size=100))
+    )
+    waiting.start()
+    assert wait_for(swap.stopping.is_set, timeout=5)  # b needs the slot
+    view.stopped(swap)  # what the executor does once the push is cut
+    waiting.join(timeout=5)
+    grant = got["grant"]
+    assert grant.decision.action is Action.LOAD_FROM_STORE
+    assert grant.decision.unloaded == ()  # c never reached memory: nothing to take away
+    assert "c" not in view.resident and "c" in view.cache  # c's file was already there
+    grant.abort(synced=True)
 
 
 def test_no_prewarm_while_a_request_waits_or_over_a_generating_model():
