@@ -5,7 +5,7 @@
 model's idle-time histogram (``policies/arrivals.py``), and ``Removed``
 tells it when a prewarmed model left unused. A background thread wakes at
 the moments the pure decision (``policies/prewarm.py``) may act and asks the
-first worker's view for the slot through ``WorkerView.background``: only
+worker's view for the slot through ``WorkerView.background``: only
 while the slot is free, no request waits and the view is synced, and never
 taking away a model that is generating. The swap is carried out by the
 worker's executor like any other (a request for the model that arrives
@@ -23,8 +23,10 @@ whose last byte was sent) cannot be interrupted and runs to its end, after
 which the request goes first. Dropped prewarms are tried again once the
 slot is free (``model_swap_prewarm_dropped_total``).
 
-Limits: one worker (with several, the prewarmer stays idle and says so in
-``/status``).
+With several workers, each prewarm goes to the worker the placement policy
+would give the model's request (``Fleet.placed``; the model counts as
+coming there while it is brought in, so its request follows it), and each
+worker's keep-alive unloads are its own.
 
 With ``STATE_DIR`` the histograms are written to ``arrivals.json`` there
 (atomically, at most once a minute and at stop) and read at start.
@@ -148,10 +150,8 @@ class Prewarmer:
 
     def idle_keep(self, model: str) -> float | None:
         """``WorkerView.idle_keep``: seconds ``model``, whose request just ended, stays
-        loaded where the policy has a time-to-live (``prewarm.keep_after_use``); None with
-        several workers (the prewarmer is idle there) or without a histogram's tail."""
-        if self.service.fleet.several:
-            return None
+        loaded where the policy has a time-to-live (``prewarm.keep_after_use``); None
+        without a histogram's tail."""
         with self._lock:
             return keep_after_use(self.arrivals, model, now=self.clock(), margin=self.margin)
 
@@ -182,21 +182,22 @@ class Prewarmer:
     def round(self) -> float:
         """Unload what is over, then start at most one prewarm; returns seconds until the
         next moment worth looking again (short while the slot is busy)."""
-        fleet = self.service.fleet
-        if fleet.several:
-            return 5.0
-        node = fleet.first()
-        if not node.view.synced:
+        nodes = [node for node in self.service.fleet.nodes if node.view.synced]
+        if not nodes:
             return 0.5
-        if self._keep_alive(node) or self._prewarm(node):
+        if any([self._keep_alive(node) for node in nodes]) or self._prewarm():
             return 0.0
         now = self.clock()
         with self._lock:
-            times = next_event(self.arrivals, node.view.resident, self.margin, self._done)
+            times = [
+                t
+                for node in nodes
+                for t in next_event(self.arrivals, node.view.resident, self.margin, self._done)
+            ]
             waiting = [
                 model
                 for _, model in candidates(self.arrivals, now, self.margin, self._done)
-                if model not in node.view.resident
+                if not any(model in node.view.resident for node in nodes)
             ]
         if waiting:  # due, but the slot or a generating model was in the way: look again soon
             return 0.1
@@ -230,29 +231,38 @@ class Prewarmer:
             logger.warning("keep-alive unload failed: %s", err)
         return True
 
-    def _prewarm(self, node) -> bool:
-        files = self.service.files
+    def _prewarm(self) -> bool:
+        """Start (and carry out) the first due prewarm that a worker takes: each model on
+        the worker the placement policy would give its request (``Fleet.placed``, counted
+        as coming there meanwhile, so its request follows it)."""
+        files, fleet = self.service.files, self.service.fleet
         with self._lock:
             now = self.clock()
             found = [model for _, model in candidates(self.arrivals, now, self.margin, self._done)]
         for model in found:
+            if any(model in node.view.resident for node in fleet.nodes):
+                continue
             try:
                 path = files.path(model)
                 version = files.version(path)
                 size = files.size(path)
-                footprint = self._footprint(path, node)
-            except ApiError as err:  # gone from MODELS_DIR, or unreadable: not this one
+                footprints = functools.partial(self._footprint, path)
+                with fleet.placed(model, size, footprints) as node:
+                    if not node.view.synced:
+                        continue
+                    chosen: dict = {}
+                    plan = functools.partial(
+                        self._plan, model, found, size, footprints(node), chosen
+                    )
+                    swap = node.view.background(plan, version)
+                    if swap is None:
+                        continue
+                    self._carry(node, swap, path, chosen["plan"])
+                    return True
+            except ApiError as err:  # gone from MODELS_DIR, unreadable, or no worker
                 logger.info("not prewarming %s: %s", model, err)
                 with self._lock:
                     self._done[model] = self.arrivals.last(model)
-                continue
-            chosen: dict = {}
-            plan = functools.partial(self._plan, model, found, size, footprint, chosen)
-            swap = node.view.background(plan, version)
-            if swap is None:
-                continue
-            self._carry(node, swap, path, chosen["plan"])
-            return True
         return False
 
     def _plan(self, model, found, size, footprint, chosen, cache, resident, busy):
@@ -351,7 +361,7 @@ class Prewarmer:
                 "mode": self.settings.prewarm,
                 "margin_s": self.margin,
                 "bin_seconds": self.arrivals.shape.bin_seconds,
-                "active": not self.service.fleet.several,
+                "active": True,
                 "models": models,
                 "prewarmed_unused": sorted(self._unused),
                 "recent": recent,

@@ -142,6 +142,32 @@ def test_a_request_for_another_model_drops_a_prewarm_being_pushed(
         checked.set()
 
 
+def test_with_several_workers_a_prewarm_goes_where_its_request_will(
+    start_store, start_worker, tmp_path
+):
+    workers = [start_worker(model_cache_dir=tmp_path / f"cache-{i}") for i in range(2)]
+    store = start_store(
+        worker_urls=tuple(w.url for w in workers),
+        max_loaded_models=1,
+        prewarm="histogram",
+        prewarm_margin=1.0,
+    )
+    first = ask(store, A, max_tokens=1)  # the views are synced; a is on one worker
+    assert first.status_code == 200, first.text
+    prewarmer = store.app.extensions["prewarmer"]
+    now = prewarmer.clock()
+    for k in range(8, 0, -1):  # b every 2 s, the last 2 s ago: its next request is due
+        prewarmer.arrivals.observe(B, now=now - 2 * k)
+    prewarmer._wake.set()
+    assert wait_for(lambda: metric(store, "model_swap_prewarm_loads_total") >= 1, timeout=20)
+    response = ask(store, B, max_tokens=1)
+    assert response.headers["X-Cache-Action"] == "already_loaded"
+    assert response.headers["X-Worker"] != first.headers["X-Worker"]  # a free worker: a stays
+    assert metric(store, "model_swap_prewarm_hits_total") == 1
+    explain = requests.get(f"{store.url}/status", timeout=10).json()["explain"]["prewarm"]
+    assert explain["active"] and explain["recent"][0]["model"] == B
+
+
 # -- the grant a prewarm takes (no HTTP) -------------------------------------------------
 
 
