@@ -5,18 +5,28 @@
 model's idle-time histogram (``policies/arrivals.py``), and ``Removed``
 tells it when a prewarmed model left unused. A background thread wakes at
 the moments the pure decision (``policies/prewarm.py``) may act and asks the
-first worker's view for the slot through ``WorkerView.background``: only
+worker's view for the slot through ``WorkerView.background``: only
 while the slot is free, no request waits and the view is synced, and never
 taking away a model that is generating. The swap is carried out by the
 worker's executor like any other (a request for the model that arrives
 meanwhile waits for that load and is then served as ``already_loaded``). A
 resident model whose predicted window ended ``PREWARM_MARGIN`` seconds ago
-is unloaded the same way (keep-alive from the histogram's tail).
+is unloaded the same way (keep-alive from the histogram's tail); where the
+policy has a time-to-live, a model whose request ended stays loaded until
+its histogram's tail instead (``idle_keep``, the view's hook).
 
-Limits: one worker (with several, the prewarmer stays idle and says so in
-``/status``); a push or load that has started runs to its end (a request
-for another model that arrives meanwhile waits for it, as behind any swap):
-a prewarm is *dropped*, not started, whenever a request waits for the slot.
+A prewarm is *dropped* when a request for another model needs the slot: it
+is not started while one waits, and one under way stops: its push is cut
+at the next step (16 MiB over HTTP; the worker keeps nothing partial) or
+its load is not started; a load already running in llama.cpp (or a push
+whose last byte was sent) cannot be interrupted and runs to its end, after
+which the request goes first. Dropped prewarms are tried again once the
+slot is free (``model_swap_prewarm_dropped_total``).
+
+With several workers, each prewarm goes to the worker the placement policy
+would give the model's request (``Fleet.placed``; the model counts as
+coming there while it is brought in, so its request follows it), and each
+worker's keep-alive unloads are its own.
 
 With ``STATE_DIR`` the histograms are written to ``arrivals.json`` there
 (atomically, at most once a minute and at stop) and read at start.
@@ -38,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from model_store_server.config import StoreSettings
 from model_store_server.core import events as ev
+from model_store_server.core.executor import PushStopped
 from model_store_server.decision import Action, Decision, Outcome
 from model_store_server.policies.arrivals import Arrivals, HistogramShape
 from model_store_server.policies.prewarm import (
@@ -45,6 +56,7 @@ from model_store_server.policies.prewarm import (
     candidates,
     carry,
     choose,
+    keep_after_use,
     keep_alive_over,
     next_event,
     next_need,
@@ -94,6 +106,12 @@ class Prewarmer:
             "Requests served from a model that was prewarmed for them",
             registry=registry,
         )
+        self.dropped = Counter(
+            "model_swap_prewarm_dropped",
+            "Prewarms stopped midway (their push cut, or their load not started) because a "
+            "request needed the slot",
+            registry=registry,
+        )
         self.wasted = Counter(
             "model_swap_prewarm_wasted",
             "Prewarmed models unloaded or evicted before any request used them",
@@ -130,7 +148,15 @@ class Prewarmer:
 
     # -- acting (the thread) ----------------------------------------------------------------
 
+    def idle_keep(self, model: str) -> float | None:
+        """``WorkerView.idle_keep``: seconds ``model``, whose request just ended, stays
+        loaded where the policy has a time-to-live (``prewarm.keep_after_use``); None
+        without a histogram's tail."""
+        with self._lock:
+            return keep_after_use(self.arrivals, model, now=self.clock(), margin=self.margin)
+
     def start(self) -> None:
+        self.service.fleet.on_added(lambda node: setattr(node.view, "idle_keep", self.idle_keep))
         self._thread = threading.Thread(target=self._run, name="store-prewarm", daemon=True)
         self._thread.start()
 
@@ -156,21 +182,22 @@ class Prewarmer:
     def round(self) -> float:
         """Unload what is over, then start at most one prewarm; returns seconds until the
         next moment worth looking again (short while the slot is busy)."""
-        fleet = self.service.fleet
-        if fleet.several:
-            return 5.0
-        node = fleet.first()
-        if not node.view.synced:
+        nodes = [node for node in self.service.fleet.nodes if node.view.synced]
+        if not nodes:
             return 0.5
-        if self._keep_alive(node) or self._prewarm(node):
+        if any([self._keep_alive(node) for node in nodes]) or self._prewarm():
             return 0.0
         now = self.clock()
         with self._lock:
-            times = next_event(self.arrivals, node.view.resident, self.margin, self._done)
+            times = [
+                t
+                for node in nodes
+                for t in next_event(self.arrivals, node.view.resident, self.margin, self._done)
+            ]
             waiting = [
                 model
                 for _, model in candidates(self.arrivals, now, self.margin, self._done)
-                if model not in node.view.resident
+                if not any(model in node.view.resident for node in nodes)
             ]
         if waiting:  # due, but the slot or a generating model was in the way: look again soon
             return 0.1
@@ -204,29 +231,38 @@ class Prewarmer:
             logger.warning("keep-alive unload failed: %s", err)
         return True
 
-    def _prewarm(self, node) -> bool:
-        files = self.service.files
+    def _prewarm(self) -> bool:
+        """Start (and carry out) the first due prewarm that a worker takes: each model on
+        the worker the placement policy would give its request (``Fleet.placed``, counted
+        as coming there meanwhile, so its request follows it)."""
+        files, fleet = self.service.files, self.service.fleet
         with self._lock:
             now = self.clock()
             found = [model for _, model in candidates(self.arrivals, now, self.margin, self._done)]
         for model in found:
+            if any(model in node.view.resident for node in fleet.nodes):
+                continue
             try:
                 path = files.path(model)
                 version = files.version(path)
                 size = files.size(path)
-                footprint = self._footprint(path, node)
-            except ApiError as err:  # gone from MODELS_DIR, or unreadable: not this one
+                footprints = functools.partial(self._footprint, path)
+                with fleet.placed(model, size, footprints) as node:
+                    if not node.view.synced:
+                        continue
+                    chosen: dict = {}
+                    plan = functools.partial(
+                        self._plan, model, found, size, footprints(node), chosen
+                    )
+                    swap = node.view.background(plan, version)
+                    if swap is None:
+                        continue
+                    self._carry(node, swap, path, chosen["plan"])
+                    return True
+            except ApiError as err:  # gone from MODELS_DIR, unreadable, or no worker
                 logger.info("not prewarming %s: %s", model, err)
                 with self._lock:
                     self._done[model] = self.arrivals.last(model)
-                continue
-            chosen: dict = {}
-            plan = functools.partial(self._plan, model, found, size, footprint, chosen)
-            swap = node.view.background(plan, version)
-            if swap is None:
-                continue
-            self._carry(node, swap, path, chosen["plan"])
-            return True
         return False
 
     def _plan(self, model, found, size, footprint, chosen, cache, resident, busy):
@@ -257,6 +293,7 @@ class Prewarmer:
 
     def _carry(self, node, swap, path, plan) -> None:
         with self._lock:
+            previous = self._done.get(plan.model)
             self._done[plan.model] = self.arrivals.last(plan.model)
             # Before the load ends: a request served by it may be decided at once.
             self._unused[plan.model] = plan.where
@@ -269,6 +306,13 @@ class Prewarmer:
                 hit=False,
                 load=plan.where is Where.MEMORY,
             )
+        except PushStopped as err:
+            self.dropped.inc()
+            logger.info("prewarm of %s dropped (%s): a request needs the slot", plan.model, err)
+            with self._lock:
+                self._unused.pop(plan.model, None)
+                self._done[plan.model] = previous  # tried again once the slot is free
+            return
         except ApiError as err:
             logger.warning("prewarm of %s failed: %s", plan.model, err)
             with self._lock:
@@ -317,7 +361,7 @@ class Prewarmer:
                 "mode": self.settings.prewarm,
                 "margin_s": self.margin,
                 "bin_seconds": self.arrivals.shape.bin_seconds,
-                "active": not self.service.fleet.several,
+                "active": True,
                 "models": models,
                 "prewarmed_unused": sorted(self._unused),
                 "recent": recent,

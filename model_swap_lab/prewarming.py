@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from model_store_server.config import DEFAULTS
 from model_store_server.decision import Action
 from model_store_server.policies.arrivals import Arrivals, HistogramShape
-from model_store_server.policies.prewarm import Where, carry, choose, keep_alive_over, next_event
+from model_store_server.policies.prewarm import (
+    Where,
+    carry,
+    choose,
+    keep_after_use,
+    keep_alive_over,
+    next_event,
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,15 @@ class SimPrewarm:
             if where is not None and name not in tier:
                 del self.unused[name]
                 self.wasted += 1
+
+    def after_use(self, worker, model: str) -> None:
+        """A request for ``model`` ended (the worker's clock): where a tier has a
+        time-to-live, ``model``'s becomes its keep-alive from the histogram's tail when that
+        is longer (``prewarm.keep_after_use``), else the policy's again."""
+        keep = keep_after_use(self.arrivals, model, now=worker.clock.now, margin=self.config.margin)
+        for tier in (worker.resident, worker.cache):
+            if model in tier and tier.ttl is not None:
+                tier.set_ttl(model, keep if keep is not None and keep > tier.ttl else None)
 
     # -- at a request ----------------------------------------------------------------------
 

@@ -207,6 +207,8 @@ class SimWorker:
         for tier in (self.cache, self.resident):
             if request.model in tier:
                 tier.refresh(request.model)
+        if self.prewarm is not None:
+            self.prewarm.after_use(self, request.model)
 
     def summary(self) -> dict:
         return summarize_workers([self])

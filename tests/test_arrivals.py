@@ -92,6 +92,27 @@ def test_poisson_arrivals_have_no_pattern():
     assert "no pattern" in arrivals.get("p").why_not()
 
 
+def test_keep_window_allows_a_spread_but_not_too_few_or_out_of_range():
+    clock = FakeClock()
+    arrivals = Arrivals(HistogramShape(bin_seconds=1, range_seconds=100), clock)
+    rng = random.Random(3)
+    for _ in range(200):
+        clock.now += min(rng.expovariate(1 / 30), 99)
+        arrivals.observe("p")
+    window = arrivals.get("p").keep_window()  # Poisson: no window, but a keep window
+    assert arrivals.window("p") is None
+    assert window.start == clock.now + arrivals.get("p").quantile(0.05)
+    assert window.end == clock.now + arrivals.get("p").quantile(0.99, upper=True)
+    for _ in range(5):
+        arrivals.observe("few")
+        clock.now += 10
+    assert arrivals.get("few").keep_window() is None  # 4 idle times
+    for _ in range(10):
+        arrivals.observe("far")
+        clock.now += 500
+    assert arrivals.get("far").keep_window() is None  # every gap beyond the range
+
+
 def test_unknown_model_has_no_window():
     arrivals = Arrivals(HistogramShape(), FakeClock())
     assert arrivals.window("nobody") is None

@@ -81,6 +81,17 @@ def test_prewarm_cuts_cold_starts_on_timers(policy):
     assert on["requests"] == off["requests"]
 
 
+def test_a_fixed_ttl_gives_way_to_the_tail():
+    """Under a time-to-live a timer's model stays loaded to its next request instead of
+    being unloaded after the TTL and prewarmed again: loads fall below one per request."""
+    spec, sizes, trace = workload("periodic", 800, 12)
+    on = simulate(trace, sizes, periodic_config("ttl", sizes, "histogram"))
+    lru = simulate(trace, sizes, periodic_config("lru", sizes, "histogram"))
+    assert on["loads"] < 0.8 * on["requests"]
+    assert on["loads"] <= 1.1 * lru["loads"]
+    assert on["cold_starts"] <= 1.1 * lru["cold_starts"]
+
+
 @pytest.mark.parametrize("preset", ["zipf", "drift", "bursty"])
 def test_prewarm_does_nothing_without_a_pattern(preset):
     spec, sizes, trace = workload(preset, 1500, 20)

@@ -14,6 +14,7 @@ from model_store_server.policies.prewarm import (
     Where,
     carry,
     choose,
+    keep_after_use,
     keep_alive_over,
     next_event,
     next_need,
@@ -146,6 +147,25 @@ def test_keep_alive_ends_after_the_histogram_tail():
     assert keep_alive_over(arrivals, resident, now=1070, margin=MARGIN, busy={"a"}) == []
     resident.pin("a")
     assert keep_alive_over(arrivals, resident, now=1070, margin=MARGIN) == []
+
+
+def test_keep_after_use_is_the_tail_not_the_fixed_ttl():
+    arrivals = Arrivals(HistogramShape())
+    learn(arrivals, "a", 60, last=1000)  # a timer: the next request in 60-61 s
+    # Stay loaded through the window's end plus the margin (measured from now)...
+    assert keep_after_use(arrivals, "a", now=1002, margin=MARGIN) == pytest.approx(64)
+    assert keep_after_use(arrivals, "a", now=2000, margin=MARGIN) == 0.0  # long over
+    rng = random.Random(5)
+    now = 0.0
+    for _ in range(300):  # ...and a Poisson model (no pattern, no prewarm) through its tail
+        now += rng.expovariate(1 / 20)
+        arrivals.observe("poisson", now=now)
+    tail = arrivals.get("poisson").quantile(0.99, upper=True)
+    assert arrivals.window("poisson") is None
+    assert keep_after_use(arrivals, "poisson", now=now, margin=MARGIN) == tail + MARGIN
+    learn(arrivals, "few", 60, last=1000, n=3)  # too few idle times: the policy's own TTL
+    assert keep_after_use(arrivals, "few", now=1000, margin=MARGIN) is None
+    assert keep_after_use(arrivals, "unknown", now=1000, margin=MARGIN) is None
 
 
 def test_nothing_when_the_histogram_is_not_representative():

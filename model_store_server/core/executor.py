@@ -20,7 +20,7 @@ from model_store_server.core import events as ev
 from model_store_server.core.gate import Busy, busy
 from model_store_server.core.grants import Exclusive, Hit, Swap
 from model_store_server.core.worker_view import WorkerView
-from model_store_server.decision import Action, Decision
+from model_store_server.decision import LOADS, Action, Decision
 from model_store_server.files import ModelUnloadable, unreadable
 from model_store_server.policies.cost_model import CostModel
 from model_store_server.transport.http import PushResult, Transport
@@ -29,6 +29,26 @@ from model_swap.errors import ApiError, Unavailable
 from model_swap.progress import Progress, Transfers
 
 logger = logging.getLogger(__name__)
+
+
+class PushStopped(Exception):
+    """A background swap's push was stopped midway: a request needs the slot."""
+
+
+class _StoppableProgress(Progress):
+    """A push's progress that stops the push (raises ``PushStopped`` from the transport's
+    progress report) once ``stop`` is set, while the body is not yet all sent: the
+    connection is closed midway and the worker keeps no partial file."""
+
+    def __init__(self, model: str, total: int, stop, **kwargs):
+        super().__init__(model, total, **kwargs)
+        self._stop = stop
+
+    def set_done(self, nbytes: int) -> None:
+        super().set_done(nbytes)
+        if self._stop.is_set() and self.total is not None and nbytes < self.total:
+            raise PushStopped(f"push of {self.model} stopped at {nbytes} of {self.total} bytes")
+
 
 # After a failed swap, how long to wait for generations on the models the worker's report
 # takes away before giving the slot back unsynced (the next request re-reads it).
@@ -106,11 +126,20 @@ class Executor:
                     self.client.unload(victim)
                     self._removed(done, "unloaded", victim, decision)
                     logger.info("unloaded %s from the worker's memory (file kept)", victim)
+                if swap.stopping.is_set() and decision.action in LOADS:  # not started
+                    raise PushStopped(f"{decision.model}: a request needs the slot")
                 if decision.action is Action.LOAD_FROM_STORE:
-                    result.push = self._push(decision.model, path, swap.ticket.version, load)
+                    result.push = self._push(
+                        decision.model, path, swap.ticket.version, load, swap.stopping
+                    )
                     estimated = result.push.estimated_bytes
                 elif decision.action is Action.LOAD_FROM_LOCAL_STORE:
                     estimated = self._load_local(view, decision.model)
+            except PushStopped:
+                # Only a background swap stops: what it did stays done, its model is on the
+                # worker nowhere (the worker drops a partial upload), the slot goes back.
+                view.stopped(swap)
+                raise
             except BaseException as err:
                 seconds = time.perf_counter() - started
                 self.events.publish(ev.WorkerFailed(err))
@@ -136,8 +165,14 @@ class Executor:
         done[kind].append(name)
         self.events.publish(ev.Removed(kind, name, removal_reason(decision, name)))
 
-    def _push(self, model: str, path: Path, version: str | None, load: bool = True) -> PushResult:
-        progress = Progress(model, path.stat().st_size, logger=logger)
+    def _push(
+        self, model: str, path: Path, version: str | None, load: bool = True, stop=None
+    ) -> PushResult:
+        size = path.stat().st_size
+        if stop is None:
+            progress = Progress(model, size, logger=logger)
+        else:
+            progress = _StoppableProgress(model, size, stop, logger=logger)
         with self.transfers.track(progress):
             push = self.transport.push(model, path, digest=version, load=load)
         self.events.publish(ev.Pushed(push))

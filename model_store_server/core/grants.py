@@ -92,6 +92,9 @@ class Swap(_Once):
         self.decision = ticket.decision
         self._on_commit = on_commit
         self._on_abort = on_abort
+        # Set when a request needs the slot held by a background swap (a prewarm): its push
+        # stops at the next step (``Executor``).
+        self.stopping = threading.Event()
 
     owns_swap = True
 

@@ -179,7 +179,23 @@ class ViewControl:
             self.gate.take_swap()
             self._adopt(outcome)
             self.gate.change(decision.touches)
-            return Swap(Ticket(decision, True, 0.0, version), self._commit, self._abort)
+            swap = Swap(Ticket(decision, True, 0.0, version), self._commit, self._abort)
+            self._background = swap
+            return swap
+
+    def stopped(self, swap: Swap) -> None:
+        """``swap``, a background swap, stopped before its model reached the worker (its
+        push was cut midway: the worker keeps nothing partial; or its load not started):
+        its model is not resident, nor cached if it was being pushed; what it did before
+        stays done, and the slot goes back, synced."""
+        with self._cond:
+            model = swap.decision.model
+            self.resident.discard(model)
+            self._forget_keep(model)
+            if swap.decision.action is Action.LOAD_FROM_STORE:
+                self.cache.discard(model)
+                self._versions.pop(model, None)
+        swap.abort(synced=True)
 
     def next_due(self) -> float | None:
         """Seconds until a resident model's time is up (None: no time bound now)."""
@@ -206,6 +222,15 @@ class ViewControl:
             longer = keep_alive is not None and (keep_alive < 0 or keep_alive > self.cache.ttl)
             override = (math.inf if keep_alive < 0 else keep_alive) if longer else None
             self.cache.set_ttl(model, override)
+
+    def _keep_longer(self, model: str, seconds: float | None) -> None:
+        """Without a keep_alive asked: where a tier has a time-to-live shorter than
+        ``seconds``, ``model``'s is ``seconds`` (PREWARM's keep-alive from the tail)."""
+        if seconds is None:
+            return
+        for tier in (self.resident, self.cache):
+            if model in tier and tier.ttl is not None and seconds > tier.ttl:
+                tier.set_ttl(model, seconds)
 
     def _check_pin(self, model: str, size: int, footprint: int) -> None:
         tiers = ((self.cache, size, "cache"), (self.resident, footprint, "resident"))

@@ -67,7 +67,10 @@ class WorkerView(ViewReport, ViewControl):
         self._versions: dict[str, str | None] = {}
         self._keep: dict[str, float | None] = {}  # the last keep_alive asked per model
         self.on_idle: Callable[[], None] = lambda: None  # called when a generation ends
+        # Seconds a model stays idle where a tier has a time-to-live (PREWARM's keep-alive)
+        self.idle_keep: Callable[[str], float | None] = lambda model: None
         self._down = False  # marked down by the fleet: waiting requests leave
+        self._background: Swap | None = None  # a prewarm or keep-alive unload carried out
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -143,6 +146,9 @@ class WorkerView(ViewReport, ViewControl):
             waiter = self.scheduler.arrive(
                 model, self._now(), version=version, keep_alive=keep_alive, pin=pin, started=started
             )
+            background = self._background
+            if background is not None and background.decision.model != model:
+                background.stopping.set()  # this request needs the slot: the prewarm stops
             self._cond.notify_all()
             try:
                 return self._wait_turn(waiter, deadline, size, footprint)
@@ -276,11 +282,15 @@ class WorkerView(ViewReport, ViewControl):
                     tier.refresh(model)
             if idle and model in self.resident:
                 self._set_keep(model, hit.keep_alive)
+                if hit.keep_alive is None:
+                    self._keep_longer(model, self.idle_keep(model))
         self.on_idle()
 
     def _commit(self, swap: Swap, hit: bool) -> Hit | None:
         decision, ticket = swap.decision, swap.ticket
         with self._cond:
+            if self._background is swap:
+                self._background = None
             if decision.action is Action.LOAD_FROM_STORE:
                 self._versions[decision.model] = ticket.version
             granted = None
@@ -308,6 +318,8 @@ class WorkerView(ViewReport, ViewControl):
 
     def _abort(self, swap: Swap, synced: bool) -> None:
         with self._cond:
+            if self._background is swap:
+                self._background = None
             self._synced = self._synced and synced
             if not synced:
                 self._forget(swap.decision.touches)

@@ -135,6 +135,12 @@ class IdleHistogram:
         return self._judged()[0]
 
     def _why_not(self, head: float | None, tail: float | None) -> str:
+        why = self._why_no_keep(head, tail)
+        if not why and tail - head > self.shape.max_spread * tail:
+            return f"no pattern: idle times spread from {head:g}s to {tail:g}s"
+        return why
+
+    def _why_no_keep(self, head: float | None, tail: float | None) -> str:
         shape, samples = self.shape, self.samples
         if samples < shape.min_samples:
             return f"too few idle times ({samples} < {shape.min_samples})"
@@ -142,9 +148,16 @@ class IdleHistogram:
             return f"too many idle times beyond {shape.range_seconds:g}s ({self.out_of_range})"
         if head is None or tail is None:
             return "no idle time in range"
-        if tail - head > shape.max_spread * tail:
-            return f"no pattern: idle times spread from {head:g}s to {tail:g}s"
         return ""
+
+    def keep_window(self) -> Window | None:
+        """From the head to the tail after the last request, spread or not (the keep-alive
+        window of Shahrad et al.); None without enough idle times, too many beyond the range
+        or none in range (``why_not``'s first tests)."""
+        _, head, tail = self._judged()
+        if self.last is None or self._why_no_keep(head, tail):
+            return None
+        return Window(self.last + head, self.last + tail)
 
     def window(self) -> Window | None:
         """The next request's expected window after the last one; None if not representative."""

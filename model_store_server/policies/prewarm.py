@@ -18,7 +18,12 @@ Rules, each its own test:
   (when it is not there yet and the disk tier has room by the same rule), so
   the request pays a load but no push;
 - **keep-alive from the histogram's tail**: a resident model whose window
-  ended ``margin`` seconds ago is unloaded (its file stays);
+  ended ``margin`` seconds ago is unloaded (its file stays); where the policy
+  has a time-to-live, a model whose request just ended stays loaded until
+  its keep window (head to tail, spread or not: a Poisson model's tail too)
+  ended ``margin`` seconds ago instead of the fixed TTL (``keep_after_use``):
+  it stays loaded rather than being unloaded and prewarmed again, since each
+  unload + prewarm costs a load per request;
 - **nothing when not representative**: a model without a representative
   histogram is never prewarmed nor unloaded by these rules; the configured
   policy stays in charge of it.
@@ -220,6 +225,21 @@ def _carry(plan, cache, resident, *, size, footprint) -> Outcome:
         resident.discard(name)
     decision = Decision(plan.model, Action.LOAD_FROM_STORE, tuple(evicted), reason=plan.reason)
     return Outcome(decision, cache, resident)
+
+
+def keep_after_use(arrivals: Arrivals, model: str, *, now: float, margin: float) -> float | None:
+    """Keep-alive from the histogram's tail: how long ``model``, whose request just ended at
+    ``now``, stays loaded while idle, where a policy has a time-to-live: until its next
+    request's keep window (``IdleHistogram.keep_window``: head to tail, spread or not) ended
+    ``margin`` seconds ago. None without enough idle times in range (the policy's own
+    time-to-live stays). Staying loaded beats unload + prewarm whenever the histogram has a
+    tail: the head of a timer is its period, far longer than a reload, yet each unload +
+    prewarm costs one load per request (measured in the lab: benchmarks/POLICIES.md 5)."""
+    histogram = arrivals.get(model)
+    window = histogram.keep_window() if histogram is not None else None
+    if window is None:
+        return None
+    return max(0.0, window.end + margin - now)
 
 
 def keep_alive_over(
