@@ -10,7 +10,9 @@
 # Environment: MUTATION_BUDGET seconds per module (default 300; a module cut short is
 # reported as such, with what it finished; mutant generation and the test map come before,
 # within MUTATION_SETUP_BUDGET, default 1800), MUTATION_JOBS parallel mutants (default 2),
-# MUTATION_KEEP=1 keeps earlier results in mutants/ (only the named modules are rerun).
+# MUTATION_KEEP=1 keeps earlier results in mutants/ and resumes the named modules: only
+# their mutants without a verdict and their survivors run (a module cut by its budget
+# goes on where it stopped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,7 @@ MODULES=(
     model_store_server.policies.greedy_dual
     model_store_server.policies.placement
     model_store_server.policies.adaptive
+    model_store_server.policies.arrivals
     model_store_server.digests
     model_store_server.api.openai
     model_store_server.api.ollama
@@ -35,6 +38,7 @@ MODULES=(
     model_swap.http_request
     model_swap.http_body
     inference_worker.sampling
+    inference_worker.admission
     inference_worker.batch
 )
 
@@ -61,6 +65,9 @@ fi
 mkdir -p mutants
 runs=mutants/runs.tsv
 touch "$runs"
+# Every invocation since mutants/ was fresh: the report names them all.
+echo "MUTATION_KEEP=${MUTATION_KEEP:-0} MUTATION_BUDGET=$budget MUTATION_JOBS=$jobs scripts/mutation.sh $*" \
+    >>mutants/commands.txt
 
 # Mutant generation and mutmut's map of which test calls which function (one traced run of
 # the selected tests) come first, outside the modules' budgets: on a busy machine they take
@@ -81,12 +88,32 @@ for module in "${selected[@]}"; do
     echo "== $module (budget ${budget}s)"
     started=$(date +%s)
     meta="mutants/${module//.//}.py.meta"
+    names=("$module.*")
+    if [ "${MUTATION_KEEP:-0}" = 1 ]; then
+        # Resume: only the mutants without a verdict yet, and the survivors (a test may
+        # have been added since); a pattern would rerun every mutant from the start.
+        mapfile -t names < <(python3 - "$meta" <<'PY'
+import json, sys
+try:
+    codes = json.load(open(sys.argv[1]))["exit_code_by_key"]
+except (OSError, ValueError, KeyError):
+    codes = None
+if codes is None or all(code is None for code in codes.values()):
+    print("ALL")
+else:
+    print("\n".join(name for name, code in codes.items() if code in (None, 0)))
+PY
+        )
+        [ "${names[0]:-}" = ALL ] && names=("$module.*")
+    fi
     if grep -q '"exit_code_by_key": {}' "$meta" 2>/dev/null; then
         rc=nothing # no mutant (only declarations): a run would run every selected test instead
+    elif [ ${#names[@]} -eq 0 ] || [ -z "${names[0]}" ]; then
+        rc=0 # resumed: every mutant already has a verdict
     else
         # SIGINT lets mutmut stop its workers and keep every result it has.
         timeout --signal=INT --kill-after=30 "$budget" \
-            nice -n 10 uv run mutmut run --max-children "$jobs" "$module.*" \
+            nice -n 10 uv run mutmut run --max-children "$jobs" "${names[@]}" \
             >"mutants/log-$module.txt" 2>&1
         rc=$?
     fi
@@ -104,5 +131,6 @@ for module in "${selected[@]}"; do
 done
 
 uv run python scripts/mutation_report.py --runs "$runs" --out benchmarks/MUTATION.md \
-    --command "scripts/mutation.sh $* (MUTATION_BUDGET=$budget MUTATION_JOBS=$jobs)" \
+    --previous benchmarks/MUTATION.md \
+    --command "$(paste -sd ';' mutants/commands.txt | sed 's/;/; then /g')" \
     "${MODULES[@]}"
