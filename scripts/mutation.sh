@@ -73,17 +73,21 @@ echo "MUTATION_KEEP=${MUTATION_KEEP:-0} MUTATION_BUDGET=$budget MUTATION_JOBS=$j
 # the selected tests) come first, outside the modules' budgets: on a busy machine they take
 # minutes, which once used up a whole module's budget. A pattern that names no function
 # makes mutmut stop after them (and after one clean run of the tests).
-echo "== generating mutants and mapping tests to functions (budget ${setup_budget}s)"
-started=$(date +%s)
-timeout --signal=INT --kill-after=30 "$setup_budget" \
-    nice -n 10 uv run mutmut run --max-children "$jobs" "no_module_has_this_name.*" \
-    >mutants/log-setup.txt 2>&1
-rc=$?
-if [ ! -f mutants/mutmut-stats.json ]; then
-    echo "   mutmut's setup failed (exit $rc, see mutants/log-setup.txt)" >&2
-    exit 1
+# Resumed (MUTATION_KEEP=1 with a map already made): each module's run updates the map
+# for new tests itself.
+if [ "${MUTATION_KEEP:-0}" != 1 ] || [ ! -f mutants/mutmut-stats.json ]; then
+    echo "== generating mutants and mapping tests to functions (budget ${setup_budget}s)"
+    started=$(date +%s)
+    timeout --signal=INT --kill-after=30 "$setup_budget" \
+        nice -n 10 uv run mutmut run --max-children "$jobs" "no_module_has_this_name.*" \
+        >mutants/log-setup.txt 2>&1
+    rc=$?
+    if [ ! -f mutants/mutmut-stats.json ]; then
+        echo "   mutmut's setup failed (exit $rc, see mutants/log-setup.txt)" >&2
+        exit 1
+    fi
+    echo "   done in $(($(date +%s) - started))s"
 fi
-echo "   done in $(($(date +%s) - started))s"
 for module in "${selected[@]}"; do
     echo "== $module (budget ${budget}s)"
     started=$(date +%s)
@@ -111,16 +115,23 @@ PY
     elif [ ${#names[@]} -eq 0 ] || [ -z "${names[0]}" ]; then
         rc=0 # resumed: every mutant already has a verdict
     else
-        # SIGINT lets mutmut stop its workers and keep every result it has.
-        timeout --signal=INT --kill-after=30 "$budget" \
+        # SIGINT lets mutmut stop its workers and keep every result it has (on a busy
+        # machine that can take a minute; a kill while it saves would truncate its results).
+        timeout --signal=INT --kill-after=120 "$budget" \
             nice -n 10 uv run mutmut run --max-children "$jobs" "${names[@]}" \
             >"mutants/log-$module.txt" 2>&1
         rc=$?
     fi
     seconds=$(($(date +%s) - started))
+    if [ -f "$meta" ] && ! python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$meta" 2>/dev/null; then
+        # Results cut off while being written: drop the module's mutants (made again next run).
+        rm -f "$meta" "${meta%.meta}"
+        rc="lost"
+    fi
     case $rc in
         nothing) state="nothing to mutate" ;;
         0) state=complete ;;
+        lost) state="results lost (mutmut was killed while saving them)" ;;
         124 | 130 | 137) state="budget of ${budget}s reached" ;;
         *) state="mutmut failed (exit $rc, see mutants/log-$module.txt)" ;;
     esac

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from model_store_server.core.gate import Busy, Gate
+from model_store_server.core.gate import Busy, Gate, WorkerDown
 from model_store_server.core.grants import Hit, Swap
-from model_store_server.decision import Action
+from model_store_server.core.view_control import PinConflict
+from model_store_server.decision import Action, Decision, Outcome, decide
 from tests.test_worker_view import begin, in_thread, serve, state
 
 
@@ -165,3 +166,148 @@ def test_a_wait_uses_its_whole_deadline():
     with gate.cond, pytest.raises(Busy, match="^timed out waiting for the generation$"):
         gate.enter("a")
         gate.wait(lambda: not gate.generating("a"), time.monotonic() + 0.05, "the generation")
+
+
+# The view's explicit operations (core/view_control.py): values and limits read back.
+
+
+def test_a_down_worker_refuses_requests_and_wakes_those_waiting():
+    s = state(capacity=2, loaded=1)
+    swap = begin(s, "A")  # holds the slot: B waits behind it
+    t, result = in_thread(lambda: begin(s, "B", 30))
+    assert wait_until(lambda: len(s.scheduler) == 1)
+    started = time.monotonic()
+    s.set_down(True)
+    t.join(10)
+    assert isinstance(result.get("error"), WorkerDown)
+    assert str(result["error"]) == "the worker is down"
+    assert time.monotonic() - started < 10  # woken, not left until its deadline
+    with pytest.raises(WorkerDown):
+        begin(s, "A", 1)
+    s.set_down(False)
+    swap.commit(hit=False)
+    serve(s, "A").release()
+
+
+def test_an_evict_takes_the_file_off_the_worker_and_out_of_memory():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", version="v1").release()
+    serve(s, "B").release()
+    swap = s.take_away("A", Action.EVICT, time.monotonic() + 5)
+    decision = swap.decision
+    assert (decision.model, decision.action) == ("A", Action.EVICT)
+    assert (decision.evicted, decision.unloaded) == (("A",), ())
+    assert s.snapshot().swapping
+    swap.commit(hit=False)
+    assert s.cache.members() == ["B"] and s.resident.members() == ["B"]
+    again = begin(s, "A", version="v1")  # a new file: its version was forgotten
+    assert again.decision.action is Action.LOAD_FROM_STORE
+    again.commit(hit=False)
+
+
+def test_taking_away_what_the_worker_does_not_hold_changes_nothing_and_frees_the_slot():
+    s = state(capacity=3, loaded=1)
+    serve(s, "A").release()
+    serve(s, "B").release()  # A is now on disk only
+    assert s.take_away("A", Action.UNLOAD, time.monotonic() + 1) is None
+    assert s.take_away("C", Action.EVICT, time.monotonic() + 1) is None
+    assert not s.snapshot().swapping
+    assert s.cache.members() == ["A", "B"] or set(s.cache.members()) == {"A", "B"}
+    swap = s.take_away("A", Action.EVICT, time.monotonic() + 1)  # the slot is free at once
+    assert swap.decision.evicted == ("A",)
+    swap.commit(hit=False)
+
+
+def test_waiting_for_generations_to_end_is_bounded_and_names_the_models():
+    s = state(capacity=3, loaded=3)
+    lease = serve(s, "A")
+    serve(s, "B").release()
+    s.wait_ended(["B", "C"], time.monotonic() + 1)  # none runs there: at once
+    with pytest.raises(Busy, match=r"^timed out waiting for running generations on B,A to finish$"):
+        s.wait_ended(["B", "A"], time.monotonic() + 0.05)
+    t, result = in_thread(lambda: s.wait_ended(["A"], time.monotonic() + 10))
+    time.sleep(0.05)
+    assert t.is_alive()
+    lease.release()
+    t.join(10)
+    assert result == {"value": None}
+
+
+def plan_load(model: str, seen: list | None = None):
+    def plan(cache, resident, busy):
+        if seen is not None:
+            seen.append(busy)
+        return decide(cache, resident, model)
+
+    return plan
+
+
+def test_a_background_change_runs_only_when_nothing_waits_and_nothing_it_takes_away_runs():
+    s = state(capacity=3, loaded=1)
+    lease = serve(s, "A")
+    seen = []
+    assert s.background(plan_load("B", seen)) is None  # it would unload A, which generates
+    assert seen == [frozenset({"A"})]
+    lease.release()
+    assert s.background(lambda cache, resident, busy: None) is None
+    s.set_down(True)
+    assert s.background(plan_load("B")) is None
+    s.set_down(False)
+    swap = s.background(plan_load("B"), "v2")
+    assert swap.decision.model == "B" and swap.decision.unloaded == ("A",)
+    assert swap.ticket.version == "v2"
+    assert s.background(plan_load("C")) is None  # the slot is taken
+    swap.commit(hit=False)
+    assert s.resident.members() == ["B"]
+
+
+def nothing_taken(cache, resident, busy):
+    """A plan that takes nothing away (it only needs the slot)."""
+    return Outcome(Decision("A", Action.ALREADY_LOADED), cache.clone(), resident.clone())
+
+
+def test_a_background_change_waits_behind_a_queued_request_and_a_resync():
+    s = state(capacity=3, loaded=1)
+    lease = serve(s, "A")
+    t, result = in_thread(lambda: begin(s, "B", 10))  # waits for A's generation
+    assert wait_until(lambda: len(s.scheduler) == 1)
+    assert s.background(nothing_taken) is None  # a request waits: it goes first
+    lease.release()
+    t.join(10)
+    result["value"].commit(hit=False)
+    with s.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=False)
+    assert s.background(nothing_taken) is None  # unsynced view: nothing on its own
+    with s.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=True)
+    swap = s.background(nothing_taken)
+    assert swap.decision == Decision("A", Action.ALREADY_LOADED)
+    swap.commit(hit=False)
+
+
+def test_a_background_load_of_a_stale_copy_or_a_rejected_model_does_nothing():
+    s = state(capacity=2, loaded=1)
+    serve(s, "A", version="v1").release()
+    assert s.background(plan_load("A"), "v2") is None  # the worker holds another version
+    s.cache.pin("A")
+    s.resident.pin("A")
+    s.cache.admit("B")
+    s.cache.pin("B")
+    assert s.background(plan_load("C")) is None  # REJECTED: every place is pinned
+    assert not s.snapshot().swapping
+
+
+def test_pinning_more_bytes_than_a_tier_holds_is_refused_and_says_how_many():
+    s = state(capacity=5, loaded=5, loaded_bytes=100, cache_bytes=1000)
+    serve(s, "A", size=600, footprint=60, pin=True).release()
+    with pytest.raises(PinConflict) as refused:
+        begin(s, "B", 1, size=401, footprint=10, pin=True)
+    assert str(refused.value) == (
+        "pinning B would pin 1001 bytes in the cache tier, whose budget is 1000 (pinned: A)"
+    )
+    with pytest.raises(
+        PinConflict, match=r"pin 101 bytes in the resident tier, whose budget is 100"
+    ):
+        begin(s, "B", 1, size=400, footprint=41, pin=True)
+    serve(s, "B", size=400, footprint=40, pin=True).release()  # exactly the budgets
+    assert s.cache.is_pinned("B") and s.resident.is_pinned("B")
