@@ -346,6 +346,30 @@ def test_ollama_embed_requests():
     assert (err.param, err.message) == ("prompt", "prompt must be a string")
 
 
+def test_ollama_embedding_refusals_name_their_field():
+    body = {"model": "m", "input": "a", "truncate": False}
+    assert ollama_api.parse_embed(body, max_prompt_chars=LIMIT).inputs == ("a",)
+    for bad, where in ((["a", ""], "input[1] "), (["a", 3], "input[1]:"), ("", "input ")):
+        err = refused(ollama_api.parse_embed, {"model": "m", "input": bad})
+        assert (
+            err.param == "input"
+            and err.message.startswith(where)
+            and "]" not in err.message[len(where) :]
+        )
+    err = refused(ollama_api.parse_embed, {"model": "m"})
+    assert (err.param, err.message) == (
+        "input",
+        "input must be a string or a non-empty list of strings",
+    )
+    err = refused(ollama_api.parse_legacy_embeddings, {"model": "m", "prompt": ""})
+    assert err.param == "prompt" and err.message.startswith("prompt ")
+    with pytest.raises(BadRequest) as too_long:
+        ollama_api.parse_legacy_embeddings({"model": "m", "prompt": "abc"}, max_prompt_chars=2)
+    assert too_long.value.param == "prompt"
+    legacy = ollama_api.parse_legacy_embeddings({"model": "m", "prompt": "a"}, max_prompt_chars=1)
+    assert (legacy.encoding_format, legacy.dimensions, legacy.keep_alive) == ("float", None, None)
+
+
 # -- OpenAI: each check at its value and one step past it (nothing here does I/O) ------------
 
 
