@@ -287,3 +287,19 @@ def test_arrivals_use_the_clock_unless_given_a_time_and_save_every_model():
         )
         == 0
     )
+
+
+def test_saved_histograms_without_their_bin_width_or_range_are_not_adopted():
+    saved = {"models": {"a": {"bins": {"0": 3}}}}
+    one_second = HistogramShape(bin_seconds=1, range_seconds=1)  # the smallest valid shape
+    assert Arrivals(one_second).load_dict({**saved, "range_seconds": 1}) == 0
+    assert Arrivals(one_second).load_dict({**saved, "bin_seconds": 1}) == 0
+    assert Arrivals(one_second).load_dict({**saved, "bin_seconds": 1, "range_seconds": 1}) == 1
+
+
+def test_the_first_bin_round_trips():
+    shape = HistogramShape(bin_seconds=10, range_seconds=100)
+    histogram = periodic_histogram(shape, [3.0, 4.0, 15.0])
+    assert histogram.counts == {0: 2, 1: 1}
+    again = IdleHistogram.from_dict(histogram.to_dict(), shape)
+    assert (again.counts, again.out_of_range) == ({0: 2, 1: 1}, 0)
