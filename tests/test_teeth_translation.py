@@ -5,6 +5,7 @@ some text comes back). Ollama's ``options`` and OpenAI's top-level fields; pure.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -368,6 +369,40 @@ def test_ollama_embedding_refusals_name_their_field():
     assert too_long.value.param == "prompt"
     legacy = ollama_api.parse_legacy_embeddings({"model": "m", "prompt": "a"}, max_prompt_chars=1)
     assert (legacy.encoding_format, legacy.dimensions, legacy.keep_alive) == ("float", None, None)
+
+
+def test_ollama_num_ctx_above_the_workers_context_is_reported_in_a_header():
+    header = ollama_api.NUM_CTX_HEADER
+    assert header == "X-Num-Ctx-Capped"
+    assert ollama_api.context_headers({"num_ctx": 4096}, 2048) == {
+        header: "requested=4096 served=2048 (the worker's N_CTX)"
+    }
+    assert ollama_api.context_headers({"num_ctx": 2049}, 2048) == {
+        header: "requested=2049 served=2048 (the worker's N_CTX)"
+    }
+    assert ollama_api.context_headers({"num_ctx": 2048}, 2048) == {}  # exactly: served
+    assert ollama_api.context_headers({"num_ctx": 512}, 2048) == {}
+    assert ollama_api.context_headers({"num_ctx": 4096}, None) == {}  # context unknown
+    assert ollama_api.context_headers({}, 2048) == {}
+    assert ollama_api.context_headers(None, 2048) == {}  # a load-only request has no job
+
+
+def test_ollama_embedding_options_must_be_an_object_and_are_logged_by_name(caplog):
+    for options in ([], "x", 3):
+        err = refused(ollama_api.parse_embed, {"model": "m", "input": "a", "options": options})
+        assert (err.param, err.message) == ("options", "options must be an object")
+    caplog.set_level(logging.INFO, logger=ollama_api.logger.name)
+    options = {"temperature": 1, "num_ctx": 8, "seed": None}
+    ollama_api.parse_legacy_embeddings(
+        {"model": "m", "prompt": "a", "options": options}, max_prompt_chars=LIMIT
+    )
+    logged = [r.getMessage() for r in caplog.records if r.name == ollama_api.logger.name]
+    assert logged == ["ignored options for embeddings: num_ctx, temperature"]
+    caplog.clear()
+    ollama_api.parse_embed(
+        {"model": "m", "input": "a", "options": {"seed": None}}, max_prompt_chars=LIMIT
+    )
+    assert not [r for r in caplog.records if r.name == ollama_api.logger.name]
 
 
 # -- OpenAI: each check at its value and one step past it (nothing here does I/O) ------------
