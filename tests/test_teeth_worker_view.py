@@ -14,6 +14,7 @@ from model_store_server.core.gate import Busy, Gate, WorkerDown
 from model_store_server.core.grants import Hit, Swap
 from model_store_server.core.view_control import PinConflict
 from model_store_server.decision import Action, Decision, Outcome, decide
+from tests.conftest import FakeClock
 from tests.test_worker_view import begin, in_thread, serve, state
 
 
@@ -311,3 +312,115 @@ def test_pinning_more_bytes_than_a_tier_holds_is_refused_and_says_how_many():
         begin(s, "B", 1, size=400, footprint=41, pin=True)
     serve(s, "B", size=400, footprint=40, pin=True).release()  # exactly the budgets
     assert s.cache.is_pinned("B") and s.resident.is_pinned("B")
+
+
+def test_holding_a_model_waits_for_its_generations_and_holds_back_only_its_hits():
+    s = state(capacity=3, loaded=2)
+    lease = serve(s, "A")
+    serve(s, "B").release()
+    t, result = in_thread(lambda: s.hold("A", time.monotonic() + 10))
+    time.sleep(0.05)
+    assert t.is_alive()  # A still generates
+    lease.release()
+    t.join(10)
+    swap = result["value"]
+    assert swap.decision == Decision("A", Action.ALREADY_LOADED)
+    assert (swap.ticket.owns_swap, swap.ticket.decision_ms, swap.ticket.version) == (
+        True,
+        0.0,
+        None,
+    )
+    assert s.gate.changing("A") and not s.gate.changing("B")
+    serve(s, "B").release()  # another model's hit goes on
+    waiting, got = in_thread(lambda: begin(s, "A", 10))
+    time.sleep(0.05)
+    assert waiting.is_alive()  # A's hits wait for the hold
+    swap.abort(synced=True)
+    waiting.join(10)
+    assert isinstance(got["value"], Hit)
+    got["value"].release()
+    with pytest.raises(Busy, match="running generations on A to finish"):
+        lease = serve(s, "A")
+        s.hold("A", time.monotonic() + 0.05)
+    lease.release()
+
+
+def test_the_idle_sweep_unloads_what_is_due_in_one_swap_and_only_when_it_may():
+    clock = FakeClock()
+    s = state(capacity=3, loaded=3, clock=clock)
+    serve(s, "A", keep_alive=1).release()
+    serve(s, "B", keep_alive=2).release()
+    serve(s, "C", keep_alive=100).release()
+    clock.advance(3)
+    held = s.hold("C", time.monotonic() + 1)  # the slot is taken: no sweep
+    assert s.sweep() is None
+    held.abort(synced=True)
+    with s.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=False)
+    assert s.sweep() is None  # an unsynced view changes nothing on its own
+    with s.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=True)
+    swap = s.sweep()
+    due = swap.decision.unloaded
+    assert set(due) == {"A", "B"}
+    assert swap.decision == Decision(due[0], Action.UNLOAD, unloaded=due, expired=due)
+    assert (swap.ticket.owns_swap, swap.ticket.decision_ms) == (True, 0.0)
+    assert s.gate.changing("A") and s.gate.changing("B") and not s.gate.changing("C")
+    swap.abort(synced=False)  # a failed unload: both count as held nowhere
+    assert "A" not in s.cache and "C" in s.cache
+
+
+def test_a_sync_slot_is_a_swap_of_no_model_and_waits_only_for_another_swap():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", version="v1").release()
+    assert s.sync_slot(time.monotonic() + 1) is None  # synced already: nothing to take
+    with s.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=False)
+    swap = s.sync_slot(time.monotonic() + 1)
+    assert swap.decision == Decision("", Action.ALREADY_LOADED)
+    assert (swap.ticket.owns_swap, swap.ticket.decision_ms) == (True, 0.0)
+    with pytest.raises(Busy, match=r"^timed out waiting for another model swap to finish$"):
+        s.sync_slot(time.monotonic() + 0.05)
+    # A served as a hit without a re-read: at once; another version of A is not a hit
+    assert s.sync_slot(time.monotonic() + 0.05, model="A", version="v1") is None
+    with pytest.raises(Busy):
+        s.sync_slot(time.monotonic() + 0.05, model="A", version="v2")
+    swap.abort(synced=True)
+
+
+def test_unpin_unpins_both_tiers_and_says_whether_the_worker_holds_the_model():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", pin=True).release()
+    assert s.cache.is_pinned("A") and s.resident.is_pinned("A")
+    assert s.unpin("Z") is False
+    assert s.unpin("A") is True
+    assert not s.cache.is_pinned("A") and not s.resident.is_pinned("A")
+
+
+def test_an_unload_on_request_unpins_and_evicts_nothing():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", pin=True).release()
+    serve(s, "B").release()  # no version: evicting it forgets nothing that is not there
+    swap = s.take_away("A", Action.UNLOAD, time.monotonic() + 1)
+    assert (swap.decision.evicted, swap.decision.unloaded) == ((), ("A",))
+    assert 0 <= swap.ticket.decision_ms < 60_000
+    assert s.gate.changing("A") and not s.gate.changing("B")
+    swap.commit(hit=False)
+    assert "A" in s.cache and not s.cache.is_pinned("A")
+    evict = s.take_away("B", Action.EVICT, time.monotonic() + 1)
+    assert evict.decision.evicted == ("B",)
+    evict.abort(synced=True)
+
+
+def test_a_background_change_marks_what_it_changes_and_can_be_aborted():
+    s = state(capacity=3, loaded=1)
+    serve(s, "A").release()
+    swap = s.background(plan_load("B"), "v9")
+    assert (swap.ticket.owns_swap, swap.ticket.decision_ms, swap.ticket.version) == (
+        True,
+        0.0,
+        "v9",
+    )
+    assert s.gate.changing("A") and s.gate.changing("B")
+    swap.abort(synced=True)
+    assert not s.gate.changing("B") and s.gate.slot_free
