@@ -424,3 +424,16 @@ def test_a_background_change_marks_what_it_changes_and_can_be_aborted():
     assert s.gate.changing("A") and s.gate.changing("B")
     swap.abort(synced=True)
     assert not s.gate.changing("B") and s.gate.slot_free
+
+
+def test_a_pin_refusal_lists_every_pinned_model():
+    s = state(capacity=5, loaded=5, loaded_bytes=100, cache_bytes=1000)
+    serve(s, "A", size=300, footprint=10, pin=True).release()
+    serve(s, "B", size=300, footprint=10, pin=True).release()
+    with pytest.raises(PinConflict, match=r"\(pinned: A,B\)$"):
+        begin(s, "C", 1, size=401, footprint=10, pin=True)
+    t = state(capacity=2, loaded=2)
+    serve(t, "A", pin=True).release()
+    serve(t, "B", pin=True).release()
+    with pytest.raises(PinConflict, match=r"which holds 2 \(pinned: A,B\)$"):
+        begin(t, "C", 1, pin=True)
