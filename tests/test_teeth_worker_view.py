@@ -437,3 +437,57 @@ def test_a_pin_refusal_lists_every_pinned_model():
     serve(t, "B", pin=True).release()
     with pytest.raises(PinConflict, match=r"which holds 2 \(pinned: A,B\)$"):
         begin(t, "C", 1, pin=True)
+
+
+# WorkerView's own grants (core/worker_view.py): what a hit and a commit carry and record.
+
+
+def test_a_hit_carries_the_requests_version_keep_alive_and_pin():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", version="v1").release()
+    hit = begin(s, "A", version="v1", keep_alive=7, pin=True)
+    assert isinstance(hit, Hit)
+    ticket = hit.ticket
+    assert ticket.decision == Decision("A", Action.ALREADY_LOADED)
+    assert (ticket.owns_swap, ticket.version, ticket.keep_alive, ticket.pin) == (
+        False,
+        "v1",
+        7,
+        True,
+    )
+    assert 0 <= ticket.decision_ms < 60_000
+    hit.release()
+
+
+def test_a_load_records_its_version_and_another_version_is_loaded_again():
+    s = state(capacity=3, loaded=2)
+    swap = begin(s, "A", version="v1")
+    assert swap.commit(hit=False) is None  # no generation asked for: no hit
+    same = begin(s, "A", version="v1")
+    assert isinstance(same, Hit)
+    same.release()
+    other = begin(s, "A", version="v2")
+    assert isinstance(other, Swap) and other.decision.evicted == ("A",)
+    other.commit(hit=False)
+
+
+def test_a_commit_without_a_hit_pins_only_what_was_asked_to_be_pinned():
+    s = state(capacity=3, loaded=2)
+    begin(s, "A", pin=True).commit(hit=False)
+    begin(s, "B").commit(hit=False)
+    assert s.cache.is_pinned("A") and s.resident.is_pinned("A")
+    assert not s.cache.is_pinned("B") and not s.resident.is_pinned("B")
+
+
+def test_a_hit_with_keep_alive_sets_its_models_time_in_memory():
+    clock = FakeClock()
+    s = state(capacity=3, loaded=3, clock=clock)
+    serve(s, "A").release()
+    serve(s, "B").release()
+    hit = begin(s, "A", keep_alive=2)
+    assert isinstance(hit, Hit)
+    hit.release()
+    clock.advance(2)
+    sweep = s.sweep()
+    assert sweep.decision.unloaded == ("A",)  # B keeps the policy's ttl (5 s)
+    sweep.commit(hit=False)
