@@ -491,3 +491,19 @@ def test_a_hit_with_keep_alive_sets_its_models_time_in_memory():
     sweep = s.sweep()
     assert sweep.decision.unloaded == ("A",)  # B keeps the policy's ttl (5 s)
     sweep.commit(hit=False)
+
+
+def test_a_keep_alive_is_forgotten_when_its_model_leaves_memory_by_any_way():
+    clock = FakeClock()
+    s = state(capacity=4, loaded=3, clock=clock)
+    serve(s, "A", keep_alive=1).release()
+    serve(s, "B", keep_alive=50).release()
+    serve(s, "C", keep_alive=60).release()
+    assert [s.keep_alive_of(m) for m in "ABC"] == [1, 50, 60]
+    clock.advance(1)
+    s.sweep().commit(hit=False)  # A's time is up
+    assert [s.keep_alive_of(m) for m in "ABC"] == [None, 50, 60]
+    s.take_away("B", Action.UNLOAD, time.monotonic() + 1).commit(hit=False)
+    assert [s.keep_alive_of(m) for m in "ABC"] == [None, None, 60]
+    s.hold("C", time.monotonic() + 1).abort(synced=False)  # a failed re-read: C unknown
+    assert s.keep_alive_of("C") is None and "C" not in s.cache
