@@ -335,7 +335,7 @@ def test_holding_a_model_waits_for_its_generations_and_holds_back_only_its_hits(
     waiting, got = in_thread(lambda: begin(s, "A", 10))
     time.sleep(0.05)
     assert waiting.is_alive()  # A's hits wait for the hold
-    swap.abort(synced=True)
+    assert swap.commit(hit=False) is None  # re-read: nothing changed, nothing granted
     waiting.join(10)
     assert isinstance(got["value"], Hit)
     got["value"].release()
