@@ -8,6 +8,7 @@ import json
 import logging
 import time
 
+import flask
 import pytest
 
 from model_store_server.api import ollama as ollama_api
@@ -698,3 +699,32 @@ def test_json_nesting_at_the_depth_limit():
     assert not requests_json._depth_exceeds("x" * 10_000, 1)
     assert requests_json._depth_exceeds({"a": 1, "b": [[]]}, 2)
     assert not requests_json._depth_exceeds({"a": [1], "b": {"c": 2}}, 2)
+
+
+def test_a_json_body_is_read_or_refused_with_its_reason():
+    app = flask.Flask(__name__)
+
+    def read(data: bytes):
+        with app.test_request_context("/", method="POST", data=data):
+            return requests_json.read_json_object(flask.request)
+
+    def refusal(data: bytes) -> str:
+        with pytest.raises(BadRequest) as err:
+            read(data)
+        return err.value.message
+
+    depth = requests_json.MAX_JSON_DEPTH
+    assert read(b'{"a": [1, {"b": null}]}') == {"a": [1, {"b": None}]}
+    at_limit = "[" * (depth - 1) + "]" * (depth - 1)  # inside the object: depth levels
+    assert read(f'{{"a": {at_limit}}}'.encode()) == {"a": json.loads(at_limit)}
+    past = "[" * depth + "]" * depth
+    assert refusal(f'{{"a": {past}}}'.encode()) == (
+        f"request body is nested more than {depth} levels deep"
+    )
+    assert refusal(b"[" * 5000 + b"]" * 5000) == (
+        f"request body is nested more than {depth} levels deep"
+    )  # deeper than the parser's recursion limit: the same answer
+    assert refusal(b"{nope") == "request body must be valid JSON"
+    assert refusal(b"\xff\xfe{}") == "request body must be valid JSON"
+    assert refusal(b"[1, 2]") == "request body must be a JSON object"
+    assert refusal(b'"text"') == "request body must be a JSON object"
