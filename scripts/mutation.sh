@@ -94,18 +94,22 @@ for module in "${selected[@]}"; do
     meta="mutants/${module//.//}.py.meta"
     names=("$module.*")
     if [ "${MUTATION_KEEP:-0}" = 1 ]; then
-        # Resume: only the mutants without a verdict yet, and the survivors (a test may
-        # have been added since); a pattern would rerun every mutant from the start.
+        # Resume: only the mutants without a verdict yet, the survivors and those no test
+        # called if one does now (a test may have been added since); a pattern would
+        # rerun every mutant from the start.
         mapfile -t names < <(python3 - "$meta" <<'PY'
 import json, sys
 try:
     codes = json.load(open(sys.argv[1]))["exit_code_by_key"]
+    tested = json.load(open("mutants/mutmut-stats.json"))["tests_by_mangled_function_name"]
 except (OSError, ValueError, KeyError):
     codes = None
 if codes is None or all(code is None for code in codes.values()):
     print("ALL")
 else:
-    print("\n".join(name for name, code in codes.items() if code in (None, 0)))
+    def again(name, code):
+        return code in (None, 0) or (code == 33 and tested.get(name.rpartition("__mutmut_")[0]))
+    print("\n".join(name for name, code in codes.items() if again(name, code)))
 PY
         )
         [ "${names[0]:-}" = ALL ] && names=("$module.*")

@@ -507,3 +507,15 @@ def test_a_keep_alive_is_forgotten_when_its_model_leaves_memory_by_any_way():
     assert [s.keep_alive_of(m) for m in "ABC"] == [None, None, 60]
     s.hold("C", time.monotonic() + 1).abort(synced=False)  # a failed re-read: C unknown
     assert s.keep_alive_of("C") is None and "C" not in s.cache
+
+
+def test_an_unload_on_request_owns_its_swap_and_waits_for_another_swap_bounded():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A").release()
+    held = s.hold("B", time.monotonic() + 1)
+    with pytest.raises(Busy, match=r"^timed out waiting for another model swap to finish$"):
+        s.take_away("A", Action.UNLOAD, time.monotonic() + 0.05)
+    held.commit(hit=False)
+    swap = s.take_away("A", Action.UNLOAD, time.monotonic() + 1)
+    assert swap.ticket.owns_swap is True and swap.owns_swap
+    swap.commit(hit=False)
