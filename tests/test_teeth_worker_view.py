@@ -519,3 +519,38 @@ def test_an_unload_on_request_owns_its_swap_and_waits_for_another_swap_bounded()
     swap = s.take_away("A", Action.UNLOAD, time.monotonic() + 1)
     assert swap.ticket.owns_swap is True and swap.owns_swap
     swap.commit(hit=False)
+
+
+def test_a_request_that_waited_for_its_turn_gets_a_hit_with_its_own_values():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A", version="v1").release()
+    held = s.hold("A", time.monotonic() + 1)  # A is being re-read: its hits queue
+    t, late = in_thread(lambda: begin(s, "A", 10, version="v1", keep_alive=9, pin=True))
+    assert wait_until(lambda: len(s.scheduler) == 1)
+    assert t.is_alive()
+    held.commit(hit=False)
+    t.join(10)
+    hit = late["value"]
+    assert isinstance(hit, Hit)
+    assert (hit.ticket.version, hit.ticket.keep_alive, hit.ticket.pin) == ("v1", 9, True)
+    assert s.keep_alive_of("A") == 9  # during the generation too
+    assert s.cache.is_pinned("A") and s.resident.is_pinned("A")
+    hit.release()
+
+
+def test_a_request_waiting_for_the_slot_gives_up_at_its_deadline_saying_why():
+    s = state(capacity=3, loaded=1)
+    serve(s, "A").release()
+    held = s.hold("A", time.monotonic() + 1)
+    with pytest.raises(Busy, match=r"^timed out waiting for another model swap to finish$"):
+        begin(s, "B", 0.05)
+    held.commit(hit=False)
+
+
+def test_a_hits_keep_alive_is_known_while_it_generates():
+    s = state(capacity=3, loaded=2)
+    serve(s, "A").release()
+    with begin(s, "A", keep_alive=7) as hit:
+        assert isinstance(hit, Hit) and s.keep_alive_of("A") == 7
+    with begin(s, "A", keep_alive=0) as hit:
+        assert s.keep_alive_of("A") is None  # 0 applies when it ends, not while it runs
