@@ -554,3 +554,17 @@ def test_a_hits_keep_alive_is_known_while_it_generates():
         assert isinstance(hit, Hit) and s.keep_alive_of("A") == 7
     with begin(s, "A", keep_alive=0) as hit:
         assert s.keep_alive_of("A") is None  # 0 applies when it ends, not while it runs
+
+
+def test_a_request_while_another_models_time_is_up_sweeps_it_in_its_own_swap():
+    clock = FakeClock()
+    s = state(capacity=3, loaded=3, clock=clock)
+    serve(s, "A").release()
+    serve(s, "B", keep_alive=1).release()
+    clock.advance(1)
+    grant = begin(s, "A")
+    assert isinstance(grant, Swap)  # the lazy sweep: not a hit while B's time is up
+    assert grant.decision.model == "A" and grant.decision.unloaded == ("B",)
+    grant.commit(hit=False)
+    with begin(s, "A") as hit:
+        assert isinstance(hit, Hit)
