@@ -24,6 +24,9 @@ from pathlib import Path
 REASONS = Path("benchmarks/mutation_reasons.toml")
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
 STATUS |= {36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+# A mutant that crashes the test process (SIGABRT, SIGSEGV: say a null pointer handed to
+# llama.cpp) fails the run as surely as a failed assertion.
+STATUS |= {-6: "killed", -11: "killed"}
 TARGET = 85.0  # percent of non-equivalent mutants killed, per module
 
 
