@@ -303,3 +303,13 @@ def test_the_first_bin_round_trips():
     assert histogram.counts == {0: 2, 1: 1}
     again = IdleHistogram.from_dict(histogram.to_dict(), shape)
     assert (again.counts, again.out_of_range) == ({0: 2, 1: 1}, 0)
+
+
+def test_quantiles_of_single_gaps_in_wider_bins():
+    histogram = IdleHistogram(HistogramShape(bin_seconds=2, min_samples=1))
+    for now in (0, 4, 14):  # gaps 4 and 10: one each in bins 2 and 5
+        histogram.observe(now)
+    assert histogram.counts == {2: 1, 5: 1}
+    assert histogram.quantile(0.0) == 4  # the first bin, holding one gap
+    assert histogram.quantile(0.5) == 4 and histogram.quantile(0.51) == 10
+    assert histogram.quantile(1.5) == 10 and histogram.quantile(1.5, upper=True) == 12
