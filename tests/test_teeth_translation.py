@@ -728,3 +728,38 @@ def test_a_json_body_is_read_or_refused_with_its_reason():
     assert refusal(b"\xff\xfe{}") == "request body must be valid JSON"
     assert refusal(b"[1, 2]") == "request body must be a JSON object"
     assert refusal(b'"text"') == "request body must be a JSON object"
+
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+
+
+def test_ollama_format_is_json_or_a_schema_enforced_as_a_json_schema():
+    assert ollama_api.format_job(None) == {} and ollama_api.format_job("") == {}
+    assert ollama_api.format_job("json") == {"json_schema": {"type": "object"}}
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    assert ollama_api.format_job(schema) == {"json_schema": schema}
+    for bad in ("JSON", "yaml", 3):
+        with pytest.raises(BadRequest) as err:
+            ollama_api.format_job(bad)
+        assert err.value.param == "format"
+
+
+def test_ollama_chat_tools_reach_the_job_unless_tool_choice_is_none():
+    body = {"model": "m", "messages": MSGS, "tools": [TOOL]}
+    job = ollama_api.parse_chat(body, max_prompt_chars=LIMIT).job
+    assert job["tools"] == [TOOL] and job["tool_choice"] == "auto"
+    job = ollama_api.parse_chat({**body, "tool_choice": "required"}, max_prompt_chars=LIMIT).job
+    assert job["tool_choice"] == "required"
+    job = ollama_api.parse_chat({**body, "tool_choice": "none"}, max_prompt_chars=LIMIT).job
+    assert "tools" not in job and "tool_choice" not in job
+    err = refused(ollama_api.parse_chat, {**body, "format": "json"})
+    assert (err.param, err.message) == ("format", "format cannot be combined with tools")
+    plain = ollama_api.parse_chat({**body, "tools": None, "format": "json"}, max_prompt_chars=LIMIT)
+    assert plain.job["json_schema"] == {"type": "object"} and "tools" not in plain.job
