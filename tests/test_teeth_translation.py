@@ -763,3 +763,14 @@ def test_ollama_chat_tools_reach_the_job_unless_tool_choice_is_none():
     assert (err.param, err.message) == ("format", "format cannot be combined with tools")
     plain = ollama_api.parse_chat({**body, "tools": None, "format": "json"}, max_prompt_chars=LIMIT)
     assert plain.job["json_schema"] == {"type": "object"} and "tools" not in plain.job
+
+
+def test_ollama_counts_only_the_prompt_tokens_it_evaluated():
+    request = answers("generate")
+    usage = {"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 4}
+    events = [
+        b'{"text": "a"}\n',
+        json.dumps({"finish_reason": "", "usage": usage}).encode() + b"\n",
+    ]
+    answer = ollama_api.whole(request, iter(events), ollama_api.Timing(started=0, ready=0))
+    assert (answer["prompt_eval_count"], answer["eval_count"]) == (6, 3)
