@@ -10,7 +10,9 @@
 # Environment: MUTATION_BUDGET seconds per module (default 300; a module cut short is
 # reported as such, with what it finished; mutant generation and the test map come before,
 # within MUTATION_SETUP_BUDGET, default 1800), MUTATION_JOBS parallel mutants (default 2),
-# MUTATION_KEEP=1 keeps earlier results in mutants/ (only the named modules are rerun).
+# MUTATION_KEEP=1 keeps earlier results in mutants/ and resumes the named modules: only
+# their mutants without a verdict and their survivors run (a module cut by its budget
+# goes on where it stopped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,7 @@ MODULES=(
     model_store_server.policies.greedy_dual
     model_store_server.policies.placement
     model_store_server.policies.adaptive
+    model_store_server.policies.arrivals
     model_store_server.digests
     model_store_server.api.openai
     model_store_server.api.ollama
@@ -35,6 +38,7 @@ MODULES=(
     model_swap.http_request
     model_swap.http_body
     inference_worker.sampling
+    inference_worker.admission
     inference_worker.batch
 )
 
@@ -61,39 +65,77 @@ fi
 mkdir -p mutants
 runs=mutants/runs.tsv
 touch "$runs"
+# Every invocation since mutants/ was fresh: the report names them all.
+echo "MUTATION_KEEP=${MUTATION_KEEP:-0} MUTATION_BUDGET=$budget MUTATION_JOBS=$jobs scripts/mutation.sh $*" \
+    >>mutants/commands.txt
 
 # Mutant generation and mutmut's map of which test calls which function (one traced run of
 # the selected tests) come first, outside the modules' budgets: on a busy machine they take
 # minutes, which once used up a whole module's budget. A pattern that names no function
 # makes mutmut stop after them (and after one clean run of the tests).
-echo "== generating mutants and mapping tests to functions (budget ${setup_budget}s)"
-started=$(date +%s)
-timeout --signal=INT --kill-after=30 "$setup_budget" \
-    nice -n 10 uv run mutmut run --max-children "$jobs" "no_module_has_this_name.*" \
-    >mutants/log-setup.txt 2>&1
-rc=$?
-if [ ! -f mutants/mutmut-stats.json ]; then
-    echo "   mutmut's setup failed (exit $rc, see mutants/log-setup.txt)" >&2
-    exit 1
+# Resumed (MUTATION_KEEP=1 with a map already made): each module's run updates the map
+# for new tests itself.
+if [ "${MUTATION_KEEP:-0}" != 1 ] || [ ! -f mutants/mutmut-stats.json ]; then
+    echo "== generating mutants and mapping tests to functions (budget ${setup_budget}s)"
+    started=$(date +%s)
+    timeout --signal=INT --kill-after=30 "$setup_budget" \
+        nice -n 10 uv run mutmut run --max-children "$jobs" "no_module_has_this_name.*" \
+        >mutants/log-setup.txt 2>&1
+    rc=$?
+    if [ ! -f mutants/mutmut-stats.json ]; then
+        echo "   mutmut's setup failed (exit $rc, see mutants/log-setup.txt)" >&2
+        exit 1
+    fi
+    echo "   done in $(($(date +%s) - started))s"
 fi
-echo "   done in $(($(date +%s) - started))s"
 for module in "${selected[@]}"; do
     echo "== $module (budget ${budget}s)"
     started=$(date +%s)
     meta="mutants/${module//.//}.py.meta"
+    names=("$module.*")
+    if [ "${MUTATION_KEEP:-0}" = 1 ]; then
+        # Resume: only the mutants without a verdict yet, the survivors and those no test
+        # called if one does now (a test may have been added since); a pattern would
+        # rerun every mutant from the start.
+        mapfile -t names < <(python3 - "$meta" <<'PY'
+import json, sys
+try:
+    codes = json.load(open(sys.argv[1]))["exit_code_by_key"]
+    tested = json.load(open("mutants/mutmut-stats.json"))["tests_by_mangled_function_name"]
+except (OSError, ValueError, KeyError):
+    codes = None
+if codes is None or all(code is None for code in codes.values()):
+    print("ALL")
+else:
+    def again(name, code):
+        return code in (None, 0) or (code == 33 and tested.get(name.rpartition("__mutmut_")[0]))
+    print("\n".join(name for name, code in codes.items() if again(name, code)))
+PY
+        )
+        [ "${names[0]:-}" = ALL ] && names=("$module.*")
+    fi
     if grep -q '"exit_code_by_key": {}' "$meta" 2>/dev/null; then
         rc=nothing # no mutant (only declarations): a run would run every selected test instead
+    elif [ ${#names[@]} -eq 0 ] || [ -z "${names[0]}" ]; then
+        rc=0 # resumed: every mutant already has a verdict
     else
-        # SIGINT lets mutmut stop its workers and keep every result it has.
-        timeout --signal=INT --kill-after=30 "$budget" \
-            nice -n 10 uv run mutmut run --max-children "$jobs" "$module.*" \
+        # SIGINT lets mutmut stop its workers and keep every result it has (on a busy
+        # machine that can take a minute; a kill while it saves would truncate its results).
+        timeout --signal=INT --kill-after=120 "$budget" \
+            nice -n 10 uv run mutmut run --max-children "$jobs" "${names[@]}" \
             >"mutants/log-$module.txt" 2>&1
         rc=$?
     fi
     seconds=$(($(date +%s) - started))
+    if [ -f "$meta" ] && ! python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$meta" 2>/dev/null; then
+        # Results cut off while being written: drop the module's mutants (made again next run).
+        rm -f "$meta" "${meta%.meta}"
+        rc="lost"
+    fi
     case $rc in
         nothing) state="nothing to mutate" ;;
         0) state=complete ;;
+        lost) state="results lost (mutmut was killed while saving them)" ;;
         124 | 130 | 137) state="budget of ${budget}s reached" ;;
         *) state="mutmut failed (exit $rc, see mutants/log-$module.txt)" ;;
     esac
@@ -104,5 +146,6 @@ for module in "${selected[@]}"; do
 done
 
 uv run python scripts/mutation_report.py --runs "$runs" --out benchmarks/MUTATION.md \
-    --command "scripts/mutation.sh $* (MUTATION_BUDGET=$budget MUTATION_JOBS=$jobs)" \
+    --previous benchmarks/MUTATION.md \
+    --command "$(paste -sd ';' mutants/commands.txt | sed 's/;/; then /g')" \
     "${MODULES[@]}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import subprocess
 import tomllib
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,6 +24,9 @@ from pathlib import Path
 REASONS = Path("benchmarks/mutation_reasons.toml")
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
 STATUS |= {36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+# A mutant that crashes the test process (SIGABRT, SIGSEGV: say a null pointer handed to
+# llama.cpp) fails the run as surely as a failed assertion.
+STATUS |= {-6: "killed", -11: "killed"}
 TARGET = 85.0  # percent of non-equivalent mutants killed, per module
 
 
@@ -54,13 +59,69 @@ def module_path(module: str) -> Path:
     return Path("mutants") / (module.replace(".", "/") + ".py.meta")
 
 
+def previous_report(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]], str, str]:
+    """The previous report's table cells and survivor lines by module, when it was
+    generated and the commit it was last committed in (to tell whether a module changed).
+
+    The committed report, kept in mutants/ at the first call after mutants/ was made
+    fresh, so that later runs resumed into the same mutants/ compare with it too."""
+    kept = Path("mutants/previous-report.md")
+    if not kept.exists():
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "--", str(path)], capture_output=True, text=True
+        ).stdout.strip()
+        shown = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, text=True)
+        if not commit or shown.returncode:
+            return {}, {}, "", ""
+        kept.write_text(f"<!-- commit {commit} -->\n" + shown.stdout)
+    text = kept.read_text()
+    commit = text.split()[2]
+    cells, sections, current = {}, {}, None
+    for line in text.splitlines():
+        if m := re.match(r"\| `([\w.]+)` \|(.*)\|$", line):
+            cells[m[1]] = [c.strip() for c in m[2].split("|")]
+        elif m := re.match(r"### `([\w.]+)`", line):
+            current = m[1]
+            sections[current] = []
+        elif line.startswith("## ") or line.startswith("### "):
+            current = None
+        elif current and line.startswith("- "):
+            sections[current].append(line)
+    when = m[1] if (m := re.search(r" on (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", text)) else "?"
+    return cells, sections, when, commit
+
+
+def unchanged_since(commit: str, module: str) -> bool:
+    """Whether the module's source is the same now (working tree) as at ``commit``."""
+    if not commit:
+        return False
+    source = module.replace(".", "/") + ".py"
+    return subprocess.run(["git", "diff", "--quiet", commit, "--", source]).returncode == 0
+
+
+def score_of(cells: list[str] | None) -> str:
+    """The score cell of a previous row (the cell before the run column), or a dash."""
+    if not cells or len(cells) < 2 or not cells[-2]:
+        return "—"
+    return cells[-2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="+")
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", default="scripts/mutation.sh")
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        help="the report this one replaces: its score is each module's 'before', and a "
+        "module not run now keeps its row if its code is unchanged since that report",
+    )
     args = parser.parse_args()
+    old_cells, old_sections, old_when, old_commit = (
+        previous_report(args.previous) if args.previous else ({}, {}, "", "")
+    )
 
     runs = {}
     if args.runs.exists():
@@ -72,8 +133,23 @@ def main() -> None:
     rows, details, unexplained = [], [], 0
     for module in args.modules:
         meta = module_path(module)
+        before = score_of(old_cells.get(module))
         if module not in runs or not meta.exists():
-            rows.append(f"| `{module}` | | | | | | | | not run |")
+            old = old_cells.get(module)
+            if old and old[-1] != "not run" and unchanged_since(old_commit, module):
+                # Kept from the previous report: the module's code has not changed since.
+                rows.append(
+                    f"| `{module}` | {before} | "
+                    + " | ".join(old[-8:-1])
+                    + f" | earlier run ({old_when}; code unchanged since): {old[-1]} |"
+                )
+                if old_sections.get(module):
+                    details.append(f"### `{module}` (earlier run, {old_when})\n")
+                    details.extend(old_sections[module])
+                    details.append("")
+                    unexplained += sum("**UNEXPLAINED**" in x for x in old_sections[module])
+            else:
+                rows.append(f"| `{module}` | {before} | | | | | | | | not run |")
             continue
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         counts = Counter(status(code) for code in codes.values())
@@ -108,7 +184,7 @@ def main() -> None:
             shown = "none checked"
         seconds, state = runs[module]
         rows.append(
-            f"| `{module}` | {len(codes)} | {counts['killed']} | {counts['survived']} "
+            f"| `{module}` | {before} | {len(codes)} | {counts['killed']} | {counts['survived']} "
             f"({equivalent} equivalent) | {counts['timeout']} | {counts['no tests']} "
             f"| {counts['not run']} | {shown} | {state}, {seconds} s |"
         )
@@ -133,10 +209,17 @@ def main() -> None:
         "Score: killed or timed out, over the mutants checked less the survivors explained "
         f'as equivalent (target: {TARGET:g}% per module). "No test": mutants in code that '
         'none of the selected tests calls; they count as not killed. "Not run": mutants '
-        "the module's budget did not reach; they are not counted.",
+        "the module's budget did not reach; they are not counted."
+        + (
+            f' "Before": the score in the report this one replaced ({old_when}); a module '
+            "not run this time keeps that report's row when its code is unchanged since."
+            if args.previous
+            else ""
+        ),
         "",
-        "| module | mutants | killed | survived | timed out | no test | not run | score | run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| module | before | mutants | killed | survived | timed out | no test | not run "
+        "| score | run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *rows,
         "",
         f"Unexplained survivors: {unexplained}.",

@@ -140,3 +140,30 @@ def test_refresh_and_resize_reach_the_tier_and_every_ghost_that_holds_the_model(
     assert all(policy.expert(name).recency()[-1] == "a" for name in EXPERTS)
     policy.resize("a", 60)
     assert policy.size_of("a") == 60 and policy.used_bytes == 70
+
+
+def test_the_leaders_lead_is_a_percent_of_the_runner_ups_score_to_the_tenth():
+    policy = adaptive(window=40, margin=0.1)
+    assert policy.standings() == {
+        "leader": policy.leader,
+        "window_requests": 0,
+        "window_swap_seconds": dict.fromkeys(EXPERTS, 0.0),
+        "lead_percent": 0.0,  # nothing seen: no lead, whatever the leader
+        "switches": 0,
+    }
+    rng = random.Random(2)  # a trace on which lfu-da leads by a fraction of a percent
+    for _ in range(120):
+        model = f"m{rng.randrange(4)}"
+        if model in policy:
+            policy.touch(model)
+        else:
+            policy.admit(model, 1000)
+    standings = policy.standings()
+    scores = standings["window_swap_seconds"]
+    leader = standings["leader"]
+    runner_up = min(score for name, score in scores.items() if name != leader)
+    assert 0 < scores[leader] < runner_up
+    assert standings["window_requests"] == 40
+    expected = (runner_up - scores[leader]) / runner_up * 100
+    assert standings["lead_percent"] == round(expected, 1)
+    assert standings["lead_percent"] != round(expected)  # a tenth is shown

@@ -1,10 +1,13 @@
 """The worker's sampler chain applied to hand-made logits: each request setting reaches
 the chain with its value (temperature, top_p, seed, penalties), not only "a seed repeats".
-llama.cpp's own samplers run on a candidates array; no model is needed."""
+llama.cpp's own samplers run on a candidates array; no model is needed, except for a
+grammar (it needs a vocabulary: the tiny model's, through the batch scheduler)."""
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import re
 
 import llama_cpp
 import numpy as np
@@ -12,8 +15,10 @@ import pytest
 from llama_cpp._internals import LlamaTokenDataArray
 
 from inference_worker import sampling as chain_module
+from inference_worker.batch import BatchScheduler, BatchStats
 from inference_worker.sampling import sampler_chain
 from model_swap.generation import Sampling
+from tests.conftest import A
 
 N_VOCAB = 16
 # Four likely tokens (softmax over them: 0.57, 0.21, 0.13, 0.08), the rest out of reach.
@@ -108,3 +113,54 @@ def test_min_p_cuts_tokens_far_below_the_best_and_may_keep_one():
     assert sorted(kept) == [0, 2]  # e^-2.5 = 0.082 of the best stays, e^-10 goes
     kept, _ = apply(sampling, logits=logits(10.0, 0.0))
     assert sorted(kept) == [0]
+
+
+# The grammar path (a real tiny model: a grammar needs the model's vocabulary), through the
+# batch scheduler that owns each sequence's sampler.
+
+
+@pytest.fixture
+def llm(models_dir):
+    model = llama_cpp.Llama(str(models_dir / A), n_ctx=16, verbose=False)
+    yield model
+    model.close()
+
+
+def generate(llm, sampling: Sampling, max_tokens: int = 12) -> tuple[str, object]:
+    scheduler = BatchScheduler(llm, name="tiny", parallel=1, n_ctx_seq=256, stats=BatchStats())
+    try:
+        seq = scheduler.reserve()
+        prompt = llm.tokenize(b"request 0: hello world", add_bos=True, special=False)
+        scheduler.start(seq, prompt, max_tokens, sampling)
+        tokens = []
+        while isinstance(item := seq.out.get(timeout=60), int):
+            tokens.append(item)
+        scheduler.release(seq)
+    finally:
+        scheduler.close()
+    return llm.detokenize(tokens).decode("utf-8", "replace"), item
+
+
+GRAMMAR = 'root ::= [ab]+ "."'
+
+
+@pytest.mark.parametrize("sampling", [Sampling(temperature=0.0), Sampling(temperature=1.0, seed=3)])
+def test_a_grammar_decides_every_sampled_token(llm, sampling):
+    free, _ = generate(llm, sampling)
+    assert not re.fullmatch(r"[ab]*\.?", free)  # the tiny model alone writes anything
+    text, outcome = generate(llm, dataclasses.replace(sampling, grammar=GRAMMAR))
+    assert outcome == "length"
+    assert re.fullmatch(r"[ab]{12}", text)  # 12 tokens, each one the grammar allows
+
+
+def test_a_lazy_grammar_waits_for_its_trigger(llm):
+    free, _ = generate(llm, Sampling(temperature=0.0))
+    never = Sampling(temperature=0.0, grammar=GRAMMAR, grammar_trigger=r"[\s\S]*?(NOT THERE)")
+    assert generate(llm, never) == (free, "length")
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_refused(llm):
+    vocab = llm._model.vocab
+    with pytest.raises(ValueError, match="could not parse the request's grammar"):
+        sampler_chain(Sampling(grammar="root ::= ("), llm.n_vocab(), vocab=vocab)
+    sampler_chain(Sampling(grammar=GRAMMAR), llm.n_vocab(), vocab=vocab).close()

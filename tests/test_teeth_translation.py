@@ -5,8 +5,10 @@ some text comes back). Ollama's ``options`` and OpenAI's top-level fields; pure.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+import flask
 import pytest
 
 from model_store_server.api import ollama as ollama_api
@@ -346,6 +348,64 @@ def test_ollama_embed_requests():
     assert (err.param, err.message) == ("prompt", "prompt must be a string")
 
 
+def test_ollama_embedding_refusals_name_their_field():
+    body = {"model": "m", "input": "a", "truncate": False}
+    assert ollama_api.parse_embed(body, max_prompt_chars=LIMIT).inputs == ("a",)
+    for bad, where in ((["a", ""], "input[1] "), (["a", 3], "input[1]:"), ("", "input ")):
+        err = refused(ollama_api.parse_embed, {"model": "m", "input": bad})
+        assert (
+            err.param == "input"
+            and err.message.startswith(where)
+            and "]" not in err.message[len(where) :]
+        )
+    err = refused(ollama_api.parse_embed, {"model": "m"})
+    assert (err.param, err.message) == (
+        "input",
+        "input must be a string or a non-empty list of strings",
+    )
+    err = refused(ollama_api.parse_legacy_embeddings, {"model": "m", "prompt": ""})
+    assert err.param == "prompt" and err.message.startswith("prompt ")
+    with pytest.raises(BadRequest) as too_long:
+        ollama_api.parse_legacy_embeddings({"model": "m", "prompt": "abc"}, max_prompt_chars=2)
+    assert too_long.value.param == "prompt"
+    legacy = ollama_api.parse_legacy_embeddings({"model": "m", "prompt": "a"}, max_prompt_chars=1)
+    assert (legacy.encoding_format, legacy.dimensions, legacy.keep_alive) == ("float", None, None)
+
+
+def test_ollama_num_ctx_above_the_workers_context_is_reported_in_a_header():
+    header = ollama_api.NUM_CTX_HEADER
+    assert header == "X-Num-Ctx-Capped"
+    assert ollama_api.context_headers({"num_ctx": 4096}, 2048) == {
+        header: "requested=4096 served=2048 (the worker's N_CTX)"
+    }
+    assert ollama_api.context_headers({"num_ctx": 2049}, 2048) == {
+        header: "requested=2049 served=2048 (the worker's N_CTX)"
+    }
+    assert ollama_api.context_headers({"num_ctx": 2048}, 2048) == {}  # exactly: served
+    assert ollama_api.context_headers({"num_ctx": 512}, 2048) == {}
+    assert ollama_api.context_headers({"num_ctx": 4096}, None) == {}  # context unknown
+    assert ollama_api.context_headers({}, 2048) == {}
+    assert ollama_api.context_headers(None, 2048) == {}  # a load-only request has no job
+
+
+def test_ollama_embedding_options_must_be_an_object_and_are_logged_by_name(caplog):
+    for options in ([], "x", 3):
+        err = refused(ollama_api.parse_embed, {"model": "m", "input": "a", "options": options})
+        assert (err.param, err.message) == ("options", "options must be an object")
+    caplog.set_level(logging.INFO, logger=ollama_api.logger.name)
+    options = {"temperature": 1, "num_ctx": 8, "seed": None}
+    ollama_api.parse_legacy_embeddings(
+        {"model": "m", "prompt": "a", "options": options}, max_prompt_chars=LIMIT
+    )
+    logged = [r.getMessage() for r in caplog.records if r.name == ollama_api.logger.name]
+    assert logged == ["ignored options for embeddings: num_ctx, temperature"]
+    caplog.clear()
+    ollama_api.parse_embed(
+        {"model": "m", "input": "a", "options": {"seed": None}}, max_prompt_chars=LIMIT
+    )
+    assert not [r for r in caplog.records if r.name == ollama_api.logger.name]
+
+
 # -- OpenAI: each check at its value and one step past it (nothing here does I/O) ------------
 
 
@@ -639,3 +699,78 @@ def test_json_nesting_at_the_depth_limit():
     assert not requests_json._depth_exceeds("x" * 10_000, 1)
     assert requests_json._depth_exceeds({"a": 1, "b": [[]]}, 2)
     assert not requests_json._depth_exceeds({"a": [1], "b": {"c": 2}}, 2)
+
+
+def test_a_json_body_is_read_or_refused_with_its_reason():
+    app = flask.Flask(__name__)
+
+    def read(data: bytes):
+        with app.test_request_context("/", method="POST", data=data):
+            return requests_json.read_json_object(flask.request)
+
+    def refusal(data: bytes) -> str:
+        with pytest.raises(BadRequest) as err:
+            read(data)
+        return err.value.message
+
+    depth = requests_json.MAX_JSON_DEPTH
+    assert read(b'{"a": [1, {"b": null}]}') == {"a": [1, {"b": None}]}
+    at_limit = "[" * (depth - 1) + "]" * (depth - 1)  # inside the object: depth levels
+    assert read(f'{{"a": {at_limit}}}'.encode()) == {"a": json.loads(at_limit)}
+    past = "[" * depth + "]" * depth
+    assert refusal(f'{{"a": {past}}}'.encode()) == (
+        f"request body is nested more than {depth} levels deep"
+    )
+    assert refusal(b"[" * 5000 + b"]" * 5000) == (
+        f"request body is nested more than {depth} levels deep"
+    )  # deeper than the parser's recursion limit: the same answer
+    assert refusal(b"{nope") == "request body must be valid JSON"
+    assert refusal(b"\xff\xfe{}") == "request body must be valid JSON"
+    assert refusal(b"[1, 2]") == "request body must be a JSON object"
+    assert refusal(b'"text"') == "request body must be a JSON object"
+
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+
+
+def test_ollama_format_is_json_or_a_schema_enforced_as_a_json_schema():
+    assert ollama_api.format_job(None) == {} and ollama_api.format_job("") == {}
+    assert ollama_api.format_job("json") == {"json_schema": {"type": "object"}}
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    assert ollama_api.format_job(schema) == {"json_schema": schema}
+    for bad in ("JSON", "yaml", 3):
+        with pytest.raises(BadRequest) as err:
+            ollama_api.format_job(bad)
+        assert err.value.param == "format"
+
+
+def test_ollama_chat_tools_reach_the_job_unless_tool_choice_is_none():
+    body = {"model": "m", "messages": MSGS, "tools": [TOOL]}
+    job = ollama_api.parse_chat(body, max_prompt_chars=LIMIT).job
+    assert job["tools"] == [TOOL] and job["tool_choice"] == "auto"
+    job = ollama_api.parse_chat({**body, "tool_choice": "required"}, max_prompt_chars=LIMIT).job
+    assert job["tool_choice"] == "required"
+    job = ollama_api.parse_chat({**body, "tool_choice": "none"}, max_prompt_chars=LIMIT).job
+    assert "tools" not in job and "tool_choice" not in job
+    err = refused(ollama_api.parse_chat, {**body, "format": "json"})
+    assert (err.param, err.message) == ("format", "format cannot be combined with tools")
+    plain = ollama_api.parse_chat({**body, "tools": None, "format": "json"}, max_prompt_chars=LIMIT)
+    assert plain.job["json_schema"] == {"type": "object"} and "tools" not in plain.job
+
+
+def test_ollama_counts_only_the_prompt_tokens_it_evaluated():
+    request = answers("generate")
+    usage = {"prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 4}
+    events = [
+        b'{"text": "a"}\n',
+        json.dumps({"finish_reason": "", "usage": usage}).encode() + b"\n",
+    ]
+    answer = ollama_api.whole(request, iter(events), ollama_api.Timing(started=0, ready=0))
+    assert (answer["prompt_eval_count"], answer["eval_count"]) == (6, 3)
