@@ -19,6 +19,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp._internals import LlamaSampler
 
+from inference_worker.lazy_grammar import TriggerGuard
 from model_swap.generation import Sampling
 
 # llama_cpp.Llama's defaults (Llama.generate, Llama.__init__'s last_n_tokens_size).
@@ -62,9 +63,12 @@ class SequenceSampler:
     already fit. Not thread-safe: the scheduler's thread owns it.
     """
 
-    def __init__(self, chain: LlamaSampler, grammar, n_vocab: int):
+    def __init__(
+        self, chain: LlamaSampler, grammar, n_vocab: int, guard: TriggerGuard | None = None
+    ):
         self.chain = chain
         self._grammar = grammar  # a llama_sampler pointer, or None
+        self._guard = guard  # a lazy grammar's trigger, mirrored (see lazy_grammar.py)
         self._n_vocab = n_vocab
         self._data = np.zeros(n_vocab, dtype=_TOKEN_DATA) if grammar else None
         if self._data is not None:
@@ -90,16 +94,28 @@ class SequenceSampler:
         one = llama_cpp.llama_token_data_array(self._one, 1, -1, False)
         llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(one))
         if self._one[0].logit == float("-inf"):  # the grammar refuses it: mask, draw again
-            self._data["id"] = np.arange(self._n_vocab, dtype=np.int32)
-            cur = self._candidates(ctx, row)
-            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(cur))
-            llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
-            token = int(cur.data[cur.selected].id)
+            token = self._draw_again(ctx, row, ())
+        refused: list[int] = []
+        while self._guard is not None and self._guard.refuses(token):
+            refused.append(token)  # it would fire the trigger into text the grammar refuses
+            token = self._draw_again(ctx, row, refused)
         # Samplers may reorder the candidates in place: put the ids back in order.
         self._data["id"] = np.arange(self._n_vocab, dtype=np.int32)
         llama_cpp.llama_sampler_accept(self._grammar, token)
+        if self._guard is not None:
+            self._guard.accepted(token)
         llama_cpp.llama_sampler_accept(self.chain.sampler, token)
         return token
+
+    def _draw_again(self, ctx, row: int, refused) -> int:
+        """A token drawn from every candidate the grammar allows, but ``refused``."""
+        self._data["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        cur = self._candidates(ctx, row)
+        for token in refused:
+            self._data["logit"][token] = float("-inf")
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(cur))
+        llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
+        return int(cur.data[cur.selected].id)
 
     def close(self) -> None:
         if self._grammar is not None:
@@ -115,12 +131,14 @@ def sampler_chain(sampling: Sampling, n_vocab: int, vocab=None, n_ctx: int = 0) 
     worker checked already (``structured.check_grammar``); ``n_ctx`` is what
     ``repeat_last_n: -1`` covers.
     """
-    grammar = None
+    grammar = guard = None
     if sampling.grammar is not None and vocab is not None:
         grammar = _grammar_sampler(vocab, sampling)
         if not grammar:
             raise ValueError("llama.cpp could not parse the request's grammar")
-    return SequenceSampler(_chain(sampling, n_vocab, n_ctx), grammar, n_vocab)
+        if sampling.grammar_trigger is not None:
+            guard = TriggerGuard(vocab, sampling.grammar, sampling.grammar_trigger)
+    return SequenceSampler(_chain(sampling, n_vocab, n_ctx), grammar, n_vocab, guard)
 
 
 def _chain(sampling: Sampling, n_vocab: int, n_ctx: int) -> LlamaSampler:

@@ -16,6 +16,7 @@ from llama_cpp._internals import LlamaTokenDataArray
 
 from inference_worker import sampling as chain_module
 from inference_worker.batch import BatchScheduler, BatchStats
+from inference_worker.lazy_grammar import trigger_start
 from inference_worker.sampling import sampler_chain
 from model_swap.generation import Sampling
 from tests.conftest import A
@@ -164,3 +165,44 @@ def test_a_grammar_llama_cpp_cannot_parse_is_refused(llm):
     with pytest.raises(ValueError, match="could not parse the request's grammar"):
         sampler_chain(Sampling(grammar="root ::= ("), llm.n_vocab(), vocab=vocab)
     sampler_chain(Sampling(grammar=GRAMMAR), llm.n_vocab(), vocab=vocab).close()
+
+
+# A lazy grammar's trigger fired by a token that runs on past it (issue 28: no request can
+# crash a service). The tiny model greedily writes "`S`Sb hello worldd..."; a trigger on
+# "h" fires inside its " hello" token and hands the grammar "hello".
+
+
+def test_a_token_firing_the_trigger_into_text_the_grammar_refuses_is_drawn_again(llm):
+    """Before: llama.cpp threw from llama_sampler_accept and the process aborted."""
+    free, _ = generate(llm, Sampling(temperature=0.0))
+    assert free.startswith("`S`Sb hello")
+    refusing = Sampling(
+        temperature=0.0, grammar='root ::= "h" [ab]+ "."', grammar_trigger=r"[\s\S]*?(h)[\s\S]*"
+    )
+    text, outcome = generate(llm, refusing)
+    assert outcome == "length" and text.startswith("`S`Sb ") and "h" not in text
+
+
+def test_a_trigger_the_grammar_takes_then_constrains_the_rest(llm):
+    taking = Sampling(
+        temperature=0.0,
+        grammar='root ::= "hello" [ab]+',
+        grammar_trigger=r"[\s\S]*?(h)[\s\S]*",
+    )
+    text, outcome = generate(llm, taking, max_tokens=10)
+    assert outcome == "length"
+    assert re.fullmatch(r"`S`Sb hello[ab]{4}", text)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "start"),
+    [
+        (rb"[\s\S]*?(<tool_call>)[\s\S]*", b"ok <tool_call>{", 3),
+        (rb"\s*(\{)[\s\S]*", b"say {x", 4),  # not anchored: found anywhere, as llama.cpp does
+        (rb"^\s*(\{)[\s\S]*$", b"  {x", 2),
+        (rb"[\s\S]*?(NOT THERE)", b"nothing here", None),
+        (rb"a(x?)b", b"zab", 1),  # an empty group: the whole match is handed over
+    ],
+)
+def test_the_trigger_hands_over_from_its_first_non_empty_group(pattern, text, start):
+    assert trigger_start(re.compile(pattern), text) == start
