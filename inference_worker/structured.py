@@ -60,13 +60,16 @@ def _call_schema(tool: dict, arguments_key: str) -> dict:
     }
 
 
-# Where a call starts in a reply, per format (llama.cpp matches the whole text so far; the
-# first group starts what the grammar constrains). Used for ``auto``: text before it is free.
+# Where a call starts in a reply, per format (llama.cpp looks for the pattern in the text so
+# far; the first group starts what the grammar constrains). Used for ``auto``: text before
+# it is free.
 TRIGGERS = {
     HERMES: r"[\s\S]*?(<tool_call>)[\s\S]*",
     MISTRAL: r"[\s\S]*?(\[TOOL_CALLS\])[\s\S]*",
-    LLAMA3: r"\s*(\{)[\s\S]*",
-    GENERIC: r"\s*(\{)[\s\S]*",
+    # Anchored: llama.cpp looks for a pattern anywhere in the reply unless it is written
+    # ^...$, and these start a call only when the reply opens with "{".
+    LLAMA3: r"^\s*(\{)[\s\S]*$",
+    GENERIC: r"^\s*(\{)[\s\S]*$",
 }
 
 

@@ -18,7 +18,9 @@ from inference_worker import sampling as chain_module
 from inference_worker.batch import BatchScheduler, BatchStats
 from inference_worker.lazy_grammar import trigger_start
 from inference_worker.sampling import sampler_chain
+from inference_worker.structured import TRIGGERS
 from model_swap.generation import Sampling
+from model_swap.tool_calls import GENERIC, LLAMA3
 from tests.conftest import A
 
 N_VOCAB = 16
@@ -206,3 +208,17 @@ def test_a_trigger_the_grammar_takes_then_constrains_the_rest(llm):
 )
 def test_the_trigger_hands_over_from_its_first_non_empty_group(pattern, text, start):
     assert trigger_start(re.compile(pattern), text) == start
+
+
+def test_an_anchored_trigger_fires_only_at_the_start_of_the_reply(llm):
+    """The Llama 3.1 and generic tool formats start a call only with a reply opening with
+    "{": their trigger is written ^...$, which llama.cpp matches against the whole reply
+    (another pattern is looked for anywhere, as the unanchored twin shows on "h")."""
+    free, _ = generate(llm, Sampling(temperature=0.0))
+    grammar = 'root ::= "hello" [ab]+'
+    anywhere = Sampling(temperature=0.0, grammar=grammar, grammar_trigger=r"\s*(h)[\s\S]*")
+    assert re.fullmatch(r"`S`Sb hello[ab]{6}", generate(llm, anywhere)[0])
+    at_start = Sampling(temperature=0.0, grammar=grammar, grammar_trigger=r"^\s*(h)[\s\S]*$")
+    assert generate(llm, at_start)[0] == free
+    assert TRIGGERS[GENERIC].startswith("^") and TRIGGERS[GENERIC].endswith("$")
+    assert TRIGGERS[LLAMA3] == TRIGGERS[GENERIC]
