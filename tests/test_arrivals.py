@@ -40,6 +40,14 @@ def test_gaps_are_binned_and_long_ones_counted_apart():
     assert histogram.mean_gap() == pytest.approx((5 + 25 + 4) / 3)
 
 
+def test_a_gap_of_exactly_n_bins_lands_in_bin_n_with_sub_second_bins():
+    histogram = IdleHistogram(HistogramShape(bin_seconds=0.1, min_samples=1))
+    for t in (0.0, 1.0, 1.3, 1.8):
+        histogram.observe(t)
+    # gaps 1.0, 0.3 (0.30000000000000004) and 0.5; with floor division 1.0 // 0.1 is 9
+    assert histogram.counts == {10: 1, 3: 1, 5: 1}
+
+
 def test_quantiles_are_bin_edges():
     histogram = IdleHistogram(HistogramShape(bin_seconds=1, min_samples=1))
     for t in (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100.5):

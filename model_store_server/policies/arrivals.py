@@ -94,7 +94,8 @@ class IdleHistogram:
         """A request at ``now``: the gap since the previous one is binned."""
         if self.last is not None:
             gap = max(0.0, now - self.last)
-            index = int(gap // self.shape.bin_seconds)
+            # true division, then floor: 1.0 // 0.1 is 9.0 (the float 0.1 is a hair over it)
+            index = math.floor(gap / self.shape.bin_seconds)
             if index < self.shape.bins:
                 self.counts[index] = self.counts.get(index, 0) + 1
                 self.total_seconds += gap
