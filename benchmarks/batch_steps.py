@@ -15,7 +15,13 @@ The measurements behind two choices of ``inference_worker/batch.py``:
   and 8 sequences, and prompt chunks of 32 and 256 tokens at 1..N threads;
 - two resident tiny models in one engine: a hit (8 greedy tokens) repeated on
   one model against hits alternating between the two, with the worker's thread
-  rule.
+  rule;
+- OpenMP pools (``inference_worker/decode_thread.py``): two-thread one-token steps
+  on Gemma with one resident model and with three (each stepped once), when every
+  multi-threaded decode runs on one thread (the worker) and when each model's loop
+  runs its own (before): ms per step and the times the decoding thread slept in
+  the kernel during it (voluntary context switches: OpenMP barrier waits that
+  stopped spinning).
 
 Each figure is the median of ``--repeats`` steps in ms, every sequence holding
 a 64-token prompt; the step's tokens are removed after each timing so every
@@ -201,6 +207,78 @@ def alternation(tmp: Path, repeats: int) -> list[str]:
     ]
 
 
+def omp_pools(path: Path, repeats: int) -> list[str]:
+    """Two-thread steps with one resident model and with three: one OpenMP pool or one per
+    loop, each in a fresh process (libgomp counts the pools of every thread that ever
+    started a region, such as this one's in ``measure``)."""
+    if (os.cpu_count() or 1) < 2:
+        return ["", "## OpenMP pools: skipped (one CPU)"]
+    rows = []
+    spawn = multiprocessing.get_context("spawn")
+    for one_pool in (True, False):
+        with spawn.Pool(1) as pool:
+            one, three = pool.apply(_omp_hits, (path, repeats, one_pool))
+        label = "one thread for every multi-threaded decode" if one_pool else "each loop its own"
+        rows.append(
+            f"| {label} | {one[0]:.1f} ms, {one[1]:.0f} | {three[0]:.1f} ms, {three[1]:.0f} |"
+        )
+    return [
+        "",
+        f"## OpenMP pools: a two-thread one-token step (median of {repeats}; ms, kernel waits)",
+        "",
+        "| decodes run on | 1 resident model | 3 resident models |",
+        "|---|---|---|",
+        *rows,
+    ]
+
+
+def _omp_hits(path: Path, repeats: int, one_pool: bool) -> tuple:
+    """(ms, kernel waits) of a hit's step on one model, with it alone and with three resident."""
+    import resource
+
+    from inference_worker import decode_thread
+    from inference_worker.engine import Engine
+    from inference_worker.generation import Job
+    from model_swap.generation import Sampling
+
+    steps: list[tuple[float, int]] = []
+    real = llama_cpp.llama_decode
+
+    def timed(ctx, batch):  # in the thread that runs the decode
+        before, started = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw, time.perf_counter()
+        status = real(ctx, batch)
+        waits = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before
+        steps.append((time.perf_counter() - started, waits))
+        return status
+
+    llama_cpp.llama_decode = timed
+    decode_thread.ONE_POOL = one_pool
+    engine = Engine(n_ctx=2048, parallel=4, n_threads=2)
+    job = Job(prompt="Once upon a time", max_tokens=1, sampling=Sampling(temperature=0.0))
+
+    def hits(name: str, count: int) -> tuple[float, float]:
+        del steps[:]
+        for _ in range(count):
+            generation = engine.begin(name, job)
+            try:
+                "".join(generation.tokens())
+            finally:
+                generation.close()
+        return statistics.median(s[0] for s in steps) * 1000, statistics.median(s[1] for s in steps)
+
+    names = ["omp-a.gguf", "omp-b.gguf", "omp-c.gguf"]
+    engine.load(names[0], path)
+    hits(names[0], 2)
+    one = hits(names[0], repeats)
+    for name in names[1:]:
+        engine.load(name, path)
+        hits(name, 1)
+    three = hits(names[0], repeats)
+    for name in names:
+        engine.unload(name)
+    return one, three
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model, 5 repeats")
@@ -223,6 +301,7 @@ def main() -> int:
                 path = models / model
             load = os.getloadavg()[0]
             lines = measure(path, args) + alternation(Path(name), args.repeats)
+            lines += omp_pools(path, args.repeats)
     finally:
         for process in spinners:
             process.kill()

@@ -126,6 +126,9 @@ def store_burst(
             MAX_LOADED_MODELS="1",
             SCHEDULER_MAX_WAIT=max_wait,
             LOADING_COMMENTS_AFTER="600",
+            # The arrival-order baseline swaps up to 16 times: on a busy machine its last
+            # requests wait past the default 120 s, and the router has no such limit.
+            SWAP_WAIT_TIMEOUT="600",
             LOG_FORMAT="json",  # the timeline reads its lines by request id
             LOG_LEVEL="INFO",
         )

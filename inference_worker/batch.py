@@ -42,6 +42,7 @@ from collections.abc import Callable
 import llama_cpp
 from llama_cpp import _internals
 
+from inference_worker import decode_thread
 from inference_worker.admission import Admission
 from inference_worker.batch_stats import BatchStats
 from inference_worker.kv_cache import PromptCache, worth_keeping
@@ -254,7 +255,7 @@ class BatchScheduler(Admission):
         self._batch.token[0], self._batch.pos[0] = 0, 0
         self._batch.n_seq_id[0], self._batch.seq_id[0][0] = 1, self._kept.spare
         self._batch.logits[0] = False
-        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        status = decode_thread.decode(self._ctx, self._batch, self.threads)
         llama_cpp.llama_memory_seq_rm(self._memory, self._kept.spare, -1, -1)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status} applying stream copies")
@@ -336,8 +337,8 @@ class BatchScheduler(Admission):
         if threads != self.threads:
             llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
             self.threads = threads
-        with self._meter.decoding():
-            status = llama_cpp.llama_decode(self._ctx, batch)
+        with self._meter.decoding():  # on the one wide-decode thread when threads > 1
+            status = decode_thread.decode(self._ctx, batch, threads)
         self._stats.observe(n, mixed)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
