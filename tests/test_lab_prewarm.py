@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.policies_prewarm import config as budgets
 from model_store_server.policies import POLICIES
 from model_swap_lab.azure import read_azure
 from model_swap_lab.generate import assign_sizes, generate, model_names, spec_for
@@ -59,16 +60,9 @@ def test_prewarm_off_is_todays_simulator(preset, policy):
         assert result["cold_starts"] == result["requests"] - result["already_loaded"]
 
 
-def periodic_config(policy: str, sizes: dict, prewarm: str, share=0.3) -> SimConfig:
-    total = sum(sizes.values())
-    return SimConfig(
-        policy,
-        max_cache_size=len(sizes),
-        max_cache_bytes=int(total * min(1.0, 2 * share)),
-        max_loaded_models=len(sizes),
-        max_loaded_bytes=int(total * share),
-        prewarm=prewarm,
-    )
+def periodic_config(policy: str, sizes: dict, prewarm: str) -> SimConfig:
+    """The benchmark's budgets (POLICIES.md section 5) at 30% memory."""
+    return budgets(policy, sizes, 0.3, prewarm)
 
 
 @pytest.mark.parametrize("policy", [p for p in POLICIES if p != "no-evict"])
