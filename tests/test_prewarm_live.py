@@ -30,11 +30,10 @@ def metric(store, name: str) -> float:
     return total
 
 
-@pytest.mark.slow  # a periodic client for about 25 s
-def test_two_models_on_a_fixed_period_are_answered_already_loaded(start_store, worker):
-    """MAX_LOADED_MODELS=1, a and b alternating every second (each every 2 s): after the
-    histograms have learned, most requests find their model already loaded."""
-    store = start_store(
+def periodic_store(start_store, worker):
+    """A store that learns a one-second alternation of two models quickly: one model in
+    memory, prewarm on, 0.5 s ahead, 0.1 s bins."""
+    return start_store(
         worker,
         max_cache_size=2,
         max_loaded_models=1,
@@ -42,6 +41,13 @@ def test_two_models_on_a_fixed_period_are_answered_already_loaded(start_store, w
         prewarm_margin=0.5,
         prewarm_bin_seconds=0.1,
     )
+
+
+@pytest.mark.slow  # a periodic client for about 25 s
+def test_two_models_on_a_fixed_period_are_answered_already_loaded(start_store, worker):
+    """MAX_LOADED_MODELS=1, a and b alternating every second (each every 2 s): after the
+    histograms have learned, most requests find their model already loaded."""
+    store = periodic_store(start_store, worker)
     step, learning, measured = 1.0, 14, 12
     actions = []
     start = time.monotonic()
@@ -311,14 +317,7 @@ def test_replay_against_a_live_store_reports_prewarm(start_store, worker, models
     from model_swap_lab.replay import replay
     from model_swap_lab.trace import Request, sizes_from_dir
 
-    store = start_store(
-        worker,
-        max_cache_size=2,
-        max_loaded_models=1,
-        prewarm="histogram",
-        prewarm_margin=0.5,
-        prewarm_bin_seconds=0.1,
-    )
+    store = periodic_store(start_store, worker)
     trace = [Request(float(index), A if index % 2 == 0 else B) for index in range(26)]
     result = replay(trace, store.url, speed=1.0)
     assert result["errors"] == 0
