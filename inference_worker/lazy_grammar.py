@@ -108,14 +108,22 @@ class TriggerGuard:
         self._grammar = grammar.encode("utf-8")
         self._pattern = re.compile(pattern.encode("utf-8"))
         self._buffer = b""
+        self._next: tuple[int, bytes, int | None] | None = None  # the last token looked at
         self.waiting = True
+
+    def _after(self, token: int) -> tuple[bytes, int | None]:
+        """The buffer with ``token``'s piece added, and where the trigger would hand it over
+        (None: not fired); kept for ``accepted``, which follows ``refuses`` on the same token."""
+        if self._next is None or self._next[0] != token:
+            text = self._buffer + token_piece(self._vocab, token)
+            self._next = (token, text, trigger_start(self._pattern, text))
+        return self._next[1], self._next[2]
 
     def refuses(self, token: int) -> bool:
         """Whether accepting ``token`` would fire the trigger with text the grammar refuses."""
         if not self.waiting:
             return False
-        text = self._buffer + token_piece(self._vocab, token)
-        start = trigger_start(self._pattern, text)
+        text, start = self._after(token)
         if start is None:
             return False
         return not grammar_takes(self._vocab, self._grammar, text[start:])
@@ -124,7 +132,10 @@ class TriggerGuard:
         """Follow llama.cpp's buffer after ``token`` was accepted."""
         if not self.waiting:
             return
-        self._buffer += token_piece(self._vocab, token)
-        if trigger_start(self._pattern, self._buffer) is not None:
+        text, start = self._after(token)
+        self._next = None
+        if start is None:
+            self._buffer = text
+        else:
             self.waiting = False
             self._buffer = b""
