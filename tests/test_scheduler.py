@@ -131,6 +131,40 @@ def test_describe_rounds_waits_to_the_millisecond():
     assert s.describe(1.123456) == {"a": {"waiting": 1, "oldest_wait_s": 0.123}}
 
 
+def test_a_claimed_model_keeps_its_group_after_the_swapping_request_leaves():
+    """The request that carries a swap out leaves the queue; the rest of its model's group
+    must not pass to the next model's turn because of that, however long the load takes."""
+    s = Scheduler(max_wait=2.0)
+    b1, a1, b2, c1, b3 = (
+        s.arrive(m, t) for m, t in [("b", 0.0), ("a", 0.01), ("b", 0.02), ("c", 0.03), ("b", 2.5)]
+    )
+    assert s.group("b", 0.0) == [b1, b2]  # b3 came after a's oldest plus 2 s
+    s.leave(b1)  # b1 carries out b's swap
+    unclaimed = s.group("b", 3.0)
+    s.claim("b")
+    assert s.group("b", 3.0) == [b2]  # the same group, 3 s later, a's oldest at 2.99 s
+    assert s.in_group(b2, 3.0) and not s.in_group(b3, 3.0)
+    assert s.may_hit("b", 3.0, b2) and not s.may_hit("b", 3.0, b3)
+    s.unclaim("b")
+    assert s.group("b", 3.0) == unclaimed == []  # what the view used to serve: nobody
+    s.claim("b")
+    s.leave(a1)
+    s.leave(c1)
+    assert s.group("b", 3.0) == [b2, b3]  # no other model waits: every b request
+    s.unclaim("b")
+    assert s.next_model() == "b" and s.group("b", 3.0) == [b2, b3]
+
+
+def test_max_wait_zero_claimed_group_is_the_requests_before_the_next_models():
+    s = Scheduler(max_wait=0.0)
+    b1, a1, b2 = s.arrive("b", 0.0), s.arrive("a", 0.0), s.arrive("b", 0.0)
+    s.leave(b1)
+    s.claim("b")
+    assert s.group("b", 1.0) == []  # b2 came after a1: strict arrival order holds
+    s.leave(a1)
+    assert s.group("b", 1.0) == [b2]
+
+
 def test_bad_max_wait_is_refused():
     with pytest.raises(ValueError, match=r"^max_wait must be >= 0$"):
         Scheduler(max_wait=-0.5)
@@ -177,6 +211,47 @@ def test_a_committed_load_hands_hits_to_its_whole_group():
     threads[0].join(5)
     assert isinstance(results["b1"], Swap) and results["b1"].decision.unloaded == ("a",)
     results["b1"].commit().release()
+    assert v.gate.idle
+
+
+def test_a_load_longer_than_max_wait_still_serves_its_whole_group():
+    """b's load takes 3 s of the scheduler's clock (max_wait 2 s) while a and b requests
+    wait: at the commit every b request of the group gets its hit, before a's swap."""
+    import threading
+
+    clock = [100.0]
+    cache = create_policy("lru", capacity=3, ttl=5.0)
+    resident = create_policy("lru", capacity=1, ttl=5.0, tier=Tier.RESIDENT)
+    v = WorkerView(cache, resident, max_wait=2.0, clock=lambda: clock[0])
+    with v.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=True)
+    first = v.admit("b", time.monotonic() + 5)
+    assert isinstance(first, Swap)
+    results = {}
+
+    def ask(key, model):
+        results[key] = v.admit(model, time.monotonic() + 5)
+
+    threads = {}
+    for count, (key, model) in enumerate((("a1", "a"), ("b2", "b"), ("b3", "b")), 1):
+        clock[0] += 0.01
+        threads[key] = threading.Thread(target=ask, args=(key, model))
+        threads[key].start()
+        deadline = time.monotonic() + 5  # each one queued before the next arrives
+        while len(v.scheduler) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert v.snapshot().queues["b"]["waiting"] == 2 and v.snapshot().queues["a"]["waiting"] == 1
+    clock[0] += 3.0  # the load took longer than max_wait
+    hit = first.commit()
+    for key in ("b2", "b3"):
+        threads[key].join(5)
+        assert isinstance(results[key], Hit), key  # served with b's group
+    assert threads["a1"].is_alive()  # a waits for b's group to end, then swaps
+    for held in (hit, results["b2"], results["b3"]):
+        held.release()
+    threads["a1"].join(5)
+    assert isinstance(results["a1"], Swap) and results["a1"].decision.unloaded == ("b",)
+    results["a1"].commit().release()
     assert v.gate.idle
 
 

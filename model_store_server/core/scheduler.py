@@ -58,6 +58,7 @@ class Scheduler:
         self.max_wait = max_wait
         self._queues: dict[str, deque[Waiter]] = {}
         self._seq = itertools.count()
+        self._claimed: set[str] = set()  # models whose swap is under way (see claim)
 
     # -- queueing ------------------------------------------------------------------------
 
@@ -95,11 +96,24 @@ class Scheduler:
         return heads[0].model if heads else None
 
     def in_group(self, waiter: Waiter, now: float) -> bool:
-        """Whether ``waiter`` belongs to the group served next."""
+        """Whether ``waiter`` belongs to the group served next (or, its model claimed, the
+        group its swap serves: arrived before another model's oldest plus ``max_wait``)."""
         heads = self._heads()
+        if waiter.model in self._claimed:
+            others = [head for head in heads if head.model != waiter.model]
+            return not others or waiter.before(others[0], self.max_wait)
         if not heads or heads[0].model != waiter.model:
             return False
         return len(heads) == 1 or waiter.before(heads[1], self.max_wait)
+
+    def claim(self, model: str) -> None:
+        """A swap bringing ``model`` in has begun: until ``unclaim`` its group is what it
+        was, whichever model's request is oldest by then."""
+        self._claimed.add(model)
+
+    def unclaim(self, model: str) -> None:
+        """``model``'s swap ended (its group served, or the swap failed)."""
+        self._claimed.discard(model)
 
     def group(self, model: str, now: float) -> list[Waiter]:
         """The waiters for ``model`` served with the group now (empty if not next)."""

@@ -216,6 +216,8 @@ class WorkerView(ViewReport, ViewControl):
             self.gate.release()
             return self._grant_hit(ticket)
         self.gate.change(decision.touches)
+        if decision.action in LOADS:
+            self.scheduler.claim(decision.model)  # its group holds while the load runs
         return Swap(ticket, self._commit, self._abort)
 
     def _decide_when_drained(
@@ -302,6 +304,7 @@ class WorkerView(ViewReport, ViewControl):
             self.gate.release()
             if decision.action in LOADS:
                 self._serve_group(decision.model)
+            self.scheduler.unclaim(decision.model)
             return granted
 
     def _serve_group(self, model: str) -> None:
@@ -323,6 +326,7 @@ class WorkerView(ViewReport, ViewControl):
             self._synced = self._synced and synced
             if not synced:
                 self._forget(swap.decision.touches)
+            self.scheduler.unclaim(swap.decision.model)
             self.gate.release()
 
     def _forget(self, names: Iterable[str]) -> None:
