@@ -33,6 +33,8 @@ def log_events(path: Path) -> dict[str, list[tuple[float, str, str]]]:
 
 TTFT_LINE = re.compile(r"\[infer\] TTFT: ([0-9.]+)s")
 LOAD_LINE = re.compile(r"loaded \S+ in ([0-9.]+)s")
+# The worker's loggers of a swap: the engine unloads, the loader loads.
+WORKER_LOGGERS = ("inference_worker.engine", "inference_worker.loader")
 
 
 def timeline(results: list[dict], work: Path) -> list[dict]:
@@ -49,7 +51,7 @@ def timeline(results: list[dict], work: Path) -> list[dict]:
         if swap:  # from its first action (an unload, a push, a load) to its last line
             swap_start = min(swap)
             for at, logger, message in worker.get(r["id"], ()):
-                if not logger.endswith("engine"):
+                if not logger.endswith(WORKER_LOGGERS):
                     continue
                 if message.startswith("unloaded"):
                     swap_start = min(swap_start, at)
