@@ -14,7 +14,9 @@ names (``sched-a``, ``sched-b``, ``sched-c``) and ``MAX_LOADED_MODELS=1``:
   against the store with the default ``SCHEDULER_MAX_WAIT`` (2 s), with
   ``SCHEDULER_MAX_WAIT=0`` (strict arrival order, the baseline in the same run),
   and against llama.cpp's ``llama-server`` in router mode (``--models-dir`` with
-  the same three files, ``--models-max 1``, ``-c 2048`` like the worker's N_CTX),
+  the same three files, ``--models-max 1``), both with ``--parallel`` (8) sequences at
+  once of 2048 tokens each (the worker's ``PARALLEL`` and ``N_CTX``; the router's
+  ``-np 8 -c 16384``),
   if its binary is found (``LLAMA_SERVER_BIN``, else .peer/bin/llama-server);
   loads there are the child servers it spawned (its log's ``spawning server
   instance`` lines).
@@ -141,6 +143,13 @@ def scheduler_options(quick: bool, argv: list[str] | None = None) -> argparse.Na
     parser.add_argument("--out", type=Path, help="also write the results as markdown here")
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=8,
+        help="sequences generated at once: the worker's PARALLEL and the router's -np (8, as "
+        "llama-server's router was measured with in issue 27)",
+    )
     parser.add_argument(
         "--timeline-tokens",
         type=lambda text: [int(t) for t in text.split(",")],

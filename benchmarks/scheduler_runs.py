@@ -37,6 +37,7 @@ from timeline import (  # noqa: E402
 NAMES = ("sched-a.gguf", "sched-b.gguf", "sched-c.gguf")
 SOAK_NAMES = ("soak-a.gguf", "soak-b.gguf", "soak-c.gguf")
 PROMPT = "Once upon a time"
+N_CTX = 2048  # tokens per sequence (the worker's default N_CTX)
 
 
 def first_token_stream(url: str, model: str, tokens: int, field: str) -> dict:
@@ -125,6 +126,8 @@ def store_burst(
             MAX_CACHE_SIZE="3",
             MAX_LOADED_MODELS="1",
             SCHEDULER_MAX_WAIT=max_wait,
+            PARALLEL=str(args.parallel),  # the router's -np
+            N_CTX=str(N_CTX),
             LOADING_COMMENTS_AFTER="600",
             # The arrival-order baseline swaps up to 16 times: on a busy machine its last
             # requests wait past the default 120 s, and the router has no such limit.
@@ -178,8 +181,11 @@ def router_burst(
             str(directory),
             "--models-max",
             "1",
+            # The worker's slots: PARALLEL sequences of N_CTX tokens each.
+            "-np",
+            str(args.parallel),
             "-c",
-            "2048",
+            str(args.parallel * N_CTX),
             "--host",
             "127.0.0.1",
             "--port",

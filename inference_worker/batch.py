@@ -339,7 +339,7 @@ class BatchScheduler(Admission):
             self.threads = threads
         with self._meter.decoding():  # on the one wide-decode thread when threads > 1
             status = decode_thread.decode(self._ctx, batch, threads)
-        self._stats.observe(n, mixed)
+        self._stats.observe(n, mixed, threads)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         self._applied()

@@ -1,7 +1,9 @@
-"""Counts of llama_decode calls by batch size and of prompt tokens reused, across schedulers.
+"""Counts of llama_decode calls by batch size and thread count, and of prompt tokens reused,
+across schedulers.
 
 ``inference_worker/batch.py`` observes every call; ``/metrics`` reads the
-histogram (``model_swap_worker_batch_tokens``).
+histogram (``model_swap_worker_batch_tokens``) and the calls by threads
+(``model_swap_worker_decode_steps_total{threads}``: what the thread rule chose).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ class BatchStats:
         self.prompt_tokens = 0  # prompt tokens of admitted sequences
         self.reused_prompt_tokens = 0  # of those, found in kept KV cells (prefix reuse)
         self.restored_prompt_tokens = 0  # of those, restored from a kept prompt state
+        self.by_threads: dict[int, int] = {}  # calls by the llama.cpp threads they ran on
 
-    def observe(self, n_tokens: int, mixed: bool) -> None:
+    def observe(self, n_tokens: int, mixed: bool, threads: int = 1) -> None:
         index = bisect.bisect_left(BATCH_BUCKETS, n_tokens)
         with self._lock:
             self.calls += 1
+            self.by_threads[threads] = self.by_threads.get(threads, 0) + 1
             self.mixed += mixed
             self.tokens += n_tokens
             if index < len(self.buckets):
@@ -43,6 +47,11 @@ class BatchStats:
             self.prompt_tokens += tokens
             self.reused_prompt_tokens += reused
             self.restored_prompt_tokens += restored
+
+    def threads(self) -> dict[int, int]:
+        """llama_decode calls by thread count (a copy)."""
+        with self._lock:
+            return dict(self.by_threads)
 
     def snapshot(self) -> tuple[list[tuple[str, int]], int, int]:
         """Cumulative ``(le, count)`` pairs ending with ``+Inf``, the call count, the token sum."""

@@ -168,6 +168,14 @@ class _WorkerCollector:
             "llama_decode calls that carried prompt chunks beside decoding sequences' tokens",
             value=self.engine.batch_stats.mixed,
         )
+        steps = CounterMetricFamily(
+            "model_swap_worker_decode_steps",
+            "llama_decode calls by the llama.cpp threads they ran on (the thread rule's choices)",
+            labels=["threads"],
+        )
+        for threads, calls in sorted(self.engine.batch_stats.threads().items()):
+            steps.add_metric([str(threads)], calls)
+        yield steps
         yield CounterMetricFamily(
             "model_swap_worker_prompt_tokens",
             "Prompt tokens of the generations admitted to a sequence",

@@ -54,7 +54,13 @@ def batch_histogram(worker) -> dict[str, float]:
     text = requests.get(f"{worker.url}/metrics", timeout=10).text
     found = {}
     for line in text.splitlines():
-        if line.startswith(("model_swap_worker_batch_", "model_swap_worker_sequences_running")):
+        if line.startswith(
+            (
+                "model_swap_worker_batch_",
+                "model_swap_worker_sequences_running",
+                "model_swap_worker_decode_steps_total",
+            )
+        ):
             key, value = line.rsplit(" ", 1)
             found[key] = float(value)
     return found
@@ -209,6 +215,19 @@ def test_long_prompt_enters_in_chunks_between_the_others_decode_steps(start_work
     assert after[inf] == after[top]
     mixed = "model_swap_worker_batch_mixed_steps_total"
     assert after[mixed] - before[mixed] >= 3
+
+
+def test_decode_steps_are_counted_by_the_threads_they_ran_on(start_worker, models_dir):
+    """``N_THREADS`` fixes every step's threads: each llama_decode call is counted under
+    that count, and the counts add up to the batch size histogram's calls."""
+    worker = start_worker(n_ctx=N_CTX, parallel=2, n_threads=2)
+    load(worker, models_dir)
+    infer(worker, job(1, max_tokens=6))
+    found = batch_histogram(worker)
+    calls = found["model_swap_worker_batch_tokens_count"]
+    assert calls >= 6  # the prompt, then one step per token after the first
+    assert found['model_swap_worker_decode_steps_total{threads="2"}'] == calls
+    assert not any(key.endswith('{threads="1"}') for key in found)
 
 
 def test_parallel_setting_is_validated():
