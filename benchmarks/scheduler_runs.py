@@ -141,6 +141,7 @@ def store_burst(
         for name in names:
             requests.post(f"{services.store_url}/models/{name}/unload", timeout=120)
         loads = services.worker_status()["loads"]
+        steps = decode_steps(services.worker_url)
         try:
             result = burst(
                 f"{services.store_url}/v1/completions", names, args.clients, tokens, False
@@ -149,10 +150,24 @@ def store_burst(
             print((work / "store.log").read_text()[-4000:], file=sys.stderr)
             raise
         result["loads"] = services.worker_status()["loads"] - loads
+        after = decode_steps(services.worker_url)
+        result["threads"] = {
+            t: n - steps.get(t, 0) for t, n in after.items() if n > steps.get(t, 0)
+        }
     finally:
         services.stop()
     result["timeline"] = timeline(result.pop("results"), work)
     return result
+
+
+STEPS_LINE = re.compile(r'^model_swap_worker_decode_steps_total\{threads="(\d+)"\} (\S+)$')
+
+
+def decode_steps(worker_url: str) -> dict[int, int]:
+    """The worker's llama_decode calls so far, by thread count (its /metrics)."""
+    text = requests.get(f"{worker_url}/metrics", timeout=30).text
+    found = (STEPS_LINE.match(line) for line in text.splitlines())
+    return {int(m.group(1)): int(float(m.group(2))) for m in found if m}
 
 
 def peer_binary(quick: bool) -> str | None:

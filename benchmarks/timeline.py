@@ -47,7 +47,7 @@ def timeline(results: list[dict], work: Path) -> list[dict]:
     rows = []
     for r in results:
         swap = [at for at, logger, _ in store.get(r["id"], ()) if logger.endswith("executor")]
-        swap_start = None
+        swap_start, load = None, None
         if swap:  # from its first action (an unload, a push, a load) to its last line
             swap_start = min(swap)
             for at, logger, message in worker.get(r["id"], ()):
@@ -57,7 +57,8 @@ def timeline(results: list[dict], work: Path) -> list[dict]:
                     swap_start = min(swap_start, at)
                 loaded = LOAD_LINE.match(message)
                 if loaded:
-                    swap_start = min(swap_start, at - float(loaded.group(1)))
+                    load = float(loaded.group(1))
+                    swap_start = min(swap_start, at - load)
             swap_start -= origin
         prefill = None
         for at, _, message in worker.get(r["id"], ()):
@@ -69,6 +70,7 @@ def timeline(results: list[dict], work: Path) -> list[dict]:
                 "model": r["asked"],
                 "arrival": r["sent"] - origin,
                 "swap": None if swap_start is None else (swap_start, max(swap) - origin),
+                "load": load,  # seconds of the swap's load inside the worker (None: none)
                 "prefill": prefill,
                 "first": r["sent"] + r["ttft"] - origin,
                 "last": r["sent"] + r["total"] - origin,
@@ -99,6 +101,7 @@ def breakdown(rows: list[dict]) -> dict:
         "wall": wall,
         "swaps": len(swaps),
         "swapping": swapping,
+        "loading": sum(row.get("load") or 0.0 for row in rows),
         "generating": busy - swapping,
         "idle": wall - busy,
     }
@@ -148,9 +151,16 @@ def where_the_time_goes(tokens: int, ours: dict, router: dict | None) -> str:
     b = breakdown(ours["timeline"])
     text = (
         f"At {tokens} tokens model-swap's wall time {b['wall']:.2f} s: {b['swaps']} swaps "
-        f"covering {b['swapping']:.2f} s, generation (prefill to last token) outside them "
-        f"{b['generating']:.2f} s, neither {b['idle']:.2f} s."
+        f"covering {b['swapping']:.2f} s (of which the worker's loads {b['loading']:.2f} s), "
+        f"generation (prefill to last token) outside them {b['generating']:.2f} s, neither "
+        f"{b['idle']:.2f} s."
     )
+    if ours.get("threads"):
+        steps = ", ".join(
+            f"{calls} on {threads} thread{'s' if threads > 1 else ''}"
+            for threads, calls in sorted(ours["threads"].items())
+        )
+        text += f" Its decode steps: {steps}."
     if router:
         r = router_breakdown(router["timeline"])
         phases = "; ".join(

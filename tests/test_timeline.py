@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from benchmarks.timeline import timeline
+from benchmarks.timeline import breakdown, timeline
 
 ORIGIN = 1_000_000.0  # the first request's send time (epoch seconds)
 
@@ -51,3 +51,7 @@ def test_a_first_load_counts_from_the_loaders_start_and_a_swap_from_the_unload(t
     assert second["swap"] == pytest.approx((3.40, 4.50), abs=1e-3)  # from the unload
     assert rider["model"] == "b" and rider["swap"] is None and rider["prefill"] is None
     assert rider["first"] == pytest.approx(4.72) and rider["last"] == pytest.approx(5.12)
+    assert (first["load"], second["load"], rider["load"]) == (1.0, 1.0, None)
+    summary = breakdown([first, second, rider])
+    assert summary["swaps"] == 2 and summary["loading"] == pytest.approx(2.0)
+    assert summary["swapping"] == pytest.approx(1.01 + 1.10)
