@@ -87,6 +87,7 @@ def test_tiny_models_rejects_bad_count(tmp_path):
         ("model_store_server", "model_store_server.py", "STORE_PORT", "model-store-server"),
     ],
 )
+@pytest.mark.slow
 def test_seed_entry_points_start_and_stop(tmp_path, directory, script, env_port, name):
     env = {
         env_port: "0",
@@ -253,6 +254,7 @@ def test_a_doubled_sigint_to_model_swap_up_still_drains_a_running_stream(up_env)
     assert [pid for pid in services if alive(pid)] == []
 
 
+@pytest.mark.slow
 def test_services_die_with_a_killed_model_swap_up(up_env):
     process, services = start_up(up_env)
     process.kill()
@@ -277,6 +279,7 @@ def test_model_swap_up_needs_fixed_ports(tmp_path):
     assert not (tmp_path / "models").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_model_swap_up_with_two_workers_spreads_models_and_survives_one(up_env):
     taken = {int(up_env["STORE_PORT"]), int(up_env["WORKER_PORT"])}
     port = free_port()

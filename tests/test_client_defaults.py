@@ -224,6 +224,7 @@ LANGCHAIN_OPENAI_EMBEDDINGS = {
 }
 
 
+@pytest.mark.slow
 def test_langchain_openai_embeddings_on_its_defaults(store, cl100k):
     from langchain_openai import OpenAIEmbeddings
 
@@ -249,6 +250,7 @@ def test_langchain_openai_embeddings_on_its_defaults(store, cl100k):
     assert response.status_code == 400 and "cl100k_base" in response.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_token_arrays_without_tiktoken_say_how_to_send_text(models_dir, tmp_path):
     # A fresh process (tiktoken keeps a loaded encoding for good) with no cl100k_base file
     # in its cache and no way to download one.

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from model_swap.tiny_models import write_tiny_model
@@ -34,6 +35,7 @@ def test_worker_down_is_503_quickly(start_store):
     assert requests.get(f"{store.url}/healthz", timeout=5).ok  # the store keeps serving
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_push_then_back(worker_process, start_store, models_dir, tmp_path):
     write_tiny_model(models_dir / BIG, size_mb=200)
     cache = tmp_path / "cache"
@@ -63,6 +65,7 @@ def test_worker_killed_mid_push_then_back(worker_process, start_store, models_di
     assert_agree(store, worker)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_generation_ends_stream_with_marker(
     worker_process, start_store, tmp_path
 ):

@@ -219,6 +219,7 @@ def rewrite_in_place(path: Path, data: bytes, truncate: bool) -> None:
         f.write(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["cp", "edit"])
 def test_a_model_rewritten_in_place_never_reaches_the_worker(
     worker_process, start_store, models_dir, tmp_path, how

@@ -105,6 +105,7 @@ def exit_code(service: ServiceProcess, timeout: float = 60) -> int:
     return service.process.wait(timeout=timeout)
 
 
+@pytest.mark.slow
 def test_both_services_answer_with_the_production_server(shared_worker, store_process):
     worker = shared_worker
     store = store_process(worker.url)
@@ -146,6 +147,7 @@ def test_generation_past_the_grace_period_is_cut_and_the_worker_exits_0(
     assert store_status(store)["generating"] == 0
 
 
+@pytest.mark.slow
 def test_stop_during_an_upload_leaves_no_temporary_file(worker_process, tmp_path):
     cache = tmp_path / "cache"
     worker = worker_process(cache_dir=cache, SHUTDOWN_GRACE_SECONDS=0.5)
@@ -165,6 +167,7 @@ def test_stop_during_an_upload_leaves_no_temporary_file(worker_process, tmp_path
     assert not (cache / "stalled.gguf").exists()
 
 
+@pytest.mark.slow
 def test_a_push_running_at_sigterm_completes(worker_process, models_dir, tmp_path):
     big = write_tiny_model(models_dir / "tiny-big.gguf", size_mb=200)
     cache = tmp_path / "cache"
@@ -413,6 +416,7 @@ def test_an_unread_body_does_not_eat_the_next_request_on_the_connection(
     assert lines[1] == b"HTTP/1.1 200 OK", lines
 
 
+@pytest.mark.slow
 def test_a_one_worker_stores_ready_follows_its_worker(worker_process, store_process, tmp_path):
     """GET /ready on a store with one worker: 503 once the worker is killed, 200 again once
     a worker is back on its address (re-read first: the view is synced before it says so)."""

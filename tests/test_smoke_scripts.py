@@ -144,6 +144,7 @@ def test_charts_have_one_bar_per_step(run_all_output, tmp_path, policy, bars):
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_plot_reads_stdin(script_output, tmp_path):
     text = script_output("test_no_evict_smoke.sh", cache_policy="no-evict")
     result = subprocess.run(

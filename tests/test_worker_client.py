@@ -33,6 +33,7 @@ def test_closing_an_inference_stream_stops_the_generation(worker, models_dir):
     assert worker_status(worker)["last_generation"]["tokens"] < 2000
 
 
+@pytest.mark.slow
 def test_pooled_connections_are_reused_and_survive_a_worker_restart(
     worker_process, tmp_path, models_dir
 ):
