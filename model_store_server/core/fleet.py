@@ -345,12 +345,13 @@ class Fleet:
 
     def _run(self) -> None:
         interval = self.settings.health_interval
-        next_discovery = time.monotonic() + self.settings.discovery_interval
+        # DISCOVERY_INTERVAL by the fleet's clock (the tiers' own): discovery ran at start.
+        next_discovery = self._clock() + self.settings.discovery_interval
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-probe") as pool:
             while not self._stop.wait(interval):
                 try:
-                    if self.settings.discovery and time.monotonic() >= next_discovery:
-                        next_discovery = time.monotonic() + self.settings.discovery_interval
+                    if self.settings.discovery and self._clock() >= next_discovery:
+                        next_discovery = self._clock() + self.settings.discovery_interval
                         self.discover()
                     list(pool.map(self.probe, self.nodes))
                 except Exception:
