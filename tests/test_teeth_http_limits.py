@@ -29,7 +29,7 @@ from model_swap.http_body import ChunkedBody, MalformedBody, SizedBody, SlowUplo
 from model_swap.http_parse import Head, RequestParser
 from model_swap.serving import FrontThread
 from model_swap.tiny_models import write_tiny_model
-from tests.conftest import temp_files
+from tests.conftest import FakeClock, temp_files
 
 MAX_HEADERS = 100
 MAX_HEAD_BYTES = 64 * 1024
@@ -217,6 +217,22 @@ def test_a_body_at_its_rate_is_read_across_windows(pair):
         assert read_all(body) == b"x" * 60
     finally:
         sender.join()
+
+
+def test_each_rate_window_is_judged_on_its_own_bytes_at_exactly_the_rate(pair):
+    ours, theirs = pair
+    clock = FakeClock()
+    body = SizedBody(ours, b"", 1000, min_rate=10, window=10, clock=clock)
+    buffer = bytearray(1000)
+    theirs.sendall(b"x" * 100)
+    assert body.readinto(buffer) == 100  # 100 bytes in the first 10 s: exactly 10 bytes/s
+    clock.advance(10)
+    theirs.sendall(b"y" * 99)
+    assert body.readinto(buffer) == 99  # the first window passes; the second starts empty
+    clock.advance(10)
+    theirs.sendall(b"z")
+    with pytest.raises(SlowUpload, match=r"over 10 s, below MIN_UPLOAD_RATE \(10 bytes/s\)"):
+        body.readinto(buffer)  # 99 bytes in the second window: one short of 10 bytes/s
 
 
 def test_the_first_read_past_the_held_bytes_asks_for_the_body_once(pair):
