@@ -8,13 +8,15 @@ import time
 from contextlib import ExitStack
 
 import pytest
+from flask import Flask
 
 from model_store_server.config import StoreSettings
 from model_store_server.core import events as ev
-from model_store_server.core.fleet import Fleet
+from model_store_server.core.fleet import HEALTHY, Fleet
 from model_store_server.core.grants import Swap
 from model_store_server.policies.cost_model import CostModel
 from model_swap.errors import Unavailable
+from model_swap.serving import ServerThread
 
 W0, W1, W2 = "http://127.0.0.1:9", "http://127.0.0.1:10", "http://127.0.0.1:11"
 
@@ -23,6 +25,15 @@ def listed(*urls: str, **settings) -> Fleet:
     return Fleet(
         StoreSettings(worker_url="", worker_urls=urls, **settings), ev.Events(), CostModel()
     )
+
+
+@pytest.fixture
+def health_worker_url():
+    """A worker that answers only ``GET /health``."""
+    app = Flask(__name__)
+    app.get("/health")(lambda: {"ok": True})
+    with ServerThread(app) as server:
+        yield server.url
 
 
 def flat(footprint: int = 0):
@@ -150,3 +161,39 @@ def test_a_lone_worker_that_answers_with_a_stale_view_is_re_read_and_a_synced_on
     synced(node)
     fleet.mark_up(node)
     assert recovered == [node]
+
+
+# -- each node's parts, from the store's settings -------------------------------------------
+
+
+def test_each_worker_is_built_from_the_stores_settings_and_shares_the_fleets_parts():
+    before = time.time()
+    settings = StoreSettings(
+        worker_url="",
+        worker_urls=(W0, W1),
+        worker_connect_timeout=1.5,
+        worker_read_timeout=7.0,
+        worker_pool_size=3,
+        scheduler_max_wait=0.25,
+    )
+    events, cost_model = ev.Events(), CostModel()
+    fleet = Fleet(settings, events, cost_model)
+    for node in fleet.nodes:
+        assert node.client.timeout == (1.5, 7.0) and node.client.pool_size == 3
+        assert node.view.scheduler.max_wait == 0.25  # SCHEDULER_MAX_WAIT
+        executor = node.executor
+        assert executor.client is node.client
+        assert executor.events is events and executor.cost_model is cost_model
+        assert executor.transfers is fleet.transfers  # pushes to any worker, in one place
+        # a fresh worker: healthy, reachable, no error yet, marked up when it was added
+        assert node.state == HEALTHY and node.reachable and node.last_error is None
+        assert before <= node.changed_at <= time.time()
+
+
+def test_a_worker_comes_back_without_a_recovery_callback_set(health_worker_url):
+    fleet = listed(health_worker_url, W1)
+    node = fleet.nodes[0]
+    fleet.mark_down(node, "gone")
+    assert not node.reachable
+    fleet.probe(node)  # answers: up again, reachable (GET /ready), nothing else to call
+    assert node.state == HEALTHY and node.reachable is True
