@@ -15,6 +15,7 @@ from model_store_server.core import events as ev
 from model_store_server.core.fleet import HEALTHY, Fleet
 from model_store_server.core.grants import Swap
 from model_store_server.policies.cost_model import CostModel
+from model_store_server.policies.greedy_dual import GDSFPolicy
 from model_swap.errors import Unavailable
 from model_swap.serving import ServerThread
 
@@ -175,12 +176,17 @@ def test_each_worker_is_built_from_the_stores_settings_and_shares_the_fleets_par
         worker_read_timeout=7.0,
         worker_pool_size=3,
         scheduler_max_wait=0.25,
+        cache_policy=GDSFPolicy.name,  # a cost-aware policy: it prices misses by the model
     )
     events, cost_model = ev.Events(), CostModel()
     fleet = Fleet(settings, events, cost_model)
+    assert fleet.transfers.running() == []
     for node in fleet.nodes:
         assert node.client.timeout == (1.5, 7.0) and node.client.pool_size == 3
         assert node.view.scheduler.max_wait == 0.25  # SCHEDULER_MAX_WAIT
+        # the costs the store measures reach every worker's tiers
+        assert node.view.cache.cost_model is cost_model
+        assert node.view.resident.cost_model is cost_model
         executor = node.executor
         assert executor.client is node.client
         assert executor.events is events and executor.cost_model is cost_model
