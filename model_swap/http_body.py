@@ -14,6 +14,7 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 
 from werkzeug.exceptions import BadRequest
 
@@ -41,7 +42,8 @@ class Body(io.RawIOBase):
     """A request body read from the socket: bytes already received first, then
     ``recv_into`` the caller's buffer. ``leftover()`` is what follows the body
     (a pipelined request). Raises SlowUpload when the body arrives slower than
-    ``min_rate`` bytes/s over a window, OSError on a broken connection."""
+    ``min_rate`` bytes/s over a window of ``window`` seconds of ``clock``, OSError on a
+    broken connection."""
 
     def __init__(
         self,
@@ -50,14 +52,16 @@ class Body(io.RawIOBase):
         min_rate: float,
         on_first_read=None,
         window: float = UPLOAD_RATE_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
     ):
         super().__init__()
         self._window = window
+        self._clock = clock
         self._sock = sock
         self._held = bytearray(held)
         self._min_rate = min_rate
         self._on_first_read = on_first_read
-        self._window_start = time.monotonic()
+        self._window_start = clock()
         self._window_bytes = 0
         self.done = False
         self.broken = False  # its framing was refused: nothing after it can be trusted
@@ -135,13 +139,13 @@ class Body(io.RawIOBase):
             if not count:
                 raise ConnectionError("the request body broke off")
             return count
-        now = time.monotonic()
+        now = self._clock()
         if now - self._window_start >= self._window:
             self._check_rate(now)
         try:
             count = read(max(self._window_start + self._window - now, 0.01))
         except TimeoutError:
-            self._check_rate(time.monotonic())
+            self._check_rate(self._clock())
             return self._read(read)
         if not count:
             raise ConnectionError("the request body broke off")

@@ -29,7 +29,7 @@ from model_swap.http_body import ChunkedBody, MalformedBody, SizedBody, SlowUplo
 from model_swap.http_parse import Head, RequestParser
 from model_swap.serving import FrontThread
 from model_swap.tiny_models import write_tiny_model
-from tests.conftest import temp_files
+from tests.conftest import FakeClock, temp_files
 
 MAX_HEADERS = 100
 MAX_HEAD_BYTES = 64 * 1024
@@ -186,7 +186,7 @@ def test_a_body_that_breaks_off_is_a_connection_error(pair, min_rate):
     theirs.sendall(b"abc")
     theirs.shutdown(socket.SHUT_WR)
     body = SizedBody(ours, b"", 10, min_rate=min_rate)
-    with pytest.raises(ConnectionError, match="the request body broke off"):
+    with pytest.raises(ConnectionError, match="^the request body broke off$"):
         read_all(body)
     assert not body.done
 
@@ -217,6 +217,68 @@ def test_a_body_at_its_rate_is_read_across_windows(pair):
         assert read_all(body) == b"x" * 60
     finally:
         sender.join()
+
+
+def test_each_rate_window_is_judged_on_its_own_bytes_at_exactly_the_rate(pair):
+    ours, theirs = pair
+    clock = FakeClock()
+    body = SizedBody(ours, b"", 1000, min_rate=10, window=10, clock=clock)
+    buffer = bytearray(1000)
+    theirs.sendall(b"x" * 100)
+    assert body.readinto(memoryview(buffer)[:60]) == 60
+    assert body.readinto(buffer) == 40  # 100 bytes in the first 10 s: exactly 10 bytes/s
+    clock.advance(10)
+    theirs.sendall(b"y" * 99)
+    assert body.readinto(buffer) == 99  # the first window passes; the second starts empty
+    clock.advance(10)
+    theirs.sendall(b"z")
+    with pytest.raises(SlowUpload, match=r"over 10 s, below MIN_UPLOAD_RATE \(10 bytes/s\)"):
+        body.readinto(buffer)  # 99 bytes in the second window: one short of 10 bytes/s
+
+
+def test_a_chunked_body_asks_for_the_body_once_however_many_reads_its_framing_takes(pair):
+    ours, theirs = pair
+    asked = []
+
+    def send_continue():
+        asked.append(1)
+        theirs.sendall(b"5\r\nhello\r\n")
+
+    ours.settimeout(2)  # a body never asked for would wait here, not for the test's timeout
+    body = chunked_body(ours, b"", on_first_read=send_continue)
+    assert not body.discard(100)  # never asked for: the connection cannot go on
+    assert body.readinto(bytearray(10)) == 5 and asked == [1]
+    theirs.sendall(b"0\r\n\r\n")  # the rest, read by more framing reads
+    assert body.readinto(bytearray(10)) == 0 and body.done and asked == [1]
+
+
+def test_a_chunked_body_below_min_upload_rate_is_cut(pair):
+    ours, theirs = pair
+    clock = FakeClock()
+    body = chunked_body(ours, b"", min_rate=10, window=10, clock=clock)
+    theirs.sendall(b"63\r\n" + b"x" * 95)  # 99 bytes in 10 s, framing counted: one short
+    assert read_all_available(body, 95) == b"x" * 95
+    clock.advance(10)
+    theirs.sendall(b"x" * 4 + b"\r\n0\r\n\r\n")
+    with pytest.raises(SlowUpload, match=r"below MIN_UPLOAD_RATE \(10 bytes/s\)"):
+        body.readinto(bytearray(10))
+
+
+def read_all_available(body, count: int) -> bytes:
+    out = bytearray()
+    while len(out) < count:
+        buffer = bytearray(count - len(out))
+        out += buffer[: body.readinto(buffer)]
+    return bytes(out)
+
+
+def test_a_timed_read_gives_the_socket_its_own_timeout_back(pair):
+    ours, theirs = pair
+    ours.settimeout(5.0)
+    theirs.sendall(b"abc")
+    body = SizedBody(ours, b"", 3, min_rate=1, window=10)  # reads bounded by the window
+    assert read_all(body) == b"abc"
+    assert ours.gettimeout() == 5.0
 
 
 def test_the_first_read_past_the_held_bytes_asks_for_the_body_once(pair):
@@ -267,13 +329,13 @@ def chunked_parts(*chunks: bytes, trailers=(), extension=b"") -> bytes:
     return out + b"0\r\n" + b"".join(t + b"\r\n" for t in trailers) + b"\r\n"
 
 
-def chunked_body(sock, held: bytes) -> ChunkedBody:
+def chunked_body(sock, held: bytes, min_rate: float = 0, **kw) -> ChunkedBody:
     parser = RequestParser()
     head = parser.feed_head(
         b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", True
     )
     assert head.chunked
-    return ChunkedBody(sock, held, 0, parser=parser)
+    return ChunkedBody(sock, held, min_rate, parser=parser, **kw)
 
 
 @pytest.mark.parametrize("held", [True, False], ids=["in-one-read", "from-the-socket"])
@@ -297,20 +359,22 @@ def test_chunks_then_trailers_then_what_follows(pair):
     assert body.done and body.leftover() == b"NEXT" and not body.broken
 
 
-@pytest.mark.parametrize("held", [True, False], ids=["in-one-read", "from-the-socket"])
+@pytest.mark.parametrize("held", ["all", "none", "the line"])
 @pytest.mark.parametrize(("extra", "ok"), [(0, True), (1, False)])
 def test_a_framing_line_at_max_chunk_line_and_one_past(pair, held, extra, ok):
     ours, theirs = pair
     size_line = b"4;" + b"e" * (8190 - 2 + extra)  # 8190 bytes, or 8191
     data = size_line + b"\r\nGGUF\r\n0\r\n\r\n"
-    if not held:
-        theirs.sendall(data)
-    body = chunked_body(ours, data if held else b"")
+    # held with the head: all of it, nothing, or the line without its CRLF (the rest later)
+    kept = {"all": data, "none": b"", "the line": size_line}[held]
+    theirs.sendall(data[len(kept) :])
+    body = chunked_body(ours, kept)
     if ok:
         assert read_all(body) == b"GGUF" and body.done
         return
-    with pytest.raises(MalformedBody, match="a framing line is too long"):
+    with pytest.raises(MalformedBody) as err:
         read_all(body)
+    assert err.value.description == "chunked body: a framing line is too long"
     assert body.broken and not body.discard(10**6)
 
 

@@ -4,7 +4,7 @@ A ``WorkerNode`` is everything the store keeps for one worker: its view (tiers, 
 gate, queues), its HTTP client and its executor, plus whether it is healthy, down or
 draining. ``Fleet`` owns the nodes, asks ``policies.placement`` which one serves a request,
 and runs one thread that probes each worker's ``/health`` every HEALTH_INTERVAL and
-re-resolves a ``dns+`` WORKER_URLS every DISCOVERY_INTERVAL. Discovery admits only
+re-resolves a ``dns+`` WORKER_URLS every DISCOVERY_INTERVAL (by its clock). Discovery admits only
 addresses inside WORKER_NETWORKS (or loopback), at most MAX_DISCOVERED_WORKERS, and only
 once the worker there has proved it holds WORKER_TOKEN (``WorkerClient.prove``). A node
 that fails a probe or a call is marked down: the requests waiting at its view leave it
@@ -345,12 +345,12 @@ class Fleet:
 
     def _run(self) -> None:
         interval = self.settings.health_interval
-        next_discovery = time.monotonic() + self.settings.discovery_interval
+        next_discovery = self._clock() + self.settings.discovery_interval
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-probe") as pool:
             while not self._stop.wait(interval):
                 try:
-                    if self.settings.discovery and time.monotonic() >= next_discovery:
-                        next_discovery = time.monotonic() + self.settings.discovery_interval
+                    if self.settings.discovery and self._clock() >= next_discovery:
+                        next_discovery = self._clock() + self.settings.discovery_interval
                         self.discover()
                     list(pool.map(self.probe, self.nodes))
                 except Exception:
