@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import llama_cpp
 from llama_cpp import Llama
 
-from inference_worker import llama_log
+from inference_worker import llama_log, prefault
 from inference_worker.batch import BatchScheduler, BatchStats
 from inference_worker.chat import ChatTemplate
 from inference_worker.kv_cache import KeptPrompt, PromptCache
@@ -84,7 +85,12 @@ class Loader:
         self.kv_cache_bytes = kv_cache_bytes if prefix_cache else 0
         self.kv_disk = kv_disk
         self._lock = threading.Lock()
-        self._estimates: dict[tuple, int] = {}  # footprint per file version (see _footprint)
+        self._estimates: dict[tuple, footprint.Footprint] = {}  # per file version
+        # Whether contexts' KV caches are in host memory (inference_worker/prefault.py).
+        self.prefault = prefault.wanted(
+            gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()), n_gpu_layers=n_gpu_layers
+        )
+        self.last_prefault: prefault.Prefault | None = None  # the last load's region
 
     def estimate(self, path: Path) -> int:
         """``path``'s memory once resident: the footprint estimate and its prompt cache."""
@@ -120,20 +126,27 @@ class Loader:
                 logger.exception("could not save the prompt states of %s", resident.name)
 
     def _footprint(self, path: Path) -> int:
-        """``path``'s footprint estimate with the KV of ``kv_streams`` sequences of N_CTX.
+        """``path``'s footprint estimate with the KV of ``kv_streams`` sequences of N_CTX."""
+        found = self._estimate_of(path)
+        return path.stat().st_size if found is None else found.total_bytes
 
-        Cached per file version.
-        """
+    def _kv_bytes(self, path: Path) -> int:
+        """The KV cache the serving context of ``path`` will clear (0: unknown)."""
+        found = self._estimate_of(path)
+        return 0 if found is None else found.kv_bytes
+
+    def _estimate_of(self, path: Path) -> footprint.Footprint | None:
+        """``path``'s footprint, cached per file version; None if it cannot be estimated."""
         try:
             st = path.stat()
             key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, self.n_ctx, self.kv_streams)
             with self._lock:
                 if key in self._estimates:
                     return self._estimates[key]
-            estimated = footprint.estimate(path, self.n_ctx, n_seq=self.kv_streams).total_bytes
+            estimated = footprint.estimate(path, self.n_ctx, n_seq=self.kv_streams)
         except (footprint.FootprintError, OSError) as err:  # llama.cpp reads it: unlikely
             logger.warning("no footprint estimate for %s (%s); counting its file size", path, err)
-            return path.stat().st_size
+            return None
         with self._lock:
             # Forget other versions of this path: one entry per file the cache holds.
             for old in [k for k in self._estimates if k[0] == key[0]]:
@@ -149,6 +162,8 @@ class Loader:
         # version, and beside llama.cpp's load rather than after it.
         estimating = _ESTIMATOR.submit(self.estimate, path)
         before = rss_bytes()
+        # The KV cache's memory, faulted in on another thread while llama.cpp parses the file.
+        early = prefault.Prefault(lambda: self._kv_bytes(path)) if self.prefault else None
         with llama_log.collect() as log:
             try:
                 llm = Llama(
@@ -163,6 +178,10 @@ class Loader:
                 estimating.cancel()
                 why = "; ".join(log.errors) or str(err)
                 raise ModelLoadError(f"llama.cpp could not load {name}: {why}") from err
+            finally:
+                if early is not None:  # given back right before the context takes it
+                    early.release()
+                    self.last_prefault = early
         llm._ctx.close()  # the placeholder: the scheduler's context serves
         prompts = PromptCache(self.kv_cache_bytes) if self.prefix_cache else None
         # The version it had when loaded: a new version may replace the file before it closes.
@@ -207,7 +226,7 @@ class Loader:
         resident.load_seconds = seconds
         logger.info(
             "loaded %s in %.3fs (n_gpu_layers=%d, %d sequences of %d tokens; estimated %.1f MiB, "
-            "llama.cpp %.1f MiB, RSS %+.1f MiB)",
+            "llama.cpp %.1f MiB, RSS %+.1f MiB, KV prefaulted %.1f MiB)",
             name,
             seconds,
             self.n_gpu_layers,
@@ -216,5 +235,6 @@ class Loader:
             estimated / llama_log.MIB,
             llama_bytes / llama_log.MIB,
             (resident.rss_load_bytes or 0) / llama_log.MIB,
+            (early.touched if early is not None else 0) / llama_log.MIB,
         )
         return LoadResult(name, seconds, estimated)
