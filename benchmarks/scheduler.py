@@ -16,7 +16,7 @@ names (``sched-a``, ``sched-b``, ``sched-c``) and ``MAX_LOADED_MODELS=1``:
   and against llama.cpp's ``llama-server`` in router mode (``--models-dir`` with
   the same three files, ``--models-max 1``), both with ``--parallel`` (8) sequences at
   once of 2048 tokens each (the worker's ``PARALLEL`` and ``N_CTX``; the router's
-  ``-np 8 -c 16384``),
+  ``-np 8 -c 16384``; and ``-fa off``, the worker's kernels, as in batching.py),
   if its binary is found (``LLAMA_SERVER_BIN``, else .peer/bin/llama-server);
   loads there are the child servers it spawned (its log's ``spawning server
   instance`` lines).

@@ -159,7 +159,8 @@ def markdown(results: dict, args) -> str:
             f"{f' --baseline-src {args.baseline_src}' if args.baseline_src else ''} "
             f"--out ...` on {os.cpu_count()} CPU cores, no GPU. Model: three copies of "
             f"{results['source']} under three names; MAX_LOADED_MODELS=1; {args.parallel} "
-            f"sequences at once on each side (the worker's PARALLEL, the router's -np).",
+            f"sequences at once on each side (the worker's PARALLEL, the router's -np); the "
+            "router without flash attention (-fa off), as the worker runs.",
             "",
             f"## Burst: {args.clients} concurrent streamed /v1/completions, "
             f"{args.tokens} tokens each",

@@ -201,6 +201,10 @@ def router_burst(
             str(args.parallel),
             "-c",
             str(args.parallel * N_CTX),
+            # The worker's kernels: llama.cpp's default (auto) turns flash attention on for
+            # the CPU, the worker runs without it (as benchmarks/batching.py compares).
+            "-fa",
+            "off",
             "--host",
             "127.0.0.1",
             "--port",
