@@ -568,3 +568,33 @@ def test_a_request_while_another_models_time_is_up_sweeps_it_in_its_own_swap():
     grant.commit(hit=False)
     with begin(s, "A") as hit:
         assert isinstance(hit, Hit)
+
+
+@pytest.mark.parametrize("end", ["commit", "stopped"])
+def test_a_request_after_a_background_swap_ended_is_served(end):
+    """A request for another model stops a running background swap; one that ended
+    (committed, or stopped midway) is gone, and the request is served as usual."""
+    s = state(capacity=3, loaded=1)
+    swap = s.background(plan_load("B"))
+    if end == "commit":
+        swap.commit(hit=False)
+    else:
+        s.stopped(swap)
+    grant = begin(s, "C")
+    assert isinstance(grant, Swap) and grant.decision.model == "C"
+    grant.commit().release()
+    assert s.resident.members() == ["C"]
+
+
+def test_the_idle_keep_hook_keeps_a_model_without_a_keep_alive_longer():
+    """Once a generation ends, ``idle_keep`` (the prewarmer's histogram tail) sets how long
+    the model stays where that is longer than the policy's TTL (5 s); a request's own
+    keep_alive wins, and a model the hook knows nothing of keeps the policy's."""
+    s = state("ttl", capacity=3, loaded=2)
+    s.idle_keep = lambda model: {"A": 60.0, "B": 2.0}.get(model)
+    serve(s, "A").release()
+    assert (s.resident.ttl_of("A"), s.cache.ttl_of("A")) == (60.0, 60.0)
+    serve(s, "B").release()
+    assert s.resident.ttl_of("B") == 5.0  # 2 s is shorter than the policy's: not taken
+    serve(s, "A", keep_alive=3.0).release()
+    assert s.resident.ttl_of("A") == 3.0
