@@ -598,3 +598,27 @@ def test_the_idle_keep_hook_keeps_a_model_without_a_keep_alive_longer():
     assert s.resident.ttl_of("B") == 5.0  # 2 s is shorter than the policy's: not taken
     serve(s, "A", keep_alive=3.0).release()
     assert s.resident.ttl_of("A") == 3.0
+
+
+def test_a_swap_that_waited_reports_its_wait_in_milliseconds():
+    """B waits while A, the one model loaded, generates for at least 50 ms: its decision
+    time counts that wait, in milliseconds (and within its 10 s deadline)."""
+    s = state(capacity=3, loaded=1)
+    lease = serve(s, "A")
+    t, result = in_thread(lambda: begin(s, "B", 10))
+    assert wait_until(lambda: len(s.scheduler) == 1)
+    time.sleep(0.05)
+    lease.release()
+    t.join(10)
+    swap = result["value"]
+    assert 50 <= swap.ticket.decision_ms < 10_000
+    swap.commit(hit=False)
+
+
+def test_a_swap_that_must_unload_a_generating_model_times_out_naming_it():
+    s = state(capacity=3, loaded=1)
+    lease = serve(s, "A")
+    with pytest.raises(Busy, match=r"^timed out waiting for running generations on A$"):
+        begin(s, "B", 0.05)
+    lease.release()
+    serve(s, "B").release()  # the slot was given back
