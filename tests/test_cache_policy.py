@@ -779,3 +779,10 @@ def test_a_full_refusing_policy_says_which_bounds_are_full():
     with pytest.raises(CacheFull) as err:
         policy.admit("c", 5)
     assert str(err.value) == "no-evict: cache is full (2/2 models, 30/100 bytes); pinned: b"
+
+
+def test_a_model_admitted_without_a_size_counts_no_bytes(policy_name, tier):
+    policy = make(policy_name, tier=tier, max_bytes=10)
+    policy.admit("a")
+    policy.admit("b", 4)
+    assert (policy.size_of("a"), policy.used_bytes) == (0, 4)
