@@ -786,3 +786,27 @@ def test_a_model_admitted_without_a_size_counts_no_bytes(policy_name, tier):
     policy.admit("a")
     policy.admit("b", 4)
     assert (policy.size_of("a"), policy.used_bytes) == (0, 4)
+
+
+@pytest.mark.parametrize("half_life", [0.0, -1.0])
+def test_a_use_counts_half_life_must_be_positive(half_life):
+    with pytest.raises(ValueError) as err:
+        GreedyDual(capacity=2, half_life=half_life)
+    assert str(err.value) == "half_life must be positive seconds"
+
+
+def test_a_half_second_half_life_halves_a_use_every_half_second():
+    clock = FakeClock()
+    policy = GreedyDual(capacity=2, half_life=0.5, clock=clock)
+    policy.admit("a")
+    clock.advance(1.0)
+    assert policy.uses("a") == pytest.approx(0.25)
+
+
+def test_gdsf_aged_without_a_half_life_takes_the_default():
+    clock = FakeClock()
+    policy = create_policy("gdsf-aged", capacity=2, ttl=5.0, clock=clock, freq_half_life=None)
+    assert policy.half_life == 45.0
+    policy.admit("a")
+    clock.advance(45.0)
+    assert policy.uses("a") == pytest.approx(0.5)
