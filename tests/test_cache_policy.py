@@ -810,3 +810,27 @@ def test_gdsf_aged_without_a_half_life_takes_the_default():
     policy.admit("a")
     clock.advance(45.0)
     assert policy.uses("a") == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("tier", [Tier.CACHE, Tier.RESIDENT])
+def test_adaptive_builds_its_experts_with_the_tiers_settings(tier):
+    """One cost model for the tier and every ghost (given or made), the same clock, bounds
+    and gdsf-aged half-life: the ghosts score what the tier itself would pay."""
+    from model_store_server.policies.adaptive import EXPERTS
+    from model_store_server.policies.cost_model import CostModel
+
+    clock = FakeClock()
+    cost = CostModel()
+    settings = dict(capacity=3, ttl=7.0, max_bytes=100, clock=clock, tier=tier)
+    policy = create_policy("adaptive", **settings, cost_model=cost, freq_half_life=30.0)
+    assert policy.cost_model is cost
+    policy.admit("a", 10)
+    clock.advance(4.0)
+    for name in EXPERTS:
+        ghost = policy.expert(name)
+        assert (ghost.capacity, ghost.max_bytes) == (3, 100)
+        assert ghost.idle_seconds("a") == 4.0
+        assert getattr(ghost, "cost_model", cost) is cost
+    assert policy.expert("gdsf-aged").half_life == 30.0
+    made = create_policy("adaptive", **settings)
+    assert all(made.expert(n).cost_model is made.cost_model for n in ("gdsf", "gdsf-aged"))
