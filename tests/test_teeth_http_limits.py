@@ -17,6 +17,7 @@ import io
 import json
 import re
 import socket
+import sys
 import threading
 
 import pytest
@@ -395,6 +396,7 @@ def test_the_environ_of_a_request():
     assert env["SCRIPT_NAME"] == "" and env["REQUEST_URI"] == head.target
     assert env["wsgi.version"] == (1, 0) and env["wsgi.url_scheme"] == "http"
     assert env["wsgi.input_terminated"] and env["wsgi.multithread"]
+    assert env["wsgi.errors"] is sys.stderr
     assert not env["wsgi.multiprocess"] and not env["wsgi.run_once"]
     for target, path in [
         ("https://example.test/x%E9?q", "/x\xe9"),  # percent-escapes as Latin-1 (PEP 3333)
@@ -527,3 +529,40 @@ def test_the_apps_iterable_is_closed():
 
     run(app)
     assert closed == [True]
+
+
+def head_lines(data: bytes) -> list[str]:
+    return data.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+
+
+def test_the_apps_own_server_and_date_replace_ours_whatever_their_case():
+    app = app_of("200 OK", [("server", "app"), ("DATE", "then"), ("Content-Length", "0")], [])
+    lines = head_lines(run(app)[1])
+    assert [line for line in lines if line.lower().startswith(("server:", "date:"))] == [
+        "server: app",
+        "DATE: then",
+    ]
+    lines = head_lines(run(app_of("200 OK", [("Content-Length", "0")], []))[1])
+    assert lines[:1] == ["Server: model-swap"]
+    assert re.fullmatch(r"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", lines[1])
+
+
+def test_hop_by_hop_headers_from_the_app_are_dropped_and_the_rest_kept_in_order():
+    headers = [("X-A", "1"), ("Transfer-Encoding", "gzip"), ("X-B", "2"), ("Connection", "x")]
+    lines = head_lines(run(app_of("200 OK", [*headers, ("X-C", "3")], [b"ab"]))[1])
+    own = [line for line in lines if line.startswith("X-")]
+    assert own == ["X-A: 1", "X-B: 2", "X-C: 3"]
+    assert "Transfer-Encoding: chunked" in lines and "Transfer-Encoding: gzip" not in lines
+
+
+def test_an_app_may_replace_its_status_with_an_error_until_the_head_is_sent():
+    def app(environ, start_response):
+        start_response("200 OK", [("X-A", "1")])
+        try:
+            raise ValueError("late")
+        except ValueError:
+            start_response("503 Service Unavailable", [("Content-Length", "0")], sys.exc_info())
+        return []
+
+    first, headers, _ = parse_answer(run(app)[1])
+    assert first == "HTTP/1.1 503 Service Unavailable" and "X-A" not in headers
