@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import socket
 import sys
@@ -566,3 +567,25 @@ def test_an_app_may_replace_its_status_with_an_error_until_the_head_is_sent():
 
     first, headers, _ = parse_answer(run(app)[1])
     assert first == "HTTP/1.1 503 Service Unavailable" and "X-A" not in headers
+
+
+def test_a_length_sent_in_several_pieces_keeps_the_connection():
+    app = app_of("200 OK", [("Content-Length", "3")], [b"a", b"", b"bc"])
+    again, data = run(app)
+    assert again and parse_answer(data)[2] == b"abc"
+
+
+def test_an_empty_answer_without_a_length_is_one_last_chunk():
+    again, data = run(app_of("200 OK", [], []))
+    assert again and parse_answer(data)[2] == b"0\r\n\r\n"
+    again, data = run(app_of("200 OK", [("Content-Length", "0")], []))
+    assert again and data.endswith(b"\r\n\r\n") and parse_answer(data)[2] == b""
+
+
+def test_an_app_that_fails_is_logged_with_its_request(caplog):
+    def app(environ, start_response):
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="model_swap.http_request"):
+        run(app, method="DELETE")
+    assert [r.getMessage() for r in caplog.records] == ["the app failed before answering DELETE /"]
