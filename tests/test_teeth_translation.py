@@ -809,3 +809,21 @@ def test_a_prompt_that_cannot_be_tokenized_is_refused_naming_prompt():
     with pytest.raises(BadRequest) as err:
         requests_json.prompt_text({"prompt": "a\x00b"}, max_chars=100)
     assert (err.value.param, str(err.value)) == ("prompt", "prompt must not contain NUL characters")
+
+
+@pytest.mark.parametrize("prompt", [5, [[1, 2], 5], {"text": "hi"}])
+def test_a_prompt_of_another_kind_is_refused_naming_prompt(prompt):
+    with pytest.raises(BadRequest) as err:
+        openai_api.parse_completion({"model": "m.gguf", "prompt": prompt}, max_prompt_chars=LIMIT)
+    assert (err.value.param, str(err.value)) == (
+        "prompt",
+        "prompt must be a string, a token array, or a list of strings or token arrays",
+    )
+
+
+def test_a_json_schema_that_is_not_an_object_is_refused_naming_where_it_is():
+    spec = {"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}
+    with pytest.raises(BadRequest) as err:
+        openai_api.response_format_job(spec)
+    where = "response_format.json_schema.schema"
+    assert (err.value.param, str(err.value)) == (where, f"{where} must be a JSON Schema object")
