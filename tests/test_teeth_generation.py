@@ -137,7 +137,8 @@ def test_a_seed_must_be_a_64_bit_integer():
             "seed must fit in 64 bits",
         )
     for seed in (True, 1.5, "7"):
-        assert str(refused({"seed": seed})) == "seed must be an integer"
+        err = refused({"seed": seed})
+        assert (err.param, str(err)) == ("seed", "seed must be an integer")
 
 
 def test_stop_takes_up_to_four_sequences_and_drops_empty_ones():
@@ -257,6 +258,16 @@ def test_tool_calls_and_results_keep_their_fields():
             {"role": "assistant", "content": None},
             "messages[1].content",
             "messages[1].content must be a string or a list of text parts",
+        ),
+        (
+            {"role": "user", "content": "a\x00"},
+            "messages[1].content",
+            "messages[1].content must not contain NUL characters",
+        ),
+        (
+            {"role": "assistant", "content": None, "tool_calls": {"id": "c"}},
+            "messages[1].tool_calls",
+            "messages[1].tool_calls must be a list",
         ),
         (
             {"role": "user", "content": ["x"]},
