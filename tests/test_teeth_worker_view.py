@@ -622,3 +622,47 @@ def test_a_swap_that_must_unload_a_generating_model_times_out_naming_it():
         begin(s, "B", 0.05)
     lease.release()
     serve(s, "B").release()  # the slot was given back
+
+
+def test_a_running_background_swap_is_stopped_by_a_request_for_another_model_only():
+    s = state(capacity=3, loaded=1)
+    swap = s.background(plan_load("B"))
+    same, got_same = in_thread(lambda: begin(s, "B", 10))
+    assert wait_until(lambda: len(s.scheduler) == 1)
+    assert not swap.stopping.is_set()  # B's own request waits for it
+    other, got_other = in_thread(lambda: begin(s, "C", 10))
+    assert wait_until(swap.stopping.is_set)
+    swap.commit(hit=False)
+    for thread, got in ((same, got_same), (other, got_other)):
+        thread.join(10)
+        grant = got["value"]
+        (grant.commit() if isinstance(grant, Swap) else grant).release()
+
+
+def test_a_new_view_is_unsynced_until_the_worker_reported():
+    from model_store_server.core.worker_view import WorkerView
+    from model_store_server.policies import Tier, create_policy
+
+    cache = create_policy("lru", capacity=2, ttl=5.0)
+    view = WorkerView(cache, create_policy("lru", capacity=1, ttl=5.0, tier=Tier.RESIDENT))
+    assert view.background(nothing_taken) is None
+
+
+def test_a_request_without_sizes_counts_no_bytes_and_a_too_large_one_is_named():
+    from model_store_server.core.worker_view import TooLarge
+
+    s = state(capacity=3, loaded=2, cache_bytes=1000, loaded_bytes=100)
+    serve(s, "A").release()
+    assert (s.cache.used_bytes, s.resident.used_bytes) == (0, 0)
+    with pytest.raises(TooLarge) as err:
+        begin(s, "B", 1, size=1001)
+    assert str(err.value) == "B needs 1001 bytes, more than MAX_CACHE_BYTES=1000 on its own"
+
+
+def test_a_swap_that_must_unload_two_generating_models_names_both():
+    s = state(capacity=3, loaded=2, loaded_bytes=100)
+    leases = [serve(s, name, footprint=50) for name in ("A", "B")]
+    with pytest.raises(Busy, match=r"^timed out waiting for running generations on A,B$"):
+        begin(s, "C", 0.05, footprint=100)
+    for lease in leases:
+        lease.release()
