@@ -10,6 +10,7 @@ import pytest
 
 from model_store_server.policies import AdaptivePolicy, create_policy
 from model_store_server.policies.adaptive import EXPERTS
+from model_store_server.policies.base import Tier
 from model_store_server.policies.cost_model import CostModel
 from tests.conftest import FakeClock
 
@@ -237,3 +238,12 @@ def test_a_cheaper_expert_takes_the_lead_once_a_quarter_window_has_passed(window
         leaders.append(policy.leader)
     assert leaders == ["cold"] * (switch_at - 1) + ["warm", "warm"]
     assert policy.standings()["switches"] == 1
+
+
+@pytest.mark.parametrize("tier", [Tier.CACHE, Tier.RESIDENT])
+def test_a_miss_costs_a_load_and_on_the_disk_tier_a_push_too(tier):
+    policy = create_policy("adaptive", capacity=2, ttl=5, tier=tier, cost_model=COST)
+    size = 300_000_000
+    push = COST.push_seconds(size) if tier is Tier.CACHE else 0.0
+    assert policy.miss_seconds(size) == pytest.approx(COST.load_seconds(size) + push)
+    assert COST.push_seconds(size) > 0
