@@ -834,3 +834,12 @@ def test_adaptive_builds_its_experts_with_the_tiers_settings(tier):
     assert policy.expert("gdsf-aged").half_life == 30.0
     made = create_policy("adaptive", **settings)
     assert all(made.expert(n).cost_model is made.cost_model for n in ("gdsf", "gdsf-aged"))
+
+
+def test_a_refusing_policy_built_directly_refuses_when_full():
+    """The simulator and replay build policies from the registry's classes too."""
+    policy = POLICIES["no-evict"](capacity=1)
+    policy.admit("a")
+    with pytest.raises(CacheFull):
+        policy.admit("b")
+    assert policy.members() == ["a"]
