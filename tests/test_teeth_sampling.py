@@ -131,7 +131,7 @@ OPEN = Sampling(temperature=1.0, top_p=1.0, seed=1)  # top-p off; min-p 0.05 cut
 WIDE = np.linspace(3.0, 2.0, 64, dtype=np.single)  # 64 tokens, all within e^-1 of the best
 
 
-@pytest.mark.parametrize(("top_k", "count"), [(None, 40), (2, 2), (50, 50), (0, 64)])
+@pytest.mark.parametrize(("top_k", "count"), [(None, 40), (1, 1), (2, 2), (50, 50), (0, 64)])
 def test_top_k_keeps_the_requests_count_and_0_keeps_every_token(top_k, count):
     kept, _ = apply(dataclasses.replace(OPEN, top_k=top_k), logits=WIDE)
     assert sorted(kept) == list(range(count))
