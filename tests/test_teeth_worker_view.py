@@ -666,3 +666,24 @@ def test_a_swap_that_must_unload_two_generating_models_names_both():
         begin(s, "C", 0.05, footprint=100)
     for lease in leases:
         lease.release()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_background_load_stopped_midway_leaves_its_model_out_and_the_view_synced(cached):
+    """A prewarm of B cut before B reached the worker: A's unload stays done, B is not
+    resident, and its file is kept only if it was cached before (a push cut midway leaves
+    nothing on the worker); the slot is free and the view synced for the next change."""
+    s = state(capacity=3, loaded=1)
+    if cached:
+        serve(s, "B", version="v1").release()
+    serve(s, "A").release()
+    swap = s.background(plan_load("B"), "v1")
+    expected = Action.LOAD_FROM_LOCAL_STORE if cached else Action.LOAD_FROM_STORE
+    assert swap.decision.action is expected and swap.decision.unloaded == ("A",)
+    s.stopped(swap)
+    assert s.resident.members() == []
+    assert ("B" in s.cache) is cached and "A" in s.cache
+    again = s.background(plan_load("B"), "v1")  # synced, slot free: it may be tried again
+    assert again is not None and again.decision.action is expected
+    again.commit(hit=False)
+    assert s.resident.members() == ["B"]
