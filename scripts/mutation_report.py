@@ -138,13 +138,12 @@ def main() -> None:
             old = old_cells.get(module)
             if old and old[-1] != "not run" and unchanged_since(old_commit, module):
                 # Kept from the previous report: the module's code has not changed since.
-                rows.append(
-                    f"| `{module}` | {before} | "
-                    + " | ".join(old[-8:-1])
-                    + f" | earlier run ({old_when}; code unchanged since): {old[-1]} |"
-                )
+                # A row that report kept from an older one keeps that run's date.
+                when = m[1] if (m := re.match(r"earlier run \(([^;]+);", old[-1])) else old_when
+                run = old[-1] if m else f"earlier run ({old_when}; code unchanged since): {old[-1]}"
+                rows.append(f"| `{module}` | {before} | " + " | ".join(old[-8:-1]) + f" | {run} |")
                 if old_sections.get(module):
-                    details.append(f"### `{module}` (earlier run, {old_when})\n")
+                    details.append(f"### `{module}` (earlier run, {when})\n")
                     details.extend(old_sections[module])
                     details.append("")
                     unexplained += sum("**UNEXPLAINED**" in x for x in old_sections[module])

@@ -8,6 +8,7 @@ import threading
 import llama_cpp
 import pytest
 
+from inference_worker import batch
 from inference_worker.batch import BatchScheduler, BatchStats
 from model_swap.generation import Sampling
 from tests.conftest import A, wait_for
@@ -128,6 +129,13 @@ class LoopKilled(BaseException):
     """Escapes the loop's ``except Exception``: its thread dies, as a bug there would."""
 
 
+@pytest.fixture
+def quick_checks(monkeypatch):
+    """A reader and close() notice a dead loop by polling (every IDLE_CHECK, 1 s): poll
+    every 20 ms here, so these tests take milliseconds instead of seconds."""
+    monkeypatch.setattr(batch, "IDLE_CHECK", 0.02)
+
+
 def kill_loop(scheduler: BatchScheduler) -> None:
     def die(_layout):
         raise LoopKilled
@@ -136,7 +144,9 @@ def kill_loop(scheduler: BatchScheduler) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_generation_whose_loop_died_ends_with_an_error_instead_of_waiting(models_dir):
+def test_a_generation_whose_loop_died_ends_with_an_error_instead_of_waiting(
+    models_dir, quick_checks
+):
     from inference_worker.batch import DecodeFailed
     from inference_worker.engine import Engine
     from inference_worker.generation import Job
@@ -156,7 +166,7 @@ def test_a_generation_whose_loop_died_ends_with_an_error_instead_of_waiting(mode
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_close_returns_when_the_loop_died_with_a_sequence_open(llm):
+def test_close_returns_when_the_loop_died_with_a_sequence_open(llm, quick_checks):
     scheduler = scheduler_for(llm, 2)
     kill_loop(scheduler)
     seq = scheduler.reserve()

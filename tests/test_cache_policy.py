@@ -26,6 +26,7 @@ from model_store_server.policies import (
 from model_store_server.policies import (
     GreedyDualPolicy as GreedyDual,
 )
+from model_store_server.policies.base import RecencyPolicy
 from tests.conftest import FakeClock, example_counts
 
 CAPACITY = 2
@@ -696,3 +697,149 @@ def test_a_policy_shows_its_bounds_and_members():
     policy = create_policy("lru-ttl", capacity=2, ttl=5.0, max_bytes=100)
     policy.admit("a", 10)
     assert repr(policy) == "LRUTTLPolicy(capacity=2, max_bytes=100, ttl=5.0, members=['a'])"
+
+
+# -- the shared bookkeeping (policies/base.py) at its limits --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        ({"capacity": 0}, "capacity must be at least 1"),
+        ({"ttl": 0.0}, "ttl must be positive"),
+        ({"ttl": -1.0}, "ttl must be positive"),
+        ({"max_bytes": 0}, "max_bytes must be positive"),
+    ],
+)
+def test_a_bound_below_its_least_is_refused_naming_it(bounds, message):
+    with pytest.raises(ValueError) as err:
+        RecencyPolicy(**bounds)
+    assert str(err.value) == message
+
+
+def test_the_least_bounds_are_taken():
+    policy = RecencyPolicy(capacity=1, ttl=0.001, max_bytes=1, clock=FakeClock())
+    assert (policy.capacity, policy.ttl, policy.max_bytes) == (1, 0.001, 1)
+    assert policy.admit("a", 1) == [] and policy.admit("b", 1) == ["a"]
+
+
+@pytest.mark.parametrize("call", ["touch", "pin", "set_ttl"])
+def test_changing_a_stranger_names_it(call):
+    policy = RecencyPolicy(capacity=2, ttl=5.0)
+    args = ("x.gguf", 1.0) if call == "set_ttl" else ("x.gguf",)
+    with pytest.raises(KeyError) as err:
+        getattr(policy, call)(*args)
+    assert err.value.args == ("x.gguf",)
+
+
+def test_a_model_discarded_and_admitted_again_forgets_its_pin_and_keep_alive():
+    clock = FakeClock()
+    policy = RecencyPolicy(capacity=2, ttl=5.0, clock=clock)
+    policy.admit("a")
+    policy.pin("a")
+    policy.set_ttl("a", math.inf)
+    assert policy.discard("a") and not policy.discard("a")
+    policy.admit("a")
+    assert not policy.is_pinned("a") and policy.ttl_of("a") == 5.0
+    clock.advance(5.0)
+    assert policy.expire() == ["a"]
+
+
+def test_priority_and_explain_show_idle_time_to_the_millisecond():
+    clock = FakeClock()
+    policy = RecencyPolicy(capacity=2, clock=clock)
+    policy.admit("a")
+    clock.advance(1.23456789)
+    assert policy.priority("a") == -1.235
+    [row] = policy.explain()
+    assert (row["priority"], row["idle_seconds"]) == (-1.235, 1.235)
+
+
+def test_members_past_their_ttl_make_room_by_their_bytes_first():
+    """a is expired: its 60 bytes go first, and then c (50) fits beside b (30) in 100."""
+    clock = FakeClock()
+    policy = RecencyPolicy(capacity=5, ttl=5.0, max_bytes=100, clock=clock)
+    policy.admit("a", 60)
+    clock.advance(3)
+    policy.admit("b", 30)
+    clock.advance(2)
+    assert policy.can_admit("c", 50)
+    assert policy.admit("c", 50) == ["a"]
+    assert policy.members() == ["b", "c"]
+
+
+def test_a_full_refusing_policy_says_which_bounds_are_full():
+    policy = create_policy("no-evict", capacity=2, ttl=5.0, max_bytes=100, clock=FakeClock())
+    policy.admit("a", 10)
+    policy.admit("b", 20)
+    with pytest.raises(CacheFull) as err:
+        policy.admit("c", 5)
+    assert str(err.value) == "no-evict: cache is full (2/2 models, 30/100 bytes)"
+    policy.pin("b")
+    with pytest.raises(CacheFull) as err:
+        policy.admit("c", 5)
+    assert str(err.value) == "no-evict: cache is full (2/2 models, 30/100 bytes); pinned: b"
+
+
+def test_a_model_admitted_without_a_size_counts_no_bytes(policy_name, tier):
+    policy = make(policy_name, tier=tier, max_bytes=10)
+    policy.admit("a")
+    policy.admit("b", 4)
+    assert (policy.size_of("a"), policy.used_bytes) == (0, 4)
+
+
+@pytest.mark.parametrize("half_life", [0.0, -1.0])
+def test_a_use_counts_half_life_must_be_positive(half_life):
+    with pytest.raises(ValueError) as err:
+        GreedyDual(capacity=2, half_life=half_life)
+    assert str(err.value) == "half_life must be positive seconds"
+
+
+def test_a_half_second_half_life_halves_a_use_every_half_second():
+    clock = FakeClock()
+    policy = GreedyDual(capacity=2, half_life=0.5, clock=clock)
+    policy.admit("a")
+    clock.advance(1.0)
+    assert policy.uses("a") == pytest.approx(0.25)
+
+
+def test_gdsf_aged_without_a_half_life_takes_the_default():
+    clock = FakeClock()
+    policy = create_policy("gdsf-aged", capacity=2, ttl=5.0, clock=clock, freq_half_life=None)
+    assert policy.half_life == 45.0
+    policy.admit("a")
+    clock.advance(45.0)
+    assert policy.uses("a") == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("tier", [Tier.CACHE, Tier.RESIDENT])
+def test_adaptive_builds_its_experts_with_the_tiers_settings(tier):
+    """One cost model for the tier and every ghost (given or made), the same clock, bounds
+    and gdsf-aged half-life: the ghosts score what the tier itself would pay."""
+    from model_store_server.policies.adaptive import EXPERTS
+    from model_store_server.policies.cost_model import CostModel
+
+    clock = FakeClock()
+    cost = CostModel()
+    settings = dict(capacity=3, ttl=7.0, max_bytes=100, clock=clock, tier=tier)
+    policy = create_policy("adaptive", **settings, cost_model=cost, freq_half_life=30.0)
+    assert policy.cost_model is cost
+    policy.admit("a", 10)
+    clock.advance(4.0)
+    for name in EXPERTS:
+        ghost = policy.expert(name)
+        assert (ghost.capacity, ghost.max_bytes) == (3, 100)
+        assert ghost.idle_seconds("a") == 4.0
+        assert getattr(ghost, "cost_model", cost) is cost
+    assert policy.expert("gdsf-aged").half_life == 30.0
+    made = create_policy("adaptive", **settings)
+    assert all(made.expert(n).cost_model is made.cost_model for n in ("gdsf", "gdsf-aged"))
+
+
+def test_a_refusing_policy_built_directly_refuses_when_full():
+    """The simulator and replay build policies from the registry's classes too."""
+    policy = POLICIES["no-evict"](capacity=1)
+    policy.admit("a")
+    with pytest.raises(CacheFull):
+        policy.admit("b")
+    assert policy.members() == ["a"]

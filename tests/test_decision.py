@@ -105,6 +105,7 @@ def test_no_evict_rejects_without_changing_anything():
     tiers("B")
     d = tiers("C")
     assert d.action is R and d.evicted == () and d.unloaded == ()
+    assert d.model == "C"  # the refused model is named (logs, the 503's message)
     assert "cache is full (2/2 models)" in d.reason
     assert not d.changes_worker
     assert tiers.cache.members() == ["A", "B"]

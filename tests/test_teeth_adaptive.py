@@ -10,6 +10,7 @@ import pytest
 
 from model_store_server.policies import AdaptivePolicy, create_policy
 from model_store_server.policies.adaptive import EXPERTS
+from model_store_server.policies.base import Tier
 from model_store_server.policies.cost_model import CostModel
 from tests.conftest import FakeClock
 
@@ -167,3 +168,82 @@ def test_the_leaders_lead_is_a_percent_of_the_runner_ups_score_to_the_tenth():
     expected = (runner_up - scores[leader]) / runner_up * 100
     assert standings["lead_percent"] == round(expected, 1)
     assert standings["lead_percent"] != round(expected)  # a tenth is shown
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"experts": {}}, "adaptive needs at least one expert"),
+        ({"window": 0}, "window must be at least 1 request"),
+        ({"margin": 1.0}, "margin must be in [0, 1)"),
+        ({"margin": -0.01}, "margin must be in [0, 1)"),
+    ],
+)
+def test_settings_out_of_range_are_refused_naming_them(kwargs, message):
+    settings = {"experts": {"lru": create_policy("lru", capacity=2, ttl=5)}, **kwargs}
+    with pytest.raises(ValueError) as err:
+        AdaptivePolicy(capacity=2, **settings)
+    assert str(err.value) == message
+
+
+def test_the_edges_of_the_settings_are_taken():
+    ghost = create_policy("lru", capacity=2, ttl=5)
+    for window, margin in ((1, 0.0), (1, 0.99)):
+        policy = AdaptivePolicy(experts={"lru": ghost}, capacity=2, window=window, margin=margin)
+        assert (policy.window, policy.margin) == (window, margin)
+
+
+def test_a_miss_scores_its_load_and_one_call_per_victim():
+    clock = FakeClock()
+    policy = one_expert(create_policy("lru", capacity=1, ttl=5, clock=clock), capacity=1)
+    policy.admit("a", 1000)
+    policy.admit("b", 2000)  # the ghost evicts a: one call
+    expected = (
+        policy.miss_seconds(1000)
+        + policy.miss_seconds(2000)
+        + COST.call_seconds(1)
+        + COST.call_seconds(0)
+    )
+    assert COST.call_seconds(1) > 0
+    assert policy.standings()["window_swap_seconds"] == {"lru": round(expected, 3)}
+
+
+def test_the_window_forgets_its_oldest_request_first():
+    """Window 2: after a miss, a hit and a miss, the score is the last miss alone."""
+    clock = FakeClock()
+    ghost = create_policy("lru", capacity=1, ttl=5, clock=clock)
+    policy = AdaptivePolicy(experts={"lru": ghost}, capacity=1, window=2, cost_model=COST)
+    policy.admit("a", 1000)
+    policy.touch("a")
+    policy.admit("b", 5000)
+    expected = policy.miss_seconds(5000) + COST.call_seconds(1)
+    assert policy.standings()["window_swap_seconds"] == {"lru": round(expected, 3)}
+    assert policy.standings()["window_requests"] == 2
+
+
+@pytest.mark.parametrize(("window", "switch_at"), [(4, 1), (6, 1), (8, 2), (11, 2), (12, 3)])
+def test_a_cheaper_expert_takes_the_lead_once_a_quarter_window_has_passed(window, switch_at):
+    """The second expert already holds a: it pays nothing for a, the leader pays a miss.
+    It leads after window // 4 requests (at least 1), not one later."""
+    clock = FakeClock()
+    cold = create_policy("lru", capacity=2, ttl=5, clock=clock)
+    warm = create_policy("lru", capacity=2, ttl=5, clock=clock)
+    warm.admit("a", 1000)
+    policy = AdaptivePolicy(
+        experts={"cold": cold, "warm": warm}, capacity=2, clock=clock, window=window, margin=0.0
+    )
+    leaders = []
+    for _ in range(switch_at + 1):
+        serve(policy, "a", 1000)
+        leaders.append(policy.leader)
+    assert leaders == ["cold"] * (switch_at - 1) + ["warm", "warm"]
+    assert policy.standings()["switches"] == 1
+
+
+@pytest.mark.parametrize("tier", [Tier.CACHE, Tier.RESIDENT])
+def test_a_miss_costs_a_load_and_on_the_disk_tier_a_push_too(tier):
+    policy = create_policy("adaptive", capacity=2, ttl=5, tier=tier, cost_model=COST)
+    size = 300_000_000
+    push = COST.push_seconds(size) if tier is Tier.CACHE else 0.0
+    assert policy.miss_seconds(size) == pytest.approx(COST.load_seconds(size) + push)
+    assert COST.push_seconds(size) > 0

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import socket
+import sys
 import threading
 
 import pytest
@@ -459,6 +461,7 @@ def test_the_environ_of_a_request():
     assert env["SCRIPT_NAME"] == "" and env["REQUEST_URI"] == head.target
     assert env["wsgi.version"] == (1, 0) and env["wsgi.url_scheme"] == "http"
     assert env["wsgi.input_terminated"] and env["wsgi.multithread"]
+    assert env["wsgi.errors"] is sys.stderr
     assert not env["wsgi.multiprocess"] and not env["wsgi.run_once"]
     for target, path in [
         ("https://example.test/x%E9?q", "/x\xe9"),  # percent-escapes as Latin-1 (PEP 3333)
@@ -591,3 +594,62 @@ def test_the_apps_iterable_is_closed():
 
     run(app)
     assert closed == [True]
+
+
+def head_lines(data: bytes) -> list[str]:
+    return data.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+
+
+def test_the_apps_own_server_and_date_replace_ours_whatever_their_case():
+    app = app_of("200 OK", [("server", "app"), ("DATE", "then"), ("Content-Length", "0")], [])
+    lines = head_lines(run(app)[1])
+    assert [line for line in lines if line.lower().startswith(("server:", "date:"))] == [
+        "server: app",
+        "DATE: then",
+    ]
+    lines = head_lines(run(app_of("200 OK", [("Content-Length", "0")], []))[1])
+    assert lines[:1] == ["Server: model-swap"]
+    assert re.fullmatch(r"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", lines[1])
+
+
+def test_hop_by_hop_headers_from_the_app_are_dropped_and_the_rest_kept_in_order():
+    headers = [("X-A", "1"), ("Transfer-Encoding", "gzip"), ("X-B", "2"), ("Connection", "x")]
+    lines = head_lines(run(app_of("200 OK", [*headers, ("X-C", "3")], [b"ab"]))[1])
+    own = [line for line in lines if line.startswith("X-")]
+    assert own == ["X-A: 1", "X-B: 2", "X-C: 3"]
+    assert "Transfer-Encoding: chunked" in lines and "Transfer-Encoding: gzip" not in lines
+
+
+def test_an_app_may_replace_its_status_with_an_error_until_the_head_is_sent():
+    def app(environ, start_response):
+        start_response("200 OK", [("X-A", "1")])
+        try:
+            raise ValueError("late")
+        except ValueError:
+            start_response("503 Service Unavailable", [("Content-Length", "0")], sys.exc_info())
+        return []
+
+    first, headers, _ = parse_answer(run(app)[1])
+    assert first == "HTTP/1.1 503 Service Unavailable" and "X-A" not in headers
+
+
+def test_a_length_sent_in_several_pieces_keeps_the_connection():
+    app = app_of("200 OK", [("Content-Length", "3")], [b"a", b"", b"bc"])
+    again, data = run(app)
+    assert again and parse_answer(data)[2] == b"abc"
+
+
+def test_an_empty_answer_without_a_length_is_one_last_chunk():
+    again, data = run(app_of("200 OK", [], []))
+    assert again and parse_answer(data)[2] == b"0\r\n\r\n"
+    again, data = run(app_of("200 OK", [("Content-Length", "0")], []))
+    assert again and data.endswith(b"\r\n\r\n") and parse_answer(data)[2] == b""
+
+
+def test_an_app_that_fails_is_logged_with_its_request(caplog):
+    def app(environ, start_response):
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="model_swap.http_request"):
+        run(app, method="DELETE")
+    assert [r.getMessage() for r in caplog.records] == ["the app failed before answering DELETE /"]

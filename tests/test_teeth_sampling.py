@@ -29,16 +29,23 @@ TOP = [3.0, 2.0, 1.5, 1.0]
 LOGITS = np.array(TOP + [-50.0] * (N_VOCAB - len(TOP)), dtype=np.single)
 
 
-def apply(sampling: Sampling, history: tuple[int, ...] = (), draws: int = 1, logits=LOGITS):
+def apply(
+    sampling: Sampling,
+    history: tuple[int, ...] = (),
+    draws: int = 1,
+    logits=LOGITS,
+    n_ctx: int = 0,
+):
     """Run the chain over ``logits`` ``draws`` times (after accepting ``history``); the last
     draw's surviving candidates {id: logit} and every draw's chosen token."""
-    chain = sampler_chain(sampling, N_VOCAB)
+    n_vocab = len(logits)
+    chain = sampler_chain(sampling, n_vocab, n_ctx=n_ctx)
     try:
         for token in history:
             llama_cpp.llama_sampler_accept(chain.chain.sampler, token)
         chosen = []
         for _ in range(draws):
-            array = LlamaTokenDataArray(n_vocab=N_VOCAB)
+            array = LlamaTokenDataArray(n_vocab=n_vocab)
             array.copy_logits(logits)
             llama_cpp.llama_sampler_apply(chain.chain.sampler, ctypes.byref(array.candidates))
             kept = array.candidates_data[: array.candidates.size]
@@ -116,6 +123,101 @@ def test_min_p_cuts_tokens_far_below_the_best_and_may_keep_one():
     assert sorted(kept) == [0, 2]  # e^-2.5 = 0.082 of the best stays, e^-10 goes
     kept, _ = apply(sampling, logits=logits(10.0, 0.0))
     assert sorted(kept) == [0]
+
+
+# Ollama's other samplers (also accepted on /v1): each request value reaches its sampler,
+# and an absent one is llama.cpp's default.
+OPEN = Sampling(temperature=1.0, top_p=1.0, seed=1)  # top-p off; min-p 0.05 cuts the -50s
+WIDE = np.linspace(3.0, 2.0, 64, dtype=np.single)  # 64 tokens, all within e^-1 of the best
+
+
+@pytest.mark.parametrize(("top_k", "count"), [(None, 40), (1, 1), (2, 2), (50, 50), (0, 64)])
+def test_top_k_keeps_the_requests_count_and_0_keeps_every_token(top_k, count):
+    kept, _ = apply(dataclasses.replace(OPEN, top_k=top_k), logits=WIDE)
+    assert sorted(kept) == list(range(count))
+
+
+@pytest.mark.parametrize(
+    ("typical_p", "survivors"), [(0.2, [1]), (0.5, [0, 1]), (None, [0, 1, 2, 3])]
+)
+def test_typical_p_keeps_the_tokens_closest_to_the_expected_surprise(typical_p, survivors):
+    """Entropy 1.1 nats: token 1 (-ln 0.21 = 1.56) is nearer to it than token 0 (0.56)."""
+    kept, _ = apply(dataclasses.replace(OPEN, typical_p=typical_p))
+    assert sorted(kept) == survivors
+
+
+def test_the_requests_min_p_replaces_the_default():
+    # e^-0.5 = 0.61 and e^-1 = 0.37 of the best: min-p 0.5 cuts only the third.
+    kept, _ = apply(
+        Sampling(temperature=1.0, top_p=1.0, min_p=0.5, seed=1), logits=logits(10, 9.5, 9)
+    )
+    assert sorted(kept) == [0, 1]
+    kept, _ = apply(Sampling(temperature=1.0, top_p=1.0, min_p=0.0, seed=1), logits=logits(10, 0))
+    assert sorted(kept) == list(range(N_VOCAB))  # min-p 0 cuts nothing; 0.05 cuts e^-10
+
+
+def test_repeat_penalty_divides_a_repeated_tokens_positive_logit():
+    kept, _ = apply(dataclasses.replace(OPEN, repeat_penalty=2.0), history=(0,))
+    assert kept == {0: pytest.approx(1.5), 1: 2.0, 2: 1.5, 3: 1.0}
+    kept, _ = apply(OPEN, history=(0,))
+    assert kept[0] == pytest.approx(3.0)  # the default 1.0: no penalty
+
+
+@pytest.mark.parametrize(
+    ("repeat_last_n", "n_ctx", "back", "penalized"),
+    [
+        (None, 0, 64, True),  # the default window: the last 64 tokens
+        (None, 0, 65, False),
+        (3, 0, 3, True),
+        (3, 0, 4, False),
+        (0, 0, 1, False),  # 0: off
+        (-1, 100, 65, True),  # -1: the whole context
+        (-1, 100, 100, True),
+        (-1, 100, 101, False),
+    ],
+)
+def test_repeat_last_n_is_how_far_back_penalties_look(repeat_last_n, n_ctx, back, penalized):
+    """Token 2 was sampled ``back`` tokens ago (token 5, out of reach, since)."""
+    sampling = dataclasses.replace(OPEN, presence_penalty=1.0, repeat_last_n=repeat_last_n)
+    kept, _ = apply(sampling, history=(2,) + (5,) * (back - 1), n_ctx=n_ctx)
+    assert kept[2] == pytest.approx(0.5 if penalized else 1.5)
+    assert kept[0] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("mirostat", "tau", "survivors"),
+    [(2, None, [0, 1, 2, 3]), (2, 0.5, [0]), (1, None, [0, 1]), (1, 0.5, [0])],
+)
+def test_mirostat_cuts_by_the_requests_target_surprise(mirostat, tau, survivors):
+    """Mirostat 2.0 starts at mu = 2 tau bits: tau 5 keeps every token above 2^-10, tau 0.5
+    only the one above 1/2; Mirostat (v1) estimates its cut from the distribution instead."""
+    kept, _ = apply(dataclasses.replace(OPEN, mirostat=mirostat, mirostat_tau=tau))
+    assert sorted(kept) == survivors
+
+
+@pytest.mark.parametrize("mirostat", [1, 2])
+def test_mirostat_samples_at_the_requests_temperature(mirostat):
+    kept, _ = apply(Sampling(temperature=2.0, seed=1, mirostat=mirostat))
+    for token, logit in kept.items():
+        assert logit == pytest.approx(TOP[token] / 2.0)
+
+
+@pytest.mark.parametrize(("eta", "survivors"), [(None, [0, 1]), (0.1, [0, 1]), (5.0, [0, 1, 2, 3])])
+def test_mirostat_eta_is_how_fast_its_cut_follows_the_draws(eta, survivors):
+    """After two draws mu has moved by eta x (surprise - tau): a fast rate opens the cut."""
+    sampling = dataclasses.replace(OPEN, mirostat=2, mirostat_tau=1.5, mirostat_eta=eta)
+    kept, _ = apply(sampling, draws=3)
+    assert sorted(kept) == survivors
+
+
+@pytest.mark.parametrize("mirostat", [1, 2])
+def test_mirostat_draws_follow_the_seed(mirostat):
+    hot = Sampling(temperature=5.0, seed=1234, mirostat=mirostat)
+    _, first = apply(hot, draws=40)
+    _, again = apply(hot, draws=40)
+    _, other = apply(dataclasses.replace(hot, seed=99), draws=40)
+    assert first == again
+    assert first != other
 
 
 # The grammar path (a real tiny model: a grammar needs the model's vocabulary), through the

@@ -774,3 +774,56 @@ def test_ollama_counts_only_the_prompt_tokens_it_evaluated():
     ]
     answer = ollama_api.whole(request, iter(events), ollama_api.Timing(started=0, ready=0))
     assert (answer["prompt_eval_count"], answer["eval_count"]) == (6, 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, "keep_alive must be a number of seconds or a duration"),
+        (
+            "soon",
+            "keep_alive must be a number of seconds or a duration such as 30s, 5m or 1h "
+            "(0: unload after the answer, -1: keep until evicted by capacity)",
+        ),
+        (
+            [5],
+            "keep_alive must be a number of seconds or a duration such as 30s, 5m or 1h "
+            "(0: unload after the answer, -1: keep until evicted by capacity)",
+        ),
+        (float("inf"), "keep_alive must be finite"),
+        (
+            365 * 24 * 3600 + 1,
+            "keep_alive must be at most 31536000 seconds (1 year); "
+            "use -1 to keep the model until capacity needs its place",
+        ),
+    ],
+)
+def test_a_bad_keep_alive_is_refused_with_what_it_takes(value, message):
+    with pytest.raises(BadRequest) as err:
+        requests_json.parse_keep_alive(value)
+    assert (err.value.param, str(err.value)) == ("keep_alive", message)
+    assert requests_json.parse_keep_alive(365 * 24 * 3600) == 365 * 24 * 3600
+
+
+def test_a_prompt_that_cannot_be_tokenized_is_refused_naming_prompt():
+    with pytest.raises(BadRequest) as err:
+        requests_json.prompt_text({"prompt": "a\x00b"}, max_chars=100)
+    assert (err.value.param, str(err.value)) == ("prompt", "prompt must not contain NUL characters")
+
+
+@pytest.mark.parametrize("prompt", [5, [[1, 2], 5], {"text": "hi"}])
+def test_a_prompt_of_another_kind_is_refused_naming_prompt(prompt):
+    with pytest.raises(BadRequest) as err:
+        openai_api.parse_completion({"model": "m.gguf", "prompt": prompt}, max_prompt_chars=LIMIT)
+    assert (err.value.param, str(err.value)) == (
+        "prompt",
+        "prompt must be a string, a token array, or a list of strings or token arrays",
+    )
+
+
+def test_a_json_schema_that_is_not_an_object_is_refused_naming_where_it_is():
+    spec = {"type": "json_schema", "json_schema": {"name": "x", "schema": [1]}}
+    with pytest.raises(BadRequest) as err:
+        openai_api.response_format_job(spec)
+    where = "response_format.json_schema.schema"
+    assert (err.value.param, str(err.value)) == (where, f"{where} must be a JSON Schema object")

@@ -568,3 +568,122 @@ def test_a_request_while_another_models_time_is_up_sweeps_it_in_its_own_swap():
     grant.commit(hit=False)
     with begin(s, "A") as hit:
         assert isinstance(hit, Hit)
+
+
+@pytest.mark.parametrize("end", ["commit", "stopped"])
+def test_a_request_after_a_background_swap_ended_is_served(end):
+    """A request for another model stops a running background swap; one that ended
+    (committed, or stopped midway) is gone, and the request is served as usual."""
+    s = state(capacity=3, loaded=1)
+    swap = s.background(plan_load("B"))
+    if end == "commit":
+        swap.commit(hit=False)
+    else:
+        s.stopped(swap)
+    grant = begin(s, "C")
+    assert isinstance(grant, Swap) and grant.decision.model == "C"
+    grant.commit().release()
+    assert s.resident.members() == ["C"]
+
+
+def test_the_idle_keep_hook_keeps_a_model_without_a_keep_alive_longer():
+    """Once a generation ends, ``idle_keep`` (the prewarmer's histogram tail) sets how long
+    the model stays where that is longer than the policy's TTL (5 s); a request's own
+    keep_alive wins, and a model the hook knows nothing of keeps the policy's."""
+    s = state("ttl", capacity=3, loaded=2)
+    s.idle_keep = lambda model: {"A": 60.0, "B": 2.0}.get(model)
+    serve(s, "A").release()
+    assert (s.resident.ttl_of("A"), s.cache.ttl_of("A")) == (60.0, 60.0)
+    serve(s, "B").release()
+    assert s.resident.ttl_of("B") == 5.0  # 2 s is shorter than the policy's: not taken
+    serve(s, "A", keep_alive=3.0).release()
+    assert s.resident.ttl_of("A") == 3.0
+
+
+def test_a_swap_that_waited_reports_its_wait_in_milliseconds():
+    """B waits while A, the one model loaded, generates for at least 50 ms: its decision
+    time counts that wait, in milliseconds (and within its 10 s deadline)."""
+    s = state(capacity=3, loaded=1)
+    lease = serve(s, "A")
+    t, result = in_thread(lambda: begin(s, "B", 10))
+    assert wait_until(lambda: len(s.scheduler) == 1)
+    time.sleep(0.05)
+    lease.release()
+    t.join(10)
+    swap = result["value"]
+    assert 50 <= swap.ticket.decision_ms < 10_000
+    swap.commit(hit=False)
+
+
+def test_a_swap_that_must_unload_a_generating_model_times_out_naming_it():
+    s = state(capacity=3, loaded=1)
+    lease = serve(s, "A")
+    with pytest.raises(Busy, match=r"^timed out waiting for running generations on A$"):
+        begin(s, "B", 0.05)
+    lease.release()
+    serve(s, "B").release()  # the slot was given back
+
+
+def test_a_running_background_swap_is_stopped_by_a_request_for_another_model_only():
+    s = state(capacity=3, loaded=1)
+    swap = s.background(plan_load("B"))
+    same, got_same = in_thread(lambda: begin(s, "B", 10))
+    assert wait_until(lambda: len(s.scheduler) == 1)
+    assert not swap.stopping.is_set()  # B's own request waits for it
+    other, got_other = in_thread(lambda: begin(s, "C", 10))
+    assert wait_until(swap.stopping.is_set)
+    swap.commit(hit=False)
+    for thread, got in ((same, got_same), (other, got_other)):
+        thread.join(10)
+        grant = got["value"]
+        (grant.commit() if isinstance(grant, Swap) else grant).release()
+
+
+def test_a_new_view_is_unsynced_until_the_worker_reported():
+    from model_store_server.core.worker_view import WorkerView
+    from model_store_server.policies import Tier, create_policy
+
+    cache = create_policy("lru", capacity=2, ttl=5.0)
+    view = WorkerView(cache, create_policy("lru", capacity=1, ttl=5.0, tier=Tier.RESIDENT))
+    assert view.background(nothing_taken) is None
+
+
+def test_a_request_without_sizes_counts_no_bytes_and_a_too_large_one_is_named():
+    from model_store_server.core.worker_view import TooLarge
+
+    s = state(capacity=3, loaded=2, cache_bytes=1000, loaded_bytes=100)
+    serve(s, "A").release()
+    assert (s.cache.used_bytes, s.resident.used_bytes) == (0, 0)
+    with pytest.raises(TooLarge) as err:
+        begin(s, "B", 1, size=1001)
+    assert str(err.value) == "B needs 1001 bytes, more than MAX_CACHE_BYTES=1000 on its own"
+
+
+def test_a_swap_that_must_unload_two_generating_models_names_both():
+    s = state(capacity=3, loaded=2, loaded_bytes=100)
+    leases = [serve(s, name, footprint=50) for name in ("A", "B")]
+    with pytest.raises(Busy, match=r"^timed out waiting for running generations on A,B$"):
+        begin(s, "C", 0.05, footprint=100)
+    for lease in leases:
+        lease.release()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_background_load_stopped_midway_leaves_its_model_out_and_the_view_synced(cached):
+    """A prewarm of B cut before B reached the worker: A's unload stays done, B is not
+    resident, and its file is kept only if it was cached before (a push cut midway leaves
+    nothing on the worker); the slot is free and the view synced for the next change."""
+    s = state(capacity=3, loaded=1)
+    if cached:
+        serve(s, "B", version="v1").release()
+    serve(s, "A").release()
+    swap = s.background(plan_load("B"), "v1")
+    expected = Action.LOAD_FROM_LOCAL_STORE if cached else Action.LOAD_FROM_STORE
+    assert swap.decision.action is expected and swap.decision.unloaded == ("A",)
+    s.stopped(swap)
+    assert s.resident.members() == []
+    assert ("B" in s.cache) is cached and "A" in s.cache
+    again = s.background(plan_load("B"), "v1")  # synced, slot free: it may be tried again
+    assert again is not None and again.decision.action is expected
+    again.commit(hit=False)
+    assert s.resident.members() == ["B"]
