@@ -74,29 +74,34 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
 
     for name in SOAK_NAMES:
         write_tiny_model(models / name)
-    results = {
-        "source": source,
-        "scheduler": store_burst(tmp, models, names, args, "2"),
-        "arrival": store_burst(tmp, models, names, args, "0"),
-    }
     binary = peer_binary(args.quick)
     if binary is None:
-        results["router"] = None
         print(
             "llama-server not found (LLAMA_SERVER_BIN, else .peer/bin/llama-server "
             "unless --quick): the router-mode peer is skipped"
         )
-    else:
-        results["router"] = router_burst(tmp, models, names, args, binary)
-    results["timelines"] = {
-        args.tokens: {"ours": results["scheduler"], "router": results["router"]}
+
+    def paired(tokens: int) -> dict:
+        """The default store's burst and the router's, alternating, ``--repeats`` times:
+        the run with the median wall time of each (with every run's wall time)."""
+        ours, router = [], []
+        for run in range(1 if args.quick else args.repeats):
+            ours.append(store_burst(tmp, models, names, args, "2", tokens=tokens, run=run))
+            if binary:
+                router.append(router_burst(tmp, models, names, args, binary, tokens, run=run))
+        return {"ours": median_run(ours), "router": median_run(router) if router else None}
+
+    first = paired(args.tokens)
+    results = {
+        "source": source,
+        "scheduler": first["ours"],
+        "arrival": store_burst(tmp, models, names, args, "0"),
+        "router": first["router"],
+        "timelines": {args.tokens: first},
     }
     for tokens in args.timeline_tokens:
         if tokens not in results["timelines"] and not args.quick:
-            results["timelines"][tokens] = {
-                "ours": store_burst(tmp, models, names, args, "2", tokens=tokens),
-                "router": binary and router_burst(tmp, models, names, args, binary, tokens),
-            }
+            results["timelines"][tokens] = paired(tokens)
     if args.quick:  # the suite's test run: the bursts only (section 2 measures hits)
         results["soak"] = results["hits"] = None
         return results
@@ -111,6 +116,13 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
             tmp, models, SOAK_NAMES[0], args.hits, args.baseline_src
         )
     return results
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the upper one of an even count), with ``walls``:
+    every run's wall time in the order run."""
+    chosen = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+    return {**chosen, "walls": [r["wall"] for r in runs]}
 
 
 def bench_scheduler(report, args, tmp: Path, models: Path, source: str) -> None:
@@ -143,6 +155,13 @@ def scheduler_options(quick: bool, argv: list[str] | None = None) -> argparse.Na
     parser.add_argument("--out", type=Path, help="also write the results as markdown here")
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of the default store's burst and the router's, alternating (medians; "
+        "--quick: 1)",
+    )
     parser.add_argument(
         "--parallel",
         type=int,

@@ -27,6 +27,14 @@ BURST_HEADER = [
 ]
 
 
+def wall_cell(run: dict) -> str:
+    """A burst's wall time; with several runs, the median and every run's."""
+    walls = run.get("walls") or [run["wall"]]
+    if len(walls) == 1:
+        return f"{run['wall']:.2f} s"
+    return f"{run['wall']:.2f} s (median of {', '.join(f'{w:.2f}' for w in walls)})"
+
+
 def rows(results: dict, args) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
     router = results["router"]
     burst_rows = []
@@ -47,7 +55,7 @@ def rows(results: dict, args) -> tuple[list[list[str]], list[list[str]], list[li
             [
                 label,
                 str(r["loads"]),
-                f"{r['wall']:.2f} s",
+                wall_cell(r),
                 f"{r['p50']:.2f} s",
                 f"{r['p95']:.2f} s",
                 f"{r['right']}/{r['count']}",
@@ -123,10 +131,12 @@ def timeline_sections(results: dict) -> list[str]:
             where_the_time_goes(tokens, ours, router),
             "",
         ]
-        lines += ["model-swap (default store), seconds from the first request sent:", ""]
+        runs = len(ours.get("walls") or [ours["wall"]])
+        which = f" (the run with the median wall time of {runs})" if runs > 1 else ""
+        lines += [f"model-swap (default store){which}, seconds from the first request sent:", ""]
         lines += [table(TIMELINE_HEADER, timeline_rows(ours["timeline"])), ""]
         if router:
-            lines += ["llama-server router, as its clients saw it:", ""]
+            lines += [f"llama-server router{which}, as its clients saw it:", ""]
             lines += [table(TIMELINE_HEADER, timeline_rows(router["timeline"])), ""]
     return lines
 

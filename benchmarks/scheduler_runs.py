@@ -115,9 +115,10 @@ def store_burst(
     max_wait: str,
     source: Path | None = None,
     tokens: int | None = None,
+    run: int = 0,
 ) -> dict:
     tokens = tokens or args.tokens
-    work = tmp / f"sched-store-{max_wait}-{tokens}{'-before' if source else ''}"
+    work = tmp / f"sched-store-{max_wait}-{tokens}-{run}{'-before' if source else ''}"
     work.mkdir()
     with checkout(source):
         services = Services(
@@ -179,16 +180,22 @@ def peer_binary(quick: bool) -> str | None:
 
 
 def router_burst(
-    tmp: Path, models: Path, names: list[str], args, binary: str, tokens: int | None = None
+    tmp: Path,
+    models: Path,
+    names: list[str],
+    args,
+    binary: str,
+    tokens: int | None = None,
+    run: int = 0,
 ) -> dict:
     """llama-server in router mode over a directory holding only ``names``."""
     tokens = tokens or args.tokens
-    directory = tmp / f"sched-router-models-{tokens}"
+    directory = tmp / f"sched-router-models-{tokens}-{run}"
     directory.mkdir()
     for name in names:
         os.link(models / name, directory / name)
     port = free_port()
-    log = tmp / f"sched-router-{tokens}.log"
+    log = tmp / f"sched-router-{tokens}-{run}.log"
     process = start_process(
         [
             binary,
