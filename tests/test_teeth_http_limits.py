@@ -238,14 +238,21 @@ def test_each_rate_window_is_judged_on_its_own_bytes_at_exactly_the_rate(pair):
         body.readinto(buffer)  # 99 bytes in the second window: one short of 10 bytes/s
 
 
-def test_a_chunked_body_asks_for_the_body_once_however_many_reads_its_framing_takes(pair):
-    ours, theirs = pair
+def continue_sender(theirs, payload: bytes):
+    """An ``on_first_read`` that sends ``payload`` (the client's body after a 100 Continue),
+    and the list of its calls."""
     asked = []
 
     def send_continue():
         asked.append(1)
-        theirs.sendall(b"5\r\nhello\r\n")
+        theirs.sendall(payload)
 
+    return asked, send_continue
+
+
+def test_a_chunked_body_asks_for_the_body_once_however_many_reads_its_framing_takes(pair):
+    ours, theirs = pair
+    asked, send_continue = continue_sender(theirs, b"5\r\nhello\r\n")
     ours.settimeout(2)  # a body never asked for would wait here, not for the test's timeout
     body = chunked_body(ours, b"", on_first_read=send_continue)
     assert not body.discard(100)  # never asked for: the connection cannot go on
@@ -285,12 +292,7 @@ def test_a_timed_read_gives_the_socket_its_own_timeout_back(pair):
 
 def test_the_first_read_past_the_held_bytes_asks_for_the_body_once(pair):
     ours, theirs = pair
-    asked = []
-
-    def send_continue():
-        asked.append(1)
-        theirs.sendall(b"def")
-
+    asked, send_continue = continue_sender(theirs, b"def")
     body = SizedBody(ours, b"abc", 6, min_rate=0, on_first_read=send_continue)
     assert not body.discard(100)  # never asked for: the connection cannot go on
     assert read_all(body, 2) == b"abcdef" and asked == [1]
