@@ -206,6 +206,10 @@ def test_a_committed_load_hands_hits_to_its_whole_group():
     threads[1].join(5)
     assert isinstance(results["a2"], Hit)  # served with a's group, not after b
     assert threads[0].is_alive()  # b waits: a is generating and b is still patient
+    time.sleep(0.1)  # b's thread looks at the slot, and waits without draining a
+    later = v.admit("a", time.monotonic() + 0.5)
+    assert isinstance(later, Hit)  # patient: a new request for a is still served
+    later.release()
     hit.release()
     results["a2"].release()
     threads[0].join(5)
@@ -252,6 +256,31 @@ def test_a_load_longer_than_max_wait_still_serves_its_whole_group():
     threads["a1"].join(5)
     assert isinstance(results["a1"], Swap) and results["a1"].decision.unloaded == ("b",)
     results["a1"].commit().release()
+    assert v.gate.idle
+
+
+@pytest.mark.parametrize("ending", ["commit", "abort"])
+def test_a_swap_that_ended_leaves_its_model_to_the_arrival_order_rule(ending):
+    """Once a swap commits or fails, its model's later requests wait their turn again: a
+    request for it behind an older one for another model is not in the next group."""
+    clock = [100.0]
+    cache = create_policy("lru", capacity=3, ttl=5.0)
+    resident = create_policy("lru", capacity=1, ttl=5.0, tier=Tier.RESIDENT)
+    v = WorkerView(cache, resident, max_wait=2.0, clock=lambda: clock[0])
+    with v.exclusive(time.monotonic() + 1) as exclusive:
+        exclusive.end(synced=True)
+    swap = v.admit("b", time.monotonic() + 5)
+    assert isinstance(swap, Swap)
+    if ending == "commit":
+        swap.commit().release()
+    else:
+        swap.abort(synced=True)
+    c = v.scheduler.arrive("c", 101.0)
+    b = v.scheduler.arrive("b", 101.1)
+    assert v.scheduler.next_model() == "c" and v.scheduler.group("c", 101.2) == [c]
+    assert v.scheduler.group("b", 101.2) == [] and not v.scheduler.in_group(b, 101.2)
+    v.scheduler.leave(c)
+    v.scheduler.leave(b)
     assert v.gate.idle
 
 
