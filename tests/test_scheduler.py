@@ -174,10 +174,10 @@ def test_bad_max_wait_is_refused():
 # -- the view: a group is served before the next swap ------------------------------------
 
 
-def view(capacity=3, loaded=1, max_wait=2.0, name="lru"):
+def view(capacity=3, loaded=1, max_wait=2.0, name="lru", clock=time.monotonic):
     cache = create_policy(name, capacity=capacity, ttl=5.0)
     resident = create_policy(name, capacity=loaded, ttl=5.0, tier=Tier.RESIDENT)
-    v = WorkerView(cache, resident, max_wait=max_wait)
+    v = WorkerView(cache, resident, max_wait=max_wait, clock=clock)
     with v.exclusive(time.monotonic() + 1) as exclusive:
         exclusive.end(synced=True)
     return v
@@ -224,11 +224,7 @@ def test_a_load_longer_than_max_wait_still_serves_its_whole_group():
     import threading
 
     clock = [100.0]
-    cache = create_policy("lru", capacity=3, ttl=5.0)
-    resident = create_policy("lru", capacity=1, ttl=5.0, tier=Tier.RESIDENT)
-    v = WorkerView(cache, resident, max_wait=2.0, clock=lambda: clock[0])
-    with v.exclusive(time.monotonic() + 1) as exclusive:
-        exclusive.end(synced=True)
+    v = view(clock=lambda: clock[0])
     first = v.admit("b", time.monotonic() + 5)
     assert isinstance(first, Swap)
     results = {}
@@ -264,11 +260,7 @@ def test_a_swap_that_ended_leaves_its_model_to_the_arrival_order_rule(ending):
     """Once a swap commits or fails, its model's later requests wait their turn again: a
     request for it behind an older one for another model is not in the next group."""
     clock = [100.0]
-    cache = create_policy("lru", capacity=3, ttl=5.0)
-    resident = create_policy("lru", capacity=1, ttl=5.0, tier=Tier.RESIDENT)
-    v = WorkerView(cache, resident, max_wait=2.0, clock=lambda: clock[0])
-    with v.exclusive(time.monotonic() + 1) as exclusive:
-        exclusive.end(synced=True)
+    v = view(clock=lambda: clock[0])
     swap = v.admit("b", time.monotonic() + 5)
     assert isinstance(swap, Swap)
     if ending == "commit":
