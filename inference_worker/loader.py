@@ -162,8 +162,11 @@ class Loader:
         # version, and beside llama.cpp's load rather than after it.
         estimating = _ESTIMATOR.submit(self.estimate, path)
         before = rss_bytes()
-        # The KV cache's memory, faulted in on another thread while llama.cpp parses the file.
-        early = prefault.Prefault(lambda: self._kv_bytes(path)) if self.prefault else None
+        # The KV cache's memory, faulted in on another thread while llama.cpp parses the file
+        # (its size from the estimate above, once that has read the header).
+        early = None
+        if self.prefault:
+            early = prefault.Prefault(lambda: estimating.result() and self._kv_bytes(path))
         with llama_log.collect() as log:
             try:
                 llm = Llama(

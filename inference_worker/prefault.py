@@ -27,6 +27,7 @@ failure here never fails a load (logged, and the load goes on without it).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import mmap
 import sys
@@ -46,6 +47,7 @@ def wanted(*, gpu_offload: bool, n_gpu_layers: int, platform: str = sys.platform
     return platform.startswith("linux") and not (gpu_offload and n_gpu_layers != 0)
 
 
+@functools.cache
 def _libc():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
