@@ -168,8 +168,12 @@ def test_the_worker_shows_an_upload_while_it_runs(worker, tmp_path):
     thread.start()
     try:
         assert half.wait(30)
+        # Listed as soon as it starts; its first counted read may come a moment later.
         assert wait_for(
-            lambda: requests.get(f"{worker.url}/status", timeout=10).json()["receiving"]
+            lambda: any(
+                r["bytes_done"]
+                for r in requests.get(f"{worker.url}/status", timeout=10).json()["receiving"]
+            )
         )
         (running,) = requests.get(f"{worker.url}/status", timeout=10).json()["receiving"]
         assert running["model"] == "big.gguf" and running["bytes_total"] == len(data)
