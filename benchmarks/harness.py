@@ -184,6 +184,75 @@ def bare_load_first_token(path: Path) -> float:
     return elapsed
 
 
+def bare_model_load(path: Path) -> float:
+    """Seconds for llama.cpp alone to load ``path``: ``llama_model_load_from_file`` with its
+    default parameters (the weights mmapped, no context), under the worker's log callback."""
+    import llama_cpp
+
+    from inference_worker import llama_log
+
+    llama_log.install()  # the worker's callback, and its cost
+    params = llama_cpp.llama_model_default_params()
+    started = time.perf_counter()
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    elapsed = time.perf_counter() - started
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path}")
+    llama_cpp.llama_model_free(model)
+    return elapsed
+
+
+def bare_prefill(path: Path, prompt: str, sequences: int, n_ctx_seq: int, repeats: int) -> list:
+    """Seconds for llama.cpp alone to evaluate ``prompt`` for ``sequences`` sequences in one
+    ``llama_decode`` (a KV stream of ``n_ctx_seq`` cells each, no flash attention, every CPU:
+    as the worker and llama-server run), ``repeats`` times: the prefill of a group of requests
+    that arrive together."""
+    import llama_cpp
+
+    from inference_worker import llama_log
+    from inference_worker.threads import usable_cpus
+
+    llama_log.install()
+    model = llama_cpp.llama_model_load_from_file(
+        str(path).encode(), llama_cpp.llama_model_default_params()
+    )
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path}")
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_seq_max = sequences * n_ctx_seq, sequences
+    params.n_batch = params.n_ubatch = 512
+    params.kv_unified = False
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    params.n_threads = params.n_threads_batch = usable_cpus()
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    text = prompt.encode()
+    ids = (llama_cpp.llama_token * 256)()
+    count = llama_cpp.llama_tokenize(
+        llama_cpp.llama_model_get_vocab(model), text, len(text), ids, 256, True, False
+    )
+    batch = llama_cpp.llama_batch_init(sequences * count, 0, 1)
+    seconds = []
+    try:
+        for _ in range(repeats):
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            batch.n_tokens = sequences * count
+            for seq in range(sequences):
+                for pos in range(count):
+                    i = seq * count + pos
+                    batch.token[i], batch.pos[i] = ids[pos], pos
+                    batch.n_seq_id[i], batch.seq_id[i][0] = 1, seq
+                    batch.logits[i] = pos == count - 1
+            started = time.perf_counter()
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            seconds.append(time.perf_counter() - started)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+    return seconds
+
+
 def raw_sendfile_seconds(path: Path, sink_dir: Path) -> float:
     """Loopback TCP baseline: ``socket.sendfile`` into a socket, ``recv_into`` to a file."""
     size = path.stat().st_size

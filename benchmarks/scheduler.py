@@ -30,6 +30,13 @@ names (``sched-a``, ``sched-b``, ``sched-c``) and ``MAX_LOADED_MODELS=1``:
   swap it carried out, prefill start (from the services' JSON log lines under the
   request's ``X-Request-Id``), first and last token (as the client saw them), and
   where the wall time went (swapping, generating, neither) against the router's.
+- floor: llama.cpp alone loading the file (``llama_model_load_from_file``, median
+  of 5) and evaluating one model's group of prompts in one ``llama_decode``
+  (median of 5), and the least wall time any server could take for each burst
+  with one model resident: per model a load and that prefill, plus the router's
+  generation from each model's first token to its last, all in sequence since
+  the next model may load only once the previous one is gone; set against the
+  targets.
 
 Results go to stdout; with ``--out FILE`` also to a markdown file. The runs are in
 ``scheduler_runs.py``, the tables in ``scheduler_report.py``.
@@ -45,8 +52,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
+    bare_model_load,
+    bare_prefill,
     emit,
     link_names,
+    median,
     standalone_models,
 )
 from scheduler_report import (  # noqa: E402
@@ -58,7 +68,9 @@ from scheduler_report import (  # noqa: E402
     verdicts,
 )
 from scheduler_runs import (  # noqa: E402
+    N_CTX,
     NAMES,
+    PROMPT,
     SOAK_NAMES,
     hit_overhead,
     peer_binary,
@@ -102,6 +114,18 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
     for tokens in args.timeline_tokens:
         if tokens not in results["timelines"] and not args.quick:
             results["timelines"][tokens] = paired(tokens)
+    # What each model's turn costs at least: llama.cpp alone loading the file (warm in the
+    # page cache after the bursts) and evaluating its group's prompts in one step; the floor
+    # the report sets the targets against.
+    loads = [bare_model_load(models / source) for _ in range(BARE_LOADS)]
+    group = -(-args.clients // len(names))
+    prefills = bare_prefill(models / source, PROMPT, min(group, args.parallel), N_CTX, BARE_LOADS)
+    results["bare_load"] = {
+        "median": median(loads),
+        "all": loads,
+        "prefill": median(prefills),
+        "sequences": min(group, args.parallel),
+    }
     if args.quick:  # the suite's test run: the bursts only (section 2 measures hits)
         results["soak"] = results["hits"] = None
         return results
@@ -116,6 +140,9 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
             tmp, models, SOAK_NAMES[0], args.hits, args.baseline_src
         )
     return results
+
+
+BARE_LOADS = 5
 
 
 def median_run(runs: list[dict]) -> dict:

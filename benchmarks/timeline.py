@@ -120,6 +120,23 @@ def router_breakdown(rows: list[dict]) -> dict:
     }
 
 
+def floor(router: dict, bare: dict) -> dict:
+    """The least wall time any server could take for the router's burst with one model
+    resident: each model loaded once and its group's prompts evaluated in one step as fast
+    as llama.cpp alone does (``bare``: the seconds of each, see scheduler.py), then its
+    requests generated as fast as the router generated them, from their first token to
+    their last. All in sequence: the next model may load only once the previous one is
+    gone."""
+    r = router_breakdown(router["timeline"])
+    generating = sum(last - first for _, (first, last) in r["phases"])
+    turns = len(r["phases"]) * (bare["median"] + bare["prefill"])
+    return {
+        "generating": generating,
+        "seconds": turns + generating,
+        "ratio": (turns + generating) / router["wall"],  # as the burst's ratio: the client's
+    }
+
+
 def timeline_rows(rows: list[dict]) -> list[list[str]]:
     def at(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
@@ -147,7 +164,9 @@ TIMELINE_HEADER = [
 ]
 
 
-def where_the_time_goes(tokens: int, ours: dict, router: dict | None) -> str:
+def where_the_time_goes(
+    tokens: int, ours: dict, router: dict | None, bare: dict | None = None
+) -> str:
     b = breakdown(ours["timeline"])
     text = (
         f"At {tokens} tokens model-swap's wall time {b['wall']:.2f} s: {b['swaps']} swaps "
@@ -171,6 +190,14 @@ def where_the_time_goes(tokens: int, ours: dict, router: dict | None) -> str:
             f" The router's {r['wall']:.2f} s (ratio {b['wall'] / r['wall']:.2f}x), by model in "
             f"the order served: {phases}."
         )
+        if bare is not None:
+            f = floor(router, bare)
+            text += (
+                f" Floor: {len(r['phases'])} loads of {bare['median']:.2f} s and prefills of "
+                f"{bare['prefill']:.2f} s (llama.cpp alone), and the router's "
+                f"{f['generating']:.2f} s from each model's first token to its last, "
+                f"{f['seconds']:.2f} s: {f['ratio']:.2f}x the router's wall time at best."
+            )
     return text
 
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from benchmarks.timeline import breakdown, timeline
+from benchmarks.scheduler_report import wall_verdict
+from benchmarks.timeline import breakdown, floor, timeline
 
 ORIGIN = 1_000_000.0  # the first request's send time (epoch seconds)
 
@@ -55,3 +56,38 @@ def test_a_first_load_counts_from_the_loaders_start_and_a_swap_from_the_unload(t
     summary = breakdown([first, second, rider])
     assert summary["swaps"] == 2 and summary["loading"] == pytest.approx(2.0)
     assert summary["swapping"] == pytest.approx(1.01 + 1.10)
+
+
+def test_the_floor_adds_each_models_load_and_prefill_to_the_routers_generation():
+    """Three models served one after another by the router; llama.cpp alone loads the file in
+    0.4 s and evaluates a group's prompts in 0.1 s: every model's turn costs 0.5 s before the
+    router's own first-to-last-token spans (1.0, 0.9, 1.1 s)."""
+    router = {
+        "wall": 6.5,
+        "timeline": [
+            {"model": "a", "first": 1.2, "last": 2.0},
+            {"model": "a", "first": 1.1, "last": 2.1},
+            {"model": "b", "first": 3.3, "last": 4.2},
+            {"model": "c", "first": 5.4, "last": 6.5},
+        ],
+    }
+    least = floor(router, {"median": 0.4, "prefill": 0.1})
+    assert least["generating"] == pytest.approx(1.0 + 0.9 + 1.1)
+    assert least["seconds"] == pytest.approx(3 * 0.5 + 3.0)
+    assert least["ratio"] == pytest.approx(4.5 / 6.5)
+
+
+def test_a_target_below_the_floor_says_so():
+    router = {"wall": 10.0, "timeline": [{"model": "a", "first": 1.0, "last": 8.0}]}
+    bare = {"median": 0.5, "prefill": 0.5}  # floor 1.0 + 7.0 = 8.0 s: 0.80x
+    line = wall_verdict("", {"wall": 8.5}, router, 0.67, bare)
+    assert line == (
+        "wall time <= 0.67x router's: 0.85x -> not met "
+        "(floor 0.80x: the target is below what llama.cpp's load allows)"
+    )
+    assert wall_verdict("", {"wall": 8.5}, router, 0.9, bare).endswith(
+        "0.85x -> met (floor 0.80x: the target is within what llama.cpp's load allows)"
+    )
+    assert wall_verdict("", {"wall": 8.5}, router, 0.9, None) == (
+        "wall time <= 0.9x router's: 0.85x -> met"
+    )
