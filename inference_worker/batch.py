@@ -211,7 +211,9 @@ class BatchScheduler(Admission):
             logger.exception("batch step on %s failed", self.name)
             for seq in active:
                 if seq.slot >= 0:
-                    self._end(seq, DecodeFailed(f"generation on {self.name} failed: {err}"))
+                    failed = DecodeFailed(f"generation on {self.name} failed: {err}")
+                    self._end(seq, failed, compact=False)
+            self._compact()
         return True
 
     def _admit(self) -> None:
@@ -279,7 +281,8 @@ class BatchScheduler(Admission):
         for seq in active:
             seq.row = -1
             if seq.cancelled:
-                self._end(seq, "cancelled")
+                self._end(seq, "cancelled", compact=False)
+        self._compact()
         live = [seq for seq in active if seq.slot >= 0 and seq.placed]
         decoding = sum(seq.pending is not None for seq in live)
         room = self._n_batch - decoding
@@ -348,13 +351,16 @@ class BatchScheduler(Admission):
                 continue
             token = seq.sampler.sample(self._ctx, seq.row)
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                self._end(seq, "stop")
+                self._end(seq, "stop", compact=False)
                 continue
             seq.generated += 1
             seq.pending = token
             seq.out.put(token)
             if seq.generated >= seq.max_tokens:
-                self._end(seq, "length")
+                self._end(seq, "length", compact=False)
+        # Once every sequence of the step is sampled: sequences that end in the same step
+        # (a wave of equal requests) never move into each other's slots.
+        self._compact()
 
     def _add(self, n: int, token: int, pos: int, seq: Sequence, logits: bool) -> int:
         batch = self._batch
@@ -366,34 +372,43 @@ class BatchScheduler(Admission):
         self._kept.tokens[seq.slot].append(token)
         return n + 1
 
-    def _end(self, seq: Sequence, outcome) -> None:
-        """Free ``seq``'s slot and tell its reader (loop thread).
+    def _end(self, seq: Sequence, outcome, compact: bool = True) -> None:
+        """Free ``seq``'s slot and tell its reader (loop thread); then, unless the caller
+        compacts after ending others too, ``_compact``.
 
         Its KV cells stay for prefix reuse (unless ``reuse`` is off or a decode failed).
-        Keeps the slots compact: the running sequence in the highest slot above the
-        freed one moves into it (``KeptCells.swap``: the two slots exchange their KV streams
-        and cached tokens), so the running sequences always hold slots 0..k-1 and the
-        lowest free slot is k.
         """
         if seq.slot < 0:
             return
-        slot = seq.slot
         if not self.reuse or isinstance(outcome, Exception):
-            self._kept.drop(slot)
+            self._kept.drop(seq.slot)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
         with self._cond:
             self._active.remove(seq)
-            last = max(self._active, key=_slot, default=None)
-            if last is not None and last.slot > slot:
-                self._kept.swap(slot, last.slot)  # the freed slot's kept cells go up with it
-                self.moves += 1
-                last.slot, slot = slot, last.slot
-            bisect.insort(self._free, slot)
+            bisect.insort(self._free, seq.slot)
             seq.slot, seq.row = -1, -1
             self._cond.notify_all()
         seq.out.put(outcome)
+        if compact:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the slots compact (loop thread): while a free slot lies below the highest
+        running sequence, that sequence moves into it (``KeptCells.swap``: the two slots
+        exchange their KV streams, copied whole at the next decode, and cached tokens), so
+        the running sequences hold slots 0..k-1 and the lowest free slot is k."""
+        with self._cond:
+            while self._free:
+                last = max(self._active, key=_slot, default=None)
+                if last is None or last.slot < self._free[0]:
+                    return
+                hole = self._free.pop(0)
+                self._kept.swap(hole, last.slot)  # the freed slot's kept cells go up with it
+                self.moves += 1
+                bisect.insort(self._free, last.slot)
+                last.slot = hole
 
 
 def _slot(seq: Sequence) -> int:

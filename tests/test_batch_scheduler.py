@@ -210,3 +210,20 @@ def test_alternating_resident_models_get_their_texts_on_one_thread_each(models_d
     assert all(isinstance(s, Scheduler) and s.threads == 1 for s in schedulers)
     for name in (A, B):
         assert engine.unload(name)
+
+
+def test_sequences_that_end_in_the_same_step_do_not_move_into_each_others_slots(llm):
+    """Four equal requests admitted together end in the same step: no slot is compacted
+    (each move queues whole-stream copies that the next decode, or the close, pays for),
+    and none is left pending for the close to flush. When two of four end together while
+    the others run on, each hole below the running ones is filled once."""
+    scheduler = scheduler_for(llm, 4)
+    try:
+        equal = run(scheduler, llm, dict.fromkeys(range(4), 12))
+        assert scheduler.moves == 0 and not scheduler._kept.pending
+        assert equal == {i: run(scheduler, llm, {i: 12})[i] for i in range(4)}
+        moves = scheduler.moves
+        run(scheduler, llm, {4: 6, 5: 6, 6: 20, 7: 20})  # slots 0 and 1 end, 2 and 3 run on
+        assert scheduler.moves - moves == 2
+    finally:
+        scheduler.close()
