@@ -32,11 +32,11 @@ names (``sched-a``, ``sched-b``, ``sched-c``) and ``MAX_LOADED_MODELS=1``:
   where the wall time went (swapping, generating, neither) against the router's.
 - floor: llama.cpp alone loading the file (``llama_model_load_from_file``, median
   of 5) and evaluating one model's group of prompts in one ``llama_decode``
-  (median of 5), and the least wall time any server could take for each burst
-  with one model resident: per model a load and that prefill, plus the router's
-  generation from each model's first token to its last, all in sequence since
-  the next model may load only once the previous one is gone; set against the
-  targets.
+  (median of 5), and the least wall time a server could take for each burst with
+  one model resident: per model a load and that prefill, plus each model's first
+  token to its last as fast as the faster side decoded them in the same run, all
+  in sequence since the next model may load only once the previous one is gone;
+  set against the targets.
 
 Results go to stdout; with ``--out FILE`` also to a markdown file. The runs are in
 ``scheduler_runs.py``, the tables in ``scheduler_report.py``.

@@ -131,7 +131,7 @@ def wall_verdict(label: str, ours: dict, router: dict, target: float, bare: dict
     )
     if bare is None:
         return line
-    least = floor(router, bare)["ratio"]
+    least = floor(router, bare, ours)["ratio"]
     reach = "below" if least > target else "within"
     return f"{line} (floor {least:.2f}x: the target is {reach} what llama.cpp's load allows)"
 

@@ -71,23 +71,29 @@ def test_the_floor_adds_each_models_load_and_prefill_to_the_routers_generation()
             {"model": "c", "first": 5.4, "last": 6.5},
         ],
     }
-    least = floor(router, {"median": 0.4, "prefill": 0.1})
+    bare = {"median": 0.4, "prefill": 0.1}
+    least = floor(router, bare)
     assert least["generating"] == pytest.approx(1.0 + 0.9 + 1.1)
     assert least["seconds"] == pytest.approx(3 * 0.5 + 3.0)
     assert least["ratio"] == pytest.approx(4.5 / 6.5)
+    # A side that decoded faster than the router sets the floor: 2.5 s of spans.
+    spans = (("a", 1.0), ("b", 0.7), ("c", 0.8))
+    faster = {"timeline": [{"model": m, "first": 1.0, "last": 1.0 + d} for m, d in spans]}
+    assert floor(router, bare, faster)["seconds"] == pytest.approx(1.5 + 2.5)
+    slower = {"timeline": [{"model": "a", "first": 1.0, "last": 5.0}]}
+    assert floor(router, bare, slower)["seconds"] == pytest.approx(4.5)
 
 
 def test_a_target_below_the_floor_says_so():
     router = {"wall": 10.0, "timeline": [{"model": "a", "first": 1.0, "last": 8.0}]}
     bare = {"median": 0.5, "prefill": 0.5}  # floor 1.0 + 7.0 = 8.0 s: 0.80x
-    line = wall_verdict("", {"wall": 8.5}, router, 0.67, bare)
+    ours = {"wall": 8.5, "timeline": [{"model": "a", "first": 1.0, "last": 9.0}]}
+    line = wall_verdict("", ours, router, 0.67, bare)
     assert line == (
         "wall time <= 0.67x router's: 0.85x -> not met "
         "(floor 0.80x: the target is below what llama.cpp's load allows)"
     )
-    assert wall_verdict("", {"wall": 8.5}, router, 0.9, bare).endswith(
+    assert wall_verdict("", ours, router, 0.9, bare).endswith(
         "0.85x -> met (floor 0.80x: the target is within what llama.cpp's load allows)"
     )
-    assert wall_verdict("", {"wall": 8.5}, router, 0.9, None) == (
-        "wall time <= 0.9x router's: 0.85x -> met"
-    )
+    assert wall_verdict("", ours, router, 0.9, None) == ("wall time <= 0.9x router's: 0.85x -> met")
