@@ -10,6 +10,10 @@ from collections import deque
 from inference_worker.sequence import SchedulerClosed, Sequence
 from model_swap.generation import Sampling
 
+# The longest an idle scheduler waits for the rest of a group of requests sent together
+# (their HTTP hops from the store, a few ms each on loopback; tens of ms on a busy machine).
+GATHER_WINDOW = 0.1
+
 
 class Admission:
     """The open sequences of one scheduler and the queue of those waiting for a slot.
@@ -49,15 +53,40 @@ class Admission:
             self._open += 1
         return Sequence()
 
-    def start(self, seq: Sequence, prompt: list[int], max_tokens: int, sampling: Sampling) -> None:
-        """Queue ``seq`` for a free slot (first come, first served); never blocks."""
+    def start(
+        self,
+        seq: Sequence,
+        prompt: list[int],
+        max_tokens: int,
+        sampling: Sampling,
+        together: int = 1,
+    ) -> None:
+        """Queue ``seq`` for a free slot (first come, first served); never blocks.
+
+        ``together``: how many requests were sent to this model at once with this one (the
+        store's group after a swap); see ``gathering``.
+        """
         seq.prompt, seq.max_tokens, seq.sampling = prompt, max_tokens, sampling
+        seq.together = together
         with self._cond:
             if seq.cancelled:
                 return
             seq.submitted = time.perf_counter()
             self._waiting.append(seq)
             self._cond.notify_all()
+
+    def gathering(self, slots: int, now: float) -> float:
+        """Seconds the loop of an idle scheduler should still wait before its first step
+        (under ``_cond``): while the first waiting request says more were sent with it and
+        not all of them (up to ``slots``) have arrived, at most ``GATHER_WINDOW`` after it
+        did. Their prompts then share one step instead of the first one's prompt going
+        alone and the others' a step later. 0: step now."""
+        if not self._waiting:
+            return 0.0
+        first = self._waiting[0]
+        if len(self._waiting) >= min(first.together, slots):
+            return 0.0
+        return max(0.0, first.submitted + GATHER_WINDOW - now)
 
     def cancel(self, seq: Sequence) -> None:
         """Stop ``seq`` at the next step (its reader has what it wants); it stays open."""

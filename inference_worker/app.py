@@ -46,6 +46,7 @@ from model_swap.errors import (
     PayloadInvalid,
     register_error_handlers,
 )
+from model_swap.generation import TOGETHER_HEADER, parse_together
 from model_swap.logs import install_request_ids
 from model_swap.rdma_setup import endpoints_for
 from model_swap.requests_json import read_json_object
@@ -267,8 +268,9 @@ def create_app(settings: WorkerSettings | None = None) -> Flask:
             return embed_response(engine, body, model)
         events = _stream_format(body) == "events"
         job = parse_job(body, settings, events=events)
+        together = parse_together(request.headers.get(TOGETHER_HEADER))
         try:
-            generation = engine.begin(model, job)
+            generation = engine.begin(model, job, together)
         except NotLoaded as err:
             raise Conflict(str(err)) from None
         except (PromptTooLong, ChatTemplateError, GrammarError, OutOfVocabulary) as err:

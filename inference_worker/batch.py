@@ -203,6 +203,11 @@ class BatchScheduler(Admission):
                     return False
                 self._cond.wait(IDLE_CHECK)
                 return True
+            if not self._active:
+                hold = self.gathering(len(self._free), time.perf_counter())
+                if hold > 0:
+                    self._cond.wait(hold)
+                    return True
             self._admit()
             active = list(self._active)
         try:

@@ -209,13 +209,14 @@ class Engine:
             resident.llm, resident.template, resident.scheduler = None, None, None
         logger.info("unloaded %s%s", resident.name, f" {why}" if why else "")
 
-    def begin(self, model: str | None, job: Job) -> Generation:
+    def begin(self, model: str | None, job: Job, together: int = 1) -> Generation:
         """Check the prompt fits and queue a generation on ``model``; never waits for others.
 
         ``model`` None means the most recently used resident model. Waits only
         while that model is being reloaded. Raises NotLoaded (also when it is
         being unloaded), ChatTemplateError or PromptTooLong. The caller must
-        ``close`` the generation.
+        ``close`` the generation. ``together``: requests sent to the model at once
+        with this one (``Admission.gathering``).
         """
         with self._state:
             resident = self._pick(model)
@@ -273,7 +274,7 @@ class Engine:
             if self._models.get(resident.name) is resident:
                 self._models.move_to_end(resident.name)
             resident.last_active = self._clock()
-        scheduler.start(seq, prompt_tokens, budget, prompt.sampling)
+        scheduler.start(seq, prompt_tokens, budget, prompt.sampling, together)
         return generation
 
     def _current(self, resident: ResidentModel) -> bool:

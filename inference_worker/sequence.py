@@ -31,6 +31,9 @@ class Sequence:
         self.sampling = Sampling()
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.submitted = time.perf_counter()
+        # Requests sent to this model at the same moment as this one, itself included (the
+        # store's group after a swap): the first step of an idle scheduler waits for them.
+        self.together = 1
         self.admitted: float | None = None  # set when it gets a slot
         self.cancelled = False
         self.released = False

@@ -285,3 +285,19 @@ def parse_messages(value: object, *, max_chars: int) -> tuple[Message, ...]:
             )
         messages.append(Message(role, content, calls, call_id if role == "tool" else None, name))
     return tuple(messages)
+
+
+# The store's header on a worker's ``POST /infer``: how many requests it sent to that model
+# at once with this one (the group served right after a swap), so the worker's batch loop
+# can give their prompts one step (``inference_worker/admission.py``).
+TOGETHER_HEADER = "X-Batch-Together"
+MAX_TOGETHER = 4096
+
+
+def parse_together(value: str | None) -> int:
+    """``TOGETHER_HEADER``'s value: 1 when absent; BadRequest unless 1..MAX_TOGETHER."""
+    if value is None:
+        return 1
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_TOGETHER:
+        raise BadRequest(f"{TOGETHER_HEADER} must be a whole number from 1 to {MAX_TOGETHER}")
+    return int(value)

@@ -4,11 +4,12 @@ the batch it lays out after out-of-order finishes and admissions, and the texts 
 from __future__ import annotations
 
 import threading
+import time
 
 import llama_cpp
 import pytest
 
-from inference_worker import batch
+from inference_worker import admission, batch
 from inference_worker.batch import BatchScheduler, BatchStats
 from model_swap.generation import Sampling
 from tests.conftest import A, wait_for
@@ -227,3 +228,63 @@ def test_sequences_that_end_in_the_same_step_do_not_move_into_each_others_slots(
         assert scheduler.moves - moves == 2
     finally:
         scheduler.close()
+
+
+def test_an_idle_scheduler_gives_a_group_sent_together_one_first_step(llm, monkeypatch):
+    """Three requests the store sent together (after a swap) reach the worker a few ms apart:
+    the idle loop waits for all three, and their prompts share the first step, instead of
+    the first one's prompt going alone and the others' a step later."""
+    monkeypatch.setattr(admission, "GATHER_WINDOW", 30.0)  # only the arrivals end the wait
+    layouts: list[list[int]] = []
+    scheduler = scheduler_for(llm, 4, layouts)
+    try:
+        expected = {i: run(scheduler, llm, {i: 6})[i] for i in range(3)}
+        layouts.clear()
+        seqs = []
+        for i in range(3):
+            seqs.append(scheduler.reserve())
+            scheduler.start(seqs[i], prompt(llm, i), 6, GREEDY, together=3)
+            time.sleep(0.2)  # the loop is idle and would step at once
+        assert [collect(scheduler, seq) for seq in seqs] == [
+            (expected[i], "length") for i in range(3)
+        ]
+        assert sorted(set(layouts[0])) == [0, 1, 2]  # every prompt in the first step
+    finally:
+        scheduler.close()
+
+
+def test_a_group_member_that_never_comes_holds_the_first_step_one_window_at_most(llm, monkeypatch):
+    monkeypatch.setattr(admission, "GATHER_WINDOW", 0.3)
+    scheduler = scheduler_for(llm, 4)
+    try:
+        seq = scheduler.reserve()
+        started = time.perf_counter()
+        scheduler.start(seq, prompt(llm, 0), 1, GREEDY, together=3)  # two of them never come
+        tokens, outcome = collect(scheduler, seq)
+        assert outcome == "length" and len(tokens) == 1
+        assert time.perf_counter() - started >= 0.3
+        with scheduler._cond:
+            assert scheduler.gathering(4, time.perf_counter()) == 0.0  # nothing waits
+    finally:
+        scheduler.close()
+
+
+def test_the_wait_is_for_as_many_as_there_are_slots():
+    """Pure: ``gathering`` of a queue (no model): the head's group, capped by the slots."""
+    queue = admission.Admission("pure")
+    seqs = [queue.reserve() for _ in range(3)]
+    for seq in seqs[:2]:
+        queue.start(seq, [1], 1, GREEDY, together=5)
+    head = seqs[0].submitted
+    with queue._cond:
+        assert queue.gathering(8, head) == pytest.approx(admission.GATHER_WINDOW)
+        assert queue.gathering(2, head) == 0.0  # two slots, two waiting: step now
+        assert queue.gathering(8, head + admission.GATHER_WINDOW + 1) == 0.0  # window over
+    queue.start(seqs[2], [1], 1, GREEDY)  # a request sent on its own changes nothing
+    with queue._cond:
+        assert queue.gathering(8, head + 0.05) == pytest.approx(admission.GATHER_WINDOW - 0.05)
+    alone = admission.Admission("alone")
+    seq = alone.reserve()
+    alone.start(seq, [1], 1, GREEDY)
+    with alone._cond:
+        assert alone.gathering(8, seq.submitted) == 0.0

@@ -289,3 +289,23 @@ def test_store_runs_eight_generations_on_one_model_together_and_a_swap_waits_for
     assert other["response"].headers["X-Model"] == B
     assert other["at"] > closed_last
     assert worker_status(worker)["resident"][0]["name"] == B
+
+
+def test_infer_takes_the_stores_group_header_and_refuses_a_bad_one(start_worker, models_dir):
+    """``X-Batch-Together`` (the store's group after a swap): a bad value is a 400 naming
+    it; a group of three that only one request of reaches the worker still runs, after the
+    gathering window, with the text it gets alone."""
+    worker = start_worker(n_ctx=N_CTX, parallel=4)
+    load(worker, models_dir)
+    body = {"model": A, **job(0, max_tokens=8)}
+    alone = infer(worker, job(0, max_tokens=8))
+    for bad in ("0", "-1", "x", "4097", "1.5", ""):
+        r = requests.post(
+            f"{worker.url}/infer", json=body, headers={"X-Batch-Together": bad}, timeout=30
+        )
+        assert r.status_code == 400, bad
+        assert "X-Batch-Together" in r.json()["error"]["message"]
+    r = requests.post(
+        f"{worker.url}/infer", json=body, headers={"X-Batch-Together": "3"}, timeout=60
+    )
+    assert r.status_code == 200 and r.text == alone

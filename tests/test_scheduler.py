@@ -205,10 +205,12 @@ def test_a_committed_load_hands_hits_to_its_whole_group():
     hit = first.commit()
     threads[1].join(5)
     assert isinstance(results["a2"], Hit)  # served with a's group, not after b
+    assert hit.together == results["a2"].together == 2  # sent to the worker as one group
     assert threads[0].is_alive()  # b waits: a is generating and b is still patient
     time.sleep(0.1)  # b's thread looks at the slot, and waits without draining a
     later = v.admit("a", time.monotonic() + 0.5)
     assert isinstance(later, Hit)  # patient: a new request for a is still served
+    assert later.together == 1
     later.release()
     hit.release()
     results["a2"].release()
@@ -246,6 +248,8 @@ def test_a_load_longer_than_max_wait_still_serves_its_whole_group():
     for key in ("b2", "b3"):
         threads[key].join(5)
         assert isinstance(results[key], Hit), key  # served with b's group
+        assert results[key].together == 3
+    assert hit.together == 3
     assert threads["a1"].is_alive()  # a waits for b's group to end, then swaps
     for held in (hit, results["b2"], results["b3"]):
         held.release()

@@ -60,6 +60,9 @@ class Hit(_Once):
         self._on_release = on_release
 
     owns_swap = False
+    # Generations granted at once with this one (itself included): the group served when
+    # its model's swap commits, sent to the worker together (``TOGETHER_HEADER``).
+    together = 1
 
     def release(self) -> None:
         if self._close():

@@ -310,7 +310,7 @@ class SwapService(Syncing):
     ) -> InferenceStream:
         """Open ``node``'s token stream under ``hit`` (released on failure)."""
         try:
-            return node.client.infer(model, job)
+            return node.client.infer(model, job, together=hit.together)
         except BaseException as err:
             hit.release()
             status = getattr(err, "worker_status", None)

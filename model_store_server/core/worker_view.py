@@ -303,13 +303,19 @@ class WorkerView(ViewReport, ViewControl):
                 self.resident.pin(decision.model)
             self.gate.release()
             if decision.action in LOADS:
-                self._serve_group(decision.model)
+                group = self._serve_group(decision.model)
+                if granted is not None:
+                    group.append(granted)
+                for member in group:
+                    member.together = len(group)
             self.scheduler.unclaim(decision.model)
             return granted
 
-    def _serve_group(self, model: str) -> None:
-        """Hand a ``Hit`` to every request of ``model``'s group: served before any swap."""
+    def _serve_group(self, model: str) -> list[Hit]:
+        """Hand a ``Hit`` to every request of ``model``'s group: served before any swap.
+        Returns the hits handed out."""
         now = self._now()
+        served = []
         for waiter in self.scheduler.group(model, now):
             if self._hit(model, waiter.version):
                 waiter.granted = self._grant_hit(
@@ -317,7 +323,9 @@ class WorkerView(ViewReport, ViewControl):
                         model, waiter.version, waiter.started, waiter.keep_alive, waiter.pin
                     )
                 )
+                served.append(waiter.granted)
                 self.scheduler.leave(waiter)
+        return served
 
     def _abort(self, swap: Swap, synced: bool) -> None:
         with self._cond:

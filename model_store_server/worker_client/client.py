@@ -35,6 +35,7 @@ from model_store_server.worker_client.pool import ConnectionPool
 from model_store_server.worker_client.report import WorkerReport, read_report
 from model_store_server.worker_client.stream import InferenceStream
 from model_swap import worker_auth
+from model_swap.generation import TOGETHER_HEADER
 from model_swap.logs import current_request_id
 
 logger = logging.getLogger("model_store_server.worker_client")
@@ -357,8 +358,12 @@ class WorkerClient:
     def load_local(self, model: str) -> dict:
         return self._json("POST", "/load_model_from_local_store", None, {"X-Model-Name": model})
 
-    def infer(self, model: str, job: dict) -> InferenceStream:
-        """Start a generation on ``model``; ``job`` is the rest of the /infer body."""
+    def infer(self, model: str, job: dict, together: int = 1) -> InferenceStream:
+        """Start a generation on ``model``; ``job`` is the rest of the /infer body;
+        ``together``: generations the store sends to ``model`` at once with this one."""
         body = json.dumps({"model": model, **job}).encode()
-        conn, response = self._call("POST", "/infer", body, {"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if together > 1:
+            headers[TOGETHER_HEADER] = str(together)
+        conn, response = self._call("POST", "/infer", body, headers)
         return InferenceStream(conn, response, self._pool.checkin)
