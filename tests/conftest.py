@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -288,3 +291,32 @@ def cache_dir(worker):
     from pathlib import Path
 
     return Path(worker_status(worker)["model_cache_dir"])
+
+
+@contextlib.contextmanager
+def recording_server(body: bytes, content_type: str = "application/json"):
+    """A stand-in HTTP server on a free loopback port that answers every POST with 200 and
+    ``body`` and records what came: yields (its URL, a list of (path, headers))."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.path, dict(self.headers)))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()

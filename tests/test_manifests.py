@@ -3,12 +3,10 @@ to the services' real settings. Offline: schemas ship with kubernetes-validate."
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import subprocess
 import sys
-import threading
 import tomllib
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from inference_worker.config import WorkerSettings
 from model_store_server.config import DEFAULTS as STORE_DEFAULTS
 from model_store_server.config import StoreSettings
 from model_swap.settings import SettingsError
+from tests.conftest import recording_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -282,32 +281,12 @@ def test_the_grace_period_covers_the_drain_and_the_shutdown(statefulset):
     assert pod["terminationGracePeriodSeconds"] >= hook_timeout + grace
 
 
-class _DrainRecorder(http.server.BaseHTTPRequestHandler):
-    """Stand-in for the store's ``POST /workers/{id}/drain`` (added by the store side of
-    issue 20, not in this branch): records what the preStop hook sends."""
-
-    seen: list[tuple[str, str, str | None]] = []
-
-    def do_POST(self):
-        self.seen.append(("POST", self.path, self.headers.get("Authorization")))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b'{"drained": true}')
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def drain_recorder():
-    _DrainRecorder.seen = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DrainRecorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", _DrainRecorder.seen
-    server.shutdown()
-    server.server_close()
+    """Stand-in for the store's ``POST /workers/{id}/drain``: records what the preStop hook
+    sends."""
+    with recording_server(b'{"drained": true}') as recorded:
+        yield recorded
 
 
 @pytest.mark.parametrize(
@@ -332,4 +311,5 @@ def test_the_prestop_hook_asks_the_store_to_drain_this_worker(
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert seen == [("POST", "/workers/10.1.2.3:8080/drain", authorization)]
+    sent = [(path, headers.get("Authorization")) for path, headers in seen]
+    assert sent == [("/workers/10.1.2.3:8080/drain", authorization)]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from model_store_server.worker_client import WorkerClient
-from tests.conftest import A, upload_to_worker, worker_status
+from tests.conftest import A, recording_server, upload_to_worker, worker_status
 
 
 def client_for(worker) -> WorkerClient:
@@ -69,35 +69,11 @@ def test_without_a_pool_every_call_opens_a_connection(worker):
 def test_infer_sends_the_group_size_only_for_a_group():
     """The header the worker's batch loop gathers a group by (``X-Batch-Together``), as the
     store's client sends it: absent for a request on its own."""
-    import http.server
-    import threading
-
-    seen: list[str | None] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("X-Batch-Together"))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}"
+    with recording_server(b"ok", "text/plain") as (url, seen):
         client = WorkerClient(url, connect_timeout=5, read_timeout=10)
         for together in (1, 3):
             stream = client.infer(A, {"prompt": "hello"}, together=together)
             assert b"".join(stream) == b"ok"
             stream.close()
         client.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert seen == [None, "3"]
+    assert [headers.get("X-Batch-Together") for _, headers in seen] == [None, "3"]
