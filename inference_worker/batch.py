@@ -9,20 +9,14 @@ plus chunks of newly admitted prompts into one ``llama_batch`` (at most
 with the others' decoding), calls ``llama_decode`` once, and samples each
 sequence from its own logits row with its own sampler chain.
 
-Prefix reuse: a finished or cancelled sequence's slot keeps its KV cells and
-the token ids they hold (``KeptCells``). A new request goes to the free slot
-whose cached tokens share the longest prefix with its prompt; the cells past
-that prefix are removed (``llama_memory_seq_rm``) and only the rest of the
-prompt is evaluated (always its last token, for the logits). Moving a
-sequence between slots swaps two KV streams through one more, spare stream
-(``kv_streams`` is ``parallel + 1``), so no slot's kept cells are lost to the
-compaction. With ``reuse=False`` there is no spare stream and a finished
-sequence's cells are removed at once.
-
-A slot about to lose cells worth keeping copies them into the model's host-memory
-prompt cache first, and a prompt a kept state serves better than any slot restores
-it (``inference_worker/kv_cache.py``); on close the free slots' cells are handed
-over the same way (``close`` returns them) to be saved on disk.
+Prefix reuse (``inference_worker/prefix.py``): a finished or cancelled sequence's
+slot keeps its KV cells and their token ids; a new request goes to the free slot
+sharing the longest prefix with its prompt and evaluates only the rest (always its
+last token). Slots swap KV streams through one spare stream (``kv_streams`` is
+``parallel + 1``), so keeping the slots compact (``inference_worker/slots.py``)
+loses no kept cells; cells about to be lost go to the host-memory prompt cache
+(``inference_worker/kv_cache.py``), and ``close`` returns the free slots' cells to
+be saved on disk. With ``reuse=False`` a finished sequence's cells go at once.
 
 The scheduler hands out token ids only: turning them into text, stop
 sequences and streaming happen in the caller's thread
@@ -31,7 +25,6 @@ sequences and streaming happen in the caller's thread
 
 from __future__ import annotations
 
-import bisect
 import logging
 import queue
 import threading
@@ -50,6 +43,7 @@ from inference_worker.kv_state import read_state
 from inference_worker.prefix import KeptCells, kv_streams
 from inference_worker.sampling import sampler_chain
 from inference_worker.sequence import DecodeFailed, SchedulerClosed, Sequence
+from inference_worker.slots import SLOT, SlotTable
 from inference_worker.threads import CpuMeter, step_threads, usable_cpus
 
 __all__ = ["BatchScheduler", "BatchStats", "DecodeFailed", "SchedulerClosed", "Sequence"]
@@ -118,8 +112,7 @@ class BatchScheduler(Admission):
         self._n_batch = params.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         super().__init__(name)
-        self._active: list[Sequence] = []  # holding a slot, in admission order
-        self._free = list(range(parallel))  # sorted; always the slots above the running ones
+        self._slots = SlotTable(parallel)
         self.kv_tokens = 0  # cells the running sequences hold, as llama.cpp reports them
         self.cached_tokens = 0  # cells free slots keep for prefix reuse
         self.prompt_tokens = 0  # prompt tokens of the admitted sequences
@@ -198,18 +191,18 @@ class BatchScheduler(Admission):
     def _run_once(self) -> bool:
         """Wait (at most IDLE_CHECK seconds) for work and run one step; False when closed."""
         with self._cond:
-            if not (self._active or self._waiting):
+            if not (self._slots.active or self._waiting):
                 if self._closing and not self._open:
                     return False
                 self._cond.wait(IDLE_CHECK)
                 return True
-            if not self._active:
-                hold = self.gathering(len(self._free), time.perf_counter())
+            if not self._slots.active:
+                hold = self.gathering(len(self._slots.free), time.perf_counter())
                 if hold > 0:
                     self._cond.wait(hold)
                     return True
             self._admit()
-            active = list(self._active)
+            active = list(self._slots.active)
         try:
             self._step(active)
         except Exception as err:  # a bug or llama.cpp failing: end these, keep serving
@@ -228,19 +221,18 @@ class BatchScheduler(Admission):
         prompt. The running sequences hold slots 0..k-1, so it runs in slot k: kept
         cells in a higher free slot swap with k's.
         """
-        while self._waiting and self._free:
+        while self._waiting and self._slots.free:
             seq = self._waiting.popleft()
-            seq.slot = self._free.pop(0)
+            self._slots.take(seq)
             seq.admitted = time.perf_counter()
             self._admitted_open += 1
-            self._active.append(seq)
             self._place(seq)
 
     def _place(self, seq: Sequence) -> None:
         """Ready ``seq``'s slot: the kept cells it starts from (loop thread). Left for after
         the next decode when a state copy must wait for a queued stream copy."""
-        running = [s.slot for s in self._active if s is not seq and s.slot >= 0 and s.placed]
-        placed = self._kept.place(seq.slot, self._free, seq.prompt, self.reuse, running)
+        running = [s.slot for s in self._slots.active if s is not seq and s.placed]
+        placed = self._kept.place(seq.slot, self._slots.free, seq.prompt, self.reuse, running)
         if placed is None:
             return
         common, moved, restored = placed
@@ -271,8 +263,8 @@ class BatchScheduler(Admission):
     def _applied(self) -> None:
         """A decode ran llama.cpp's queued stream copies: place the sequences waiting for it."""
         self._kept.pending.clear()
-        for seq in self._active:
-            if not seq.placed and seq.slot >= 0:
+        for seq in self._slots.active:
+            if not seq.placed:
                 self._place(seq)
 
     def _step(self, active: list[Sequence]) -> None:
@@ -299,7 +291,7 @@ class BatchScheduler(Admission):
                 chunks[id(seq)] = seq.prompt[seq.fed : seq.fed + room]
                 room -= len(chunks[id(seq)])
         n = 0
-        for seq in sorted(live, key=_slot):
+        for seq in sorted(live, key=SLOT):
             if seq.pending is not None:
                 n = self._add(n, seq.pending, len(seq.prompt) + seq.generated - 1, seq, True)
                 seq.row = n - 1
@@ -323,7 +315,7 @@ class BatchScheduler(Admission):
             self._decode(live, n, 0 < decoding < n)
         elif any(not seq.placed for seq in active if seq.slot >= 0):
             self._flush()
-        free = set(self._free)  # only this thread changes it
+        free = set(self._slots.free)  # only this thread changes it
         self.kv_tokens = sum(
             llama_cpp.llama_memory_seq_pos_max(self._memory, slot) + 1
             for slot in range(self.parallel)
@@ -391,30 +383,18 @@ class BatchScheduler(Admission):
             seq.sampler.close()
             seq.sampler = None
         with self._cond:
-            self._active.remove(seq)
-            bisect.insort(self._free, seq.slot)
-            seq.slot, seq.row = -1, -1
+            self._slots.leave(seq)
+            seq.row = -1
             self._cond.notify_all()
         seq.out.put(outcome)
         if compact:
             self._compact()
 
     def _compact(self) -> None:
-        """Keep the slots compact (loop thread): while a free slot lies below the highest
-        running sequence, that sequence moves into it (``KeptCells.swap``: the two slots
-        exchange their KV streams, copied whole at the next decode, and cached tokens), so
-        the running sequences hold slots 0..k-1 and the lowest free slot is k."""
+        """Keep the slots compact (loop thread, ``SlotTable.compact``): a sequence that moves
+        into a lower slot exchanges KV streams (copied whole at the next decode) and cached
+        tokens with it (``KeptCells.swap``), so the freed slot's kept cells go up."""
         with self._cond:
-            while self._free:
-                last = max(self._active, key=_slot, default=None)
-                if last is None or last.slot < self._free[0]:
-                    return
-                hole = self._free.pop(0)
-                self._kept.swap(hole, last.slot)  # the freed slot's kept cells go up with it
+            for hole, source in self._slots.compact():
+                self._kept.swap(hole, source)
                 self.moves += 1
-                bisect.insort(self._free, last.slot)
-                last.slot = hole
-
-
-def _slot(seq: Sequence) -> int:
-    return seq.slot
