@@ -13,6 +13,8 @@ The measurements behind two choices of ``inference_worker/batch.py``:
   sequence (what the worker runs) and with llama.cpp's unified KV cache;
 - threads (``inference_worker/threads.py``): a one-token step, steps of 2, 4
   and 8 sequences, and prompt chunks of 32 and 256 tokens at 1..N threads;
+  one-token steps of 1 and 8 sequences at 1..N threads beside one other process
+  that uses 0-80% of a CPU (where a CPU stops counting as spare);
 - two resident tiny models in one engine: a hit (8 greedy tokens) repeated on
   one model against hits alternating between the two, with the worker's thread
   rule;
@@ -128,6 +130,64 @@ SHAPES = (  # (label, sequences, tokens each)
     ("prompt chunk, 32 tokens", 1, 32),
     ("prompt chunk, 256 tokens", 1, 256),
 )
+
+
+# Shares of one CPU another process uses beside the light-load steps.
+DUTIES = (0.0, 0.15, 0.3, 0.5, 0.8)
+LIGHT_SHAPES = (("1 sequence, 1 token", 1), ("8 sequences, 1 token each", 8))
+PERIOD = 0.01  # seconds of one busy-then-asleep cycle
+
+
+def burn(duty: float) -> None:
+    """Busy ``duty`` of every PERIOD, asleep the rest: a process using that share of a CPU
+    (a store relaying a stream, a client reading it)."""
+    while True:
+        started = time.perf_counter()
+        while time.perf_counter() - started < duty * PERIOD:
+            pass
+        time.sleep((1 - duty) * PERIOD)
+
+
+def light_load(path: Path, args) -> list[str]:
+    """One-token steps at 1..N threads beside one process using part of a CPU: where the
+    thread rule's line between a spare CPU and a busy one lies."""
+    llm = llama_cpp.Llama(str(path), n_ctx=16, verbose=False)
+    threads = list(range(1, len(os.sched_getaffinity(0)) + 1))
+    steps = Steps(llm, False)
+    lines = [
+        "",
+        "## Threads beside a light load (ms per step)",
+        "",
+        "One other process busy for a share of every 10 ms, asleep the rest; medians of "
+        f"{args.repeats * 3} steps.",
+        "",
+        "| other process's share of a CPU | step | "
+        + " | ".join(f"{t} thread(s)" for t in threads)
+        + " |",
+        "|---|---|" + "---|" * len(threads),
+    ]
+    try:
+        for duty in DUTIES:
+            other = multiprocessing.Process(target=burn, args=(duty,), daemon=True)
+            if duty:
+                other.start()
+            try:
+                for label, seqs in LIGHT_SHAPES:
+                    cells = [steps.time(list(range(seqs)), 1, t, args.repeats * 3) for t in threads]
+                    lines.append(
+                        f"| {duty:.2f} | {label} | "
+                        + " | ".join(f"{ms:.1f}" for ms in cells)
+                        + " |"
+                    )
+                    print(lines[-1], flush=True)
+            finally:
+                if duty:
+                    other.kill()
+                    other.join()
+    finally:
+        steps.close()
+        llm.close()
+    return lines
 
 
 def measure(path: Path, args) -> list[str]:
@@ -300,7 +360,8 @@ def main() -> int:
                 models, model = standalone_models(Path(name), args.quick)
                 path = models / model
             load = os.getloadavg()[0]
-            lines = measure(path, args) + alternation(Path(name), args.repeats)
+            lines = measure(path, args) + light_load(path, args)
+            lines += alternation(Path(name), args.repeats)
             lines += omp_pools(path, args.repeats)
     finally:
         for process in spinners:

@@ -21,9 +21,12 @@ TINY = 4 * 1024 * 1024
         # Other work on the CPUs: only the ones left idle, at least one.
         (1, GEMMA, 2, 1.0, 1),
         (4, GEMMA, 2, 1.2, 1),
+        (1, GEMMA, 2, 1.49, 1),  # half a CPU taken by others: that one is busy
         (256, GEMMA, 2, 0.1, 1),
         (4, GEMMA, 16, 9.8, 10),
-        (4, GEMMA, 2, 1.8, 2),  # three quarters idle count as a CPU
+        (4, GEMMA, 16, 9.4, 9),
+        (4, GEMMA, 2, 1.8, 2),
+        (1, GEMMA, 2, 1.5, 2),  # half idle counts as a CPU (a store relaying the stream)
         # Never more than the CPUs this process may use (CPU_AFFINITY).
         (4, GEMMA, 1, 2.0, 1),
         # A tiny model's small steps: one thread, idle or not; its prompt chunks: the rule.
