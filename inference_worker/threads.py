@@ -35,9 +35,10 @@ from contextlib import contextmanager
 # take well under a millisecond, less than waking a second thread costs.
 TINY_MODEL_BYTES = 64 * 1024 * 1024
 SMALL_STEP_TOKENS = 32
-# A CPU counts as spare when at least this much of it was idle: beside one process using
-# up to half a CPU (the store relaying a stream, its client), Gemma 3 270M's one-token steps
-# were still 8-30% faster on 2 threads than on 1, even at 80% (benchmarks/BATCH_STEPS.md).
+# A CPU counts as spare when at least this much of it was idle: beside one process using up
+# to half a CPU (the store relaying a stream, its client), Gemma 3 270M's one-sequence steps
+# were 10-37% faster on 2 threads than on 1; beside one using 80%, 1 thread was faster
+# (32.1 against 37.9 ms; benchmarks/BATCH_STEPS.md, "Threads beside a light load").
 SPARE_FRACTION = 0.5
 # Seconds between two readings of /proc/stat (a step reads the last value).
 WINDOW = 0.5
