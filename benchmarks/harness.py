@@ -253,6 +253,37 @@ def bare_prefill(path: Path, prompt: str, sequences: int, n_ctx_seq: int, repeat
     return seconds
 
 
+def bare_llama_cpp(path: Path, prompt: str, sequences: int, n_ctx_seq: int, repeats: int) -> dict:
+    """``bare_model_load`` and ``bare_prefill``, ``repeats`` times each, in a fresh process
+    under the worker's huge-page tunable (``inference_worker/huge_pages.py``): llama.cpp
+    alone in the conditions the worker loads and decodes in. Seconds, as
+    {"loads": [...], "prefills": [...]}."""
+    from inference_worker.huge_pages import tuned_environment
+
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import harness; "
+        "print(json.dumps(harness.bare_measures(*sys.argv[2:])))"
+    )
+    args = [str(ROOT / "benchmarks"), str(path), prompt, str(sequences), str(n_ctx_seq)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args, str(repeats)],
+        env=tuned_environment(dict(os.environ)) or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the bare llama.cpp measurement failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bare_measures(path: str, prompt: str, sequences: str, n_ctx_seq: str, repeats: str) -> dict:
+    """``bare_llama_cpp``'s child: its measurements, from its command-line strings."""
+    loads = [bare_model_load(Path(path)) for _ in range(int(repeats))]
+    prefills = bare_prefill(Path(path), prompt, int(sequences), int(n_ctx_seq), int(repeats))
+    return {"loads": loads, "prefills": prefills}
+
+
 def raw_sendfile_seconds(path: Path, sink_dir: Path) -> float:
     """Loopback TCP baseline: ``socket.sendfile`` into a socket, ``recv_into`` to a file."""
     size = path.stat().st_size

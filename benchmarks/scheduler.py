@@ -32,10 +32,11 @@ names (``sched-a``, ``sched-b``, ``sched-c``) and ``MAX_LOADED_MODELS=1``:
   where the wall time went (swapping, generating, neither) against the router's.
 - floor: llama.cpp alone loading the file (``llama_model_load_from_file``, median
   of 5) and evaluating one model's group of prompts in one ``llama_decode``
-  (median of 5), and the least wall time a server could take for each burst with
-  one model resident: per model a load and that prefill, plus each model's first
-  token to its last as fast as the faster side decoded them in the same run, all
-  in sequence since the next model may load only once the previous one is gone;
+  (median of 5), in a fresh process under the worker's huge-page tunable; and
+  the least wall time a server could take for each burst with one model
+  resident: per model a load and that prefill, plus each model's first token to
+  its last as fast as the faster side decoded them in the same run, all in
+  sequence since the next model may load only once the previous one is gone;
   set against the targets.
 
 Results go to stdout; with ``--out FILE`` also to a markdown file. The runs are in
@@ -52,8 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
-    bare_model_load,
-    bare_prefill,
+    bare_llama_cpp,
     emit,
     link_names,
     median,
@@ -115,16 +115,15 @@ def measure(tmp: Path, models: Path, source: str, args) -> dict:
         if tokens not in results["timelines"] and not args.quick:
             results["timelines"][tokens] = paired(tokens)
     # What each model's turn costs at least: llama.cpp alone loading the file (warm in the
-    # page cache after the bursts) and evaluating its group's prompts in one step; the floor
-    # the report sets the targets against.
-    loads = [bare_model_load(models / source) for _ in range(BARE_LOADS)]
-    group = -(-args.clients // len(names))
-    prefills = bare_prefill(models / source, PROMPT, min(group, args.parallel), N_CTX, BARE_LOADS)
+    # page cache after the bursts) and evaluating its group's prompts in one step, in a fresh
+    # process with the worker's huge pages; the floor the report sets the targets against.
+    sequences = min(-(-args.clients // len(names)), args.parallel)
+    bare = bare_llama_cpp(models / source, PROMPT, sequences, N_CTX, BARE_LOADS)
     results["bare_load"] = {
-        "median": median(loads),
-        "all": loads,
-        "prefill": median(prefills),
-        "sequences": min(group, args.parallel),
+        "median": median(bare["loads"]),
+        "all": bare["loads"],
+        "prefill": median(bare["prefills"]),
+        "sequences": sequences,
     }
     if args.quick:  # the suite's test run: the bursts only (section 2 measures hits)
         results["soak"] = results["hits"] = None

@@ -169,7 +169,8 @@ def bare_load_lines(results: dict) -> list[str]:
     return [
         f"llama.cpp alone loads {results['source']} in {bare['median']:.3f} s (median of "
         f"{loads} s: `llama_model_load_from_file`, default parameters, the file in the page "
-        "cache, in the benchmark's process after the bursts) and evaluates one model's "
+        "cache, in a fresh process with the worker's huge pages, after the bursts) and "
+        "evaluates one model's "
         f"{bare['sequences']} prompts in one `llama_decode` in {bare['prefill']:.3f} s (median "
         "of 5): each model's turn in a burst costs at least both.",
         "",
