@@ -135,6 +135,7 @@ def test_a_request_for_another_model_drops_a_prewarm_being_pushed(
         response = ask(store, B, max_tokens=1)
         assert response.status_code == 200, response.text
         assert response.headers["X-Cache-Action"] == "load_from_store"
+        assert response.headers["X-Model"] == B
         assert metric(store, "model_swap_prewarm_dropped_total") == 1
         assert metric(store, "model_swap_prewarm_loads_total") == 0  # big was never loaded
         assert len(steps) == 1  # cut after its first step, not sent to its end
@@ -143,7 +144,9 @@ def test_a_request_for_another_model_drops_a_prewarm_being_pushed(
         assert wait_for(lambda: not temp_files(cache), timeout=10)
         assert big not in [entry["name"] for entry in report["cached"]]
         assert not (cache / big).exists()
-        assert report["loaded"] == B
+        # Not whether b is still resident: the dropped prewarm tries again as soon as b is
+        # served, and its swap may unload b before its push reaches the hook (seen once in a
+        # fast-suite run).
     finally:
         checked.set()
 
