@@ -209,8 +209,7 @@ class BatchScheduler(Admission):
             logger.exception("batch step on %s failed", self.name)
             for seq in active:
                 if seq.slot >= 0:
-                    failed = DecodeFailed(f"generation on {self.name} failed: {err}")
-                    self._end(seq, failed, compact=False)
+                    self._end(seq, DecodeFailed(f"generation on {self.name} failed: {err}"))
             self._compact()
         return True
 
@@ -278,7 +277,7 @@ class BatchScheduler(Admission):
         for seq in active:
             seq.row = -1
             if seq.cancelled:
-                self._end(seq, "cancelled", compact=False)
+                self._end(seq, "cancelled")
         self._compact()
         live = [seq for seq in active if seq.slot >= 0 and seq.placed]
         decoding = sum(seq.pending is not None for seq in live)
@@ -348,13 +347,13 @@ class BatchScheduler(Admission):
                 continue
             token = seq.sampler.sample(self._ctx, seq.row)
             if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                self._end(seq, "stop", compact=False)
+                self._end(seq, "stop")
                 continue
             seq.generated += 1
             seq.pending = token
             seq.out.put(token)
             if seq.generated >= seq.max_tokens:
-                self._end(seq, "length", compact=False)
+                self._end(seq, "length")
         # Once every sequence of the step is sampled: sequences that end in the same step
         # (a wave of equal requests) never move into each other's slots.
         self._compact()
@@ -369,9 +368,9 @@ class BatchScheduler(Admission):
         self._kept.tokens[seq.slot].append(token)
         return n + 1
 
-    def _end(self, seq: Sequence, outcome, compact: bool = True) -> None:
-        """Free ``seq``'s slot and tell its reader (loop thread); then, unless the caller
-        compacts after ending others too, ``_compact``.
+    def _end(self, seq: Sequence, outcome) -> None:
+        """Free ``seq``'s slot and tell its reader (loop thread); the caller then runs
+        ``_compact``, once for every sequence it ended.
 
         Its KV cells stay for prefix reuse (unless ``reuse`` is off or a decode failed).
         """
@@ -387,8 +386,6 @@ class BatchScheduler(Admission):
             seq.row = -1
             self._cond.notify_all()
         seq.out.put(outcome)
-        if compact:
-            self._compact()
 
     def _compact(self) -> None:
         """Keep the slots compact (loop thread, ``SlotTable.compact``): a sequence that moves
