@@ -184,20 +184,29 @@ def bare_load_first_token(path: Path) -> float:
     return elapsed
 
 
-def bare_model_load(path: Path) -> float:
-    """Seconds for llama.cpp alone to load ``path``: ``llama_model_load_from_file`` with its
-    default parameters (the weights mmapped, no context), under the worker's log callback."""
+def _load_bare(path: Path):
+    """``llama_model_load_from_file`` with its default parameters (the weights mmapped, no
+    context), under the worker's log callback (and its cost). The caller frees it."""
     import llama_cpp
 
     from inference_worker import llama_log
 
-    llama_log.install()  # the worker's callback, and its cost
-    params = llama_cpp.llama_model_default_params()
-    started = time.perf_counter()
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    elapsed = time.perf_counter() - started
+    llama_log.install()
+    model = llama_cpp.llama_model_load_from_file(
+        str(path).encode(), llama_cpp.llama_model_default_params()
+    )
     if not model:
         raise RuntimeError(f"llama.cpp could not load {path}")
+    return model
+
+
+def bare_model_load(path: Path) -> float:
+    """Seconds for llama.cpp alone to load ``path`` (``_load_bare``)."""
+    import llama_cpp
+
+    started = time.perf_counter()
+    model = _load_bare(path)
+    elapsed = time.perf_counter() - started
     llama_cpp.llama_model_free(model)
     return elapsed
 
@@ -209,15 +218,9 @@ def bare_prefill(path: Path, prompt: str, sequences: int, n_ctx_seq: int, repeat
     that arrive together."""
     import llama_cpp
 
-    from inference_worker import llama_log
     from inference_worker.threads import usable_cpus
 
-    llama_log.install()
-    model = llama_cpp.llama_model_load_from_file(
-        str(path).encode(), llama_cpp.llama_model_default_params()
-    )
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {path}")
+    model = _load_bare(path)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_seq_max = sequences * n_ctx_seq, sequences
     params.n_batch = params.n_ubatch = 512

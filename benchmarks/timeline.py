@@ -127,22 +127,25 @@ def floor(router: dict, bare: dict, ours: dict | None = None) -> dict:
     requests decoded as fast as the faster of the router and ``ours`` decoded them in this
     run, from their first token to their last. All in sequence: the next model may load
     only once the previous one is gone."""
-    spans = [decode_spans(router["timeline"])]
+    phases = router_breakdown(router["timeline"])["phases"]
+    spans = {"router": decode_spans(phases)}
     if ours is not None:
-        spans.append(decode_spans(ours["timeline"]))
-    generating = min(spans)
-    models = len(router_breakdown(router["timeline"])["phases"])
-    turns = models * (bare["median"] + bare["prefill"])
+        spans["ours"] = decode_spans(router_breakdown(ours["timeline"])["phases"])
+    generating = min(spans.values())
+    turns = len(phases) * (bare["median"] + bare["prefill"])
     return {
+        "models": len(phases),
+        "spans": spans,
         "generating": generating,
         "seconds": turns + generating,
         "ratio": (turns + generating) / router["wall"],  # as the burst's ratio: the client's
     }
 
 
-def decode_spans(rows: list[dict]) -> float:
-    """Seconds from each model's first token to its last, summed over the models."""
-    return sum(last - first for _, (first, last) in router_breakdown(rows)["phases"])
+def decode_spans(phases: list) -> float:
+    """Seconds from each model's first token to its last (``router_breakdown``'s phases),
+    summed over the models."""
+    return sum(last - first for _, (first, last) in phases)
 
 
 def timeline_rows(rows: list[dict]) -> list[list[str]]:
@@ -201,12 +204,11 @@ def where_the_time_goes(
         if bare is not None:
             f = floor(router, bare, ours)
             text += (
-                f" Floor: {len(r['phases'])} loads of {bare['median']:.2f} s and prefills of "
+                f" Floor: {f['models']} loads of {bare['median']:.2f} s and prefills of "
                 f"{bare['prefill']:.2f} s (llama.cpp alone), and {f['generating']:.2f} s from "
                 "each model's first token to its last (the faster side's: router "
-                f"{decode_spans(router['timeline']):.2f} s, model-swap "
-                f"{decode_spans(ours['timeline']):.2f} s), {f['seconds']:.2f} s: "
-                f"{f['ratio']:.2f}x the router's wall time."
+                f"{f['spans']['router']:.2f} s, model-swap {f['spans']['ours']:.2f} s), "
+                f"{f['seconds']:.2f} s: {f['ratio']:.2f}x the router's wall time."
             )
     return text
 
